@@ -1,0 +1,64 @@
+# kglb — make help lists the targets.
+SHELL := /bin/bash
+GO ?= go
+GOBIN := $(shell $(GO) env GOPATH)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+FUZZTIME ?= 20s
+BENCHTIME ?= 1s
+VMBENCHTIME ?= 1x
+export PATH := $(GOBIN):$(PATH)
+
+.PHONY: help build demo test deps lint unit fuzz check-examples vmtest vmbench bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/kglb
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/kglb ./cmd/kglb
+
+demo: build ## the main job: validate the example configs
+	./bin/kglb validate examples/
+
+test: deps lint unit fuzz check-examples vmtest ## every test: lint, unit, fuzz, examples, BIRD, the VM
+	@echo "make test: all passed"
+
+deps: ## install what the tests need (apt-get, Go module proxy)
+	./scripts/deps.sh
+
+lint: ## gofmt, go vet, staticcheck, go mod tidy
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags vmtest ./...
+	staticcheck ./...
+	staticcheck -tags vmtest ./...
+	@cp go.mod /tmp/kglb-go.mod.bak; cp go.sum /tmp/kglb-go.sum.bak; \
+	  $(GO) mod tidy; \
+	  if ! diff -q go.mod /tmp/kglb-go.mod.bak >/dev/null || ! diff -q go.sum /tmp/kglb-go.sum.bak >/dev/null; then \
+	    cp /tmp/kglb-go.mod.bak go.mod; cp /tmp/kglb-go.sum.bak go.sum; \
+	    echo "go mod tidy would change go.mod/go.sum"; exit 1; fi
+
+unit: ## go test ./... on the host (BIRD tests included; needs root)
+	$(GO) test -count=1 ./...
+
+fuzz: ## fuzz config.Load for FUZZTIME
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./config
+
+check-examples: build ## the examples validate and are formatted
+	./bin/kglb validate examples/
+	./bin/kglb fmt -check examples/
+
+vmtest: ## kernel tests in a qemu VM booted from Debian's kernel
+	./vmtest/run.sh test $(VM_PKGS)
+
+vmbench: ## kernel benchmarks in the VM
+	BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS)
+
+bench: ## one table of every benchmark (host and VM)
+	@mkdir -p out
+	@{ $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... ; \
+	   BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS); } 2>&1 | tee out/bench.log | $(GO) run ./tools/benchtab -strict
+
+clean: ## remove build output (keeps the VM cache)
+	rm -rf bin out

@@ -1,0 +1,326 @@
+// Package reload turns a configuration directory into a stream of good
+// configurations. It watches the directory with fsnotify (a directory watch,
+// so editors' atomic saves, symlink swaps such as Kubernetes ConfigMaps and a
+// deleted and re-created directory all work), takes explicit triggers (SIGHUP,
+// an operator's forced reload) and polls slowly as a fallback for file systems
+// that send no events. Events are debounced; a set whose content digest did
+// not change is a no-op; a set that does not load is logged with its
+// positions and counted, and the last good configuration keeps running.
+//
+// reload knows nothing of the configuration's schema: the daemon passes the
+// loader (config.Load), the digest and a guard that may refuse a dangerous
+// change, such as an emptied directory deleting every service.
+package reload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures a Watcher. Load and Digest are required.
+type Options[C any] struct {
+	// Dir is the configuration directory.
+	Dir string
+	// Load reads and validates the whole directory, as config.Load does.
+	Load func(dir string) (C, error)
+	// Digest identifies a loaded configuration's content: an unchanged
+	// digest means there is nothing to apply.
+	Digest func(C) [32]byte
+	// Guard, when set, may refuse a valid configuration (for example one
+	// that would delete most services). A forced reload skips it.
+	Guard func(old, new C) error
+	// Debounce is how long the directory must be quiet before a load
+	// (default 250ms): one logical edit is often several events.
+	Debounce time.Duration
+	// Poll is the fallback interval at which the directory's file list,
+	// sizes and modification times are compared (default 30s; <0 disables).
+	Poll time.Duration
+	// Logger receives one line per outcome (default: discard).
+	Logger hclog.Logger
+	// Registerer receives the reload metrics (nil: none).
+	Registerer prometheus.Registerer
+}
+
+// Watcher produces good configurations on Updates.
+type Watcher[C any] struct {
+	opts    Options[C]
+	log     hclog.Logger
+	metrics *metrics
+	updates chan C
+	trigger chan bool // true: forced
+
+	mu      sync.Mutex
+	current C
+	digest  [32]byte
+	lastErr error
+}
+
+// New loads the directory once and returns a Watcher holding the result, or
+// the load error: a daemon must not start on a configuration it cannot read.
+func New[C any](opts Options[C]) (*Watcher[C], error) {
+	if opts.Load == nil || opts.Digest == nil {
+		return nil, errors.New("reload: Load and Digest are required")
+	}
+	if opts.Debounce <= 0 {
+		opts.Debounce = 250 * time.Millisecond
+	}
+	if opts.Poll == 0 {
+		opts.Poll = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	w := &Watcher[C]{
+		opts:    opts,
+		log:     opts.Logger,
+		metrics: newMetrics(opts.Registerer),
+		updates: make(chan C, 1),
+		trigger: make(chan bool, 1),
+	}
+	start := time.Now()
+	cfg, err := opts.Load(opts.Dir)
+	w.metrics.duration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		w.metrics.result("failure")
+		w.metrics.success.Set(0)
+		return nil, fmt.Errorf("load %s: %w", opts.Dir, err)
+	}
+	w.current, w.digest = cfg, opts.Digest(cfg)
+	w.metrics.result("success")
+	w.metrics.success.Set(1)
+	w.metrics.timestamp.SetToCurrentTime()
+	return w, nil
+}
+
+// Current returns the configuration in force.
+func (w *Watcher[C]) Current() C {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.current
+}
+
+// LastError returns why the most recent reload was rejected, or nil when it
+// succeeded (or changed nothing).
+func (w *Watcher[C]) LastError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastErr
+}
+
+// Updates delivers each newly accepted configuration. It holds at most one:
+// a reader that falls behind gets the newest.
+func (w *Watcher[C]) Updates() <-chan C { return w.updates }
+
+// Reload asks for a reload now (SIGHUP). With force, the Guard is skipped:
+// the operator has confirmed a large deletion.
+func (w *Watcher[C]) Reload(force bool) {
+	select {
+	case w.trigger <- force:
+	default:
+		if force { // make sure a forced request is not lost behind a plain one
+			select {
+			case <-w.trigger:
+			default:
+			}
+			select {
+			case w.trigger <- true:
+			default:
+			}
+		}
+	}
+}
+
+// Run watches until ctx ends. It returns an error only when it cannot watch
+// at all; a missing directory is waited for (the poll notices it).
+func (w *Watcher[C]) Run(ctx context.Context) error {
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", w.opts.Dir, err)
+	}
+	defer fw.Close()
+	dir := filepath.Clean(w.opts.Dir)
+	parent := filepath.Dir(dir)
+	// The parent is watched too, so a deleted and re-created directory is
+	// noticed and watched again.
+	if err := fw.Add(parent); err != nil {
+		w.log.Warn("cannot watch parent directory; relying on poll", "dir", parent, "err", err)
+	}
+	watching := fw.Add(dir) == nil
+	if !watching {
+		w.log.Warn("config directory missing; waiting for it", "dir", dir)
+	}
+
+	var poll <-chan time.Time
+	if w.opts.Poll > 0 {
+		t := time.NewTicker(w.opts.Poll)
+		defer t.Stop()
+		poll = t.C
+	}
+	fp := fingerprint(dir)
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	pending, force := false, false
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-fw.Events:
+			if !ok {
+				return errors.New("watch " + dir + ": event channel closed")
+			}
+			if ev.Has(fsnotify.Chmod) && !ev.Has(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) {
+				continue
+			}
+			if filepath.Dir(ev.Name) == parent && filepath.Clean(ev.Name) != dir {
+				continue // a sibling of the config directory
+			}
+			if filepath.Clean(ev.Name) == dir && ev.Has(fsnotify.Create) {
+				watching = fw.Add(dir) == nil
+			}
+			pending = true
+			debounce.Reset(w.opts.Debounce)
+		case err, ok := <-fw.Errors:
+			if !ok {
+				return errors.New("watch " + dir + ": error channel closed")
+			}
+			// An overflow lost events: a full load finds the truth.
+			w.log.Warn("watch error; reloading", "dir", dir, "err", err)
+			pending = true
+			debounce.Reset(w.opts.Debounce)
+		case f := <-w.trigger:
+			force = force || f
+			w.load(force)
+			pending, force = false, false
+			fp = fingerprint(dir)
+		case <-debounce.C:
+			if pending {
+				w.load(force)
+				pending, force = false, false
+				fp = fingerprint(dir)
+			}
+		case <-poll:
+			if !watching {
+				watching = fw.Add(dir) == nil
+			}
+			if now := fingerprint(dir); now != fp {
+				fp = now
+				w.load(false)
+			}
+		}
+	}
+}
+
+// load runs one reload and records its outcome.
+func (w *Watcher[C]) load(force bool) {
+	start := time.Now()
+	cfg, err := w.opts.Load(w.opts.Dir)
+	w.metrics.duration.Observe(time.Since(start).Seconds())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		w.lastErr = err
+		w.metrics.result("failure")
+		w.metrics.success.Set(0)
+		w.log.Error("config rejected; keeping the last good config", "dir", w.opts.Dir, "err", err)
+		return
+	}
+	digest := w.opts.Digest(cfg)
+	if digest == w.digest {
+		// A valid, unchanged set also ends an earlier failure: the files
+		// are back to what is running.
+		w.lastErr = nil
+		w.metrics.success.Set(1)
+		w.metrics.result("unchanged")
+		w.log.Debug("config unchanged", "dir", w.opts.Dir)
+		return
+	}
+	if w.opts.Guard != nil && !force {
+		if err := w.opts.Guard(w.current, cfg); err != nil {
+			w.lastErr = err
+			w.metrics.result("refused")
+			w.metrics.success.Set(0)
+			w.log.Error("config refused; keeping the last good config (force a reload to apply it)", "dir", w.opts.Dir, "err", err)
+			return
+		}
+	}
+	w.current, w.digest, w.lastErr = cfg, digest, nil
+	w.metrics.result("success")
+	w.metrics.success.Set(1)
+	w.metrics.timestamp.SetToCurrentTime()
+	w.log.Info("config loaded", "dir", w.opts.Dir, "forced", force, "took", time.Since(start).String())
+	select {
+	case <-w.updates: // drop a stale, unread update: only the newest matters
+	default:
+	}
+	w.updates <- cfg
+}
+
+// fingerprint summarises the directory's *.hcl entries (name, size, mtime of
+// what they point to) so the poll can tell cheaply whether to load.
+func fingerprint(dir string) string {
+	names, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
+	if err != nil {
+		return "error:" + err.Error()
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	for _, n := range names {
+		fi, err := os.Stat(n)
+		if err != nil {
+			fmt.Fprintf(&b, "%s:err;", n)
+			continue
+		}
+		fmt.Fprintf(&b, "%s:%d:%d;", n, fi.Size(), fi.ModTime().UnixNano())
+	}
+	return b.String()
+}
+
+type metrics struct {
+	reloads   *prometheus.CounterVec
+	success   prometheus.Gauge
+	timestamp prometheus.Gauge
+	duration  prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kglb_config_reloads_total",
+			Help: "Configuration loads by result: success (applied), unchanged (same content), failure (invalid), refused (guard).",
+		}, []string{"result"}),
+		success: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kglb_config_last_reload_successful",
+			Help: "1 when the last reload was applied or changed nothing, 0 while the files on disk are rejected and the last good config runs.",
+		}),
+		timestamp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kglb_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time of the last applied configuration.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kglb_config_load_duration_seconds",
+			Help:    "Time to read, parse and validate the configuration directory.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+		}),
+	}
+	for _, r := range []string{"success", "unchanged", "failure", "refused"} {
+		m.reloads.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.reloads, m.success, m.timestamp, m.duration)
+	}
+	return m
+}
+
+func (m *metrics) result(r string) { m.reloads.WithLabelValues(r).Inc() }

@@ -1,0 +1,337 @@
+package reload
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// set is what the test loader makes of a directory: the sorted "name=content"
+// of every *.hcl file. A file containing "INVALID" fails the load, as a
+// syntax error would.
+type set struct {
+	files []string
+}
+
+func loadSet(dir string) (set, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
+	if err != nil {
+		return set{}, err
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return set{}, err
+	}
+	slices.Sort(names)
+	var s set
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			return set{}, err
+		}
+		if strings.Contains(string(b), "INVALID") {
+			return set{}, fmt.Errorf("%s:1:1: invalid content", filepath.Base(n))
+		}
+		s.files = append(s.files, filepath.Base(n)+"="+string(b))
+	}
+	return s, nil
+}
+
+func digestSet(s set) [32]byte { return sha256.Sum256([]byte(strings.Join(s.files, "\x00"))) }
+
+// lines counts the non-empty lines of all files: the test's "services".
+func (s set) lines() int {
+	n := 0
+	for _, f := range s.files {
+		_, content, _ := strings.Cut(f, "=")
+		for _, l := range strings.Split(content, "\n") {
+			if strings.TrimSpace(l) != "" {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// halfGuard refuses a change that drops more than half of the lines.
+func halfGuard(old, new set) error {
+	if o, n := old.lines(), new.lines(); o > 0 && n*2 < o {
+		return fmt.Errorf("would delete %d of %d services", o-n, o)
+	}
+	return nil
+}
+
+type harness struct {
+	t   *testing.T
+	dir string
+	w   *Watcher[set]
+	reg *prometheus.Registry
+}
+
+func start(t *testing.T, dir string, files map[string]string, opts Options[set]) *harness {
+	t.Helper()
+	for name, content := range files {
+		write(t, filepath.Join(dir, name), content)
+	}
+	reg := prometheus.NewRegistry()
+	opts.Dir, opts.Load, opts.Digest, opts.Registerer = dir, loadSet, digestSet, reg
+	if opts.Debounce == 0 {
+		opts.Debounce = 50 * time.Millisecond
+	}
+	if opts.Poll == 0 {
+		opts.Poll = -1
+	}
+	w, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	// Give the watch a moment to be in place before the test edits files:
+	// a reload now is a no-op (same digest) and proves the loop is running.
+	w.Reload(false)
+	h := &harness{t: t, dir: dir, w: w, reg: reg}
+	h.waitResult("unchanged", 1)
+	return h
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// next waits for the next accepted configuration. The deadline only bounds a
+// hung test; it asserts nothing about speed.
+func (h *harness) next() set {
+	h.t.Helper()
+	select {
+	case s := <-h.w.Updates():
+		return s
+	case <-time.After(20 * time.Second):
+		h.t.Fatal("no configuration update arrived")
+		return set{}
+	}
+}
+
+func (h *harness) count(result string) float64 {
+	return testutil.ToFloat64(h.w.metrics.reloads.WithLabelValues(result))
+}
+
+// waitResult waits until the reloads counter for result reaches n.
+func (h *harness) waitResult(result string, n float64) {
+	h.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for h.count(result) < n {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("reloads{result=%q} = %v, want %v", result, h.count(result), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (h *harness) noUpdate() {
+	h.t.Helper()
+	select {
+	case s := <-h.w.Updates():
+		h.t.Fatalf("unexpected update %v", s.files)
+	default:
+	}
+}
+
+func TestAtomicRename(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{})
+	tmp := filepath.Join(h.dir, ".web.hcl.swp")
+	write(t, tmp, "a\nb\n")
+	if err := os.Rename(tmp, filepath.Join(h.dir, "web.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nb\n"}) {
+		t.Errorf("got %q", got.files)
+	}
+}
+
+func TestInPlaceWrite(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{})
+	f, err := os.OpenFile(filepath.Join(h.dir, "web.hcl"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(f, "c\n")
+	f.Close()
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nc\n"}) {
+		t.Errorf("got %q", got.files)
+	}
+	if v := testutil.ToFloat64(h.w.metrics.success); v != 1 {
+		t.Errorf("last_reload_successful = %v, want 1", v)
+	}
+}
+
+func TestTruncationRefusedUntilForced(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\nb\nc\nd\n"}, Options[set]{Guard: halfGuard})
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\n")
+	h.waitResult("refused", 1)
+	h.noUpdate()
+	if err := h.w.LastError(); err == nil || !strings.Contains(err.Error(), "would delete 3 of 4") {
+		t.Errorf("LastError = %v", err)
+	}
+	if v := testutil.ToFloat64(h.w.metrics.success); v != 0 {
+		t.Errorf("last_reload_successful = %v, want 0", v)
+	}
+	if got := h.w.Current(); got.lines() != 4 {
+		t.Errorf("current config changed to %q", got.files)
+	}
+	h.w.Reload(true)
+	if got := h.next(); got.lines() != 1 {
+		t.Errorf("forced reload gave %q", got.files)
+	}
+	if h.w.LastError() != nil {
+		t.Errorf("LastError after forced reload = %v", h.w.LastError())
+	}
+}
+
+func TestSymlinkSwap(t *testing.T) {
+	// The layout kubelet makes for a ConfigMap volume.
+	dir := t.TempDir()
+	mkdata := func(name, content string) {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		write(t, filepath.Join(dir, name, "web.hcl"), content)
+	}
+	mkdata("..2026_a", "a\n")
+	if err := os.Symlink("..2026_a", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/web.hcl", filepath.Join(dir, "web.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, dir, nil, Options[set]{})
+	mkdata("..2026_b", "b\n")
+	if err := os.Symlink("..2026_b", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "..2026_a")); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=b\n"}) {
+		t.Errorf("got %q", got.files)
+	}
+}
+
+func TestBurstIsDebounced(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{Debounce: time.Second})
+	for i := range 30 {
+		write(t, filepath.Join(h.dir, "web.hcl"), fmt.Sprintf("a\nb%d\n", i))
+	}
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nb29\n"}) {
+		t.Errorf("got %q, want the last edit", got.files)
+	}
+	// 30 edits within one debounce window make one load (two if the
+	// machine stalled for a whole second mid-burst), not thirty.
+	if n := h.count("success") - 1; n > 2 {
+		t.Errorf("%v loads for one burst", n)
+	}
+}
+
+func TestInvalidEditThenFix(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{})
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\nINVALID\n")
+	h.waitResult("failure", 1)
+	h.noUpdate()
+	if err := h.w.LastError(); err == nil || !strings.Contains(err.Error(), "web.hcl:1:1") {
+		t.Errorf("LastError = %v, want the positioned message", err)
+	}
+	if v := testutil.ToFloat64(h.w.metrics.success); v != 0 {
+		t.Errorf("last_reload_successful = %v, want 0", v)
+	}
+	if got := h.w.Current(); !slices.Equal(got.files, []string{"web.hcl=a\n"}) {
+		t.Errorf("current = %q, want the last good config", got.files)
+	}
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\nfixed\n")
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nfixed\n"}) {
+		t.Errorf("got %q", got.files)
+	}
+	if v := testutil.ToFloat64(h.w.metrics.success); v != 1 {
+		t.Errorf("last_reload_successful = %v, want 1", v)
+	}
+}
+
+func TestUnchangedContentIsNoop(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{})
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\n") // same bytes, new mtime
+	h.waitResult("unchanged", 2)
+	h.noUpdate()
+}
+
+func TestDirectoryDeletedAndRecreated(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "kglb")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, dir, map[string]string{"web.hcl": "a\n"}, Options[set]{})
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	h.waitResult("failure", 1) // a missing directory is rejected, not applied
+	h.noUpdate()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "web.hcl"), "a\nnew\n")
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nnew\n"}) {
+		t.Errorf("got %q", got.files)
+	}
+}
+
+func TestPollFallback(t *testing.T) {
+	// A file written through another mount namespace or a network file
+	// system sends no inotify event; the poll still finds it. Simulate by
+	// comparing fingerprints directly and by a watcher whose poll is short.
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "a.hcl"), "a\n")
+	before := fingerprint(dir)
+	write(t, filepath.Join(dir, "a.hcl"), "ab\n")
+	if fingerprint(dir) == before {
+		t.Error("fingerprint did not change with the file size")
+	}
+	if a, b := fingerprint(dir), fingerprint(dir); a != b {
+		t.Errorf("fingerprint is not stable: %q then %q", a, b)
+	}
+	h := start(t, dir, nil, Options[set]{Poll: 50 * time.Millisecond, Debounce: time.Hour})
+	write(t, filepath.Join(dir, "a.hcl"), "abc\n")
+	if got := h.next(); !slices.Equal(got.files, []string{"a.hcl=abc\n"}) {
+		t.Errorf("got %q", got.files)
+	}
+}
+
+func TestNewFailsOnBadInitialConfig(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "web.hcl"), "INVALID")
+	_, err := New(Options[set]{Dir: dir, Load: loadSet, Digest: digestSet})
+	if err == nil || !strings.Contains(err.Error(), "web.hcl:1:1") {
+		t.Fatalf("New = %v, want the load error", err)
+	}
+	if _, err := New(Options[set]{Dir: dir}); err == nil {
+		t.Fatal("New without Load succeeded")
+	}
+}
