@@ -118,7 +118,7 @@ type VIPStatus struct {
 func Compute(in Input) Desired {
 	cfg := in.Config
 	out := Desired{Qualified: make(map[string]bool, len(cfg.Services))}
-	byVIP := map[netip.Addr][]int{} // VIP -> indexes into out.Services
+	byVIP := map[netip.Addr]bool{}
 	for _, svc := range cfg.Services {
 		if !svc.Enabled {
 			continue
@@ -126,7 +126,7 @@ func Compute(in Input) Desired {
 		st, is := in.service(svc)
 		out.Qualified[svc.Name] = st.Qualified
 		if svc.VIP.IsValid() {
-			byVIP[svc.VIP] = append(byVIP[svc.VIP], len(out.Services))
+			byVIP[svc.VIP] = true
 		}
 		out.Services = append(out.Services, st)
 		out.IPVS.Services = append(out.IPVS.Services, is)
@@ -137,13 +137,7 @@ func Compute(in Input) Desired {
 		out.VIPs = append(out.VIPs, vip)
 	}
 	slices.SortFunc(out.VIPs, netip.Addr.Compare)
-	for _, vip := range out.VIPs {
-		vs, route := decideVIP(cfg, vip, byVIP[vip], out.Services)
-		out.VIPStatus = append(out.VIPStatus, vs)
-		if vs.Announced {
-			out.Routes = append(out.Routes, route)
-		}
-	}
+	out.VIPStatus, out.Routes = decideAll(cfg, out.Services)
 	return out
 }
 

@@ -68,7 +68,6 @@ func weights(s ipvs.Service) string {
 	return strings.TrimSpace(b.String())
 }
 
-
 func TestDecisions(t *testing.T) {
 	down, unknown := health.Down, health.Unknown
 	tests := []struct {

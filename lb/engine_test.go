@@ -1,0 +1,278 @@
+package lb
+
+import (
+	"context"
+	"net/netip"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/health"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/kglb/kglb/vip"
+)
+
+type fakeProber struct {
+	mu      sync.Mutex
+	states  map[netip.AddrPort]health.State
+	targets []health.Target
+	ch      chan health.Change
+}
+
+func newFakeProber() *fakeProber {
+	return &fakeProber{states: map[netip.AddrPort]health.State{}, ch: make(chan health.Change, 64)}
+}
+
+func (f *fakeProber) Update(ts []health.Target) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.targets = ts
+	return nil
+}
+
+func (f *fakeProber) Changes() <-chan health.Change { return f.ch }
+
+func (f *fakeProber) Lookup(t health.Target) (health.Status, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return health.Status{Target: t, State: f.states[t.Real]}, true
+}
+
+// set gives every target of real r the state st and reports the changes.
+func (f *fakeProber) set(r string, st health.State) {
+	ap := netip.MustParseAddrPort(r)
+	f.mu.Lock()
+	f.states[ap] = st
+	var changed []health.Target
+	for _, t := range f.targets {
+		if t.Real == ap {
+			changed = append(changed, t)
+		}
+	}
+	f.mu.Unlock()
+	for _, t := range changed {
+		f.ch <- health.Change{Key: t, State: st}
+	}
+}
+
+type fakeAnnouncer struct {
+	mu     sync.Mutex
+	routes []Route
+	log    []string
+}
+
+func (a *fakeAnnouncer) Apply(_ context.Context, routes []Route) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.routes = routes
+	var ps []string
+	for _, r := range routes {
+		ps = append(ps, r.Prefix.String())
+	}
+	a.log = append(a.log, "apply "+strings.Join(ps, ","))
+	return nil
+}
+
+func (a *fakeAnnouncer) WithdrawAll(context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.routes = nil
+	a.log = append(a.log, "withdraw-all")
+	return nil
+}
+
+func (a *fakeAnnouncer) prefixes() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ps []string
+	for _, r := range a.routes {
+		ps = append(ps, r.Prefix.String())
+	}
+	return strings.Join(ps, ",")
+}
+
+type world struct {
+	kernel *ipvs.Fake
+	links  *vip.Fake
+	prober *fakeProber
+	ann    *fakeAnnouncer
+	dir    string
+}
+
+func newWorld(t *testing.T) *world {
+	return &world{kernel: ipvs.NewFake(), links: vip.NewFake("kglb0"), prober: newFakeProber(), ann: &fakeAnnouncer{}, dir: t.TempDir()}
+}
+
+type running struct {
+	e       *Engine
+	configs chan *config.Config
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+func (w *world) start(t *testing.T, cfg *config.Config) *running {
+	t.Helper()
+	ir, err := ipvs.NewReconciler(w.kernel, ipvs.Options{StateDir: w.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vr, err := vip.New(vip.Options{Kernel: w.links})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: w.ann, Prober: w.prober, Metrics: NewMetrics(nil)}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{e: e, configs: make(chan *config.Config), cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- e.Run(ctx, r.configs) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+func (r *running) stop(t *testing.T) {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	if err := <-r.done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	r.cancel = nil
+}
+
+// eventually polls cond; the deadline only bounds a hung test.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var tunnel100 = regexp.MustCompile(`Tunnel +100 `)
+
+// tunnels100 counts the reals at weight 100 in the fake kernel's listing.
+func tunnels100(k *ipvs.Fake) int { return len(tunnel100.FindAllString(k.String(), -1)) }
+
+func daemonCfg(services ...config.Service) *config.Config {
+	c := cfgOf(services...)
+	c.Daemon = config.Daemon{ResyncInterval: time.Hour, StopHold: 50 * time.Millisecond, TunnelMarkBase: 1000, TunnelMarkCount: 100}
+	return c
+}
+
+func TestEngineLifecycle(t *testing.T) {
+	w := newWorld(t)
+	cfg := daemonCfg(svc("web", "192.0.2.1", 2))
+	r := w.start(t, cfg)
+
+	// New reals get no traffic until checked; nothing is announced.
+	eventually(t, "service created", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.2:80") })
+	if got := w.kernel.String(); !strings.Contains(got, "-> 10.0.0.1:80") || tunnels100(w.kernel) != 0 {
+		t.Errorf("kernel before health:\n%s", got)
+	}
+	if p := w.ann.prefixes(); p != "" {
+		t.Errorf("announced %q before the first health round", p)
+	}
+
+	w.prober.set("10.0.0.1:80", health.Up)
+	w.prober.set("10.0.0.2:80", health.Up)
+	eventually(t, "route announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+	eventually(t, "weights up", func() bool { return tunnels100(w.kernel) == 2 })
+
+	// One real down: exactly one write, route stays (1 of 2 = 50%).
+	w.kernel.ResetCounts()
+	w.prober.set("10.0.0.2:80", health.Down)
+	eventually(t, "weight 0", func() bool { return tunnels100(w.kernel) == 1 })
+	if n := w.kernel.Writes().Total(); n != 1 {
+		t.Errorf("%d writes for one health change (%s), want 1", n, w.kernel.Writes())
+	}
+	if p := w.ann.prefixes(); p != "192.0.2.1/32" {
+		t.Errorf("routes %q", p)
+	}
+
+	// Both down: withdrawn.
+	w.prober.set("10.0.0.1:80", health.Down)
+	eventually(t, "withdrawn", func() bool { return w.ann.prefixes() == "" })
+	st, _ := r.e.Status()
+	if st.VIPStatus[0].Reason != ReasonAllDown {
+		t.Errorf("reason %s", st.VIPStatus[0].Reason)
+	}
+
+	// A config edit adds a real live.
+	w.prober.set("10.0.0.1:80", health.Up)
+	cfg2 := daemonCfg(svc("web", "192.0.2.1", 3))
+	r.configs <- cfg2
+	eventually(t, "real added", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.3:80") })
+}
+
+func TestEngineRestartWritesNothing(t *testing.T) {
+	w := newWorld(t)
+	cfg := daemonCfg(svc("web", "192.0.2.1", 2, func(s *config.Service) { s.Checks[0].Tunnel = true }))
+	r := w.start(t, cfg)
+	w.prober.set("10.0.0.1:80", health.Up)
+	w.prober.set("10.0.0.2:80", health.Up)
+	eventually(t, "weights up", func() bool { return tunnels100(w.kernel) == 2 })
+	r.stop(t)
+	before := w.kernel.String()
+
+	// A new process: health unknown, the kernel adopted as it is.
+	w.kernel.ResetCounts()
+	w.prober = newFakeProber()
+	r2 := w.start(t, cfg)
+	eventually(t, "first pass", func() bool { st, _ := r2.e.Status(); return len(st.Services) == 1 })
+	if n := w.kernel.Writes().Total(); n != 0 {
+		t.Errorf("restart issued %d writes (%s):\nbefore:\n%s\nafter:\n%s", n, w.kernel.Writes(), before, w.kernel.String())
+	}
+	if got := w.kernel.String(); got != before {
+		t.Errorf("kernel changed:\n%s\nwant:\n%s", got, before)
+	}
+}
+
+func TestEngineStop(t *testing.T) {
+	for _, cleanup := range []bool{false, true} {
+		w := newWorld(t)
+		r := w.start(t, daemonCfg(svc("web", "192.0.2.1", 1)))
+		w.prober.set("10.0.0.1:80", health.Up)
+		eventually(t, "announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+		r.stop(t)
+		if err := r.e.Stop(context.Background(), cleanup); err != nil {
+			t.Fatal(err)
+		}
+		if w.ann.prefixes() != "" || w.ann.log[len(w.ann.log)-1] != "withdraw-all" {
+			t.Errorf("cleanup=%v: announcer log %v", cleanup, w.ann.log)
+		}
+		has := strings.Contains(w.kernel.String(), "10.0.0.1:80")
+		if has == cleanup {
+			t.Errorf("cleanup=%v: kernel after stop:\n%s", cleanup, w.kernel.String())
+		}
+		if vips := w.links.String(); strings.Contains(vips, "192.0.2.1") == cleanup {
+			t.Errorf("cleanup=%v: link after stop:\n%s", cleanup, vips)
+		}
+	}
+}
+
+func TestEngineRemovedVIPWithdrawnBeforeDataPlane(t *testing.T) {
+	w := newWorld(t)
+	r := w.start(t, daemonCfg(svc("a", "192.0.2.1", 1), svc("b", "192.0.2.2", 1, func(s *config.Service) {
+		s.Reals[0].Addr = netip.MustParseAddr("10.0.0.2")
+	})))
+	w.prober.set("10.0.0.1:80", health.Up)
+	w.prober.set("10.0.0.2:80", health.Up)
+	eventually(t, "both announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32,192.0.2.2/32" })
+
+	cfg := daemonCfg(svc("a", "192.0.2.1", 1))
+	cfg.Daemon.StopHold = time.Hour // hold long enough to look at it
+	r.configs <- cfg
+	eventually(t, "b withdrawn", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+	if !strings.Contains(w.kernel.String(), "192.0.2.2:80") || !strings.Contains(w.links.String(), "192.0.2.2") {
+		t.Errorf("data plane of b removed before its hold time:\n%s\n%s", w.kernel.String(), w.links.String())
+	}
+}
