@@ -116,11 +116,18 @@ func (e *Engine) Status() (Desired, error) {
 	return e.status, e.errs
 }
 
-// Plan returns the probe plan in force (for /status).
+// Config returns the configuration in force.
 func (e *Engine) Config() *config.Config {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.cfg
+}
+
+// Plan returns the probe plan in force, to look up each real's checks.
+func (e *Engine) Plan() *Plan {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.plan
 }
 
 // Run adopts the kernel state, then reconciles on every configuration

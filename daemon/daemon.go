@@ -1,0 +1,385 @@
+// Package daemon is `kglb run`: it wires config reload, the engine, the
+// reconcilers, the health scheduler, the BGP speaker and the HTTP endpoints
+// together, follows systemd's notify protocol and stops in the order that
+// does not hurt traffic: withdraw, hold, then keep or clean the data plane.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/bgp"
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/health"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/kglb/kglb/lb"
+	"github.com/kglb/kglb/reload"
+	"github.com/kglb/kglb/vip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Options are the command-line settings of `kglb run`. Empty values take
+// the config's daemon block.
+type Options struct {
+	ConfigDir    string
+	LogLevel     string // overrides daemon.log_level
+	LogFormat    string // overrides daemon.log_format
+	StatsAddress string // overrides daemon.stats_address
+	// NetNS runs the data plane in another network namespace (tests).
+	NetNS string
+	// Output receives the log (default stderr).
+	Output io.Writer
+}
+
+// Run runs the daemon until SIGTERM or SIGINT (or ctx ends), then stops it.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Output == nil {
+		opts.Output = os.Stderr
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// The first load decides whether we start at all: a daemon that cannot
+	// read its config must not touch the kernel.
+	bootLog := newLogger(opts, config.Daemon{LogLevel: config.LogInfo, LogFormat: config.LogText})
+	var guardShare float64
+	watcher, err := reload.New(reload.Options[*config.Config]{
+		Dir:        opts.ConfigDir,
+		Load:       config.Load,
+		Digest:     func(c *config.Config) [32]byte { return c.Digest },
+		Guard:      func(old, new *config.Config) error { return DeleteGuard(old, new, guardShare) },
+		Logger:     bootLog.Named("reload"),
+		Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	cfg := watcher.Current()
+	guardShare = cfg.Daemon.MaxDeleteShare
+	log := newLogger(opts, cfg.Daemon)
+
+	d, err := start(ctx, opts, cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	d.watcher = watcher
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	configs := make(chan *config.Config)
+	engineDone := make(chan error, 1)
+	go func() { engineDone <- d.engine.Run(runCtx, configs) }()
+	go func() {
+		if err := watcher.Run(runCtx); err != nil {
+			log.Error("config watch stopped; SIGHUP still reloads", "err", err)
+		}
+	}()
+	httpDone := d.serveHTTP(runCtx, statsAddress(opts, cfg))
+
+	d.notify.send("READY=1", "STATUS="+summary(cfg))
+	log.Info("kglb running", "services", len(cfg.Services), "config", opts.ConfigDir)
+
+	for {
+		select {
+		case <-ctx.Done():
+			return d.stop(cancel, engineDone)
+		case err := <-httpDone:
+			log.Error("stats server stopped", "err", err)
+			httpDone = nil
+		case err := <-engineDone:
+			return fmt.Errorf("engine stopped: %w", err)
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				d.notify.send("RELOADING=1")
+				watcher.Reload(false)
+				continue
+			}
+			log.Info("stopping", "signal", sig.String())
+			return d.stop(cancel, engineDone)
+		case c := <-watcher.Updates():
+			guardShare = c.Daemon.MaxDeleteShare
+			if d.speaker != nil && c.BGP.Enabled {
+				if err := d.speaker.SetConfig(ctx, speakerConfig(c.BGP)); err != nil {
+					log.Error("bgp config", "err", err)
+				}
+			}
+			if !c.BGP.Enabled && d.speaker != nil {
+				log.Warn("the bgp block was removed: routes are withdrawn; sessions stay until restart")
+			}
+			if c.BGP.Enabled && d.speaker == nil {
+				log.Warn("a bgp block was added: it takes effect at the next restart")
+			}
+			if c.Daemon.LogLevel != cfg.Daemon.LogLevel && opts.LogLevel == "" {
+				log.SetLevel(hclog.LevelFromString(string(c.Daemon.LogLevel)))
+			}
+			cfg = c
+			select {
+			case configs <- c:
+			case err := <-engineDone:
+				return fmt.Errorf("engine stopped: %w", err)
+			}
+			d.notify.send("READY=1", "STATUS="+summary(c))
+		}
+	}
+}
+
+// daemon holds the running parts.
+type daemon struct {
+	log     hclog.Logger
+	reg     *prometheus.Registry
+	notify  *notifier
+	engine  *lb.Engine
+	ipvs    *ipvs.Reconciler
+	kernel  *ipvs.Netlink
+	vipLink *vip.Netlink
+	sched   *health.Scheduler
+	speaker *bgp.Speaker
+	watcher *reload.Watcher[*config.Config]
+	dir     string
+	stopCh  context.CancelFunc
+}
+
+func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry) (*daemon, error) {
+	d := &daemon{log: log, reg: reg, notify: newNotifier(), dir: opts.ConfigDir}
+	var err error
+	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	d.ipvs, err = ipvs.NewReconciler(d.kernel, ipvs.Options{StateDir: cfg.Daemon.StateDir, Logger: log.Named("ipvs"), Registerer: reg})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.vipLink, err = vip.NewNetlink(vip.NetlinkOptions{Link: cfg.Daemon.VIPInterface, NetNS: opts.NetNS})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	mode := vip.ModeRoute
+	if cfg.Daemon.VIPMode == config.VIPModeAddress {
+		mode = vip.ModeAddress
+	}
+	vr, err := vip.New(vip.Options{Kernel: d.vipLink, Mode: mode, StateDir: cfg.Daemon.StateDir, Logger: log.Named("vip"), Registerer: reg})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.sched, err = health.New(health.Options{
+		Logger:      log.Named("health"),
+		Registerer:  reg,
+		Dialer:      health.Dialer{Source4: cfg.Daemon.HealthSourceV4, Source6: cfg.Daemon.HealthSourceV6},
+		Concurrency: cfg.Daemon.HealthConcurrency,
+	})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	schedCtx, cancel := context.WithCancel(context.Background())
+	d.stopCh = cancel
+	go func() {
+		if err := d.sched.Run(schedCtx); err != nil {
+			log.Error("health scheduler stopped", "err", err)
+		}
+	}()
+
+	var ann lb.Announcer
+	if cfg.BGP.Enabled {
+		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg})
+		if err != nil && d.speaker == nil {
+			d.close()
+			return nil, fmt.Errorf("start bgp speaker: %w", err)
+		}
+		if err != nil {
+			log.Error("bgp neighbors", "err", err)
+		}
+		ann = announcer{d.speaker}
+	}
+	d.engine, err = lb.NewEngine(lb.Options{
+		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
+		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg),
+	}, cfg)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	reg.MustRegister(kernelCollector{d.ipvs})
+	return d, nil
+}
+
+// stop ends the engine, then withdraws, holds and keeps or cleans the data
+// plane as on_stop says.
+func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error) error {
+	d.notify.send("STOPPING=1")
+	cancel()
+	if err := <-engineDone; err != nil {
+		d.log.Error("engine", "err", err)
+	}
+	// Stopping has its own deadline: withdraw + hold + cleanup must end.
+	ctx, done := context.WithTimeout(context.Background(), d.engineCfg().Daemon.StopHold+time.Minute)
+	defer done()
+	cfg := d.engineCfg()
+	err := d.engine.Stop(ctx, cfg.Daemon.OnStop == config.OnStopCleanup)
+	if d.speaker != nil {
+		if cerr := d.speaker.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}
+	d.log.Info("stopped", "on_stop", string(cfg.Daemon.OnStop))
+	return err
+}
+
+func (d *daemon) engineCfg() *config.Config { return d.engine.Config() }
+
+func (d *daemon) close() {
+	if d.stopCh != nil {
+		d.stopCh()
+	}
+	if d.vipLink != nil {
+		d.vipLink.Close()
+	}
+	if d.kernel != nil {
+		d.kernel.Close()
+	}
+}
+
+// announcer adapts the speaker to the engine's route type.
+type announcer struct{ s *bgp.Speaker }
+
+func (a announcer) Apply(ctx context.Context, routes []lb.Route) error {
+	out := make([]bgp.Route, 0, len(routes))
+	for _, r := range routes {
+		br := bgp.Route{
+			Prefix:    r.Prefix,
+			NextHop:   r.NextHop,
+			MED:       r.MED,
+			HasMED:    r.HasMED,
+			LocalPref: r.LocalPref,
+			Prepend:   r.Prepend,
+		}
+		for _, c := range r.Communities {
+			br.Communities = append(br.Communities, bgp.Community(c))
+		}
+		for _, c := range r.LargeCommunities {
+			br.LargeCommunities = append(br.LargeCommunities, bgp.LargeCommunity{GlobalAdmin: c.Global, LocalData1: c.Local1, LocalData2: c.Local2})
+		}
+		out = append(out, br)
+	}
+	return a.s.Apply(ctx, out)
+}
+
+func (a announcer) WithdrawAll(ctx context.Context) error { return a.s.WithdrawAll(ctx) }
+
+// speakerConfig maps the bgp block onto the speaker's config.
+func speakerConfig(b config.BGP) bgp.Config {
+	c := bgp.Config{
+		ASN:                  b.ASN,
+		RouterID:             b.RouterID,
+		ListenPort:           int(b.ListenPort),
+		GracefulShutdown:     b.GracefulShutdown,
+		GracefulShutdownWait: b.GracefulShutdownWait,
+	}
+	for _, n := range b.Neighbors {
+		bn := bgp.Neighbor{
+			Name: n.Name, Address: n.Address, ASN: n.ASN, Port: n.Port, LocalAddress: n.LocalAddress,
+			Passive: n.Passive, MultihopTTL: n.MultihopTTL, HoldTime: n.HoldTime, Keepalive: n.Keepalive,
+			ConnectRetry: n.ConnectRetry, PasswordFile: n.PasswordFile,
+			GracefulRestart: n.GracefulRestart, RestartTime: n.RestartTime,
+		}
+		for _, f := range n.Families {
+			if f == config.IPv6 {
+				bn.Families = append(bn.Families, bgp.IPv6Unicast)
+			} else {
+				bn.Families = append(bn.Families, bgp.IPv4Unicast)
+			}
+		}
+		c.Neighbors = append(c.Neighbors, bn)
+	}
+	return c
+}
+
+// DeleteGuard refuses a reload that would delete more than share percent of
+// the running services or VIPs: an emptied directory or a truncated file
+// should not take a site down. Forcing the reload skips it.
+func DeleteGuard(old, new *config.Config, share float64) error {
+	if share >= 100 {
+		return nil
+	}
+	names := make(map[string]bool, len(new.Services))
+	for _, s := range new.Services {
+		names[s.Name] = true
+	}
+	gone := 0
+	for _, s := range old.Services {
+		if !names[s.Name] {
+			gone++
+		}
+	}
+	newVIPs := map[netip.Addr]bool{}
+	for _, v := range new.VIPs() {
+		newVIPs[v] = true
+	}
+	oldVIPs := old.VIPs()
+	goneVIPs := 0
+	for _, v := range oldVIPs {
+		if !newVIPs[v] {
+			goneVIPs++
+		}
+	}
+	if n := len(old.Services); n > 0 && float64(gone)*100 > share*float64(n) {
+		return fmt.Errorf("reload would delete %d of %d services (more than max_delete_share %g%%); run `kglb reload --force` (or POST /reload?force=1) to apply it", gone, n, share)
+	}
+	if n := len(oldVIPs); n > 0 && float64(goneVIPs)*100 > share*float64(n) {
+		return fmt.Errorf("reload would delete %d of %d VIPs (more than max_delete_share %g%%); run `kglb reload --force` (or POST /reload?force=1) to apply it", goneVIPs, n, share)
+	}
+	return nil
+}
+
+func newLogger(opts Options, dc config.Daemon) hclog.Logger {
+	level := string(dc.LogLevel)
+	if opts.LogLevel != "" {
+		level = opts.LogLevel
+	}
+	format := string(dc.LogFormat)
+	if opts.LogFormat != "" {
+		format = opts.LogFormat
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "kglb",
+		Level:      hclog.LevelFromString(level),
+		JSONFormat: format == string(config.LogJSON),
+		Output:     opts.Output,
+		TimeFormat: time.RFC3339,
+	})
+}
+
+func statsAddress(opts Options, cfg *config.Config) string {
+	if opts.StatsAddress != "" {
+		return opts.StatsAddress
+	}
+	return cfg.Daemon.StatsAddress.String()
+}
+
+func summary(cfg *config.Config) string {
+	reals := 0
+	for _, s := range cfg.Services {
+		reals += len(s.Reals)
+	}
+	parts := []string{fmt.Sprintf("%d services", len(cfg.Services)), fmt.Sprintf("%d reals", reals), fmt.Sprintf("%d VIPs", len(cfg.VIPs()))}
+	return strings.Join(parts, ", ")
+}

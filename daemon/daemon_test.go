@@ -1,0 +1,61 @@
+package daemon
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kglb/kglb/config"
+)
+
+func TestDeleteGuard(t *testing.T) {
+	mk := func(names ...string) *config.Config {
+		c := &config.Config{}
+		for i, n := range names {
+			c.Services = append(c.Services, config.Service{Name: n, VIP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)})})
+		}
+		return c
+	}
+	tests := []struct {
+		name     string
+		old, new *config.Config
+		share    float64
+		wantErr  string
+	}{
+		{"add", mk("a"), mk("a", "b"), 50, ""},
+		{"half deleted is allowed at 50%", mk("a", "b"), mk("a"), 50, ""},
+		{"emptied directory", mk("a", "b", "c"), mk(), 50, "delete 3 of 3 services"},
+		{"100% allows anything", mk("a", "b", "c"), mk(), 100, ""},
+		{"renamed services keep VIPs but count as deleted", mk("a", "b", "c"), mk("x", "y", "z"), 50, "delete 3 of 3 services"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := DeleteGuard(tt.old, tt.new, tt.share)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("DeleteGuard = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestWriteStatus(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	st := Status{
+		Config: ConfigStatus{LastReloadError: "web.hcl:3:5: bad"},
+		VIPs:   []VIPStatus{{VIP: netip.MustParseAddr("192.0.2.1"), Announced: true, Reason: "healthy", Services: []string{"web"}}},
+		Services: []ServiceStatus{{Name: "web", Endpoint: "tcp/192.0.2.1:80", Healthy: 1, Total: 2, Qualified: true, Reason: "healthy",
+			Reals: []RealStatus{
+				{Address: "10.0.0.1:80", Enabled: true, State: "up", Weight: 100, Checks: []CheckStatus{{Type: "tcp", State: "up", Reason: "connected", Since: now.Add(-time.Minute)}}},
+				{Address: "10.0.0.2:80", Enabled: true, State: "down", Weight: 0, Checks: []CheckStatus{{Type: "tcp", State: "down", Reason: "connection refused", Since: now.Add(-5 * time.Second)}}},
+			}}},
+	}
+	var b bytes.Buffer
+	WriteStatus(&b, st, now)
+	for _, want := range []string{"CONFIG REJECTED", "web.hcl:3:5: bad", "192.0.2.1  yes", "1/2 healthy", "10.0.0.2:80  down", "5s ago", "tcp: connection refused"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+}

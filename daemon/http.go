@@ -1,0 +1,211 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/kglb/kglb/bgp"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Status is the JSON document of /status: every service, real and check
+// with its state and reason, every VIP's announce decision, the BGP peers.
+type Status struct {
+	Config   ConfigStatus    `json:"config"`
+	Services []ServiceStatus `json:"services"`
+	VIPs     []VIPStatus     `json:"vips"`
+	BGP      *bgp.Status     `json:"bgp,omitempty"`
+	// Error is the last reconcile pass's error (the next pass retries).
+	Error string `json:"error,omitempty"`
+}
+
+// ConfigStatus says which configuration runs and whether the files on disk
+// were accepted.
+type ConfigStatus struct {
+	Dir             string   `json:"dir"`
+	Files           []string `json:"files"`
+	LastReloadError string   `json:"last_reload_error,omitempty"`
+}
+
+// ServiceStatus is one service.
+type ServiceStatus struct {
+	Name      string       `json:"name"`
+	Endpoint  string       `json:"endpoint"`
+	Healthy   int          `json:"healthy"`
+	Total     int          `json:"total"`
+	Qualified bool         `json:"qualified"`
+	Reason    string       `json:"reason"`
+	Reals     []RealStatus `json:"reals"`
+}
+
+// RealStatus is one real of a service.
+type RealStatus struct {
+	Address string        `json:"address"`
+	Enabled bool          `json:"enabled"`
+	State   string        `json:"state"`
+	Weight  uint16        `json:"weight"`
+	Checks  []CheckStatus `json:"checks,omitempty"`
+}
+
+// CheckStatus is one health check of a real.
+type CheckStatus struct {
+	Type       string    `json:"type"`
+	ID         string    `json:"id"`
+	State      string    `json:"state"`
+	Reason     string    `json:"reason,omitempty"`
+	Since      time.Time `json:"since,omitzero"`
+	LastResult string    `json:"last_result,omitempty"`
+	LastAt     time.Time `json:"last_at,omitzero"`
+}
+
+// VIPStatus is one VIP's announce decision.
+type VIPStatus struct {
+	VIP       netip.Addr `json:"vip"`
+	Announced bool       `json:"announced"`
+	Degraded  bool       `json:"degraded,omitempty"`
+	Reason    string     `json:"reason"`
+	Services  []string   `json:"services"`
+}
+
+func (d *daemon) status() Status {
+	desired, err := d.engine.Status()
+	cfg := d.engine.Config()
+	plan := d.engine.Plan()
+	st := Status{Config: ConfigStatus{Dir: d.dir, Files: cfg.Files}}
+	if d.watcher != nil {
+		if e := d.watcher.LastError(); e != nil {
+			st.Config.LastReloadError = e.Error()
+		}
+	}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	for _, s := range desired.Services {
+		ss := ServiceStatus{Name: s.Name, Endpoint: s.Endpoint, Healthy: s.Healthy, Total: s.Total, Qualified: s.Qualified, Reason: s.Reason}
+		for _, r := range s.Reals {
+			rs := RealStatus{Address: r.Addr.String(), Enabled: r.Enabled, State: r.State.String(), Weight: r.Weight}
+			if plan != nil {
+				for _, t := range plan.Targets(s.Name, r.Addr) {
+					hs, _ := d.sched.Lookup(t)
+					cs := CheckStatus{Type: t.Spec.Type.String(), ID: t.Spec.ID(), State: hs.State.String(), Reason: hs.Reason, Since: hs.Since, LastAt: hs.LastAt}
+					if !hs.LastAt.IsZero() {
+						cs.LastResult = hs.Last.Outcome.String() + ": " + hs.Last.Reason
+					}
+					rs.Checks = append(rs.Checks, cs)
+				}
+			}
+			ss.Reals = append(ss.Reals, rs)
+		}
+		st.Services = append(st.Services, ss)
+	}
+	for _, v := range desired.VIPStatus {
+		st.VIPs = append(st.VIPs, VIPStatus{VIP: v.VIP, Announced: v.Announced, Degraded: v.Degraded, Reason: v.Reason, Services: v.Services})
+	}
+	if d.speaker != nil {
+		b := d.speaker.Status()
+		st.BGP = &b
+	}
+	return st
+}
+
+// serveHTTP serves /metrics (and /stats), /status, /healthz and POST
+// /reload on addr until ctx ends. The returned channel reports a server
+// that stopped on its own.
+func (d *daemon) serveHTTP(ctx context.Context, addr string) <-chan error {
+	mux := http.NewServeMux()
+	metrics := promhttp.InstrumentMetricHandler(d.reg, promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Timeout: 10 * time.Second, MaxRequestsInFlight: 4}))
+	mux.Handle("GET /metrics", metrics)
+	mux.Handle("GET /stats", metrics)
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(d.status())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if _, err := d.engine.Status(); err != nil {
+			http.Error(w, "degraded: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
+		d.watcher.Reload(force)
+		w.Write([]byte("reload requested\n"))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+	done := make(chan error, 1)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		done <- err
+		return done
+	}
+	go func() {
+		err := srv.Serve(ln)
+		if !errors.Is(err, http.ErrServerClosed) {
+			done <- err
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	return done
+}
+
+// kernelCollector exports the kernel's per-service and per-real counters
+// from the reconciler's last full read: no extra netlink dump per scrape.
+type kernelCollector struct{ r *ipvs.Reconciler }
+
+var (
+	descSvcConns   = prometheus.NewDesc("kglb_ipvs_service_connections_total", "Connections scheduled by the IPVS service (kernel counter, 32-bit: it wraps).", []string{"service"}, nil)
+	descSvcPackets = prometheus.NewDesc("kglb_ipvs_service_packets_total", "Packets through the IPVS service by direction (kernel counter, 32-bit: it wraps).", []string{"service", "direction"}, nil)
+	descSvcBytes   = prometheus.NewDesc("kglb_ipvs_service_bytes_total", "Bytes through the IPVS service by direction.", []string{"service", "direction"}, nil)
+	descRealConns  = prometheus.NewDesc("kglb_ipvs_real_connections", "Connections of a real by state (active, inactive), as of the last full read.", []string{"service", "real", "state"}, nil)
+	descRealBytes  = prometheus.NewDesc("kglb_ipvs_real_bytes_total", "Bytes through a real by direction.", []string{"service", "real", "direction"}, nil)
+	descRealPkts   = prometheus.NewDesc("kglb_ipvs_real_packets_total", "Packets through a real by direction (32-bit: it wraps).", []string{"service", "real", "direction"}, nil)
+	descRealWeight = prometheus.NewDesc("kglb_ipvs_real_weight", "The real's weight in the kernel.", []string{"service", "real"}, nil)
+)
+
+func (c kernelCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSvcConns, descSvcPackets, descSvcBytes, descRealConns, descRealBytes, descRealPkts, descRealWeight} {
+		ch <- d
+	}
+}
+
+func (c kernelCollector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for _, s := range c.r.Stats().Services {
+		name := s.Key.String()
+		counter(descSvcConns, s.Stats.Connections, name)
+		counter(descSvcPackets, s.Stats.PacketsIn, name, "in")
+		counter(descSvcPackets, s.Stats.PacketsOut, name, "out")
+		counter(descSvcBytes, s.Stats.BytesIn, name, "in")
+		counter(descSvcBytes, s.Stats.BytesOut, name, "out")
+		for _, r := range s.Reals {
+			real := r.Key().String()
+			gauge(descRealConns, float64(r.ActiveConns), name, real, "active")
+			gauge(descRealConns, float64(r.InactiveConns), name, real, "inactive")
+			counter(descRealBytes, r.Stats.BytesIn, name, real, "in")
+			counter(descRealBytes, r.Stats.BytesOut, name, real, "out")
+			counter(descRealPkts, r.Stats.PacketsIn, name, real, "in")
+			counter(descRealPkts, r.Stats.PacketsOut, name, real, "out")
+			gauge(descRealWeight, float64(r.Weight), name, real)
+		}
+	}
+}
