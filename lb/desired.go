@@ -158,13 +158,18 @@ func (in Input) service(svc config.Service) (ServiceStatus, ipvs.Service) {
 	}
 
 	states := make([]health.State, len(svc.Reals))
+	targets := in.Plan.reals(svc.Name)
 	decided := true
 	for i, r := range svc.Reals {
 		if !r.Enabled {
 			continue
 		}
 		st.Total++
-		states[i] = in.realState(svc, r)
+		if i < len(targets) {
+			states[i] = in.realState(targets[i])
+		} else {
+			states[i] = health.Up
+		}
 		switch states[i] {
 		case health.Up:
 			st.Healthy++
@@ -240,8 +245,7 @@ func (in Input) qualify(svc config.Service, st ServiceStatus, decided, failOpen 
 
 // realState combines a real's checks: up when all pass, down when any
 // fails, unknown otherwise. A service without checks trusts its reals.
-func (in Input) realState(svc config.Service, r config.Real) health.State {
-	targets := in.Plan.Targets(svc.Name, r.AddrPort())
+func (in Input) realState(targets []health.Target) health.State {
 	state := health.Up
 	for _, t := range targets {
 		switch in.Health(t) {

@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -217,8 +218,8 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	}
 	byTarget := make(map[health.Target][]int)
 	for i, svc := range cfg.Services {
-		for _, r := range svc.Reals {
-			for _, t := range plan.Targets(svc.Name, r.AddrPort()) {
+		for _, ts := range plan.reals(svc.Name) {
+			for _, t := range ts {
 				if idx := byTarget[t]; len(idx) == 0 || idx[len(idx)-1] != i {
 					byTarget[t] = append(byTarget[t], i)
 				}
@@ -478,7 +479,7 @@ func decideAll(cfg *config.Config, sts []ServiceStatus) ([]VIPStatus, []Route) {
 }
 
 func serviceByName(cfg *config.Config, name string) (config.Service, bool) {
-	i, ok := slices.BinarySearchFunc(cfg.Services, name, func(s config.Service, n string) int { return cmpString(s.Name, n) })
+	i, ok := slices.BinarySearchFunc(cfg.Services, name, func(s config.Service, n string) int { return cmp.Compare(s.Name, n) })
 	if !ok {
 		return config.Service{}, false
 	}

@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -17,14 +18,11 @@ import (
 // each (service, real), and the one-real fwmark services that carry
 // tunnelled probes. It changes only when the configuration does.
 type Plan struct {
-	byReal  map[planKey][]health.Target
-	targets []health.Target // distinct, sorted
-	tunnels []ipvs.Service
-}
-
-type planKey struct {
-	service string
-	real    netip.AddrPort
+	// byService holds, per service name, the targets of each real, in the
+	// order of the service's Reals (nil for a disabled real).
+	byService map[string][][]health.Target
+	targets   []health.Target // distinct, in config order
+	tunnels   []ipvs.Service
 }
 
 // TunnelReals lists the real addresses that need an fwmark for tunnelled
@@ -57,7 +55,7 @@ func hasTunnelCheck(svc config.Service) bool {
 // TunnelReals; a real without one is an error (its tunnelled checks could
 // not be steered), reported once per real while the rest of the plan stands.
 func NewPlan(cfg *config.Config, marks map[netip.Addr]uint32) (*Plan, error) {
-	p := &Plan{byReal: map[planKey][]health.Target{}}
+	p := &Plan{byService: make(map[string][][]health.Target, len(cfg.Services))}
 	seen := map[health.Target]bool{}
 	tunnels := map[ipvs.Key]ipvs.Service{}
 	var errs []error
@@ -65,18 +63,32 @@ func NewPlan(cfg *config.Config, marks map[netip.Addr]uint32) (*Plan, error) {
 		if !svc.Enabled {
 			continue
 		}
-		for _, r := range svc.Reals {
-			if !r.Enabled {
+		// One spec per check, shared by every real of the service: the
+		// costly canonical forms and checks are made once.
+		specs := make([]health.Spec, 0, len(svc.Checks))
+		for _, c := range svc.Checks {
+			spec, err := specOf(svc, c)
+			if err == nil {
+				probe := spec
+				if probe.Tunnel {
+					probe.Mark = 1 // validated with a stand-in; each real gets its own
+				}
+				err = probe.Validate()
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("service %q check %s: %w", svc.Name, c.Type, err))
 				continue
 			}
-			key := planKey{svc.Name, r.AddrPort()}
-			for _, c := range svc.Checks {
-				spec, err := specOf(svc, c)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("service %q check %s: %w", svc.Name, c.Type, err))
-					continue
-				}
-				if c.Tunnel {
+			specs = append(specs, spec)
+		}
+		perReal := make([][]health.Target, len(svc.Reals))
+		for j, r := range svc.Reals {
+			if !r.Enabled || len(specs) == 0 {
+				continue
+			}
+			ts := make([]health.Target, 0, len(specs))
+			for _, spec := range specs {
+				if spec.Tunnel {
 					mark, ok := marks[r.Addr]
 					if !ok {
 						errs = append(errs, fmt.Errorf("service %q real %s: no fwmark for its tunnelled check", svc.Name, r.AddrPort()))
@@ -96,36 +108,37 @@ func NewPlan(cfg *config.Config, marks map[netip.Addr]uint32) (*Plan, error) {
 						}
 					}
 				}
-				if err := spec.Validate(); err != nil {
-					errs = append(errs, fmt.Errorf("service %q real %s check %s: %w", svc.Name, r.AddrPort(), c.Type, err))
-					continue
-				}
 				t := health.Target{Real: r.AddrPort(), Spec: spec}
-				p.byReal[key] = append(p.byReal[key], t)
+				ts = append(ts, t)
 				if !seen[t] {
 					seen[t] = true
 					p.targets = append(p.targets, t)
 				}
 			}
+			perReal[j] = ts
 		}
+		p.byService[svc.Name] = perReal
 	}
-	slices.SortFunc(p.targets, func(a, b health.Target) int {
-		if c := a.Real.Compare(b.Real); c != 0 {
-			return c
-		}
-		return cmpString(a.Spec.ID(), b.Spec.ID())
-	})
 	for _, s := range tunnels {
 		p.tunnels = append(p.tunnels, s)
 	}
-	slices.SortFunc(p.tunnels, func(a, b ipvs.Service) int { return int(a.Key.FWMark) - int(b.Key.FWMark) })
+	slices.SortFunc(p.tunnels, func(a, b ipvs.Service) int { return cmp.Compare(a.Key.FWMark, b.Key.FWMark) })
 	return p, errors.Join(errs...)
 }
 
 // Targets returns the health targets deciding one real of one service.
 func (p *Plan) Targets(service string, real netip.AddrPort) []health.Target {
-	return p.byReal[planKey{service, real}]
+	for _, ts := range p.byService[service] {
+		if len(ts) > 0 && ts[0].Real == real {
+			return ts
+		}
+	}
+	return nil
 }
+
+// reals returns the targets of each real of a service, aligned with the
+// service's Reals.
+func (p *Plan) reals(service string) [][]health.Target { return p.byService[service] }
 
 // All returns every distinct target, for the health scheduler.
 func (p *Plan) All() []health.Target { return p.targets }
@@ -204,14 +217,4 @@ func ipvsFamily(a netip.Addr) ipvs.Family {
 		return ipvs.IPv4
 	}
 	return ipvs.IPv6
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

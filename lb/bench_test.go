@@ -1,0 +1,226 @@
+package lb
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/health"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/kglb/kglb/vip"
+)
+
+// writeServices writes services x reals into dir, 100 services per file,
+// with weight w0 for the first real of service 0 (the line edits change).
+func writeServices(tb testing.TB, dir string, services, reals, w0 int) {
+	tb.Helper()
+	var b strings.Builder
+	flush := func(n int) {
+		if b.Len() == 0 {
+			return
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("svc-%05d.hcl", n)), []byte(b.String()), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+		b.Reset()
+	}
+	for i := range services {
+		fmt.Fprintf(&b, "service \"svc-%05d\" {\n  vip = \"10.%d.%d.%d\"\n  port = 443\n  scheduler = \"mh\"\n\n  check \"tcp\" {\n    interval = \"2s\"\n    timeout = \"1s\"\n  }\n",
+			i, 100+i/65536, i/256%256, i%256)
+		for j := range reals {
+			w := 100
+			if i == 0 && j == 0 {
+				w = w0
+			}
+			fmt.Fprintf(&b, "  real \"172.%d.%d.%d\" { weight = %d }\n", 16+j/250, i/256%256, 1+j%250, w)
+		}
+		b.WriteString("}\n\n")
+		if (i+1)%100 == 0 {
+			flush(i / 100)
+		}
+	}
+	flush(services / 100)
+}
+
+type upProber struct{ ch chan health.Change }
+
+func (upProber) Update([]health.Target) error    { return nil }
+func (p upProber) Changes() <-chan health.Change { return p.ch }
+func (upProber) Lookup(t health.Target) (health.Status, bool) {
+	return health.Status{Target: t, State: health.Up}, true
+}
+
+// benchEngine is an engine over fake kernels with cfg applied once.
+func benchEngine(tb testing.TB, cfg *config.Config) (*Engine, *ipvs.Fake) {
+	tb.Helper()
+	k := ipvs.NewFake()
+	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Prober: upProber{}}, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := e.adopt(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	e.setConfig(cfg)
+	e.reconcile(context.Background(), false)
+	if _, err := e.Status(); err != nil {
+		tb.Fatal(err)
+	}
+	return e, k
+}
+
+// editOnce changes one line (a weight), then loads, computes and writes.
+func editOnce(b *testing.B, e *Engine, k *ipvs.Fake, dir string, services, reals, w int) {
+	b.StopTimer()
+	writeServices(b, dir, services, reals, w)
+	k.ResetCounts()
+	b.StartTimer()
+	cfg, err := config.Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.setConfig(cfg)
+	e.reconcile(context.Background(), false)
+	b.StopTimer()
+	if n := k.Writes().Total(); n != 1 {
+		b.Fatalf("a one-line edit made %d writes (%s), want 1", n, k.Writes())
+	}
+	b.StartTimer()
+}
+
+// BenchmarkEditToKernel is a one-line edit (one real's weight) from the
+// files to the (fake) kernel: load + validate the whole directory, compute
+// the desired state, diff and write. The file watch's debounce is not
+// included.
+func BenchmarkEditToKernel(b *testing.B) {
+	for _, services := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
+			dir := b.TempDir()
+			writeServices(b, dir, services, 10, 100)
+			cfg, err := config.Load(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			e, k := benchEngine(b, cfg)
+			w := 100
+			b.ResetTimer()
+			for b.Loop() {
+				w = 300 - w // 100, 200, 100, ...
+				editOnce(b, e, k, dir, services, 10, w)
+			}
+			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/edit")
+		})
+	}
+}
+
+// BenchmarkReloadScaling times the same one-line edit with 100 reals and
+// with 100,000 reals in one run and reports the ratio.
+func BenchmarkReloadScaling(b *testing.B) {
+	measure := func(services int) time.Duration {
+		dir := b.TempDir()
+		writeServices(b, dir, services, 10, 100)
+		cfg, err := config.Load(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		e, k := benchEngine(b, cfg)
+		w, rounds := 100, 3
+		start := time.Now()
+		for range rounds {
+			w = 300 - w
+			editOnce(b, e, k, dir, services, 10, w)
+		}
+		return time.Since(start) / time.Duration(rounds)
+	}
+	for b.Loop() {
+		small := measure(10)
+		large := measure(10000)
+		b.ReportMetric(float64(small.Microseconds())/1000, "ms-at-100-reals")
+		b.ReportMetric(float64(large.Microseconds())/1000, "ms-at-100k-reals")
+		b.ReportMetric(float64(large)/float64(small), "ratio")
+	}
+}
+
+// BenchmarkHeap reports kglb's own heap per service and per real: the
+// engine, its config, plan and desired state and the reconcilers' caches
+// (the fake kernel's share is measured apart and subtracted).
+func BenchmarkHeap(b *testing.B) {
+	heap := func(services, reals int) float64 {
+		dir := b.TempDir()
+		writeServices(b, dir, services, reals, 100)
+		runtime.GC()
+		var m0, m1, m2 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		cfg, err := config.Load(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		e, k := benchEngine(b, cfg)
+		runtime.GC()
+		runtime.ReadMemStats(&m1)
+		// The fake kernel's own size: a copy of the same table.
+		kk := ipvs.NewFake()
+		d, _ := e.Status()
+		for _, s := range d.IPVS.Services {
+			kk.AddService(s)
+			for _, r := range s.Reals {
+				kk.AddReal(s.Key, r)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&m2)
+		runtime.KeepAlive(e)
+		runtime.KeepAlive(k)
+		runtime.KeepAlive(kk)
+		return float64(m1.HeapAlloc-m0.HeapAlloc) - float64(m2.HeapAlloc-m1.HeapAlloc)
+	}
+	for b.Loop() {
+		const s = 1000
+		h10 := heap(s, 10)
+		h20 := heap(s, 20)
+		perReal := (h20 - h10) / (10 * s)
+		perService := h10/s - 10*perReal
+		b.ReportMetric(perReal, "B/real")
+		b.ReportMetric(perService, "B/service")
+	}
+}
+
+// BenchmarkIdleCPU runs the engine loop with 1,000 services and nothing
+// happening (no edits, no health changes, a resync every second) and
+// reports the CPU it uses as a share of one core.
+func BenchmarkIdleCPU(b *testing.B) {
+	dir := b.TempDir()
+	writeServices(b, dir, 1000, 10, 100)
+	cfg, err := config.Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Daemon.ResyncInterval = time.Second
+	e, _ := benchEngine(b, cfg)
+	for b.Loop() {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- e.Run(ctx, nil) }()
+		time.Sleep(500 * time.Millisecond) // past the start-up pass
+		u0, wall0 := cpuTime(), time.Now()
+		time.Sleep(3 * time.Second)
+		used, wall := cpuTime()-u0, time.Since(wall0)
+		cancel()
+		<-done
+		b.ReportMetric(100*used.Seconds()/wall.Seconds(), "cpu-%")
+	}
+}
