@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCmd(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestExitCodes(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"no command", nil, exitUsage},
+		{"unknown command", []string{"frobnicate"}, exitUsage},
+		{"help", []string{"help"}, exitOK},
+		{"version", []string{"version"}, exitOK},
+		{"version with args", []string{"version", "x"}, exitUsage},
+		{"validate examples", []string{"validate", "../../examples"}, exitOK},
+		{"validate one example", []string{"validate", "../../examples/quickstart.hcl"}, exitOK},
+		{"validate invalid", []string{"validate", "../../config/testdata/invalid/bad_vip.hcl"}, exitInvalid},
+		{"validate invalid dir", []string{"validate", "../../config/testdata/invalid/duplicate_service"}, exitInvalid},
+		{"validate missing", []string{"validate", "/nonexistent/kglb"}, exitInvalid},
+		{"validate bad flag", []string{"validate", "--bogus"}, exitUsage},
+		{"validate json invalid", []string{"validate", "--json", "../../config/testdata/invalid/bad_vip.hcl"}, exitInvalid},
+		{"validate json valid", []string{"validate", "-json", "../../examples"}, exitOK},
+		{"fmt check examples", []string{"fmt", "-check", "../../examples"}, exitOK},
+		{"fmt bad flag", []string{"fmt", "-x"}, exitUsage},
+		{"fmt broken file", []string{"fmt", "-check", "../../config/testdata/invalid/syntax_unclosed.hcl"}, exitInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if code, o, e := runCmd(tt.args...); code != tt.want {
+				t.Errorf("kglb %s = %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(tt.args, " "), code, tt.want, o, e)
+			}
+		})
+	}
+}
+
+func TestValidateSummary(t *testing.T) {
+	_, out, _ := runCmd("validate", "../../examples")
+	if !strings.HasPrefix(out, "valid: ") || !strings.Contains(out, "2 BGP neighbors") || !strings.HasSuffix(out, " files\n") {
+		t.Errorf("summary = %q", out)
+	}
+}
+
+// TestValidateOutput checks that kglb validate prints the rich form that
+// config's golden files hold, then a count.
+func TestValidateOutput(t *testing.T) {
+	fixture := "../../config/testdata/invalid/unknown_attribute.hcl"
+	_, out, _ := runCmd("validate", fixture)
+	golden, err := os.ReadFile("../../config/testdata/invalid/unknown_attribute.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.ReplaceAll(string(golden), "testdata/invalid/", "../../config/testdata/invalid/") + "\ninvalid: 2 errors\n"
+	if out != want {
+		t.Errorf("output:\n%s\nwant:\n%s", out, want)
+	}
+}
+
+func TestValidateJSON(t *testing.T) {
+	code, out, _ := runCmd("validate", "--json", "../../config/testdata/invalid/bad_port.hcl")
+	var ds []struct {
+		File      string `json:"file"`
+		Line      int    `json:"line"`
+		Column    int    `json:"column"`
+		EndLine   int    `json:"end_line"`
+		EndColumn int    `json:"end_column"`
+		Severity  string `json:"severity"`
+		Summary   string `json:"summary"`
+		Detail    string `json:"detail"`
+		Hint      string `json:"hint"`
+	}
+	if err := json.Unmarshal([]byte(out), &ds); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if code != exitInvalid || len(ds) != 4 || ds[0].Line != 3 || ds[0].Column != 10 || ds[0].Severity != "error" || ds[0].Hint == "" {
+		t.Errorf("code %d, diagnostics %+v", code, ds)
+	}
+	_, out, _ = runCmd("validate", "--json", "../../examples")
+	if strings.TrimSpace(out) != "[]" {
+		t.Errorf("valid config JSON = %q, want []", out)
+	}
+}
+
+func TestFmt(t *testing.T) {
+	dir := t.TempDir()
+	ugly := "service \"a\" {\nvip = \"198.51.100.1\"\n  port=80\n}\n"
+	pretty := "service \"a\" {\n  vip  = \"198.51.100.1\"\n  port = 80\n}\n"
+	p := filepath.Join(dir, "a.hcl")
+	if err := os.WriteFile(p, []byte(ugly), 0o640); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, _ := runCmd("fmt", "-check", dir)
+	if code != exitInvalid || out != p+"\n" {
+		t.Errorf("fmt -check = %d %q", code, out)
+	}
+	code, out, _ = runCmd("fmt", "-diff", dir)
+	wantDiff := "--- " + p + "\n+++ " + p + "\n@@ -1,4 +1,4 @@\n service \"a\" {\n-vip = \"198.51.100.1\"\n-  port=80\n+  vip  = \"198.51.100.1\"\n+  port = 80\n }\n"
+	if code != exitOK || out != wantDiff {
+		t.Errorf("fmt -diff = %d\n%s\nwant\n%s", code, out, wantDiff)
+	}
+	if b, _ := os.ReadFile(p); string(b) != ugly {
+		t.Error("fmt -diff wrote the file")
+	}
+	code, out, _ = runCmd("fmt", dir)
+	if code != exitOK || out != p+"\n" {
+		t.Errorf("fmt = %d %q", code, out)
+	}
+	b, _ := os.ReadFile(p)
+	if string(b) != pretty {
+		t.Errorf("formatted file = %q", b)
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v not kept", st.Mode().Perm())
+	}
+	code, out, _ = runCmd("fmt", "-check", dir)
+	if code != exitOK || out != "" {
+		t.Errorf("second fmt -check = %d %q", code, out)
+	}
+}
+
+func TestUnifiedDiff(t *testing.T) {
+	tests := []struct {
+		name, a, b, want string
+	}{
+		{"equal", "x\n", "x\n", ""},
+		{"append", "a\n", "a\nb\n", "--- f\n+++ f\n@@ -1 +1,2 @@\n a\n+b\n"},
+		{"from empty", "", "a\n", "--- f\n+++ f\n@@ -0,0 +1 @@\n+a\n"},
+		{"two hunks", "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n", "1\nX\n3\n4\n5\n6\n7\n8\n9\nY\n11\n",
+			"--- f\n+++ f\n@@ -1,5 +1,5 @@\n 1\n-2\n+X\n 3\n 4\n 5\n@@ -7,5 +7,5 @@\n 7\n 8\n 9\n-10\n+Y\n 11\n"},
+		{"no newline", "a", "b", "--- f\n+++ f\n@@ -1 +1 @@\n-a\n\\ No newline at end of file\n+b\n\\ No newline at end of file\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := string(unifiedDiff("f", []byte(tt.a), []byte(tt.b))); got != tt.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestNoHCLImports keeps HCL inside package config.
+func TestNoHCLImports(t *testing.T) {
+	files, _ := filepath.Glob("*.go")
+	for _, f := range files {
+		pf, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range pf.Imports {
+			if p := strings.Trim(imp.Path.Value, `"`); strings.HasPrefix(p, "github.com/hashicorp/hcl") || strings.HasPrefix(p, "github.com/zclconf/go-cty") {
+				t.Errorf("%s imports %s; only package config may use HCL", f, p)
+			}
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/kglb/kglb/config"
+)
+
+func runValidate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print the diagnostics as a JSON array")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: kglb validate [--json] [DIR|FILE...]")
+		fmt.Fprintf(stderr, "\nChecks every *.hcl file of each DIR (default %s) and each FILE as one\nconfiguration. Exit status: 0 valid, 1 invalid, 2 usage.\n\n", defaultConfigDir)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	targets := fs.Args()
+	if len(targets) == 0 {
+		targets = []string{defaultConfigDir}
+	}
+	files, err := expand(targets)
+	var cfg *config.Config
+	if err == nil {
+		cfg, err = config.LoadFiles(files...)
+	}
+	var ds config.Diagnostics
+	if err != nil && !errors.As(err, &ds) {
+		ds = config.Diagnostics{{Severity: config.SeverityError, Summary: err.Error()}}
+	}
+	if *asJSON {
+		if werr := ds.WriteJSON(stdout); werr != nil {
+			fmt.Fprintln(stderr, "kglb:", werr)
+		}
+		if err != nil {
+			return exitInvalid
+		}
+		return exitOK
+	}
+	if err != nil {
+		ds.WriteText(stdout)
+		fmt.Fprintf(stdout, "\ninvalid: %s\n", plural(ds.Errors(), "error"))
+		return exitInvalid
+	}
+	if len(files) == 0 {
+		fmt.Fprintf(stderr, "kglb: warning: no *.hcl files in %s\n", strings.Join(targets, " "))
+	}
+	fmt.Fprintln(stdout, summary(cfg))
+	return exitOK
+}
+
+// expand turns directories into their *.hcl files and keeps files as given.
+func expand(targets []string) ([]string, error) {
+	var files []string
+	var ds config.Diagnostics
+	for _, t := range targets {
+		st, err := os.Stat(t)
+		if err != nil {
+			ds = append(ds, config.Diagnostic{File: t, Severity: config.SeverityError, Summary: "cannot read: " + pathErr(err), Hint: "give a directory of *.hcl files or a file"})
+			continue
+		}
+		if !st.IsDir() {
+			files = append(files, t)
+			continue
+		}
+		fs, err := config.ListFiles(t)
+		if err != nil {
+			ds = append(ds, config.Diagnostic{File: t, Severity: config.SeverityError, Summary: "cannot list directory: " + err.Error()})
+			continue
+		}
+		files = append(files, fs...)
+	}
+	if len(ds) > 0 {
+		return nil, ds
+	}
+	return files, nil
+}
+
+// summary is the one line printed for a valid configuration.
+func summary(c *config.Config) string {
+	reals := 0
+	for _, s := range c.Services {
+		reals += len(s.Reals)
+	}
+	parts := []string{plural(len(c.Services), "service"), plural(reals, "real"), plural(len(c.VIPs()), "VIP")}
+	if c.BGP.Enabled {
+		parts = append(parts, plural(len(c.BGP.Neighbors), "BGP neighbor"))
+	}
+	return fmt.Sprintf("valid: %s in %s", strings.Join(parts, ", "), plural(len(c.Files), "file"))
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return fmt.Sprintf("1 %s", what)
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// pathErr is the error without the path, which the diagnostic already has.
+func pathErr(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,90 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// genConfig writes services x 10 reals into dir, 100 services per file,
+// each with an http check and an announce block: a large production set.
+func genConfig(tb testing.TB, dir string, services int) {
+	tb.Helper()
+	var b strings.Builder
+	flush := func(n int) {
+		if b.Len() == 0 {
+			return
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("svc-%05d.hcl", n)), []byte(b.String()), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+		b.Reset()
+	}
+	for i := range services {
+		fmt.Fprintf(&b, `service "svc-%d" {
+  vip       = "10.%d.%d.%d"
+  port      = 443
+  scheduler = "mh"
+  flags     = ["mh-port"]
+  drain     = "30s"
+
+  check "http" {
+    path     = "/healthz"
+    status   = [200]
+    interval = "2s"
+    timeout  = "1s"
+  }
+
+  announce {
+    min_healthy = "50%%"
+    communities = ["65010:100"]
+  }
+`, i, 100+i/65536, i/256%256, i%256)
+		for j := range 10 {
+			fmt.Fprintf(&b, "  real \"172.%d.%d.%d\" { weight = %d }\n", 16+i/65536, i/256%256, 10+j, 100+j)
+		}
+		b.WriteString("}\n\n")
+		if (i+1)%100 == 0 {
+			flush(i / 100)
+		}
+	}
+	flush(services / 100)
+}
+
+func benchLoad(b *testing.B, services int) {
+	dir := b.TempDir()
+	genConfig(b, dir, services)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for b.Loop() {
+		cfg, err := Load(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(cfg.Services) != services {
+			b.Fatalf("%d services", len(cfg.Services))
+		}
+	}
+	// The machine is shared: CPU time (this process, GC included) is a
+	// steadier figure than wall time.
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkLoad100 is load + validate of 100 services x 10 reals.
+func BenchmarkLoad100(b *testing.B) { benchLoad(b, 100) }
+
+// BenchmarkLoad10000 is load + validate of 10,000 services x 10 reals.
+func BenchmarkLoad10000(b *testing.B) { benchLoad(b, 10000) }

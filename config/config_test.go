@@ -1,0 +1,388 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// golden compares got with the file, or rewrites it with -update.
+func golden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs (go test -update rewrites it)\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+// loadPath loads a directory or a single file.
+func loadPath(p string) (*Config, error) {
+	if st, err := os.Stat(p); err == nil && st.IsDir() {
+		return Load(p)
+	}
+	return LoadFiles(p)
+}
+
+// TestInvalid loads every broken fixture under testdata/invalid (a file, or
+// a directory for problems across files) and compares what kglb validate
+// prints with NAME.golden. Every problem must carry a position, the source
+// line and a hint.
+func TestInvalid(t *testing.T) {
+	ents, err := os.ReadDir("testdata/invalid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		name := e.Name()
+		if !e.IsDir() && !strings.HasSuffix(name, ".hcl") {
+			continue
+		}
+		n++
+		base := strings.TrimSuffix(name, ".hcl")
+		t.Run(base, func(t *testing.T) {
+			p := filepath.Join("testdata/invalid", name)
+			cfg, err := loadPath(p)
+			if err == nil {
+				t.Fatalf("loaded without error: %+v", cfg)
+			}
+			if cfg != nil {
+				t.Errorf("a failed load returned a Config")
+			}
+			var ds Diagnostics
+			if !errors.As(err, &ds) {
+				t.Fatalf("error %T is not Diagnostics: %v", err, err)
+			}
+			for _, d := range ds {
+				if d.Line == 0 || d.Column == 0 || d.source == "" || d.Hint == "" || d.Summary == "" {
+					t.Errorf("diagnostic without position, source line, summary or hint: %+v", d)
+				}
+				if !strings.HasPrefix(d.File, p) {
+					t.Errorf("diagnostic file %q is not under %q", d.File, p)
+				}
+			}
+			if lines := strings.Count(err.Error(), "\n") + 1; lines != len(ds) {
+				t.Errorf("Error() has %d lines for %d diagnostics", lines, len(ds))
+			}
+			var buf bytes.Buffer
+			if err := ds.WriteText(&buf); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, filepath.Join("testdata/invalid", base+".golden"), buf.Bytes())
+		})
+	}
+	if n < 40 {
+		t.Errorf("only %d fixtures", n)
+	}
+}
+
+func TestDiagnosticsJSON(t *testing.T) {
+	_, err := LoadFiles("testdata/invalid/bad_vip.hcl")
+	var ds Diagnostics
+	if !errors.As(err, &ds) {
+		t.Fatalf("want Diagnostics, got %v", err)
+	}
+	var buf bytes.Buffer
+	if err := ds.WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ds) {
+		t.Fatalf("%d objects for %d diagnostics", len(got), len(ds))
+	}
+	for _, key := range []string{"file", "line", "column", "end_line", "end_column", "severity", "summary", "detail", "hint"} {
+		if _, ok := got[0][key]; !ok {
+			t.Errorf("JSON lacks %q: %s", key, buf.Bytes())
+		}
+	}
+	if got[0]["file"] != "testdata/invalid/bad_vip.hcl" || got[0]["line"] != 2.0 || got[0]["column"] != 10.0 || got[0]["severity"] != "error" {
+		t.Errorf("first diagnostic = %v", got[0])
+	}
+}
+
+func TestErrorLines(t *testing.T) {
+	_, err := LoadFiles("testdata/invalid/bad_port.hcl")
+	want := []string{
+		"testdata/invalid/bad_port.hcl:3:10: port 0 is out of range 1..65535",
+		"testdata/invalid/bad_port.hcl:8:10: port 70000 is out of range 1..65535",
+		"testdata/invalid/bad_port.hcl:13:10: port must be a whole number",
+		`testdata/invalid/bad_port.hcl:16:1: service "none" needs a port`,
+	}
+	if err == nil || err.Error() != strings.Join(want, "\n") {
+		t.Errorf("Error() =\n%v\nwant\n%s", err, strings.Join(want, "\n"))
+	}
+}
+
+// TestExamples loads each example alone and all of them together, and
+// compares each decoded Config with testdata/examples/NAME.json.
+func TestExamples(t *testing.T) {
+	files, err := ListFiles("../examples")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 5 {
+		t.Fatalf("only %d examples", len(files))
+	}
+	if _, err := Load("../examples"); err != nil {
+		t.Fatalf("the examples do not load together:\n%v", err)
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".hcl")
+		t.Run(name, func(t *testing.T) {
+			cfg, err := LoadFiles(f)
+			if err != nil {
+				t.Fatalf("%v", err)
+			}
+			src, _ := os.ReadFile(f)
+			out, err := Format(f, src)
+			if err != nil || !bytes.Equal(out, src) {
+				t.Errorf("%s is not formatted (kglb fmt %s)", f, f)
+			}
+			cfg.Digest = [32]byte{}
+			b, err := json.MarshalIndent(cfg, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, filepath.Join("testdata/examples", name+".json"), append(b, '\n'))
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", `
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80
+  real "203.0.113.11" {}
+  real "203.0.113.12" { weight = 5 }
+  check "http" {}
+}`)
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Daemon.Source != "" || cfg.Daemon.VIPInterface != "kglb0" || cfg.BGP.Enabled {
+		t.Errorf("daemon/bgp defaults: %+v %+v", cfg.Daemon, cfg.BGP)
+	}
+	s := cfg.Services[0]
+	if s.Protocol != TCP || s.Scheduler != SchedWRR || s.Forward != ForwardTunnel || s.Family != IPv4 ||
+		s.WhenAllDown != FailOpen || !s.Enabled || s.Drain.String() != "30s" || s.Source != "a.hcl:2" {
+		t.Errorf("service defaults: %+v", s)
+	}
+	if s.Reals[0].Port != 80 || s.Reals[0].Weight != 100 || !s.Reals[0].Enabled || s.Reals[1].Weight != 5 {
+		t.Errorf("real defaults: %+v", s.Reals)
+	}
+	c := s.Checks[0]
+	if c.Interval.String() != "5s" || c.Timeout.String() != "2s" || c.Rise != 2 || c.Fall != 3 ||
+		c.HTTP.Method != "GET" || c.HTTP.Path != "/" || c.HTTP.MaxBody != 65536 || len(c.HTTP.Status) != 1 {
+		t.Errorf("check defaults: %+v", c)
+	}
+	a := s.Announce
+	if !a.Enabled || a.MinHealthy != (Threshold{50, true}) || a.RestoreHealthy != a.MinHealthy {
+		t.Errorf("announce defaults: %+v", a)
+	}
+}
+
+func write(t *testing.T, dir, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestListFilesSkipsTemporaries(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"b.hcl", "a.hcl", ".#a.hcl", "#a.hcl#", "a.hcl~", ".a.hcl.swp", ".hidden.hcl", "notes.txt", "c.hcl.bak"} {
+		write(t, dir, n, "")
+	}
+	if err := os.Mkdir(filepath.Join(dir, "d.hcl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ListFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "a.hcl"), filepath.Join(dir, "b.hcl")}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("ListFiles = %v, want %v", got, want)
+	}
+}
+
+func TestDigest(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", `service "a" {
+  vip  = "198.51.100.10"
+  port = 80
+}
+`)
+	c1, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := Load(dir)
+	if c1.Digest != c2.Digest {
+		t.Error("same files, different digests")
+	}
+	write(t, dir, "a.hcl", `service "a" {
+  vip  = "198.51.100.10"
+  port = 81
+}
+`)
+	c3, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c3.Digest == c1.Digest {
+		t.Error("edited file, same digest")
+	}
+	if c3.Services[0].Port != 81 {
+		t.Error("a reload returned the old content: the parser cache leaked")
+	}
+}
+
+func TestLoadMissingDir(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope"))
+	var ds Diagnostics
+	if !errors.As(err, &ds) || len(ds) != 1 || !strings.Contains(ds[0].Summary, "no such file") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestEmptyDirIsValid(t *testing.T) {
+	cfg, err := Load(t.TempDir())
+	if err != nil || len(cfg.Services) != 0 || len(cfg.Files) != 0 {
+		t.Errorf("cfg = %+v, err = %v", cfg, err)
+	}
+}
+
+func TestServicesSorted(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", `
+service "zeta" {
+  vip  = "198.51.100.10"
+  port = 80
+}
+service "alpha" {
+  vip  = "198.51.100.11"
+  port = 80
+  real "203.0.113.12" {}
+  real "203.0.113.11:80" {}
+}`)
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Services[0].Name != "alpha" || cfg.Services[1].Name != "zeta" {
+		t.Errorf("services not sorted: %s, %s", cfg.Services[0].Name, cfg.Services[1].Name)
+	}
+	if r := cfg.Services[0].Reals; r[0].Addr.String() != "203.0.113.11" {
+		t.Errorf("reals not sorted: %v", r)
+	}
+}
+
+func TestThresholdNeed(t *testing.T) {
+	tests := []struct {
+		name  string
+		t     Threshold
+		total int
+		want  int
+	}{
+		{"count", Threshold{Value: 2}, 10, 2},
+		{"half of 4", Threshold{Value: 50, Percent: true}, 4, 2},
+		{"half of 3 rounds up", Threshold{Value: 50, Percent: true}, 3, 2},
+		{"a third of 3", Threshold{Value: 100.0 / 3, Percent: true}, 3, 1},
+		{"zero", Threshold{Value: 0, Percent: true}, 3, 0},
+		{"all", Threshold{Value: 100, Percent: true}, 7, 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.t.Need(tt.total); got != tt.want {
+				t.Errorf("Need(%d) = %d, want %d", tt.total, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFormat(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+		wantErr        bool
+	}{
+		{"aligns", "service \"a\" {\nvip = \"198.51.100.1\"\n  port=80\n}\n", "service \"a\" {\n  vip  = \"198.51.100.1\"\n  port = 80\n}\n", false},
+		{"canonical stays", "service \"a\" {\n  port = 80\n}\n", "service \"a\" {\n  port = 80\n}\n", false},
+		{"broken is refused", "service \"a\" {\n", "service \"a\" {\n", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Format("x.hcl", []byte(tt.in))
+			if (err != nil) != tt.wantErr || string(got) != tt.want {
+				t.Errorf("Format = %q, %v; want %q", got, err, tt.want)
+			}
+			if err == nil {
+				again, _ := Format("x.hcl", got)
+				if !bytes.Equal(again, got) {
+					t.Errorf("not idempotent: %q", again)
+				}
+			}
+		})
+	}
+}
+
+// TestFormatRoundTrip strips every example of its layout (indentation and
+// alignment) and expects kglb fmt to restore it exactly, and the stripped
+// file to load to the same Config.
+func TestFormatRoundTrip(t *testing.T) {
+	files, _ := filepath.Glob("../examples/*.hcl")
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ugly []string
+			for _, l := range strings.Split(string(src), "\n") {
+				ugly = append(ugly, strings.Join(strings.Fields(l), " "))
+			}
+			out, err := Format(f, []byte(strings.Join(ugly, "\n")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(out) != string(src) {
+				t.Errorf("fmt of the stripped file differs:\n%s", out)
+			}
+			dir := t.TempDir()
+			write(t, dir, filepath.Base(f), strings.Join(ugly, "\n"))
+			a, err1 := LoadFiles(f)
+			b, err2 := Load(dir)
+			if err1 != nil || err2 != nil {
+				t.Fatal(err1, err2)
+			}
+			a.Digest, b.Digest, a.Files, b.Files = [32]byte{}, [32]byte{}, nil, nil
+			ja, _ := json.Marshal(a)
+			jb, _ := json.Marshal(b)
+			if string(ja) != string(jb) {
+				t.Errorf("stripped file loads differently")
+			}
+		})
+	}
+}

@@ -1,0 +1,19 @@
+// Package config owns kglb's configuration language: the HCL schema of
+// /etc/kglb/*.hcl (daemon, bgp with neighbors, services with reals, checks,
+// persistence and announce policy), its defaults, and every validation,
+// within one file and across files.
+//
+// Load (a directory) and LoadFiles (a list of files) are the one load path:
+// the daemon at start, every reload and `kglb validate` call them. They
+// return a plain Config value (net/netip addresses, uint16 ports,
+// time.Duration, string enums; no HCL types and no pointers into parsed
+// files), or a Diagnostics error holding every problem found, each with
+// its file:line:col, the source line and a hint saying what to write
+// instead. Nothing outside this package imports HCL: Diagnostics renders
+// itself as text or JSON, and Format gives `kglb fmt` its canonical layout.
+//
+// Loading is fast enough for 10,000 services per reload: files in the plain
+// subset of HCL that configurations use are parsed by a small dedicated
+// parser into the same tree hclsyntax would give (checked by FuzzLoad);
+// anything else, and every syntax error, goes through hclsyntax itself.
+package config

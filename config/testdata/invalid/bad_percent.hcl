@@ -1,0 +1,14 @@
+daemon {
+  max_delete_share = "150%"
+}
+
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80
+
+  real "203.0.113.11" {}
+
+  announce {
+    min_healthy = "half"
+  }
+}

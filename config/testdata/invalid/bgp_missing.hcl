@@ -1,0 +1,4 @@
+bgp {
+  neighbor "tor-a" {
+  }
+}

@@ -1,0 +1,17 @@
+bgp {
+  asn       = 65010
+  router_id = "192.0.2.10"
+
+  neighbor "tor-a" {
+    address = "192.0.2.1"
+    asn     = 65000
+  }
+  neighbor "tor-a" {
+    address = "192.0.2.2"
+    asn     = 65000
+  }
+  neighbor "tor-b" {
+    address = "192.0.2.1"
+    asn     = 65000
+  }
+}

@@ -1,0 +1,15 @@
+bgp {
+  asn       = 65010
+  router_id = "192.0.2.10"
+
+  neighbor "tor-a" {
+    address  = "192.0.2.1"
+    asn      = 65000
+    password = "s3cret"
+  }
+  neighbor "tor-b" {
+    address       = "192.0.2.2"
+    asn           = 65000
+    password_file = "tor-b.secret"
+  }
+}

@@ -1,0 +1,10 @@
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80
+
+  announce {}
+  announce {}
+
+  persistence {}
+  persistence {}
+}

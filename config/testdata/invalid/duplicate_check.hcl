@@ -1,0 +1,12 @@
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80
+
+  check "http" {
+    path = "/healthz"
+  }
+
+  check "http" {
+    path = "/healthz"
+  }
+}

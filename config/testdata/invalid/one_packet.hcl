@@ -1,0 +1,5 @@
+service "web" {
+  vip        = "198.51.100.10"
+  port       = 80
+  one_packet = true
+}

@@ -1,0 +1,3 @@
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80

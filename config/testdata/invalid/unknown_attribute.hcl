@@ -1,0 +1,6 @@
+service "web" {
+  vip     = "198.51.100.10"
+  port    = 80
+  protocl = "tcp"
+  colour  = "blue"
+}

@@ -1,0 +1,4 @@
+service "web" {
+  vip  = var.vip
+  port = max(80, 443)
+}

@@ -1,0 +1,114 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// validate runs the checks that span services and files, and sorts the
+// services by name.
+func (d *decoder) validate(cfg *Config, metas []serviceMeta, daemonAt *block, daemonFields *fields, daemonFile string) {
+	names := make(map[string]int, len(cfg.Services))
+	type endpoint struct {
+		proto Protocol
+		ap    netip.AddrPort
+		mark  uint32
+		fam   Family
+	}
+	endpoints := make(map[endpoint]int, len(cfg.Services))
+	byVIP := map[netip.Addr]int{}
+	tunnelReals := map[netip.Addr]struct{}{}
+	dm := cfg.Daemon
+	for i, s := range cfg.Services {
+		m := metas[i]
+		if j, dup := names[s.Name]; dup {
+			d.errorAt(m.nameRange, metas[j].nameRange, "give each service its own name", "duplicate service %q", s.Name)
+			continue
+		}
+		names[s.Name] = i
+		if s.FWMark != 0 || s.VIP.IsValid() {
+			ep := endpoint{proto: s.Protocol, ap: netip.AddrPortFrom(s.VIP, s.Port)}
+			if s.FWMark != 0 {
+				ep = endpoint{mark: s.FWMark, fam: s.Family}
+			}
+			if j, dup := endpoints[ep]; dup {
+				d.errorAt(m.endpointRange, metas[j].endpointRange, "each VIP:port:protocol (or fwmark and family) may belong to one service only", "service %q uses %s, as service %q does", s.Name, s.Endpoint(), cfg.Services[j].Name)
+			} else {
+				endpoints[ep] = i
+			}
+		}
+		if s.FWMark != 0 && s.FWMark >= dm.TunnelMarkBase && uint64(s.FWMark) < uint64(dm.TunnelMarkBase)+uint64(dm.TunnelMarkCount) {
+			d.errorAt(m.fwmarkRange, hcl.Range{}, fmt.Sprintf("use an fwmark outside %d..%d, or move tunnel_mark_base in the daemon block", dm.TunnelMarkBase, uint64(dm.TunnelMarkBase)+uint64(dm.TunnelMarkCount)-1), "fwmark %d is inside the range reserved for tunnelled checks", s.FWMark)
+		}
+		for fam, rng := range m.tunnelRanges {
+			src := dm.HealthSourceV4
+			if fam == IPv6 {
+				src = dm.HealthSourceV6
+			}
+			if !src.IsValid() {
+				ex := "192.0.2.10"
+				if fam == IPv6 {
+					ex = "2001:db8::10"
+				}
+				d.errorAt(rng, hcl.Range{}, fmt.Sprintf("add health_source = %q (a local address that is not a VIP) to the daemon block", ex), "a tunnelled check of an %s service needs an %s health_source in the daemon block", famName(fam), famName(fam))
+			}
+			for _, r := range s.Reals {
+				tunnelReals[r.Addr] = struct{}{}
+			}
+		}
+		if s.VIP.IsValid() {
+			if j, ok := byVIP[s.VIP]; ok {
+				if !sameRoute(cfg.Services[j].Announce, s.Announce) {
+					rng := m.announceRange
+					if rng.Filename == "" {
+						rng = m.nameRange
+					}
+					first := metas[j].announceRange
+					if first.Filename == "" {
+						first = metas[j].nameRange
+					}
+					d.errorAt(rng, first, "give every service of one VIP the same enabled, next_hop, communities, large_communities, med, local_pref and prepend in announce", "service %q shares vip %s with service %q but announces it differently", s.Name, s.VIP, cfg.Services[j].Name)
+				}
+			} else {
+				byVIP[s.VIP] = i
+			}
+		}
+	}
+	d.file = daemonFile
+	if daemonAt != nil {
+		for _, src := range []netip.Addr{dm.HealthSourceV4, dm.HealthSourceV6} {
+			if _, isVIP := byVIP[src]; src.IsValid() && isVIP {
+				d.errorf(daemonFields.attr("health_source").val.rng, "use a local address that is not a VIP: a probe from a VIP would be answered to itself", "health_source %s is a VIP", src)
+			}
+		}
+	}
+	if uint32(len(tunnelReals)) > dm.TunnelMarkCount {
+		rng := hcl.Range{}
+		if daemonAt != nil {
+			rng = d.full(daemonAt.defRange)
+			if a := daemonFields.attr("tunnel_mark_count"); a != nil {
+				rng = d.full(a.val.rng)
+			}
+		} else {
+			for _, m := range metas {
+				for _, r := range m.tunnelRanges {
+					rng = r
+				}
+			}
+		}
+		d.errorAt(rng, hcl.Range{}, fmt.Sprintf("raise tunnel_mark_count to at least %d", len(tunnelReals)), "%d reals have tunnelled checks but tunnel_mark_count is %d (one mark per real address)", len(tunnelReals), dm.TunnelMarkCount)
+	}
+	slices.SortStableFunc(cfg.Services, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
+}
+
+// sameRoute reports whether two announce policies give one VIP's route the
+// same attributes.
+func sameRoute(a, b Announce) bool {
+	return a.Enabled == b.Enabled && a.NextHop == b.NextHop && slices.Equal(a.Communities, b.Communities) &&
+		slices.Equal(a.LargeCommunities, b.LargeCommunities) && a.HasMED == b.HasMED && a.MED == b.MED &&
+		a.HasLocalPref == b.HasLocalPref && a.LocalPref == b.LocalPref && a.Prepend == b.Prepend
+}
