@@ -1,0 +1,80 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Dialer holds what every probe socket of a Scheduler shares: the local source
+// addresses. Tunnelled probes need one for the VIP's family (a non-VIP address of
+// the LB): unbound, the kernel picks the VIP itself as source, because it is local,
+// and the real's reply never comes back to the probe.
+type Dialer struct {
+	Source4 netip.Addr
+	Source6 netip.Addr
+}
+
+func (d Dialer) source(dst netip.Addr) netip.Addr {
+	if dst.Is4() || dst.Is4In6() {
+		return d.Source4
+	}
+	return d.Source6
+}
+
+// sockopts sets the options every probe socket gets before it is bound or connected:
+// SO_MARK for fwmark steering, IP_BIND_ADDRESS_NO_PORT so that binding a source
+// address leaves the port choice to connect() (which picks per 4-tuple, not per
+// source address: thousands of probes share one source without running out of
+// ports), and SO_LINGER 0 on TCP so that closing sends RST and leaves no TIME_WAIT.
+func sockopts(fd int, tcp, bound bool, mark uint32) error {
+	if mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+			return errLocal{fmt.Errorf("set SO_MARK %d: %w", mark, err)}
+		}
+	}
+	if bound && tcp {
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			return errLocal{fmt.Errorf("set IP_BIND_ADDRESS_NO_PORT: %w", err)}
+		}
+	}
+	if tcp {
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+			return errLocal{fmt.Errorf("set SO_LINGER: %w", err)}
+		}
+	}
+	return nil
+}
+
+// dial connects a stream ("tcp") or datagram ("udp") socket to dst through the Go
+// netpoller, bounded by ctx, with the probe's mark and source address. TCP
+// connections close with RST (SO_LINGER 0).
+func (d Dialer) dial(ctx context.Context, network string, dst netip.AddrPort, mark uint32) (net.Conn, error) {
+	src := d.source(dst.Addr())
+	tcp := network == "tcp"
+	nd := net.Dialer{
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = sockopts(int(fd), tcp, src.IsValid(), mark) }); err != nil {
+				return errLocal{err}
+			}
+			return serr
+		},
+	}
+	if src.IsValid() {
+		if tcp {
+			nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		} else {
+			nd.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		}
+	}
+	c, err := nd.DialContext(ctx, network, dst.String())
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}

@@ -1,0 +1,89 @@
+package health
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+)
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func marksString(m map[netip.Addr]uint32) string {
+	var parts []string
+	for a, mk := range m {
+		parts = append(parts, fmt.Sprintf("%s=%d", a, mk))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+func TestMarksSync(t *testing.T) {
+	// Each step syncs a set of reals and checks the whole allocation.
+	steps := []struct {
+		name    string
+		reals   []netip.Addr
+		want    string
+		wantErr bool
+	}{
+		{"first set, address order", addrs("10.0.0.2", "10.0.0.1"), "10.0.0.1=100 10.0.0.2=101", false},
+		{"reload, same reals: same marks", addrs("10.0.0.1", "10.0.0.2", "10.0.0.1"), "10.0.0.1=100 10.0.0.2=101", false},
+		{"one goes, one comes: the freed mark is not reused at once", addrs("10.0.0.2", "10.0.0.3"), "10.0.0.2=101 10.0.0.3=102", false},
+		{"wrap around to the freed mark", addrs("10.0.0.2", "10.0.0.3", "10.0.0.4", "2001:db8::1"), "10.0.0.2=101 10.0.0.3=102 10.0.0.4=103 2001:db8::1=100", false},
+		{"exhausted: the rest keep theirs", addrs("10.0.0.2", "10.0.0.3", "10.0.0.4", "2001:db8::1", "10.0.0.9"), "10.0.0.2=101 10.0.0.3=102 10.0.0.4=103 2001:db8::1=100", true},
+		{"all gone", nil, "", false},
+	}
+	m, err := NewMarks(100, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range steps {
+		got, err := m.Sync(st.reals)
+		if (err != nil) != st.wantErr || (err != nil && !errors.Is(err, ErrMarksExhausted)) {
+			t.Errorf("%s: error %v, want error %v", st.name, err, st.wantErr)
+		}
+		if s := marksString(got); s != st.want {
+			t.Errorf("%s: marks %q, want %q", st.name, s, st.want)
+		}
+		if m.Len() != len(got) {
+			t.Errorf("%s: Len %d, want %d", st.name, m.Len(), len(got))
+		}
+	}
+}
+
+func TestMarksRestoreAndGet(t *testing.T) {
+	m, _ := NewMarks(1000, 10)
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	if err := m.Restore(a, 1005); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Restore(b, 1005); err == nil {
+		t.Error("restore of a taken mark accepted")
+	}
+	if err := m.Restore(b, 1010); err == nil {
+		t.Error("restore outside the range accepted")
+	}
+	got, _ := m.Sync(addrs("10.0.0.1", "10.0.0.2"))
+	if got[a] != 1005 || got[b] != 1000 {
+		t.Errorf("after restore: %s", marksString(got))
+	}
+	if mk, ok := m.Get(netip.MustParseAddr("::ffff:10.0.0.1")); !ok || mk != 1005 {
+		t.Errorf("Get of the v4-mapped form: %d %v", mk, ok)
+	}
+}
+
+func TestNewMarksRejectsBadRanges(t *testing.T) {
+	for _, r := range [][2]uint32{{0, 10}, {10, 0}, {^uint32(0) - 1, 5}} {
+		if _, err := NewMarks(r[0], r[1]); err == nil {
+			t.Errorf("range %v accepted", r)
+		}
+	}
+}

@@ -1,0 +1,123 @@
+package health
+
+import (
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the health metrics. The per-Target series are not prometheus vectors:
+// the counters live in each entry (updated under the lock the result is recorded
+// under anyway) and a Collector renders them at scrape time. That keeps a probe's
+// cost to a few array increments, costs ~150 bytes per Target (all state included) instead of a vector
+// child per series, and drops the series of a removed Target with the Target.
+//
+// Labels of the per-Target series: real (address:port of the real), check (type) and
+// id (Spec.ID, 8 hex digits); results_total adds outcome (4 values). They name the
+// probe, not the services using it, so the series count is bounded by the number of
+// distinct Targets T: T state series, at most 4T result series, and (len(buckets)+3)T
+// = 17T histogram series.
+type metrics struct {
+	s *Scheduler
+
+	state    *prometheus.Desc
+	results  *prometheus.Desc
+	duration *prometheus.Desc
+	targets  *prometheus.Desc
+
+	lag      prometheus.Histogram
+	inFlight prometheus.Gauge
+	changes  *prometheus.CounterVec
+}
+
+func newMetrics(s *Scheduler, reg prometheus.Registerer) (*metrics, error) {
+	labels := []string{"real", "check", "id"}
+	m := &metrics{
+		s: s,
+		state: prometheus.NewDesc("kglb_health_state",
+			"Verdict of a real for one check: 1 up, 0 down, -1 unknown (not yet decided).", labels, nil),
+		results: prometheus.NewDesc("kglb_health_results_total",
+			"Probe results by outcome: ok, fail (answered wrongly or refused), timeout, error (local failure).",
+			append(labels, "outcome"), nil),
+		duration: prometheus.NewDesc("kglb_health_probe_duration_seconds",
+			"Duration of probes, from start to verdict.", labels, nil),
+		targets: prometheus.NewDesc("kglb_health_targets",
+			"Distinct probes (real + check) by verdict.", []string{"state"}, nil),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kglb_health_probe_lag_seconds",
+			Help:    "How late probes start after their due time; growth means the concurrency bound or the CPU is saturated.",
+			Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5},
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kglb_health_probes_in_flight", Help: "Probes running now.",
+		}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kglb_health_changes_total", Help: "Verdict changes, by new state.",
+		}, []string{"state"}),
+	}
+	for _, c := range []prometheus.Collector{m, m.lag, m.inFlight, m.changes} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.state
+	ch <- m.results
+	ch <- m.duration
+	ch <- m.targets
+}
+
+type entryMetrics struct {
+	real   netip.AddrPort
+	spec   *Spec
+	id     string
+	state  State
+	counts [numOutcomes]uint64
+	hist   [len(durationBuckets) + 1]uint64
+	sum    float64
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	m.s.mu.Lock()
+	snap := make([]entryMetrics, 0, len(m.s.tab.entries))
+	for _, e := range m.s.tab.entries {
+		snap = append(snap, entryMetrics{real: e.real, spec: e.spec, id: e.id, state: e.state, counts: e.counts, hist: e.hist, sum: e.sum})
+	}
+	m.s.mu.Unlock()
+
+	var byState [3]int
+	for i := range snap {
+		e := &snap[i]
+		byState[e.state]++
+		lv := []string{e.real.String(), e.spec.Type.String(), e.id}
+		v := -1.0
+		switch e.state {
+		case Up:
+			v = 1
+		case Down:
+			v = 0
+		}
+		ch <- prometheus.MustNewConstMetric(m.state, prometheus.GaugeValue, v, lv...)
+		var total uint64
+		for o, n := range e.counts {
+			total += n
+			if n > 0 {
+				ch <- prometheus.MustNewConstMetric(m.results, prometheus.CounterValue, float64(n),
+					append(lv[:3:3], Outcome(o).String())...)
+			}
+		}
+		buckets := make(map[float64]uint64, len(durationBuckets))
+		var cum uint64
+		for i, ub := range durationBuckets {
+			cum += e.hist[i]
+			buckets[ub] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(m.duration, total, e.sum, buckets, lv...)
+	}
+	for st, n := range byState {
+		ch <- prometheus.MustNewConstMetric(m.targets, prometheus.GaugeValue, float64(n), State(st).String())
+	}
+}

@@ -1,0 +1,347 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure a Scheduler. The zero value of each field has a working default.
+type Options struct {
+	Logger     hclog.Logger          // named logger; default discards
+	Registerer prometheus.Registerer // metrics are registered here; nil: no metrics
+	Dialer     Dialer                // source addresses of every probe
+	// Concurrency bounds the probes in flight (default 256). Probes beyond it wait
+	// for a free slot; their lateness shows in kglb_health_probe_lag_seconds.
+	Concurrency int
+	// MinRecheck bounds from below the faster re-check interval used while a verdict
+	// is pending (default 100ms).
+	MinRecheck time.Duration
+	// NewChecker builds a checker per distinct probe kind; default NewChecker.
+	// Tests of other packages may plug in fakes here.
+	NewChecker func(Spec, Dialer) (Checker, error)
+	Clock      Clock // default the real clock
+
+	afterComplete func(*entry, Result) // test hook, called under the lock
+	beforeProbe   func(due time.Time)  // test hook, called as a probe starts
+}
+
+// Status is the whole state of one Target, for /status and for the engine.
+type Status struct {
+	Target  Target
+	ID      string // Spec.ID()
+	Refs    int    // how many times the last Update listed this Target
+	State   State
+	Reason  string    // reason of the last change
+	Since   time.Time // time of the last change (zero while Unknown and never changed)
+	Last    Result    // last probe result
+	LastAt  time.Time
+	OKRun   int // consecutive successes
+	FailRun int // consecutive failures
+}
+
+// Scheduler runs the probes of a set of Targets and turns their results into verdicts.
+//
+// The engine calls Update with the full set of Targets on every config change, reads
+// verdict changes from Changes, and Lookup or Snapshot for the current picture. Probes
+// are kept in a min-heap of due times; a dispatcher hands due probes to a fixed pool
+// of Concurrency workers, so the cost per probe is a heap operation and a channel
+// hand-off, not a goroutine and a timer per Target.
+type Scheduler struct {
+	log   hclog.Logger
+	clock Clock
+	opts  Options
+	met   *metrics
+
+	mu      sync.Mutex
+	tab     *table
+	wakeAt  time.Time // when the dispatcher plans to wake; zero while it sleeps unbounded
+	pending []Change
+	emitted int // changes emitted so far
+
+	wake    chan struct{} // the heap's head moved earlier
+	changed chan struct{} // pending has changes
+	jobs    chan *entry
+	out     chan Change
+}
+
+// New returns a Scheduler; Run starts it.
+func New(opts Options) (*Scheduler, error) {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 256
+	}
+	if opts.MinRecheck <= 0 {
+		opts.MinRecheck = 100 * time.Millisecond
+	}
+	if opts.NewChecker == nil {
+		opts.NewChecker = NewChecker
+	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
+	s := &Scheduler{
+		log:     opts.Logger,
+		clock:   opts.Clock,
+		opts:    opts,
+		wake:    make(chan struct{}, 1),
+		changed: make(chan struct{}, 1),
+		jobs:    make(chan *entry),
+		out:     make(chan Change, 64),
+	}
+	s.tab = newTable(opts.MinRecheck,
+		func(sp Spec) (Checker, error) { return opts.NewChecker(sp, opts.Dialer) },
+		s.validate)
+	if opts.Registerer != nil {
+		m, err := newMetrics(s, opts.Registerer)
+		if err != nil {
+			return nil, fmt.Errorf("register health metrics: %w", err)
+		}
+		s.met = m
+	}
+	return s, nil
+}
+
+func (s *Scheduler) validate(t Target) error {
+	if err := t.Spec.Validate(); err != nil {
+		return err
+	}
+	if !t.Real.Addr().IsValid() {
+		return errors.New("real has no address")
+	}
+	dst := t.Dest()
+	if dst.Port() == 0 {
+		return errors.New("no probe port: set the check's port")
+	}
+	if t.Spec.Tunnel {
+		if !s.opts.Dialer.source(dst.Addr()).IsValid() {
+			return fmt.Errorf("tunnel check to %s needs a non-VIP source address of that family", dst.Addr())
+		}
+		if dst.Addr().Is4() != t.Real.Addr().Is4() {
+			return errors.New("tunnel check: VIP and real are of different address families")
+		}
+	}
+	return nil
+}
+
+// Update makes the Scheduler probe exactly targets. A Target listed several times
+// (services sharing a real and a check) is probed once. Targets already known keep
+// their verdict, counters and phase; new Targets start Unknown (or inherit the
+// verdict when only the timing of their check changed: see Lookup) and are spread
+// into the schedule. Invalid Targets are skipped, and the error lists them.
+func (s *Scheduler) Update(targets []Target) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.tab.update(s.clock.Now(), targets)
+	s.kick()
+	return err
+}
+
+// kick wakes the dispatcher when the head of the heap is due before it planned to
+// wake. Called with mu held.
+func (s *Scheduler) kick() {
+	due, ok := s.tab.nextDue()
+	if !ok || (!s.wakeAt.IsZero() && !due.Before(s.wakeAt)) {
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Changes delivers verdict changes in the order they happened. It is closed when
+// Run returns. The engine must keep reading it.
+func (s *Scheduler) Changes() <-chan Change { return s.out }
+
+// Run probes until ctx is done, then waits for probes in flight and returns.
+func (s *Scheduler) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range s.opts.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.worker(ctx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.deliver(ctx)
+	}()
+	s.dispatch(ctx)
+	close(s.jobs)
+	wg.Wait()
+	close(s.out)
+	return nil
+}
+
+// dispatch hands due probes to the workers. Blocking on a full pool is the
+// concurrency bound.
+func (s *Scheduler) dispatch(ctx context.Context) {
+	timer := s.clock.NewTimer(time.Hour)
+	defer timer.Stop()
+	var batch []*entry
+	for {
+		s.mu.Lock()
+		now := s.clock.Now()
+		batch = s.tab.popDue(now, 64, batch[:0])
+		var wakeAt time.Time
+		if len(batch) == 0 {
+			if due, ok := s.tab.nextDue(); ok {
+				wakeAt = due
+				s.wakeAt = due
+			} else {
+				s.wakeAt = time.Time{}
+			}
+		}
+		s.mu.Unlock()
+
+		for i, e := range batch {
+			select {
+			case s.jobs <- e:
+				batch[i] = nil
+			case <-ctx.Done():
+				return
+			}
+		}
+		if len(batch) > 0 {
+			continue
+		}
+		if !wakeAt.IsZero() {
+			timer.ResetAt(wakeAt)
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-timer.C():
+		case <-s.wake:
+			timer.Stop()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Scheduler) worker(ctx context.Context) {
+	for e := range s.jobs {
+		s.probe(ctx, e)
+	}
+}
+
+func (s *Scheduler) probe(ctx context.Context, e *entry) {
+	if s.opts.beforeProbe != nil {
+		s.opts.beforeProbe(e.due)
+	}
+	start := time.Now()
+	if s.met != nil {
+		s.met.lag.Observe(s.clock.Now().Sub(e.due).Seconds())
+		s.met.inFlight.Inc()
+	}
+	pctx := newProbeCtx(ctx, start.Add(e.spec.Timeout))
+	r := e.checker.Check(pctx, e.target())
+	pctx.release()
+	if s.met != nil {
+		s.met.inFlight.Dec()
+	}
+	if ctx.Err() != nil {
+		// Shutting down: a canceled probe says nothing about the real.
+		s.mu.Lock()
+		e.running = false
+		s.mu.Unlock()
+		return
+	}
+
+	s.mu.Lock()
+	ch, changed := s.tab.complete(e, r, s.clock.Now())
+	if changed {
+		s.pending = append(s.pending, ch)
+		s.emitted++
+		select {
+		case s.changed <- struct{}{}:
+		default:
+		}
+	}
+	if s.opts.afterComplete != nil {
+		s.opts.afterComplete(e, r)
+	}
+	s.kick()
+	s.mu.Unlock()
+	if changed {
+		if s.met != nil {
+			s.met.changes.WithLabelValues(ch.State.String()).Inc()
+		}
+		s.log.Info("real "+ch.State.String(), "real", e.real.String(), "check", e.spec.Type.String(),
+			"id", e.id, "reason", ch.Reason)
+	}
+}
+
+// deliver moves pending changes to the Changes channel in order, so that a slow
+// reader never blocks a probe.
+func (s *Scheduler) deliver(ctx context.Context) {
+	for {
+		select {
+		case <-s.changed:
+		case <-ctx.Done():
+			return
+		}
+		s.mu.Lock()
+		batch := s.pending
+		s.pending = nil
+		s.mu.Unlock()
+		for _, c := range batch {
+			select {
+			case s.out <- c:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func (e *entry) status() Status {
+	return Status{
+		Target: e.target(), ID: e.id, Refs: e.refs, State: e.state, Reason: e.reason, Since: e.since,
+		Last: e.last, LastAt: e.lastAt, OKRun: e.okRun, FailRun: e.failRun,
+	}
+}
+
+// Lookup returns the current status of one Target.
+func (s *Scheduler) Lookup(t Target) (Status, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.tab.get(t)
+	if e == nil {
+		return Status{}, false
+	}
+	return e.status(), true
+}
+
+// Snapshot returns the status of every Target, sorted by real, type and check id.
+func (s *Scheduler) Snapshot() []Status {
+	s.mu.Lock()
+	out := make([]Status, 0, len(s.tab.entries))
+	for _, e := range s.tab.entries {
+		out = append(out, e.status())
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if c := a.Target.Real.Compare(b.Target.Real); c != 0 {
+			return c < 0
+		}
+		if a.Target.Spec.Type != b.Target.Spec.Type {
+			return a.Target.Spec.Type < b.Target.Spec.Type
+		}
+		return a.ID < b.ID
+	})
+	return out
+}

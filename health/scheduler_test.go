@@ -1,0 +1,261 @@
+package health
+
+import (
+	"context"
+	"net/netip"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// harness runs a Scheduler on a fake clock with a fake checker and collects changes.
+type harness struct {
+	t        *testing.T
+	s        *Scheduler
+	clk      *fakeClock
+	f        *fakeChecker
+	reg      *prometheus.Registry
+	mu       sync.Mutex
+	got      []Change
+	stop     context.CancelFunc
+	done     chan struct{}
+	probe    int
+	received int
+}
+
+func newHarness(t *testing.T, concurrency int) *harness {
+	h := &harness{t: t, clk: newFakeClock(), f: newFakeChecker(), reg: prometheus.NewRegistry(), done: make(chan struct{})}
+	s, err := New(Options{Clock: h.clk, NewChecker: h.f.factory, Concurrency: concurrency,
+		MinRecheck: time.Millisecond, Registerer: h.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.opts.afterComplete = func(*entry, Result) { h.probe++ }
+	h.s = s
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop = cancel
+	go func() { s.Run(ctx); close(h.done) }()
+	go func() {
+		for c := range s.Changes() {
+			h.mu.Lock()
+			h.got = append(h.got, c)
+			h.received++
+			h.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-h.done })
+	return h
+}
+
+// settle waits until every probe due by the fake now has run and every emitted
+// change has been received. A loop on state, not on time.
+func (h *harness) settle() {
+	spins := 0
+	for {
+		h.s.mu.Lock()
+		due, ok := h.s.tab.nextDue()
+		busy := ok && !due.After(h.clk.Now())
+		for _, e := range h.s.tab.entries {
+			busy = busy || e.running
+		}
+		emitted := h.s.emitted
+		h.s.mu.Unlock()
+		h.mu.Lock()
+		received := h.received
+		h.mu.Unlock()
+		if !busy && received == emitted {
+			return
+		}
+		spins++
+		if spins%2000 == 0 {
+			h.t.Logf("settle: due %v ok %v now %v busy %v emitted %d received %d", due.Sub(t0), ok, h.clk.Now().Sub(t0), busy, emitted, received)
+		}
+		runtime.Gosched()
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// advance moves the fake clock in steps, settling after each.
+func (h *harness) advance(d, step time.Duration) {
+	for end := h.clk.Now().Add(d); h.clk.Now().Before(end); {
+		h.clk.Advance(step)
+		h.settle()
+	}
+}
+
+func (h *harness) changes() []Change {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := h.got
+	h.got = nil
+	return out
+}
+
+func TestSchedulerEmitsOnlyChanges(t *testing.T) {
+	h := newHarness(t, 4)
+	a := tcpTarget("127.0.0.1:80", time.Second, 2, 2)
+	b := tcpTarget("127.0.0.2:80", time.Second, 2, 2)
+	if err := h.s.Update([]Target{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	h.settle()
+	h.advance(5*time.Second, 50*time.Millisecond)
+	got := h.changes()
+	if len(got) != 2 || got[0].State != Up || got[1].State != Up {
+		t.Fatalf("changes %+v, want a and b up once each", got)
+	}
+	h.f.set(b.Real, Fail)
+	h.advance(5*time.Second, 50*time.Millisecond)
+	got = h.changes()
+	if len(got) != 1 || got[0].Key != b || got[0].State != Down || got[0].Reason != "fake fail" {
+		t.Fatalf("changes %+v, want only b down", got)
+	}
+	if st, _ := h.s.Lookup(a); st.State != Up || st.FailRun != 0 || st.Last.Outcome != OK {
+		t.Errorf("a: %+v", st)
+	}
+	// 10s at 1s, phase 0, plus one fast recheck at 0.5s while rising: 11 probes.
+	if n := h.f.callsOf(a.Real); n != 11 {
+		t.Errorf("a probed %d times in 10s at 1s interval", n)
+	}
+}
+
+func TestSchedulerDedupeAcrossServices(t *testing.T) {
+	h := newHarness(t, 4)
+	shared := tcpTarget("127.0.0.1:80", time.Second, 1, 1)
+	alone := tcpTarget("127.0.0.2:80", time.Second, 1, 1)
+	// Services web, api and admin use the same real and check; one more is alone.
+	h.s.Update([]Target{shared, alone, shared, shared})
+	h.settle()
+	h.advance(10*time.Second, 100*time.Millisecond)
+	// Phases 0 and 0.5s: over 10s, 11 and 10 probes; the shared one is not probed
+	// three times as often.
+	if s, a := h.f.callsOf(shared.Real), h.f.callsOf(alone.Real); s != 11 || a != 10 {
+		t.Errorf("shared probed %d times, alone %d: want 11 and 10", s, a)
+	}
+	snap := h.s.Snapshot()
+	if len(snap) != 2 || snap[0].Refs != 3 || snap[1].Refs != 1 {
+		t.Errorf("snapshot %+v", snap)
+	}
+}
+
+func TestSchedulerReloadKeepsVerdict(t *testing.T) {
+	h := newHarness(t, 4)
+	a := tcpTarget("127.0.0.1:80", time.Second, 2, 2)
+	h.s.Update([]Target{a})
+	h.settle()
+	h.advance(3*time.Second, 100*time.Millisecond)
+	before, _ := h.s.Lookup(a)
+	if before.State != Up {
+		t.Fatalf("not up: %+v", before)
+	}
+	h.changes()
+	b := tcpTarget("127.0.0.2:80", time.Second, 2, 2)
+	h.s.Update([]Target{b, a})
+	h.settle()
+	after, _ := h.s.Lookup(a)
+	if after.State != Up || after.Since != before.Since {
+		t.Errorf("reload changed a: %+v -> %+v", before, after)
+	}
+	h.advance(3*time.Second, 100*time.Millisecond)
+	if got := h.changes(); len(got) != 1 || got[0].Key != b {
+		t.Errorf("changes after reload %+v, want only b up", got)
+	}
+}
+
+func TestSchedulerConcurrencyBound(t *testing.T) {
+	h := newHarness(t, 3)
+	h.f.block = make(chan struct{})
+	var ts []Target
+	for i := range 10 {
+		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
+	}
+	h.s.Update(ts)
+	h.clk.Advance(2 * time.Second) // all ten are due
+	for {
+		h.f.mu.Lock()
+		in := h.f.inFlight
+		h.f.mu.Unlock()
+		if in == 3 {
+			break
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	// Give the dispatcher every chance to exceed the bound before releasing.
+	for range 100 {
+		runtime.Gosched()
+	}
+	close(h.f.block)
+	h.settle()
+	h.f.mu.Lock()
+	maxIn, calls := h.f.maxIn, 0
+	for _, n := range h.f.calls {
+		calls += n
+	}
+	h.f.mu.Unlock()
+	if maxIn != 3 {
+		t.Errorf("%d probes in flight at most, want 3", maxIn)
+	}
+	if calls < 10 {
+		t.Errorf("%d probes ran, want all 10", calls)
+	}
+}
+
+func TestSchedulerFirstRoundSpread(t *testing.T) {
+	h := newHarness(t, 4)
+	var ts []Target
+	for i := range 10 {
+		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
+	}
+	h.s.Update(ts)
+	h.settle()
+	// Every 100ms of the first interval exactly one more target has been probed.
+	for step := 1; step <= 10; step++ {
+		if n := len(h.f.calls); n != step {
+			t.Fatalf("after %d00ms: %d targets probed, want %d", step-1, n, step)
+		}
+		h.clk.Advance(100 * time.Millisecond)
+		h.settle()
+	}
+}
+
+func TestSchedulerMetrics(t *testing.T) {
+	h := newHarness(t, 2)
+	a := tcpTarget("127.0.0.1:80", time.Second, 1, 1)
+	h.f.set(a.Real, Timeout)
+	h.s.Update([]Target{a})
+	h.settle()
+	h.advance(2*time.Second, time.Second)
+	id := a.Spec.ID()
+	if n, err := testutil.GatherAndCount(h.reg, "kglb_health_state", "kglb_health_results_total", "kglb_health_probe_duration_seconds"); err != nil || n != 3 {
+		t.Errorf("%d series (%v), want 3", n, err)
+	}
+	want := `# HELP kglb_health_state Verdict of a real for one check: 1 up, 0 down, -1 unknown (not yet decided).
+# TYPE kglb_health_state gauge
+kglb_health_state{check="tcp",id="` + id + `",real="127.0.0.1:80"} 0
+`
+	if err := testutil.GatherAndCompare(h.reg, stringsReader(want), "kglb_health_state"); err != nil {
+		t.Error(err)
+	}
+	// A removed target's series go with it.
+	h.s.Update(nil)
+	if n, _ := testutil.GatherAndCount(h.reg, "kglb_health_state"); n != 0 {
+		t.Errorf("%d state series after removing every target", n)
+	}
+}
+
+func TestUpdateRejectsTunnelWithoutSource(t *testing.T) {
+	s, _ := New(Options{})
+	tg := Target{Real: netip.MustParseAddrPort("10.0.0.1:80"), Spec: Spec{Type: TCP, Interval: time.Second,
+		Timeout: 500 * time.Millisecond, Rise: 1, Fall: 1, Tunnel: true, VIP: netip.MustParseAddr("192.0.2.1"), Mark: 1001}}
+	if err := s.Update([]Target{tg}); err == nil {
+		t.Error("tunnel target without a source address accepted")
+	}
+	s, _ = New(Options{Dialer: Dialer{Source4: netip.MustParseAddr("127.0.0.1")}})
+	if err := s.Update([]Target{tg}); err != nil {
+		t.Error(err)
+	}
+}
