@@ -1,0 +1,779 @@
+package ipvs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrForeign is wrapped by the error for a desired service that collides
+// with a service kglb did not create: kglb never touches it.
+var ErrForeign = errors.New("service exists and was not created by kglb")
+
+// Options configure a Reconciler.
+type Options struct {
+	// StateDir holds the ownership record (StateFile). Required.
+	StateDir string
+	// Logger gets state changes at Info and single writes at Debug; nil
+	// logs nothing.
+	Logger hclog.Logger
+	// Registerer gets the kglb_ipvs_* metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Now is the clock for drain deadlines; nil is time.Now.
+	Now func() time.Time
+}
+
+// Reconciler makes the kernel's IPVS table match a Desired value, for the
+// services kglb owns.
+//
+// Reading. The first pass, and every pass after Resync, reads the kernel
+// once: one dump of all services and one dump of the reals of each owned
+// service. Between those full reads it trusts its cache of the last-known
+// kernel state (updated with every write it makes), so an Apply for one
+// weight change is one write and no read, even at 100k reals. Drift made by
+// someone else is repaired by the next full read: the daemon calls Resync
+// every resync_interval. A write that fails in a way that shows the cache was
+// wrong (ESRCH, ENOENT, EEXIST) makes the pass run again at once with a full
+// read. Removing a real with a drain time also re-reads that one service's
+// reals, because the decision needs live connection counts.
+//
+// Writing. It diffs on Key and RealKey and issues only the writes that
+// differ, in a safe order: new services, each followed by its reals in
+// sorted order; settings of existing services (an in-place UpdateService
+// with the complete value, so scheduler, flags, timeout and netmask change
+// without dropping connections); added and changed reals; removed reals;
+// and last, removed services. It never issues an UpdateReal that changes
+// nothing (each one rebuilds an mh table). It carries on past a failed item
+// and returns what it reached plus errors.Join of what failed, each error
+// naming the operation and the object. Apply with the same value again
+// writes nothing.
+//
+// Ownership. Only services recorded in the state file are changed or
+// deleted. A service someone else created is reported in Result.Foreign and
+// never touched, even when Desired names the same key (that item fails with
+// ErrForeign). On start nothing is flushed: existing owned services are
+// adopted, so a restart with unchanged Desired writes nothing.
+//
+// Drain. A real removed from a service with Drain > 0 is set to weight 0
+// (no new connections) and deleted once it has no active connections or its
+// drain time has passed, whichever is first; Result.NextDrain says when to
+// call Apply again. Deadlines live in memory: after a restart a leftover
+// real starts a new drain period, erring on the side of its connections.
+// A service removed from Desired is deleted at once, reals and all: by the
+// time lb removes a service its route has been withdrawn and held (design
+// section 3), so no new traffic reaches this node for it, and keeping a
+// weight-0 service while its VIP goes away would drain nothing.
+//
+// A Reconciler is safe for concurrent use; passes run one at a time.
+type Reconciler struct {
+	k         Kernel
+	statePath string
+	log       hclog.Logger
+	m         *metrics
+	now       func() time.Time
+
+	mu       sync.Mutex
+	owned    map[Key]bool
+	cache    map[Key]*cached
+	foreign  map[Key]bool
+	valid    bool
+	readAt   time.Time
+	draining map[Key]map[RealKey]time.Time
+	gen      uint64 // pass number, to tell which reals were read in this pass
+	nreals   int    // reals in the cache, kept up to date with every change
+}
+
+// cached is the last-known kernel state of one owned service.
+type cached struct {
+	svc     Service
+	reals   map[RealKey]cachedReal
+	readGen uint64 // the pass that last read (or created) reals
+}
+
+// cachedReal is the last-known kernel state of one real, kept small: the
+// cache holds every owned real, and its size is what a cold apply of 100k
+// reals allocates and the garbage collector scans.
+type cachedReal struct {
+	spec             realSpec
+	active, inactive int32
+	stats            Stats
+}
+
+func toCached(rl Real) cachedReal {
+	return cachedReal{spec: rl.spec(), active: int32(rl.ActiveConns), inactive: int32(rl.InactiveConns), stats: rl.Stats}
+}
+
+func (c cachedReal) real(rk RealKey) Real {
+	return Real{Addr: rk.Addr, Port: rk.Port, Weight: c.spec.Weight, Forward: c.spec.Forward,
+		UpperThreshold: c.spec.Upper, LowerThreshold: c.spec.Lower,
+		ActiveConns: int(c.active), InactiveConns: int(c.inactive), Stats: c.stats}
+}
+
+// Draining is a real kept at weight 0 until it can be deleted.
+type Draining struct {
+	Service     Key
+	Real        RealKey
+	Deadline    time.Time
+	ActiveConns int
+}
+
+// Result is what a pass reached.
+type Result struct {
+	// Writes are the kernel writes issued, by kind.
+	Writes Writes
+	// FullRead is whether this pass dumped the whole table.
+	FullRead bool
+	// Services and Reals count the owned services in the kernel and their reals.
+	Services, Reals int
+	// Foreign are services kglb did not create, as of the last full read.
+	Foreign []Key
+	// Draining are reals waiting to be deleted; NextDrain is the earliest
+	// deadline (zero when none): call Apply again by then.
+	Draining  []Draining
+	NextDrain time.Time
+}
+
+// NewReconciler returns a reconciler for kernel k. It loads the ownership
+// record from opts.StateDir (creating the directory), and fails if the
+// record is corrupt rather than forgetting what kglb owns. It reads nothing
+// from the kernel until the first Apply.
+func NewReconciler(k Kernel, opts Options) (*Reconciler, error) {
+	if opts.StateDir == "" {
+		return nil, errors.New("ipvs reconciler: no state directory")
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("ipvs reconciler: create state directory: %w", err)
+	}
+	path := filepath.Join(opts.StateDir, StateFile)
+	owned, err := loadOwned(path)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reconciler{
+		k:         k,
+		statePath: path,
+		log:       opts.Logger,
+		m:         newMetrics(opts.Registerer),
+		now:       opts.Now,
+		owned:     owned,
+		cache:     map[Key]*cached{},
+		foreign:   map[Key]bool{},
+		draining:  map[Key]map[RealKey]time.Time{},
+	}
+	if r.log == nil {
+		r.log = hclog.NewNullLogger()
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	r.m.owned.Set(float64(len(owned)))
+	return r, nil
+}
+
+// Apply makes the owned part of the kernel match d: see Reconciler.
+func (r *Reconciler) Apply(ctx context.Context, d Desired) (Result, error) {
+	return r.run(ctx, d.Services, false, false)
+}
+
+// Resync is Apply after a full read of the kernel, repairing drift that
+// someone else made (a deleted service, a changed weight). The daemon calls
+// it every resync_interval.
+func (r *Reconciler) Resync(ctx context.Context, d Desired) (Result, error) {
+	return r.run(ctx, d.Services, false, true)
+}
+
+// ApplyService makes one service match s, leaving every other service
+// alone (it deletes nothing). Its cost grows with s's reals, not with the
+// whole table, which is what a single health change needs.
+func (r *Reconciler) ApplyService(ctx context.Context, s Service) (Result, error) {
+	return r.run(ctx, []Service{s}, true, false)
+}
+
+func (r *Reconciler) run(ctx context.Context, want []Service, scoped, full bool) (Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	start := time.Now()
+	if full {
+		r.valid = false
+	}
+	full = !r.valid
+	var res Result
+	var stale bool
+	var err error
+	if scoped && !full && len(want) == 1 && r.cache[want[0].Key] != nil {
+		res, stale, err = r.passOne(ctx, want[0])
+	} else {
+		res, stale, err = r.pass(ctx, want, scoped, full)
+	}
+	if stale && !full {
+		// The cache was wrong (someone changed the kernel): read it all and
+		// try once more.
+		r.valid = false
+		writes := res.Writes
+		res, _, err = r.pass(ctx, want, scoped, true)
+		for i := range writes {
+			res.Writes[i] += writes[i]
+		}
+	}
+	r.m.duration.Observe(time.Since(start).Seconds())
+	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() {
+		r.log.Info("ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
+			"services", res.Services, "reals", res.Reals, "errors", countErrs(err))
+	} else if n == 0 && r.log.IsDebug() {
+		r.log.Debug("ipvs in sync", "full_read", res.FullRead, "services", res.Services, "errors", countErrs(err))
+	}
+	return res, err
+}
+
+func countErrs(err error) int {
+	if err == nil {
+		return 0
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return len(j.Unwrap())
+	}
+	return 1
+}
+
+// pass is one reconcile pass.
+type pass struct {
+	r      *Reconciler
+	ctx    context.Context
+	res    Result
+	errs   []error
+	stale  bool
+	ctxErr error
+	dirty  bool // owned changed
+}
+
+func (p *pass) fail(err error) {
+	p.errs = append(p.errs, err)
+	p.r.m.errors.Inc()
+	if errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EEXIST) {
+		p.stale = true
+	}
+}
+
+// write issues one kernel write unless the context is done: op on service
+// k, with the full service s (add, update), the real rl (add, update) or the
+// real key rk (delete). It returns the kernel's error unwrapped; the caller
+// wraps it with the object. (A switch, not a closure: a closure capturing
+// a Real would be one more allocation per write on a cold apply.)
+func (p *pass) write(op Op, k Key, s *Service, rl *Real, rk RealKey) (bool, error) {
+	if p.ctxErr == nil {
+		p.ctxErr = p.ctx.Err()
+		if p.ctxErr != nil {
+			p.errs = append(p.errs, fmt.Errorf("ipvs apply stopped: %w", p.ctxErr))
+		}
+	}
+	if p.ctxErr != nil {
+		return false, nil
+	}
+	p.res.Writes[op]++
+	var err error
+	kern := p.r.k
+	switch op {
+	case OpAddService:
+		err = kern.AddService(*s)
+	case OpUpdateService:
+		err = kern.UpdateService(*s)
+	case OpDeleteService:
+		err = kern.DeleteService(k)
+	case OpAddReal:
+		err = kern.AddReal(k, *rl)
+	case OpUpdateReal:
+		err = kern.UpdateReal(k, *rl)
+	case OpDeleteReal:
+		err = kern.DeleteReal(k, rk)
+	}
+	if err != nil {
+		p.r.m.writes[op][1].Inc()
+		return true, err
+	}
+	p.r.m.writes[op][0].Inc()
+	return true, nil
+}
+
+func (p *pass) realErr(op Op, s Service, rk RealKey, err error) {
+	prep := "to"
+	if op != OpAddReal {
+		prep = "of"
+		if op == OpDeleteReal {
+			prep = "from"
+		}
+	}
+	p.fail(fmt.Errorf("%s real %s %s service %s: %w", op.verb(), rk, prep, s.label(), err))
+}
+
+func (p *pass) svcErr(op Op, s Service, err error) {
+	if errors.Is(err, syscall.ENOENT) && op != OpDeleteService {
+		// For a service ENOENT means a missing scheduler module, not a
+		// stale cache (a missing service is ESRCH): no re-read.
+		p.errs = append(p.errs, fmt.Errorf("%s service %s: %w (is scheduler module ip_vs_%s loaded?)", op.verb(), s.label(), err, s.Scheduler))
+		p.r.m.errors.Inc()
+		return
+	}
+	p.fail(fmt.Errorf("%s service %s: %w", op.verb(), s.label(), err))
+}
+
+func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool) (Result, bool, error) {
+	r.gen++
+	p := &pass{r: r, ctx: ctx}
+	p.res.FullRead = full
+	now := r.now()
+
+	// Index and check the desired services. A service that fails its
+	// checks is still "wanted", so an owned one is not deleted for it.
+	desired := make(map[Key]*Service, len(want))
+	wanted := make(map[Key]bool, len(want))
+	order := make([]Key, 0, len(want))
+	for i := range want {
+		s := want[i]
+		if wanted[s.Key] {
+			p.fail(fmt.Errorf("service %s: listed twice in the desired state", s.label()))
+			continue
+		}
+		wanted[s.Key] = true
+		if err := s.validate(); err != nil {
+			p.fail(fmt.Errorf("service %s: %w", s.label(), err))
+			continue
+		}
+		s.Netmask = s.netmask()
+		s.Flags &^= FlagHashed
+		desired[s.Key] = &s
+		order = append(order, s.Key)
+	}
+
+	if full {
+		if err := r.readAll(p); err != nil {
+			return p.result(), false, errors.Join(append(p.errs, err)...)
+		}
+	}
+
+	// 1. New services, each followed by its reals in canonical order.
+	var adds []Key
+	for _, k := range order {
+		if r.cache[k] != nil {
+			continue
+		}
+		if r.foreign[k] {
+			p.fail(fmt.Errorf("add service %s: %w", desired[k].label(), ErrForeign))
+			continue
+		}
+		adds = append(adds, k)
+	}
+	if len(adds) > 0 {
+		// Record ownership before creating, so a crash in between leaves a
+		// service kglb will adopt, not one it will call foreign forever.
+		prev := make(map[Key]bool, len(adds))
+		for _, k := range adds {
+			prev[k] = r.owned[k]
+			r.owned[k] = true
+		}
+		if err := saveOwned(r.statePath, r.owned); err != nil {
+			for _, k := range adds {
+				if !prev[k] {
+					delete(r.owned, k)
+				}
+			}
+			p.fail(fmt.Errorf("record ownership of %d new services (none added): %w", len(adds), err))
+			adds = nil
+		}
+		for _, k := range adds {
+			p.addService(desired[k], prev[k])
+		}
+	}
+	added := make(map[Key]bool, len(adds))
+	for _, k := range adds {
+		added[k] = true
+	}
+
+	// 2. Existing services: settings in place, then reals.
+	for _, k := range order {
+		c := r.cache[k]
+		if c == nil || added[k] {
+			continue
+		}
+		p.syncService(desired[k], c, now)
+	}
+
+	// 3. Services no longer wanted, last.
+	if !scoped {
+		var dels []Key
+		for k := range r.owned {
+			if !wanted[k] {
+				dels = append(dels, k)
+			}
+		}
+		SortKeys(dels)
+		for _, k := range dels {
+			c := r.cache[k]
+			if c == nil { // already gone from the kernel
+				delete(r.owned, k)
+				delete(r.draining, k)
+				p.dirty = true
+				continue
+			}
+			issued, err := p.write(OpDeleteService, k, nil, nil, RealKey{})
+			if !issued {
+				continue
+			}
+			if err != nil && !errors.Is(err, syscall.ESRCH) {
+				p.svcErr(OpDeleteService, c.svc, err)
+				continue
+			}
+			if r.log.IsDebug() {
+				r.log.Debug("deleted service", "service", k.String())
+			}
+			r.nreals -= len(c.reals)
+			delete(r.cache, k)
+			delete(r.owned, k)
+			delete(r.draining, k)
+			p.dirty = true
+		}
+	}
+
+	if p.dirty {
+		if err := saveOwned(r.statePath, r.owned); err != nil {
+			p.fail(fmt.Errorf("record ownership: %w", err))
+		}
+	}
+	if p.stale {
+		r.valid = false
+	}
+	return p.result(), p.stale, errors.Join(p.errs...)
+}
+
+// passOne is pass for one service that the cache holds: the path of a
+// single health change, kept free of the per-pass indexes.
+func (r *Reconciler) passOne(ctx context.Context, s Service) (Result, bool, error) {
+	r.gen++
+	p := &pass{r: r, ctx: ctx}
+	if err := s.validate(); err != nil {
+		p.fail(fmt.Errorf("service %s: %w", s.label(), err))
+		return p.result(), false, errors.Join(p.errs...)
+	}
+	s.Netmask = s.netmask()
+	s.Flags &^= FlagHashed
+	p.syncService(&s, r.cache[s.Key], r.now())
+	if p.stale {
+		r.valid = false
+	}
+	return p.result(), p.stale, errors.Join(p.errs...)
+}
+
+// readAll rebuilds the cache from one dump of services and one dump of the
+// reals of each owned service.
+func (r *Reconciler) readAll(p *pass) error {
+	r.m.reads[0].Inc()
+	svcs, err := r.k.Services()
+	if err != nil {
+		return fmt.Errorf("read ipvs services: %w", err)
+	}
+	r.cache = make(map[Key]*cached, len(r.owned))
+	r.foreign = map[Key]bool{}
+	r.nreals = 0
+	for _, s := range svcs {
+		if !r.owned[s.Key] {
+			r.foreign[s.Key] = true
+			continue
+		}
+		r.m.reads[1].Inc()
+		reals, err := r.k.Reals(s.Key)
+		if err != nil {
+			// Without its reals the service cannot be diffed; the pass
+			// stops before writing anything.
+			return fmt.Errorf("read reals of service %s: %w", s.Key, err)
+		}
+		c := &cached{svc: s, reals: make(map[RealKey]cachedReal, len(reals)), readGen: r.gen}
+		for _, rl := range reals {
+			c.reals[rl.Key()] = toCached(rl)
+		}
+		r.nreals += len(c.reals)
+		r.cache[s.Key] = c
+	}
+	for k := range r.draining {
+		if r.cache[k] == nil {
+			delete(r.draining, k)
+		}
+	}
+	r.readAt = r.now()
+	r.valid = true
+	return nil
+}
+
+func (p *pass) addService(s *Service, wasOwned bool) {
+	r := p.r
+	issued, err := p.write(OpAddService, s.Key, s, nil, RealKey{})
+	if !issued {
+		if !wasOwned {
+			delete(r.owned, s.Key)
+			p.dirty = true
+		}
+		return
+	}
+	if err != nil {
+		if !wasOwned {
+			// Not ours after all: someone created it since the last read
+			// (EEXIST), or it could not be created.
+			delete(r.owned, s.Key)
+			p.dirty = true
+			if errors.Is(err, syscall.EEXIST) {
+				r.foreign[s.Key] = true
+				err = fmt.Errorf("%w: %w", ErrForeign, err)
+			}
+		}
+		p.svcErr(OpAddService, *s, err)
+		return
+	}
+	if r.log.IsDebug() {
+		r.log.Debug("added service", "service", s.Key.String())
+	}
+	delete(r.draining, s.Key)
+	c := &cached{svc: kernelService(*s), reals: make(map[RealKey]cachedReal, len(s.Reals)), readGen: r.gen}
+	r.cache[s.Key] = c
+	// Canonical order: the mh scheduler fills its lookup table walking the
+	// reals in insertion order, so LB nodes that add the same reals in the
+	// same (sorted) order build the same table and send a flow to the same
+	// real, whichever node ECMP picks.
+	reals := s.Reals
+	if !slices.IsSortedFunc(reals, func(a, b Real) int { return a.Key().compare(b.Key()) }) {
+		reals = slices.Clone(reals)
+		slices.SortFunc(reals, func(a, b Real) int { return a.Key().compare(b.Key()) })
+	}
+	for _, rl := range reals {
+		p.addReal(s, c, rl)
+	}
+}
+
+func (p *pass) addReal(s *Service, c *cached, rl Real) {
+	issued, err := p.write(OpAddReal, s.Key, nil, &rl, RealKey{})
+	if !issued {
+		return
+	}
+	if err != nil {
+		p.realErr(OpAddReal, *s, rl.Key(), err)
+		return
+	}
+	c.reals[rl.Key()] = cachedReal{spec: rl.spec()}
+	p.r.nreals++
+}
+
+func (p *pass) updateReal(s *Service, c *cached, rl Real) bool {
+	issued, err := p.write(OpUpdateReal, s.Key, nil, &rl, RealKey{})
+	if !issued {
+		return false
+	}
+	if err != nil {
+		p.realErr(OpUpdateReal, *s, rl.Key(), err)
+		return false
+	}
+	old := c.reals[rl.Key()]
+	old.spec = rl.spec()
+	c.reals[rl.Key()] = old
+	return true
+}
+
+// syncService brings one existing owned service in line.
+func (p *pass) syncService(s *Service, c *cached, now time.Time) {
+	r := p.r
+	if s.spec() != c.svc.spec() {
+		issued, err := p.write(OpUpdateService, s.Key, s, nil, RealKey{})
+		if issued && err != nil {
+			p.svcErr(OpUpdateService, *s, err)
+		} else if issued {
+			stats := c.svc.Stats
+			c.svc = kernelService(*s)
+			c.svc.Stats = stats
+		}
+	}
+
+	// One pass over the desired reals diffs them against the cache and
+	// counts the matches: desired reals are unique (validated), so the
+	// kernel has reals to remove exactly when it holds more than matched.
+	// No set is built on the path of a single weight change.
+	drains := r.draining[s.Key]
+	var adds []Real
+	matched := 0
+	for _, rl := range s.Reals {
+		cur, ok := c.reals[rl.Key()]
+		if drains != nil {
+			delete(drains, rl.Key()) // back in the config: drain over
+		}
+		if !ok {
+			adds = append(adds, rl)
+			continue
+		}
+		matched++
+		if cur.spec != rl.spec() {
+			p.updateReal(s, c, rl)
+		}
+	}
+	removes := matched < len(c.reals)
+	slices.SortFunc(adds, func(a, b Real) int { return a.Key().compare(b.Key()) })
+	for _, rl := range adds {
+		p.addReal(s, c, rl)
+	}
+	// Removing reals with a drain time needs live connection counts.
+	if removes && s.Drain > 0 && c.readGen != r.gen {
+		r.m.reads[1].Inc()
+		reals, err := r.k.Reals(s.Key)
+		if err != nil {
+			p.fail(fmt.Errorf("read reals of service %s: %w", s.label(), err))
+			return
+		}
+		r.nreals -= len(c.reals)
+		c.reals = make(map[RealKey]cachedReal, len(reals))
+		for _, rl := range reals {
+			c.reals[rl.Key()] = toCached(rl)
+		}
+		r.nreals += len(c.reals)
+		c.readGen = r.gen
+	}
+
+	if !removes {
+		if len(drains) == 0 {
+			delete(r.draining, s.Key)
+		}
+		return
+	}
+	want := make(map[RealKey]bool, len(s.Reals))
+	for _, rl := range s.Reals {
+		want[rl.Key()] = true
+	}
+	var gone []RealKey
+	for rk := range c.reals {
+		if !want[rk] {
+			gone = append(gone, rk)
+		}
+	}
+	slices.SortFunc(gone, RealKey.compare)
+	for _, rk := range gone {
+		cur := c.reals[rk]
+		deadline, draining := drains[rk]
+		if s.Drain > 0 && cur.active > 0 && (!draining || now.Before(deadline)) {
+			if !draining {
+				deadline = now.Add(s.Drain)
+				if drains == nil {
+					drains = map[RealKey]time.Time{}
+					r.draining[s.Key] = drains
+				}
+				drains[rk] = deadline
+				r.log.Info("draining real", "service", s.Key.String(), "real", rk.String(),
+					"active_conns", cur.active, "until", deadline.Format(time.RFC3339))
+			}
+			if cur.spec.Weight != 0 {
+				zero := cur.real(rk)
+				zero.Weight = 0
+				p.updateReal(s, c, zero)
+			}
+			continue
+		}
+		issued, err := p.write(OpDeleteReal, s.Key, nil, nil, rk)
+		if !issued {
+			continue
+		}
+		if err != nil && !errors.Is(err, syscall.ENOENT) {
+			p.realErr(OpDeleteReal, *s, rk, err)
+			continue
+		}
+		if r.log.IsDebug() {
+			r.log.Debug("deleted real", "service", s.Key.String(), "real", rk.String())
+		}
+		if _, ok := c.reals[rk]; ok {
+			delete(c.reals, rk)
+			r.nreals--
+		}
+		delete(drains, rk)
+	}
+	for rk := range drains {
+		if _, ok := c.reals[rk]; !ok { // gone by someone else's hand
+			delete(drains, rk)
+		}
+	}
+	if len(drains) == 0 {
+		delete(r.draining, s.Key)
+	}
+}
+
+func (p *pass) result() Result {
+	r := p.r
+	res := p.res
+	res.Services, res.Reals = len(r.cache), r.nreals
+	for k := range r.foreign {
+		res.Foreign = append(res.Foreign, k)
+	}
+	SortKeys(res.Foreign)
+	for k, m := range r.draining {
+		for rk, dl := range m {
+			d := Draining{Service: k, Real: rk, Deadline: dl}
+			if c := r.cache[k]; c != nil {
+				d.ActiveConns = int(c.reals[rk].active)
+			}
+			res.Draining = append(res.Draining, d)
+			if res.NextDrain.IsZero() || dl.Before(res.NextDrain) {
+				res.NextDrain = dl
+			}
+		}
+	}
+	slices.SortFunc(res.Draining, func(a, b Draining) int {
+		if c := a.Service.less(b.Service); c != 0 {
+			return c
+		}
+		return a.Real.compare(b.Real)
+	})
+	r.m.owned.Set(float64(len(r.owned)))
+	r.m.foreign.Set(float64(len(r.foreign)))
+	r.m.draining.Set(float64(len(res.Draining)))
+	return res
+}
+
+// Snapshot is the kernel's counters for the owned services as of ReadAt,
+// the last full read.
+type Snapshot struct {
+	ReadAt   time.Time
+	Services []Service // with Reals, Stats and connection counts
+}
+
+// Stats returns the counters from the last full read, so metrics need no
+// second dump. They are as fresh as the last Resync (connection counts of a
+// service that lost reals are as fresh as that Apply). The kernel itself
+// sums the packet and byte counters only every 2 s, in its rate estimator.
+func (r *Reconciler) Stats() Snapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	snap := Snapshot{ReadAt: r.readAt, Services: make([]Service, 0, len(r.cache))}
+	for _, c := range r.cache {
+		s := c.svc
+		s.Flags &^= FlagHashed
+		s.Reals = make([]Real, 0, len(c.reals))
+		for rk, rl := range c.reals {
+			s.Reals = append(s.Reals, rl.real(rk))
+		}
+		slices.SortFunc(s.Reals, func(a, b Real) int { return a.Key().compare(b.Key()) })
+		snap.Services = append(snap.Services, s)
+	}
+	slices.SortFunc(snap.Services, func(a, b Service) int { return a.Key.less(b.Key) })
+	return snap
+}
+
+// Owned returns the keys of the services kglb owns, sorted.
+func (r *Reconciler) Owned() []Key {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	keys := make([]Key, 0, len(r.owned))
+	for k := range r.owned {
+		keys = append(keys, k)
+	}
+	SortKeys(keys)
+	return keys
+}

@@ -1,0 +1,327 @@
+package vip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures a Reconciler.
+type Options struct {
+	// Kernel is the link to manage (a *Netlink, or a *Fake in tests).
+	// Required.
+	Kernel Kernel
+	// Mode is how VIPs are held: ModeRoute ("", the default) or
+	// ModeAddress.
+	Mode Mode
+	// StateDir is where address mode records the addresses kglb owns
+	// (file "vip-addresses"). Required in address mode, unused in route
+	// mode.
+	StateDir string
+	// Logger receives one line per VIP added or removed (default: discard).
+	Logger hclog.Logger
+	// Registerer receives the kglb_vip_* metrics (nil: none).
+	Registerer prometheus.Registerer
+}
+
+// Reconciler keeps the VIPs held by one link equal to a desired set. What
+// kglb owns is what carries ProtoKGLB (route mode) or is named in the
+// record under the state directory (address mode); everything else on the
+// link is foreign and never touched.
+type Reconciler struct {
+	k       Kernel
+	mode    Mode
+	log     hclog.Logger
+	metrics *metrics
+
+	mu    sync.Mutex
+	file  ownedFile           // address mode only
+	owned map[netip.Addr]bool // address mode: what kglb owns, as last known
+	saved map[netip.Addr]bool // address mode: what the file says
+}
+
+// Result is what one Apply reached. The slices are sorted (IPv4 first).
+type Result struct {
+	// Held lists the VIPs held by entries kglb owns after Apply: the
+	// desired ones it holds, plus any undesired one whose delete failed.
+	Held []netip.Addr
+	// Foreign lists the desired VIPs the link already held through an
+	// entry kglb does not own (an operator's address or route). kglb
+	// leaves them alone; they work, and kglb never removes them.
+	Foreign []netip.Addr
+	// Added and Removed list the entries this Apply added and removed.
+	Added, Removed []netip.Addr
+	// Writes is the number of VIP writes issued (adds and deletes, failed
+	// ones included; not the link's creation). Zero when nothing differed.
+	Writes int
+}
+
+// Holds reports whether the link holds a after Apply, by kglb's entry or a
+// foreign one: whether traffic to a is delivered locally, so it may be
+// announced.
+func (r Result) Holds(a netip.Addr) bool {
+	a = a.Unmap()
+	_, held := slices.BinarySearchFunc(r.Held, a, netip.Addr.Compare)
+	_, foreign := slices.BinarySearchFunc(r.Foreign, a, netip.Addr.Compare)
+	return held || foreign
+}
+
+// New returns a Reconciler for opts.Kernel. In address mode it reads the
+// ownership record; a record it cannot read is an error (fix or remove the
+// named line), since guessing could remove an operator's address.
+func New(opts Options) (*Reconciler, error) {
+	if opts.Kernel == nil {
+		return nil, errors.New("vip: Kernel is required")
+	}
+	mode, err := ParseMode(string(opts.Mode))
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register vip metrics: %w", err)
+	}
+	r := &Reconciler{k: opts.Kernel, mode: mode, log: log, metrics: m}
+	if mode == ModeAddress {
+		if opts.StateDir == "" {
+			return nil, errors.New("vip: address mode needs a state directory to record the addresses kglb owns")
+		}
+		r.file = ownedFile{path: filepath.Join(opts.StateDir, stateFile)}
+		if r.saved, err = r.file.load(); err != nil {
+			return nil, err
+		}
+		r.owned = maps.Clone(r.saved)
+	}
+	return r, nil
+}
+
+// Apply makes the link hold exactly the desired VIPs, as far as kglb owns
+// them. It may be called again with the same value and then writes nothing.
+//
+// It looks the link up (creating kglb's own dummy link if needed), reads the
+// link's entries in one dump, diffs them against desired, and issues only
+// the writes that differ, one netlink request each: adds first, then
+// deletes, each in address order. Adds go first so that a cancelled or failing Apply errs on the side
+// of serving a VIP rather than dropping one. A desired VIP the link already
+// holds through a foreign entry is left as it is; an entry kglb does not own
+// is never removed. An entry someone deleted is added again (drift repair).
+//
+// Apply carries on past an item that fails and returns what it reached
+// together with errors.Join of every failure, each naming its VIP. A
+// cancelled ctx stops further writes. Apply(ctx, nil) removes every entry
+// kglb owns and leaves the link itself in place.
+func (r *Reconciler) Apply(ctx context.Context, desired []netip.Addr) (Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	start := time.Now()
+	res, err := r.apply(ctx, desired)
+	r.metrics.duration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		r.metrics.applies.WithLabelValues("error").Inc()
+	} else {
+		r.metrics.applies.WithLabelValues("ok").Inc()
+	}
+	return res, err
+}
+
+func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, error) {
+	var errs []error
+	link := r.k.Link()
+
+	want := make(map[netip.Addr]bool, len(desired))
+	for _, a := range desired {
+		a = a.Unmap()
+		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+			errs = append(errs, fmt.Errorf("vip %s: not a unicast address without zone", a))
+			continue
+		}
+		want[a] = true
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, errors.Join(append(errs, err)...)
+	}
+
+	changed, err := r.k.EnsureLink()
+	if changed {
+		outcome := outcomeOK
+		if err != nil {
+			outcome = outcomeError
+		}
+		r.metrics.write(opLink, outcome)
+	}
+	if err != nil {
+		return Result{}, errors.Join(append(errs, fmt.Errorf("ensure vip link %s: %w", link, err))...)
+	}
+	if changed {
+		r.log.Info("created vip link", "link", link)
+	}
+
+	// The one read of the kernel.
+	entries, err := r.k.List(r.mode)
+	if err != nil {
+		return Result{}, errors.Join(append(errs, fmt.Errorf("list vips (%s) on %s: %w", r.mode, link, err))...)
+	}
+	held := make(map[netip.Addr]bool, len(entries)) // held by any entry
+	ours := make(map[netip.Addr]bool, len(entries)) // held by an entry kglb owns
+	for _, e := range entries {
+		a := e.Prefix.Addr()
+		host := e.Prefix.Bits() == a.BitLen()
+		switch r.mode {
+		case ModeRoute:
+			// A wider local route (AnyIP) is someone's design; kglb only
+			// reasons about host routes.
+			if !host {
+				continue
+			}
+			held[a] = true
+			if e.Proto == ProtoKGLB {
+				ours[a] = true
+			}
+		case ModeAddress:
+			held[a] = true
+			if host && r.owned[a] {
+				ours[a] = true
+			}
+		}
+	}
+
+	var add, del, foreign []netip.Addr
+	for a := range want {
+		switch {
+		case !held[a]:
+			add = append(add, a)
+		case !ours[a]:
+			foreign = append(foreign, a)
+		}
+	}
+	for a := range ours {
+		if !want[a] {
+			del = append(del, a)
+		}
+	}
+	slices.SortFunc(add, netip.Addr.Compare)
+	slices.SortFunc(del, netip.Addr.Compare)
+
+	if r.mode == ModeAddress {
+		// An owned address that is gone is no longer kglb's: should
+		// someone add it later, it is theirs.
+		r.owned = maps.Clone(ours)
+		if len(add) > 0 {
+			// Record the intent before adding, so a crash between the add
+			// and the record cannot leave an address kglb would then
+			// treat as foreign forever.
+			intent := maps.Clone(ours)
+			for _, a := range add {
+				intent[a] = true
+			}
+			if err := r.save(intent); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+
+	res := Result{}
+	proto := uint8(0)
+	if r.mode == ModeRoute {
+		proto = ProtoKGLB
+	}
+	logInfo := r.log.IsInfo() // not worth boxing the arguments for a silent logger
+	stopped := false
+	stop := func() bool {
+		if !stopped && ctx.Err() != nil {
+			stopped = true
+			errs = append(errs, ctx.Err())
+		}
+		return stopped
+	}
+
+	for _, a := range add {
+		if stop() {
+			break
+		}
+		res.Writes++
+		err := r.k.Add(r.mode, Entry{Prefix: hostPrefix(a), Proto: proto})
+		switch {
+		case err == nil:
+			r.metrics.write(opAdd, outcomeOK)
+			ours[a] = true
+			res.Added = append(res.Added, a)
+			if logInfo {
+				r.log.Info("added vip", "vip", a, "link", link, "mode", r.mode)
+			}
+		case isExist(err):
+			// Someone added it since the dump: it is held, but not by us.
+			r.metrics.write(opAdd, outcomeExists)
+			foreign = append(foreign, a)
+		default:
+			r.metrics.write(opAdd, outcomeError)
+			errs = append(errs, fmt.Errorf("add vip %s (%s on %s): %w", a, r.mode, link, err))
+		}
+	}
+	for _, a := range del {
+		if stop() {
+			break
+		}
+		res.Writes++
+		err := r.k.Del(r.mode, Entry{Prefix: hostPrefix(a), Proto: proto})
+		switch {
+		case err == nil:
+			r.metrics.write(opDel, outcomeOK)
+			delete(ours, a)
+			res.Removed = append(res.Removed, a)
+			if logInfo {
+				r.log.Info("removed vip", "vip", a, "link", link, "mode", r.mode)
+			}
+		case isNotExist(err):
+			r.metrics.write(opDel, outcomeGone)
+			delete(ours, a)
+		default:
+			r.metrics.write(opDel, outcomeError)
+			errs = append(errs, fmt.Errorf("remove vip %s (%s on %s): %w", a, r.mode, link, err))
+		}
+	}
+
+	if r.mode == ModeAddress {
+		r.owned = maps.Clone(ours)
+		if !maps.Equal(ours, r.saved) {
+			if err := r.save(ours); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+
+	res.Held = slices.SortedFunc(maps.Keys(ours), netip.Addr.Compare)
+	slices.SortFunc(foreign, netip.Addr.Compare)
+	res.Foreign = foreign
+	r.metrics.held.Set(float64(len(res.Held)))
+	r.metrics.foreign.Set(float64(len(res.Foreign)))
+	if res.Writes == 0 {
+		r.log.Debug("vips in sync", "link", link, "held", len(res.Held), "foreign", len(res.Foreign))
+	}
+	return res, errors.Join(errs...)
+}
+
+// save writes the ownership record and remembers what it says.
+func (r *Reconciler) save(owned map[netip.Addr]bool) error {
+	if maps.Equal(owned, r.saved) {
+		return nil
+	}
+	if err := r.file.save(owned); err != nil {
+		return err
+	}
+	r.saved = maps.Clone(owned)
+	return nil
+}

@@ -1,0 +1,586 @@
+package vip_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kglb/kglb/vip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
+)
+
+func addrs(ss ...string) []netip.Addr {
+	out := make([]netip.Addr, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func entry(s string, proto uint8) vip.Entry {
+	return vip.Entry{Prefix: netip.MustParsePrefix(s), Proto: proto}
+}
+
+// setup returns a reconciler of mode on a fake kglb0 that already carries
+// an operator's entries: a static local route for 198.51.100.99 and the
+// address 203.0.113.1 (with the kernel's local route for it).
+func setup(t *testing.T, mode vip.Mode) (*vip.Fake, *vip.Reconciler) {
+	t.Helper()
+	f := vip.NewFake("")
+	if _, err := f.EnsureLink(); err != nil {
+		t.Fatal(err)
+	}
+	must(t, f.Add(vip.ModeRoute, entry("198.51.100.99/32", unix.RTPROT_STATIC)))
+	must(t, f.Add(vip.ModeAddress, entry("203.0.113.1/32", 0)))
+	must(t, f.Add(vip.ModeAddress, entry("2001:db8::99/128", 0)))
+	r, err := vip.New(vip.Options{Kernel: f, Mode: mode, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, r
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The operator's entries, as the fake prints them; every state keeps them.
+const (
+	foreignAddr4  = "addr 203.0.113.1/32\n"
+	foreignAddr6  = "addr 2001:db8::99/128\n"
+	foreignAddrs  = foreignAddr4 + foreignAddr6
+	foreignRoutes = "local 198.51.100.99/32 proto static\nlocal 203.0.113.1/32 proto kernel\n"
+	foreignV6     = "local 2001:db8::99/128 proto kernel\n"
+)
+
+var states = []struct {
+	name        string
+	desired     []netip.Addr
+	wantRoute   string // the fake after Apply in route mode
+	wantAddress string // and in address mode
+}{
+	{
+		name:        "empty",
+		desired:     nil,
+		wantRoute:   "link kglb0 up\n" + foreignAddrs + foreignRoutes + foreignV6,
+		wantAddress: "link kglb0 up\n" + foreignAddrs + foreignRoutes + foreignV6,
+	},
+	{
+		name:    "one v4",
+		desired: addrs("198.51.100.10"),
+		wantRoute: "link kglb0 up\n" + foreignAddrs +
+			"local 198.51.100.10/32 proto kglb\n" + foreignRoutes + foreignV6,
+		wantAddress: "link kglb0 up\naddr 198.51.100.10/32\n" + foreignAddrs +
+			"local 198.51.100.10/32 proto kernel\n" + foreignRoutes + foreignV6,
+	},
+	{
+		name:    "v4 and v6",
+		desired: addrs("198.51.100.10", "2001:db8::10"),
+		wantRoute: "link kglb0 up\n" + foreignAddrs +
+			"local 198.51.100.10/32 proto kglb\n" + foreignRoutes +
+			"local 2001:db8::10/128 proto kglb\n" + foreignV6,
+		wantAddress: "link kglb0 up\naddr 198.51.100.10/32\n" + foreignAddr4 + "addr 2001:db8::10/128\n" + foreignAddr6 +
+			"local 198.51.100.10/32 proto kernel\n" + foreignRoutes +
+			"local 2001:db8::10/128 proto kernel\n" + foreignV6,
+	},
+	{
+		name:    "swap v4",
+		desired: addrs("2001:db8::10", "198.51.100.11"),
+		wantRoute: "link kglb0 up\n" + foreignAddrs +
+			"local 198.51.100.11/32 proto kglb\n" + foreignRoutes +
+			"local 2001:db8::10/128 proto kglb\n" + foreignV6,
+		wantAddress: "link kglb0 up\naddr 198.51.100.11/32\n" + foreignAddr4 + "addr 2001:db8::10/128\n" + foreignAddr6 +
+			"local 198.51.100.11/32 proto kernel\n" + foreignRoutes +
+			"local 2001:db8::10/128 proto kernel\n" + foreignV6,
+	},
+	{
+		// The operator's address and (in route mode) route already make
+		// these VIPs local: kglb adds nothing for them. In address mode the
+		// operator's route is not an address, so kglb adds one beside it.
+		name:      "desired held by foreign entries",
+		desired:   addrs("198.51.100.99", "203.0.113.1", "2001:db8::99"),
+		wantRoute: "link kglb0 up\n" + foreignAddrs + foreignRoutes + foreignV6,
+		wantAddress: "link kglb0 up\naddr 198.51.100.99/32\n" + foreignAddrs +
+			"local 198.51.100.99/32 proto kernel\n" + foreignRoutes + foreignV6,
+	},
+	{
+		name: "several, duplicates and a mapped address",
+		desired: addrs("198.51.100.12", "198.51.100.10", "::ffff:198.51.100.11", "198.51.100.10",
+			"2001:db8::10", "2001:db8::11"),
+		wantRoute: "link kglb0 up\n" + foreignAddrs +
+			"local 198.51.100.10/32 proto kglb\nlocal 198.51.100.11/32 proto kglb\nlocal 198.51.100.12/32 proto kglb\n" +
+			foreignRoutes +
+			"local 2001:db8::10/128 proto kglb\nlocal 2001:db8::11/128 proto kglb\n" + foreignV6,
+		wantAddress: "link kglb0 up\naddr 198.51.100.10/32\naddr 198.51.100.11/32\naddr 198.51.100.12/32\n" +
+			foreignAddr4 + "addr 2001:db8::10/128\naddr 2001:db8::11/128\n" + foreignAddr6 +
+			"local 198.51.100.10/32 proto kernel\nlocal 198.51.100.11/32 proto kernel\nlocal 198.51.100.12/32 proto kernel\n" +
+			foreignRoutes +
+			"local 2001:db8::10/128 proto kernel\nlocal 2001:db8::11/128 proto kernel\n" + foreignV6,
+	},
+}
+
+// TestStates applies every state in order, then in a shuffled order, in
+// both modes: any state moves cleanly to any other, the fake ends equal to
+// the state, and applying it again writes nothing.
+func TestStates(t *testing.T) {
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			f, r := setup(t, mode)
+			apply := func(t *testing.T, i int) {
+				t.Helper()
+				st := states[i]
+				if _, err := r.Apply(context.Background(), st.desired); err != nil {
+					t.Fatalf("Apply: %v", err)
+				}
+				want := st.wantRoute
+				if mode == vip.ModeAddress {
+					want = st.wantAddress
+				}
+				if got := f.String(); got != want {
+					t.Fatalf("kernel after %q:\n%s\nwant:\n%s", st.name, got, want)
+				}
+				res, err := r.Apply(context.Background(), st.desired)
+				if err != nil || res.Writes != 0 {
+					t.Fatalf("second Apply of %q: %d writes, err %v; want 0, nil", st.name, res.Writes, err)
+				}
+			}
+			for i, st := range states {
+				t.Run(st.name, func(t *testing.T) { apply(t, i) })
+			}
+			rng := rand.New(rand.NewPCG(1, 2))
+			for range 5 * len(states) {
+				i := rng.IntN(len(states))
+				t.Run("shuffled/"+states[i].name, func(t *testing.T) { apply(t, i) })
+			}
+		})
+	}
+}
+
+// TestMinimalWrites is a property test: for random edit sequences over a
+// pool of VIPs (some held by foreign entries) the writes issued equal the
+// minimal number of changes, there is exactly one dump per Apply, and kglb
+// ends up holding exactly the desired VIPs that are not foreign.
+func TestMinimalWrites(t *testing.T) {
+	pool := addrs("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.5",
+		"198.51.100.99", "203.0.113.1", "2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8::99")
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			f, r := setup(t, mode)
+			foreign := map[netip.Addr]bool{}
+			for _, e := range mustList(t, f, mode) {
+				foreign[e.Prefix.Addr()] = true
+			}
+			rng := rand.New(rand.NewPCG(7, uint64(len(mode))))
+			held := map[netip.Addr]bool{} // what kglb holds
+			for step := range 300 {
+				var desired []netip.Addr
+				want := map[netip.Addr]bool{}
+				for _, a := range pool {
+					if rng.IntN(3) == 0 {
+						desired = append(desired, a)
+						want[a] = true
+					}
+				}
+				minimal := 0
+				for a := range want {
+					if !held[a] && !foreign[a] {
+						minimal++
+					}
+				}
+				for a := range held {
+					if !want[a] {
+						minimal++
+					}
+				}
+				w0, d0 := f.Writes, f.Dumps
+				res, err := r.Apply(context.Background(), desired)
+				if err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+				if res.Writes != minimal || f.Writes-w0 != minimal {
+					t.Fatalf("step %d: %d writes reported, %d reached the kernel; minimal %d", step, res.Writes, f.Writes-w0, minimal)
+				}
+				if f.Dumps-d0 != 1 {
+					t.Fatalf("step %d: %d dumps, want 1", step, f.Dumps-d0)
+				}
+				clear(held)
+				var wantHeld []netip.Addr
+				for a := range want {
+					if !foreign[a] {
+						held[a] = true
+						wantHeld = append(wantHeld, a)
+					}
+				}
+				slices.SortFunc(wantHeld, netip.Addr.Compare)
+				if !slices.Equal(res.Held, wantHeld) {
+					t.Fatalf("step %d: held %v, want %v", step, res.Held, wantHeld)
+				}
+				for _, a := range desired {
+					if !res.Holds(a) {
+						t.Fatalf("step %d: Holds(%v) = false for a desired VIP", step, a)
+					}
+				}
+			}
+		})
+	}
+}
+
+func mustList(t *testing.T, k vip.Kernel, mode vip.Mode) []vip.Entry {
+	t.Helper()
+	es, err := k.List(mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return es
+}
+
+// TestOwnership: entries kglb did not add survive every Apply, also when
+// they hold a VIP that stops being desired, and are reported as Foreign
+// while desired.
+func TestOwnership(t *testing.T) {
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			f, r := setup(t, mode)
+			before := f.String()
+			desired := addrs("198.51.100.99", "203.0.113.1", "2001:db8::99")
+			res, err := r.Apply(context.Background(), desired)
+			must(t, err)
+			wantForeign := addrs("203.0.113.1", "2001:db8::99")
+			if mode == vip.ModeRoute {
+				wantForeign = addrs("198.51.100.99", "203.0.113.1", "2001:db8::99")
+			}
+			if !slices.Equal(res.Foreign, wantForeign) {
+				t.Errorf("Foreign = %v, want %v", res.Foreign, wantForeign)
+			}
+			_, err = r.Apply(context.Background(), nil)
+			must(t, err)
+			if got := f.String(); got != before {
+				t.Errorf("kernel after Apply(nil):\n%s\nwant the operator's entries untouched:\n%s", got, before)
+			}
+		})
+	}
+	t.Run("route beside an operator's IPv6 address", func(t *testing.T) {
+		// IPv6 keys routes by metric, so kglb's route can sit beside the
+		// kernel's route for an address added after it; removing the VIP
+		// removes kglb's route only.
+		f, r := setup(t, vip.ModeRoute)
+		_, err := r.Apply(context.Background(), addrs("2001:db8::50"))
+		must(t, err)
+		must(t, f.Add(vip.ModeAddress, entry("2001:db8::50/128", 0)))
+		res, err := r.Apply(context.Background(), nil)
+		must(t, err)
+		if !slices.Equal(res.Removed, addrs("2001:db8::50")) {
+			t.Errorf("Removed = %v", res.Removed)
+		}
+		if !strings.Contains(f.String(), "local 2001:db8::50/128 proto kernel\n") {
+			t.Errorf("the operator's address lost its route:\n%s", f)
+		}
+	})
+}
+
+// TestPartialFailure: one failing add and one failing delete do not stop
+// the others; the result says what was reached, the error names both, and
+// the next Apply finishes the job with exactly the two missing writes.
+func TestPartialFailure(t *testing.T) {
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			f, r := setup(t, mode)
+			_, err := r.Apply(context.Background(), addrs("198.51.100.1", "198.51.100.2"))
+			must(t, err)
+			errBoom := errors.New("boom")
+			f.Fail = func(op string, _ vip.Mode, e vip.Entry) error {
+				switch {
+				case op == "add" && e.Prefix.Addr() == netip.MustParseAddr("198.51.100.3"),
+					op == "del" && e.Prefix.Addr() == netip.MustParseAddr("198.51.100.1"):
+					return errBoom
+				}
+				return nil
+			}
+			desired := addrs("198.51.100.3", "198.51.100.4", "2001:db8::1")
+			res, err := r.Apply(context.Background(), desired)
+			if !errors.Is(err, errBoom) {
+				t.Fatalf("err = %v, want boom", err)
+			}
+			for _, s := range []string{"add vip 198.51.100.3", "remove vip 198.51.100.1"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not name %q", err, s)
+				}
+			}
+			if want := addrs("198.51.100.1", "198.51.100.4", "2001:db8::1"); !slices.Equal(res.Held, want) {
+				t.Errorf("Held = %v, want %v", res.Held, want)
+			}
+			if want := addrs("198.51.100.4", "2001:db8::1"); !slices.Equal(res.Added, want) {
+				t.Errorf("Added = %v, want %v", res.Added, want)
+			}
+			if want := addrs("198.51.100.2"); !slices.Equal(res.Removed, want) {
+				t.Errorf("Removed = %v, want %v", res.Removed, want)
+			}
+			if res.Writes != 5 {
+				t.Errorf("Writes = %d, want 5", res.Writes)
+			}
+			f.Fail = nil
+			res, err = r.Apply(context.Background(), desired)
+			must(t, err)
+			if res.Writes != 2 || !slices.Equal(res.Added, addrs("198.51.100.3")) || !slices.Equal(res.Removed, addrs("198.51.100.1")) {
+				t.Errorf("repair: %+v, want one add (198.51.100.3) and one delete (198.51.100.1)", res)
+			}
+		})
+	}
+}
+
+// TestDrift: an entry someone deleted, or the whole link, comes back on the
+// next Apply; one someone deleted before kglb could is not an error.
+func TestDrift(t *testing.T) {
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			f, r := setup(t, mode)
+			desired := addrs("198.51.100.1", "198.51.100.2", "2001:db8::1")
+			_, err := r.Apply(context.Background(), desired)
+			must(t, err)
+			want := f.String()
+			proto := uint8(0)
+			if mode == vip.ModeRoute {
+				proto = vip.ProtoKGLB
+			}
+			must(t, f.Del(mode, entry("198.51.100.2/32", proto)))
+			res, err := r.Apply(context.Background(), desired)
+			must(t, err)
+			if res.Writes != 1 || f.String() != want {
+				t.Errorf("after a hand delete: %d writes, kernel:\n%s\nwant 1 write and:\n%s", res.Writes, f, want)
+			}
+
+			f.DeleteLink()
+			res, err = r.Apply(context.Background(), desired)
+			must(t, err)
+			if res.Writes != 3 || !slices.Equal(res.Held, desired) {
+				t.Errorf("after the link was deleted: %+v, want 3 writes holding %v", res, desired)
+			}
+
+			// Deleted by hand between the dump and kglb's delete.
+			f.Fail = func(op string, m vip.Mode, e vip.Entry) error {
+				if op == "del" {
+					f.Fail = nil
+					return unix.ESRCH
+				}
+				return nil
+			}
+			res, err = r.Apply(context.Background(), addrs("198.51.100.1", "2001:db8::1"))
+			if err != nil || !slices.Equal(res.Held, addrs("198.51.100.1", "2001:db8::1")) {
+				t.Errorf("delete of a vanished entry: %+v, %v", res, err)
+			}
+		})
+	}
+}
+
+// TestRestart: a new reconciler (a restarted kglb) adopts what the last one
+// left, issuing no write; in address mode the record under the state
+// directory is what makes the addresses kglb's.
+func TestRestart(t *testing.T) {
+	desired := addrs("198.51.100.1", "2001:db8::1")
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			f := vip.NewFake("")
+			dir := t.TempDir()
+			r1, err := vip.New(vip.Options{Kernel: f, Mode: mode, StateDir: dir})
+			must(t, err)
+			_, err = r1.Apply(context.Background(), desired)
+			must(t, err)
+			r2, err := vip.New(vip.Options{Kernel: f, Mode: mode, StateDir: dir})
+			must(t, err)
+			w := f.Writes
+			res, err := r2.Apply(context.Background(), desired)
+			must(t, err)
+			if f.Writes != w || !slices.Equal(res.Held, desired) {
+				t.Errorf("restart: %d writes, held %v; want 0 writes holding %v", f.Writes-w, res.Held, desired)
+			}
+			res, err = r2.Apply(context.Background(), nil)
+			must(t, err)
+			if !slices.Equal(res.Removed, desired) {
+				t.Errorf("restarted reconciler removed %v, want %v", res.Removed, desired)
+			}
+		})
+	}
+	t.Run("address mode without its record", func(t *testing.T) {
+		f := vip.NewFake("")
+		r1, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: t.TempDir()})
+		must(t, err)
+		_, err = r1.Apply(context.Background(), desired)
+		must(t, err)
+		before := f.String()
+		r2, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: t.TempDir()})
+		must(t, err)
+		res, err := r2.Apply(context.Background(), nil)
+		must(t, err)
+		if res.Writes != 0 || f.String() != before {
+			t.Errorf("a reconciler with no record touched addresses it does not own: %+v\n%s", res, f)
+		}
+	})
+}
+
+func TestStateFile(t *testing.T) {
+	dir := t.TempDir()
+	f := vip.NewFake("")
+	r, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: dir})
+	must(t, err)
+	_, err = r.Apply(context.Background(), addrs("2001:db8::1", "198.51.100.7"))
+	must(t, err)
+	got, err := os.ReadFile(filepath.Join(dir, "vip-addresses"))
+	must(t, err)
+	want := "# VIP addresses kglb added (address mode); kglb removes only these.\n198.51.100.7\n2001:db8::1\n"
+	if string(got) != want {
+		t.Errorf("record:\n%s\nwant:\n%s", got, want)
+	}
+	entries, err := os.ReadDir(dir)
+	must(t, err)
+	if len(entries) != 1 {
+		t.Errorf("state directory holds %d files, want only the record (no temporary left)", len(entries))
+	}
+
+	must(t, os.WriteFile(filepath.Join(dir, "vip-addresses"), []byte("198.51.100.7\nnot-an-ip\n"), 0o600))
+	_, err = vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: dir})
+	if err == nil || !strings.Contains(err.Error(), "vip-addresses:2") {
+		t.Errorf("New with a broken record: %v, want an error naming vip-addresses:2", err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		fake    func() *vip.Fake
+		opts    vip.Options
+		desired []netip.Addr
+		ctx     func() context.Context
+		wantErr string
+		wantNew string
+	}{
+		{
+			name:    "configured link missing",
+			fake:    func() *vip.Fake { f := vip.NewFake("eth9"); f.DeleteLink(); return f },
+			desired: addrs("198.51.100.1"),
+			wantErr: "ensure vip link eth9: no such device",
+		},
+		{
+			name:    "unusable addresses are refused, the rest applied",
+			desired: append(addrs("198.51.100.1", "0.0.0.0", "ff02::1", "fe80::1%eth0"), netip.Addr{}),
+			wantErr: "vip 0.0.0.0: not a unicast address",
+		},
+		{
+			name: "cancelled",
+			ctx: func() context.Context {
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				return ctx
+			},
+			desired: addrs("198.51.100.1"),
+			wantErr: "context canceled",
+		},
+		{
+			name:    "unknown mode",
+			opts:    vip.Options{Mode: "anycast"},
+			wantNew: `unknown vip mode "anycast"`,
+		},
+		{
+			name:    "address mode without a state directory",
+			opts:    vip.Options{Mode: vip.ModeAddress},
+			wantNew: "address mode needs a state directory",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := vip.NewFake("")
+			if tt.fake != nil {
+				f = tt.fake()
+			}
+			opts := tt.opts
+			opts.Kernel = f
+			r, err := vip.New(opts)
+			if tt.wantNew != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantNew) {
+					t.Fatalf("New: %v, want %q", err, tt.wantNew)
+				}
+				return
+			}
+			must(t, err)
+			ctx := context.Background()
+			if tt.ctx != nil {
+				ctx = tt.ctx()
+			}
+			res, err := r.Apply(ctx, tt.desired)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Apply: %v, want %q", err, tt.wantErr)
+			}
+			for _, a := range res.Held {
+				if !slices.Contains(tt.desired, a) {
+					t.Errorf("held %v, not desired", a)
+				}
+			}
+		})
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	f := vip.NewFake("")
+	r, err := vip.New(vip.Options{Kernel: f, Registerer: reg})
+	must(t, err)
+	_, err = r.Apply(context.Background(), addrs("198.51.100.1", "198.51.100.2", "2001:db8::1"))
+	must(t, err)
+	_, err = r.Apply(context.Background(), addrs("198.51.100.1"))
+	must(t, err)
+	_, err = r.Apply(context.Background(), addrs("198.51.100.1"))
+	must(t, err)
+	want := `
+# HELP kglb_vip_held VIPs held on kglb's link by entries kglb owns, after the last apply.
+# TYPE kglb_vip_held gauge
+kglb_vip_held 1
+# HELP kglb_vip_writes_total Netlink writes issued for VIPs by op (add, del, link: creating or raising kglb's link) and outcome (ok, error, exists: the entry appeared since the dump, gone: it vanished since the dump).
+# TYPE kglb_vip_writes_total counter
+kglb_vip_writes_total{op="add",outcome="error"} 0
+kglb_vip_writes_total{op="add",outcome="exists"} 0
+kglb_vip_writes_total{op="add",outcome="gone"} 0
+kglb_vip_writes_total{op="add",outcome="ok"} 3
+kglb_vip_writes_total{op="del",outcome="error"} 0
+kglb_vip_writes_total{op="del",outcome="exists"} 0
+kglb_vip_writes_total{op="del",outcome="gone"} 0
+kglb_vip_writes_total{op="del",outcome="ok"} 2
+kglb_vip_writes_total{op="link",outcome="error"} 0
+kglb_vip_writes_total{op="link",outcome="ok"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kglb_vip_held", "kglb_vip_writes_total"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(reg, "kglb_vip_applies_total"); n != 2 {
+		t.Errorf("kglb_vip_applies_total has %d series, want 2", n)
+	}
+	if _, err := vip.New(vip.Options{Kernel: f, Registerer: reg}); err == nil {
+		t.Errorf("a second reconciler on the same registry registered its metrics twice without error")
+	}
+}
+
+func ExampleReconciler_Apply() {
+	k := vip.NewFake("") // vip.NewNetlink(vip.NetlinkOptions{}) on a real system
+	r, _ := vip.New(vip.Options{Kernel: k})
+	res, err := r.Apply(context.Background(), addrs("198.51.100.10", "2001:db8::10"))
+	fmt.Println(res.Added, res.Writes, err)
+	res, _ = r.Apply(context.Background(), addrs("198.51.100.10", "2001:db8::10"))
+	fmt.Println(res.Writes)
+	fmt.Print(k)
+	// Output:
+	// [198.51.100.10 2001:db8::10] 2 <nil>
+	// 0
+	// link kglb0 up
+	// local 198.51.100.10/32 proto kglb
+	// local 2001:db8::10/128 proto kglb
+}

@@ -1,0 +1,99 @@
+package vip
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// stateFile is the name, under the state directory, of the record of the
+// addresses kglb owns in address mode. Route mode needs no record: the
+// kernel keeps the owner in each route's protocol.
+const stateFile = "vip-addresses"
+
+// ownedFile is the on-disk set of owned addresses: one address per line,
+// sorted, '#' starts a comment.
+type ownedFile struct {
+	path string
+}
+
+func (f ownedFile) load() (map[netip.Addr]bool, error) {
+	data, err := os.ReadFile(f.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return map[netip.Addr]bool{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read vip ownership record: %w", err)
+	}
+	owned := map[netip.Addr]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for line := 1; sc.Scan(); line++ {
+		s := strings.TrimSpace(sc.Text())
+		if s == "" || strings.HasPrefix(s, "#") {
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("read vip ownership record %s:%d: %w (fix or remove the line; kglb then leaves that address alone)", f.path, line, err)
+		}
+		owned[a] = true
+	}
+	return owned, nil
+}
+
+// save replaces the record atomically: a temporary file in the same
+// directory, synced, renamed over the old one, and the directory synced, so
+// a crash leaves either the old record or the new one.
+func (f ownedFile) save(owned map[netip.Addr]bool) error {
+	addrs := make([]netip.Addr, 0, len(owned))
+	for a := range owned {
+		addrs = append(addrs, a)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	var b bytes.Buffer
+	b.WriteString("# VIP addresses kglb added (address mode); kglb removes only these.\n")
+	for _, a := range addrs {
+		b.WriteString(a.String())
+		b.WriteByte('\n')
+	}
+
+	dir := filepath.Dir(f.path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(f.path)+".*")
+	if err != nil {
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // a no-op after the rename
+	if _, err := tmp.Write(b.Bytes()); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), f.path); err != nil {
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("write vip ownership record: %w", err)
+	}
+	return nil
+}
