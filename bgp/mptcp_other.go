@@ -1,0 +1,5 @@
+//go:build !linux
+
+package bgp
+
+func listenersUseMPTCP() bool { return false }

@@ -1,0 +1,746 @@
+// Package bgp owns kglb's BGP speaker: an embedded GoBGP v3 server, its
+// sessions with the routers, and the routes kglb announces to them.
+//
+// The speaker is declarative. SetConfig takes the whole BGP configuration
+// (local ASN, router id, listener, neighbors) and converges the running
+// server to it by diff: new neighbors are added, removed ones deleted, and
+// a neighbor whose session settings changed is re-created (its session
+// resets). Apply takes the whole set of routes that should be announced
+// and converges GoBGP's RIB to it: it announces new prefixes, re-announces
+// prefixes whose attributes changed (a new MED or prepend for a degraded
+// tier is an implicit replace, one UPDATE), withdraws prefixes that are
+// gone, and writes nothing when nothing changed. Which routes to announce,
+// and with which attributes, is the engine's decision; this package only
+// carries it out.
+//
+// Stopping is ordered by the daemon: WithdrawAll (optionally first
+// re-announcing every route with the GRACEFUL_SHUTDOWN community and
+// waiting), then the daemon's hold time, then the data plane, then Close,
+// which ends the sessions. Shutdown does WithdrawAll and Close in one call.
+// A crash withdraws nothing, so each neighbor's hold time bounds how long
+// routers keep kglb's routes, unless that neighbor opted in to graceful
+// restart.
+//
+// GoBGP notes that shape the code (see shared/reference/libraries.md 1):
+// every call goes through the server's Serve loop, started before
+// anything else; a listen port of 0 means 179 to GoBGP, so "no listener"
+// is passed as -1; ORIGIN is never added by GoBGP; DeletePath without a
+// path deletes every local path, so the speaker always names the prefix;
+// Serve never returns, so a Speaker is created once per process.
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrStopped is returned by Apply and SetConfig once WithdrawAll, Shutdown
+// or Close has begun: a stopping speaker announces nothing new.
+var ErrStopped = errors.New("bgp speaker is stopping")
+
+// Options configure a Speaker.
+type Options struct {
+	// Logger gets session and route state changes at Info and GoBGP's own
+	// messages at Debug; nil logs nothing.
+	Logger hclog.Logger
+	// Registerer gets the kglb_bgp_* metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// Speaker is kglb's BGP speaker. Its methods are safe for concurrent use.
+type Speaker struct {
+	log     hclog.Logger
+	srv     *server.BgpServer
+	metrics *metrics
+
+	// mu serializes every change to the server and guards the fields
+	// below it.
+	mu       sync.Mutex
+	cfg      Config
+	global   globalState
+	running  bool // StartBgp succeeded and Close has not run
+	stopping bool
+	closed   bool
+	peers    map[netip.Addr]peer
+	routes   map[netip.Prefix]Route // what GoBGP's RIB holds, normalized
+
+	stopWatch context.CancelFunc
+
+	// liveMu guards live, updated by the WatchEvent callback.
+	liveMu sync.Mutex
+	live   map[string]*liveState // by neighbor address as GoBGP prints it
+}
+
+// peer is a configured neighbor.
+type peer struct {
+	name    string
+	session session
+}
+
+// liveState is what the speaker has seen of a session.
+type liveState struct {
+	name        string
+	state       api.PeerState_SessionState
+	since       time.Time // when it reached Established
+	flaps       uint64
+	lastError   string
+	lastErrorAt time.Time
+}
+
+// New starts a speaker with cfg. No routes are announced until Apply.
+func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
+	lg := opts.Logger
+	if lg == nil {
+		lg = hclog.NewNullLogger()
+	}
+	s := &Speaker{
+		log:    lg,
+		peers:  map[netip.Addr]peer{},
+		routes: map[netip.Prefix]Route{},
+		live:   map[string]*liveState{},
+	}
+	s.metrics = newMetrics(opts.Registerer, s)
+	gl := &gobgpLogger{log: lg.Named("gobgp"), onPeerEvent: s.notePeerError}
+	s.srv = server.NewBgpServer(server.LoggerOption(gl))
+	// Serve first: every other call is a message to its loop.
+	go s.srv.Serve()
+
+	g, err := resolveGlobal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg = cfg
+	if err := s.start(ctx, g); err != nil {
+		return nil, err
+	}
+	// Watch before adding peers so no transition is missed.
+	wctx, cancel := context.WithCancel(context.Background())
+	s.stopWatch = cancel
+	if err := s.srv.WatchEvent(wctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, s.onEvent); err != nil {
+		cancel()
+		s.stop(ctx)
+		return nil, fmt.Errorf("watch bgp peer events: %w", err)
+	}
+	if err := s.setConfig(ctx, cfg); err != nil {
+		// The server runs; the neighbors that were fine are up. The
+		// caller decides whether a partial start is acceptable.
+		return s, err
+	}
+	return s, nil
+}
+
+// start runs StartBgp for g. Called with mu held.
+func (s *Speaker) start(ctx context.Context, g globalState) error {
+	gl := &api.Global{Asn: g.asn, RouterId: g.routerID.String(), ListenPort: -1}
+	if g.port > 0 {
+		gl.ListenPort = int32(g.port)
+		for _, a := range s.cfg.ListenAddresses {
+			gl.ListenAddresses = append(gl.ListenAddresses, a.String())
+		}
+	}
+	if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: gl}); err != nil {
+		return fmt.Errorf("start bgp as %d router id %s: %w", g.asn, g.routerID, err)
+	}
+	s.global = g
+	s.running = true
+	s.log.Info("bgp started", "asn", g.asn, "router_id", g.routerID.String(), "listen_port", g.port)
+	return nil
+}
+
+// stop ends every session (CEASE) and closes the listeners. Called with mu
+// held.
+func (s *Speaker) stop(ctx context.Context) error {
+	if !s.running {
+		return nil
+	}
+	s.running = false
+	if err := s.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
+		return fmt.Errorf("stop bgp: %w", err)
+	}
+	return nil
+}
+
+// SetConfig converges the speaker to cfg. Neighbors are matched by
+// address: new ones are added, missing ones removed (their sessions end
+// with a CEASE), and ones whose session settings changed (timers, ASN,
+// password file content, families, ...) are re-created, which resets
+// their session. A change of ASN, router id or listener restarts the BGP
+// server: every session resets and the current routes are re-announced.
+// It carries on past a neighbor that fails (for example an unreadable
+// password file: an existing session then keeps its old settings) and
+// returns errors.Join of the failures.
+func (s *Speaker) SetConfig(ctx context.Context, cfg Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping || s.closed {
+		return ErrStopped
+	}
+	return s.setConfig(ctx, cfg)
+}
+
+func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
+	g, err := resolveGlobal(cfg)
+	if err != nil {
+		return err
+	}
+	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
+	cfg.Neighbors = slices.Clone(cfg.Neighbors)
+	if g != s.global || !s.running {
+		s.log.Warn("bgp global settings changed, restarting the server: every session resets",
+			"asn", g.asn, "router_id", g.routerID.String(), "listen_port", g.port)
+		if err := s.stop(ctx); err != nil {
+			return err
+		}
+		s.cfg = cfg
+		if err := s.start(ctx, g); err != nil {
+			return err
+		}
+		// The old server's peers and RIB are gone.
+		old := s.peers
+		s.peers = map[netip.Addr]peer{}
+		for addr, p := range old {
+			if !slices.ContainsFunc(cfg.Neighbors, func(n Neighbor) bool { return n.Address == addr }) {
+				s.forgetPeer(addr, p.name)
+			}
+		}
+		routes := s.routes
+		s.routes = map[netip.Prefix]Route{}
+		defer func() {
+			for _, r := range sortedRoutes(routes) {
+				if err := s.announce(r); err != nil {
+					s.log.Error("re-announce after restart failed", "vip", r.Prefix.String(), "err", err)
+				}
+			}
+		}()
+	}
+	s.cfg = cfg
+
+	var errs []error
+	want := map[netip.Addr]bool{}
+	for _, n := range cfg.Neighbors {
+		name := n.Name
+		if name == "" {
+			name = n.Address.String()
+		}
+		if want[n.Address] {
+			errs = append(errs, fmt.Errorf("neighbor %s: listed twice", n.Address))
+			continue
+		}
+		want[n.Address] = true
+		sess, err := resolveNeighbor(n)
+		switch {
+		case err != nil:
+		case sess.passive && g.port == 0:
+			err = errors.New("passive neighbor needs a listen port")
+		case sess.passive && sess.password != "" && listenersUseMPTCP():
+			err = errors.New("TCP-MD5 on a passive neighbor does not work while Go makes MPTCP listeners: " +
+				"build with //go:debug multipathtcp=0 or run with GODEBUG=multipathtcp=0")
+		case sess.password != "" && g.port > 0 && listenersUseMPTCP():
+			s.log.Warn("TCP-MD5 is not set on the listener (MPTCP socket): the session works only when kglb connects out",
+				"peer", name)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
+			continue
+		}
+		cur, ok := s.peers[n.Address]
+		switch {
+		case !ok:
+			if err := s.addPeer(ctx, name, sess); err != nil {
+				errs = append(errs, err)
+			}
+		case cur.session != sess:
+			s.log.Info("neighbor settings changed, resetting its session", "peer", name)
+			if err := s.deletePeer(ctx, n.Address, cur.name); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if err := s.addPeer(ctx, name, sess); err != nil {
+				errs = append(errs, err)
+			}
+		case cur.name != name:
+			s.renamePeer(n.Address, cur.name, name)
+			s.peers[n.Address] = peer{name: name, session: sess}
+		}
+	}
+	for _, addr := range sortedAddrs(s.peers) {
+		if !want[addr] {
+			if err := s.deletePeer(ctx, addr, s.peers[addr].name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// A new iBGP neighbor must not get prepended paths (see Apply); the
+	// next Apply restores prepends if the iBGP neighbors go away.
+	if s.hasIBGP() {
+		for _, r := range sortedRoutes(s.routes) {
+			if r.Prepend > 0 {
+				r.Prepend = 0
+				if err := s.announce(r); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// hasIBGP reports whether any neighbor is in the local AS. Called with mu
+// held.
+func (s *Speaker) hasIBGP() bool {
+	for _, p := range s.peers {
+		if p.session.asn == s.global.asn {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Speaker) addPeer(ctx context.Context, name string, sess session) error {
+	s.liveMu.Lock()
+	s.live[sess.address.String()] = &liveState{name: name, state: api.PeerState_IDLE}
+	s.liveMu.Unlock()
+	s.metrics.peerUp.WithLabelValues(name).Set(0)
+	s.metrics.peerState.WithLabelValues(name).Set(float64(api.PeerState_IDLE))
+	s.metrics.peerFlaps.WithLabelValues(name)
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: sess.toAPI(name)}); err != nil {
+		s.forgetPeer(sess.address, name)
+		return fmt.Errorf("add neighbor %q (%s): %w", name, sess.address, err)
+	}
+	s.peers[sess.address] = peer{name: name, session: sess}
+	s.log.Info("neighbor added", "peer", name, "address", sess.address.String(), "asn", sess.asn)
+	return nil
+}
+
+func (s *Speaker) deletePeer(ctx context.Context, addr netip.Addr, name string) error {
+	// Forget first, so the session's last state events are not counted as
+	// a flap.
+	s.forgetPeer(addr, name)
+	delete(s.peers, addr)
+	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		return fmt.Errorf("delete neighbor %q (%s): %w", name, addr, err)
+	}
+	s.log.Info("neighbor removed", "peer", name, "address", addr.String())
+	return nil
+}
+
+func (s *Speaker) forgetPeer(addr netip.Addr, name string) {
+	s.liveMu.Lock()
+	delete(s.live, addr.String())
+	s.liveMu.Unlock()
+	s.metrics.forget(name)
+}
+
+func (s *Speaker) renamePeer(addr netip.Addr, from, to string) {
+	s.liveMu.Lock()
+	if l := s.live[addr.String()]; l != nil {
+		l.name = to
+		up := 0.0
+		if l.state == api.PeerState_ESTABLISHED {
+			up = 1
+		}
+		s.metrics.peerUp.WithLabelValues(to).Set(up)
+		s.metrics.peerState.WithLabelValues(to).Set(float64(l.state))
+		s.metrics.peerFlaps.WithLabelValues(to).Add(float64(l.flaps))
+	}
+	s.liveMu.Unlock()
+	s.metrics.forget(from)
+}
+
+// toAPI is the GoBGP peer for a session. Hold time is always explicit: it
+// is what bounds a crashed node's routes. Graceful restart is set only when
+// chosen, without RFC 8538 notification support, so a clean stop (CEASE)
+// always makes routers drop kglb's routes at once.
+func (s session) toAPI(name string) *api.Peer {
+	p := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: s.address.String(),
+			PeerAsn:         s.asn,
+			AuthPassword:    s.password,
+			Description:     name,
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			ConnectRetry:      s.connectRetry,
+			HoldTime:          s.hold,
+			KeepaliveInterval: s.keepalive,
+		}},
+		Transport: &api.Transport{
+			RemotePort:  uint32(s.port),
+			PassiveMode: s.passive,
+		},
+	}
+	if s.localAddress.IsValid() {
+		p.Transport.LocalAddress = s.localAddress.String()
+	}
+	if s.multihopTTL > 0 {
+		p.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(s.multihopTTL)}
+	}
+	if s.graceful {
+		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(s.restartTime)}
+	}
+	for _, f := range s.families() {
+		af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: apiFamily(f), Enabled: true}}
+		if s.graceful {
+			af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+		}
+		p.AfiSafis = append(p.AfiSafis, af)
+	}
+	return p
+}
+
+// Apply converges the announced routes to exactly routes: it announces new
+// prefixes, re-announces prefixes whose attributes changed (an implicit
+// replace: one UPDATE, no withdrawal in between), and withdraws prefixes
+// no longer listed, in that order. Called again with the same routes it
+// writes nothing. It carries on past a route that fails and returns
+// errors.Join of the failures; a prefix listed twice with different
+// attributes is an error and its first entry wins. The routes are sent to
+// every Established peer whose families include theirs.
+func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping || s.closed {
+		return ErrStopped
+	}
+	var errs []error
+	want := make(map[netip.Prefix]Route, len(routes))
+	order := make([]netip.Prefix, 0, len(routes))
+	ibgp, stripped := s.hasIBGP(), 0
+	for _, r := range routes {
+		n, err := normalize(r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
+			continue
+		}
+		if ibgp && n.Prepend > 0 {
+			n.Prepend = 0
+			stripped++
+		}
+		if prev, ok := want[n.Prefix]; ok {
+			if !equal(prev, n) {
+				errs = append(errs, fmt.Errorf("announce %s: listed twice with different attributes", n.Prefix))
+			}
+			continue
+		}
+		want[n.Prefix] = n
+		order = append(order, n.Prefix)
+	}
+
+	var changed []change
+	for _, p := range order {
+		r := want[p]
+		if cur, ok := s.routes[p]; ok && equal(cur, r) {
+			continue
+		}
+		changed = append(changed, change{route: r, replace: s.routes[p].Prefix.IsValid()})
+	}
+	var gone []netip.Prefix
+	for p := range s.routes {
+		if _, ok := want[p]; !ok {
+			gone = append(gone, p)
+		}
+	}
+	slices.SortFunc(gone, comparePrefix)
+
+	if stripped > 0 {
+		s.log.Warn("as-path prepend not sent: an iBGP neighbor is configured and would drop a path carrying its own AS; use MED or local_pref",
+			"routes", stripped)
+	}
+	// Per-route lines at Info are state changes; a cold start of thousands
+	// of VIPs logs them at Debug under one summary instead.
+	verbose := len(changed)+len(gone) <= 100
+	for _, c := range changed {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if err := s.announce(c.route); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.logRoute(verbose, c.verb(), c.route)
+	}
+	for _, p := range gone {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if err := s.withdraw(p); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.logRoute(verbose, "route withdrawn", Route{Prefix: p})
+	}
+	if !verbose {
+		s.log.Info("routes converged", "changed", len(changed), "withdrawn", len(gone), "announced", len(s.routes))
+	}
+	if n := len(errs); n > 0 {
+		s.metrics.applyErrors.Add(float64(n))
+	}
+	return errors.Join(errs...)
+}
+
+type change struct {
+	route   Route
+	replace bool
+}
+
+func (c change) verb() string {
+	if c.replace {
+		return "route re-announced"
+	}
+	return "route announced"
+}
+
+func (s *Speaker) logRoute(verbose bool, msg string, r Route) {
+	kv := []any{"vip", r.Prefix.String()}
+	if msg != "route withdrawn" {
+		kv = append(kv, routeLogFields(r)...)
+	}
+	if verbose {
+		s.log.Info(msg, kv...)
+	} else {
+		s.log.Debug(msg, kv...)
+	}
+}
+
+func routeLogFields(r Route) []any {
+	var kv []any
+	if r.NextHop.IsValid() {
+		kv = append(kv, "next_hop", r.NextHop.String())
+	}
+	if r.HasMED {
+		kv = append(kv, "med", r.MED)
+	}
+	if r.LocalPref != 0 {
+		kv = append(kv, "local_pref", r.LocalPref)
+	}
+	if r.Prepend != 0 {
+		kv = append(kv, "prepend", r.Prepend)
+	}
+	if len(r.Communities) > 0 {
+		kv = append(kv, "communities", fmt.Sprint(r.Communities))
+	}
+	if len(r.LargeCommunities) > 0 {
+		kv = append(kv, "large_communities", fmt.Sprint(r.LargeCommunities))
+	}
+	return kv
+}
+
+// announce adds or replaces one normalized route in the RIB. Called with
+// mu held.
+func (s *Speaker) announce(r Route) error {
+	p, err := toPath(r, s.global.asn)
+	if err == nil {
+		// GoBGP ignores the context of AddPath.
+		_, err = s.srv.AddPath(context.Background(), &api.AddPathRequest{Path: p})
+	}
+	if err != nil {
+		return fmt.Errorf("announce %s: %w", r.Prefix, err)
+	}
+	s.routes[r.Prefix] = owned(r)
+	s.metrics.announcements.Inc()
+	s.metrics.routes.Set(float64(len(s.routes)))
+	return nil
+}
+
+// withdraw removes one prefix from the RIB. It always names the prefix:
+// a DeletePath without a path would delete every local path. Called with
+// mu held.
+func (s *Speaker) withdraw(prefix netip.Prefix) error {
+	p, err := withdrawPath(prefix)
+	if err == nil {
+		err = s.srv.DeletePath(context.Background(), &api.DeletePathRequest{Family: p.Family, Path: p})
+	}
+	if err != nil {
+		return fmt.Errorf("withdraw %s: %w", prefix, err)
+	}
+	delete(s.routes, prefix)
+	s.metrics.withdrawals.Inc()
+	s.metrics.routes.Set(float64(len(s.routes)))
+	return nil
+}
+
+// WithdrawAll withdraws every route and makes later Apply and SetConfig
+// calls return ErrStopped; the sessions stay up, so routers hear the
+// withdrawals and the daemon can wait its hold time before touching the
+// data plane and calling Close.
+//
+// With Config.GracefulShutdown it first re-announces every route with the
+// GRACEFUL_SHUTDOWN community (65535:0, RFC 8326), which routers
+// configured for it turn into the lowest preference, and waits
+// Config.GracefulShutdownWait for traffic to move. If ctx ends during that
+// wait, the wait is cut short; the withdrawal itself always happens.
+func (s *Speaker) WithdrawAll(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrStopped
+	}
+	first := !s.stopping
+	s.stopping = true
+	var errs []error
+	if first && s.cfg.GracefulShutdown && len(s.routes) > 0 {
+		for _, r := range sortedRoutes(s.routes) {
+			if err := s.announce(withCommunity(r, GracefulShutdownCommunity)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		wait := s.cfg.GracefulShutdownWait
+		s.log.Info("routes re-announced with the graceful-shutdown community", "routes", len(s.routes), "wait", wait.String())
+		// Do not hold mu while waiting: Status and metrics stay readable.
+		s.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			s.log.Warn("graceful-shutdown wait cut short", "err", ctx.Err())
+		}
+		s.mu.Lock()
+	}
+	defer s.mu.Unlock()
+	n := len(s.routes)
+	for _, p := range sortedPrefixes(s.routes) {
+		if err := s.withdraw(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if n > 0 {
+		s.log.Info("all routes withdrawn", "routes", n-len(s.routes))
+	}
+	return errors.Join(errs...)
+}
+
+// Close ends every session with a CEASE notification and closes the
+// listeners. Routers drop whatever kglb still announced (unless they run
+// graceful restart with RFC 8538, which kglb does not negotiate). Call
+// WithdrawAll and wait the hold time first for a clean drain. GoBGP's
+// server loop cannot be stopped in v3: the process keeps one idle
+// goroutine, and the Speaker cannot be used again.
+func (s *Speaker) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.stopping = true
+	// Cancel the watcher before StopBgp: its cleanup runs through the
+	// server loop.
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
+	err := s.stop(context.Background())
+	s.routes = map[netip.Prefix]Route{}
+	s.metrics.routes.Set(0)
+	for addr, p := range s.peers {
+		s.forgetPeer(addr, p.name)
+	}
+	s.peers = map[netip.Addr]peer{}
+	s.log.Info("bgp stopped")
+	return err
+}
+
+// Shutdown is WithdrawAll followed by Close, for callers with no data
+// plane to order in between.
+func (s *Speaker) Shutdown(ctx context.Context) error {
+	err := s.WithdrawAll(ctx)
+	if errors.Is(err, ErrStopped) {
+		err = nil
+	}
+	return errors.Join(err, s.Close())
+}
+
+// onEvent handles GoBGP's peer events. It runs on GoBGP's watcher
+// goroutine and must not block.
+func (s *Speaker) onEvent(r *api.WatchEventResponse) {
+	pe := r.GetPeer()
+	if pe == nil || pe.GetType() != api.WatchEventResponse_PeerEvent_STATE {
+		return
+	}
+	addr := pe.GetPeer().GetState().GetNeighborAddress()
+	st := pe.GetPeer().GetState().GetSessionState()
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	l := s.live[addr]
+	if l == nil || l.state == st {
+		return
+	}
+	prev := l.state
+	l.state = st
+	s.metrics.peerState.WithLabelValues(l.name).Set(float64(st))
+	switch {
+	case st == api.PeerState_ESTABLISHED:
+		l.since = time.Now()
+		s.metrics.peerUp.WithLabelValues(l.name).Set(1)
+		s.log.Info("bgp session established", "peer", l.name, "address", addr)
+	case prev == api.PeerState_ESTABLISHED:
+		l.flaps++
+		l.since = time.Time{}
+		s.metrics.peerUp.WithLabelValues(l.name).Set(0)
+		s.metrics.peerFlaps.WithLabelValues(l.name).Inc()
+		kv := []any{"peer", l.name, "address", addr, "state", stateName(st)}
+		if l.lastError != "" {
+			kv = append(kv, "err", l.lastError)
+		}
+		s.log.Warn("bgp session down", kv...)
+	default:
+		s.log.Debug("bgp session state", "peer", l.name, "address", addr, "state", stateName(st))
+	}
+}
+
+// notePeerError records the last problem GoBGP logged for a peer.
+func (s *Speaker) notePeerError(addr, msg string) {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if l := s.live[addr]; l != nil {
+		l.lastError = msg
+		l.lastErrorAt = time.Now()
+	}
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func sortedPrefixes(m map[netip.Prefix]Route) []netip.Prefix {
+	ps := make([]netip.Prefix, 0, len(m))
+	for p := range m {
+		ps = append(ps, p)
+	}
+	slices.SortFunc(ps, comparePrefix)
+	return ps
+}
+
+func sortedRoutes(m map[netip.Prefix]Route) []Route {
+	rs := make([]Route, 0, len(m))
+	for _, p := range sortedPrefixes(m) {
+		rs = append(rs, m[p])
+	}
+	return rs
+}
+
+func sortedAddrs(m map[netip.Addr]peer) []netip.Addr {
+	as := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		as = append(as, a)
+	}
+	slices.SortFunc(as, netip.Addr.Compare)
+	return as
+}
