@@ -1,0 +1,284 @@
+#!/bin/bash
+# debtest-guest.sh runs inside the booted Debian VM (as the oneshot unit
+# kglb-guest.service) and drives the installed kglb package as an operator
+# would. Every check prints "KGLB-DEB: PASS <step>" or "KGLB-DEB: FAIL
+# <step>: <why>"; "KGLB-DEB: DONE" ends the run. scripts/debtest.sh reads them.
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export SYSTEMD_PAGER='' SYSTEMD_COLORS=0
+
+VIP=198.51.100.10
+fails=0
+say() { echo "KGLB-DEB: $*"; }
+pass() { say "PASS $1"; }
+fail() {
+	say "FAIL $1: $2"
+	fails=$((fails + 1))
+}
+info() { echo "  | $*"; }
+show() { "$@" 2>&1 | sed 's/^/  | /'; }
+
+# waitfor SECONDS CMD...: poll CMD every 0.2s until it succeeds.
+waitfor() {
+	local n=$(($1 * 5))
+	shift
+	while [ $n -gt 0 ]; do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.2
+		n=$((n - 1))
+	done
+	return 1
+}
+
+say "BOOT $(cut -d' ' -f1 /proc/uptime)"
+
+# ---------------------------------------------------------------- network
+# client --- LB (this root namespace) --- real1, real2; NAT forwarding, so
+# the reals route their replies back through the LB.
+setup_net() {
+	sysctl -qw net.ipv4.ip_forward=1
+	ip netns add client
+	ip link add lbc type veth peer name c0 netns client
+	ip addr add 10.0.0.1/24 dev lbc
+	ip link set lbc up
+	ip -n client addr add 10.0.0.2/24 dev c0
+	ip -n client link set c0 up
+	ip -n client link set lo up
+	ip -n client route add default via 10.0.0.1
+	local i
+	for i in 1 2 3; do
+		ip netns add "real$i"
+		ip link add "lbr$i" type veth peer name r0 netns "real$i"
+		ip addr add "10.0.$i.1/24" dev "lbr$i"
+		ip link set "lbr$i" up
+		ip -n "real$i" addr add "10.0.$i.2/24" dev r0
+		ip -n "real$i" link set r0 up
+		ip -n "real$i" link set lo up
+		ip -n "real$i" route add default via "10.0.$i.1"
+		mkdir -p "/srv/real$i"
+		echo "real$i" >"/srv/real$i/index.html"
+		ip netns exec "real$i" busybox httpd -p 80 -h "/srv/real$i"
+		ip netns exec "real$i" busybox nc -ll -p 9000 -e /bin/cat &
+	done
+}
+
+write_web() { # the reals of the web service, as "10.0.1.2" words
+	local r tmp=/etc/kglb/.web.hcl.tmp
+	{
+		cat <<HCL
+service "web" {
+  vip     = "$VIP"
+  port    = 80
+  forward = "nat"
+  drain   = "0s"
+
+HCL
+		for r in "$@"; do echo "  real \"$r\" {}"; done
+		cat <<HCL
+
+  check "http" {
+    interval = "500ms"
+    timeout  = "300ms"
+    rise     = 1
+    fall     = 2
+  }
+}
+
+service "echo" {
+  vip     = "$VIP"
+  port    = 9000
+  forward = "nat"
+
+  real "10.0.1.2" {}
+}
+HCL
+	} >"$tmp"
+	mv "$tmp" /etc/kglb/web.hcl
+}
+
+kernel_reals() { ipvsadm -Ln -t "$VIP:80" 2>/dev/null | awk '$1 == "->" && $2 ~ /^10\./ {print $2}' | sort | tr '\n' ' '; }
+vip_routed() { ip route show table local | grep -q "local $VIP "; }
+# http_get HOST PORT PATH: the body of an HTTP/1.0 GET (bash's /dev/tcp).
+http_get() {
+	timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
+		printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3
+		sed "1,/^\r\{0,1\}$/d" <&3' _ "$@"
+}
+fetch() { ip netns exec client bash -c "$(declare -f http_get); http_get $VIP 80 /" 2>/dev/null; }
+# metric NAME: the sum of a metric's samples; "none" when /metrics cannot be read.
+metric() {
+	local body
+	body="$(http_get 127.0.0.1 5678 /metrics)" && [ -n "$body" ] || { echo none; return; }
+	echo "$body" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $NF} END {print s + 0}'
+}
+has_reals() { [ "$(kernel_reals)" = "$1" ]; }
+
+# replies COUNT: which reals answered COUNT requests.
+replies() {
+	local i out=""
+	for i in $(seq "$1"); do out="$out $(fetch)"; done
+	echo "$out" | tr ' ' '\n' | grep . | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'
+}
+
+setup_net
+pass "network namespaces (client, real1..3) with HTTP and echo servers"
+
+# ---------------------------------------------------------------- 1. start
+if waitfor 60 systemctl is-active --quiet kglb; then
+	pass "kglb.service is active after boot (Type=notify: READY=1 received)"
+else
+	fail "kglb.service active after boot" "$(systemctl is-active kglb)"
+	show systemctl status --no-pager kglb
+	show journalctl -u kglb --no-pager -n 30
+fi
+if lsmod | grep -q '^ip_vs_mh' && [ "$(sysctl -n net.ipv4.vs.expire_nodest_conn 2>/dev/null)" = 1 ] &&
+	[ "$(sysctl -n net.ipv4.vs.sloppy_tcp 2>/dev/null)" = 1 ]; then
+	pass "modules-load.d loaded ip_vs_mh; sysctl.d set expire_nodest_conn=1 sloppy_tcp=1"
+else
+	fail "modules and sysctls" "$(lsmod | grep -c ip_vs) ip_vs modules, expire_nodest_conn=$(sysctl -n net.ipv4.vs.expire_nodest_conn 2>&1)"
+fi
+if out="$(kglb status 2>&1)"; then
+	pass "kglb status answers"
+	echo "$out" | sed 's/^/  | /'
+else
+	fail "kglb status" "$out"
+fi
+
+# ---------------------------------------------------------------- 2. config
+write_web 10.0.1.2 10.0.2.2
+if out="$(timeout 60 systemctl reload kglb 2>&1)"; then
+	pass "systemctl reload kglb with a new service file"
+else
+	fail "systemctl reload with a good config" "$out"
+fi
+if waitfor 20 has_reals "10.0.1.2:80 10.0.2.2:80 " && waitfor 10 vip_routed; then
+	pass "IPVS service $VIP:80 with 2 reals and a local route for the VIP"
+else
+	fail "IPVS service and VIP" "reals: '$(kernel_reals)'"
+fi
+show ipvsadm -Ln
+show ip route show table local "$VIP"
+got=""
+for _ in $(seq 50); do
+	got="$(replies 10)"
+	case "$got" in *real1=*real2=*) break ;; esac
+	sleep 0.3
+done
+case "$got" in
+*real1=*real2=*) pass "the client reaches both reals through the VIP ($got)" ;;
+*) fail "traffic through the VIP" "replies: '$got'" ;;
+esac
+
+# ---------------------------------------------------------------- 3. live edit
+write_web 10.0.1.2 10.0.2.2 10.0.3.2
+if waitfor 20 has_reals "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 "; then
+	pass "an edit to web.hcl (a third real) is applied live, without reload"
+else
+	fail "live edit" "reals: '$(kernel_reals)'"
+fi
+
+# ---------------------------------------------------------------- 4. broken edit
+good="$(cat /etc/kglb/web.hcl)"
+printf 'service "web" {\n  vip  = "198.51.100.999"\n  port = 80\n}\n' >/etc/kglb/web.hcl
+if out="$(timeout 60 systemctl reload kglb 2>&1)"; then
+	fail "broken edit" "systemctl reload succeeded"
+else
+	pass "systemctl reload kglb fails on a broken edit"
+fi
+msg="$(journalctl -u kglb --no-pager -o cat | grep -m1 'web.hcl:2:')"
+if [ -n "$msg" ]; then
+	pass "the journal shows the positioned message: $msg"
+else
+	fail "positioned message" "no web.hcl:2: line in journalctl -u kglb"
+	show journalctl -u kglb --no-pager -n 20
+fi
+sleep 1
+if systemctl is-active --quiet kglb && [ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ]; then
+	pass "the daemon keeps running the last good config"
+else
+	fail "last good config" "$(systemctl is-active kglb), reals '$(kernel_reals)'"
+fi
+echo "$good" >/etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
+timeout 60 systemctl reload kglb >/dev/null 2>&1 || fail "reload after the fix" "failed"
+
+# ---------------------------------------------------------------- 5. restart
+mkfifo /run/to-echo
+ip netns exec client bash -c "exec 3<>/dev/tcp/$VIP/9000 || exit 1
+	while read -r line </run/to-echo; do
+		echo \"\$line\" >&3
+		read -r -t 5 reply <&3 || reply=lost
+		echo \"\$reply\" >>/run/echo-replies
+	done" &
+echoer=$!
+echo before >/run/to-echo
+waitfor 5 grep -q before /run/echo-replies
+waitfor 20 systemctl is-active --quiet kglb
+if timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb; then
+	pass "systemctl restart kglb"
+else
+	fail "restart" "$(systemctl is-active kglb)"
+fi
+sleep 3 # a full health round after the restart
+echo after >/run/to-echo
+if waitfor 8 grep -q '^after$' /run/echo-replies; then
+	pass "a TCP connection through the VIP survives the restart"
+else
+	fail "connection across restart" "replies: $(tr '\n' ' ' </run/echo-replies 2>/dev/null)"
+fi
+w="$(metric kglb_ipvs_writes_total)"
+if [ "$w" = 0 ]; then
+	pass "kglb_ipvs_writes_total is 0 after the restart (state adopted, nothing rewritten)"
+else
+	fail "no IPVS writes after restart" "kglb_ipvs_writes_total=$w"
+fi
+kill "$echoer" 2>/dev/null
+
+# ---------------------------------------------------------------- 6. upgrade
+deb="$(ls /root/kglb_*.deb | head -n1)"
+pid="$(systemctl show -p MainPID --value kglb)"
+if out="$(DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" 2>&1)" && waitfor 30 systemctl is-active --quiet kglb; then
+	pass "dpkg -i over the installed package (upgrade path): kglb active, restarted (pid $pid -> $(systemctl show -p MainPID --value kglb))"
+else
+	fail "upgrade" "$out"
+fi
+
+# ---------------------------------------------------------------- 7. security
+score="$(systemd-analyze security kglb.service 2>&1 | tail -n1 | sed 's/^.*Overall exposure level for kglb.service: //')"
+say "SECURITY $score"
+info "systemd-analyze security kglb.service: $score; the settings that cost points:"
+systemd-analyze security --no-pager kglb.service 2>&1 | grep '✗' | sed 's/^/  | /' 
+
+# ---------------------------------------------------------------- 8. stop
+if systemctl stop kglb && [ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ] && vip_routed; then
+	pass "systemctl stop with on_stop = \"keep\" leaves the IPVS services and VIP in place"
+else
+	fail "stop with keep" "reals '$(kernel_reals)'"
+fi
+sed -i 's/on_stop *= *"keep"/on_stop   = "cleanup"/' /etc/kglb/kglb.hcl
+systemctl start kglb || fail "start" "$(systemctl is-active kglb)"
+if systemctl stop kglb && [ -z "$(ipvsadm -Sn)" ] && ! vip_routed; then
+	pass "systemctl stop with on_stop = \"cleanup\" removes the IPVS services and the VIP"
+else
+	fail "stop with cleanup" "ipvsadm: $(ipvsadm -Sn | tr '\n' ';') vip routed: $(vip_routed && echo yes)"
+fi
+
+# ---------------------------------------------------------------- 9. remove, purge
+if DEBIAN_FRONTEND=noninteractive apt-get remove -y kglb >/dev/null 2>&1 && [ ! -e /usr/bin/kglb ] &&
+	[ -f /etc/kglb/kglb.hcl ] && [ -f /etc/kglb/web.hcl ]; then
+	pass "apt-get remove kglb keeps /etc/kglb ($(ls /etc/kglb | tr '\n' ' '))"
+else
+	fail "remove" "$(ls -a /etc/kglb /usr/bin/kglb 2>&1 | tr '\n' ' ')"
+fi
+if DEBIAN_FRONTEND=noninteractive apt-get purge -y kglb >/dev/null 2>&1 && [ ! -e /etc/kglb ] && [ ! -e /var/lib/kglb ] &&
+	! dpkg -l kglb 2>/dev/null | grep -q '^[ir]'; then
+	pass "apt-get purge kglb removes /etc/kglb and /var/lib/kglb"
+else
+	fail "purge" "$(ls -d /etc/kglb /var/lib/kglb 2>&1 | tr '\n' ' ')"
+fi
+
+say "RESULT fails=$fails"
+say "DONE"
+# Power off at once: the disk is thrown away, and a clean shutdown under TCG
+# only costs time (SuccessAction= alone left the VM running here).
+sync
+systemctl poweroff --force --force >/dev/null 2>&1 || echo o >/proc/sysrq-trigger

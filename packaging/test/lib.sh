@@ -1,0 +1,237 @@
+# packaging/test/lib.sh: build and boot a Debian bookworm image with systemd
+# in qemu (TCG), for scripts/debtest.sh and scripts/demo.sh. Sourced, not run.
+#
+# The kernel is the one vmtest/run.sh fetches into .cache/vm/kernel/current.
+# The debootstrapped base system is cached as a tarball under
+# $DEBTEST_CACHE (default .cache/debtest), keyed by its package list.
+# The caller sets: root (the repository).
+
+# Packages of the image: systemd and the tools an operator and the tests use.
+IMG_PACKAGES="systemd-sysv,udev,kmod,iproute2,ipvsadm,bird2,busybox,dbus,procps"
+IMG_SUITE=bookworm
+IMG_MIRROR="${DEBTEST_MIRROR:-http://deb.debian.org/debian}"
+
+img_cache="${DEBTEST_CACHE:-$root/.cache/debtest}"
+
+img_die() { echo "${img_name:-vm}: $*" >&2; exit 1; }
+img_note() { echo "${img_name:-vm}: $*" >&2; }
+img_have() { command -v "$1" >/dev/null 2>&1; }
+
+img_static_busybox() {
+	local b
+	for b in /bin/busybox /usr/bin/busybox; do
+		[ -x "$b" ] || continue
+		if ! head -c 4096 "$b" | grep -aq 'ld-linux'; then
+			echo "$b"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# img_deps installs the host tools (on a fresh Debian machine, as root).
+img_deps() {
+	local pkgs=()
+	img_have debootstrap || pkgs+=(debootstrap)
+	img_have qemu-system-x86_64 || pkgs+=(qemu-system-x86)
+	img_have mkfs.ext4 || pkgs+=(e2fsprogs)
+	img_static_busybox >/dev/null || pkgs+=(busybox-static)
+	img_have depmod || pkgs+=(kmod)
+	img_have cpio || pkgs+=(cpio)
+	img_have dpkg-deb || pkgs+=(dpkg)
+	img_have xz || pkgs+=(xz-utils)
+	if [ ${#pkgs[@]} -gt 0 ]; then
+		[ "$(id -u)" = 0 ] || img_die "need root to install: ${pkgs[*]}"
+		img_note "apt-get install ${pkgs[*]}"
+		if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1; then
+			apt-get update -qq >/dev/null 2>&1 || true
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null ||
+				img_die "apt-get install ${pkgs[*]} failed"
+		fi
+	fi
+	[ "$(id -u)" = 0 ] || img_die "must run as root (debootstrap, chroot, mkfs)"
+}
+
+# img_kernel makes sure the VM harness's kernel is fetched; sets kroot, kver.
+img_kernel() {
+	"$root/vmtest/run.sh" deps >&2 || img_die "vmtest/run.sh deps failed (the kernel)"
+	kroot="$(cd "$root/.cache/vm/kernel/current" && pwd -P)"
+	kver="$(cat "$kroot/.kver")"
+}
+
+# img_base makes $img_cache/base-<key>.tar.zst (debootstrap once) and sets base.
+img_base() {
+	local key
+	key="$(echo "$IMG_SUITE $IMG_PACKAGES v1" | md5sum | cut -c1-12)"
+	base="$img_cache/base-$key.tar"
+	mkdir -p "$img_cache"
+	[ -s "$base" ] && return 0
+	exec 8>"$img_cache/.lock"
+	flock 8
+	if [ ! -s "$base" ]; then
+		local d="$img_cache/base.tmp" t0=$SECONDS
+		rm -rf "$d"
+		img_note "debootstrap $IMG_SUITE (once; cached in $base; a few minutes)"
+		debootstrap --variant=minbase --include="$IMG_PACKAGES" "$IMG_SUITE" "$d" "$IMG_MIRROR" \
+			>"$img_cache/debootstrap.log" 2>&1 ||
+			{ tail -n 20 "$img_cache/debootstrap.log" >&2; img_die "debootstrap failed (log: $img_cache/debootstrap.log)"; }
+		# Smaller image: no package cache, docs or translations.
+		rm -rf "$d"/var/cache/apt/archives/*.deb "$d"/var/lib/apt/lists/* "$d"/usr/share/locale/* \
+			"$d"/usr/share/man/* "$d"/usr/share/info/*
+		find "$d/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
+		img_configure "$d"
+		tar -C "$d" --numeric-owner --xattrs -cf "$base.tmp" . || img_die "tar of the base failed"
+		mv "$base.tmp" "$base"
+		rm -rf "$d"
+		img_note "base system ready in $((SECONDS - t0))s"
+	fi
+	flock -u 8
+}
+
+# img_configure prepares a fresh debootstrap for a console-only test VM.
+img_configure() {
+	local d="$1"
+	echo kglb-vm >"$d/etc/hostname"
+	printf '127.0.0.1\tlocalhost kglb-vm\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$d/etc/hosts"
+	echo '/dev/vda / ext4 rw,noatime 0 1' >"$d/etc/fstab"
+	# No logins, no timers, nothing that is not needed: the test unit runs and powers off.
+	local u
+	for u in serial-getty@ttyS0.service getty@tty1.service getty.target apt-daily.timer apt-daily-upgrade.timer \
+		e2scrub_all.timer e2scrub_reap.service fstrim.timer systemd-timesyncd.service bird.service \
+		systemd-networkd-wait-online.service console-getty.service; do
+		ln -sfn /dev/null "$d/etc/systemd/system/$u"
+	done
+	mkdir -p "$d/etc/systemd/journald.conf.d"
+	printf '[Journal]\nStorage=volatile\nForwardToConsole=no\n' >"$d/etc/systemd/journald.conf.d/test.conf"
+	# apt must not try the network in the VM.
+	echo 'Acquire::http::Timeout "1";' >"$d/etc/apt/apt.conf.d/99kglb-test"
+}
+
+# img_modules copies the kernel modules the image needs into DIR and runs depmod.
+img_modules() {
+	local d="$1" m="$kroot/lib/modules/$kver"
+	local dst="$d/lib/modules/$kver"
+	mkdir -p "$dst/kernel/drivers"
+	cp -a "$m/kernel/net" "$m/kernel/lib" "$m/kernel/crypto" "$m/kernel/arch" "$m/kernel/fs" "$dst/kernel/"
+	local sub
+	for sub in net/dummy.ko net/veth.ko net/ifb.ko virtio block char; do
+		[ -e "$m/kernel/drivers/$sub" ] || continue
+		mkdir -p "$dst/kernel/drivers/$(dirname "$sub")"
+		cp -a "$m/kernel/drivers/$sub" "$dst/kernel/drivers/$(dirname "$sub")/"
+	done
+	for sub in modules.builtin modules.builtin.modinfo modules.order; do
+		[ -f "$m/$sub" ] && cp "$m/$sub" "$dst/"
+	done
+	depmod -b "$d" "$kver" || img_die "depmod in the image failed"
+}
+
+# img_initramfs WORK writes WORK/initramfs.cpio: busybox, the disk and ext4
+# modules, and an /init that mounts /dev/vda and switch_roots to systemd.
+img_initramfs() {
+	local work="$1" ir="$1/initramfs" m="$kroot/lib/modules/$kver"
+	rm -rf "$ir"
+	mkdir -p "$ir"/{bin,dev,proc,sys,newroot,mods}
+	cp "$(img_static_busybox)" "$ir/bin/busybox"
+	local name f i=0
+	: >"$ir/modules"
+	for name in virtio_pci virtio_blk crc32c_generic ext4; do
+		modprobe -d "$kroot" -S "$kver" --show-depends "$name" 2>/dev/null | awk '$1 == "insmod" {print $2}'
+	done | awk '!seen[$0]++' | while read -r f; do
+		i=$((i + 1))
+		case "$f" in
+		*.xz) xz -dc "$f" >"$ir/mods/$i.ko" ;;
+		*.zst) zstd -qdc "$f" >"$ir/mods/$i.ko" ;;
+		*) cp "$f" "$ir/mods/$i.ko" ;;
+		esac
+		echo "/mods/$i.ko" >>"$ir/modules"
+	done
+	[ -s "$ir/modules" ] || img_die "no disk modules found for the initramfs"
+	cat >"$ir/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules); do insmod "$m" 2>/dev/null; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+mount -t ext4 -o rw,noatime /dev/vda /newroot || { echo "initramfs: cannot mount /dev/vda"; poweroff -f; }
+umount /proc /sys
+umount /dev 2>/dev/null
+exec switch_root /newroot /sbin/init
+INIT
+	chmod 755 "$ir/init"
+	(cd "$ir" && find . -print0 | cpio --null -o -H newc --quiet) >"$work/initramfs.cpio" || img_die "cpio failed"
+}
+
+# img_rootfs WORK: unpack the base and add the modules into WORK/root.
+img_rootfs() {
+	local work="$1"
+	rm -rf "$work/root"
+	mkdir -p "$work/root"
+	tar -C "$work/root" --numeric-owner --xattrs -xf "$base" || img_die "unpacking the base failed"
+	img_modules "$work/root"
+}
+
+# img_chroot_dpkg WORK DEB: install a .deb in the image as an admin would.
+img_chroot_dpkg() {
+	local work="$1" deb="$2"
+	cp "$deb" "$work/root/root/"
+	chroot "$work/root" env DEBIAN_FRONTEND=noninteractive dpkg -i "/root/$(basename "$deb")" >"$work/dpkg-chroot.log" 2>&1 ||
+		{ cat "$work/dpkg-chroot.log" >&2; img_die "dpkg -i $(basename "$deb") in the image failed"; }
+}
+
+# img_guest_unit WORK SCRIPT: run SCRIPT as a oneshot unit after boot, its
+# output on the serial console, then power off.
+img_guest_unit() {
+	local work="$1" script="$2"
+	install -m 0755 "$script" "$work/root/usr/local/sbin/kglb-guest"
+	cat >"$work/root/etc/systemd/system/kglb-guest.service" <<'UNIT'
+[Unit]
+Description=kglb guest test
+After=multi-user.target kglb.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/kglb-guest
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+TimeoutStartSec=infinity
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+[Install]
+WantedBy=multi-user.target
+UNIT
+	ln -sfn /etc/systemd/system/kglb-guest.service "$work/root/etc/systemd/system/multi-user.target.wants/kglb-guest.service"
+}
+
+# img_mkfs WORK: WORK/disk.img (ext4, sparse) from WORK/root.
+img_mkfs() {
+	local work="$1"
+	rm -f "$work/disk.img"
+	mkfs.ext4 -q -F -L kglb-root -E lazy_itable_init=1,lazy_journal_init=1 -d "$work/root" "$work/disk.img" 1200M >/dev/null 2>"$work/mkfs.log" ||
+		{ cat "$work/mkfs.log" >&2; img_die "mkfs.ext4 -d failed"; }
+}
+
+# img_boot WORK LOG TIMEOUT LINEFUNC: boot the image; every console line
+# (CR and escapes stripped) goes to LOG and to the function LINEFUNC.
+img_boot() {
+	local work="$1" log="$2" timeout_s="$3" fn="$4"
+	local kernel="$kroot/boot/vmlinuz-$kver"
+	[ -s "$kroot/vmlinux" ] && kernel="$kroot/vmlinux"
+	local -a qemu=(qemu-system-x86_64 -accel "${VM_ACCEL:-tcg,thread=multi}" -m "${VM_MEM:-1536}" -smp "${VM_SMP:-2}"
+		-nographic -nic none -no-reboot -kernel "$kernel" -initrd "$work/initramfs.cpio"
+		-drive "file=$work/disk.img,format=raw,if=virtio,cache=unsafe"
+		-append "console=ttyS0 quiet loglevel=3 panic=-1 systemd.show_status=false rw net.ifnames=0 ${IMG_APPEND:-}")
+	: >"$log"
+	set +e
+	timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 |
+		sed -u -e 's/\r$//' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1b[a-zA-Z]//g' |
+		while IFS= read -r line || [ -n "$line" ]; do
+			printf '%s\n' "$line" >>"$log"
+			"$fn" "$line"
+		done
+	local rc=${PIPESTATUS[0]}
+	set -e
+	return "$rc"
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# debtest.sh proves the kglb .deb on a real Debian system: it debootstraps
+# bookworm (cached), installs the package with dpkg in the image, boots it
+# under qemu with systemd as PID 1 and runs packaging/test/debtest-guest.sh
+# there as a oneshot unit: start and readiness, a service brought up, a live
+# edit, a refused broken edit, a hitless restart, upgrade, security score,
+# stop (keep and cleanup), remove and purge.
+#
+#   scripts/debtest.sh          (make debtest; root; installs missing tools)
+#
+# Environment:
+#   DEBTEST_CACHE    cache directory (default .cache/debtest): the base system tarball
+#   DEBTEST_TIMEOUT  seconds for the VM (default 600)
+#   DEBTEST_KEEP=1   keep the work directory (image, initramfs)
+#   KGLB_DEB         test this package instead of building one with scripts/deb.sh
+# The console log of the last run is .cache/debtest/last-console.log.
+# Exit status 0 only when every step passed.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+img_name=debtest
+# shellcheck source=../packaging/test/lib.sh
+. "$root/packaging/test/lib.sh"
+
+t0=$SECONDS
+img_deps
+img_kernel
+img_base
+t_base=$SECONDS
+
+deb="${KGLB_DEB:-}"
+if [ -z "$deb" ]; then
+	deb="$("$root/scripts/deb.sh" | tail -n1)" || img_die "scripts/deb.sh failed"
+fi
+[ -f "$deb" ] || img_die "no package at $deb"
+img_note "package $(basename "$deb")"
+
+lintian_out=""
+if img_have lintian || { [ "${CI:-}" = true ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null 2>&1; }; then
+	lintian_out="$(lintian --tag-display-limit 0 -I -E --pedantic "$deb" 2>&1 | grep -v 'running with root privileges' || true)"
+fi
+
+mkdir -p "$img_cache/tmp"
+work="$(mktemp -d "$img_cache/tmp/run.XXXXXX")"
+if [ -n "${DEBTEST_KEEP:-}" ]; then img_note "keeping $work"; else trap 'rm -rf "$work"' EXIT; fi
+
+img_rootfs "$work"
+img_chroot_dpkg "$work" "$deb"
+img_guest_unit "$work" "$root/packaging/test/debtest-guest.sh"
+img_initramfs "$work"
+img_mkfs "$work"
+rm -rf "$work/root"
+t_img=$SECONDS
+img_note "image ready ($((t_img - t_base))s); booting (TCG; console log: $img_cache/last-console.log)"
+
+on_line() {
+	case "$1" in
+	*"KGLB-DEB: "* | "  | "*) printf '%s\n' "${1#*KGLB-DEB: }" ;;
+	esac
+}
+log="$work/console.log"
+rc=0
+img_boot "$work" "$log" "${DEBTEST_TIMEOUT:-600}" on_line || rc=$?
+cp "$log" "$img_cache/last-console.log"
+t_end=$SECONDS
+
+failed=()
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then failed+=("the VM did not finish within ${DEBTEST_TIMEOUT:-600}s"); fi
+if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 137 ]; then failed+=("qemu exited with status $rc"); fi
+grep -q 'KGLB-DEB: DONE' "$log" || failed+=("the guest test never finished (see $img_cache/last-console.log)")
+while IFS= read -r l; do failed+=("${l#*KGLB-DEB: FAIL }"); done < <(grep 'KGLB-DEB: FAIL ' "$log" || true)
+npass="$(grep -c 'KGLB-DEB: PASS ' "$log" || true)"
+if [ "$npass" -lt 19 ] && grep -q 'KGLB-DEB: DONE' "$log"; then failed+=("only $npass steps passed, expected 19"); fi
+if [ -n "$lintian_out" ]; then failed+=("lintian: $lintian_out"); fi
+
+echo
+echo "lintian: ${lintian_out:-clean (lintian -I -E --pedantic printed nothing)}"
+grep -o 'KGLB-DEB: SECURITY .*' "$log" | sed 's/KGLB-DEB: SECURITY/systemd-analyze security kglb.service:/' || true
+echo "debtest: $((t_end - t0))s total (base $((t_base - t0))s, image $((t_img - t_base))s, VM $((t_end - t_img))s)"
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "debtest: FAILED:"
+	printf '  - %s\n' "${failed[@]}"
+	echo "$npass passed, ${#failed[@]} failed"
+	exit 1
+fi
+echo "$npass passed, 0 failed"
