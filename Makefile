@@ -9,7 +9,7 @@ BENCHTIME ?= 1s
 VMBENCHTIME ?= 1x
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: help build demo test deps lint unit fuzz check-examples vmtest vmbench bench clean
+.PHONY: help build demo test deps lint unit fuzz check-examples vmtest debtest deb vmbench bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,10 +17,10 @@ help: ## list the targets
 build: ## build bin/kglb
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/kglb ./cmd/kglb
 
-demo: build ## the main job: validate the example configs
-	./bin/kglb validate examples/
+demo: build ## the main job: kglb in a VM balancing, failing over, withdrawing, reloading
+	KGLB_BIN=bin/kglb VERSION=$(VERSION) ./scripts/demo.sh
 
-test: deps lint unit fuzz check-examples vmtest ## every test: lint, unit, fuzz, examples, BIRD, the VM
+test: deps lint unit fuzz check-examples vmtest debtest ## every test: lint, unit, fuzz, examples, BIRD, the VM, the .deb
 	@echo "make test: all passed"
 
 deps: ## install what the tests need (apt-get, Go module proxy)
@@ -43,7 +43,7 @@ unit: ## go test ./... on the host (BIRD tests included; needs root)
 	$(GO) test -count=1 ./...
 
 fuzz: ## fuzz config.Load for FUZZTIME
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./config
 
 check-examples: build ## the examples validate and are formatted
 	./bin/kglb validate examples/
@@ -51,6 +51,12 @@ check-examples: build ## the examples validate and are formatted
 
 vmtest: ## kernel tests in a qemu VM booted from Debian's kernel
 	./vmtest/run.sh test $(VM_PKGS)
+
+deb: build ## build out/kglb_<version>_amd64.deb
+	KGLB_BIN=bin/kglb VERSION=$(VERSION) ./scripts/deb.sh
+
+debtest: build ## install the .deb in a booted Debian VM (systemd) and drive it
+	KGLB_BIN=bin/kglb VERSION=$(VERSION) ./scripts/debtest.sh
 
 vmbench: ## kernel benchmarks in the VM
 	BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS)

@@ -28,23 +28,26 @@ func Fetch(addr string) (Status, error) {
 	return st, nil
 }
 
-// RequestReload asks a running daemon to reload; force skips the
-// max_delete_share guard.
-func RequestReload(addr string, force bool) error {
-	c := &http.Client{Timeout: 10 * time.Second}
+// RequestReload asks a running daemon to reload and returns its answer
+// ("config success" or "config unchanged"), or the daemon's reason for
+// rejecting the files; force skips the max_delete_share guard.
+func RequestReload(addr string, force bool) (string, error) {
+	c := &http.Client{Timeout: 30 * time.Second}
 	url := "http://" + addr + "/reload"
 	if force {
 		url += "?force=1"
 	}
 	resp, err := c.Post(url, "text/plain", nil)
 	if err != nil {
-		return fmt.Errorf("request reload from %s: %w", addr, err)
+		return "", fmt.Errorf("request reload from %s: %w", addr, err)
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	msg := strings.TrimSpace(string(body))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("request reload from %s: %s", addr, resp.Status)
+		return "", fmt.Errorf("reload %s: %s", addr, msg)
 	}
-	return nil
+	return msg, nil
 }
 
 // WriteStatus prints st as readable tables: VIPs, services with their

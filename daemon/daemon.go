@@ -105,8 +105,16 @@ func Run(ctx context.Context, opts Options) error {
 			return fmt.Errorf("engine stopped: %w", err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				d.notify.send("RELOADING=1")
-				watcher.Reload(false)
+				d.notify.send("RELOADING=1", monotonicUsec())
+				// systemd holds the unit in "reloading" until READY=1, so
+				// every outcome must answer: an applied config does so
+				// below once the engine has it, the rest here.
+				go func() {
+					o, err := watcher.ReloadWait(runCtx, false)
+					if err == nil && o.Result != "success" {
+						d.notify.send("READY=1", "STATUS=reload "+o.Result+"; "+summary(watcher.Current()))
+					}
+				}()
 				continue
 			}
 			log.Info("stopping", "signal", sig.String())

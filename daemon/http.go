@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -138,8 +139,18 @@ func (d *daemon) serveHTTP(ctx context.Context, addr string) <-chan error {
 	})
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
 		force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
-		d.watcher.Reload(force)
-		w.Write([]byte("reload requested\n"))
+		ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
+		defer cancel()
+		o, err := d.watcher.ReloadWait(ctx, force)
+		switch {
+		case err != nil:
+			http.Error(w, "reload: "+err.Error(), http.StatusServiceUnavailable)
+		case o.Err != nil:
+			// 422: the files are there but kglb will not run them.
+			http.Error(w, "config "+o.Result+"; the last good config keeps running:\n"+o.Err.Error(), http.StatusUnprocessableEntity)
+		default:
+			fmt.Fprintf(w, "config %s\n", o.Result)
+		}
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	done := make(chan error, 1)

@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // notifier speaks systemd's sd_notify protocol: one datagram of
@@ -40,4 +42,14 @@ func (n *notifier) send(lines ...string) error {
 		return fmt.Errorf("sd_notify %s: %w", n.addr.Name, err)
 	}
 	return nil
+}
+
+// monotonicUsec is the MONOTONIC_USEC= line systemd wants beside
+// RELOADING=1, so it can tell this reload from an older one.
+func monotonicUsec() string {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return "MONOTONIC_USEC=0"
+	}
+	return fmt.Sprintf("MONOTONIC_USEC=%d", ts.Nano()/1000)
 }

@@ -254,8 +254,15 @@ func TestDaemonAgainstKernel(t *testing.T) {
 	if v := metric(t, "kglb_config_last_reload_successful"); v != 0 {
 		t.Errorf("kglb_config_last_reload_successful = %v after an invalid edit", v)
 	}
+	// `kglb reload` hears the positioned reason, not just "requested".
+	if msg, err := RequestReload(statsAddr, false); err == nil || !strings.Contains(err.Error(), "web.hcl:") {
+		t.Errorf("reload of an invalid edit: %q, %v; want an error citing web.hcl:", msg, err)
+	}
 	writeConfig(t, dir, state, "10.77.1.2:80", "10.77.2.2:80", "10.77.3.2:80")
 	waitFor(t, "reload accepted again", func() bool { return metric(t, "kglb_config_last_reload_successful") == 1 })
+	if msg, err := RequestReload(statsAddr, false); err != nil || msg != "config unchanged" {
+		t.Errorf("reload of the running config: %q, %v; want \"config unchanged\"", msg, err)
+	}
 
 	// Someone flushes IPVS (ipvsadm -C): the resync repairs it.
 	h, err := mobyipvs.New("")

@@ -58,7 +58,7 @@ type Watcher[C any] struct {
 	log     hclog.Logger
 	metrics *metrics
 	updates chan C
-	trigger chan bool // true: forced
+	trigger chan request
 
 	mu      sync.Mutex
 	current C
@@ -86,7 +86,7 @@ func New[C any](opts Options[C]) (*Watcher[C], error) {
 		log:     opts.Logger,
 		metrics: newMetrics(opts.Registerer),
 		updates: make(chan C, 1),
-		trigger: make(chan bool, 1),
+		trigger: make(chan request, 8),
 	}
 	start := time.Now()
 	cfg, err := opts.Load(opts.Dir)
@@ -122,22 +122,51 @@ func (w *Watcher[C]) LastError() error {
 // a reader that falls behind gets the newest.
 func (w *Watcher[C]) Updates() <-chan C { return w.updates }
 
-// Reload asks for a reload now (SIGHUP). With force, the Guard is skipped:
-// the operator has confirmed a large deletion.
+// Outcome is what one load did.
+type Outcome struct {
+	// Result is success (applied), unchanged (same content), failure
+	// (invalid) or refused (the Guard said no): the label of
+	// kglb_config_reloads_total.
+	Result string
+	// Err says why a failure or refusal happened.
+	Err error
+}
+
+// request is one explicit reload; done, when set, receives its outcome.
+type request struct {
+	force bool
+	done  chan Outcome
+}
+
+// Reload asks for a reload now (SIGHUP) without waiting for it. With force,
+// the Guard is skipped: the operator has confirmed a large deletion.
 func (w *Watcher[C]) Reload(force bool) {
 	select {
-	case w.trigger <- force:
+	case w.trigger <- request{force: force}:
 	default:
-		if force { // make sure a forced request is not lost behind a plain one
-			select {
-			case <-w.trigger:
-			default:
-			}
-			select {
-			case w.trigger <- true:
-			default:
-			}
+		// Eight requests are already queued: each loads the whole
+		// directory, so this one is covered by them unless it is forced.
+		if force {
+			go func() { w.trigger <- request{force: true} }()
 		}
+	}
+}
+
+// ReloadWait reloads now and returns what the load did, so that a caller
+// (systemd's reload, `kglb reload`) can tell success from a rejected edit.
+// It needs Run to be running; it gives up when ctx ends.
+func (w *Watcher[C]) ReloadWait(ctx context.Context, force bool) (Outcome, error) {
+	done := make(chan Outcome, 1)
+	select {
+	case w.trigger <- request{force: force, done: done}:
+	case <-ctx.Done():
+		return Outcome{}, ctx.Err()
+	}
+	select {
+	case o := <-done:
+		return o, nil
+	case <-ctx.Done():
+		return Outcome{}, ctx.Err()
 	}
 }
 
@@ -199,11 +228,13 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			w.log.Warn("watch error; reloading", "dir", dir, "err", err)
 			pending = true
 			debounce.Reset(w.opts.Debounce)
-		case f := <-w.trigger:
-			force = force || f
-			w.load(force)
+		case req := <-w.trigger:
+			o := w.load(force || req.force)
 			pending, force = false, false
 			fp = fingerprint(dir)
+			if req.done != nil {
+				req.done <- o
+			}
 		case <-debounce.C:
 			if pending {
 				w.load(force)
@@ -223,7 +254,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 }
 
 // load runs one reload and records its outcome.
-func (w *Watcher[C]) load(force bool) {
+func (w *Watcher[C]) load(force bool) Outcome {
 	start := time.Now()
 	cfg, err := w.opts.Load(w.opts.Dir)
 	w.metrics.duration.Observe(time.Since(start).Seconds())
@@ -234,7 +265,7 @@ func (w *Watcher[C]) load(force bool) {
 		w.metrics.result("failure")
 		w.metrics.success.Set(0)
 		w.log.Error("config rejected; keeping the last good config", "dir", w.opts.Dir, "err", err)
-		return
+		return Outcome{Result: "failure", Err: err}
 	}
 	digest := w.opts.Digest(cfg)
 	if digest == w.digest {
@@ -244,7 +275,7 @@ func (w *Watcher[C]) load(force bool) {
 		w.metrics.success.Set(1)
 		w.metrics.result("unchanged")
 		w.log.Debug("config unchanged", "dir", w.opts.Dir)
-		return
+		return Outcome{Result: "unchanged"}
 	}
 	if w.opts.Guard != nil && !force {
 		if err := w.opts.Guard(w.current, cfg); err != nil {
@@ -252,7 +283,7 @@ func (w *Watcher[C]) load(force bool) {
 			w.metrics.result("refused")
 			w.metrics.success.Set(0)
 			w.log.Error("config refused; keeping the last good config (force a reload to apply it)", "dir", w.opts.Dir, "err", err)
-			return
+			return Outcome{Result: "refused", Err: err}
 		}
 	}
 	w.current, w.digest, w.lastErr = cfg, digest, nil
@@ -265,6 +296,7 @@ func (w *Watcher[C]) load(force bool) {
 	default:
 	}
 	w.updates <- cfg
+	return Outcome{Result: "success"}
 }
 
 // fingerprint summarises the directory's *.hcl entries (name, size, mtime of

@@ -335,3 +335,48 @@ func TestNewFailsOnBadInitialConfig(t *testing.T) {
 		t.Fatal("New without Load succeeded")
 	}
 }
+
+// ReloadWait reports each outcome to the caller that asked, which is what
+// lets systemd's reload and `kglb reload` tell a rejected edit from success.
+func TestReloadWaitReportsOutcome(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\nb\nc\nd\n"}, Options[set]{Guard: halfGuard, Debounce: time.Hour})
+	ctx := context.Background()
+	steps := []struct {
+		content string
+		force   bool
+		want    string
+		errHas  string
+	}{
+		{"a\nb\nc\nd\n", false, "unchanged", ""},
+		{"a\nb\nc\nd\ne\n", false, "success", ""},
+		{"INVALID\n", false, "failure", "web.hcl:1:1"},
+		{"a\n", false, "refused", "would delete 4 of 5"},
+		{"a\n", true, "success", ""},
+	}
+	for i, s := range steps {
+		write(t, filepath.Join(h.dir, "web.hcl"), s.content)
+		o, err := h.w.ReloadWait(ctx, s.force)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if o.Result != s.want {
+			t.Errorf("step %d: result %q, want %q (err %v)", i, o.Result, s.want, o.Err)
+		}
+		if (o.Err == nil) != (s.errHas == "") || (o.Err != nil && !strings.Contains(o.Err.Error(), s.errHas)) {
+			t.Errorf("step %d: err %v, want one containing %q", i, o.Err, s.errHas)
+		}
+	}
+	// A ReloadWait on a watcher that is not running gives up with ctx.
+	w, err := New(Options[set]{Dir: h.dir, Load: loadSet, Digest: digestSet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range cap(w.trigger) {
+		w.Reload(false)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := w.ReloadWait(cctx, false); err == nil {
+		t.Error("ReloadWait without Run returned no error")
+	}
+}

@@ -89,10 +89,11 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return exitUsage
 	}
-	if err := daemon.RequestReload(addr, *force); err != nil {
+	msg, err := daemon.RequestReload(addr, *force)
+	if err != nil {
 		fmt.Fprintf(stderr, "kglb reload: %v\n", err)
 		return exitInvalid
 	}
-	fmt.Fprintln(stdout, "reload requested; see the daemon's log or `kglb status` for the outcome")
+	fmt.Fprintln(stdout, msg)
 	return exitOK
 }

@@ -1,3 +1,8 @@
+// GoBGP sets TCP-MD5 on its sockets, and the kernel refuses TCP_MD5SIG on a
+// multipath-TCP socket, which Go 1.24+ makes by default for listeners.
+//
+//go:debug multipathtcp=0
+
 // Command kglb is the kglb load balancer: the daemon and the tools an
 // operator runs around it. Each subcommand is one entry of the commands
 // table and one function that returns the exit code; it reads its own
