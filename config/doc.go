@@ -4,16 +4,20 @@
 // within one file and across files.
 //
 // Load (a directory) and LoadFiles (a list of files) are the one load path:
-// the daemon at start, every reload and `kglb validate` call them. They
-// return a plain Config value (net/netip addresses, uint16 ports,
-// time.Duration, string enums; no HCL types and no pointers into parsed
-// files), or a Diagnostics error holding every problem found, each with
-// its file:line:col, the source line and a hint saying what to write
-// instead. Nothing outside this package imports HCL: Diagnostics renders
-// itself as text or JSON, and Format gives `kglb fmt` its canonical layout.
+// the daemon at start, every reload and `kglb validate` call them (the
+// daemon through a Loader, which is Load with each file's decode kept while
+// the file's content stays the same). They return a plain Config value
+// (net/netip addresses, uint16 ports, time.Duration, string enums; no HCL
+// types and no pointers into parsed files), or a Diagnostics error holding
+// every problem found, each with its file:line:col, the source line and a
+// hint saying what to write instead. Nothing outside this package imports
+// HCL: Diagnostics renders itself as text or JSON, and Format gives `kglb
+// fmt` its canonical layout.
 //
 // Loading is fast enough for 10,000 services per reload: files in the plain
 // subset of HCL that configurations use are parsed by a small dedicated
 // parser into the same tree hclsyntax would give (checked by FuzzLoad);
-// anything else, and every syntax error, goes through hclsyntax itself.
+// anything else, and every syntax error, goes through hclsyntax itself. A
+// reload through a Loader parses and decodes only the files that changed;
+// the checks across files still run over the whole set.
 package config

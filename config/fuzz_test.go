@@ -18,8 +18,9 @@ import (
 // failed load returns positioned Diagnostics and no Config; a good load
 // returns sorted services. Input split at NUL bytes becomes several files,
 // so the checks across files run too. Where the fast parser accepts a file,
-// its tree must be exactly hclsyntax's. With KGLB_FUZZ_WATCHDOG set, an
-// input that takes over 3s panics, so the fuzzer reports it as a crasher.
+// its tree must be exactly hclsyntax's; a Loader must agree with a fresh
+// load. With KGLB_FUZZ_WATCHDOG set, an input that takes over 3s panics, so
+// the fuzzer reports it as a crasher.
 func FuzzLoad(f *testing.F) {
 	seeds, _ := filepath.Glob("../examples/*.hcl")
 	more, _ := filepath.Glob("testdata/invalid/*.hcl")
@@ -55,6 +56,14 @@ func FuzzLoad(f *testing.F) {
 			checkFastParse(t, srcs[i].name, p)
 		}
 		cfg, err := loadSources(srcs)
+		// A Loader that saw another first file reuses the other files'
+		// decodes, and must still return exactly what a fresh load does.
+		l := NewLoader()
+		l.load(append([]source{{name: srcs[0].name}}, srcs[1:]...))
+		got, gotErr := l.load(srcs)
+		if d := loadDiff(got, gotErr, cfg, err); d != "" {
+			t.Fatalf("a Loader's result differs from a fresh load: %s", d)
+		}
 		if err != nil {
 			if cfg != nil {
 				t.Fatal("a failed load returned a Config")

@@ -3,8 +3,6 @@ package config
 import (
 	"bytes"
 	"cmp"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +13,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/hashicorp/hcl/v2/hclwrite"
 )
@@ -50,18 +47,28 @@ func ListFiles(dir string) ([]string, error) {
 
 // Load reads and validates every *.hcl file of dir (see ListFiles) as one
 // configuration. On failure the error is a Diagnostics with every problem
-// found.
-func Load(dir string) (*Config, error) {
-	files, err := ListFiles(dir)
-	if err != nil {
-		return nil, Diagnostics{{File: dir, Severity: SeverityError, Summary: "cannot read configuration directory: " + errText(err), Hint: "give a directory of *.hcl files, such as /etc/kglb"}}
-	}
-	return LoadFiles(files...)
-}
+// found. Each call parses every file afresh; a Loader keeps what did not
+// change between calls.
+func Load(dir string) (*Config, error) { return NewLoader().Load(dir) }
 
 // LoadFiles is Load for a list of files. They are loaded in sorted order;
 // a file given twice is loaded once.
 func LoadFiles(paths ...string) (*Config, error) {
+	srcs, err := readSources(paths)
+	if err != nil {
+		return nil, err
+	}
+	return loadSources(srcs)
+}
+
+// dirError is the problem of a directory that cannot be listed.
+func dirError(dir string, err error) Diagnostics {
+	return Diagnostics{{File: dir, Severity: SeverityError, Summary: "cannot read configuration directory: " + errText(err), Hint: "give a directory of *.hcl files, such as /etc/kglb"}}
+}
+
+// readSources reads the files in sorted order, each once. A file that
+// cannot be read fails the load: a configuration is never half loaded.
+func readSources(paths []string) ([]source, error) {
 	paths = slices.Clone(paths)
 	slices.Sort(paths)
 	paths = slices.Compact(paths)
@@ -78,7 +85,7 @@ func LoadFiles(paths ...string) (*Config, error) {
 	if len(ds) > 0 {
 		return nil, ds
 	}
-	return loadSources(srcs)
+	return srcs, nil
 }
 
 func errText(err error) string {
@@ -95,15 +102,27 @@ func readFile(p string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	// One buffer of the file's size, plus the byte that lets the read
+	// which finds EOF fit: a reload reads every file, so a second, doubled
+	// buffer per file would be most of its garbage.
 	size := 512
 	if st, err := f.Stat(); err == nil && st.Size() < MaxFileSize {
 		size = int(st.Size()) + 1
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size))
-	_, err = buf.ReadFrom(io.LimitReader(f, MaxFileSize+1))
-	b := buf.Bytes()
-	if err != nil {
-		return nil, err
+	b := make([]byte, 0, size)
+	r := io.LimitReader(f, MaxFileSize+1)
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // the file grew since Stat
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	if len(b) > MaxFileSize {
 		return nil, fmt.Errorf("larger than %d MiB", MaxFileSize>>20)
@@ -116,88 +135,9 @@ type source struct {
 	data []byte
 }
 
-// loadSources is the whole load of files already in memory.
-func loadSources(srcs []source) (*Config, error) {
-	d := &decoder{}
-	sum := sha256.New()
-	var lenBuf [8]byte
-	parser := hclparse.NewParser() // fresh each load: a Parser caches files by name
-	cfg := &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
-	var parseDiags hcl.Diagnostics
-	var daemonAt, bgpAt *block
-	var daemonAtRange, bgpAtRange hcl.Range
-	var daemonFields *fields
-	var daemonFile string
-	// Size the service slices up front; the count is only an estimate.
-	est := 0
-	for _, s := range srcs {
-		est += bytes.Count(s.data, []byte("service "))
-	}
-	cfg.Services = make([]Service, 0, est)
-	metas := make([]serviceMeta, 0, est)
-	for _, s := range srcs {
-		cfg.Files = append(cfg.Files, s.name)
-		for _, part := range [][]byte{[]byte(filepath.Base(s.name)), s.data} {
-			binary.BigEndian.PutUint64(lenBuf[:], uint64(len(part)))
-			sum.Write(lenBuf[:])
-			sum.Write(part)
-		}
-		b := fastParse(s.data)
-		if b == nil {
-			f, diags := parser.ParseHCL(s.data, s.name)
-			parseDiags = append(parseDiags, diags...)
-			if diags.HasErrors() || f == nil {
-				continue
-			}
-			hb, ok := f.Body.(*hclsyntax.Body)
-			if !ok {
-				continue
-			}
-			b = convertBody(hb, &parseDiags)
-		}
-		if parseDiags.HasErrors() {
-			continue // only syntax errors are reported now
-		}
-		// Decode each file as soon as it is parsed, so only one file's
-		// tree is alive at a time: less for the GC to trace.
-		d.file = s.name
-		f := d.open(b, rootSpec, "")
-		for _, bl := range f.blocksOf("daemon") {
-			if daemonAt != nil {
-				d.errorAt(d.full(bl.typeRange), daemonAtRange, "keep a single daemon block, in one file", "more than one daemon block")
-				continue
-			}
-			daemonAt, daemonAtRange, daemonFile = bl, d.full(bl.typeRange), d.file
-			cfg.Daemon, daemonFields = d.decodeDaemon(bl)
-		}
-		for _, bl := range f.blocksOf("bgp") {
-			if bgpAt != nil {
-				d.errorAt(d.full(bl.typeRange), bgpAtRange, "keep a single bgp block, in one file; list every router as a neighbor in it", "more than one bgp block")
-				continue
-			}
-			bgpAt, bgpAtRange = bl, d.full(bl.typeRange)
-			cfg.BGP = d.decodeBGP(bl)
-		}
-		for _, bl := range f.blocksOf("service") {
-			s, m := d.decodeService(bl)
-			cfg.Services = append(cfg.Services, s)
-			metas = append(metas, m)
-		}
-	}
-	// Syntax errors come alone: decoding a half-parsed file gives noise.
-	if parseDiags.HasErrors() {
-		return nil, resolve(srcs, fromHCL(parseDiags))
-	}
-	copy(cfg.Digest[:], sum.Sum(nil))
-	d.validate(cfg, metas, daemonAt, daemonFields, daemonFile)
-	if len(d.diags) > 0 {
-		ds := resolve(srcs, d.diags)
-		if ds.HasErrors() {
-			return nil, ds
-		}
-	}
-	return cfg, nil
-}
+// loadSources is the whole load of files already in memory, each parsed
+// afresh.
+func loadSources(srcs []source) (*Config, error) { return NewLoader().load(srcs) }
 
 // fromHCL turns HCL's own diagnostics into ours, with friendlier text.
 func fromHCL(hd hcl.Diagnostics) []diag {

@@ -11,7 +11,8 @@ import (
 
 // Config is one loaded and validated configuration directory. It is a plain
 // value: no HCL types and no pointers into the parsed files, so it can be
-// compared, copied and handed to other goroutines freely.
+// compared, copied and handed to other goroutines freely. It is read-only:
+// Configs from one Loader share the slices inside unchanged services.
 type Config struct {
 	// Daemon holds the daemon settings, with defaults when no daemon block
 	// exists.

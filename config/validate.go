@@ -9,21 +9,23 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
-// validate runs the checks that span services and files, and sorts the
-// services by name.
-func (d *decoder) validate(cfg *Config, metas []serviceMeta, daemonAt *block, daemonFields *fields, daemonFile string) {
-	names := make(map[string]int, len(cfg.Services))
+// validate runs the checks that span services and files over svcs and
+// metas, in load order, then sets cfg.Services to the services sorted by
+// name. daemon is the daemon block in force, nil when there is none. Both
+// slices point into a Loader's cache: nothing here writes through them.
+func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, daemon *topBlock) {
+	names := make(map[string]int, len(svcs))
 	type endpoint struct {
 		proto Protocol
 		ap    netip.AddrPort
 		mark  uint32
 		fam   Family
 	}
-	endpoints := make(map[endpoint]int, len(cfg.Services))
-	byVIP := map[netip.Addr]int{}
+	endpoints := make(map[endpoint]int, len(svcs))
+	byVIP := make(map[netip.Addr]int, len(svcs))
 	tunnelReals := map[netip.Addr]struct{}{}
 	dm := cfg.Daemon
-	for i, s := range cfg.Services {
+	for i, s := range svcs {
 		m := metas[i]
 		if j, dup := names[s.Name]; dup {
 			d.errorAt(m.nameRange, metas[j].nameRange, "give each service its own name", "duplicate service %q", s.Name)
@@ -36,7 +38,7 @@ func (d *decoder) validate(cfg *Config, metas []serviceMeta, daemonAt *block, da
 				ep = endpoint{mark: s.FWMark, fam: s.Family}
 			}
 			if j, dup := endpoints[ep]; dup {
-				d.errorAt(m.endpointRange, metas[j].endpointRange, "each VIP:port:protocol (or fwmark and family) may belong to one service only", "service %q uses %s, as service %q does", s.Name, s.Endpoint(), cfg.Services[j].Name)
+				d.errorAt(m.endpointRange, metas[j].endpointRange, "each VIP:port:protocol (or fwmark and family) may belong to one service only", "service %q uses %s, as service %q does", s.Name, s.Endpoint(), svcs[j].Name)
 			} else {
 				endpoints[ep] = i
 			}
@@ -62,7 +64,7 @@ func (d *decoder) validate(cfg *Config, metas []serviceMeta, daemonAt *block, da
 		}
 		if s.VIP.IsValid() {
 			if j, ok := byVIP[s.VIP]; ok {
-				if !sameRoute(cfg.Services[j].Announce, s.Announce) {
+				if !sameRoute(svcs[j].Announce, s.Announce) {
 					rng := m.announceRange
 					if rng.Filename == "" {
 						rng = m.nameRange
@@ -71,27 +73,26 @@ func (d *decoder) validate(cfg *Config, metas []serviceMeta, daemonAt *block, da
 					if first.Filename == "" {
 						first = metas[j].nameRange
 					}
-					d.errorAt(rng, first, "give every service of one VIP the same enabled, next_hop, communities, large_communities, med, local_pref and prepend in announce", "service %q shares vip %s with service %q but announces it differently", s.Name, s.VIP, cfg.Services[j].Name)
+					d.errorAt(rng, first, "give every service of one VIP the same enabled, next_hop, communities, large_communities, med, local_pref and prepend in announce", "service %q shares vip %s with service %q but announces it differently", s.Name, s.VIP, svcs[j].Name)
 				}
 			} else {
 				byVIP[s.VIP] = i
 			}
 		}
 	}
-	d.file = daemonFile
-	if daemonAt != nil {
+	if daemon != nil {
 		for _, src := range []netip.Addr{dm.HealthSourceV4, dm.HealthSourceV6} {
 			if _, isVIP := byVIP[src]; src.IsValid() && isVIP {
-				d.errorf(daemonFields.attr("health_source").val.rng, "use a local address that is not a VIP: a probe from a VIP would be answered to itself", "health_source %s is a VIP", src)
+				d.errorAt(daemon.healthSource, hcl.Range{}, "use a local address that is not a VIP: a probe from a VIP would be answered to itself", "health_source %s is a VIP", src)
 			}
 		}
 	}
 	if uint32(len(tunnelReals)) > dm.TunnelMarkCount {
 		rng := hcl.Range{}
-		if daemonAt != nil {
-			rng = d.full(daemonAt.defRange)
-			if a := daemonFields.attr("tunnel_mark_count"); a != nil {
-				rng = d.full(a.val.rng)
+		if daemon != nil {
+			rng = daemon.def
+			if daemon.tunnelMarkCount.Filename != "" {
+				rng = daemon.tunnelMarkCount
 			}
 		} else {
 			for _, m := range metas {
@@ -102,7 +103,13 @@ func (d *decoder) validate(cfg *Config, metas []serviceMeta, daemonAt *block, da
 		}
 		d.errorAt(rng, hcl.Range{}, fmt.Sprintf("raise tunnel_mark_count to at least %d", len(tunnelReals)), "%d reals have tunnelled checks but tunnel_mark_count is %d (one mark per real address)", len(tunnelReals), dm.TunnelMarkCount)
 	}
-	slices.SortStableFunc(cfg.Services, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
+	// Sort the pointers, then copy each service once: a stable sort that
+	// moves the 450-byte values themselves cost more than the checks.
+	slices.SortStableFunc(svcs, func(a, b *Service) int { return strings.Compare(a.Name, b.Name) })
+	cfg.Services = make([]Service, len(svcs))
+	for i, s := range svcs {
+		cfg.Services[i] = *s
+	}
 }
 
 // sameRoute reports whether two announce policies give one VIP's route the

@@ -52,12 +52,14 @@ func Run(ctx context.Context, opts Options) error {
 	// The first load decides whether we start at all: a daemon that cannot
 	// read its config must not touch the kernel.
 	bootLog := newLogger(opts, config.Daemon{LogLevel: config.LogInfo, LogFormat: config.LogText})
-	var guardShare float64
+	// One Loader for every reload: a one-line edit re-decodes one file,
+	// not the whole directory.
 	watcher, err := reload.New(reload.Options[*config.Config]{
-		Dir:        opts.ConfigDir,
-		Load:       config.Load,
-		Digest:     func(c *config.Config) [32]byte { return c.Digest },
-		Guard:      func(old, new *config.Config) error { return DeleteGuard(old, new, guardShare) },
+		Dir:    opts.ConfigDir,
+		Load:   config.NewLoader().Load,
+		Digest: func(c *config.Config) [32]byte { return c.Digest },
+		// The running config's share applies: an edit cannot raise its own bar.
+		Guard:      func(old, new *config.Config) error { return DeleteGuard(old, new, old.Daemon.MaxDeleteShare) },
 		Logger:     bootLog.Named("reload"),
 		Registerer: reg,
 	})
@@ -65,8 +67,9 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	cfg := watcher.Current()
-	guardShare = cfg.Daemon.MaxDeleteShare
 	log := newLogger(opts, cfg.Daemon)
+	watcher.SetLogger(log.Named("reload")) // the config's log format from here on
+	warnTunnelSysctl(cfg, log)
 
 	d, err := start(ctx, opts, cfg, log, reg)
 	if err != nil {
@@ -89,7 +92,8 @@ func Run(ctx context.Context, opts Options) error {
 			log.Error("config watch stopped; SIGHUP still reloads", "err", err)
 		}
 	}()
-	httpDone := d.serveHTTP(runCtx, statsAddress(opts, cfg))
+	httpDone, httpClosed := d.serveHTTP(runCtx, statsAddress(opts, cfg))
+	defer func() { cancel(); <-httpClosed }()
 
 	d.notify.send("READY=1", "STATUS="+summary(cfg))
 	log.Info("kglb running", "services", len(cfg.Services), "config", opts.ConfigDir)
@@ -120,7 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 			log.Info("stopping", "signal", sig.String())
 			return d.stop(cancel, engineDone)
 		case c := <-watcher.Updates():
-			guardShare = c.Daemon.MaxDeleteShare
+			warnTunnelSysctl(c, log)
 			if d.speaker != nil && c.BGP.Enabled {
 				if err := d.speaker.SetConfig(ctx, speakerConfig(c.BGP)); err != nil {
 					log.Error("bgp config", "err", err)

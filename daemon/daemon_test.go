@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -57,5 +58,42 @@ func TestWriteStatus(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+func TestTunnelSysctlProblem(t *testing.T) {
+	svc := func(addr string, tunnel bool) config.Service {
+		return config.Service{Name: addr, Enabled: true,
+			Reals:  []config.Real{{Addr: netip.MustParseAddr(addr), Port: 80}},
+			Checks: []config.Check{{Type: config.CheckTCP, Tunnel: tunnel}}}
+	}
+	value := func(v string) func(string) ([]byte, error) {
+		return func(p string) ([]byte, error) {
+			if p != acceptLocalPath {
+				t.Errorf("read %s", p)
+			}
+			return []byte(v + "\n"), nil
+		}
+	}
+	missing := func(string) ([]byte, error) { return nil, os.ErrNotExist }
+	tests := []struct {
+		name     string
+		services []config.Service
+		read     func(string) ([]byte, error)
+		want     string
+	}{
+		{"no tunnelled checks", []config.Service{svc("192.0.2.1", false)}, value("0"), ""},
+		{"tunnelled, accept_local on", []config.Service{svc("192.0.2.1", true)}, value("1"), ""},
+		{"tunnelled, accept_local off", []config.Service{svc("192.0.2.1", true)}, value("0"), "accept_local is 0"},
+		{"tunnelled IPv6 only", []config.Service{svc("2001:db8::1", true)}, value("0"), ""},
+		{"cannot read", []config.Service{svc("192.0.2.1", true)}, missing, "cannot read"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tunnelSysctlProblem(&config.Config{Services: tt.services}, tt.read)
+			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+				t.Errorf("got %q, want one containing %q", got, tt.want)
+			}
+		})
 	}
 }

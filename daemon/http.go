@@ -117,9 +117,10 @@ func (d *daemon) status() Status {
 }
 
 // serveHTTP serves /metrics (and /stats), /status, /healthz and POST
-// /reload on addr until ctx ends. The returned channel reports a server
-// that stopped on its own.
-func (d *daemon) serveHTTP(ctx context.Context, addr string) <-chan error {
+// /reload on addr until ctx ends. The first channel reports a server that
+// stopped on its own; the second is closed once the server has shut down,
+// so that a stopped daemon no longer holds the address.
+func (d *daemon) serveHTTP(ctx context.Context, addr string) (<-chan error, <-chan struct{}) {
 	mux := http.NewServeMux()
 	metrics := promhttp.InstrumentMetricHandler(d.reg, promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Timeout: 10 * time.Second, MaxRequestsInFlight: 4}))
 	mux.Handle("GET /metrics", metrics)
@@ -153,25 +154,33 @@ func (d *daemon) serveHTTP(ctx context.Context, addr string) <-chan error {
 		}
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-	done := make(chan error, 1)
+	done, closed := make(chan error, 1), make(chan struct{})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		done <- err
-		return done
+		close(closed)
+		return done, closed
 	}
+	served := make(chan struct{})
 	go func() {
+		defer close(served)
 		err := srv.Serve(ln)
 		if !errors.Is(err, http.ErrServerClosed) {
 			done <- err
 		}
 	}()
 	go func() {
-		<-ctx.Done()
+		defer close(closed)
+		select {
+		case <-ctx.Done():
+		case <-served:
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
+		<-served
 	}()
-	return done
+	return done, closed
 }
 
 // kernelCollector exports the kernel's per-service and per-real counters

@@ -289,6 +289,9 @@ func TestDaemonAgainstKernel(t *testing.T) {
 	if n := metric(t, "kglb_ipvs_writes_total"); n != 0 {
 		t.Errorf("restart issued %v IPVS writes, want 0", n)
 	}
+	if n := metric(t, "kglb_vip_writes_total"); n != 0 {
+		t.Errorf("restart issued %v VIP writes, want 0", n)
+	}
 	if got := kernelReals(t); fmt.Sprint(got) != fmt.Sprint(before) {
 		t.Errorf("kernel after restart %v, want %v", got, before)
 	}

@@ -244,6 +244,13 @@ func TestSyslogChecker(t *testing.T) {
 	if l := <-lines; !strings.HasPrefix(l, "<14>") || !strings.HasSuffix(l, "probe message\n") {
 		t.Errorf("tcp line %q", l)
 	}
+	// The operator's message, kept to one line.
+	spec := syslogSpec(true)
+	spec.Syslog.Message = "lb42 says hi\nsecond line"
+	runCases(t, []checkCase{{name: "tcp with message", real: tcpSrv, spec: spec, want: OK, wantReason: "line written"}})
+	if l := <-lines; !strings.HasSuffix(l, ": lb42 says hi second line\n") {
+		t.Errorf("tcp line with message %q", l)
+	}
 	buf := make([]byte, 512)
 	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, _, err := pc.ReadFrom(buf)

@@ -107,6 +107,8 @@ type DNSParams struct {
 type SyslogParams struct {
 	TCP      bool // deliver over TCP; UDP otherwise (see the syslog checker's doc)
 	Priority int  // PRI value of the probe message; 0 means 14 (user.info)
+	// Message is the text of the log line, one line; "" means "probe message".
+	Message string
 }
 
 // Target is one probe to run: a real and a check. It is the state key: equal Targets
@@ -151,8 +153,13 @@ func (t Target) probeIdentity() Target {
 func (s Spec) ID() string {
 	h := fnv.New64a()
 	// Field by field: %#v of a netip.Addr would print a pointer.
-	fmt.Fprintf(h, "%d|%d|%d|%d|%d|%d|%t|%s|%d|%#v|%#v|%#v", s.Type, s.Port, s.Interval, s.Timeout,
-		s.Rise, s.Fall, s.Tunnel, s.VIP, s.Mark, s.HTTP, s.DNS, s.Syslog)
+	// Syslog is spelled out as %#v printed it before Message existed, so
+	// that the ids (metric labels) of existing checks did not change.
+	fmt.Fprintf(h, "%d|%d|%d|%d|%d|%d|%t|%s|%d|%#v|%#v|health.SyslogParams{TCP:%t, Priority:%d}", s.Type, s.Port, s.Interval, s.Timeout,
+		s.Rise, s.Fall, s.Tunnel, s.VIP, s.Mark, s.HTTP, s.DNS, s.Syslog.TCP, s.Syslog.Priority)
+	if s.Syslog.Message != "" {
+		fmt.Fprintf(h, "|msg=%q", s.Syslog.Message)
+	}
 	return fmt.Sprintf("%08x", uint32(h.Sum64()>>32)^uint32(h.Sum64()))
 }
 

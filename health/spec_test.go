@@ -79,6 +79,12 @@ func TestSpecIDStable(t *testing.T) {
 	if a.ID() == b.ID() {
 		t.Error("different specs, same id")
 	}
+	m1, m2 := a, a
+	m1.Type, m1.Syslog.Message = Syslog, "hello"
+	m2.Type, m2.Syslog.Message = Syslog, "bye"
+	if m1.ID() == m2.ID() {
+		t.Error("different syslog messages, same id")
+	}
 	// The id is a metric label: it must not change across restarts or builds.
 	c := Spec{Type: HTTP, Interval: time.Second, Timeout: time.Millisecond, Rise: 1, Fall: 1,
 		Tunnel: true, VIP: netip.MustParseAddr("192.0.2.1"), Mark: 1001}

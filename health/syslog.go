@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -39,7 +40,11 @@ func newSyslogChecker(s Spec, d Dialer) *syslogChecker {
 	if host == "" {
 		host = "-"
 	}
-	c.tag = fmt.Sprintf("%s kglb-health[%d]: probe message", host, os.Getpid())
+	msg := strings.NewReplacer("\r", " ", "\n", " ").Replace(c.p.Message) // one line, whatever the caller gave
+	if msg == "" {
+		msg = "probe message"
+	}
+	c.tag = fmt.Sprintf("%s kglb-health[%d]: %s", host, os.Getpid(), msg)
 	return c
 }
 

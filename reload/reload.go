@@ -103,6 +103,14 @@ func New[C any](opts Options[C]) (*Watcher[C], error) {
 	return w, nil
 }
 
+// SetLogger replaces the logger, for a daemon whose log format is only
+// known once the first configuration is loaded. Call it before Run.
+func (w *Watcher[C]) SetLogger(l hclog.Logger) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.log = l
+}
+
 // Current returns the configuration in force.
 func (w *Watcher[C]) Current() C {
 	w.mu.Lock()

@@ -22,13 +22,13 @@ func runFmt(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "\nRewrites every *.hcl file of each DIR (default %s) and each FILE in\ncanonical format, listing the files it changed. Exit status: 0 done,\n1 a file would change (-check) or does not parse, 2 usage.\n\n", defaultConfigDir)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	targets, err := parseInterspersed(fs, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
 		}
 		return exitUsage
 	}
-	targets := fs.Args()
 	if len(targets) == 0 {
 		targets = []string{defaultConfigDir}
 	}

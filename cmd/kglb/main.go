@@ -10,6 +10,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -89,4 +90,24 @@ func runVersion(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "kglb %s\n", version)
 	return exitOK
+}
+
+// parseInterspersed parses flags that may come after the paths, as in
+// `kglb validate /etc/kglb --json`: Go's flag package stops at the first
+// path, which would read "--json" as a file name. "--" ends the flags.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var paths []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return paths, nil
+		}
+		if i := len(args) - len(rest) - 1; i >= 0 && args[i] == "--" {
+			return append(paths, rest...), nil
+		}
+		paths, args = append(paths, rest[0]), rest[1:]
+	}
 }

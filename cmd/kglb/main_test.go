@@ -36,7 +36,11 @@ func TestExitCodes(t *testing.T) {
 		{"validate bad flag", []string{"validate", "--bogus"}, exitUsage},
 		{"validate json invalid", []string{"validate", "--json", "../../config/testdata/invalid/bad_vip.hcl"}, exitInvalid},
 		{"validate json valid", []string{"validate", "-json", "../../examples"}, exitOK},
+		{"validate json after the path", []string{"validate", "../../config/testdata/invalid/bad_vip.hcl", "--json"}, exitInvalid},
+		{"validate bad flag after the path", []string{"validate", "../../examples", "--bogus"}, exitUsage},
+		{"validate -- then a dash path", []string{"validate", "--", "-nonexistent.hcl"}, exitInvalid},
 		{"fmt check examples", []string{"fmt", "-check", "../../examples"}, exitOK},
+		{"fmt check after the path", []string{"fmt", "../../examples", "-check"}, exitOK},
 		{"fmt bad flag", []string{"fmt", "-x"}, exitUsage},
 		{"fmt broken file", []string{"fmt", "-check", "../../config/testdata/invalid/syntax_unclosed.hcl"}, exitInvalid},
 	}
@@ -154,18 +158,40 @@ func TestUnifiedDiff(t *testing.T) {
 	}
 }
 
-// TestNoHCLImports keeps HCL inside package config.
+// TestNoHCLImports keeps HCL inside package config: every other package of
+// the module gets plain typed values.
 func TestNoHCLImports(t *testing.T) {
-	files, _ := filepath.Glob("*.go")
-	for _, f := range files {
-		pf, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.ImportsOnly)
+	root := "../.."
+	checked := 0
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
+		if d.IsDir() {
+			if n := d.Name(); path != root && (strings.HasPrefix(n, ".") || n == "testdata" || n == "config") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		pf, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		checked++
 		for _, imp := range pf.Imports {
 			if p := strings.Trim(imp.Path.Value, `"`); strings.HasPrefix(p, "github.com/hashicorp/hcl") || strings.HasPrefix(p, "github.com/zclconf/go-cty") {
-				t.Errorf("%s imports %s; only package config may use HCL", f, p)
+				t.Errorf("%s imports %s; only package config may use HCL", path, p)
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 20 {
+		t.Errorf("checked only %d Go files; is the walk rooted at the module?", checked)
 	}
 }

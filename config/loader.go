@@ -1,0 +1,248 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// Loader is Load for a directory that is loaded again and again, as the
+// daemon's reloads do. It keeps what each file decoded to (its services,
+// daemon and bgp blocks and their diagnostics), by path and by the SHA-256
+// of the content, and parses and decodes again only the files whose content
+// changed: a one-line edit among 100 files decodes one file. Every file is
+// still listed, read and hashed on each Load (modification times are not
+// trusted), and the checks across files run over the whole set each time,
+// so a Loader returns exactly what Load returns for the same files. The
+// cache holds the files of the last Load that could read its files; a
+// deleted file is forgotten.
+//
+// Configs from one Loader share, with each other and with the cache, the
+// slices and maps inside the services and the bgp block of unchanged files
+// (Reals, Checks, Flags, communities, HTTP headers, Neighbors): treat a
+// loaded Config as read-only. The Services and Files slices are new on each
+// Load, so sorting or replacing whole elements is safe.
+//
+// A Loader may be shared between goroutines; its Loads run one at a time.
+type Loader struct {
+	mu    sync.Mutex
+	files map[string]*fileDecode // by path
+
+	// decoded counts the files the last Load parsed and decoded, rather
+	// than took from the cache; tests read it.
+	decoded int
+}
+
+// NewLoader returns a Loader with an empty cache: its first Load reads and
+// decodes every file, as Load does.
+func NewLoader() *Loader { return &Loader{} }
+
+// Load reads and validates every *.hcl file of dir (see ListFiles) as one
+// configuration, decoding only the files that changed since the last Load.
+// On failure the error is a Diagnostics with every problem found.
+func (l *Loader) Load(dir string) (*Config, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	files, err := ListFiles(dir)
+	if err != nil {
+		return nil, dirError(dir, err)
+	}
+	srcs, err := readSources(files)
+	if err != nil {
+		return nil, err
+	}
+	return l.load(srcs)
+}
+
+// fileDecode is what one file contributes to a load, everything that does
+// not depend on the other files. It is kept while the file's content stays
+// the same, and read, never written, by each load that uses it.
+type fileDecode struct {
+	sum [32]byte // SHA-256 of the content
+	// parse holds the syntax problems; when it has errors, nothing below
+	// is set: a half-parsed file is not decoded.
+	parse hcl.Diagnostics
+	// The problems below are kept in the order one pass over the file
+	// reports them, so that diagnostics at the same position come out in
+	// the same order whatever was cached: top level, daemon, bgp, services.
+	top      []diag
+	daemons  []topBlock
+	bgps     []topBlock
+	services []Service
+	metas    []serviceMeta
+	svcDiags []diag
+}
+
+// topBlock is a daemon or bgp block decoded on its own. Only the first in
+// the whole set is used; a later one is an error, and its own problems are
+// not reported: they would be noise beside "more than one".
+type topBlock struct {
+	at    hcl.Range // the block type, which the "more than one" error cites
+	def   hcl.Range // from the type to the opening brace
+	diags []diag
+	// daemon, and the values of the daemon attributes that the checks
+	// across files cite (zero when not written).
+	daemon          Daemon
+	healthSource    hcl.Range
+	tunnelMarkCount hcl.Range
+	bgp             BGP
+}
+
+// decodeFile parses and decodes one file on its own. The tree is dropped
+// when it returns, so only one file's tree is alive at a time: less for the
+// GC to trace.
+func decodeFile(name string, data []byte) *fileDecode {
+	fd := &fileDecode{}
+	b := fastParse(data)
+	if b == nil {
+		f, diags := hclsyntax.ParseConfig(data, name, hcl.InitialPos)
+		fd.parse = diags
+		if diags.HasErrors() || f == nil {
+			return fd
+		}
+		hb, ok := f.Body.(*hclsyntax.Body)
+		if !ok {
+			return fd
+		}
+		b = convertBody(hb, &fd.parse)
+		if fd.parse.HasErrors() {
+			return fd
+		}
+	}
+	d := &decoder{file: name}
+	f := d.open(b, rootSpec, "")
+	fd.top = d.since(0)
+	for _, bl := range f.blocksOf("daemon") {
+		n := len(d.diags)
+		tb := topBlock{at: d.full(bl.typeRange), def: d.full(bl.defRange)}
+		var df *fields
+		tb.daemon, df = d.decodeDaemon(bl)
+		if a := df.attr("health_source"); a != nil {
+			tb.healthSource = d.full(a.val.rng)
+		}
+		if a := df.attr("tunnel_mark_count"); a != nil {
+			tb.tunnelMarkCount = d.full(a.val.rng)
+		}
+		tb.diags = d.since(n)
+		fd.daemons = append(fd.daemons, tb)
+	}
+	for _, bl := range f.blocksOf("bgp") {
+		n := len(d.diags)
+		tb := topBlock{at: d.full(bl.typeRange), def: d.full(bl.defRange)}
+		tb.bgp = d.decodeBGP(bl)
+		tb.diags = d.since(n)
+		fd.bgps = append(fd.bgps, tb)
+	}
+	n := len(d.diags)
+	blocks := f.blocksOf("service")
+	fd.services = make([]Service, 0, len(blocks))
+	fd.metas = make([]serviceMeta, 0, len(blocks))
+	for _, bl := range blocks {
+		s, m := d.decodeService(bl)
+		fd.services = append(fd.services, s)
+		fd.metas = append(fd.metas, m)
+	}
+	fd.svcDiags = d.since(n)
+	return fd
+}
+
+// since returns the problems reported after the first n, clipped so that
+// later reports cannot write into it.
+func (d *decoder) since(n int) []diag { return slices.Clip(d.diags[n:]) }
+
+// load is the whole load of files already in memory.
+func (l *Loader) load(srcs []source) (*Config, error) {
+	// Decode what changed, and forget the files that are gone.
+	fds := make([]*fileDecode, len(srcs))
+	files := make(map[string]*fileDecode, len(srcs))
+	l.decoded = 0
+	nServices := 0
+	for i, s := range srcs {
+		sum := sha256.Sum256(s.data)
+		fd := l.files[s.name]
+		if fd == nil || fd.sum != sum {
+			fd = decodeFile(s.name, s.data)
+			fd.sum = sum
+			l.decoded++
+		}
+		fds[i], files[s.name] = fd, fd
+		nServices += len(fd.services)
+	}
+	l.files = files
+
+	// Syntax errors come alone: decoding a half-parsed file gives noise.
+	var parseDiags hcl.Diagnostics
+	for _, fd := range fds {
+		parseDiags = append(parseDiags, fd.parse...)
+	}
+	if parseDiags.HasErrors() {
+		return nil, resolve(srcs, fromHCL(parseDiags))
+	}
+
+	cfg := &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
+	// Pointers into the cache, not copies: validate only reads them, and
+	// copies of 10,000 services and their metas would be most of a
+	// reload's garbage. cfg.Services gets its own copies, once, sorted.
+	svcs := make([]*Service, 0, nServices)
+	metas := make([]*serviceMeta, 0, nServices)
+	d := &decoder{} // collects the problems afresh: resolve sorts them in place
+	var daemon, bgp *topBlock
+	for i, fd := range fds {
+		cfg.Files = append(cfg.Files, srcs[i].name)
+		d.diags = append(d.diags, fd.top...)
+		for j := range fd.daemons {
+			tb := &fd.daemons[j]
+			if daemon != nil {
+				d.errorAt(tb.at, daemon.at, "keep a single daemon block, in one file", "more than one daemon block")
+				continue
+			}
+			daemon, cfg.Daemon = tb, tb.daemon
+			d.diags = append(d.diags, tb.diags...)
+		}
+		for j := range fd.bgps {
+			tb := &fd.bgps[j]
+			if bgp != nil {
+				d.errorAt(tb.at, bgp.at, "keep a single bgp block, in one file; list every router as a neighbor in it", "more than one bgp block")
+				continue
+			}
+			bgp, cfg.BGP = tb, tb.bgp
+			d.diags = append(d.diags, tb.diags...)
+		}
+		for j := range fd.services {
+			svcs = append(svcs, &fd.services[j])
+			metas = append(metas, &fd.metas[j])
+		}
+		d.diags = append(d.diags, fd.svcDiags...)
+	}
+	cfg.Digest = digest(srcs)
+	d.validate(cfg, svcs, metas, daemon)
+	if len(d.diags) > 0 {
+		ds := resolve(srcs, d.diags)
+		if ds.HasErrors() {
+			return nil, ds
+		}
+	}
+	return cfg, nil
+}
+
+// digest is Config.Digest: each base name and content, length-prefixed so
+// that moving text from one file to the next changes it.
+func digest(srcs []source) [32]byte {
+	sum := sha256.New()
+	var lenBuf [8]byte
+	for _, s := range srcs {
+		for _, part := range [][]byte{[]byte(filepath.Base(s.name)), s.data} {
+			binary.BigEndian.PutUint64(lenBuf[:], uint64(len(part)))
+			sum.Write(lenBuf[:])
+			sum.Write(part)
+		}
+	}
+	var out [32]byte
+	sum.Sum(out[:0])
+	return out
+}

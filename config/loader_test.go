@@ -1,0 +1,270 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+)
+
+const (
+	loaderDaemon = `daemon {
+  health_source = ["192.0.2.10"]
+}
+`
+	loaderBGP = `bgp {
+  asn       = 65010
+  router_id = "192.0.2.10"
+
+  neighbor "tor-a" {
+    address = "192.0.2.1"
+    asn     = 65000
+  }
+}
+`
+	loaderA = `service "a1" {
+  vip  = "198.51.100.10"
+  port = 443
+
+  check "tcp" {
+    tunnel = true
+  }
+
+  real "203.0.113.11" { weight = 10 }
+  real "203.0.113.12" { weight = 20 }
+}
+
+service "a2" {
+  vip  = "198.51.100.10"
+  port = 80
+
+  real "203.0.113.11" {}
+}
+`
+	loaderB = `service "b1" {
+  vip  = "198.51.100.20"
+  port = 443
+
+  announce {
+    communities = ["65010:100"]
+  }
+
+  real "203.0.113.21" {}
+}
+
+service "b2" {
+  fwmark = 7
+  family = "ipv4"
+
+  real "203.0.113.22" { port = 8080 }
+}
+`
+	loaderC = `service "c1" {
+  vip  = "198.51.100.30"
+  port = 53
+  protocol = "udp"
+
+  real "203.0.113.31" {}
+}
+`
+)
+
+// TestLoaderMatchesLoad runs a list of edits over one directory, in order.
+// After each, a Loader that has seen every earlier state must return what a
+// fresh Load returns (the same Config, or the same diagnostics in the same
+// order, source lines included) while decoding only the files that changed.
+func TestLoaderMatchesLoad(t *testing.T) {
+	dir := t.TempDir()
+	put := func(name, content string) func() {
+		return func() { write(t, dir, name, content) }
+	}
+	del := func(name string) func() {
+		return func() {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	both := func(fs ...func()) func() {
+		return func() {
+			for _, f := range fs {
+				f()
+			}
+		}
+	}
+	edit := func(content, old, new string) string {
+		if !strings.Contains(content, old) {
+			t.Fatalf("edit: %q not found", old)
+		}
+		return strings.Replace(content, old, new, 1)
+	}
+	tests := []struct {
+		name    string
+		edit    func()
+		decoded int    // files parsed and decoded
+		wantErr string // the error's text, paths relative to the directory; empty: none
+	}{
+		{"first load", both(put("daemon.hcl", loaderDaemon), put("bgp.hcl", loaderBGP), put("a.hcl", loaderA), put("b.hcl", loaderB)), 4, ""},
+		{"nothing changed", func() {}, 0, ""},
+		{"same content written again", put("a.hcl", loaderA), 0, ""},
+		{"one weight", put("a.hcl", edit(loaderA, "weight = 10", "weight = 11")), 1, ""},
+		{"a file added", put("c.hcl", loaderC), 1, ""},
+		{"a file deleted", del("c.hcl"), 0, ""},
+		{"the deleted file back", put("c.hcl", loaderC), 1, ""},
+		{"syntax error", put("b.hcl", edit(loaderB, `port = 443`, `port = `)), 1, "b.hcl:3:10: invalid expression"},
+		{"syntax error and an unchanged file with a decode error", put("c.hcl", edit(loaderC, `port = 53`, `port = 0`)), 1, "b.hcl:3:10: invalid expression"},
+		{"syntax fixed: the decode error shows", put("b.hcl", loaderB), 1, "c.hcl:3:10: port 0 is out of range 1..65535"},
+		{"decode error fixed", put("c.hcl", loaderC), 1, ""},
+		{"a service renamed into a duplicate in another file", put("b.hcl", edit(loaderB, `"b1"`, `"a1"`)), 1, `b.hcl:1:9: duplicate service "a1"`},
+		{"the other file changed, the duplicate stays", put("a.hcl", loaderA), 1, `b.hcl:1:9: duplicate service "a1"`},
+		{"renamed back", put("b.hcl", loaderB), 1, ""},
+		{"a shared vip announced differently", put("c.hcl", edit(loaderC, `198.51.100.30`, `198.51.100.20`)), 1, `c.hcl:1:9: service "c1" shares vip 198.51.100.20 with service "b1" but announces it differently`},
+		{"shared vip fixed", put("c.hcl", loaderC), 1, ""},
+		{"daemon block moved to another file", both(del("daemon.hcl"), put("a.hcl", loaderDaemon+loaderA)), 1, ""},
+		{"a second daemon block", put("daemon.hcl", loaderDaemon), 1, `daemon.hcl:1:1: more than one daemon block`},
+		{"a second daemon block with errors of its own (not reported)", put("daemon.hcl", `daemon {
+  vip_interface = "not an interface"
+}
+`), 1, `daemon.hcl:1:1: more than one daemon block`},
+		{"the first daemon block removed: the second is decoded", put("a.hcl", loaderA), 1, "a.hcl:6:5: a tunnelled check of an IPv4 service needs an IPv4 health_source in the daemon block\n" +
+			`daemon.hcl:2:19: vip_interface "not an interface" is not a valid interface name (1 to 15 letters, digits, '-', '_', '.')`},
+		{"daemon block fixed", put("daemon.hcl", loaderDaemon), 1, ""},
+		{"health_source now a VIP of another file", put("c.hcl", edit(loaderC, `198.51.100.30`, `192.0.2.10`)), 1, `daemon.hcl:2:19: health_source 192.0.2.10 is a VIP`},
+		{"VIP moved away", put("c.hcl", loaderC), 1, ""},
+		{"daemon block removed: tunnelled checks need a health_source", del("daemon.hcl"), 0, "a.hcl:6:5: a tunnelled check of an IPv4 service needs an IPv4 health_source in the daemon block"},
+		{"daemon block back, with too few tunnel marks", put("daemon.hcl", edit(loaderDaemon, "\n}", "\n  tunnel_mark_count = 1\n}")), 1, "daemon.hcl:3:23: 2 reals have tunnelled checks but tunnel_mark_count is 1 (one mark per real address)"},
+		{"a second bgp block, beside the daemon's problem", put("c.hcl", loaderBGP+loaderC), 1, "c.hcl:1:1: more than one bgp block\n" +
+			"daemon.hcl:3:23: 2 reals have tunnelled checks but tunnel_mark_count is 1 (one mark per real address)"},
+		{"both fixed", both(put("c.hcl", loaderC), put("daemon.hcl", loaderDaemon)), 2, ""},
+		{"a file renamed: decoded again, under its new name", both(del("b.hcl"), put("d.hcl", loaderB)), 1, ""},
+		{"a file emptied", put("d.hcl", ""), 1, ""},
+		{"every file deleted", both(del("a.hcl"), del("bgp.hcl"), del("c.hcl"), del("d.hcl"), del("daemon.hcl")), 0, ""},
+	}
+	l := NewLoader()
+	for _, tt := range tests {
+		tt.edit()
+		got, gotErr := l.Load(dir)
+		want, wantErr := Load(dir)
+		if d := loadDiff(got, gotErr, want, wantErr); d != "" {
+			t.Fatalf("%s: Loader.Load differs from Load: %s", tt.name, d)
+		}
+		if l.decoded != tt.decoded {
+			t.Errorf("%s: decoded %d files, want %d", tt.name, l.decoded, tt.decoded)
+		}
+		errText := ""
+		if gotErr != nil {
+			errText = strings.ReplaceAll(gotErr.Error(), dir+string(filepath.Separator), "")
+		}
+		if errText != tt.wantErr {
+			t.Fatalf("%s: error\n%s\nwant\n%s", tt.name, errText, tt.wantErr)
+		}
+	}
+}
+
+// TestLoaderDecodesOnlyChangedFiles edits one weight among 20 files: the
+// next Load decodes that file alone and returns the new weight.
+func TestLoaderDecodesOnlyChangedFiles(t *testing.T) {
+	dir := t.TempDir()
+	genConfig(t, dir, 2000)
+	l := NewLoader()
+	if _, err := l.Load(dir); err != nil {
+		t.Fatal(err)
+	}
+	if l.decoded != 20 {
+		t.Fatalf("first load decoded %d files, want 20", l.decoded)
+	}
+	if _, err := l.Load(dir); err != nil || l.decoded != 0 {
+		t.Fatalf("unchanged reload decoded %d files (err %v), want 0", l.decoded, err)
+	}
+	p := filepath.Join(dir, "svc-00007.hcl")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, dir, filepath.Base(p), strings.Replace(string(b), "{ weight = 105 }", "{ weight = 7 }", 1))
+	cfg, err := l.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.decoded != 1 {
+		t.Errorf("a one-line edit decoded %d files, want 1", l.decoded)
+	}
+	s, ok := lookup(cfg, "svc-700")
+	if !ok || s.Reals[5].Weight != 7 {
+		t.Errorf("svc-700 reals after the edit: %+v", s.Reals)
+	}
+	want, err := Load(dir)
+	if d := loadDiff(cfg, nil, want, err); d != "" {
+		t.Error(d)
+	}
+}
+
+// TestLoaderConcurrent loads from several goroutines at once; run with
+// -race.
+func TestLoaderConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", loaderA)
+	write(t, dir, "daemon.hcl", loaderDaemon)
+	want, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLoader()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 10 {
+				got, err := l.Load(dir)
+				if d := loadDiff(got, err, want, nil); d != "" {
+					t.Error(d)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func lookup(cfg *Config, name string) (Service, bool) {
+	for _, s := range cfg.Services {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Service{}, false
+}
+
+// loadDiff says how two load results differ, or returns "" when they are
+// deeply equal (the diagnostics' source lines included).
+func loadDiff(got *Config, gotErr error, want *Config, wantErr error) string {
+	if !reflect.DeepEqual(gotErr, wantErr) {
+		return fmt.Sprintf("errors differ:\n--- got\n%v\n--- want\n%v", gotErr, wantErr)
+	}
+	if reflect.DeepEqual(got, want) {
+		return ""
+	}
+	if got == nil || want == nil {
+		return fmt.Sprintf("config %v, want %v", got, want)
+	}
+	switch {
+	case !reflect.DeepEqual(got.Daemon, want.Daemon):
+		return fmt.Sprintf("daemon\n%+v, want\n%+v", got.Daemon, want.Daemon)
+	case !reflect.DeepEqual(got.BGP, want.BGP):
+		return fmt.Sprintf("bgp\n%+v, want\n%+v", got.BGP, want.BGP)
+	case !reflect.DeepEqual(got.Files, want.Files):
+		return fmt.Sprintf("files %v, want %v", got.Files, want.Files)
+	case got.Digest != want.Digest:
+		return "digests differ"
+	case len(got.Services) != len(want.Services):
+		return fmt.Sprintf("%d services, want %d", len(got.Services), len(want.Services))
+	}
+	for i := range got.Services {
+		if !reflect.DeepEqual(got.Services[i], want.Services[i]) {
+			return fmt.Sprintf("service %d\n%+v, want\n%+v", i, got.Services[i], want.Services[i])
+		}
+	}
+	return "configs differ"
+}
