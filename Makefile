@@ -20,7 +20,7 @@ build: ## build bin/kglb
 demo: build ## the main job: kglb in a VM balancing, failing over, withdrawing, reloading
 	KGLB_BIN=bin/kglb VERSION=$(VERSION) ./scripts/demo.sh
 
-test: deps lint unit fuzz check-examples vmtest debtest ## every test: lint, unit, fuzz, examples, BIRD, the VM, the .deb
+test: deps lint unit fuzz check-examples vmtest debtest demo ## every test: lint, unit, fuzz, examples, BIRD, the VM, the .deb, the demo
 	@echo "make test: all passed"
 
 deps: ## install what the tests need (apt-get, Go module proxy)

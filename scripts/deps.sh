@@ -10,6 +10,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have bird || need_pkgs+=(bird2)
 have ip || need_pkgs+=(iproute2)
 have diff || need_pkgs+=(diffutils)
+have lintian || need_pkgs+=(lintian)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
