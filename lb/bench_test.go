@@ -83,13 +83,14 @@ func benchEngine(tb testing.TB, cfg *config.Config) (*Engine, *ipvs.Fake) {
 	return e, k
 }
 
-// editOnce changes one line (a weight), then loads, computes and writes.
-func editOnce(b *testing.B, e *Engine, k *ipvs.Fake, dir string, services, reals, w int) {
+// editOnce changes one line (a weight), then loads (with l, which loaded
+// dir before, as the daemon's reloads do), computes and writes.
+func editOnce(b *testing.B, e *Engine, k *ipvs.Fake, l *config.Loader, dir string, services, reals, w int) {
 	b.StopTimer()
 	writeServices(b, dir, services, reals, w)
 	k.ResetCounts()
 	b.StartTimer()
-	cfg, err := config.Load(dir)
+	cfg, err := l.Load(dir)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -111,7 +112,8 @@ func BenchmarkEditToKernel(b *testing.B) {
 		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
 			dir := b.TempDir()
 			writeServices(b, dir, services, 10, 100)
-			cfg, err := config.Load(dir)
+			l := config.NewLoader()
+			cfg, err := l.Load(dir)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -120,7 +122,7 @@ func BenchmarkEditToKernel(b *testing.B) {
 			b.ResetTimer()
 			for b.Loop() {
 				w = 300 - w // 100, 200, 100, ...
-				editOnce(b, e, k, dir, services, 10, w)
+				editOnce(b, e, k, l, dir, services, 10, w)
 			}
 			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/edit")
 		})
@@ -133,7 +135,8 @@ func BenchmarkReloadScaling(b *testing.B) {
 	measure := func(services int) time.Duration {
 		dir := b.TempDir()
 		writeServices(b, dir, services, 10, 100)
-		cfg, err := config.Load(dir)
+		l := config.NewLoader()
+		cfg, err := l.Load(dir)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -142,7 +145,7 @@ func BenchmarkReloadScaling(b *testing.B) {
 		start := time.Now()
 		for range rounds {
 			w = 300 - w
-			editOnce(b, e, k, dir, services, 10, w)
+			editOnce(b, e, k, l, dir, services, 10, w)
 		}
 		return time.Since(start) / time.Duration(rounds)
 	}
@@ -156,8 +159,11 @@ func BenchmarkReloadScaling(b *testing.B) {
 }
 
 // BenchmarkHeap reports kglb's own heap per service and per real: the
-// engine, its config, plan and desired state and the reconcilers' caches
-// (the fake kernel's share is measured apart and subtracted).
+// config with the daemon's Loader cache, the engine, its plan and desired
+// state and the reconcilers' caches (the fake kernel's share is measured
+// apart and subtracted; the health scheduler's is health's
+// BenchmarkMemoryPerReal). "of-budget" is the heap at 1,000 services x 10
+// reals over the design's budget, 1 KB per real + 2 KB per service.
 func BenchmarkHeap(b *testing.B) {
 	heap := func(services, reals int) float64 {
 		dir := b.TempDir()
@@ -165,7 +171,8 @@ func BenchmarkHeap(b *testing.B) {
 		runtime.GC()
 		var m0, m1, m2 runtime.MemStats
 		runtime.ReadMemStats(&m0)
-		cfg, err := config.Load(dir)
+		loader := config.NewLoader()
+		cfg, err := loader.Load(dir)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -183,6 +190,7 @@ func BenchmarkHeap(b *testing.B) {
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&m2)
+		runtime.KeepAlive(loader)
 		runtime.KeepAlive(e)
 		runtime.KeepAlive(k)
 		runtime.KeepAlive(kk)
@@ -196,6 +204,7 @@ func BenchmarkHeap(b *testing.B) {
 		perService := h10/s - 10*perReal
 		b.ReportMetric(perReal, "B/real")
 		b.ReportMetric(perService, "B/service")
+		b.ReportMetric(h10/(1024*10*s+2048*s), "of-budget")
 	}
 }
 

@@ -10,7 +10,7 @@
 package lb
 
 import (
-	"fmt"
+	"cmp"
 	"net/netip"
 	"slices"
 
@@ -115,34 +115,88 @@ type VIPStatus struct {
 
 // Compute turns config and health into the desired state. It is pure: the
 // same Input always gives the same Desired.
-func Compute(in Input) Desired {
+func Compute(in Input) Desired { return in.compute(nil, nil) }
+
+// decision says where the decision of one service is in the engine's last
+// Desired, to be reused by its next pass while the inputs stay the same:
+// the service's configuration and plan (the engine checks those when the
+// configuration changes), the verdicts of its targets (every change of one
+// reaches the engine, which decides the service again), the adopted weights
+// (fixed at start) and its previous qualification, recorded here.
+type decision struct {
+	ok        bool  // holds a decision
+	qualified bool  // Input.Qualified of the service when decided
+	pos       int32 // in Desired.Services and Desired.IPVS.Services
+}
+
+// decisions are those of the services of one configuration, by index.
+type decisions []decision
+
+// compute is Compute. With memo (aligned with Config.Services) it takes the
+// decision of a service from prev, the Desired memo points into, when the
+// service's previous qualification is the one it was made with, and it
+// records where each decision is in the result.
+func (in Input) compute(memo decisions, prev *Desired) Desired {
 	cfg := in.Config
-	out := Desired{Qualified: make(map[string]bool, len(cfg.Services))}
-	byVIP := map[netip.Addr]bool{}
-	for _, svc := range cfg.Services {
+	n := 0
+	for i := range cfg.Services {
+		if cfg.Services[i].Enabled {
+			n++
+		}
+	}
+	out := Desired{Qualified: make(map[string]bool, n)}
+	if n > 0 {
+		out.Services = make([]ServiceStatus, 0, n)
+	}
+	if n+len(in.Plan.tunnels) > 0 {
+		out.IPVS.Services = make([]ipvs.Service, 0, n+len(in.Plan.tunnels))
+	}
+	for i := range cfg.Services {
+		svc := &cfg.Services[i]
 		if !svc.Enabled {
 			continue
 		}
-		st, is := in.service(svc)
-		out.Qualified[svc.Name] = st.Qualified
-		if svc.VIP.IsValid() {
-			byVIP[svc.VIP] = true
+		q := in.Qualified[svc.Name]
+		var st ServiceStatus
+		var is ipvs.Service
+		if dc := memo.at(i); dc.ok && dc.qualified == q && prev.holds(dc.pos, svc.Name) {
+			st, is = prev.Services[dc.pos], prev.IPVS.Services[dc.pos]
+		} else {
+			st, is = in.service(i, svc)
 		}
+		if memo != nil {
+			memo[i] = decision{ok: true, qualified: q, pos: int32(len(out.Services))}
+		}
+		out.Qualified[svc.Name] = st.Qualified
 		out.Services = append(out.Services, st)
 		out.IPVS.Services = append(out.IPVS.Services, is)
 	}
-	out.IPVS.Services = append(out.IPVS.Services, in.Plan.tunnelServices()...)
-
-	for vip := range byVIP {
-		out.VIPs = append(out.VIPs, vip)
-	}
-	slices.SortFunc(out.VIPs, netip.Addr.Compare)
+	out.IPVS.Services = append(out.IPVS.Services, in.Plan.tunnels...)
 	out.VIPStatus, out.Routes = decideAll(cfg, out.Services)
+	// Every enabled service with a VIP has a VIPStatus, in VIP order.
+	for _, vs := range out.VIPStatus {
+		if out.VIPs == nil {
+			out.VIPs = make([]netip.Addr, 0, len(out.VIPStatus))
+		}
+		out.VIPs = append(out.VIPs, vs.VIP)
+	}
 	return out
 }
 
-// service computes one service's reals, weights and qualification.
-func (in Input) service(svc config.Service) (ServiceStatus, ipvs.Service) {
+func (m decisions) at(i int) decision {
+	if m == nil {
+		return decision{}
+	}
+	return m[i]
+}
+
+// holds reports whether d has the decision of the named service at pos.
+func (d *Desired) holds(pos int32, name string) bool {
+	return d != nil && int(pos) < len(d.Services) && d.Services[pos].Name == name
+}
+
+// service computes the reals, weights and qualification of service i.
+func (in Input) service(i int, svc *config.Service) (ServiceStatus, ipvs.Service) {
 	key := serviceKey(svc)
 	st := ServiceStatus{Name: svc.Name, Endpoint: svc.Endpoint()}
 	is := ipvs.Service{
@@ -152,25 +206,32 @@ func (in Input) service(svc config.Service) (ServiceStatus, ipvs.Service) {
 		Flags:     serviceFlags(svc),
 		Drain:     svc.Drain,
 	}
+	if len(svc.Reals) > 0 {
+		st.Reals = make([]RealStatus, len(svc.Reals))
+		is.Reals = make([]ipvs.Real, len(svc.Reals))
+	}
 	if svc.Persistence.Enabled {
 		is.Timeout = svc.Persistence.Timeout
 		is.Netmask = uint8(svc.Persistence.PrefixLen)
 	}
 
-	states := make([]health.State, len(svc.Reals))
-	targets := in.Plan.reals(svc.Name)
+	// A service missing from the plan trusts its reals.
+	plan := in.Plan
+	pi, planned := plan.serviceIndex(i, svc.Name)
 	decided := true
-	for i, r := range svc.Reals {
+	for j := range svc.Reals {
+		r := &svc.Reals[j]
+		rs := &st.Reals[j]
+		rs.Addr, rs.Enabled = r.AddrPort(), r.Enabled
 		if !r.Enabled {
 			continue
 		}
 		st.Total++
-		if i < len(targets) {
-			states[i] = in.realState(targets[i])
-		} else {
-			states[i] = health.Up
+		rs.State = health.Up
+		if planned {
+			rs.State = in.realState(plan, pi, r)
 		}
-		switch states[i] {
+		switch rs.State {
 		case health.Up:
 			st.Healthy++
 		case health.Down:
@@ -182,26 +243,29 @@ func (in Input) service(svc config.Service) (ServiceStatus, ipvs.Service) {
 	failOpen := st.Total > 0 && st.Healthy == 0 && decided && svc.WhenAllDown == config.FailOpen
 
 	adopted := in.Adopted[key]
-	for i, r := range svc.Reals {
+	fwd := forward(svc.Forward)
+	for j := range svc.Reals {
+		r := &svc.Reals[j]
+		rs := &st.Reals[j]
 		w := uint16(0)
 		switch {
 		case !r.Enabled:
-		case failOpen || states[i] == health.Up:
+		case failOpen || rs.State == health.Up:
 			w = uint16(r.Weight)
-		case states[i] == health.Unknown:
+		case rs.State == health.Unknown:
 			// Adopted at start and not yet judged: keep what the kernel
 			// has, so a restart moves no traffic.
 			w = adopted[ipvs.RealKey{Addr: r.Addr, Port: r.Port}]
 		}
-		st.Reals = append(st.Reals, RealStatus{Addr: r.AddrPort(), Enabled: r.Enabled, State: states[i], Weight: w})
-		is.Reals = append(is.Reals, ipvs.Real{
+		rs.Weight = w
+		is.Reals[j] = ipvs.Real{
 			Addr:           r.Addr,
 			Port:           r.Port,
 			Weight:         w,
-			Forward:        forward(svc.Forward),
+			Forward:        fwd,
 			UpperThreshold: r.UpperThreshold,
 			LowerThreshold: r.LowerThreshold,
-		})
+		}
 	}
 
 	st.Qualified, st.Degraded, st.Reason = in.qualify(svc, st, decided, failOpen)
@@ -209,7 +273,7 @@ func (in Input) service(svc config.Service) (ServiceStatus, ipvs.Service) {
 }
 
 // qualify decides whether a service, on its own, wants its VIP announced.
-func (in Input) qualify(svc config.Service, st ServiceStatus, decided, failOpen bool) (ok, degraded bool, reason string) {
+func (in Input) qualify(svc *config.Service, st ServiceStatus, decided, failOpen bool) (ok, degraded bool, reason string) {
 	a := svc.Announce
 	switch {
 	case !a.Enabled:
@@ -243,11 +307,16 @@ func (in Input) qualify(svc config.Service, st ServiceStatus, decided, failOpen 
 	return true, false, ReasonHealthy
 }
 
-// realState combines a real's checks: up when all pass, down when any
-// fails, unknown otherwise. A service without checks trusts its reals.
-func (in Input) realState(targets []health.Target) health.State {
+// realState combines the checks of real r of service i: up when all pass,
+// down when any fails, unknown otherwise. A service without checks trusts
+// its reals.
+func (in Input) realState(p *Plan, i int, r *config.Real) health.State {
 	state := health.Up
-	for _, t := range targets {
+	for k := range p.services[i].specs {
+		t, ok := p.target(i, k, r)
+		if !ok {
+			continue
+		}
 		switch in.Health(t) {
 		case health.Down:
 			return health.Down
@@ -258,17 +327,68 @@ func (in Input) realState(targets []health.Target) health.State {
 	return state
 }
 
+// decideAll decides every VIP from the service statuses (in config order).
+func decideAll(cfg *config.Config, sts []ServiceStatus) ([]VIPStatus, []Route) {
+	// The VIP of each status, found by walking the services alongside.
+	refs := make([]vipRef, 0, len(sts))
+	next := 0
+	for i := range sts {
+		j, ok := findService(cfg, next, sts[i].Name)
+		if !ok {
+			continue
+		}
+		next = j + 1
+		if vip := cfg.Services[j].VIP; vip.IsValid() {
+			refs = append(refs, vipRef{vip: vip, st: int32(i), svc: int32(j)})
+		}
+	}
+	// Stable: the services of one VIP stay in config order.
+	slices.SortStableFunc(refs, func(a, b vipRef) int { return a.vip.Compare(b.vip) })
+	names := make([]string, len(refs))
+	for k, r := range refs {
+		names[k] = sts[r.st].Name
+	}
+	var out []VIPStatus
+	var routes []Route
+	for lo := 0; lo < len(refs); {
+		hi := lo + 1
+		for hi < len(refs) && refs[hi].vip == refs[lo].vip {
+			hi++
+		}
+		vs, r := decideVIP(cfg, refs[lo:hi], sts, names[lo:hi:hi])
+		if out == nil {
+			out = make([]VIPStatus, 0, len(refs)-lo)
+		}
+		out = append(out, vs)
+		if vs.Announced {
+			if routes == nil {
+				routes = make([]Route, 0, len(refs)-lo)
+			}
+			routes = append(routes, r)
+		}
+		lo = hi
+	}
+	return out, routes
+}
+
+// vipRef is one service on a VIP: its index in the statuses and in the
+// configuration.
+type vipRef struct {
+	vip     netip.Addr
+	st, svc int32
+}
+
 // decideVIP announces a VIP while every enabled service on it qualifies.
 // Attributes come from the first service by name; the route is degraded if
 // any service is.
-func decideVIP(cfg *config.Config, vip netip.Addr, idx []int, sts []ServiceStatus) (VIPStatus, Route) {
-	vs := VIPStatus{VIP: vip, Announced: true, Reason: ReasonHealthy}
-	for _, i := range idx {
-		s := sts[i]
-		vs.Services = append(vs.Services, s.Name)
+func decideVIP(cfg *config.Config, refs []vipRef, sts []ServiceStatus, names []string) (VIPStatus, Route) {
+	vip := refs[0].vip
+	vs := VIPStatus{VIP: vip, Announced: true, Reason: ReasonHealthy, Services: names}
+	for _, ref := range refs {
+		s := &sts[ref.st]
 		if !s.Qualified && vs.Announced {
 			vs.Announced, vs.Reason = false, s.Reason
-			if len(idx) > 1 {
+			if len(refs) > 1 {
 				vs.Reason = ReasonSharedVIP
 				if s.Reason == ReasonDisabled || s.Reason == ReasonInitialRound {
 					vs.Reason = s.Reason
@@ -295,7 +415,7 @@ func decideVIP(cfg *config.Config, vip netip.Addr, idx []int, sts []ServiceStatu
 		vs.Degraded = false
 		return vs, Route{}
 	}
-	a := announceOf(cfg, idx[0], sts)
+	a := &cfg.Services[refs[0].svc].Announce
 	bits := 32
 	if vip.Is6() {
 		bits = 128
@@ -322,17 +442,25 @@ func decideVIP(cfg *config.Config, vip netip.Addr, idx []int, sts []ServiceStatu
 	return vs, r
 }
 
-func announceOf(cfg *config.Config, i int, sts []ServiceStatus) config.Announce {
-	name := sts[i].Name
-	for _, s := range cfg.Services {
-		if s.Name == name {
-			return s.Announce
-		}
+// findService finds a service by name, looking first from hint on: callers
+// walk the services in order.
+func findService(cfg *config.Config, hint int, name string) (int, bool) {
+	j := hint
+	for j < len(cfg.Services) && cfg.Services[j].Name < name {
+		j++
 	}
-	panic(fmt.Sprintf("lb: service %q vanished from its own config", name))
+	if j < len(cfg.Services) && cfg.Services[j].Name == name {
+		return j, true
+	}
+	return serviceIndex(cfg, name)
 }
 
-func serviceKey(svc config.Service) ipvs.Key {
+// serviceIndex finds a service by name in the sorted services.
+func serviceIndex(cfg *config.Config, name string) (int, bool) {
+	return slices.BinarySearchFunc(cfg.Services, name, func(s config.Service, n string) int { return cmp.Compare(s.Name, n) })
+}
+
+func serviceKey(svc *config.Service) ipvs.Key {
 	fam := ipvs.IPv4
 	if svc.Family == config.IPv6 {
 		fam = ipvs.IPv6
@@ -363,7 +491,7 @@ func forward(f config.Forward) ipvs.Forward {
 	return ipvs.ForwardNAT
 }
 
-func serviceFlags(svc config.Service) ipvs.Flags {
+func serviceFlags(svc *config.Service) ipvs.Flags {
 	var f ipvs.Flags
 	if svc.Persistence.Enabled {
 		f |= ipvs.FlagPersistent

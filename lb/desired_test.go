@@ -265,3 +265,16 @@ func TestSharedCheckIsOneTarget(t *testing.T) {
 		t.Errorf("%d targets, want 1", n)
 	}
 }
+
+// Every check attribute reaches the probe: the syslog line's text too.
+func TestSpecOfSyslog(t *testing.T) {
+	c := config.Check{Type: config.CheckSyslog, Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1,
+		Syslog: config.SyslogCheck{Transport: config.TransportTCP, Message: "lb42 probe"}}
+	s, err := specOf(config.Service{Name: "logs"}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Syslog.TCP || s.Syslog.Message != "lb42 probe" {
+		t.Errorf("syslog params %+v", s.Syslog)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -67,14 +68,26 @@ type Engine struct {
 	// Owned by the Run goroutine.
 	cfg       *config.Config
 	plan      *Plan
-	byTarget  map[health.Target][]int // target -> indexes into cfg.Services
+	marksErr  error // of the last marks.Sync, logged again with its plan
 	adopted   map[ipvs.Key]map[ipvs.RealKey]uint16
 	qualified map[string]bool
+	decided   decisions // per service of cfg, where in desired, while still valid
 	desired   Desired
-	ipvsWant  ipvs.Desired // what was last handed to the ipvs reconciler
 	announced []Route
 	leaving   map[netip.Addr]leaving // VIPs withdrawn, held in the data plane
 	nextDrain time.Time
+
+	// What was last handed to each reconciler and prober, and whether that
+	// was reached in full: only then may a pass hand over only what
+	// differs (or nothing). A failure anywhere makes the next pass whole.
+	ipvsWant   ipvs.Desired
+	ipvsOK     bool
+	draining   []ipvs.Key // services with reals draining, as of the last ipvs result
+	vipsWant   []netip.Addr
+	vipsRes    vip.Result
+	vipsOK     bool
+	announceOK bool
+	proberOK   bool
 
 	mu     sync.Mutex
 	status Desired
@@ -207,34 +220,77 @@ func (e *Engine) adopt(ctx context.Context) error {
 }
 
 // setConfig makes cfg current: marks, probe plan, the prober's targets.
+// What a reload leaves alone is carried over from the configuration in
+// force: the specs of every service with the same probes, the whole plan
+// (and with it the marks and the prober's targets) when no probe changed,
+// and the decision of every service that is the same in every field.
 func (e *Engine) setConfig(cfg *config.Config) {
-	marks, err := e.marks.Sync(TunnelReals(cfg))
-	if err != nil {
-		e.log.Error("tunnelled checks", "err", err)
+	var c carried
+	if e.plan != nil {
+		c = carry(e.cfg.Services, cfg.Services)
 	}
-	plan, err := NewPlan(cfg, marks)
+	var plan *Plan
+	var err error
+	if c.unchanged {
+		plan, err = e.plan.withConfig(cfg), e.plan.err
+	} else {
+		var marks map[netip.Addr]uint32
+		marks, e.marksErr = e.marks.Sync(TunnelReals(cfg))
+		plan, err = newPlan(cfg, marks, e.plan, c.plan)
+	}
+	if e.marksErr != nil {
+		e.log.Error("tunnelled checks", "err", e.marksErr)
+	}
 	if err != nil {
 		e.log.Error("health check plan", "err", err)
 	}
-	byTarget := make(map[health.Target][]int)
-	for i, svc := range cfg.Services {
-		for _, ts := range plan.reals(svc.Name) {
-			for _, t := range ts {
-				if idx := byTarget[t]; len(idx) == 0 || idx[len(idx)-1] != i {
-					byTarget[t] = append(byTarget[t], i)
-				}
+	if !c.unchanged || !e.proberOK {
+		err := e.opts.Prober.Update(plan.All())
+		if err != nil {
+			e.log.Error("health checks", "err", err)
+		}
+		e.proberOK = err == nil
+	}
+
+	if c.unchanged {
+		// One for one: forget only the services that changed.
+		for i, j := range c.decision {
+			if j < 0 {
+				e.decided[i] = decision{}
 			}
 		}
-	}
-	if err := e.opts.Prober.Update(plan.All()); err != nil {
-		e.log.Error("health checks", "err", err)
+	} else {
+		decided := make(decisions, len(cfg.Services))
+		for i, j := range c.decision {
+			if j >= 0 && sameMarks(e.plan, plan, i) {
+				decided[i] = e.decided[j]
+			}
+		}
+		e.decided = decided
 	}
 	e.mu.Lock()
-	e.cfg, e.plan, e.byTarget = cfg, plan, byTarget
+	e.cfg, e.plan = cfg, plan
 	e.mu.Unlock()
 	if m := e.opts.Metrics; m != nil {
 		m.setConfig(cfg)
 	}
+}
+
+// sameMarks reports whether the reals of service i of next have the marks
+// in next that they had in prev: a real's mark is part of its tunnelled
+// targets, and a real that waited for a mark gets one when another leaves.
+func sameMarks(prev, next *Plan, i int) bool {
+	if !next.services[i].tunnel {
+		return true
+	}
+	for _, r := range next.cfg.Services[i].Reals {
+		a, okA := prev.marks[r.Addr]
+		b, okB := next.marks[r.Addr]
+		if a != b || okA != okB {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *Engine) input() Input {
@@ -253,22 +309,28 @@ func (e *Engine) health(t health.Target) health.State {
 }
 
 // reconcile computes the whole desired state and applies it: withdraw first,
-// then the data plane, then announce what the data plane now holds.
+// then the data plane, then announce what the data plane now holds. A full
+// pass (resync) decides every service again from live verdicts and re-reads
+// the kernel; any other takes over the decisions still valid and, when the
+// last pass reached everything, writes only the services that differ.
 func (e *Engine) reconcile(ctx context.Context, full bool) {
 	start := e.now()
-	d := Compute(e.input())
+	if full {
+		clear(e.decided)
+	}
+	d := e.input().compute(e.decided, &e.desired)
 	e.qualified = d.Qualified
 	now := e.now()
 
 	// A VIP no longer configured was announced: withdraw now, remove its
 	// data plane after the hold time.
-	inConfig := make(map[netip.Addr]bool, len(d.VIPs))
-	for _, v := range d.VIPs {
-		inConfig[v] = true
+	inConfig := func(v netip.Addr) bool {
+		_, ok := slices.BinarySearchFunc(d.VIPs, v, netip.Addr.Compare)
+		return ok
 	}
 	for _, r := range e.announced {
 		v := r.Prefix.Addr()
-		if _, held := e.leaving[v]; !inConfig[v] && !held {
+		if _, held := e.leaving[v]; !held && !inConfig(v) {
 			var svcs []ipvs.Service
 			for _, s := range e.ipvsWant.Services {
 				if s.Key.Addr == v {
@@ -278,17 +340,12 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 			e.leaving[v] = leaving{until: now.Add(e.cfg.Daemon.StopHold), services: svcs}
 		}
 	}
-	want := d.IPVS
-	vips := slices.Clone(d.VIPs)
 	for v, l := range e.leaving {
-		if inConfig[v] || !now.Before(l.until) {
+		if inConfig(v) || !now.Before(l.until) {
 			delete(e.leaving, v)
-			continue
 		}
-		want.Services = append(want.Services, l.services...)
-		vips = append(vips, v)
 	}
-	slices.SortFunc(vips, netip.Addr.Compare)
+	want, vips := e.withHeld(d)
 
 	var errs []error
 	// 1. Withdraw what must go, keeping what stays.
@@ -299,26 +356,25 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 		}
 	}
 	// 2. The data plane.
-	var res ipvs.Result
-	var err error
-	if full {
-		res, err = e.opts.IPVS.Resync(ctx, want)
-	} else {
-		res, err = e.opts.IPVS.Apply(ctx, want)
-	}
-	if err != nil {
+	if err := e.applyIPVS(ctx, want, full); err != nil {
 		errs = append(errs, err)
 	}
-	e.ipvsWant = want
-	e.nextDrain = res.NextDrain
-	vr, err := e.opts.VIPs.Apply(ctx, vips)
-	if err != nil {
-		errs = append(errs, err)
+	vr := e.vipsRes
+	if full || !e.vipsOK || !slices.Equal(vips, e.vipsWant) {
+		var err error
+		vr, err = e.opts.VIPs.Apply(ctx, vips)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		e.vipsWant, e.vipsRes, e.vipsOK = vips, vr, err == nil
 	}
 	// 3. Announce only VIPs whose address is in place.
 	var routes []Route
 	for _, r := range d.Routes {
 		if vr.Holds(r.Prefix.Addr()) {
+			if routes == nil {
+				routes = make([]Route, 0, len(d.Routes))
+			}
 			routes = append(routes, r)
 		}
 	}
@@ -328,52 +384,155 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 	e.finish(d, errors.Join(errs...), "full", start)
 }
 
+// withHeld is d's IPVS services and VIPs with those of the VIPs withdrawn
+// and held (leaving), in VIP order. With none held it is d's own slices:
+// nothing writes to them in place.
+func (e *Engine) withHeld(d Desired) (ipvs.Desired, []netip.Addr) {
+	if len(e.leaving) == 0 {
+		return d.IPVS, d.VIPs
+	}
+	held := slices.SortedFunc(maps.Keys(e.leaving), netip.Addr.Compare)
+	want := ipvs.Desired{Services: slices.Clone(d.IPVS.Services)}
+	for _, v := range held {
+		want.Services = append(want.Services, e.leaving[v].services...)
+	}
+	vips := slices.Concat(d.VIPs, held)
+	slices.SortFunc(vips, netip.Addr.Compare)
+	return want, vips
+}
+
+// Bounds of a pass that writes service by service (ApplyService) rather
+// than handing the reconciler the whole table (Apply): each new service
+// records ownership on its own, and past a few dozen changes one diff of
+// the whole table is as cheap.
+const (
+	maxScoped      = 64
+	maxScopedAdds  = 4
+	maxScopedDrain = 16
+)
+
+// applyIPVS hands want to the ipvs reconciler. A full pass is a Resync.
+// Otherwise, when the last pass reached the kernel in full, the services
+// that differ from it are written one by one with ApplyService, along with
+// those that have reals draining (each ApplyService of one deletes the reals
+// whose drain is over, as Apply would); with nothing to write, nothing is
+// called. Only Apply removes services, so a pass that removes one, or
+// follows a failure, is a whole Apply.
+func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) error {
+	var res ipvs.Result
+	var err error
+	switch changed, ok := e.scopedChanges(want, full); {
+	case full:
+		res, err = e.opts.IPVS.Resync(ctx, want)
+	case !ok:
+		res, err = e.opts.IPVS.Apply(ctx, want)
+	case len(changed) == 0:
+		e.ipvsWant = want
+		return nil
+	default:
+		var errs []error
+		reread := false
+		for _, s := range changed {
+			r, err := e.opts.IPVS.ApplyService(ctx, s)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			for k := range r.Writes {
+				res.Writes[k] += r.Writes[k]
+			}
+			// Draining covers every service: the last result has it all.
+			res.NextDrain, res.Draining = r.NextDrain, r.Draining
+			reread = reread || r.FullRead
+		}
+		err = errors.Join(errs...)
+		if reread {
+			// The reconciler found its cache wrong and read the kernel
+			// again: someone changed it, maybe elsewhere too.
+			var aerr error
+			res, aerr = e.opts.IPVS.Apply(ctx, want)
+			err = errors.Join(err, aerr)
+		}
+	}
+	e.ipvsWant, e.ipvsOK = want, err == nil
+	e.nextDrain = res.NextDrain
+	e.draining = e.draining[:0]
+	for _, d := range res.Draining {
+		if n := len(e.draining); n == 0 || e.draining[n-1] != d.Service {
+			e.draining = append(e.draining, d.Service)
+		}
+	}
+	return err
+}
+
+// scopedChanges returns the services to write one by one, and false when
+// the pass must be a whole Apply.
+func (e *Engine) scopedChanges(want ipvs.Desired, full bool) ([]ipvs.Service, bool) {
+	if full || !e.ipvsOK || len(e.draining) > maxScopedDrain {
+		return nil, false
+	}
+	changed, added, ok := ipvsChanges(e.ipvsWant.Services, want.Services)
+	if !ok || added > maxScopedAdds {
+		return nil, false
+	}
+	for _, k := range e.draining {
+		if slices.ContainsFunc(changed, func(s ipvs.Service) bool { return s.Key == k }) {
+			continue
+		}
+		i := slices.IndexFunc(want.Services, func(s ipvs.Service) bool { return s.Key == k })
+		if i < 0 {
+			return nil, false
+		}
+		changed = append(changed, want.Services[i])
+	}
+	if len(changed) > maxScoped {
+		return nil, false
+	}
+	return changed, true
+}
+
 // healthChanged applies verdict changes: only the services that use the
 // changed targets are recomputed and written, so one change among 100k reals
 // costs one service's diff, not the whole table's.
 func (e *Engine) healthChanged(ctx context.Context, changes []health.Change) {
 	start := e.now()
-	affected := map[int]bool{}
+	var affected []int
 	for _, c := range changes {
-		for _, i := range e.byTarget[c.Key] {
-			affected[i] = true
-		}
+		affected = e.plan.servicesOf(c.Key, affected)
 		e.log.Info("real health changed", "real", c.Key.Real.String(), "check", c.Key.Spec.Type.String(), "state", c.State.String(), "reason", c.Reason)
 	}
 	if len(affected) == 0 {
 		return
 	}
+	slices.Sort(affected)
+	affected = slices.Compact(affected)
 	in := e.input()
 	d := e.desired
 	d.Services = slices.Clone(d.Services)
 	d.IPVS.Services = slices.Clone(d.IPVS.Services)
-	d.Qualified = make(map[string]bool, len(e.qualified))
-	for k, v := range e.qualified {
-		d.Qualified[k] = v
-	}
+	d.Qualified = maps.Clone(e.qualified)
 	var errs []error
-	for i := range affected {
-		svc := e.cfg.Services[i]
+	for _, i := range affected {
+		svc := &e.cfg.Services[i]
 		if !svc.Enabled {
 			continue
 		}
-		st, is := in.service(svc)
+		st, is := in.service(i, svc)
 		d.Qualified[svc.Name] = st.Qualified
-		for j := range d.Services {
-			if d.Services[j].Name == svc.Name {
-				d.Services[j] = st
-				d.IPVS.Services[j] = is
-			}
+		e.decided[i] = decision{}
+		if j, ok := slices.BinarySearchFunc(d.Services, svc.Name, func(s ServiceStatus, n string) int { return cmp.Compare(s.Name, n) }); ok {
+			d.Services[j] = st
+			d.IPVS.Services[j] = is
+			e.decided[i] = decision{ok: true, qualified: in.Qualified[svc.Name], pos: int32(j)}
 		}
-		if _, err := e.opts.IPVS.ApplyService(ctx, is); err != nil {
+		res, err := e.opts.IPVS.ApplyService(ctx, is)
+		if err != nil || res.FullRead {
+			e.ipvsOK = false
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
-		for j := range e.ipvsWant.Services {
-			if e.ipvsWant.Services[j].Key == is.Key {
-				e.ipvsWant.Services[j] = is
-			}
-		}
 	}
+	e.ipvsWant, _ = e.withHeld(d)
 	e.qualified = d.Qualified
 	d.VIPStatus, d.Routes = decideAll(e.cfg, d.Services)
 
@@ -399,14 +558,17 @@ func (e *Engine) collect(first health.Change) []health.Change {
 	}
 }
 
+// announce hands the announcer routes, unless it already holds exactly
+// those from the last call.
 func (e *Engine) announce(ctx context.Context, routes []Route) error {
-	if e.opts.Announcer == nil {
+	if e.opts.Announcer == nil || e.announceOK && sameRoutes(routes, e.announced) {
 		return nil
 	}
 	if err := e.opts.Announcer.Apply(ctx, routes); err != nil {
+		e.announceOK = false
 		return fmt.Errorf("announce routes: %w", err)
 	}
-	e.announced = routes
+	e.announced, e.announceOK = routes, true
 	return nil
 }
 
@@ -451,51 +613,30 @@ func (e *Engine) Stop(ctx context.Context, cleanup bool) error {
 	return errors.Join(errs...)
 }
 
-// decideAll recomputes every VIP's decision from service statuses.
-func decideAll(cfg *config.Config, sts []ServiceStatus) ([]VIPStatus, []Route) {
-	byVIP := map[netip.Addr][]int{}
-	var vips []netip.Addr
-	for i, st := range sts {
-		svc, ok := serviceByName(cfg, st.Name)
-		if !ok || !svc.VIP.IsValid() {
-			continue
-		}
-		if _, seen := byVIP[svc.VIP]; !seen {
-			vips = append(vips, svc.VIP)
-		}
-		byVIP[svc.VIP] = append(byVIP[svc.VIP], i)
-	}
-	slices.SortFunc(vips, netip.Addr.Compare)
-	var out []VIPStatus
-	var routes []Route
-	for _, v := range vips {
-		vs, r := decideVIP(cfg, v, byVIP[v], sts)
-		out = append(out, vs)
-		if vs.Announced {
-			routes = append(routes, r)
-		}
-	}
-	return out, routes
-}
-
-func serviceByName(cfg *config.Config, name string) (config.Service, bool) {
-	i, ok := slices.BinarySearchFunc(cfg.Services, name, func(s config.Service, n string) int { return cmp.Compare(s.Name, n) })
-	if !ok {
-		return config.Service{}, false
-	}
-	return cfg.Services[i], true
-}
-
 // routesWithin returns the routes of want whose prefix is already in have:
 // the withdrawal step (attribute changes included, additions left out).
+// Routes come sorted by prefix from Compute, and a walk in step finds them.
 func routesWithin(have, want []Route) []Route {
-	in := make(map[netip.Prefix]bool, len(have))
-	for _, r := range have {
-		in[r.Prefix] = true
+	byPrefix := func(a, b Route) int { return a.Prefix.Compare(b.Prefix) }
+	out := make([]Route, 0, min(len(have), len(want)))
+	if !slices.IsSortedFunc(have, byPrefix) || !slices.IsSortedFunc(want, byPrefix) {
+		in := make(map[netip.Prefix]bool, len(have))
+		for _, r := range have {
+			in[r.Prefix] = true
+		}
+		for _, r := range want {
+			if in[r.Prefix] {
+				out = append(out, r)
+			}
+		}
+		return out
 	}
-	var out []Route
+	i := 0
 	for _, r := range want {
-		if in[r.Prefix] {
+		for i < len(have) && have[i].Prefix.Compare(r.Prefix) < 0 {
+			i++
+		}
+		if i < len(have) && have[i].Prefix == r.Prefix {
 			out = append(out, r)
 		}
 	}

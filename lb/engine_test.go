@@ -201,10 +201,11 @@ func TestEngineLifecycle(t *testing.T) {
 	// Both down: withdrawn.
 	w.prober.set("10.0.0.1:80", health.Down)
 	eventually(t, "withdrawn", func() bool { return w.ann.prefixes() == "" })
-	st, _ := r.e.Status()
-	if st.VIPStatus[0].Reason != ReasonAllDown {
-		t.Errorf("reason %s", st.VIPStatus[0].Reason)
-	}
+	// The status is published just after the announcer is called.
+	eventually(t, "reason all_down", func() bool {
+		st, _ := r.e.Status()
+		return len(st.VIPStatus) == 1 && st.VIPStatus[0].Reason == ReasonAllDown
+	})
 
 	// A config edit adds a real live.
 	w.prober.set("10.0.0.1:80", health.Up)

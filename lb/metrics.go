@@ -1,6 +1,8 @@
 package lb
 
 import (
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/kglb/kglb/config"
@@ -16,7 +18,15 @@ type Metrics struct {
 	reals     *prometheus.GaugeVec
 	announced *prometheus.GaugeVec
 	reason    *prometheus.GaugeVec
-	vips      map[string]string // vip -> reason currently exported
+	vips      map[netip.Addr]vipSeries // what is exported per VIP
+}
+
+// vipSeries is what one VIP's series say: a pass sets only those that
+// changed, since most passes change one service among thousands.
+type vipSeries struct {
+	name      string
+	announced bool
+	reason    string
 }
 
 // NewMetrics registers the engine's metrics on reg.
@@ -47,7 +57,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kglb_vip_announce_reason",
 			Help: "1 for the reason of the VIP's current announce decision (healthy, degraded, below_threshold, initial_round, all_down, all_down_fail_open, no_reals, disabled, no_bgp, shared_vip_peer).",
 		}, []string{"vip", "reason"}),
-		vips: map[string]string{},
+		vips: map[netip.Addr]vipSeries{},
 	}
 	if reg != nil {
 		reg.MustRegister(m.duration, m.passes, m.services, m.reals, m.announced, m.reason)
@@ -84,26 +94,34 @@ func (m *Metrics) observe(d Desired, kind string, err error, took time.Duration)
 	m.reals.WithLabelValues("down").Set(float64(down))
 	m.reals.WithLabelValues("unknown").Set(float64(unknown))
 
-	seen := make(map[string]bool, len(d.VIPStatus))
 	for _, v := range d.VIPStatus {
-		name := v.VIP.String()
-		seen[name] = true
+		old, ok := m.vips[v.VIP]
+		if ok && old.announced == v.Announced && old.reason == v.Reason {
+			continue
+		}
+		name := old.name
+		if !ok {
+			name = v.VIP.String()
+		}
 		val := 0.0
 		if v.Announced {
 			val = 1
 		}
 		m.announced.WithLabelValues(name).Set(val)
-		if old, ok := m.vips[name]; ok && old != v.Reason {
-			m.reason.DeleteLabelValues(name, old)
+		if ok && old.reason != v.Reason {
+			m.reason.DeleteLabelValues(name, old.reason)
 		}
 		m.reason.WithLabelValues(name, v.Reason).Set(1)
-		m.vips[name] = v.Reason
+		m.vips[v.VIP] = vipSeries{name: name, announced: v.Announced, reason: v.Reason}
 	}
-	for name, old := range m.vips {
-		if !seen[name] {
-			m.announced.DeleteLabelValues(name)
-			m.reason.DeleteLabelValues(name, old)
-			delete(m.vips, name)
+	if len(m.vips) == len(d.VIPStatus) {
+		return // VIPStatus is distinct: every exported VIP is in it
+	}
+	for a, old := range m.vips {
+		if _, ok := slices.BinarySearchFunc(d.VIPStatus, a, func(v VIPStatus, a netip.Addr) int { return v.VIP.Compare(a) }); !ok {
+			m.announced.DeleteLabelValues(old.name)
+			m.reason.DeleteLabelValues(old.name, old.reason)
+			delete(m.vips, a)
 		}
 	}
 }

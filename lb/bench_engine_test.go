@@ -1,0 +1,74 @@
+package lb
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/kglb/kglb/vip"
+)
+
+// nopAnnouncer takes routes and does nothing with them.
+type nopAnnouncer struct{}
+
+func (nopAnnouncer) Apply(context.Context, []Route) error { return nil }
+func (nopAnnouncer) WithdrawAll(context.Context) error    { return nil }
+
+// BenchmarkEngineEdit times only the engine's share of a one-line edit (one
+// real's weight): setConfig and reconcile, with both configurations loaded
+// before the timer starts, alternating between them. Loading is
+// BenchmarkEditToKernel's business; this one shows what the engine adds.
+// The engine is wired as the daemon wires it: metrics, an announcer, and a
+// bgp block, so that every pass decides routes.
+func BenchmarkEngineEdit(b *testing.B) {
+	for _, services := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
+			var cfgs [2]*config.Config
+			for i, w := range []int{100, 200} {
+				dir := b.TempDir()
+				writeServices(b, dir, services, 10, w)
+				cfg, err := config.Load(dir)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+				cfgs[i] = cfg
+			}
+			k := ipvs.NewFake()
+			ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}, Metrics: NewMetrics(nil)}, cfgs[0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			if err := e.adopt(ctx); err != nil {
+				b.Fatal(err)
+			}
+			e.setConfig(cfgs[0])
+			e.reconcile(ctx, false)
+			if _, err := e.Status(); err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for b.Loop() {
+				n++
+				k.ResetCounts()
+				e.setConfig(cfgs[n%2])
+				e.reconcile(ctx, false)
+				if w := k.Writes().Total(); w != 1 {
+					b.Fatalf("a one-line edit made %d writes (%s), want 1", w, k.Writes())
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/edit")
+		})
+	}
+}
