@@ -180,18 +180,35 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 	}
 }
 
+// drainPoll is how often services with reals draining are looked at
+// between their deadlines: a drained real goes as soon as its last
+// connection has, not only when its drain time is over.
+const drainPoll = time.Second
+
 func (e *Engine) armDrain(t *time.Timer) {
-	next := e.nextDrain
-	for _, l := range e.leaving {
-		if next.IsZero() || l.until.Before(next) {
-			next = l.until
-		}
-	}
+	next := e.nextWake()
 	if next.IsZero() {
 		t.Stop()
 		return
 	}
 	t.Reset(max(next.Sub(e.now()), 0))
+}
+
+// nextWake is when the next drain or hold ends, or the next drain poll is
+// due; zero when nothing is draining or held.
+func (e *Engine) nextWake() time.Time {
+	next := e.nextDrain
+	if len(e.draining) > 0 {
+		if poll := e.now().Add(drainPoll); next.IsZero() || poll.Before(next) {
+			next = poll
+		}
+	}
+	for _, l := range e.leaving {
+		if next.IsZero() || l.until.Before(next) {
+			next = l.until
+		}
+	}
+	return next
 }
 
 // adopt reads the kernel once at start: reals kglb left behind keep their

@@ -749,7 +749,7 @@ func TestIncrementalDrain(t *testing.T) {
 		sb.Reals[0].Weight = wb
 		return daemonCfg(sa, sb)
 	}
-	for _, end := range []string{"connections gone", "drain time over"} {
+	for _, end := range []string{"connections gone", "drain poll", "drain time over"} {
 		t.Run(end, func(t *testing.T) {
 			now := time.Unix(1e9, 0)
 			kernel := ipvs.NewFake()
@@ -784,17 +784,33 @@ func TestIncrementalDrain(t *testing.T) {
 			if !strings.Contains(kernel.String(), "10.0.0.2:80") || e.nextDrain.IsZero() {
 				t.Fatalf("removed real with connections not draining:\n%s", kernel)
 			}
-			if end == "connections gone" {
+			if w := e.nextWake(); w.IsZero() || w.After(now.Add(drainPoll)) {
+				t.Errorf("while a real drains the engine wakes at %v, want by %v", w, now.Add(drainPoll))
+			}
+			switch end {
+			case "connections gone":
 				if err := kernel.SetConns(keyA, gone, 0, 0); err != nil {
 					t.Fatal(err)
 				}
 				pass(cfgOfWeights(1, 60)) // an edit of b only
-			} else {
+			case "drain poll":
+				if err := kernel.SetConns(keyA, gone, 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				now = now.Add(drainPoll)
+				if !now.Before(e.nextDrain) {
+					t.Fatalf("the drain time (until %v) is too short to test the poll", e.nextDrain)
+				}
+				e.reconcile(ctx, false) // the drain timer, at the poll
+			default:
 				now = e.nextDrain
 				e.reconcile(ctx, false) // the drain timer
 			}
 			if strings.Contains(kernel.String(), "10.0.0.2:80") {
 				t.Errorf("%s, and the drained real is still there:\n%s", end, kernel)
+			}
+			if w := e.nextWake(); !w.IsZero() {
+				t.Errorf("drain over, yet the engine still wakes at %v", w)
 			}
 		})
 	}
