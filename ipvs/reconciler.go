@@ -108,6 +108,17 @@ type cachedReal struct {
 	stats            Stats
 }
 
+// inUse counts the connections that keep a removed real draining. IPVS
+// counts every UDP entry as inactive (there is no state to call active),
+// so for UDP and for fwmark services, which may carry UDP, all entries
+// count; for TCP and SCTP only established ones do.
+func (c cachedReal) inUse(k Key) int32 {
+	if k.Protocol == UDP || k.FWMark != 0 {
+		return c.active + c.inactive
+	}
+	return c.active
+}
+
 func toCached(rl Real) cachedReal {
 	return cachedReal{spec: rl.spec(), active: int32(rl.ActiveConns), inactive: int32(rl.InactiveConns), stats: rl.Stats}
 }
@@ -660,7 +671,7 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 	for _, rk := range gone {
 		cur := c.reals[rk]
 		deadline, draining := drains[rk]
-		if s.Drain > 0 && cur.active > 0 && (!draining || now.Before(deadline)) {
+		if s.Drain > 0 && cur.inUse(s.Key) > 0 && (!draining || now.Before(deadline)) {
 			if !draining {
 				deadline = now.Add(s.Drain)
 				if drains == nil {

@@ -546,6 +546,48 @@ func TestDrain(t *testing.T) {
 	}
 }
 
+// A UDP real's flows are all "inactive" to IPVS: they must hold the drain
+// as TCP's active connections do, and a TCP real's inactive ones must not.
+func TestDrainCountsUDPFlows(t *testing.T) {
+	for _, tt := range []struct {
+		proto    Protocol
+		drains   bool
+		active   int
+		inactive int
+	}{
+		{UDP, true, 0, 4},
+		{UDP, false, 0, 0},
+		{TCP, false, 0, 4},
+		{TCP, true, 1, 0},
+	} {
+		t.Run(fmt.Sprintf("%s/%d-%d", tt.proto, tt.active, tt.inactive), func(t *testing.T) {
+			f := NewFake()
+			rec, err := NewReconciler(f, Options{StateDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := AddrKey(tt.proto, netip.MustParseAddr("198.51.100.53"), 53)
+			a, b := real("10.1.0.1", 53, 100, ForwardNAT), real("10.1.0.2", 53, 100, ForwardNAT)
+			d := func(rs ...Real) Desired {
+				return Desired{Services: []Service{{Key: k, Scheduler: "wrr", Drain: time.Minute, Reals: rs}}}
+			}
+			if _, err := rec.Apply(ctx, d(a, b)); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.SetConns(k, b.Key(), tt.active, tt.inactive); err != nil {
+				t.Fatal(err)
+			}
+			res, err := rec.Apply(ctx, d(a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(res.Draining) == 1; got != tt.drains {
+				t.Errorf("draining %v, want draining %v\n%s", res.Draining, tt.drains, f)
+			}
+		})
+	}
+}
+
 func TestDrainUndoneWhenRealReturns(t *testing.T) {
 	f := NewFake()
 	rec := newRec(t, f, "")
