@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -265,6 +266,81 @@ func TestLoadMissingDir(t *testing.T) {
 	var ds Diagnostics
 	if !errors.As(err, &ds) || len(ds) != 1 || !strings.Contains(ds[0].Summary, "no such file") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestLoadFilesUnreadable covers the files that cannot be read: the
+// problem names the file, has no position, and fails the whole load.
+func TestLoadFilesUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.hcl")
+	if err := os.WriteFile(big, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(big, MaxFileSize+1); err != nil { // sparse: no 64 MiB written
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, path, want string
+	}{
+		{"missing", filepath.Join(dir, "nope.hcl"), "cannot read file: no such file or directory"},
+		{"directory", dir, "cannot read file: is a directory"},
+		{"too large", big, "cannot read file: larger than 64 MiB"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := LoadFiles(tt.path)
+			var ds Diagnostics
+			if cfg != nil || !errors.As(err, &ds) || len(ds) != 1 {
+				t.Fatalf("LoadFiles = %v, %v", cfg, err)
+			}
+			if ds[0].File != tt.path || ds[0].Line != 0 || ds[0].Hint == "" {
+				t.Errorf("diagnostic = %+v", ds[0])
+			}
+			if want := tt.path + ": " + tt.want; err.Error() != want {
+				t.Errorf("Error() = %q, want %q", err, want)
+			}
+		})
+	}
+}
+
+// TestTunnelMarkCountWithoutDaemon needs more reals with tunnelled checks
+// than the default tunnel_mark_count, too many for a fixture. Without a
+// daemon block the problem points at a tunnel = true, beside the missing
+// health_source.
+func TestTunnelMarkCountWithoutDaemon(t *testing.T) {
+	n := int(DefaultDaemon().TunnelMarkCount) + 1
+	var b strings.Builder
+	b.WriteString("service \"web\" {\n  vip  = \"198.51.100.10\"\n  port = 80\n\n  check \"tcp\" {\n    tunnel = true\n  }\n\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  real \"10.%d.%d.1\" {}\n", i>>8, i&255)
+	}
+	b.WriteString("}\n")
+	dir := t.TempDir()
+	write(t, dir, "web.hcl", b.String())
+	_, err := Load(dir)
+	var ds Diagnostics
+	if !errors.As(err, &ds) || len(ds) != 2 || !strings.Contains(ds[0].Summary, "health_source") {
+		t.Fatalf("err = %v", err)
+	}
+	d := ds[1]
+	wantSummary := fmt.Sprintf("%d reals have tunnelled checks but tunnel_mark_count is %d (one mark per real address)", n, n-1)
+	wantHint := fmt.Sprintf("add a daemon block with tunnel_mark_count = %d or more", n)
+	if d.Line != 6 || d.Column != 5 || d.Summary != wantSummary || d.Hint != wantHint {
+		t.Errorf("diagnostic = %+v", d)
+	}
+}
+
+// TestSyntaxHintFallback: an HCL problem without a hint of its own still
+// gets one.
+func TestSyntaxHintFallback(t *testing.T) {
+	_, err := Format("x.hcl", []byte("message = \"kglb %{HOSTNAME}\"\n"))
+	var ds Diagnostics
+	if !errors.As(err, &ds) || len(ds) != 1 {
+		t.Fatalf("err = %v", err)
+	}
+	if ds[0].Summary != "invalid template control keyword" || !strings.Contains(ds[0].Hint, "docs/config.md") {
+		t.Errorf("diagnostic = %+v", ds[0])
 	}
 }
 

@@ -97,11 +97,15 @@ func (d *decoder) decodeDaemon(bl *block) (Daemon, *fields) {
 	c.TunnelMarkBase = uint32(f.mark("tunnel_mark_base", 1, 1<<32-1, int64(c.TunnelMarkBase)))
 	c.TunnelMarkCount = uint32(f.integer("tunnel_mark_count", 1, 1<<24, int64(c.TunnelMarkCount)))
 	if uint64(c.TunnelMarkBase)+uint64(c.TunnelMarkCount) > 1<<32 {
+		// The defaults fit, so at least one of the two is written: cite
+		// the count when it is, else the base.
 		rng := bl.defRange
 		if a := f.attr("tunnel_mark_count"); a != nil {
 			rng = a.val.rng
+		} else if a := f.attr("tunnel_mark_base"); a != nil {
+			rng = a.val.rng
 		}
-		d.errorf(rng, "lower tunnel_mark_base or tunnel_mark_count", "tunnel marks %d + %d run past the largest fwmark 4294967295", c.TunnelMarkBase, c.TunnelMarkCount)
+		d.errorf(rng, fmt.Sprintf("lower tunnel_mark_count to at most %d, or tunnel_mark_base to at most 0x%x", 1<<32-uint64(c.TunnelMarkBase), 1<<32-uint64(c.TunnelMarkCount)), "tunnel marks %d + %d run past the largest fwmark 4294967295", c.TunnelMarkBase, c.TunnelMarkCount)
 	}
 	return c, f
 }
@@ -170,7 +174,7 @@ func (d *decoder) decodeNeighbor(bl *block, localASN uint32) (Neighbor, span, bo
 	f := d.open(bl.body, neighborSpec, n.Name)
 	what := f.what
 	if !nameRE.MatchString(n.Name) {
-		d.errorf(bl.labelRanges[0], `use letters, digits, '-', '_' and '.', such as neighbor "tor-a"`, "neighbor name %s is not valid", quote(n.Name))
+		d.errorf(bl.labelRanges[0], `use 1 to 63 letters, digits, '-', '_' and '.', starting with a letter or digit, such as neighbor "tor-a"`, "neighbor name %s is not valid", quote(n.Name))
 	}
 	var addrRange span
 	ok := true
@@ -186,7 +190,11 @@ func (d *decoder) decodeNeighbor(bl *block, localASN uint32) (Neighbor, span, bo
 	n.Port = f.port("port", 179)
 	if ip, a := f.addr("local_address"); a != nil {
 		if n.Address.IsValid() && ip.Is4() != n.Address.Is4() {
-			d.errorf(a.val.rng, "use a local address of the neighbor's address family", "local_address %s and address %s are of different families", ip, n.Address)
+			ex := `"192.0.2.10"`
+			if n.Address.Is6() {
+				ex = `"2001:db8::10"`
+			}
+			d.errorf(a.val.rng, fmt.Sprintf("write an %s local_address to match address, such as local_address = %s", famName(FamilyOf(n.Address)), ex), "local_address %s and address %s are of different families", ip, n.Address)
 		} else {
 			n.LocalAddress = ip
 		}
@@ -298,7 +306,7 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 	// Family follows the vip, else the family attribute, else the reals.
 	famAttr := f.attr("family")
 	fam := Family(f.enum("family", []string{"ipv4", "ipv6"}, ""))
-	if famAttr != nil && s.FWMark == 0 {
+	if famAttr != nil && !f.has("fwmark") { // a bad fwmark is reported on its own
 		d.errorf(famAttr.nameRange, "remove family: it follows the vip", "%s: family applies only to fwmark services", what())
 	}
 	if s.VIP.IsValid() {
@@ -503,7 +511,7 @@ func (d *decoder) decodePersistence(bl *block, fam Family) Persistence {
 	f := d.open(bl.body, persistenceSpec, "")
 	p := Persistence{Enabled: true, Timeout: f.duration("timeout", 300*time.Second, time.Second)}
 	if p.Timeout > 31*24*time.Hour {
-		d.errorf(f.attr("timeout").val.rng, f.hintFor("timeout"), "persistence timeout %s is longer than 31 days", p.Timeout)
+		d.errorf(f.attr("timeout").val.rng, `write a timeout of at most "744h" (31 days), such as timeout = "300s"`, "persistence timeout %s is longer than 31 days", p.Timeout)
 	}
 	maxLen := 32
 	if fam == IPv6 {
@@ -546,7 +554,11 @@ func (d *decoder) decodePersistence(bl *block, fam Family) Persistence {
 		}
 		p.PrefixLen = bits
 	default:
-		d.errorf(a.val.rng, f.hintFor("netmask"), "netmask must be a prefix length or an IPv4 netmask, not %s", a.val.describe())
+		hint := `write netmask = "255.255.255.0" or a prefix length such as netmask = 24`
+		if fam == IPv6 {
+			hint = "write netmask = 64 (a prefix length) for an IPv6 service"
+		}
+		d.errorf(a.val.rng, hint, "netmask must be a prefix length or an IPv4 netmask, not %s", a.val.describe())
 	}
 	return p
 }
@@ -636,7 +648,7 @@ func (d *decoder) decodeCheck(bl *block, s *Service, m *serviceMeta) (Check, boo
 		c.Syslog.Transport = Transport(f.enum("transport", []string{"tcp", "udp"}, "tcp"))
 		c.Syslog.Message = f.str("message", "kglb health check")
 		if strings.ContainsAny(c.Syslog.Message, "\r\n") {
-			d.errorf(f.attr("message").val.rng, "write the message on one line", "message must not contain a line break")
+			d.errorf(f.attr("message").val.rng, `write the message on one line, as a quoted string such as message = "kglb health check"`, "message must not contain a line break")
 		}
 	}
 	return c, true
@@ -679,7 +691,14 @@ func (d *decoder) decodeHTTP(f *fields, typ CheckType) HTTPCheck {
 			case strings.EqualFold(k, "host"):
 				d.errorf(v.rng, fmt.Sprintf("write host = %s instead", quote(v.str)), "set the Host header with the host attribute")
 			case v.kind != kString:
-				d.errorf(v.rng, f.hintFor("headers"), "header %s must be a string, not %s", k, v.describe())
+				hint := f.hintFor("headers")
+				switch v.kind {
+				case kNumber:
+					hint = fmt.Sprintf("quote the value: %s = %q", quote(k), formatNum(v.num))
+				case kBool:
+					hint = fmt.Sprintf("quote the value: %s = %q", quote(k), strconv.FormatBool(v.bool))
+				}
+				d.errorf(v.rng, hint, "header %s must be a string, not %s", k, v.describe())
 			case strings.ContainsAny(v.str, "\r\n"):
 				d.errorf(v.rng, "write the header value on one line", "header %s contains a line break", k)
 			default:
@@ -779,9 +798,9 @@ func (d *decoder) decodeDNS(f *fields, bl *block) DNSCheck {
 		case a.val.str == "":
 			d.errorf(a.val.rng, "remove answer to accept any answer", "answer is empty")
 		case c.Type == "A" && (err != nil || !ip.Is4()):
-			d.errorf(a.val.rng, `write an IPv4 address, such as answer = "192.0.2.80"`, "answer %s is not an IPv4 address, as a type A answer is", quote(a.val.str))
+			d.errorf(a.val.rng, `write an IPv4 address, such as answer = "192.0.2.80", or set type = "AAAA" for an IPv6 answer`, "answer %s is not an IPv4 address, as a type A answer is", quote(a.val.str))
 		case c.Type == "AAAA" && (err != nil || !ip.Is6()):
-			d.errorf(a.val.rng, `write an IPv6 address, such as answer = "2001:db8::80"`, "answer %s is not an IPv6 address, as a type AAAA answer is", quote(a.val.str))
+			d.errorf(a.val.rng, `write an IPv6 address, such as answer = "2001:db8::80", or set type = "A" for an IPv4 answer`, "answer %s is not an IPv6 address, as a type AAAA answer is", quote(a.val.str))
 		default:
 			c.Answer = a.val.str
 		}

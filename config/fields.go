@@ -117,7 +117,7 @@ func (d *decoder) open(b *body, spec *blockSpec, label string) *fields {
 			if f.attrs == nil || &f.attrs[0] == &b.attrs[0] {
 				f.attrs = slices.Clone(b.attrs)
 			}
-			d.unknownAttr(a, spec, f.what())
+			d.unknownAttr(a, spec, label, f.what())
 			f.attrs[i] = nil
 		}
 	}
@@ -171,17 +171,24 @@ func (d *decoder) checkLabels(bl *block, cs *blockSpec) bool {
 	if len(bl.labels) > 1 {
 		rng = bl.labelRanges[1]
 	}
-	ex := map[string]string{"service": `service "web" { ... }`, "real": `real "10.1.0.11" { ... }`, "check": `check "http" { ... }`, "neighbor": `neighbor "tor-a" { ... }`}[bl.typ]
+	ex := map[string]string{"service": `service "web" { ... }`, "real": `real "10.1.0.11" { ... }, or with a port, real "10.1.0.11:8080" { ... }`, "check": `check "http" { ... }`, "neighbor": `neighbor "tor-a" { ... }`}[bl.typ]
 	d.errorf(rng, "write "+ex, "a %s block needs exactly one label, its %s", bl.typ, cs.label)
 	return false
 }
 
-func (d *decoder) unknownAttr(a *attr, spec *blockSpec, what string) {
+// unknownAttr reports an attribute that spec does not have. A check's
+// hint names only the attributes of its type: the others would be refused
+// too.
+func (d *decoder) unknownAttr(a *attr, spec *blockSpec, label, what string) {
 	names := make([]string, 0, len(spec.attrs))
 	for _, s := range spec.attrs {
-		if s.name != "password" {
-			names = append(names, s.name)
+		if s.name == "password" {
+			continue
 		}
+		if spec == checkSpec && !slices.Contains(checkCommon, s.name) && !slices.Contains(checkTypeAttrs[CheckType(label)], s.name) {
+			continue
+		}
+		names = append(names, s.name)
 	}
 	hint := "valid attributes here: " + strings.Join(names, ", ")
 	if len(names) == 0 {
@@ -331,7 +338,11 @@ func (f *fields) mark(name string, lo, hi int64, def int64) int64 {
 	if a != nil && a.val.kind == kString {
 		s := a.val.str
 		if !strings.HasPrefix(s, "0x") && !strings.HasPrefix(s, "0X") {
-			f.d.errorf(a.val.rng, f.hintFor(name)+` or a hex string such as "0x10000"`, "%s must be a number or a hex string, not %s", name, a.val.describe())
+			hint := f.hintFor(name) + ` or a hex string such as "0x10000"`
+			if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+				hint = fmt.Sprintf(`write %s = %s, without quotes, or the hex string "0x%x"`, name, s, n)
+			}
+			f.d.errorf(a.val.rng, hint, "%s must be a number or a hex string, not %s", name, a.val.describe())
 			return def
 		}
 		u, err := strconv.ParseUint(s[2:], 16, 64)

@@ -178,6 +178,12 @@ var syntaxHints = map[string]string{
 	"Missing key/value separator":              `separate each key from its value with =, such as { "X-Probe" = "kglb" }`,
 	"Invalid argument name":                    "attribute names are bare words such as port",
 	"Invalid single-argument block definition": "close the block on the same line, as in real \"10.1.0.11\" { weight = 2 }, or put the attribute on its own line",
+	"Invalid number literal":                   `quote addresses and other text, as in vip = "198.51.100.10"`,
+	"Unexpected comma after argument":          "remove the comma: an attribute ends at the end of its line",
+	"Missing attribute separator":              `separate the items of an object with commas or newlines, as in { "X-Probe" = "kglb", "X-Env" = "prod" }`,
+	"Invalid escape sequence":                  `write a backslash as \\; the escapes are \n, \r, \t, \", \\ and \uNNNN`,
+	"Invalid operand":                          `write the value itself: strings are not joined with +, and arithmetic needs numbers`,
+	"Invalid object key":                       `quote the key, as in { "X-Probe" = "kglb" }`,
 }
 
 func lowerFirst(s string) string {

@@ -56,7 +56,13 @@ func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, d
 				if fam == IPv6 {
 					ex = "2001:db8::10"
 				}
-				d.errorAt(rng, hcl.Range{}, fmt.Sprintf("add health_source = %q (a local address that is not a VIP) to the daemon block", ex), "a tunnelled check of an %s service needs an %s health_source in the daemon block", famName(fam), famName(fam))
+				hint := fmt.Sprintf("add health_source = %q (a local address that is not a VIP) to the daemon block", ex)
+				if v4 := dm.HealthSourceV4; fam == IPv6 && v4.IsValid() {
+					hint = fmt.Sprintf("list an IPv6 address too (a local address that is not a VIP): health_source = [%q, %q]", v4, ex)
+				} else if v6 := dm.HealthSourceV6; fam == IPv4 && v6.IsValid() {
+					hint = fmt.Sprintf("list an IPv4 address too (a local address that is not a VIP): health_source = [%q, %q]", ex, v6)
+				}
+				d.errorAt(rng, hcl.Range{}, hint, "a tunnelled check of an %s service needs an %s health_source in the daemon block", famName(fam), famName(fam))
 			}
 			for _, r := range s.Reals {
 				tunnelReals[r.Addr] = struct{}{}
@@ -89,6 +95,7 @@ func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, d
 	}
 	if uint32(len(tunnelReals)) > dm.TunnelMarkCount {
 		rng := hcl.Range{}
+		hint := fmt.Sprintf("raise tunnel_mark_count to at least %d", len(tunnelReals))
 		if daemon != nil {
 			rng = daemon.def
 			if daemon.tunnelMarkCount.Filename != "" {
@@ -100,8 +107,9 @@ func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, d
 					rng = r
 				}
 			}
+			hint = fmt.Sprintf("add a daemon block with tunnel_mark_count = %d or more", len(tunnelReals))
 		}
-		d.errorAt(rng, hcl.Range{}, fmt.Sprintf("raise tunnel_mark_count to at least %d", len(tunnelReals)), "%d reals have tunnelled checks but tunnel_mark_count is %d (one mark per real address)", len(tunnelReals), dm.TunnelMarkCount)
+		d.errorAt(rng, hcl.Range{}, hint, "%d reals have tunnelled checks but tunnel_mark_count is %d (one mark per real address)", len(tunnelReals), dm.TunnelMarkCount)
 	}
 	// Sort the pointers, then copy each service once: a stable sort that
 	// moves the 450-byte values themselves cost more than the checks.

@@ -1,0 +1,10 @@
+service "mark" {
+  fwmark = 10
+  family = "ipv4"
+
+  real "203.0.113.11" {}
+
+  check "http" {
+    path = "/healthz"
+  }
+}

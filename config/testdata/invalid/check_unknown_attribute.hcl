@@ -1,0 +1,9 @@
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80
+
+  check "http" {
+    path          = "/healthz"
+    expect_status = 200
+  }
+}

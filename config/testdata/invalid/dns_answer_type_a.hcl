@@ -1,0 +1,10 @@
+service "dns" {
+  vip      = "198.51.100.53"
+  port     = 53
+  protocol = "udp"
+
+  check "dns" {
+    name   = "www.example.com."
+    answer = "2001:db8::80"
+  }
+}

@@ -1,0 +1,5 @@
+service "mark" {
+  fwmark = "10"
+
+  real "203.0.113.11" {}
+}

@@ -1,0 +1,3 @@
+daemon {
+  health_source = "lb1.example.com"
+}

@@ -1,0 +1,3 @@
+daemon {
+  health_source = ["2001:db8::10", "2001:db8::11"]
+}

@@ -1,0 +1,8 @@
+service "web" {
+  vip  = "198.51.100.10"
+  port = 443
+
+  persistence {
+    timeout = "8760h"
+  }
+}

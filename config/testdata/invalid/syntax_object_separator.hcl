@@ -1,0 +1,8 @@
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80
+
+  check "http" {
+    headers = { "X-Probe" = "kglb" "X-Env" = "prod" }
+  }
+}

@@ -1,0 +1,4 @@
+service "web" {
+  vip  = 198.51.100.10
+  port = 80
+}
