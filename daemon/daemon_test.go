@@ -2,12 +2,15 @@ package daemon
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kglb/kglb/bgp"
 	"github.com/kglb/kglb/config"
 )
 
@@ -52,12 +55,50 @@ func TestWriteStatus(t *testing.T) {
 				{Address: "10.0.0.2:80", Enabled: true, State: "down", Weight: 0, Checks: []CheckStatus{{Type: "tcp", State: "down", Reason: "connection refused", Since: now.Add(-5 * time.Second)}}},
 			}}},
 	}
+	up := time.Hour + 2*time.Minute + 3500*time.Millisecond
+	st.BGP = &bgp.Status{ASN: 65010, RouterID: netip.MustParseAddr("10.255.255.2"), Peers: []bgp.PeerStatus{
+		{Name: "tor1", Address: netip.MustParseAddr("10.255.0.1"), ASN: 65000, State: "established", Established: true,
+			Families: []bgp.Family{bgp.IPv4Unicast}, Since: now.Add(-up), Uptime: up, UptimeSeconds: up.Seconds(),
+			PrefixesSent: 2, UpdatesSent: 5, Flaps: 1},
+		{Name: "tor2", Address: netip.MustParseAddr("10.255.0.2"), ASN: 65000, State: "active",
+			Families: []bgp.Family{bgp.IPv4Unicast}, Flaps: 3,
+			LastError: "dial tcp 10.255.0.2:179: connect: connection refused", LastErrorAt: now.Add(-time.Second)},
+	}}
+	// kglb status reads the status as JSON from /status.
+	js, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Status
+	if err := json.Unmarshal(js, &got); err != nil {
+		t.Fatal(err)
+	}
 	var b bytes.Buffer
-	WriteStatus(&b, st, now)
+	WriteStatus(&b, got, now)
+	out := b.String()
 	for _, want := range []string{"CONFIG REJECTED", "web.hcl:3:5: bad", "192.0.2.1  yes", "1/2 healthy", "10.0.0.2:80  down", "5s ago", "tcp: connection refused"} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("status lacks %q:\n%s", want, b.String())
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
 		}
+	}
+
+	// The BGP table comes last, after a blank line: one row per peer, the
+	// uptime in whole seconds.
+	wantBGP := []string{
+		"BGP PEER  ADDRESS     ASN    STATE        UPTIME  SENT  FLAPS  LAST ERROR",
+		"tor1      10.255.0.1  65000  established  1h2m3s  2     1",
+		"tor2      10.255.0.2  65000  active       0s      0     3      dial tcp 10.255.0.2:179: connect: connection refused",
+	}
+	i := strings.Index(out, "\n\nBGP PEER")
+	if i < 0 {
+		t.Fatalf("no BGP table after a blank line:\n%s", out)
+	}
+	var rows []string
+	for _, l := range strings.Split(strings.TrimSuffix(out[i+2:], "\n"), "\n") {
+		rows = append(rows, strings.TrimRight(l, " "))
+	}
+	if !slices.Equal(rows, wantBGP) {
+		t.Errorf("BGP table:\n%s\nwant:\n%s", strings.Join(rows, "\n"), strings.Join(wantBGP, "\n"))
 	}
 }
 

@@ -88,6 +88,10 @@ type Engine struct {
 	vipsOK     bool
 	announceOK bool
 	proberOK   bool
+	// The last Apply of the announcer failed: it may hold routes that
+	// announced lacks (the speaker carries on past a route that fails),
+	// so a stop withdraws even when announced is empty.
+	announceFailed bool
 
 	mu     sync.Mutex
 	status Desired
@@ -582,10 +586,10 @@ func (e *Engine) announce(ctx context.Context, routes []Route) error {
 		return nil
 	}
 	if err := e.opts.Announcer.Apply(ctx, routes); err != nil {
-		e.announceOK = false
+		e.announceOK, e.announceFailed = false, true
 		return fmt.Errorf("announce routes: %w", err)
 	}
-	e.announced, e.announceOK = routes, true
+	e.announced, e.announceOK, e.announceFailed = routes, true, false
 	return nil
 }
 
@@ -604,14 +608,16 @@ func (e *Engine) finish(d Desired, err error, kind string, start time.Time) {
 
 // Stop withdraws every route, waits hold, and with cleanup removes kglb's
 // own IPVS services and VIPs; without, the data plane stays for a hitless
-// restart. Call it after Run has returned.
+// restart. With nothing announced (and no failed Apply that may have left
+// some routes out) there is nothing to withdraw and no hold. Call it after
+// Run has returned.
 func (e *Engine) Stop(ctx context.Context, cleanup bool) error {
 	var errs []error
-	if e.opts.Announcer != nil && len(e.announced) > 0 {
+	if e.opts.Announcer != nil && (len(e.announced) > 0 || e.announceFailed) {
 		if err := e.opts.Announcer.WithdrawAll(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("withdraw routes: %w", err))
 		}
-		e.announced = nil
+		e.announced, e.announceFailed = nil, false
 		e.log.Info("routes withdrawn; holding before touching the data plane", "hold", e.cfg.Daemon.StopHold.String())
 		select {
 		case <-time.After(e.cfg.Daemon.StopHold):

@@ -100,6 +100,7 @@ type world struct {
 	prober *fakeProber
 	ann    *fakeAnnouncer
 	dir    string
+	wrap   func(*Options) // if set, changes the engine's options before start
 }
 
 func newWorld(t *testing.T) *world {
@@ -123,7 +124,11 @@ func (w *world) start(t *testing.T, cfg *config.Config) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: w.ann, Prober: w.prober, Metrics: NewMetrics(nil)}, cfg)
+	opts := Options{IPVS: ir, VIPs: vr, Announcer: w.ann, Prober: w.prober, Metrics: NewMetrics(nil)}
+	if w.wrap != nil {
+		w.wrap(&opts)
+	}
+	e, err := NewEngine(opts, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
