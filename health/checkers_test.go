@@ -2,13 +2,17 @@ package health
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // probeOnce runs one probe the way the scheduler does: a probe context with the
@@ -42,6 +46,12 @@ func runCases(t *testing.T, cases []checkCase) {
 			r := probeOnce(t, Target{Real: tc.real, Spec: tc.spec}, Dialer{})
 			if r.Outcome != tc.want || !strings.Contains(r.Reason, tc.wantReason) {
 				t.Errorf("got %s (%q), want %s (%q)", r.Outcome, r.Reason, tc.want, tc.wantReason)
+			}
+			// A probe that ran out of time must come back and say so. How soon
+			// it comes back is for the benchmarks: a hang shows as the go test
+			// timeout, not as a timed assertion here.
+			if tc.want == Timeout && !strings.HasPrefix(r.Reason, "timeout") {
+				t.Errorf("timeout reason %q does not say timeout", r.Reason)
 			}
 			if r.Duration <= 0 {
 				t.Errorf("duration %s", r.Duration)
@@ -190,5 +200,73 @@ func TestSourceAndMark(t *testing.T) {
 		if src := <-seen; src != "127.0.0.2" {
 			t.Errorf("%s: probe came from %s, want 127.0.0.2", typ, src)
 		}
+	}
+}
+
+// closeSeen serves handle and then reads until the prober's side ends the
+// connection, and reports how it ended: ECONNRESET for a close with RST, io.EOF for
+// a FIN.
+func closeSeen(t testing.TB, handle func(net.Conn)) (netip.AddrPort, <-chan error) {
+	seen := make(chan error, 1)
+	srv := serve(t, func(c net.Conn) {
+		handle(c)
+		buf := make([]byte, 512)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				select {
+				case seen <- err:
+				default: // only the first connection counts
+				}
+				return
+			}
+		}
+	})
+	return srv, seen
+}
+
+// TestProbesCloseWithRST: every TCP probe ends its connection with RST (SO_LINGER 0,
+// set in sockopts), so the prober keeps no socket in TIME_WAIT however many probes
+// it runs. The server sees how a connection ended: its next read fails with
+// ECONNRESET after a RST, where an ordinary close (FIN) gives EOF.
+func TestProbesCloseWithRST(t *testing.T) {
+	srv, seen := closeSeen(t, func(net.Conn) {})
+	c, err := net.Dial("tcp", srv.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := <-seen; err != io.EOF {
+		t.Fatalf("an ordinary close is seen as %v, want EOF: the test cannot tell RST from FIN", err)
+	}
+
+	cases := []struct {
+		name   string
+		spec   Spec
+		handle func(net.Conn) // the server's part of the exchange
+	}{
+		{name: "tcp", spec: spec(TCP, time.Second), handle: func(net.Conn) {}},
+		{name: "http", spec: httpSpec(HTTP, "/", time.Second), handle: func(c net.Conn) {
+			readRequest(c)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}},
+		{name: "dns over tcp", spec: with(dnsSpec("ok.test", "A", true, nil), func(s *Spec) { s.Timeout = time.Second }), handle: func(c net.Conn) {
+			if q, ok := readQuery(c); ok {
+				out := answer(q, func(*dns.Msg) {})
+				c.Write(frame(out, len(out)))
+			}
+		}},
+		{name: "syslog over tcp", spec: syslogSpec(true), handle: func(net.Conn) {}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, seen := closeSeen(t, tc.handle)
+			r := probeOnce(t, Target{Real: srv, Spec: tc.spec}, Dialer{})
+			if r.Outcome != OK {
+				t.Fatalf("probe: %s (%q)", r.Outcome, r.Reason)
+			}
+			if err := <-seen; !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the server saw the probe's connection end with %v, want ECONNRESET (a close with RST)", err)
+			}
+		})
 	}
 }

@@ -35,29 +35,51 @@ func listen(t testing.TB) net.Listener {
 
 func addrOf(a net.Addr) netip.AddrPort { return netip.MustParseAddrPort(a.String()) }
 
-// serve runs handle for each accepted connection; connections are closed at test end.
+// serve runs handle for each accepted connection and closes the connection when
+// handle returns; at test end it closes the listener and every open connection and
+// waits for the handlers. The accept loop is itself counted in the WaitGroup, so no
+// Add races with the final Wait (the race detector flags that), and a connection
+// accepted while the cleanup runs is closed at once rather than missed.
 func serve(t testing.TB, handle func(net.Conn)) netip.AddrPort {
 	ln := listen(t)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		conns  = map[net.Conn]struct{}{}
+		closed bool
+	)
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
+			if closed {
+				mu.Unlock()
+				c.Close()
+				continue
+			}
+			conns[c] = struct{}{}
 			wg.Add(1)
-			go func() { defer wg.Done(); defer c.Close(); handle(c) }()
+			mu.Unlock()
+			go func() {
+				defer wg.Done()
+				handle(c)
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				c.Close()
+			}()
 		}
 	}()
 	t.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
-		for _, c := range conns {
+		closed = true
+		for c := range conns {
 			c.Close()
 		}
 		mu.Unlock()
@@ -90,13 +112,32 @@ func readRequest(c net.Conn) {
 func slowly(resp string, delay time.Duration) func(net.Conn) {
 	return func(c net.Conn) {
 		readRequest(c)
-		for i := range len(resp) {
-			if _, err := c.Write([]byte{resp[i]}); err != nil {
-				return
-			}
-			time.Sleep(delay)
+		dribble(c, []byte(resp), delay)
+	}
+}
+
+// dribble writes b one byte every delay, and stops at the first error (the prober
+// gone).
+func dribble(c net.Conn, b []byte, delay time.Duration) {
+	for i := range b {
+		if _, err := c.Write(b[i : i+1]); err != nil {
+			return
 		}
-		c.Close()
+		time.Sleep(delay)
+	}
+}
+
+// stall accepts and neither reads nor answers: it holds the connection for hold, or
+// until the test ends, and then closes it.
+func stall(t testing.TB, hold time.Duration) func(net.Conn) {
+	done := t.Context().Done()
+	return func(net.Conn) {
+		tm := time.NewTimer(hold)
+		defer tm.Stop()
+		select {
+		case <-tm.C:
+		case <-done:
+		}
 	}
 }
 
@@ -206,8 +247,18 @@ func proxyServer(t testing.TB, tlsConf *tls.Config) netip.AddrPort {
 			defer c.Close()
 			brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n")
 			brw.Flush()
-			go io.Copy(up, brw)
+			// When either side ends, end the other: a prober that gives up
+			// before its TLS hello would otherwise leave this handler and the
+			// target's handshake waiting on each other for ever.
+			upDone := make(chan struct{})
+			go func() {
+				io.Copy(up, brw)
+				up.Close()
+				close(upDone)
+			}()
 			io.Copy(c, up)
+			c.Close()
+			<-upDone
 			return
 		}
 		ap, err := netip.ParseAddrPort(r.URL.Host)

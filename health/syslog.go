@@ -15,7 +15,10 @@ import (
 //
 // What it can prove differs by transport, and the difference is real:
 //   - TCP: the server accepted the connection and the line went into the kernel's send
-//     buffer. A server that accepts and then drops lines is not caught.
+//     buffer. A server that accepts and then drops lines is not caught, nor one that
+//     never reads (its kernel takes the line into its receive buffer). One that resets
+//     right after accept is caught only if the reset arrives before the line is
+//     written: the handshake completes before accept, so the two race.
 //   - UDP: a datagram is never acknowledged. On a connected socket the kernel reports
 //     an ICMP port unreachable (nothing listening) as ECONNREFUSED on a later read,
 //     and a host or network unreachable likewise; the probe waits a short while for
