@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -77,4 +78,22 @@ func (d Dialer) dial(ctx context.Context, network string, dst netip.AddrPort, ma
 		return nil, err
 	}
 	return c, nil
+}
+
+// dialBounded dials for a probe that then talks on the connection (udp, or
+// tcp when tcp is set): the connection's deadline is ctx's, and ctx ending
+// ends any read or write at once. The caller closes conn and calls stop.
+func (d Dialer) dialBounded(ctx context.Context, tcp bool, t Target) (conn net.Conn, stop func() bool, err error) {
+	network := "udp"
+	if tcp {
+		network = "tcp"
+	}
+	conn, err = d.dial(ctx, network, t.Dest(), t.Spec.Mark)
+	if err != nil {
+		return nil, nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	return conn, context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) }), nil
 }

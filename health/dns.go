@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
 )
@@ -32,29 +31,15 @@ func newDNSChecker(s Spec, d Dialer) *dnsChecker {
 }
 
 func (c *dnsChecker) Check(ctx context.Context, t Target) Result {
-	start := time.Now()
-	reason, err := c.probe(ctx, t)
-	r := classify(ctx, start, err)
-	if r.Outcome == OK {
-		r.Reason = reason
-	}
-	return r
+	return runProbe(ctx, t, c.probe)
 }
 
 func (c *dnsChecker) probe(ctx context.Context, t Target) (string, error) {
-	network := "udp"
-	if c.p.TCP {
-		network = "tcp"
-	}
-	conn, err := c.d.dial(ctx, network, t.Dest(), t.Spec.Mark)
+	conn, stop, err := c.d.dialBounded(ctx, c.p.TCP, t)
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	q := new(dns.Msg)

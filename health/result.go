@@ -72,6 +72,18 @@ func (e errLocal) Unwrap() error { return e.err }
 
 // classify turns a probe error into a Result. A probe whose context has passed its
 // deadline is a timeout, whatever error the I/O layer chose to report.
+// runProbe times probe and turns what it returns into a Result: its text
+// is the reason of an OK, its error is classified.
+func runProbe(ctx context.Context, t Target, probe func(context.Context, Target) (string, error)) Result {
+	start := time.Now()
+	reason, err := probe(ctx, t)
+	r := classify(ctx, start, err)
+	if r.Outcome == OK {
+		r.Reason = reason
+	}
+	return r
+}
+
 func classify(ctx context.Context, start time.Time, err error) Result {
 	d := time.Since(start)
 	if err == nil {

@@ -52,31 +52,17 @@ func newSyslogChecker(s Spec, d Dialer) *syslogChecker {
 }
 
 func (c *syslogChecker) Check(ctx context.Context, t Target) Result {
-	start := time.Now()
-	reason, err := c.probe(ctx, t)
-	r := classify(ctx, start, err)
-	if r.Outcome == OK {
-		r.Reason = reason
-	}
-	return r
+	return runProbe(ctx, t, c.probe)
 }
 
 func (c *syslogChecker) probe(ctx context.Context, t Target) (string, error) {
-	network := "udp"
-	if c.p.TCP {
-		network = "tcp"
-	}
-	conn, err := c.d.dial(ctx, network, t.Dest(), t.Spec.Mark)
+	conn, stop, err := c.d.dialBounded(ctx, c.p.TCP, t)
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
-	dl, ok := ctx.Deadline()
-	if ok {
-		conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	dl, ok := ctx.Deadline()
 	msg := fmt.Sprintf("<%d>%s %s\n", c.p.Priority, time.Now().UTC().Format(time.RFC3339), c.tag)
 	if _, err := conn.Write([]byte(msg)); err != nil {
 		return "", fmt.Errorf("write: %w", err)
