@@ -870,7 +870,8 @@ func (d *decoder) decodeAnnounce(bl *block, fam Family, enabledReals int) Announ
 		var below *attr
 		a.Degraded.Below, below = g.threshold("below", Threshold{})
 		if below == nil {
-			if !g.has("below") {
+			// null is "unset", and below has no default to fall back on.
+			if at := g.attr("below"); at == nil || at.val.kind == kNull {
 				d.errorf(db[0].defRange, `add below = "75%" (announce with worse attributes below this)`, "a degraded block needs below")
 			}
 		} else {
