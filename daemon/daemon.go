@@ -92,8 +92,12 @@ func Run(ctx context.Context, opts Options) error {
 			log.Error("config watch stopped; SIGHUP still reloads", "err", err)
 		}
 	}()
-	httpDone, httpClosed := d.serveHTTP(runCtx, statsAddress(opts, cfg))
-	defer func() { cancel(); <-httpClosed }()
+	// The stats server outlives the engine's context, so /metrics and
+	// /status still answer while a stop withdraws and holds; it is shut
+	// down, and its address freed, before Run returns.
+	httpCtx, httpCancel := context.WithCancel(context.WithoutCancel(ctx))
+	httpDone, httpClosed := d.serveHTTP(httpCtx, statsAddress(opts, cfg))
+	defer func() { httpCancel(); <-httpClosed }()
 
 	d.notify.send("READY=1", "STATUS="+summary(cfg))
 	log.Info("kglb running", "services", len(cfg.Services), "config", opts.ConfigDir)

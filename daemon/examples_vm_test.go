@@ -159,3 +159,4 @@ func kernelEndpoints(t *testing.T, path string) map[string]bool {
 	}
 	return out
 }
+
