@@ -159,4 +159,3 @@ func kernelEndpoints(t *testing.T, path string) map[string]bool {
 	}
 	return out
 }
-
