@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -59,6 +60,9 @@ type Watcher[C any] struct {
 	metrics *metrics
 	updates chan C
 	trigger chan request
+	// forced is set by a forced request and taken by the next load it
+	// triggers: any queued request covers it, so none is ever lost.
+	forced atomic.Bool
 
 	mu      sync.Mutex
 	current C
@@ -142,21 +146,18 @@ type Outcome struct {
 
 // request is one explicit reload; done, when set, receives its outcome.
 type request struct {
-	force bool
-	done  chan Outcome
+	done chan Outcome
 }
 
 // Reload asks for a reload now (SIGHUP) without waiting for it. With force,
 // the Guard is skipped: the operator has confirmed a large deletion.
 func (w *Watcher[C]) Reload(force bool) {
+	if force {
+		w.forced.Store(true)
+	}
 	select {
-	case w.trigger <- request{force: force}:
-	default:
-		// Eight requests are already queued: each loads the whole
-		// directory, so this one is covered by them unless it is forced.
-		if force {
-			go func() { w.trigger <- request{force: true} }()
-		}
+	case w.trigger <- request{}:
+	default: // a queued request loads the whole directory: it covers this one
 	}
 }
 
@@ -164,9 +165,12 @@ func (w *Watcher[C]) Reload(force bool) {
 // (systemd's reload, `kglb reload`) can tell success from a rejected edit.
 // It needs Run to be running; it gives up when ctx ends.
 func (w *Watcher[C]) ReloadWait(ctx context.Context, force bool) (Outcome, error) {
+	if force {
+		w.forced.Store(true)
+	}
 	done := make(chan Outcome, 1)
 	select {
-	case w.trigger <- request{force: force, done: done}:
+	case w.trigger <- request{done: done}:
 	case <-ctx.Done():
 		return Outcome{}, ctx.Err()
 	}
@@ -237,7 +241,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			pending = true
 			debounce.Reset(w.opts.Debounce)
 		case req := <-w.trigger:
-			o := w.load(force || req.force)
+			o := w.load(force || w.forced.Swap(false))
 			pending, force = false, false
 			fp = fingerprint(dir)
 			if req.done != nil {

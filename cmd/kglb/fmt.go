@@ -22,15 +22,9 @@ func runFmt(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "\nRewrites every *.hcl file of each DIR (default %s) and each FILE in\ncanonical format, listing the files it changed. Exit status: 0 done,\n1 a file would change (-check) or does not parse, 2 usage.\n\n", defaultConfigDir)
 		fs.PrintDefaults()
 	}
-	targets, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	if len(targets) == 0 {
-		targets = []string{defaultConfigDir}
+	targets, code, ok := parsePaths(fs, args)
+	if !ok {
+		return code
 	}
 	files, err := expand(targets)
 	if err != nil {
@@ -40,7 +34,7 @@ func runFmt(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitInvalid
 	}
-	code := exitOK
+	code = exitOK
 	for _, name := range files {
 		src, err := os.ReadFile(name)
 		if err != nil {

@@ -10,6 +10,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -92,22 +93,31 @@ func runVersion(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// parseInterspersed parses flags that may come after the paths, as in
-// `kglb validate /etc/kglb --json`: Go's flag package stops at the first
-// path, which would read "--json" as a file name. "--" ends the flags.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var paths []string
+// parsePaths parses the flags and paths of a command that reads config
+// files: the paths (default /etc/kglb), or, when ok is false, the exit code
+// (0 after -h, 2 for a usage error). Flags may follow the paths, as in
+// `kglb validate /etc/kglb --json`; Go's flag package alone stops at the
+// first path. "--" ends the flags.
+func parsePaths(fs *flag.FlagSet, args []string) (paths []string, code int, ok bool) {
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitUsage, false
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
-			return paths, nil
+			break
 		}
 		if i := len(args) - len(rest) - 1; i >= 0 && args[i] == "--" {
-			return append(paths, rest...), nil
+			paths = append(paths, rest...)
+			break
 		}
 		paths, args = append(paths, rest[0]), rest[1:]
 	}
+	if len(paths) == 0 {
+		paths = []string{defaultConfigDir}
+	}
+	return paths, exitOK, true
 }

@@ -20,15 +20,9 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "\nChecks every *.hcl file of each DIR (default %s) and each FILE as one\nconfiguration. Exit status: 0 valid, 1 invalid, 2 usage.\n\n", defaultConfigDir)
 		fs.PrintDefaults()
 	}
-	targets, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	if len(targets) == 0 {
-		targets = []string{defaultConfigDir}
+	targets, code, ok := parsePaths(fs, args)
+	if !ok {
+		return code
 	}
 	files, err := expand(targets)
 	var cfg *config.Config
