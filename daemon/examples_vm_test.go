@@ -105,19 +105,26 @@ func TestDaemonServesExamples(t *testing.T) {
 				}
 				return true
 			})
-			st, err := Fetch(statsAddr)
-			if err != nil {
-				t.Fatal(err)
-			}
+			// The engine publishes /status at the end of the pass that wrote
+			// the kernel, so the listing may trail the kernel by a moment.
+			var st Status
 			listed := map[string]bool{}
-			for _, s := range st.Services {
-				listed[s.Name] = true
-			}
-			for _, s := range cfg.Services {
-				if !listed[s.Name] {
-					t.Errorf("/status does not list service %q (status error %q, services %v)", s.Name, st.Error, listed)
+			waitFor(t, "/status listing every service of "+name, func() bool {
+				var err error
+				if st, err = Fetch(statsAddr); err != nil {
+					return false
 				}
-			}
+				clear(listed)
+				for _, s := range st.Services {
+					listed[s.Name] = true
+				}
+				for _, s := range cfg.Services {
+					if !listed[s.Name] {
+						return false
+					}
+				}
+				return true
+			})
 			if st.Error != "" {
 				t.Errorf("/status reports %q", st.Error)
 			}
