@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
+	"time"
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
@@ -24,11 +26,39 @@ const MaxFileSize = 64 << 20
 // editor temporaries and backups (".#x.hcl", "#x.hcl#", "x.hcl~") and
 // directories.
 func ListFiles(dir string) ([]string, error) {
+	ls, err := listFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(ls))
+	for i, f := range ls {
+		out[i] = f.name
+	}
+	return out, nil
+}
+
+// listed is a file ListFiles returns, with what stat said of it.
+type listed struct {
+	name string
+	stat statKey
+}
+
+// statKey is what stat says of a file that any write changes: the inode
+// (a rename or a symlink swap gives another), the size, and the change
+// time, which every write, chmod and rename sets and no tool can set back
+// (unlike the modification time, which cp -p and tar restore).
+type statKey struct {
+	dev, ino uint64
+	size     int64
+	ctime    time.Time
+}
+
+func listFiles(dir string) ([]listed, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []listed
 	for _, e := range ents {
 		name := e.Name()
 		if !strings.HasSuffix(name, ".hcl") || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "#") {
@@ -39,9 +69,14 @@ func ListFiles(dir string) ([]string, error) {
 		if err != nil || !st.Mode().IsRegular() {
 			continue
 		}
-		out = append(out, p)
+		key := statKey{size: st.Size()}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			key.dev, key.ino = uint64(sys.Dev), sys.Ino
+			key.ctime = time.Unix(sys.Ctim.Unix())
+		}
+		out = append(out, listed{name: p, stat: key})
 	}
-	slices.Sort(out)
+	slices.SortFunc(out, func(a, b listed) int { return strings.Compare(a.name, b.name) })
 	return out, nil
 }
 
@@ -132,7 +167,11 @@ func readFile(p string) ([]byte, error) {
 
 type source struct {
 	name string
-	data []byte
+	data []byte // nil when a Loader kept the file's decode without reading it
+	// stat is what stat said before the read, at readAt; zero for files
+	// given rather than read.
+	stat   statKey
+	readAt time.Time
 }
 
 // loadSources is the whole load of files already in memory, each parsed
@@ -200,6 +239,17 @@ func resolve(srcs []source, ds []diag) Diagnostics {
 	for _, s := range srcs {
 		data[s.name] = s.data
 	}
+	// A file a Loader did not read this time is read for its lines now;
+	// one that cannot be is cited without them.
+	tried := map[string]bool{}
+	for _, dg := range ds {
+		if f := dg.rng.Filename; data[f] == nil && !tried[f] {
+			if _, ours := data[f]; ours {
+				tried[f] = true
+				data[f], _ = readFile(f)
+			}
+		}
+	}
 	slices.SortStableFunc(ds, func(a, b diag) int {
 		return cmp.Or(cmp.Compare(a.rng.Filename, b.rng.Filename), cmp.Compare(a.rng.Start.Byte, b.rng.Start.Byte))
 	})
@@ -241,7 +291,7 @@ func resolve(srcs []source, ds []diag) Diagnostics {
 func Format(name string, src []byte) ([]byte, error) {
 	_, diags := hclsyntax.ParseConfig(src, name, hcl.InitialPos)
 	if diags.HasErrors() {
-		return src, resolve([]source{{name, src}}, fromHCL(diags))
+		return src, resolve([]source{{name: name, data: src}}, fromHCL(diags))
 	}
 	return hclwrite.Format(src), nil
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/sha256"
+	"time"
 	"encoding/binary"
 	"path/filepath"
 	"slices"
@@ -13,14 +14,17 @@ import (
 
 // Loader is Load for a directory that is loaded again and again, as the
 // daemon's reloads do. It keeps what each file decoded to (its services,
-// daemon and bgp blocks and their diagnostics), by path and by the SHA-256
-// of the content, and parses and decodes again only the files whose content
-// changed: a one-line edit among 100 files decodes one file. Every file is
-// still listed, read and hashed on each Load (modification times are not
-// trusted), and the checks across files run over the whole set each time,
-// so a Loader returns exactly what Load returns for the same files. The
-// cache holds the files of the last Load that could read its files; a
-// deleted file is forgotten.
+// daemon and bgp blocks and their diagnostics), by path, with the SHA-256
+// of the content and what stat said of the file when it was read. A file
+// whose inode, size and change time are as they were is not read again,
+// unless it changed so close to the time it was read that a second write
+// within the same clock tick could hide behind an unchanged ctime (see
+// racyWindow); a file that is read is parsed and decoded again only when
+// its content changed. So a one-line edit among 100 files reads and decodes
+// one file. The checks across files run over the whole set each time, so a
+// Loader returns exactly what Load returns for the same files. The cache
+// holds the files of the last Load that could read its files; a deleted
+// file is forgotten.
 //
 // Configs from one Loader share, with each other and with the cache, the
 // slices and maps inside the services and the bgp block of unchanged files
@@ -34,27 +38,56 @@ type Loader struct {
 	files map[string]*fileDecode // by path
 
 	// decoded counts the files the last Load parsed and decoded, rather
-	// than took from the cache; tests read it.
-	decoded int
+	// than took from the cache, and read the files it read; tests read
+	// them.
+	decoded, read int
+	// now is the clock a read is stamped with; tests move it on.
+	now func() time.Time
 }
+
+// racyWindow is how long after its last change a file is read again on
+// every Load even when stat says nothing changed. Linux stamps ctime from
+// a clock that ticks every few milliseconds, and some file systems keep
+// whole seconds: a write in the same tick as the change before it leaves
+// the same ctime (and perhaps the same size), so only a file that was read
+// well after its last change can be trusted by its stat.
+const racyWindow = 2 * time.Second
 
 // NewLoader returns a Loader with an empty cache: its first Load reads and
 // decodes every file, as Load does.
-func NewLoader() *Loader { return &Loader{} }
+func NewLoader() *Loader { return &Loader{now: time.Now} }
 
 // Load reads and validates every *.hcl file of dir (see ListFiles) as one
-// configuration, decoding only the files that changed since the last Load.
-// On failure the error is a Diagnostics with every problem found.
+// configuration, reading only the files whose stat changed (or that changed
+// too recently to trust it) and decoding only those whose content changed
+// since the last Load. On failure the error is a Diagnostics with every
+// problem found.
 func (l *Loader) Load(dir string) (*Config, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	files, err := ListFiles(dir)
+	files, err := listFiles(dir)
 	if err != nil {
 		return nil, dirError(dir, err)
 	}
-	srcs, err := readSources(files)
-	if err != nil {
-		return nil, err
+	srcs := make([]source, len(files))
+	var ds Diagnostics
+	l.read = 0
+	for i, f := range files {
+		srcs[i] = source{name: f.name, stat: f.stat}
+		if fd := l.files[f.name]; fd != nil && fd.trusted(f.stat) {
+			continue
+		}
+		srcs[i].readAt = l.now()
+		b, err := readFile(f.name)
+		if err != nil {
+			ds = append(ds, Diagnostic{File: f.name, Severity: SeverityError, Summary: "cannot read file: " + errText(err), Hint: "check the path and its permissions"})
+			continue
+		}
+		srcs[i].data = b
+		l.read++
+	}
+	if len(ds) > 0 {
+		return nil, ds
 	}
 	return l.load(srcs)
 }
@@ -64,6 +97,10 @@ func (l *Loader) Load(dir string) (*Config, error) {
 // the same, and read, never written, by each load that uses it.
 type fileDecode struct {
 	sum [32]byte // SHA-256 of the content
+	// stat is what stat said of the file when it was last read, at readAt;
+	// zero readAt for a file that was given, not read.
+	stat   statKey
+	readAt time.Time
 	// parse holds the syntax problems; when it has errors, nothing below
 	// is set: a half-parsed file is not decoded.
 	parse hcl.Diagnostics
@@ -76,6 +113,19 @@ type fileDecode struct {
 	services []Service
 	metas    []serviceMeta
 	svcDiags []diag
+}
+
+// clone is a copy of fd that shares its decoded values, to record a new
+// stat for the same content without writing to what earlier loads hold.
+func (fd *fileDecode) clone() *fileDecode {
+	c := *fd
+	return &c
+}
+
+// trusted reports whether the file, as stat now sees it, still has the
+// content fd was decoded from without reading it again.
+func (fd *fileDecode) trusted(now statKey) bool {
+	return !fd.readAt.IsZero() && fd.stat == now && now.ino != 0 && fd.readAt.Sub(now.ctime) > racyWindow
 }
 
 // topBlock is a daemon or bgp block decoded on its own. Only the first in
@@ -163,12 +213,17 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	l.decoded = 0
 	nServices := 0
 	for i, s := range srcs {
-		sum := sha256.Sum256(s.data)
 		fd := l.files[s.name]
-		if fd == nil || fd.sum != sum {
-			fd = decodeFile(s.name, s.data)
-			fd.sum = sum
-			l.decoded++
+		if s.data != nil || fd == nil {
+			sum := sha256.Sum256(s.data)
+			if fd == nil || fd.sum != sum {
+				fd = decodeFile(s.name, s.data)
+				fd.sum = sum
+				l.decoded++
+			} else {
+				fd = fd.clone()
+			}
+			fd.stat, fd.readAt = s.stat, s.readAt
 		}
 		fds[i], files[s.name] = fd, fd
 		nServices += len(fd.services)
@@ -219,7 +274,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		}
 		d.diags = append(d.diags, fd.svcDiags...)
 	}
-	cfg.Digest = digest(srcs)
+	cfg.Digest = digest(srcs, fds)
 	d.validate(cfg, svcs, metas, daemon)
 	if len(d.diags) > 0 {
 		ds := resolve(srcs, d.diags)
@@ -230,17 +285,17 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	return cfg, nil
 }
 
-// digest is Config.Digest: each base name and content, length-prefixed so
-// that moving text from one file to the next changes it.
-func digest(srcs []source) [32]byte {
+// digest is Config.Digest: each base name and content's SHA-256, so that
+// moving text from one file to the next changes it.
+func digest(srcs []source, fds []*fileDecode) [32]byte {
 	sum := sha256.New()
-	var lenBuf [8]byte
-	for _, s := range srcs {
-		for _, part := range [][]byte{[]byte(filepath.Base(s.name)), s.data} {
-			binary.BigEndian.PutUint64(lenBuf[:], uint64(len(part)))
-			sum.Write(lenBuf[:])
-			sum.Write(part)
-		}
+	for i, s := range srcs {
+		base := filepath.Base(s.name)
+		var lenBuf [8]byte
+		binary.BigEndian.PutUint64(lenBuf[:], uint64(len(base)))
+		sum.Write(lenBuf[:])
+		sum.Write([]byte(base))
+		sum.Write(fds[i].sum[:])
 	}
 	var out [32]byte
 	sum.Sum(out[:0])

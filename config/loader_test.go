@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 const (
@@ -195,6 +197,96 @@ func TestLoaderDecodesOnlyChangedFiles(t *testing.T) {
 	s, ok := lookup(cfg, "svc-700")
 	if !ok || s.Reals[5].Weight != 7 {
 		t.Errorf("svc-700 reals after the edit: %+v", s.Reals)
+	}
+	want, err := Load(dir)
+	if d := loadDiff(cfg, nil, want, err); d != "" {
+		t.Error(d)
+	}
+}
+
+// TestLoaderReadsOnlyChangedFiles: files that stat says are unchanged,
+// and were read well after their last change, are not read again; a
+// same-size edit, a replaced file and a swapped symlink are.
+func TestLoaderReadsOnlyChangedFiles(t *testing.T) {
+	dir := t.TempDir()
+	genConfig(t, dir, 2000)
+	l := NewLoader()
+	clock := time.Now()
+	l.now = func() time.Time { return clock }
+	first, err := l.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Just written: every file is read again, however its stat looks.
+	if _, err := l.Load(dir); err != nil || l.read != 20 || l.decoded != 0 {
+		t.Fatalf("reload within the racy window read %d and decoded %d files (err %v), want 20 and 0", l.read, l.decoded, err)
+	}
+	clock = clock.Add(2 * racyWindow)
+	if _, err := l.Load(dir); err != nil || l.read != 20 {
+		t.Fatalf("first reload after the window read %d files (err %v), want 20", l.read, err)
+	}
+	cfg, err := l.Load(dir)
+	if err != nil || l.read != 0 || l.decoded != 0 || cfg.Digest != first.Digest {
+		t.Fatalf("unchanged reload read %d and decoded %d files, digest same %v (err %v); want 0, 0, true", l.read, l.decoded, cfg.Digest == first.Digest, err)
+	}
+
+	// A same-size edit in place: the change time moves.
+	p := filepath.Join(dir, "svc-00007.hcl")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, bytes.Replace(b, []byte("{ weight = 105 }"), []byte("{ weight = 106 }"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = l.Load(dir)
+	if err != nil || l.read != 1 || l.decoded != 1 {
+		t.Fatalf("a same-size edit: read %d, decoded %d (err %v); want 1 and 1", l.read, l.decoded, err)
+	}
+	if s, _ := lookup(cfg, "svc-700"); s.Reals[5].Weight != 106 {
+		t.Errorf("svc-700 reals after the edit: %+v", s.Reals)
+	}
+
+	// An editor's atomic save and a ConfigMap's symlink swap: new inodes.
+	clock = clock.Add(2 * racyWindow)
+	tmp := filepath.Join(dir, ".svc-00008.hcl.tmp")
+	b8, err := os.ReadFile(filepath.Join(dir, "svc-00008.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmp, b8, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "svc-00008.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Load(dir); err != nil || l.read != 1 || l.decoded != 0 {
+		t.Fatalf("an atomic save of the same content: read %d, decoded %d (err %v); want 1 and 0", l.read, l.decoded, err)
+	}
+	target := t.TempDir()
+	for _, v := range []string{"9", "10"} {
+		f := filepath.Join(target, "v"+v+".hcl")
+		if err := os.WriteFile(f, []byte(`service "linked" {
+  vip  = "198.51.100.1"
+  port = 80
+  real "192.0.2.`+v+`" {}
+}
+`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(dir, "linked.hcl")
+		os.Remove(link)
+		if err := os.Symlink(f, link); err != nil {
+			t.Fatal(err)
+		}
+		clock = clock.Add(2 * racyWindow)
+		cfg, err = l.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := lookup(cfg, "linked"); len(s.Reals) != 1 || s.Reals[0].Addr.String() != "192.0.2."+v {
+			t.Errorf("after the symlink points to %s: reals %+v", f, s.Reals)
+		}
 	}
 	want, err := Load(dir)
 	if d := loadDiff(cfg, nil, want, err); d != "" {
