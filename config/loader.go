@@ -2,11 +2,11 @@ package config
 
 import (
 	"crypto/sha256"
-	"time"
 	"encoding/binary"
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -27,10 +27,10 @@ import (
 // file is forgotten.
 //
 // Configs from one Loader share, with each other and with the cache, the
-// slices and maps inside the services and the bgp block of unchanged files
-// (Reals, Checks, Flags, communities, HTTP headers, Neighbors): treat a
-// loaded Config as read-only. The Services and Files slices are new on each
-// Load, so sorting or replacing whole elements is safe.
+// services of unchanged files and the slices and maps inside the bgp block
+// (Neighbors, communities): treat a loaded Config as read-only. The Services
+// and Files slices are new on each Load, so sorting or replacing whole
+// elements is safe.
 //
 // A Loader may be shared between goroutines; its Loads run one at a time.
 type Loader struct {

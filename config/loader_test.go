@@ -323,7 +323,7 @@ func TestLoaderConcurrent(t *testing.T) {
 func lookup(cfg *Config, name string) (Service, bool) {
 	for _, s := range cfg.Services {
 		if s.Name == name {
-			return s, true
+			return *s, true
 		}
 	}
 	return Service{}, false

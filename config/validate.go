@@ -111,13 +111,8 @@ func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, d
 		}
 		d.errorAt(rng, hcl.Range{}, hint, "%d reals have tunnelled checks but tunnel_mark_count is %d (one mark per real address)", len(tunnelReals), dm.TunnelMarkCount)
 	}
-	// Sort the pointers, then copy each service once: a stable sort that
-	// moves the 450-byte values themselves cost more than the checks.
 	slices.SortStableFunc(svcs, func(a, b *Service) int { return strings.Compare(a.Name, b.Name) })
-	cfg.Services = make([]Service, len(svcs))
-	for i, s := range svcs {
-		cfg.Services[i] = *s
-	}
+	cfg.Services = svcs
 }
 
 // sameRoute reports whether two announce policies give one VIP's route the

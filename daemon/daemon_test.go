@@ -18,7 +18,7 @@ func TestDeleteGuard(t *testing.T) {
 	mk := func(names ...string) *config.Config {
 		c := &config.Config{}
 		for i, n := range names {
-			c.Services = append(c.Services, config.Service{Name: n, VIP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)})})
+			c.Services = append(c.Services, &config.Service{Name: n, VIP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)})})
 		}
 		return c
 	}
@@ -103,8 +103,8 @@ func TestWriteStatus(t *testing.T) {
 }
 
 func TestTunnelSysctlProblem(t *testing.T) {
-	svc := func(addr string, tunnel bool) config.Service {
-		return config.Service{Name: addr, Enabled: true,
+	svc := func(addr string, tunnel bool) *config.Service {
+		return &config.Service{Name: addr, Enabled: true,
 			Reals:  []config.Real{{Addr: netip.MustParseAddr(addr), Port: 80}},
 			Checks: []config.Check{{Type: config.CheckTCP, Tunnel: tunnel}}}
 	}
@@ -119,15 +119,15 @@ func TestTunnelSysctlProblem(t *testing.T) {
 	missing := func(string) ([]byte, error) { return nil, os.ErrNotExist }
 	tests := []struct {
 		name     string
-		services []config.Service
+		services []*config.Service
 		read     func(string) ([]byte, error)
 		want     string
 	}{
-		{"no tunnelled checks", []config.Service{svc("192.0.2.1", false)}, value("0"), ""},
-		{"tunnelled, accept_local on", []config.Service{svc("192.0.2.1", true)}, value("1"), ""},
-		{"tunnelled, accept_local off", []config.Service{svc("192.0.2.1", true)}, value("0"), "accept_local is 0"},
-		{"tunnelled IPv6 only", []config.Service{svc("2001:db8::1", true)}, value("0"), ""},
-		{"cannot read", []config.Service{svc("192.0.2.1", true)}, missing, "cannot read"},
+		{"no tunnelled checks", []*config.Service{svc("192.0.2.1", false)}, value("0"), ""},
+		{"tunnelled, accept_local on", []*config.Service{svc("192.0.2.1", true)}, value("1"), ""},
+		{"tunnelled, accept_local off", []*config.Service{svc("192.0.2.1", true)}, value("0"), "accept_local is 0"},
+		{"tunnelled IPv6 only", []*config.Service{svc("2001:db8::1", true)}, value("0"), ""},
+		{"cannot read", []*config.Service{svc("192.0.2.1", true)}, missing, "cannot read"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -152,7 +152,7 @@ func (in Input) compute(memo decisions, prev *Desired) Desired {
 		out.IPVS.Services = make([]ipvs.Service, 0, n+len(in.Plan.tunnels))
 	}
 	for i := range cfg.Services {
-		svc := &cfg.Services[i]
+		svc := cfg.Services[i]
 		if !svc.Enabled {
 			continue
 		}
@@ -457,7 +457,7 @@ func findService(cfg *config.Config, hint int, name string) (int, bool) {
 
 // serviceIndex finds a service by name in the sorted services.
 func serviceIndex(cfg *config.Config, name string) (int, bool) {
-	return slices.BinarySearchFunc(cfg.Services, name, func(s config.Service, n string) int { return cmp.Compare(s.Name, n) })
+	return slices.BinarySearchFunc(cfg.Services, name, func(s *config.Service, n string) int { return cmp.Compare(s.Name, n) })
 }
 
 func serviceKey(svc *config.Service) ipvs.Key {

@@ -13,7 +13,7 @@ import (
 )
 
 // svc builds a tcp service on vip:80 with n reals 10.0.0.1.. and one tcp check.
-func svc(name, vip string, n int, mod ...func(*config.Service)) config.Service {
+func svc(name, vip string, n int, mod ...func(*config.Service)) *config.Service {
 	s := config.Service{
 		Name: name, VIP: netip.MustParseAddr(vip), Port: 80, Protocol: config.TCP, Family: config.IPv4,
 		Scheduler: config.SchedWRR, Forward: config.ForwardTunnel, Drain: 30 * time.Second,
@@ -31,10 +31,10 @@ func svc(name, vip string, n int, mod ...func(*config.Service)) config.Service {
 	for _, m := range mod {
 		m(&s)
 	}
-	return s
+	return &s
 }
 
-func cfgOf(services ...config.Service) *config.Config {
+func cfgOf(services ...*config.Service) *config.Config {
 	return &config.Config{BGP: config.BGP{Enabled: true, ASN: 65010}, Services: services}
 }
 
@@ -107,7 +107,7 @@ func TestDecisions(t *testing.T) {
 			weights: "1=100 2=100 3=0 4=0"},
 		{name: "announce disabled", cfg: cfgOf(svc("web", "192.0.2.1", 2, func(s *config.Service) { s.Announce.Enabled = false })),
 			announced: false, reason: ReasonDisabled, weights: "1=100 2=100"},
-		{name: "no bgp block", cfg: &config.Config{Services: []config.Service{svc("web", "192.0.2.1", 2)}},
+		{name: "no bgp block", cfg: &config.Config{Services: []*config.Service{svc("web", "192.0.2.1", 2)}},
 			announced: false, reason: ReasonNoBGP, weights: "1=100 2=100"},
 		{name: "disabled real: weight 0, not counted", cfg: cfgOf(svc("web", "192.0.2.1", 2, func(s *config.Service) { s.Reals[1].Enabled = false })),
 			announced: true, reason: ReasonHealthy, weights: "1=100 2=0"},

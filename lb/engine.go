@@ -533,7 +533,7 @@ func (e *Engine) healthChanged(ctx context.Context, changes []health.Change) {
 	d.Qualified = maps.Clone(e.qualified)
 	var errs []error
 	for _, i := range affected {
-		svc := &e.cfg.Services[i]
+		svc := e.cfg.Services[i]
 		if !svc.Enabled {
 			continue
 		}

@@ -167,7 +167,7 @@ var tunnel100 = regexp.MustCompile(`Tunnel +100 `)
 // tunnels100 counts the reals at weight 100 in the fake kernel's listing.
 func tunnels100(k *ipvs.Fake) int { return len(tunnel100.FindAllString(k.String(), -1)) }
 
-func daemonCfg(services ...config.Service) *config.Config {
+func daemonCfg(services ...*config.Service) *config.Config {
 	c := cfgOf(services...)
 	c.Daemon = config.Daemon{ResyncInterval: time.Hour, StopHold: 50 * time.Millisecond, TunnelMarkBase: 1000, TunnelMarkCount: 100}
 	return c

@@ -99,7 +99,7 @@ func (g *editor) service() config.Service {
 		}
 		s.Checks = slices.DeleteFunc(s.Checks, func(c config.Check) bool { return c.Tunnel })
 	}
-	return s
+	return *s
 }
 
 // addReal adds a real not yet in reals, keeping them sorted.
@@ -129,9 +129,9 @@ func (g *editor) initial() *config.Config {
 }
 
 // insert adds s to services, sorted by name.
-func (g *editor) insert(services []config.Service, s config.Service) []config.Service {
-	i, _ := slices.BinarySearchFunc(services, s.Name, func(x config.Service, n string) int { return strings.Compare(x.Name, n) })
-	return slices.Insert(services, i, s)
+func (g *editor) insert(services []*config.Service, s config.Service) []*config.Service {
+	i, _ := slices.BinarySearchFunc(services, s.Name, func(x *config.Service, n string) int { return strings.Compare(x.Name, n) })
+	return slices.Insert(services, i, &s)
 }
 
 // edit returns a new configuration: prev with one change, named by what.
@@ -144,7 +144,7 @@ func (g *editor) edit(prev *config.Config) (cfg *config.Config, what string) {
 		return cfg, "add the first service"
 	}
 	i := g.r.IntN(len(c.Services))
-	s := c.Services[i] // changed below only through fresh slices
+	s := *c.Services[i] // a copy, changed below only through fresh slices
 	switch k := g.r.IntN(18); k {
 	case 0, 1, 2:
 		if len(s.Reals) > 0 {
@@ -212,7 +212,8 @@ func (g *editor) edit(prev *config.Config) (cfg *config.Config, what string) {
 	case 15:
 		// The same services, all copied: nothing shared with prev.
 		for j := range c.Services {
-			c.Services[j] = deepCopy(c.Services[j])
+			cp := deepCopy(*c.Services[j])
+			c.Services[j] = &cp
 		}
 		return cfg, "copy everything"
 	case 16:
@@ -222,7 +223,7 @@ func (g *editor) edit(prev *config.Config) (cfg *config.Config, what string) {
 		cfg, b := g.edit(cfg)
 		return cfg, a + " + " + b
 	}
-	c.Services[i] = s
+	c.Services[i] = &s
 	return cfg, what
 }
 
@@ -582,9 +583,9 @@ func TestIncrementalAfterFailures(t *testing.T) {
 		s.Reals[0].Addr, s.Reals[1].Addr = netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("10.0.0.4")
 	})
 	cfgWith := func(wa, wb int, mod ...func(*config.Config)) *config.Config {
-		sa, sb := deepCopy(a), deepCopy(b)
+		sa, sb := deepCopy(*a), deepCopy(*b)
 		sa.Reals[0].Weight, sb.Reals[0].Weight = wa, wb
-		c := daemonCfg(sa, sb)
+		c := daemonCfg(&sa, &sb)
 		c.Daemon.StopHold = 0 // a moved VIP goes at once
 		for _, m := range mod {
 			m(c)
@@ -744,10 +745,10 @@ func TestIncrementalDrain(t *testing.T) {
 	keyA := ipvs.AddrKey(ipvs.TCP, a.VIP, 80)
 	gone := ipvs.RealKey{Addr: netip.MustParseAddr("10.0.0.2"), Port: 80}
 	cfgOfWeights := func(reals, wb int) *config.Config {
-		sa, sb := deepCopy(a), deepCopy(b)
+		sa, sb := deepCopy(*a), deepCopy(*b)
 		sa.Reals = sa.Reals[:reals]
 		sb.Reals[0].Weight = wb
-		return daemonCfg(sa, sb)
+		return daemonCfg(&sa, &sb)
 	}
 	for _, end := range []string{"connections gone", "drain poll", "drain time over"} {
 		t.Run(end, func(t *testing.T) {
@@ -824,7 +825,7 @@ func TestIncrementalMarkHandedOver(t *testing.T) {
 	tunnelled := func(s *config.Service) { s.Checks[0].Tunnel = true }
 	a := svc("a", "192.0.2.1", 1, tunnelled)
 	b := svc("b", "192.0.2.2", 1, tunnelled, func(s *config.Service) { s.Reals[0].Addr = netip.MustParseAddr("10.0.0.2") })
-	cfgOf := func(services ...config.Service) *config.Config {
+	cfgOf := func(services ...*config.Service) *config.Config {
 		c := daemonCfg(services...)
 		c.Daemon.TunnelMarkCount = 1
 		return c

@@ -72,7 +72,7 @@ func TunnelReals(cfg *config.Config) []netip.Addr {
 	return slices.Compact(out)
 }
 
-func hasTunnelCheck(svc config.Service) bool {
+func hasTunnelCheck(svc *config.Service) bool {
 	for _, c := range svc.Checks {
 		if c.Tunnel {
 			return true
@@ -99,7 +99,7 @@ func newPlan(cfg *config.Config, marks map[netip.Addr]uint32, prev *Plan, from [
 	var last []health.Spec
 	nuses := 0
 	for i := range cfg.Services {
-		svc := &cfg.Services[i]
+		svc := cfg.Services[i]
 		if !svc.Enabled {
 			continue
 		}
@@ -188,7 +188,7 @@ func (p *Plan) index(nuses int) {
 	p.byReal = make(map[realKey]int32, nuses)
 	p.uses = make([]planUse, 0, nuses)
 	for i := range p.cfg.Services {
-		svc := &p.cfg.Services[i]
+		svc := p.cfg.Services[i]
 		for j := range svc.Reals {
 			r := &svc.Reals[j]
 			if !r.Enabled || !p.probed(i, r) {
@@ -260,7 +260,7 @@ func (p *Plan) Targets(service string, real netip.AddrPort) []health.Target {
 	if !ok {
 		return nil
 	}
-	svc := &p.cfg.Services[i]
+	svc := p.cfg.Services[i]
 	for j := range svc.Reals {
 		r := &svc.Reals[j]
 		if !r.Enabled || r.AddrPort() != real {
@@ -300,7 +300,7 @@ func (p *Plan) All() []health.Target {
 	var next []int32            // next[n]: the target before out[n] of the same real, or -1
 	last := map[realKey]int32{} // the last target of each real in out
 	for i := range p.cfg.Services {
-		svc := &p.cfg.Services[i]
+		svc := p.cfg.Services[i]
 		for j := range svc.Reals {
 			r := &svc.Reals[j]
 			if !r.Enabled {

@@ -34,7 +34,7 @@ type carried struct {
 }
 
 // carry compares the services of two configurations, each sorted by name.
-func carry(prev, next []config.Service) carried {
+func carry(prev, next []*config.Service) carried {
 	c := carried{
 		plan:      make([]int32, len(next)),
 		decision:  make([]int32, len(next)),
@@ -42,7 +42,7 @@ func carry(prev, next []config.Service) carried {
 	}
 	j := 0
 	for i := range next {
-		n := &next[i]
+		n := next[i]
 		c.plan[i], c.decision[i] = -1, -1
 		for j < len(prev) && prev[j].Name < n.Name {
 			j++
@@ -51,10 +51,12 @@ func carry(prev, next []config.Service) carried {
 			c.unchanged = false
 			continue
 		}
-		p := &prev[j]
-		if samePlan(p, n) {
+		p := prev[j]
+		// Services a Loader kept from an unchanged file are the same
+		// values: no need to compare them field by field.
+		if p == n || samePlan(p, n) {
 			c.plan[i] = int32(j)
-			if sameDecision(p, n) {
+			if p == n || sameDecision(p, n) {
 				c.decision[i] = int32(j)
 			}
 		}

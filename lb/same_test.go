@@ -35,7 +35,7 @@ func richService() config.Service {
 		s.Announce.LargeCommunities = []config.LargeCommunity{{Global: 1}}
 		s.Announce.MED, s.Announce.HasMED, s.Announce.LocalPref, s.Announce.HasLocalPref, s.Announce.Prepend = 1, true, 1, true, 1
 	})
-	return s
+	return *s
 }
 
 // mutations returns, for every leaf field reachable from a service (into
@@ -130,11 +130,12 @@ func TestCarrySeesEveryField(t *testing.T) {
 	if len(muts) < 60 {
 		t.Fatalf("only %d mutations: the walk missed fields", len(muts))
 	}
-	if c := carry([]config.Service{base}, []config.Service{deepCopy(base)}); !c.unchanged || c.decision[0] != 0 {
+	cp := deepCopy(base)
+	if c := carry([]*config.Service{&base}, []*config.Service{&cp}); !c.unchanged || c.decision[0] != 0 {
 		t.Fatalf("a copy of the service is not carried over: %+v", c)
 	}
 	for path, m := range muts {
-		c := carry([]config.Service{base}, []config.Service{m})
+		c := carry([]*config.Service{&base}, []*config.Service{&m})
 		source := strings.HasSuffix(path, ".Source")
 		if got := c.decision[0] == 0; got != source {
 			t.Errorf("%s changed: decision carried over = %v, want %v", path, got, source)
@@ -148,7 +149,7 @@ func TestSamePlanHidesNothing(t *testing.T) {
 	base := richService()
 	marks := map[netip.Addr]uint32{base.Reals[0].Addr: 1001, base.Reals[1].Addr: 1002}
 	planOf := func(s config.Service) *Plan {
-		p, _ := NewPlan(cfgOf(s), marks)
+		p, _ := NewPlan(cfgOf(&s), marks)
 		return p
 	}
 	want := planOf(base)
