@@ -38,9 +38,19 @@ type fastParser struct {
 	labelRanges []span
 	ptrs        []*attr
 	src         []byte
+	slabSize    int // nodes per slab; 0 is 256
 	i           int
 	line        int
 	lineStart   int // byte offset where the current line starts
+}
+
+// slabN is the number of nodes carved from one allocation: many for a
+// whole file, fewer for one block (see decodeBlock).
+func (p *fastParser) slabN() int {
+	if p.slabSize > 0 {
+		return p.slabSize
+	}
+	return 256
 }
 
 func (p *fastParser) pos() pos32 {
@@ -194,7 +204,7 @@ func (p *fastParser) attribute(name string, nameRange span) (*attr, bool) {
 		return nil, false
 	}
 	if len(p.slab) == 0 {
-		p.slab = make([]attr, 256)
+		p.slab = make([]attr, p.slabN())
 	}
 	a := &p.slab[0]
 	p.slab = p.slab[1:]
@@ -204,10 +214,11 @@ func (p *fastParser) attribute(name string, nameRange span) (*attr, bool) {
 
 func (p *fastParser) block(typ string, typeRange span) (*block, bool) {
 	if len(p.blocks) == 0 {
-		p.blocks = make([]block, 256)
-		p.bodies = make([]body, 256)
-		p.labels = make([]string, 256)
-		p.labelRanges = make([]span, 256)
+		n := p.slabN()
+		p.blocks = make([]block, n)
+		p.bodies = make([]body, n)
+		p.labels = make([]string, n)
+		p.labelRanges = make([]span, n)
 	}
 	bl := &p.blocks[0]
 	*bl = block{typ: typ, typeRange: typeRange, body: &p.bodies[0], labels: p.labels[0:0:1], labelRanges: p.labelRanges[0:0:1]}
@@ -257,7 +268,7 @@ func (p *fastParser) block(typ string, typeRange span) (*block, bool) {
 				return nil, false
 			}
 			if len(p.ptrs) == 0 {
-				p.ptrs = make([]*attr, 256)
+				p.ptrs = make([]*attr, p.slabN())
 			}
 			bl.body.attrs = p.ptrs[0:1:1]
 			p.ptrs = p.ptrs[1:]

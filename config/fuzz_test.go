@@ -44,6 +44,9 @@ func FuzzLoad(f *testing.F) {
 			f.Add(bytes.Join(parts, []byte{0}))
 		}
 	}
+	// One file before and after an edit, to decode block by block.
+	base := blocksFile(6)
+	f.Add([]byte(base + "\x00" + strings.Replace(base, "weight = 100", "weight = 2000", 1)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if os.Getenv("KGLB_FUZZ_WATCHDOG") != "" {
 			tm := time.AfterFunc(3*time.Second, func() { panic(fmt.Sprintf("slow input %q", data)) })
@@ -54,6 +57,10 @@ func FuzzLoad(f *testing.F) {
 		for i, p := range parts {
 			srcs = append(srcs, source{name: fmt.Sprintf("f%d.hcl", i), data: p})
 			checkFastParse(t, srcs[i].name, p)
+			// Each part decoded block by block from the first, as a
+			// Loader decodes an edit, is what a whole decode gives.
+			prev := decodeBlocks(srcs[i].name, parts[0], nil)
+			sameDecode(t, "block by block", decodeBlocks(srcs[i].name, p, prev), decodeFile(srcs[i].name, p))
 		}
 		cfg, err := loadSources(srcs)
 		// A Loader that saw another first file reuses the other files'

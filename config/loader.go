@@ -36,11 +36,14 @@ import (
 type Loader struct {
 	mu    sync.Mutex
 	files map[string]*fileDecode // by path
+	last  *lastLoad                // the last load with no problem, if that was the last load
 
 	// decoded counts the files the last Load parsed and decoded, rather
 	// than took from the cache, and read the files it read; tests read
 	// them.
 	decoded, read int
+	// quick is whether the last Load checked only the changed services.
+	quick bool
 	// now is the clock a read is stamped with; tests move it on.
 	now func() time.Time
 }
@@ -110,9 +113,12 @@ type fileDecode struct {
 	top      []diag
 	daemons  []topBlock
 	bgps     []topBlock
-	services []Service
-	metas    []serviceMeta
+	services []*Service
+	metas    []*serviceMeta
 	svcDiags []diag
+	// blocks are the service blocks by text and line, when the file was
+	// decoded block by block (see decodeBlocks); nil otherwise.
+	blocks map[blockKey]*blockDecode
 }
 
 // clone is a copy of fd that shares its decoded values, to record a new
@@ -190,12 +196,14 @@ func decodeFile(name string, data []byte) *fileDecode {
 	}
 	n := len(d.diags)
 	blocks := f.blocksOf("service")
-	fd.services = make([]Service, 0, len(blocks))
-	fd.metas = make([]serviceMeta, 0, len(blocks))
-	for _, bl := range blocks {
-		s, m := d.decodeService(bl)
-		fd.services = append(fd.services, s)
-		fd.metas = append(fd.metas, m)
+	fd.services = make([]*Service, 0, len(blocks))
+	fd.metas = make([]*serviceMeta, 0, len(blocks))
+	svcs := make([]Service, len(blocks)) // one allocation for all
+	metas := make([]serviceMeta, len(blocks))
+	for i, bl := range blocks {
+		svcs[i], metas[i] = d.decodeService(bl)
+		fd.services = append(fd.services, &svcs[i])
+		fd.metas = append(fd.metas, &metas[i])
 	}
 	fd.svcDiags = d.since(n)
 	return fd
@@ -217,7 +225,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		if s.data != nil || fd == nil {
 			sum := sha256.Sum256(s.data)
 			if fd == nil || fd.sum != sum {
-				fd = decodeFile(s.name, s.data)
+				fd = decodeBlocks(s.name, s.data, fd)
 				fd.sum = sum
 				l.decoded++
 			} else {
@@ -229,6 +237,10 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		nServices += len(fd.services)
 	}
 	l.files = files
+	cfg, ok := l.incremental(srcs, fds)
+	if l.quick = ok; ok {
+		return cfg, nil
+	}
 
 	// Syntax errors come alone: decoding a half-parsed file gives noise.
 	var parseDiags hcl.Diagnostics
@@ -239,7 +251,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		return nil, resolve(srcs, fromHCL(parseDiags))
 	}
 
-	cfg := &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
+	cfg = &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
 	// Pointers into the cache, not copies: validate only reads them, and
 	// copies of 10,000 services and their metas would be most of a
 	// reload's garbage. cfg.Services gets its own copies, once, sorted.
@@ -268,10 +280,8 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 			bgp, cfg.BGP = tb, tb.bgp
 			d.diags = append(d.diags, tb.diags...)
 		}
-		for j := range fd.services {
-			svcs = append(svcs, &fd.services[j])
-			metas = append(metas, &fd.metas[j])
-		}
+		svcs = append(svcs, fd.services...)
+		metas = append(metas, fd.metas...)
 		d.diags = append(d.diags, fd.svcDiags...)
 	}
 	cfg.Digest = digest(srcs, fds)
@@ -281,7 +291,9 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		if ds.HasErrors() {
 			return nil, ds
 		}
+		return cfg, nil
 	}
+	l.last = &lastLoad{files: files, daemon: cfg.Daemon, hasDaemon: daemon != nil, bgp: cfg.BGP, sorted: cfg.Services, idx: indexOf(fds, len(svcs))}
 	return cfg, nil
 }
 

@@ -15,12 +15,6 @@ import (
 // slices point into a Loader's cache: nothing here writes through them.
 func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, daemon *topBlock) {
 	names := make(map[string]int, len(svcs))
-	type endpoint struct {
-		proto Protocol
-		ap    netip.AddrPort
-		mark  uint32
-		fam   Family
-	}
 	endpoints := make(map[endpoint]int, len(svcs))
 	byVIP := make(map[netip.Addr]int, len(svcs))
 	tunnelReals := map[netip.Addr]struct{}{}

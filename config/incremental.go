@@ -1,0 +1,282 @@
+package config
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// After a load with no problem at all, a Loader keeps what the checks
+// across files found (lastLoad), so that the next load, when only services
+// changed, checks only the services that changed: validate's work is
+// O(changed), not O(all). Whenever the incremental checks find anything
+// wrong, or anything but services changed (a daemon or bgp block, a file
+// with a problem), the load runs the full checks instead, so the messages,
+// and which service they cite first, are exactly a fresh load's.
+
+// lastLoad is a clean load's result and its index.
+type lastLoad struct {
+	files     map[string]*fileDecode
+	daemon    Daemon
+	hasDaemon bool
+	bgp       BGP
+	sorted    []*Service // the Config's Services
+	idx       *serviceIndex
+}
+
+// endpoint is what a service is matched by in the kernel: VIP, port and
+// protocol, or fwmark and family.
+type endpoint struct {
+	proto Protocol
+	ap    netip.AddrPort
+	mark  uint32
+	fam   Family
+}
+
+func endpointOf(s *Service) (endpoint, bool) {
+	switch {
+	case s.FWMark != 0:
+		return endpoint{mark: s.FWMark, fam: s.Family}, true
+	case s.VIP.IsValid():
+		return endpoint{proto: s.Protocol, ap: netip.AddrPortFrom(s.VIP, s.Port)}, true
+	}
+	return endpoint{}, false
+}
+
+// serviceIndex is what the checks across services look up: in a clean load
+// every name and endpoint is unique, and every service of a VIP announces
+// it alike.
+type serviceIndex struct {
+	names     map[string]*Service
+	endpoints map[endpoint]*Service
+	vips      map[netip.Addr][]*Service
+	tunnel    map[netip.Addr]int // reals with a tunnelled check, by how many services have them
+}
+
+func newIndex(n int) *serviceIndex {
+	return &serviceIndex{
+		names:     make(map[string]*Service, n),
+		endpoints: make(map[endpoint]*Service, n),
+		vips:      make(map[netip.Addr][]*Service, n),
+		tunnel:    map[netip.Addr]int{},
+	}
+}
+
+// add indexes s; false when it clashes with a service already there.
+func (x *serviceIndex) add(s *Service, m *serviceMeta) bool {
+	if _, dup := x.names[s.Name]; dup {
+		return false
+	}
+	x.names[s.Name] = s
+	if ep, ok := endpointOf(s); ok {
+		if _, dup := x.endpoints[ep]; dup {
+			return false
+		}
+		x.endpoints[ep] = s
+	}
+	if s.VIP.IsValid() {
+		same := x.vips[s.VIP]
+		if len(same) > 0 && !sameRoute(same[0].Announce, s.Announce) {
+			return false
+		}
+		x.vips[s.VIP] = append(same, s)
+	}
+	if len(m.tunnelRanges) > 0 {
+		for _, r := range s.Reals {
+			x.tunnel[r.Addr]++
+		}
+	}
+	return true
+}
+
+// remove forgets s, which add indexed.
+func (x *serviceIndex) remove(s *Service, m *serviceMeta) {
+	delete(x.names, s.Name)
+	if ep, ok := endpointOf(s); ok {
+		delete(x.endpoints, ep)
+	}
+	if s.VIP.IsValid() {
+		same := slices.DeleteFunc(slices.Clone(x.vips[s.VIP]), func(o *Service) bool { return o == s })
+		if len(same) == 0 {
+			delete(x.vips, s.VIP)
+		} else {
+			x.vips[s.VIP] = same
+		}
+	}
+	if len(m.tunnelRanges) > 0 {
+		for _, r := range s.Reals {
+			if x.tunnel[r.Addr]--; x.tunnel[r.Addr] <= 0 {
+				delete(x.tunnel, r.Addr)
+			}
+		}
+	}
+}
+
+// indexOf indexes the services of a clean load.
+func indexOf(fds []*fileDecode, n int) *serviceIndex {
+	x := newIndex(n)
+	for _, fd := range fds {
+		for i, s := range fd.services {
+			x.add(s, fd.metas[i])
+		}
+	}
+	return x
+}
+
+// plain reports whether fd holds services only, with no problem: a file
+// whose change the incremental checks may take.
+func (fd *fileDecode) plain() bool {
+	return len(fd.parse) == 0 && len(fd.top) == 0 && len(fd.daemons) == 0 && len(fd.bgps) == 0 && len(fd.svcDiags) == 0
+}
+
+// incremental returns the Config of srcs, decoded as fds, from the last
+// clean load when only services changed and the changed ones pass the
+// checks across services; false otherwise, and then the index is spent.
+func (l *Loader) incremental(srcs []source, fds []*fileDecode) (*Config, bool) {
+	last := l.last
+	l.last = nil // taken: a failure below leaves it half updated
+	if last == nil {
+		return nil, false
+	}
+	type change struct{ old, new *fileDecode }
+	var changes []change
+	seen := 0
+	for i, s := range srcs {
+		old := last.files[s.name]
+		if old != nil {
+			seen++
+		}
+		if old != nil && old.sum == fds[i].sum {
+			continue // the same content: the same decode
+		}
+		if !fds[i].plain() || old != nil && !old.plain() {
+			return nil, false
+		}
+		changes = append(changes, change{old, fds[i]})
+	}
+	if seen < len(last.files) {
+		for name, old := range last.files {
+			if !slices.ContainsFunc(srcs, func(s source) bool { return s.name == name }) {
+				if !old.plain() {
+					return nil, false
+				}
+				changes = append(changes, change{old: old})
+			}
+		}
+	}
+
+	// What left and what came, by pointer: a block that did not change is
+	// the same *Service in both decodes.
+	var gone, came []*Service
+	x := last.idx
+	for _, c := range changes {
+		kept := map[*Service]bool{}
+		if c.old != nil && c.new != nil {
+			for _, s := range c.new.services {
+				kept[s] = true
+			}
+		}
+		if c.old != nil {
+			for i, s := range c.old.services {
+				if !kept[s] {
+					x.remove(s, c.old.metas[i])
+					gone = append(gone, s)
+				}
+			}
+		}
+	}
+	dm := last.daemon
+	for _, c := range changes {
+		if c.new == nil {
+			continue
+		}
+		was := map[*Service]bool{}
+		if c.old != nil {
+			for _, s := range c.old.services {
+				was[s] = true
+			}
+		}
+		for i, s := range c.new.services {
+			if was[s] {
+				continue
+			}
+			m := c.new.metas[i]
+			if !x.add(s, m) {
+				return nil, false
+			}
+			if s.FWMark != 0 && s.FWMark >= dm.TunnelMarkBase && uint64(s.FWMark) < uint64(dm.TunnelMarkBase)+uint64(dm.TunnelMarkCount) {
+				return nil, false
+			}
+			for fam := range m.tunnelRanges {
+				if fam == IPv4 && !dm.HealthSourceV4.IsValid() || fam == IPv6 && !dm.HealthSourceV6.IsValid() {
+					return nil, false
+				}
+			}
+			came = append(came, s)
+		}
+	}
+	if last.hasDaemon {
+		for _, src := range []netip.Addr{dm.HealthSourceV4, dm.HealthSourceV6} {
+			if _, isVIP := x.vips[src]; src.IsValid() && isVIP {
+				return nil, false
+			}
+		}
+	}
+	if uint32(len(x.tunnel)) > dm.TunnelMarkCount {
+		return nil, false
+	}
+
+	cfg := &Config{Daemon: last.daemon, BGP: last.bgp, Files: make([]string, len(srcs)), Digest: digest(srcs, fds)}
+	for i, s := range srcs {
+		cfg.Files[i] = s.name
+	}
+	cfg.Services = resorted(last.sorted, gone, came)
+	files := make(map[string]*fileDecode, len(srcs))
+	for i, s := range srcs {
+		files[s.name] = fds[i]
+	}
+	l.last = &lastLoad{files: files, daemon: last.daemon, hasDaemon: last.hasDaemon, bgp: last.bgp, sorted: cfg.Services, idx: x}
+	return cfg, true
+}
+
+// resorted is sorted (by name) without gone and with came: a new slice.
+// An edit that keeps the names replaces pointers in place; one that adds
+// or removes services merges, still in one pass.
+func resorted(sorted, gone, came []*Service) []*Service {
+	byName := func(a, b *Service) int { return strings.Compare(a.Name, b.Name) }
+	slices.SortFunc(came, byName)
+	out := slices.Clone(sorted)
+	if len(gone) == len(came) {
+		replaced := true
+		for _, s := range came {
+			i, ok := slices.BinarySearchFunc(out, s.Name, func(o *Service, n string) int { return cmp.Compare(o.Name, n) })
+			if !ok || !slices.Contains(gone, out[i]) {
+				replaced = false
+				break
+			}
+			out[i] = s
+		}
+		if replaced {
+			return out
+		}
+		out = slices.Clone(sorted)
+	}
+	drop := make(map[*Service]bool, len(gone))
+	for _, s := range gone {
+		drop[s] = true
+	}
+	out = slices.DeleteFunc(out, func(s *Service) bool { return drop[s] })
+	merged := make([]*Service, 0, len(out)+len(came))
+	i, j := 0, 0
+	for i < len(out) || j < len(came) {
+		if j == len(came) || i < len(out) && out[i].Name < came[j].Name {
+			merged = append(merged, out[i])
+			i++
+		} else {
+			merged = append(merged, came[j])
+			j++
+		}
+	}
+	return merged
+}
