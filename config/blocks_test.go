@@ -83,7 +83,9 @@ func TestDecodeBlocksMatchesDecodeFile(t *testing.T) {
 			return strings.Replace(s, "  real \"192.0.2.2\" {}\n", "  real \"192.0.2.2\" {}\n  real \"192.0.2.250\" {}\n", 1)
 		}},
 		{"a line removed", func(s string) string { return strings.Replace(s, "  port = 53\n", "", 1) }},
-		{"a service appended", func(s string) string { return s + "service \"new\" {\n  vip = \"10.9.9.9\"\n  port = 1\n  real \"192.0.2.9\" {}\n}\n" }},
+		{"a service appended", func(s string) string {
+			return s + "service \"new\" {\n  vip = \"10.9.9.9\"\n  port = 1\n  real \"192.0.2.9\" {}\n}\n"
+		}},
 		{"a service removed", func(s string) string {
 			i := strings.Index(s, "service \"s4\"")
 			j := strings.Index(s, "service \"s5\"")
@@ -105,7 +107,9 @@ func TestDecodeBlocksMatchesDecodeFile(t *testing.T) {
 		}},
 		{"a heredoc", func(s string) string { return strings.Replace(s, "path   = \"/x\"", "path = <<EOT\n/x\nEOT\n", 1) }},
 		{"the heredoc removed", func(s string) string { return strings.Replace(s, "path = <<EOT\n/x\nEOT\n", "path   = \"/x\"", 1) }},
-		{"an indented service", func(s string) string { return s + "  service \"ind\" {\n  vip = \"10.9.9.8\"\n  port = 1\n  real \"192.0.2.9\" {}\n}\n" }},
+		{"an indented service", func(s string) string {
+			return s + "  service \"ind\" {\n  vip = \"10.9.9.8\"\n  port = 1\n  real \"192.0.2.9\" {}\n}\n"
+		}},
 		{"the indent removed", func(s string) string { return strings.Replace(s, "  service \"ind\"", "service \"ind\"", 1) }},
 		{"a duplicate name", func(s string) string { return strings.Replace(s, "service \"s7\"", "service \"s8\"", 1) }},
 		{"a comment line above everything", func(s string) string { return "# moved\n" + s }},

@@ -36,7 +36,7 @@ import (
 type Loader struct {
 	mu    sync.Mutex
 	files map[string]*fileDecode // by path
-	last  *lastLoad                // the last load with no problem, if that was the last load
+	last  *lastLoad              // the last load with no problem, if that was the last load
 
 	// decoded counts the files the last Load parsed and decoded, rather
 	// than took from the cache, and read the files it read; tests read
