@@ -1,7 +1,7 @@
 package config
 
 import (
-	"crypto/sha256"
+	"bytes"
 	"slices"
 
 	"github.com/hashicorp/hcl/v2"
@@ -18,19 +18,14 @@ import (
 // comments, a heredoc, a template, a syntax error) is decoded whole, so the
 // result never differs from decodeFile's.
 
-// blockKey identifies a service block's decode: its text and the line it
-// starts on. A block that moved by whole lines is decoded again (the
-// "file:line" of its service, reals and checks changed); one that only
-// moved within its lines (a longer or shorter line above it) is reused with
-// its byte offsets moved.
-type blockKey struct {
-	sum  [32]byte
-	line int
-}
-
-// blockDecode is one service block decoded alone.
+// blockDecode is one service block decoded alone, filed by the line it
+// starts on. A block whose text is the same at the same line is reused; one
+// that only moved within its lines (a longer or shorter line above it) is
+// reused with its byte offsets moved. A block that moved by whole lines is
+// decoded again: the "file:line" of its service, reals and checks changed.
 type blockDecode struct {
-	byte  int // the block's first byte in the file it was decoded in
+	byte  int    // the block's first byte in its file
+	text  []byte // the block's text, within the file's content
 	svc   *Service
 	meta  *serviceMeta
 	diags []diag
@@ -57,31 +52,30 @@ func decodeBlocks(name string, data []byte, prev *fileDecode) *fileDecode {
 	fd := &fileDecode{
 		services: make([]*Service, 0, len(chunks)),
 		metas:    make([]*serviceMeta, 0, len(chunks)),
-		blocks:   make(map[blockKey]*blockDecode, len(chunks)),
+		blocks:   make(map[int]*blockDecode, len(chunks)),
 	}
 	for _, c := range chunks {
-		key := blockKey{sha256.Sum256(data[c.start:c.end]), c.line}
-		var bd *blockDecode
-		if prev != nil {
-			bd = prev.blocks[key]
-		}
+		text := data[c.start:c.end]
+		bd := prev.blocks[c.line]
 		switch {
-		case bd == nil:
+		case bd == nil || !bytes.Equal(bd.text, text) || bd.byte != c.start && len(bd.diags) > 0:
+			// New or changed. (Diagnostics carry byte offsets too; a
+			// block with problems is rare enough to decode again when it
+			// moves.)
 			if bd = decodeBlock(name, data, c); bd == nil {
 				return decodeFile(name, data)
 			}
-		case bd.byte != c.start && len(bd.diags) > 0:
-			// Diagnostics carry byte offsets too; a block with problems is
-			// rare enough to decode again.
-			if bd = decodeBlock(name, data, c); bd == nil {
-				return decodeFile(name, data)
-			}
-		case bd.byte != c.start:
+		default:
+			// The same block: a copy that points into this content, so
+			// the old content is not kept alive.
 			moved := *bd
-			moved.byte, moved.meta = c.start, bd.meta.shifted(c.start-bd.byte)
+			moved.text = text
+			if bd.byte != c.start {
+				moved.byte, moved.meta = c.start, bd.meta.shifted(c.start-bd.byte)
+			}
 			bd = &moved
 		}
-		fd.blocks[key] = bd
+		fd.blocks[c.line] = bd
 		fd.services = append(fd.services, bd.svc)
 		fd.metas = append(fd.metas, bd.meta)
 		fd.svcDiags = append(fd.svcDiags, bd.diags...)
@@ -92,20 +86,20 @@ func decodeBlocks(name string, data []byte, prev *fileDecode) *fileDecode {
 // blocksOf files a whole-file decode's services, and their problems, by
 // block; nil when the file is not only service blocks or a problem lies
 // outside every block.
-func blocksOf(fd *fileDecode, data []byte, chunks []chunk) map[blockKey]*blockDecode {
+func blocksOf(fd *fileDecode, data []byte, chunks []chunk) map[int]*blockDecode {
 	if len(fd.parse) > 0 || len(fd.top) > 0 || len(fd.daemons) > 0 || len(fd.bgps) > 0 || len(fd.services) != len(chunks) {
 		return nil
 	}
-	out := make(map[blockKey]*blockDecode, len(chunks))
+	out := make(map[int]*blockDecode, len(chunks))
 	diags := fd.svcDiags
 	for i, c := range chunks {
 		n := 0
 		for n < len(diags) && diags[n].rng.Filename != "" && diags[n].rng.Start.Byte >= c.start && diags[n].rng.Start.Byte < c.end {
 			n++
 		}
-		bd := &blockDecode{byte: c.start, svc: fd.services[i], meta: fd.metas[i], diags: slices.Clip(diags[:n])}
+		bd := &blockDecode{byte: c.start, text: data[c.start:c.end], svc: fd.services[i], meta: fd.metas[i], diags: slices.Clip(diags[:n])}
 		diags = diags[n:]
-		out[blockKey{sha256.Sum256(data[c.start:c.end]), c.line}] = bd
+		out[c.line] = bd
 	}
 	if len(diags) > 0 {
 		return nil
@@ -140,7 +134,7 @@ func decodeBlock(name string, data []byte, c chunk) *blockDecode {
 		return nil
 	}
 	s, m := d.decodeService(blocks[0])
-	return &blockDecode{byte: c.start, svc: &s, meta: &m, diags: d.diags}
+	return &blockDecode{byte: c.start, text: data[c.start:c.end], svc: &s, meta: &m, diags: d.diags}
 }
 
 // shifted is m with every byte offset moved by delta: the same block, at
@@ -178,49 +172,48 @@ func splitServices(src []byte) ([]chunk, bool) {
 	depth, line := 0, 1
 	lineStart := true
 	for i := 0; i < len(src); {
-		c := src[i]
-		if lineStart && depth == 0 && hasWord(src[i:], "service") {
-			if len(chunks) > 0 {
-				chunks[len(chunks)-1].end = i
+		if lineStart {
+			lineStart = false
+			if depth == 0 && hasWord(src[i:], "service") {
+				if len(chunks) > 0 {
+					chunks[len(chunks)-1].end = i
+				}
+				chunks = append(chunks, chunk{start: i, line: line})
 			}
-			chunks = append(chunks, chunk{start: i, line: line})
 		}
-		lineStart = false
+		c := src[i]
 		switch {
 		case c == '\n':
 			line++
 			lineStart = true
 			i++
-		case c == ' ' || c == '\t' || c == '\r':
-			i++
 		case c == '#' || c == '/' && i+1 < len(src) && src[i+1] == '/':
-			for i < len(src) && src[i] != '\n' {
-				i++
+			if j := bytes.IndexByte(src[i:], '\n'); j >= 0 {
+				i += j
+			} else {
+				i = len(src)
 			}
 		case c == '/' && i+1 < len(src) && src[i+1] == '*':
-			i += 2
-			for i < len(src) && !(src[i] == '*' && i+1 < len(src) && src[i+1] == '/') {
-				if src[i] == '\n' {
-					line++
-				}
-				i++
-			}
-			if i >= len(src) {
+			j := bytes.Index(src[i+2:], []byte("*/"))
+			if j < 0 {
 				return nil, false
 			}
-			i += 2
+			line += bytes.Count(src[i+2:i+2+j], []byte{'\n'})
+			i += 2 + j + 2
 		case len(chunks) == 0:
 			return nil, false // a top-level item that is not a service
 		case c == '"':
 			i++
 			for i < len(src) && src[i] != '"' {
-				switch {
-				case src[i] == '\n':
-					return nil, false
-				case src[i] == '\\':
-					i++
-				case (src[i] == '$' || src[i] == '%') && i+1 < len(src) && src[i+1] == '{':
-					return nil, false
+				if !plainInString[src[i]] {
+					switch {
+					case src[i] == '\n':
+						return nil, false
+					case src[i] == '\\':
+						i++
+					case i+1 < len(src) && src[i+1] == '{': // a template: ${ or %{
+						return nil, false
+					}
 				}
 				i++
 			}
@@ -239,7 +232,12 @@ func splitServices(src []byte) ([]chunk, bool) {
 			}
 			i++
 		default:
+			// Words, numbers, blanks and punctuation: nothing to track until the
+			// next byte that may open or close something.
 			i++
+			for i < len(src) && plain[src[i]] {
+				i++
+			}
 		}
 	}
 	if depth != 0 {
@@ -250,6 +248,22 @@ func splitServices(src []byte) ([]chunk, bool) {
 	}
 	return chunks, true
 }
+
+// plain marks the bytes splitServices skips without a look outside
+// strings (blanks among them: they matter only at the start of a line,
+// which is looked at before), and plainInString those it skips inside one.
+var plain, plainInString = func() (p, q [256]bool) {
+	for c := range 256 {
+		p[c], q[c] = true, true
+	}
+	for _, c := range []byte("\n#/\"<{}") {
+		p[c] = false
+	}
+	for _, c := range []byte("\n\\$%\"") {
+		q[c] = false
+	}
+	return p, q
+}()
 
 // hasWord reports whether b starts with word followed by a blank or a
 // quote.

@@ -10,13 +10,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/hashicorp/hcl/v2/hclwrite"
+	"golang.org/x/sys/unix"
 )
 
 // MaxFileSize bounds one configuration file; a larger one is refused.
@@ -54,27 +54,30 @@ type statKey struct {
 }
 
 func listFiles(dir string) ([]listed, error) {
-	ents, err := os.ReadDir(dir)
+	d, err := os.Open(dir)
 	if err != nil {
 		return nil, err
 	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	// Stat relative to the open directory: one name to look up, not the
+	// whole path, for each of what may be hundreds of files.
+	dfd := int(d.Fd())
 	var out []listed
-	for _, e := range ents {
-		name := e.Name()
+	for _, name := range names {
 		if !strings.HasSuffix(name, ".hcl") || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "#") {
 			continue
 		}
-		p := filepath.Join(dir, name)
-		st, err := os.Stat(p) // follows symlinks, as a ConfigMap's are
-		if err != nil || !st.Mode().IsRegular() {
-			continue
+		var st unix.Stat_t
+		if err := unix.Fstatat(dfd, name, &st, 0); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue // follows symlinks, as a ConfigMap's are
 		}
-		key := statKey{size: st.Size()}
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			key.dev, key.ino = uint64(sys.Dev), sys.Ino
-			key.ctime = time.Unix(sys.Ctim.Unix())
-		}
-		out = append(out, listed{name: p, stat: key})
+		out = append(out, listed{name: filepath.Join(dir, name), stat: statKey{
+			dev: st.Dev, ino: st.Ino, size: st.Size, ctime: time.Unix(st.Ctim.Unix()),
+		}})
 	}
 	slices.SortFunc(out, func(a, b listed) int { return strings.Compare(a.name, b.name) })
 	return out, nil

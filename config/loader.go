@@ -118,7 +118,7 @@ type fileDecode struct {
 	svcDiags []diag
 	// blocks are the service blocks by text and line, when the file was
 	// decoded block by block (see decodeBlocks); nil otherwise.
-	blocks map[blockKey]*blockDecode
+	blocks map[int]*blockDecode
 }
 
 // clone is a copy of fd that shares its decoded values, to record a new

@@ -43,6 +43,13 @@ func carry(prev, next []*config.Service) carried {
 	j := 0
 	for i := range next {
 		n := next[i]
+		if j < len(prev) && prev[j] == n {
+			// The same service, kept by the Loader: no name to compare.
+			c.plan[i], c.decision[i] = int32(j), int32(j)
+			c.unchanged = c.unchanged && i == j
+			j++
+			continue
+		}
 		c.plan[i], c.decision[i] = -1, -1
 		for j < len(prev) && prev[j].Name < n.Name {
 			j++
