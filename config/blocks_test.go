@@ -113,8 +113,38 @@ func TestDecodeBlocksMatchesDecodeFile(t *testing.T) {
 		{"the indent removed", func(s string) string { return strings.Replace(s, "  service \"ind\"", "service \"ind\"", 1) }},
 		{"a duplicate name", func(s string) string { return strings.Replace(s, "service \"s7\"", "service \"s8\"", 1) }},
 		{"a comment line above everything", func(s string) string { return "# moved\n" + s }},
+		{"a comment between blocks", func(s string) string { return strings.Replace(s, "}\n\nservice", "}\n# between\nservice", 1) }},
+		{"text glued before a block", func(s string) string { return strings.Replace(s, "\nservice \"s6\"", "\n# x\nservice \"s6\"", 1) }},
+		{"a keyword broken", func(s string) string { return strings.Replace(s, "service \"s3\"", "servic \"s3\"", 1) }},
+		{"the keyword fixed", func(s string) string { return strings.Replace(s, "servic \"s3\"", "service \"s3\"", 1) }},
+		{"the head edited", func(s string) string { return strings.Replace(s, "# pools of the edge", "# pools", 1) }},
+		{"a closing brace removed", func(s string) string { return strings.Replace(s, "  }\n}\n\nservice \"s9\"", "  }\n\nservice \"s9\"", 1) }},
+		{"the closing brace back", func(s string) string { return strings.Replace(s, "  }\n\nservice \"s9\"", "  }\n}\n\nservice \"s9\"", 1) }},
+		{"two blocks edited", func(s string) string {
+			s = strings.Replace(s, "port = 443", "port = 444", 1)
+			i := strings.LastIndex(s, "weight = 7 ")
+			if i < 0 {
+				return s
+			}
+			return s[:i] + "weight = 8 " + s[i+len("weight = 7 "):]
+		}},
+		{"a block cut in two files' worth", func(s string) string {
+			if i := strings.Index(s, "service \"s20\""); i >= 0 {
+				return s[:i]
+			}
+			return s
+		}},
+		{"blocks swapped", func(s string) string {
+			i, j := strings.Index(s, "service \"s1\""), strings.Index(s, "service \"s2\"")
+			k := strings.Index(s, "service \"s3\"")
+			if i < 0 || j < i || k < j {
+				return s
+			}
+			return s[:i] + s[j:k] + s[i:j] + s[k:]
+		}},
+		{"everything replaced", func(s string) string { return blocksFile(5 + r.IntN(30)) }},
 	}
-	for step := range 300 {
+	for step := range 1000 {
 		e := edits[r.IntN(len(edits))]
 		if step < len(edits) {
 			e = edits[step]
@@ -127,14 +157,19 @@ func TestDecodeBlocksMatchesDecodeFile(t *testing.T) {
 }
 
 // TestDecodeBlocksReuses checks what a block-by-block decode keeps: an
-// edit inside one block keeps every other service as the same value, and
-// a longer line above keeps the services below with their offsets moved.
+// edit inside one block decodes that block alone; the services below a
+// longer line are the same values, their offsets moved; those below an
+// added line are copies with their lines moved.
 func TestDecodeBlocksReuses(t *testing.T) {
 	const name = "a.hcl"
 	src := blocksFile(9)
 	prev := decodeBlocks(name, []byte(src), nil)
+	n := blockDecodes.Load()
 	next := strings.Replace(src, "weight = 100", "weight = 100000", 1) // in s0
 	got := decodeBlocks(name, []byte(next), prev)
+	if d := blockDecodes.Load() - n; d != 1 {
+		t.Errorf("a longer line decoded %d blocks, want 1", d)
+	}
 	if got.services[0] == prev.services[0] {
 		t.Error("the edited service is the old value")
 	}
@@ -146,5 +181,54 @@ func TestDecodeBlocksReuses(t *testing.T) {
 			t.Errorf("service %d: name at byte %d, was %d; want 3 more", i, got.metas[i].nameRange.Start.Byte, prev.metas[i].nameRange.Start.Byte)
 		}
 	}
-	sameDecode(t, "after the edit", got, decodeFile(name, []byte(next)))
+	sameDecode(t, "after a longer line", got, decodeFile(name, []byte(next)))
+
+	prev, src = got, next
+	n = blockDecodes.Load()
+	next = strings.Replace(src, "  real \"192.0.2.2\" {}\n", "  real \"192.0.2.2\" {}\n  real \"192.0.2.99\" {}\n", 1) // in s0
+	got = decodeBlocks(name, []byte(next), prev)
+	if d := blockDecodes.Load() - n; d != 1 {
+		t.Errorf("an added line decoded %d blocks, want 1", d)
+	}
+	for i := 1; i < len(got.services); i++ {
+		if got.services[i].Source == prev.services[i].Source {
+			t.Errorf("service %d, below an added line, still says %s", i, got.services[i].Source)
+		}
+	}
+	sameDecode(t, "after an added line", got, decodeFile(name, []byte(next)))
+}
+
+// TestCommonPrefixSuffix checks the halving search against a byte loop.
+func TestCommonPrefixSuffix(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 2000 {
+		a := make([]byte, r.IntN(300))
+		for i := range a {
+			a[i] = byte('a' + r.IntN(2))
+		}
+		b := slices.Clone(a)
+		if len(b) > 0 && r.IntN(4) > 0 {
+			b[r.IntN(len(b))] ^= 1
+		}
+		if r.IntN(3) == 0 {
+			b = append(b, 'x')
+		}
+		if r.IntN(3) == 0 {
+			b = append([]byte{'y'}, b...)
+		}
+		p := 0
+		for p < min(len(a), len(b)) && a[p] == b[p] {
+			p++
+		}
+		s := 0
+		for s < min(len(a), len(b)) && a[len(a)-1-s] == b[len(b)-1-s] {
+			s++
+		}
+		if got := commonPrefix(a, b); got != p {
+			t.Fatalf("commonPrefix(%q, %q) = %d, want %d", a, b, got, p)
+		}
+		if got := commonSuffix(a, b); got != s {
+			t.Fatalf("commonSuffix(%q, %q) = %d, want %d", a, b, got, s)
+		}
+	}
 }

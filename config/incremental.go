@@ -170,37 +170,19 @@ func (l *Loader) incremental(srcs []source, fds []*fileDecode) (*Config, bool) {
 	// the same *Service in both decodes.
 	var gone, came []*Service
 	x := last.idx
-	for _, c := range changes {
-		kept := map[*Service]bool{}
-		if c.old != nil && c.new != nil {
-			for _, s := range c.new.services {
-				kept[s] = true
-			}
-		}
-		if c.old != nil {
-			for i, s := range c.old.services {
-				if !kept[s] {
-					x.remove(s, c.old.metas[i])
-					gone = append(gone, s)
-				}
-			}
+	diffs := make([][2][]int, len(changes))
+	for k, c := range changes {
+		g, n := serviceDiff(c.old, c.new)
+		diffs[k] = [2][]int{g, n}
+		for _, i := range g {
+			x.remove(c.old.services[i], c.old.metas[i])
+			gone = append(gone, c.old.services[i])
 		}
 	}
 	dm := last.daemon
-	for _, c := range changes {
-		if c.new == nil {
-			continue
-		}
-		was := map[*Service]bool{}
-		if c.old != nil {
-			for _, s := range c.old.services {
-				was[s] = true
-			}
-		}
-		for i, s := range c.new.services {
-			if was[s] {
-				continue
-			}
+	for k, c := range changes {
+		for _, i := range diffs[k][1] {
+			s := c.new.services[i]
 			m := c.new.metas[i]
 			if !x.add(s, m) {
 				return nil, false
@@ -238,6 +220,50 @@ func (l *Loader) incremental(srcs []source, fds []*fileDecode) (*Config, bool) {
 	}
 	l.last = &lastLoad{files: files, daemon: last.daemon, hasDaemon: last.hasDaemon, bgp: last.bgp, sorted: cfg.Services, idx: x}
 	return cfg, true
+}
+
+// serviceDiff lists the services of old that new does not have, and those
+// of new that old does not have, by index. Either may be nil.
+func serviceDiff(old, new *fileDecode) (gone, came []int) {
+	switch {
+	case old == nil:
+		for i := range new.services {
+			came = append(came, i)
+		}
+		return nil, came
+	case new == nil:
+		for i := range old.services {
+			gone = append(gone, i)
+		}
+		return gone, nil
+	case len(old.services) == len(new.services):
+		// An edit inside blocks keeps every other block in its place.
+		for i, s := range new.services {
+			if old.services[i] != s {
+				gone, came = append(gone, i), append(came, i)
+			}
+		}
+		return gone, came
+	}
+	in := func(svcs []*Service) map[*Service]bool {
+		m := make(map[*Service]bool, len(svcs))
+		for _, s := range svcs {
+			m[s] = true
+		}
+		return m
+	}
+	inNew, inOld := in(new.services), in(old.services)
+	for i, s := range old.services {
+		if !inNew[s] {
+			gone = append(gone, i)
+		}
+	}
+	for i, s := range new.services {
+		if !inOld[s] {
+			came = append(came, i)
+		}
+	}
+	return gone, came
 }
 
 // resorted is sorted (by name) without gone and with came: a new slice.

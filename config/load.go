@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -53,6 +54,22 @@ type statKey struct {
 	ctime    time.Time
 }
 
+// configName reports whether a directory entry's name is a configuration
+// file's: *.hcl, but not hidden, nor an editor's temporary or backup.
+func configName(name string) bool {
+	return strings.HasSuffix(name, ".hcl") && !strings.HasPrefix(name, ".") && !strings.HasPrefix(name, "#")
+}
+
+// statOf is the statKey of what os.Stat returned.
+func statOf(st os.FileInfo) statKey {
+	key := statKey{size: st.Size()}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		key.dev, key.ino = uint64(sys.Dev), sys.Ino
+		key.ctime = time.Unix(sys.Ctim.Unix())
+	}
+	return key
+}
+
 func listFiles(dir string) ([]listed, error) {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -68,7 +85,7 @@ func listFiles(dir string) ([]listed, error) {
 	dfd := int(d.Fd())
 	var out []listed
 	for _, name := range names {
-		if !strings.HasSuffix(name, ".hcl") || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "#") {
+		if !configName(name) {
 			continue
 		}
 		var st unix.Stat_t

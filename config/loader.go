@@ -1,10 +1,13 @@
 package config
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +40,10 @@ type Loader struct {
 	mu    sync.Mutex
 	files map[string]*fileDecode // by path
 	last  *lastLoad              // the last load with no problem, if that was the last load
+	// dir and listing are the directory of the last Load and its files, as
+	// LoadChanged keeps them up to date.
+	dir     string
+	listing []listed
 
 	// decoded counts the files the last Load parsed and decoded, rather
 	// than took from the cache, and read the files it read; tests read
@@ -68,16 +75,88 @@ func NewLoader() *Loader { return &Loader{now: time.Now} }
 func (l *Loader) Load(dir string) (*Config, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.loadDir(dir)
+}
+
+func (l *Loader) loadDir(dir string) (*Config, error) {
 	files, err := listFiles(dir)
 	if err != nil {
+		l.dir, l.listing = "", nil
 		return nil, dirError(dir, err)
 	}
+	l.dir, l.listing = dir, files
+	return l.readAndLoad(files, nil)
+}
+
+// LoadChanged is Load for a caller that knows which entries of dir may have
+// changed since the last Load or LoadChanged of dir: the paths a directory
+// watch reported. Only those are looked at; every other file is taken as it
+// was, unless its last read was too close to its last change to trust (see
+// racyWindow), in which case it is looked at too. A changed entry that is
+// neither a configuration file nor a plain file (a directory, a symlink
+// such as a ConfigMap's ..data swapped under the files) makes it a full
+// Load, as does a first call or another dir. A watch that may have lost
+// events must call Load.
+func (l *Loader) LoadChanged(dir string, changed []string) (*Config, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.listing == nil || l.dir != dir {
+		return l.loadDir(dir)
+	}
+	files := slices.Clone(l.listing)
+	fresh := make(map[string]bool, len(changed))
+	for _, p := range changed {
+		name := filepath.Base(p)
+		if filepath.Clean(filepath.Dir(p)) != filepath.Clean(dir) {
+			return l.loadDir(dir)
+		}
+		p = filepath.Join(dir, name)
+		st, err := os.Stat(p)
+		i, known := slices.BinarySearchFunc(files, p, func(f listed, p string) int { return strings.Compare(f.name, p) })
+		switch {
+		case !configName(name):
+			if lst, err := os.Lstat(p); err == nil && !lst.Mode().IsRegular() {
+				return l.loadDir(dir) // perhaps what the files point through
+			}
+			continue // an editor's temporary or backup
+		case err != nil || !st.Mode().IsRegular():
+			if known {
+				files = slices.Delete(files, i, i+1)
+			}
+			continue
+		}
+		f := listed{name: p, stat: statOf(st)}
+		if known {
+			files[i] = f
+		} else {
+			files = slices.Insert(files, i, f)
+		}
+		fresh[p] = true
+	}
+	l.listing = files
+	return l.readAndLoad(files, fresh)
+}
+
+// readAndLoad reads the files that may have changed, and loads. With fresh
+// nil, every file was just stat'ed (Load); otherwise only those in fresh
+// were, and the others are stat'ed now only when their last read was racy.
+func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, error) {
 	srcs := make([]source, len(files))
 	var ds Diagnostics
 	l.read = 0
 	for i, f := range files {
+		fd := l.files[f.name]
+		if fresh != nil && !fresh[f.name] && fd != nil && !fd.readAt.IsZero() {
+			if fd.readAt.Sub(fd.stat.ctime) > racyWindow {
+				srcs[i] = source{name: f.name, stat: fd.stat}
+				continue // no event, and settled when last read
+			}
+			if st, err := os.Stat(f.name); err == nil {
+				f.stat = statOf(st)
+			}
+		}
 		srcs[i] = source{name: f.name, stat: f.stat}
-		if fd := l.files[f.name]; fd != nil && fd.trusted(f.stat) {
+		if fd != nil && fd.trusted(f.stat) {
 			continue
 		}
 		srcs[i].readAt = l.now()
@@ -99,7 +178,9 @@ func (l *Loader) Load(dir string) (*Config, error) {
 // not depend on the other files. It is kept while the file's content stays
 // the same, and read, never written, by each load that uses it.
 type fileDecode struct {
-	sum [32]byte // SHA-256 of the content
+	// sum identifies the content: its SHA-256, or for a file decoded block
+	// by block the SHA-256 of its blocks' (see fileSum).
+	sum [32]byte
 	// stat is what stat said of the file when it was last read, at readAt;
 	// zero readAt for a file that was given, not read.
 	stat   statKey
@@ -116,9 +197,11 @@ type fileDecode struct {
 	services []*Service
 	metas    []*serviceMeta
 	svcDiags []diag
-	// blocks are the service blocks by text and line, when the file was
-	// decoded block by block (see decodeBlocks); nil otherwise.
-	blocks map[int]*blockDecode
+	// blocks are the file's service blocks in order, and data its content,
+	// when the file is only service blocks (see decodeBlocks); nil
+	// otherwise.
+	blocks []*blockDecode
+	data   []byte
 }
 
 // clone is a copy of fd that shares its decoded values, to record a new
@@ -223,13 +306,13 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	for i, s := range srcs {
 		fd := l.files[s.name]
 		if s.data != nil || fd == nil {
-			sum := sha256.Sum256(s.data)
-			if fd == nil || fd.sum != sum {
+			switch {
+			case fd != nil && fd.data != nil && bytes.Equal(fd.data, s.data),
+				fd != nil && fd.data == nil && fd.sum == sha256.Sum256(s.data):
+				fd = fd.clone() // the same content: the same decode
+			default:
 				fd = decodeBlocks(s.name, s.data, fd)
-				fd.sum = sum
 				l.decoded++
-			} else {
-				fd = fd.clone()
 			}
 			fd.stat, fd.readAt = s.stat, s.readAt
 		}
@@ -297,8 +380,8 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	return cfg, nil
 }
 
-// digest is Config.Digest: each base name and content's SHA-256, so that
-// moving text from one file to the next changes it.
+// digest is Config.Digest: each base name and content's sum, so that moving
+// text from one file to the next changes it.
 func digest(srcs []source, fds []*fileDecode) [32]byte {
 	sum := sha256.New()
 	for i, s := range srcs {

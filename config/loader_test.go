@@ -506,3 +506,103 @@ func TestLoaderIncrementalMatchesLoad(t *testing.T) {
 	}
 	t.Logf("%d clean loads, %d checked only what changed", clean, quick)
 }
+
+// TestLoaderLoadChanged follows a directory through the edits a watch
+// reports, loading only what each names, and compares every result with a
+// fresh Load.
+func TestLoaderLoadChanged(t *testing.T) {
+	dir := t.TempDir()
+	genConfig(t, dir, 2000)
+	l := NewLoader()
+	clock := time.Now()
+	l.now = func() time.Time { return clock }
+	if _, err := l.LoadChanged(dir, nil); err != nil { // the first is a full load
+		t.Fatal(err)
+	}
+	if l.read != 20 {
+		t.Fatalf("first LoadChanged read %d files, want 20", l.read)
+	}
+	clock = clock.Add(2 * racyWindow)
+	if _, err := l.Load(dir); err != nil {
+		t.Fatal(err)
+	}
+	check := func(step string, read int, changed ...string) *Config {
+		t.Helper()
+		clock = clock.Add(2 * racyWindow)
+		got, err := l.LoadChanged(dir, changed)
+		want, wantErr := Load(dir)
+		if d := loadDiff(got, err, want, wantErr); d != "" {
+			t.Fatalf("%s: %s", step, d)
+		}
+		if read >= 0 && l.read != read {
+			t.Errorf("%s: read %d files, want %d", step, l.read, read)
+		}
+		return got
+	}
+	p := func(name string) string { return filepath.Join(dir, name) }
+	edit := func(name, from, to string) {
+		t.Helper()
+		b, err := os.ReadFile(p(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p(name), bytes.Replace(b, []byte(from), []byte(to), 1), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	edit("svc-00007.hcl", "{ weight = 105 }", "{ weight = 7 }")
+	check("an edit", 1, p("svc-00007.hcl"), p("svc-00007.hcl"))
+	write(t, dir, "new.hcl", "service \"new\" {\n  vip  = \"198.51.100.99\"\n  port = 80\n  real \"192.0.2.1\" {}\n}\n")
+	check("a new file", 1, p("new.hcl"))
+	write(t, dir, ".new.hcl.swp", "junk")
+	write(t, dir, "new.hcl~", "junk")
+	check("an editor's temporary and backup", 0, p(".new.hcl.swp"), p("new.hcl~"))
+	if err := os.Rename(p("new.hcl"), p("new.hcl.bak")); err != nil {
+		t.Fatal(err)
+	}
+	check("a file renamed away", 0, p("new.hcl"), p("new.hcl.bak"))
+	if err := os.Remove(p("svc-00003.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	check("a file removed", 0, p("svc-00003.hcl"))
+
+	// An edit no event reported is not seen: LoadChanged trusts the watch.
+	edit("svc-00004.hcl", "{ weight = 105 }", "{ weight = 8 }")
+	if got, err := l.LoadChanged(dir, nil); err != nil {
+		t.Fatal(err)
+	} else if s, _ := lookup(got, "svc-400"); s.Reals[5].Weight != 105 || l.read != 0 {
+		t.Errorf("with no event: svc-400 real 5 at weight %d, %d files read; want the old 105 and none", s.Reals[5].Weight, l.read)
+	}
+	clock = clock.Add(2 * racyWindow)
+	if _, err := l.Load(dir); err != nil { // a Load looks at everything
+		t.Fatal(err)
+	}
+
+	// A ConfigMap: the files are symlinks through ..data, which is swapped.
+	for i, v := range []string{"1", "2"} {
+		data := filepath.Join(dir, "..v"+v)
+		if err := os.Mkdir(data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		write(t, data, "cm.hcl", "service \"cm\" {\n  vip  = \"198.51.100.98\"\n  port = 80\n  real \"192.0.2."+v+"\" {}\n}\n")
+		if err := os.Symlink("..v"+v, p("..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(p("..data_tmp"), p("..data")); err != nil {
+			t.Fatal(err)
+		}
+		changed := []string{p("..data_tmp"), p("..data")}
+		if i == 0 {
+			if err := os.Symlink("..data/cm.hcl", p("cm.hcl")); err != nil {
+				t.Fatal(err)
+			}
+			changed = append(changed, p("cm.hcl"))
+		}
+		got := check("a ConfigMap swap", -1, changed...)
+		if s, _ := lookup(got, "cm"); len(s.Reals) != 1 || s.Reals[0].Addr.String() != "192.0.2."+v {
+			t.Errorf("after swap %s: cm reals %+v", v, s.Reals)
+		}
+	}
+	check("a path outside the directory", -1, filepath.Join(t.TempDir(), "x.hcl"))
+}

@@ -52,11 +52,13 @@ func Run(ctx context.Context, opts Options) error {
 	// The first load decides whether we start at all: a daemon that cannot
 	// read its config must not touch the kernel.
 	bootLog := newLogger(opts, config.Daemon{LogLevel: config.LogInfo, LogFormat: config.LogText})
-	// One Loader for every reload: a one-line edit re-decodes one file,
-	// not the whole directory.
+	// One Loader for every reload: a one-line edit reads the file the
+	// watch named and decodes the block that changed, not the directory.
+	loader := config.NewLoader()
 	watcher, err := reload.New(reload.Options[*config.Config]{
-		Dir:    opts.ConfigDir,
-		Load:   config.NewLoader().Load,
+		Dir:         opts.ConfigDir,
+		Load:        loader.Load,
+		LoadChanged: loader.LoadChanged,
 		Digest: func(c *config.Config) [32]byte { return c.Digest },
 		// The running config's share applies: an edit cannot raise its own bar.
 		Guard:      func(old, new *config.Config) error { return DeleteGuard(old, new, old.Daemon.MaxDeleteShare) },

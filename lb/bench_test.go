@@ -145,9 +145,10 @@ func BenchmarkEditToKernel(b *testing.B) {
 // BenchmarkReloadScaling times the reload of the same one-line edit (one
 // real's weight, in a file of up to 100 services) with 100 reals and with
 // 100,000 reals in one run, and reports the ratio. A reload is what the
-// design's target names: parse, validate and diff. Here that is the
-// Loader's Load (stat the files, read the edited one, decode its changed
-// block, check what changed across services) and the engine's setConfig
+// design's target names: parse, validate and diff. Here that is what the
+// daemon runs when its watch reports the edited file: the Loader's
+// LoadChanged (stat and read that file, decode its changed block, check
+// what changed across services) and the engine's setConfig
 // (the diff against the running config, and the health-check plan and
 // decisions carried over for what did not change). Computing and writing
 // the kernel's new state is BenchmarkEditToKernel's.
@@ -158,13 +159,14 @@ func BenchmarkReloadScaling(b *testing.B) {
 		l, cfg := settledLoader(b, dir)
 		e, k := benchEngine(b, cfg)
 		w, rounds := 100, 50
+		edited := []string{filepath.Join(dir, "svc-00000.hcl")} // what the watch reports
 		var took time.Duration
 		for range rounds {
 			w = 300 - w
 			writeServiceFile(b, dir, 0, min(100, services), 10, w)
 			k.ResetCounts()
 			start := time.Now()
-			cfg, err := l.Load(dir)
+			cfg, err := l.LoadChanged(dir, edited)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -35,6 +35,13 @@ type Options[C any] struct {
 	Dir string
 	// Load reads and validates the whole directory, as config.Load does.
 	Load func(dir string) (C, error)
+	// LoadChanged, when set, is Load told which entries of the directory
+	// the watch reported since the last load (config.Loader.LoadChanged):
+	// it is called after a debounced burst of events on the directory's
+	// entries. Load is called instead after anything else (the directory
+	// itself replaced, a watch error that may have lost events, a poll, an
+	// explicit or forced reload).
+	LoadChanged func(dir string, changed []string) (C, error)
 	// Digest identifies a loaded configuration's content: an unchanged
 	// digest means there is nothing to apply.
 	Digest func(C) [32]byte
@@ -212,6 +219,11 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
 	pending, force := false, false
+	// changed are the entries the events since the last load named; full
+	// is set by an event that names none (or too many to be worth it).
+	var changed []string
+	full := false
+	const maxChanged = 1000
 
 	for {
 		select {
@@ -230,6 +242,11 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			if filepath.Clean(ev.Name) == dir && ev.Has(fsnotify.Create) {
 				watching = fw.Add(dir) == nil
 			}
+			if filepath.Dir(ev.Name) == dir && len(changed) < maxChanged {
+				changed = append(changed, ev.Name)
+			} else {
+				full = true
+			}
 			pending = true
 			debounce.Reset(w.opts.Debounce)
 		case err, ok := <-fw.Errors:
@@ -238,19 +255,19 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			}
 			// An overflow lost events: a full load finds the truth.
 			w.log.Warn("watch error; reloading", "dir", dir, "err", err)
-			pending = true
+			pending, full = true, true
 			debounce.Reset(w.opts.Debounce)
 		case req := <-w.trigger:
-			o := w.load(force || w.forced.Swap(false))
-			pending, force = false, false
+			o := w.load(force || w.forced.Swap(false), nil, true)
+			pending, force, changed, full = false, false, nil, false
 			fp = fingerprint(dir)
 			if req.done != nil {
 				req.done <- o
 			}
 		case <-debounce.C:
 			if pending {
-				w.load(force)
-				pending, force = false, false
+				w.load(force, changed, full)
+				pending, force, changed, full = false, false, nil, false
 				fp = fingerprint(dir)
 			}
 		case <-poll:
@@ -259,16 +276,23 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			}
 			if now := fingerprint(dir); now != fp {
 				fp = now
-				w.load(false)
+				w.load(false, nil, true)
 			}
 		}
 	}
 }
 
-// load runs one reload and records its outcome.
-func (w *Watcher[C]) load(force bool) Outcome {
+// load runs one reload and records its outcome: a full one, or one of the
+// changed entries only.
+func (w *Watcher[C]) load(force bool, changed []string, full bool) Outcome {
 	start := time.Now()
-	cfg, err := w.opts.Load(w.opts.Dir)
+	var cfg C
+	var err error
+	if full || w.opts.LoadChanged == nil {
+		cfg, err = w.opts.Load(w.opts.Dir)
+	} else {
+		cfg, err = w.opts.LoadChanged(w.opts.Dir, changed)
+	}
 	w.metrics.duration.Observe(time.Since(start).Seconds())
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,7 +83,10 @@ func start(t *testing.T, dir string, files map[string]string, opts Options[set])
 		write(t, filepath.Join(dir, name), content)
 	}
 	reg := prometheus.NewRegistry()
-	opts.Dir, opts.Load, opts.Digest, opts.Registerer = dir, loadSet, digestSet, reg
+	opts.Dir, opts.Digest, opts.Registerer = dir, digestSet, reg
+	if opts.Load == nil {
+		opts.Load = loadSet
+	}
 	if opts.Debounce == 0 {
 		opts.Debounce = 50 * time.Millisecond
 	}
@@ -378,5 +382,57 @@ func TestReloadWaitReportsOutcome(t *testing.T) {
 	cancel()
 	if _, err := w.ReloadWait(cctx, false); err == nil {
 		t.Error("ReloadWait without Run returned no error")
+	}
+}
+
+// TestLoadChangedNamesTheEdits: a burst of events on the directory's
+// entries reaches LoadChanged with the paths they named; an explicit
+// reload, and an event on the directory itself, are full loads.
+func TestLoadChangedNamesTheEdits(t *testing.T) {
+	var mu sync.Mutex
+	var hinted [][]string
+	fulls := 0
+	opts := Options[set]{LoadChanged: func(dir string, changed []string) (set, error) {
+		mu.Lock()
+		hinted = append(hinted, slices.Clone(changed))
+		mu.Unlock()
+		return loadSet(dir)
+	}, Load: func(dir string) (set, error) {
+		mu.Lock()
+		fulls++
+		mu.Unlock()
+		return loadSet(dir)
+	}}
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n", "db.hcl": "x\n"}, opts)
+	mu.Lock()
+	fulls = 0 // New's load and start's reload
+	mu.Unlock()
+	write(t, filepath.Join(h.dir, "web.hcl"), "b\n")
+	h.next()
+	mu.Lock()
+	if len(hinted) != 1 || !slices.Contains(hinted[0], filepath.Join(h.dir, "web.hcl")) || slices.Contains(hinted[0], filepath.Join(h.dir, "db.hcl")) || fulls != 0 {
+		t.Errorf("an edit of web.hcl: LoadChanged calls %q, full loads %d; want one naming web.hcl alone", hinted, fulls)
+	}
+	mu.Unlock()
+
+	if _, err := h.w.ReloadWait(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if fulls != 1 || len(hinted) != 1 {
+		t.Errorf("an explicit reload: %d full loads and %d LoadChanged calls, want 1 and 1", fulls, len(hinted))
+	}
+	mu.Unlock()
+
+	if err := os.Chmod(h.dir, 0o700); err != nil { // an event on the directory itself
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(h.dir, "web.hcl"), "c\n")
+	h.next()
+	mu.Lock()
+	defer mu.Unlock()
+	if fulls != 1 || len(hinted) != 2 {
+		// A chmod alone is ignored; the write is an entry's event.
+		t.Errorf("after a chmod and an edit: %d full loads and %d LoadChanged calls, want 1 and 2", fulls, len(hinted))
 	}
 }
