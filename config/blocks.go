@@ -269,7 +269,11 @@ func blocksOf(fd *fileDecode, data []byte, chunks []chunk) []*blockDecode {
 // parses cleanly: the caller then decodes the whole file.
 func decodeBlock(name string, data []byte, c chunk) *blockDecode {
 	blockDecodes.Add(1)
-	p := &fastParser{src: data[:c.end], slabSize: 32, i: c.start, line: c.line, lineStart: c.start}
+	// Slabs the size of the block: a node per brace or equals sign (and a
+	// few more), not the 256 a whole file's parse carves.
+	text := data[c.start:c.end]
+	n := bytes.Count(text, []byte{'{'}) + bytes.Count(text, []byte{'='}) + 4
+	p := &fastParser{src: data[:c.end], slabSize: n, i: c.start, line: c.line, lineStart: c.start}
 	b := &body{}
 	if !p.body(b, false) || p.i != c.end {
 		f, diags := hclsyntax.ParseConfig(data[c.start:c.end], name, hcl.Pos{Line: c.line, Column: 1, Byte: c.start})
@@ -285,7 +289,7 @@ func decodeBlock(name string, data []byte, c chunk) *blockDecode {
 			return nil
 		}
 	}
-	d := &decoder{file: name, slab: make([]fields, 32)}
+	d := &decoder{file: name, slab: make([]fields, bytes.Count(text, []byte{'{'})+1)}
 	f := d.open(b, rootSpec, "")
 	blocks := f.blocksOf("service")
 	if len(d.diags) > 0 || len(blocks) != 1 || len(b.blocks) != 1 || len(b.attrs) != 0 {

@@ -118,8 +118,12 @@ func TestDecodeBlocksMatchesDecodeFile(t *testing.T) {
 		{"a keyword broken", func(s string) string { return strings.Replace(s, "service \"s3\"", "servic \"s3\"", 1) }},
 		{"the keyword fixed", func(s string) string { return strings.Replace(s, "servic \"s3\"", "service \"s3\"", 1) }},
 		{"the head edited", func(s string) string { return strings.Replace(s, "# pools of the edge", "# pools", 1) }},
-		{"a closing brace removed", func(s string) string { return strings.Replace(s, "  }\n}\n\nservice \"s9\"", "  }\n\nservice \"s9\"", 1) }},
-		{"the closing brace back", func(s string) string { return strings.Replace(s, "  }\n\nservice \"s9\"", "  }\n}\n\nservice \"s9\"", 1) }},
+		{"a closing brace removed", func(s string) string {
+			return strings.Replace(s, "  }\n}\n\nservice \"s9\"", "  }\n\nservice \"s9\"", 1)
+		}},
+		{"the closing brace back", func(s string) string {
+			return strings.Replace(s, "  }\n\nservice \"s9\"", "  }\n}\n\nservice \"s9\"", 1)
+		}},
 		{"two blocks edited", func(s string) string {
 			s = strings.Replace(s, "port = 443", "port = 444", 1)
 			i := strings.LastIndex(s, "weight = 7 ")

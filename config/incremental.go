@@ -17,7 +17,7 @@ import (
 
 // lastLoad is a clean load's result and its index.
 type lastLoad struct {
-	files     map[string]*fileDecode
+	files     []string // the Config's Files
 	daemon    Daemon
 	hasDaemon bool
 	bgp       BGP
@@ -130,40 +130,29 @@ func (fd *fileDecode) plain() bool {
 	return len(fd.parse) == 0 && len(fd.top) == 0 && len(fd.daemons) == 0 && len(fd.bgps) == 0 && len(fd.svcDiags) == 0
 }
 
+// fileChange is a file whose content changed since the last load, or that
+// came (old nil) or went (new nil).
+type fileChange struct {
+	name     string
+	old, new *fileDecode
+}
+
 // incremental returns the Config of srcs, decoded as fds, from the last
-// clean load when only services changed and the changed ones pass the
-// checks across services; false otherwise, and then the index is spent.
-func (l *Loader) incremental(srcs []source, fds []*fileDecode) (*Config, bool) {
+// load, given what changed since, when that load was clean, only services
+// changed, and the changed ones pass the checks across services; false
+// otherwise, and then the index is spent.
+func (l *Loader) incremental(srcs []source, fds []*fileDecode, changes []fileChange) (*Config, bool) {
 	last := l.last
 	l.last = nil // taken: a failure below leaves it half updated
 	if last == nil {
 		return nil, false
 	}
-	type change struct{ old, new *fileDecode }
-	var changes []change
-	seen := 0
-	for i, s := range srcs {
-		old := last.files[s.name]
-		if old != nil {
-			seen++
-		}
-		if old != nil && old.sum == fds[i].sum {
-			continue // the same content: the same decode
-		}
-		if !fds[i].plain() || old != nil && !old.plain() {
+	sameFiles := len(srcs) == len(last.files)
+	for _, c := range changes {
+		if c.new != nil && !c.new.plain() || c.old != nil && !c.old.plain() {
 			return nil, false
 		}
-		changes = append(changes, change{old, fds[i]})
-	}
-	if seen < len(last.files) {
-		for name, old := range last.files {
-			if !slices.ContainsFunc(srcs, func(s source) bool { return s.name == name }) {
-				if !old.plain() {
-					return nil, false
-				}
-				changes = append(changes, change{old: old})
-			}
-		}
+		sameFiles = sameFiles && c.old != nil && c.new != nil
 	}
 
 	// What left and what came, by pointer: a block that did not change is
@@ -209,16 +198,15 @@ func (l *Loader) incremental(srcs []source, fds []*fileDecode) (*Config, bool) {
 		return nil, false
 	}
 
-	cfg := &Config{Daemon: last.daemon, BGP: last.bgp, Files: make([]string, len(srcs)), Digest: digest(srcs, fds)}
-	for i, s := range srcs {
-		cfg.Files[i] = s.name
+	cfg := &Config{Daemon: last.daemon, BGP: last.bgp, Files: last.files, Digest: digest(srcs, fds)}
+	if !sameFiles {
+		cfg.Files = make([]string, len(srcs))
+		for i, s := range srcs {
+			cfg.Files[i] = s.name
+		}
 	}
 	cfg.Services = resorted(last.sorted, gone, came)
-	files := make(map[string]*fileDecode, len(srcs))
-	for i, s := range srcs {
-		files[s.name] = fds[i]
-	}
-	l.last = &lastLoad{files: files, daemon: last.daemon, hasDaemon: last.hasDaemon, bgp: last.bgp, sorted: cfg.Services, idx: x}
+	l.last = &lastLoad{files: cfg.Files, daemon: last.daemon, hasDaemon: last.hasDaemon, bgp: last.bgp, sorted: cfg.Services, idx: x}
 	return cfg, true
 }
 

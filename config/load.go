@@ -192,6 +192,10 @@ type source struct {
 	// given rather than read.
 	stat   statKey
 	readAt time.Time
+	// prev is a Loader's decode of the file from the last load, nil for a
+	// new file, when known says it was looked up.
+	prev  *fileDecode
+	known bool
 }
 
 // loadSources is the whole load of files already in memory, each parsed

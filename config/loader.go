@@ -16,24 +16,30 @@ import (
 )
 
 // Loader is Load for a directory that is loaded again and again, as the
-// daemon's reloads do. It keeps what each file decoded to (its services,
-// daemon and bgp blocks and their diagnostics), by path, with the SHA-256
-// of the content and what stat said of the file when it was read. A file
-// whose inode, size and change time are as they were is not read again,
-// unless it changed so close to the time it was read that a second write
-// within the same clock tick could hide behind an unchanged ctime (see
-// racyWindow); a file that is read is parsed and decoded again only when
-// its content changed. So a one-line edit among 100 files reads and decodes
-// one file. The checks across files run over the whole set each time, so a
-// Loader returns exactly what Load returns for the same files. The cache
-// holds the files of the last Load that could read its files; a deleted
-// file is forgotten.
+// daemon's reloads do, doing work in proportion to what changed rather than
+// to the whole configuration:
+//
+//   - Reading. A file whose inode, size and change time are as they were is
+//     not read again, unless it changed so close to the time it was read
+//     that a second write within the same clock tick could hide behind an
+//     unchanged ctime (see racyWindow). LoadChanged, given the entries a
+//     directory watch named, does not even stat the others.
+//   - Decoding. A file that changed is compared with its last content, and
+//     only the service blocks the edit touched are parsed and decoded (see
+//     decodeBlocks); an unchanged block is the same *Service as before.
+//   - Checking. After a load with no problem at all, the checks across
+//     services look only at the services that changed (see incremental);
+//     anything else runs every check, so a Loader returns exactly what Load
+//     returns for the same files.
+//
+// The cache holds the files of the last Load that could read its files; a
+// deleted file is forgotten.
 //
 // Configs from one Loader share, with each other and with the cache, the
-// services of unchanged files and the slices and maps inside the bgp block
-// (Neighbors, communities): treat a loaded Config as read-only. The Services
-// and Files slices are new on each Load, so sorting or replacing whole
-// elements is safe.
+// services of unchanged blocks, the Files slice while the set of files stays
+// the same, and the slices and maps inside the bgp block (Neighbors,
+// communities): treat a loaded Config as read-only. The Services slice is
+// new on each Load, so sorting or replacing whole elements is safe.
 //
 // A Loader may be shared between goroutines; its Loads run one at a time.
 type Loader struct {
@@ -103,7 +109,7 @@ func (l *Loader) LoadChanged(dir string, changed []string) (*Config, error) {
 	if l.listing == nil || l.dir != dir {
 		return l.loadDir(dir)
 	}
-	files := slices.Clone(l.listing)
+	files := l.listing // updated in place: a failure below lists the directory again
 	fresh := make(map[string]bool, len(changed))
 	for _, p := range changed {
 		name := filepath.Base(p)
@@ -148,14 +154,14 @@ func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, er
 		fd := l.files[f.name]
 		if fresh != nil && !fresh[f.name] && fd != nil && !fd.readAt.IsZero() {
 			if fd.readAt.Sub(fd.stat.ctime) > racyWindow {
-				srcs[i] = source{name: f.name, stat: fd.stat}
+				srcs[i] = source{name: f.name, stat: fd.stat, prev: fd, known: true}
 				continue // no event, and settled when last read
 			}
 			if st, err := os.Stat(f.name); err == nil {
 				f.stat = statOf(st)
 			}
 		}
-		srcs[i] = source{name: f.name, stat: f.stat}
+		srcs[i] = source{name: f.name, stat: f.stat, prev: fd, known: true}
 		if fd != nil && fd.trusted(f.stat) {
 			continue
 		}
@@ -300,11 +306,18 @@ func (d *decoder) since(n int) []diag { return slices.Clip(d.diags[n:]) }
 func (l *Loader) load(srcs []source) (*Config, error) {
 	// Decode what changed, and forget the files that are gone.
 	fds := make([]*fileDecode, len(srcs))
-	files := make(map[string]*fileDecode, len(srcs))
+	if l.files == nil {
+		l.files = make(map[string]*fileDecode, len(srcs))
+	}
+	var changes []fileChange // since the last load
 	l.decoded = 0
-	nServices := 0
+	nServices, known := 0, 0
 	for i, s := range srcs {
-		fd := l.files[s.name]
+		old := s.prev
+		if !s.known {
+			old = l.files[s.name]
+		}
+		fd := old
 		if s.data != nil || fd == nil {
 			switch {
 			case fd != nil && fd.data != nil && bytes.Equal(fd.data, s.data),
@@ -315,12 +328,26 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 				l.decoded++
 			}
 			fd.stat, fd.readAt = s.stat, s.readAt
+			l.files[s.name] = fd
 		}
-		fds[i], files[s.name] = fd, fd
+		if old != nil {
+			known++
+		}
+		if old == nil || old.sum != fd.sum {
+			changes = append(changes, fileChange{s.name, old, fd})
+		}
+		fds[i] = fd
 		nServices += len(fd.services)
 	}
-	l.files = files
-	cfg, ok := l.incremental(srcs, fds)
+	if known < len(l.files) {
+		for name, old := range l.files {
+			if _, ok := slices.BinarySearchFunc(srcs, name, func(s source, n string) int { return strings.Compare(s.name, n) }); !ok {
+				changes = append(changes, fileChange{name, old, nil})
+				delete(l.files, name)
+			}
+		}
+	}
+	cfg, ok := l.incremental(srcs, fds, changes)
 	if l.quick = ok; ok {
 		return cfg, nil
 	}
@@ -376,7 +403,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		}
 		return cfg, nil
 	}
-	l.last = &lastLoad{files: files, daemon: cfg.Daemon, hasDaemon: daemon != nil, bgp: cfg.BGP, sorted: cfg.Services, idx: indexOf(fds, len(svcs))}
+	l.last = &lastLoad{daemon: cfg.Daemon, hasDaemon: daemon != nil, bgp: cfg.BGP, files: cfg.Files, sorted: cfg.Services, idx: indexOf(fds, len(svcs))}
 	return cfg, nil
 }
 

@@ -275,10 +275,8 @@ func (e *Engine) setConfig(cfg *config.Config) {
 
 	if c.unchanged {
 		// One for one: forget only the services that changed.
-		for i, j := range c.decision {
-			if j < 0 {
-				e.decided[i] = decision{}
-			}
+		for _, i := range c.forget {
+			e.decided[i] = decision{}
 		}
 	} else {
 		decided := make(decisions, len(cfg.Services))

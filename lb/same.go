@@ -22,19 +22,36 @@ import (
 // taken over from the service of the same name in the previous one.
 type carried struct {
 	// plan[i] is the index in prev of the service whose probes equal those
-	// of next.Services[i] (samePlan), else -1.
+	// of next.Services[i] (samePlan), else -1. Nil when unchanged.
 	plan []int32
 	// decision[i] is the index in prev of the service equal to
 	// next.Services[i] in every field a decision reads (sameDecision),
-	// else -1.
+	// else -1. Nil when unchanged.
 	decision []int32
 	// unchanged: both list the same services in the same order, each with
-	// the same probes, so the previous plan serves as it is.
+	// the same probes, so the previous plan serves as it is; forget lists
+	// the services whose decision cannot be carried over.
 	unchanged bool
+	forget    []int32
+}
+
+// decisionFrom is the index in prev whose decision service i of next may
+// take over, or -1.
+func (c carried) decisionFrom(i int) int32 {
+	if c.unchanged {
+		if slices.Contains(c.forget, int32(i)) {
+			return -1
+		}
+		return int32(i)
+	}
+	return c.decision[i]
 }
 
 // carry compares the services of two configurations, each sorted by name.
 func carry(prev, next []*config.Service) carried {
+	if c, ok := carryInPlace(prev, next); ok {
+		return c
+	}
 	c := carried{
 		plan:      make([]int32, len(next)),
 		decision:  make([]int32, len(next)),
@@ -72,7 +89,40 @@ func carry(prev, next []*config.Service) carried {
 		}
 		j++
 	}
+	if c.unchanged {
+		for i, j := range c.decision {
+			if j < 0 {
+				c.forget = append(c.forget, int32(i))
+			}
+		}
+		c.plan, c.decision = nil, nil
+	}
 	return c
+}
+
+// carryInPlace is carry for the usual reload: the same services in the same
+// places, most of them the very same values (config.Loader keeps the
+// services of unchanged blocks), so only the others are compared, and
+// nothing of the configuration's size is allocated. It reports false when
+// that is not the case.
+func carryInPlace(prev, next []*config.Service) (carried, bool) {
+	if len(prev) != len(next) {
+		return carried{}, false
+	}
+	c := carried{unchanged: true}
+	for i, n := range next {
+		p := prev[i]
+		if p == n {
+			continue
+		}
+		if p.Name != n.Name || !samePlan(p, n) {
+			return carried{}, false
+		}
+		if !sameDecision(p, n) {
+			c.forget = append(c.forget, int32(i))
+		}
+	}
+	return c, true
 }
 
 // samePlan reports whether two services of the same name probe the same

@@ -131,13 +131,13 @@ func TestCarrySeesEveryField(t *testing.T) {
 		t.Fatalf("only %d mutations: the walk missed fields", len(muts))
 	}
 	cp := deepCopy(base)
-	if c := carry([]*config.Service{&base}, []*config.Service{&cp}); !c.unchanged || c.decision[0] != 0 {
+	if c := carry([]*config.Service{&base}, []*config.Service{&cp}); !c.unchanged || c.decisionFrom(0) != 0 {
 		t.Fatalf("a copy of the service is not carried over: %+v", c)
 	}
 	for path, m := range muts {
 		c := carry([]*config.Service{&base}, []*config.Service{&m})
 		source := strings.HasSuffix(path, ".Source")
-		if got := c.decision[0] == 0; got != source {
+		if got := c.decisionFrom(0) == 0; got != source {
 			t.Errorf("%s changed: decision carried over = %v, want %v", path, got, source)
 		}
 	}
