@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"slices"
 	"strconv"
@@ -63,16 +64,16 @@ func decodeBlocks(name string, data []byte, prev *fileDecode) *fileDecode {
 		return fd
 	}
 	old, ob := prev.data, prev.blocks
-	p, s := commonPrefix(old, data), 0
-	s = commonSuffix(old[p:], data[p:])
-	cut, delta := len(old)-s, len(data)-len(old)
-	// Blocks [0, i) end before the first change and blocks [j, n) start
-	// after the last (strictly after: the line break before each is
-	// unchanged too). The text from block i-1 (or the file's start) to
-	// block j is split again: block i-1 too, because text added at its end
-	// may be its trailing comments.
-	i, _ := slices.BinarySearchFunc(ob, p, func(b *blockDecode, p int) int { return cmpInt(b.end, p+1) })
-	j, _ := slices.BinarySearchFunc(ob, cut+1, func(b *blockDecode, c int) int { return cmpInt(b.start, c) })
+	p := commonPrefix(old, data)
+	cut := len(old) - commonSuffix(old[p:], data[p:])
+	delta := len(data) - len(old)
+	// Blocks before i end before the first change, and blocks from j on
+	// start after the last (strictly after: the line break before each is
+	// unchanged too). The text from the block before i (or the file's
+	// start) to block j is split again, that block too, because text added
+	// at its end may be its trailing comments.
+	i, _ := slices.BinarySearchFunc(ob, p, func(b *blockDecode, p int) int { return cmp.Compare(b.end, p+1) })
+	j, _ := slices.BinarySearchFunc(ob, cut+1, func(b *blockDecode, c int) int { return cmp.Compare(b.start, c) })
 	i = max(i-1, 0)
 	from, line, started := 0, 1, false
 	if i > 0 {
@@ -184,16 +185,6 @@ func (bd *blockDecode) at(c chunk) *blockDecode {
 		out.svc = bd.svc.shifted(dl)
 	}
 	return &out
-}
-
-func cmpInt(a, b int) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // commonPrefix is the length of the longest common prefix of a and b. It

@@ -26,11 +26,7 @@ func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, d
 			continue
 		}
 		names[s.Name] = i
-		if s.FWMark != 0 || s.VIP.IsValid() {
-			ep := endpoint{proto: s.Protocol, ap: netip.AddrPortFrom(s.VIP, s.Port)}
-			if s.FWMark != 0 {
-				ep = endpoint{mark: s.FWMark, fam: s.Family}
-			}
+		if ep, ok := endpointOf(s); ok {
 			if j, dup := endpoints[ep]; dup {
 				d.errorAt(m.endpointRange, metas[j].endpointRange, "each VIP:port:protocol (or fwmark and family) may belong to one service only", "service %q uses %s, as service %q does", s.Name, s.Endpoint(), svcs[j].Name)
 			} else {
