@@ -91,9 +91,12 @@ func BenchmarkLoad10000(b *testing.B) { benchLoad(b, 10000) }
 
 // BenchmarkLoaderEdit10000 is the reload of a one-line edit (one real's
 // weight) among 10,000 services x 10 reals in 100 files, with a Loader that
-// loaded the directory before: every file is read and hashed, one is
-// decoded, and the checks across files run over the whole set. Writing the
-// file is not timed.
+// loaded the directory before, by Load (the full pass of a SIGHUP or the
+// poll) moments after the files were written: every file changed too
+// recently for its stat to be trusted, so every one is read and compared,
+// and one block of one file is decoded. (lb's BenchmarkReloadScaling times
+// the watch's path, LoadChanged, on settled files.) Writing the file is
+// not timed.
 func BenchmarkLoaderEdit10000(b *testing.B) {
 	const services = 10000
 	dir := b.TempDir()
