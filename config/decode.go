@@ -771,21 +771,31 @@ func parseStatus(v value) (StatusRange, bool) {
 	return StatusRange{a, b}, true
 }
 
+// notLabelRune reports a rune that no label of a name a health check queries
+// has: names are letters, digits, '-' and '_' (as in _sip._tcp), between
+// dots.
+func notLabelRune(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+}
+
 func (d *decoder) decodeDNS(f *fields, bl *block) DNSCheck {
 	c := DNSCheck{Type: "A", Transport: TransportUDP, Rcode: "NOERROR"}
 	if !f.has("name") {
 		d.errorf(bl.defRange, `add name = "www.example.com." (the name to query)`, "a dns check needs name")
 	} else if a, ok := f.get("name", kString); ok {
 		n := strings.TrimSuffix(a.val.str, ".")
-		valid := n != "" && len(n) <= 253 && !strings.ContainsAny(n, " \t\r\n\\\"")
+		valid := n != "" && len(n) <= 253
 		for _, l := range strings.Split(n, ".") {
-			if l == "" || len(l) > 63 {
+			if l == "" || len(l) > 63 || strings.IndexFunc(l, notLabelRune) >= 0 {
 				valid = false
 			}
 		}
-		if !valid {
+		switch {
+		case strings.Contains(n, "://"):
+			d.errorf(a.val.rng, `write the host name alone, such as name = "www.example.com.": a dns check queries a name, not a URL`, "name %s is a URL, not a domain name", quote(a.val.str))
+		case !valid:
 			d.errorf(a.val.rng, f.hintFor("name"), "name %s is not a domain name", quote(a.val.str))
-		} else {
+		default:
 			c.Name = n + "."
 		}
 	}
