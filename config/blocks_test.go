@@ -147,6 +147,9 @@ func TestDecodeBlocksMatchesDecodeFile(t *testing.T) {
 			return s[:i] + s[j:k] + s[i:j] + s[k:]
 		}},
 		{"everything replaced", func(s string) string { return blocksFile(5 + r.IntN(30)) }},
+		{"CRLF line ends", func(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n") }},
+		{"LF line ends again", func(s string) string { return strings.ReplaceAll(s, "\r\n", "\n") }},
+		{"one CRLF line", func(s string) string { return strings.Replace(s, "port = 443\n", "port = 443\r\n", 1) }},
 	}
 	for step := range 1000 {
 		e := edits[r.IntN(len(edits))]
