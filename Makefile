@@ -61,9 +61,11 @@ debtest: build ## install the .deb in a booted Debian VM (systemd) and drive it
 vmbench: ## kernel benchmarks in the VM
 	BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS)
 
+# The host benchmarks run one package at a time (-p 1): two packages'
+# benchmarks side by side on a 2-core machine time each other.
 bench: ## one table of every benchmark (host and VM)
 	@mkdir -p out
-	@{ $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... ; \
+	@{ $(GO) test -p 1 -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... ; \
 	   BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS); } 2>&1 | tee out/bench.log | $(GO) run ./tools/benchtab -strict
 
 clean: ## remove build output (keeps the VM cache)
