@@ -363,8 +363,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 
 	cfg = &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
 	// Pointers into the cache, not copies: validate only reads them, and
-	// copies of 10,000 services and their metas would be most of a
-	// reload's garbage. cfg.Services gets its own copies, once, sorted.
+	// cfg.Services is these same pointers, sorted.
 	svcs := make([]*Service, 0, nServices)
 	metas := make([]*serviceMeta, 0, nServices)
 	d := &decoder{} // collects the problems afresh: resolve sorts them in place
