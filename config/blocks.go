@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
 // A file of many services is decoded service by service: a one-line edit
@@ -267,16 +266,8 @@ func decodeBlock(name string, data []byte, c chunk) *blockDecode {
 	p := &fastParser{src: data[:c.end], slabSize: n, i: c.start, line: c.line, lineStart: c.start}
 	b := &body{}
 	if !p.body(b, false) || p.i != c.end {
-		f, diags := hclsyntax.ParseConfig(data[c.start:c.end], name, hcl.Pos{Line: c.line, Column: 1, Byte: c.start})
-		if diags.HasErrors() || f == nil {
-			return nil
-		}
-		hb, ok := f.Body.(*hclsyntax.Body)
-		if !ok {
-			return nil
-		}
-		b = convertBody(hb, &diags)
-		if len(diags) > 0 {
+		var diags hcl.Diagnostics
+		if b, diags = slowParse(name, text, hcl.Pos{Line: c.line, Column: 1, Byte: c.start}); b == nil || len(diags) > 0 {
 			return nil
 		}
 	}

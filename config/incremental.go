@@ -157,34 +157,24 @@ func (l *Loader) incremental(srcs []source, fds []*fileDecode, changes []fileCha
 
 	// What left and what came, by pointer: a block that did not change is
 	// the same *Service in both decodes.
-	var gone, came []*Service
-	x := last.idx
-	diffs := make([][2][]int, len(changes))
-	for k, c := range changes {
+	var gone, came []indexed
+	for _, c := range changes {
 		g, n := serviceDiff(c.old, c.new)
-		diffs[k] = [2][]int{g, n}
-		for _, i := range g {
-			x.remove(c.old.services[i], c.old.metas[i])
-			gone = append(gone, c.old.services[i])
-		}
+		gone, came = append(gone, g...), append(came, n...)
+	}
+	x := last.idx
+	for _, e := range gone {
+		x.remove(e.s, e.m)
 	}
 	dm := last.daemon
-	for k, c := range changes {
-		for _, i := range diffs[k][1] {
-			s := c.new.services[i]
-			m := c.new.metas[i]
-			if !x.add(s, m) {
+	for _, e := range came {
+		if !x.add(e.s, e.m) || inTunnelMarks(e.s, dm) {
+			return nil, false
+		}
+		for fam := range e.m.tunnelRanges {
+			if !dm.healthSource(fam).IsValid() {
 				return nil, false
 			}
-			if s.FWMark != 0 && s.FWMark >= dm.TunnelMarkBase && uint64(s.FWMark) < uint64(dm.TunnelMarkBase)+uint64(dm.TunnelMarkCount) {
-				return nil, false
-			}
-			for fam := range m.tunnelRanges {
-				if fam == IPv4 && !dm.HealthSourceV4.IsValid() || fam == IPv6 && !dm.HealthSourceV6.IsValid() {
-					return nil, false
-				}
-			}
-			came = append(came, s)
 		}
 	}
 	if last.hasDaemon {
@@ -210,28 +200,34 @@ func (l *Loader) incremental(srcs []source, fds []*fileDecode, changes []fileCha
 	return cfg, true
 }
 
+// indexed is a service with its positions, as the index takes them.
+type indexed struct {
+	s *Service
+	m *serviceMeta
+}
+
 // serviceDiff lists the services of old that new does not have, and those
-// of new that old does not have, by index. Either may be nil.
-func serviceDiff(old, new *fileDecode) (gone, came []int) {
-	switch {
-	case old == nil:
-		for i := range new.services {
-			came = append(came, i)
-		}
-		return nil, came
-	case new == nil:
-		for i := range old.services {
-			gone = append(gone, i)
-		}
-		return gone, nil
-	case len(old.services) == len(new.services):
-		// An edit inside blocks keeps every other block in its place.
-		for i, s := range new.services {
-			if old.services[i] != s {
-				gone, came = append(gone, i), append(came, i)
+// of new that old does not have. Either may be nil.
+func serviceDiff(old, new *fileDecode) (gone, came []indexed) {
+	entries := func(fd *fileDecode, keep func(i int, s *Service) bool) []indexed {
+		var out []indexed
+		if fd != nil {
+			for i, s := range fd.services {
+				if keep(i, s) {
+					out = append(out, indexed{s, fd.metas[i]})
+				}
 			}
 		}
-		return gone, came
+		return out
+	}
+	switch {
+	case old == nil || new == nil:
+		all := func(int, *Service) bool { return true }
+		return entries(old, all), entries(new, all)
+	case len(old.services) == len(new.services):
+		// An edit inside blocks keeps every other block in its place.
+		return entries(old, func(i int, s *Service) bool { return new.services[i] != s }),
+			entries(new, func(i int, s *Service) bool { return old.services[i] != s })
 	}
 	in := func(svcs []*Service) map[*Service]bool {
 		m := make(map[*Service]bool, len(svcs))
@@ -240,57 +236,49 @@ func serviceDiff(old, new *fileDecode) (gone, came []int) {
 		}
 		return m
 	}
-	inNew, inOld := in(new.services), in(old.services)
-	for i, s := range old.services {
-		if !inNew[s] {
-			gone = append(gone, i)
-		}
-	}
-	for i, s := range new.services {
-		if !inOld[s] {
-			came = append(came, i)
-		}
-	}
-	return gone, came
+	was, is := in(old.services), in(new.services)
+	return entries(old, func(_ int, s *Service) bool { return !is[s] }),
+		entries(new, func(_ int, s *Service) bool { return !was[s] })
 }
 
 // resorted is sorted (by name) without gone and with came: a new slice.
 // An edit that keeps the names replaces pointers in place; one that adds
 // or removes services merges, still in one pass.
-func resorted(sorted, gone, came []*Service) []*Service {
-	byName := func(a, b *Service) int { return strings.Compare(a.Name, b.Name) }
-	slices.SortFunc(came, byName)
-	out := slices.Clone(sorted)
+func resorted(sorted []*Service, gone, came []indexed) []*Service {
+	slices.SortFunc(came, func(a, b indexed) int { return strings.Compare(a.s.Name, b.s.Name) })
+	byName := func(o *Service, n string) int { return cmp.Compare(o.Name, n) }
 	if len(gone) == len(came) {
+		out := slices.Clone(sorted)
 		replaced := true
-		for _, s := range came {
-			i, ok := slices.BinarySearchFunc(out, s.Name, func(o *Service, n string) int { return cmp.Compare(o.Name, n) })
-			if !ok || !slices.Contains(gone, out[i]) {
+		for _, e := range came {
+			i, ok := slices.BinarySearchFunc(out, e.s.Name, byName)
+			if !ok || !slices.ContainsFunc(gone, func(g indexed) bool { return g.s == out[i] }) {
 				replaced = false
 				break
 			}
-			out[i] = s
+			out[i] = e.s
 		}
 		if replaced {
 			return out
 		}
-		out = slices.Clone(sorted)
 	}
 	drop := make(map[*Service]bool, len(gone))
-	for _, s := range gone {
-		drop[s] = true
+	for _, e := range gone {
+		drop[e.s] = true
 	}
-	out = slices.DeleteFunc(out, func(s *Service) bool { return drop[s] })
-	merged := make([]*Service, 0, len(out)+len(came))
-	i, j := 0, 0
-	for i < len(out) || j < len(came) {
-		if j == len(came) || i < len(out) && out[i].Name < came[j].Name {
-			merged = append(merged, out[i])
-			i++
-		} else {
-			merged = append(merged, came[j])
-			j++
+	out := make([]*Service, 0, len(sorted)-len(gone)+len(came))
+	j := 0
+	for _, s := range sorted {
+		if drop[s] {
+			continue
 		}
+		for ; j < len(came) && came[j].s.Name < s.Name; j++ {
+			out = append(out, came[j].s)
+		}
+		out = append(out, s)
 	}
-	return merged
+	for _, e := range came[j:] {
+		out = append(out, e.s)
+	}
+	return out
 }

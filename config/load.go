@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -60,14 +59,19 @@ func configName(name string) bool {
 	return strings.HasSuffix(name, ".hcl") && !strings.HasPrefix(name, ".") && !strings.HasPrefix(name, "#")
 }
 
-// statOf is the statKey of what os.Stat returned.
-func statOf(st os.FileInfo) statKey {
-	key := statKey{size: st.Size()}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		key.dev, key.ino = uint64(sys.Dev), sys.Ino
-		key.ctime = time.Unix(sys.Ctim.Unix())
+// statKeyOf is the statKey of a stat result.
+func statKeyOf(st *unix.Stat_t) statKey {
+	return statKey{dev: st.Dev, ino: st.Ino, size: st.Size, ctime: time.Unix(st.Ctim.Unix())}
+}
+
+// statFile stats the file at p, following symlinks as a ConfigMap's are;
+// false when there is no regular file there.
+func statFile(p string) (statKey, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return statKey{}, false
 	}
-	return key
+	return statKeyOf(&st), true
 }
 
 func listFiles(dir string) ([]listed, error) {
@@ -92,9 +96,7 @@ func listFiles(dir string) ([]listed, error) {
 		if err := unix.Fstatat(dfd, name, &st, 0); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue // follows symlinks, as a ConfigMap's are
 		}
-		out = append(out, listed{name: filepath.Join(dir, name), stat: statKey{
-			dev: st.Dev, ino: st.Ino, size: st.Size, ctime: time.Unix(st.Ctim.Unix()),
-		}})
+		out = append(out, listed{name: filepath.Join(dir, name), stat: statKeyOf(&st)})
 	}
 	slices.SortFunc(out, func(a, b listed) int { return strings.Compare(a.name, b.name) })
 	return out, nil
@@ -192,10 +194,6 @@ type source struct {
 	// given rather than read.
 	stat   statKey
 	readAt time.Time
-	// prev is a Loader's decode of the file from the last load, nil for a
-	// new file, when known says it was looked up.
-	prev  *fileDecode
-	known bool
 }
 
 // loadSources is the whole load of files already in memory, each parsed

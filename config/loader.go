@@ -117,21 +117,21 @@ func (l *Loader) LoadChanged(dir string, changed []string) (*Config, error) {
 			return l.loadDir(dir)
 		}
 		p = filepath.Join(dir, name)
-		st, err := os.Stat(p)
-		i, known := slices.BinarySearchFunc(files, p, func(f listed, p string) int { return strings.Compare(f.name, p) })
-		switch {
-		case !configName(name):
+		if !configName(name) {
 			if lst, err := os.Lstat(p); err == nil && !lst.Mode().IsRegular() {
 				return l.loadDir(dir) // perhaps what the files point through
 			}
 			continue // an editor's temporary or backup
-		case err != nil || !st.Mode().IsRegular():
+		}
+		key, regular := statFile(p)
+		i, known := slices.BinarySearchFunc(files, p, func(f listed, p string) int { return strings.Compare(f.name, p) })
+		if !regular {
 			if known {
 				files = slices.Delete(files, i, i+1)
 			}
 			continue
 		}
-		f := listed{name: p, stat: statOf(st)}
+		f := listed{name: p, stat: key}
 		if known {
 			files[i] = f
 		} else {
@@ -154,14 +154,14 @@ func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, er
 		fd := l.files[f.name]
 		if fresh != nil && !fresh[f.name] && fd != nil && !fd.readAt.IsZero() {
 			if fd.readAt.Sub(fd.stat.ctime) > racyWindow {
-				srcs[i] = source{name: f.name, stat: fd.stat, prev: fd, known: true}
+				srcs[i] = source{name: f.name, stat: fd.stat}
 				continue // no event, and settled when last read
 			}
-			if st, err := os.Stat(f.name); err == nil {
-				f.stat = statOf(st)
+			if key, ok := statFile(f.name); ok {
+				f.stat = key
 			}
 		}
-		srcs[i] = source{name: f.name, stat: f.stat, prev: fd, known: true}
+		srcs[i] = source{name: f.name, stat: f.stat}
 		if fd != nil && fd.trusted(f.stat) {
 			continue
 		}
@@ -245,17 +245,7 @@ func decodeFile(name string, data []byte) *fileDecode {
 	fd := &fileDecode{}
 	b := fastParse(data)
 	if b == nil {
-		f, diags := hclsyntax.ParseConfig(data, name, hcl.InitialPos)
-		fd.parse = diags
-		if diags.HasErrors() || f == nil {
-			return fd
-		}
-		hb, ok := f.Body.(*hclsyntax.Body)
-		if !ok {
-			return fd
-		}
-		b = convertBody(hb, &fd.parse)
-		if fd.parse.HasErrors() {
+		if b, fd.parse = slowParse(name, data, hcl.InitialPos); b == nil {
 			return fd
 		}
 	}
@@ -298,6 +288,25 @@ func decodeFile(name string, data []byte) *fileDecode {
 	return fd
 }
 
+// slowParse parses src with hclsyntax, from pos, when the fast parser
+// declines it: the body, or nil when it has syntax errors, and what the
+// parse reported.
+func slowParse(name string, src []byte, pos hcl.Pos) (*body, hcl.Diagnostics) {
+	f, diags := hclsyntax.ParseConfig(src, name, pos)
+	if diags.HasErrors() || f == nil {
+		return nil, diags
+	}
+	hb, ok := f.Body.(*hclsyntax.Body)
+	if !ok {
+		return nil, diags
+	}
+	b := convertBody(hb, &diags)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return b, diags
+}
+
 // since returns the problems reported after the first n, clipped so that
 // later reports cannot write into it.
 func (d *decoder) since(n int) []diag { return slices.Clip(d.diags[n:]) }
@@ -311,12 +320,9 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	}
 	var changes []fileChange // since the last load
 	l.decoded = 0
-	nServices, known := 0, 0
+	nServices, known, before := 0, 0, len(l.files)
 	for i, s := range srcs {
-		old := s.prev
-		if !s.known {
-			old = l.files[s.name]
-		}
+		old := l.files[s.name]
 		fd := old
 		if s.data != nil || fd == nil {
 			switch {
@@ -339,7 +345,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		fds[i] = fd
 		nServices += len(fd.services)
 	}
-	if known < len(l.files) {
+	if known < before { // some files of the last load are gone
 		for name, old := range l.files {
 			if _, ok := slices.BinarySearchFunc(srcs, name, func(s source, n string) int { return strings.Compare(s.name, n) }); !ok {
 				changes = append(changes, fileChange{name, old, nil})

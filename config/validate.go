@@ -33,15 +33,11 @@ func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, d
 				endpoints[ep] = i
 			}
 		}
-		if s.FWMark != 0 && s.FWMark >= dm.TunnelMarkBase && uint64(s.FWMark) < uint64(dm.TunnelMarkBase)+uint64(dm.TunnelMarkCount) {
+		if inTunnelMarks(s, dm) {
 			d.errorAt(m.fwmarkRange, hcl.Range{}, fmt.Sprintf("use an fwmark outside %d..%d, or move tunnel_mark_base in the daemon block", dm.TunnelMarkBase, uint64(dm.TunnelMarkBase)+uint64(dm.TunnelMarkCount)-1), "fwmark %d is inside the range reserved for tunnelled checks", s.FWMark)
 		}
 		for fam, rng := range m.tunnelRanges {
-			src := dm.HealthSourceV4
-			if fam == IPv6 {
-				src = dm.HealthSourceV6
-			}
-			if !src.IsValid() {
+			if !dm.healthSource(fam).IsValid() {
 				ex := "192.0.2.10"
 				if fam == IPv6 {
 					ex = "2001:db8::10"
@@ -103,6 +99,20 @@ func (d *decoder) validate(cfg *Config, svcs []*Service, metas []*serviceMeta, d
 	}
 	slices.SortStableFunc(svcs, func(a, b *Service) int { return strings.Compare(a.Name, b.Name) })
 	cfg.Services = svcs
+}
+
+// inTunnelMarks reports whether s is an fwmark service whose mark is one of
+// those reserved for tunnelled checks.
+func inTunnelMarks(s *Service, dm Daemon) bool {
+	return s.FWMark != 0 && s.FWMark >= dm.TunnelMarkBase && uint64(s.FWMark) < uint64(dm.TunnelMarkBase)+uint64(dm.TunnelMarkCount)
+}
+
+// healthSource is the source of the tunnelled probes of family fam.
+func (dm Daemon) healthSource(fam Family) netip.Addr {
+	if fam == IPv6 {
+		return dm.HealthSourceV6
+	}
+	return dm.HealthSourceV4
 }
 
 // sameRoute reports whether two announce policies give one VIP's route the

@@ -240,18 +240,17 @@ func BenchmarkReloadScaling(b *testing.B) {
 			}
 		}
 		small, large := by[10], by[10000]
-		sm, smMean := stats(small.took)
-		lg, lgMean := stats(large.took)
-		b.ReportMetric(ms(sm), "ms-at-100-reals")
-		b.ReportMetric(ms(lg), "ms-at-100k-reals")
-		b.ReportMetric(float64(lg)/float64(sm), "ratio")
-		b.ReportMetric(float64(lgMean)/float64(smMean), "mean-ratio")
-		hs, hsMean := stats(small.hot)
-		hl, hlMean := stats(large.hot)
-		b.ReportMetric(ms(hs), "hot-ms-at-100-reals")
-		b.ReportMetric(ms(hl), "hot-ms-at-100k-reals")
-		b.ReportMetric(float64(hl)/float64(hs), "hot-ratio")
-		b.ReportMetric(float64(hlMean)/float64(hsMean), "hot-mean-ratio")
+		for _, way := range []struct {
+			prefix       string
+			small, large []time.Duration
+		}{{"", small.took, large.took}, {"hot-", small.hot, large.hot}} {
+			sm, smMean := stats(way.small)
+			lg, lgMean := stats(way.large)
+			b.ReportMetric(ms(sm), way.prefix+"ms-at-100-reals")
+			b.ReportMetric(ms(lg), way.prefix+"ms-at-100k-reals")
+			b.ReportMetric(float64(lg)/float64(sm), way.prefix+"ratio")
+			b.ReportMetric(float64(lgMean)/float64(smMean), way.prefix+"mean-ratio")
+		}
 	}
 }
 

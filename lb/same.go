@@ -35,18 +35,6 @@ type carried struct {
 	forget    []int32
 }
 
-// decisionFrom is the index in prev whose decision service i of next may
-// take over, or -1.
-func (c carried) decisionFrom(i int) int32 {
-	if c.unchanged {
-		if slices.Contains(c.forget, int32(i)) {
-			return -1
-		}
-		return int32(i)
-	}
-	return c.decision[i]
-}
-
 // carry compares the services of two configurations, each sorted by name.
 func carry(prev, next []*config.Service) carried {
 	if c, ok := carryInPlace(prev, next); ok {
@@ -60,13 +48,6 @@ func carry(prev, next []*config.Service) carried {
 	j := 0
 	for i := range next {
 		n := next[i]
-		if j < len(prev) && prev[j] == n {
-			// The same service, kept by the Loader: no name to compare.
-			c.plan[i], c.decision[i] = int32(j), int32(j)
-			c.unchanged = c.unchanged && i == j
-			j++
-			continue
-		}
 		c.plan[i], c.decision[i] = -1, -1
 		for j < len(prev) && prev[j].Name < n.Name {
 			j++

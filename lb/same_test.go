@@ -207,3 +207,15 @@ func TestIPVSChanges(t *testing.T) {
 		})
 	}
 }
+
+// decisionFrom is the index in prev whose decision service i of next may
+// take over, or -1, in either form carry returns.
+func (c carried) decisionFrom(i int) int32 {
+	if c.unchanged {
+		if slices.Contains(c.forget, int32(i)) {
+			return -1
+		}
+		return int32(i)
+	}
+	return c.decision[i]
+}
