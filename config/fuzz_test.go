@@ -34,7 +34,7 @@ func FuzzLoad(f *testing.F) {
 	}
 	dirs, _ := filepath.Glob("testdata/invalid/*/")
 	for _, d := range dirs {
-		files, _ := ListFiles(d)
+		files, _ := ListFiles(d, nil)
 		var parts [][]byte
 		for _, p := range files {
 			b, _ := os.ReadFile(p)
