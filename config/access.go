@@ -114,7 +114,7 @@ func (r *Reader) judge(p string, st *unix.Stat_t) error {
 	if !r.may(st, 4) {
 		return &accessError{
 			reason: fmt.Sprintf("is not readable by %s: mode %04o, owner %d:%d", r, st.Mode&0o7777, st.Uid, st.Gid),
-			hint:   fmt.Sprintf("make it readable by the daemon, which reads without CAP_DAC_OVERRIDE: chmod a+r %s, or give it to the daemon's user or group", p),
+			hint:   fmt.Sprintf("make it readable by %s, as the daemon reads without CAP_DAC_OVERRIDE: chmod a+r %s, or give it to that user or group", r, p),
 		}
 	}
 	if st.Size > MaxFileSize {

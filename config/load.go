@@ -65,15 +65,15 @@ func statKeyOf(st *unix.Stat_t) statKey {
 }
 
 // statEntry stats the configuration entry name of the directory open as
-// dirfd (or a path, with unix.AT_FDCWD), following symlinks as a
+// dirfd (or a path, with unix.AT_FDCWD; path names it in messages), following symlinks as a
 // ConfigMap's are, and judges it (see Reader.judge): its statKey, or why
 // it cannot be read.
-func (r *Reader) statEntry(dirfd int, name string) (statKey, error) {
+func (r *Reader) statEntry(dirfd int, name, path string) (statKey, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, 0); err != nil {
 		return statKey{}, statError(dirfd, name, err)
 	}
-	if err := r.judge(name, &st); err != nil {
+	if err := r.judge(path, &st); err != nil {
 		return statKey{}, err
 	}
 	return statKeyOf(&st), nil
@@ -114,7 +114,7 @@ func listFiles(dir string, r *Reader) ([]listed, error) {
 			continue
 		}
 		p := filepath.Join(dir, name)
-		key, err := r.statEntry(dfd, name)
+		key, err := r.statEntry(dfd, name, p)
 		if err != nil {
 			ds = append(ds, fileProblem(p, err))
 			continue
@@ -307,5 +307,14 @@ func Format(name string, src []byte) ([]byte, error) {
 	if diags.HasErrors() {
 		return src, resolve([]source{{name: name, data: src}}, fromHCL(diags))
 	}
-	return hclwrite.Format(src), nil
+	out := hclwrite.Format(src)
+	// What is written must parse as what was read did: a formatter bug
+	// must not become a broken file.
+	if diags := scanLimits(name, out); !diags.HasErrors() {
+		_, diags = hclsyntax.ParseConfig(out, name, hcl.InitialPos)
+		if !diags.HasErrors() {
+			return out, nil
+		}
+	}
+	return src, fmt.Errorf("%s: formatting would not parse; leaving the file unchanged", name)
 }

@@ -142,7 +142,7 @@ func (l *Loader) LoadChanged(dir string, changed []string) (*Config, error) {
 			}
 			continue // an editor's temporary or backup
 		}
-		key, err := l.Reader.statEntry(unix.AT_FDCWD, p)
+		key, err := l.Reader.statEntry(unix.AT_FDCWD, p, p)
 		i, known := slices.BinarySearchFunc(files, p, func(f listed, p string) int { return strings.Compare(f.name, p) })
 		if err != nil {
 			var lst unix.Stat_t
@@ -180,7 +180,7 @@ func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, er
 				srcs[i] = source{name: f.name, stat: fd.stat}
 				continue // no event, and settled when last read
 			}
-			if key, err := l.Reader.statEntry(unix.AT_FDCWD, f.name); err == nil {
+			if key, err := l.Reader.statEntry(unix.AT_FDCWD, f.name, f.name); err == nil {
 				f.stat = key
 			} // else readFile below says why
 		}

@@ -71,9 +71,17 @@ type scanner struct {
 	// 'o' (a prefix operator, ending with the item it applies to).
 	stack  []byte
 	marker []byte
-	// strStart is where the string or heredoc text being read started.
+	// strStart is where the string or heredoc text being read started,
+	// and strOpen the position of its opening quote or <<.
 	strStart int
+	strOpen  rawPos
 }
+
+// rawPos is a position before its column is counted: the scan counts
+// columns only for the one position it reports.
+type rawPos struct{ line, lineStart, i int }
+
+func (s *scanner) raw(i int) rawPos { return rawPos{s.line, s.lineStart, i} }
 
 func (s *scanner) pos(i int) hcl.Pos {
 	col := 1 + utf8.RuneCount(s.src[s.lineStart:i])
@@ -85,6 +93,12 @@ func (s *scanner) pos(i int) hcl.Pos {
 type hintText string
 
 func (s *scanner) fail(i int, summary, hint, name string) hcl.Diagnostics {
+	return s.failAt(s.raw(i), summary, hint, name)
+}
+
+func (s *scanner) failAt(at rawPos, summary, hint, name string) hcl.Diagnostics {
+	s.line, s.lineStart = at.line, at.lineStart
+	i := at.i
 	p := s.pos(i)
 	end := p
 	if i < len(s.src) {
@@ -177,7 +191,7 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 				continue
 			}
 			if i-s.strStart >= MaxStringLength {
-				return s.fail(s.strStart, fmt.Sprintf("string longer than the limit of %d bytes", MaxStringLength), "shorten the value: no attribute takes text this long", name)
+				return s.failAt(s.strOpen, fmt.Sprintf("string longer than the limit of %d bytes", MaxStringLength), "shorten the value: no attribute takes text this long", name)
 			}
 			s.i++
 			continue
@@ -220,7 +234,7 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 			if !push('"') {
 				return tooDeep(i)
 			}
-			s.strStart = i + 1
+			s.strStart, s.strOpen = i+1, s.raw(i)
 		case c == '<' && i+1 < len(src) && src[i+1] == '<':
 			// A heredoc: <<EOT or <<-EOT, then a newline.
 			j := i + 2
@@ -236,8 +250,8 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 					return tooDeep(i)
 				}
 				s.marker = append(s.marker[:0], src[j:k]...)
+				s.strStart, s.strOpen = k+1, s.raw(i)
 				s.i = k
-				s.strStart = k + 1
 				continue
 			}
 		case isDigit(c) && numberStart(src, i):
@@ -276,11 +290,7 @@ func (s *scanner) heredocEnds() bool {
 	for j < len(s.src) && (s.src[j] == ' ' || s.src[j] == '\t' || s.src[j] == '\r') {
 		j++
 	}
-	if j == len(s.src) || s.src[j] == '\n' {
-		s.strStart = j
-		return true
-	}
-	return false
+	return j == len(s.src) || s.src[j] == '\n'
 }
 
 // numberStart reports whether the digit at i starts a number: it follows
