@@ -319,3 +319,43 @@ func writeFmt(t *testing.T, dir, name, content string, mode os.FileMode) string 
 	}
 	return p
 }
+
+// TestValidateReadability: validate, run as root, refuses the files the
+// daemon (without CAP_DAC_OVERRIDE) could not read, and says whose
+// credentials it judged with.
+func TestValidateReadability(t *testing.T) {
+	const svc = "service \"a\" {\n  vip  = \"198.51.100.1\"\n  port = 80\n}\n"
+	want := "is not readable by " + validateReader().String()
+	tests := []struct {
+		name  string
+		mode  os.FileMode
+		owner int
+		ok    bool
+	}{
+		{"mode 000", 0, 0, false},
+		{"another user's 0600", 0o600, 4242, false},
+		{"another user's 0644", 0o644, 4242, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			p := writeFmt(t, dir, "a.hcl", svc, tt.mode)
+			if err := os.Chown(p, tt.owner, tt.owner); err != nil {
+				t.Fatal(err)
+			}
+			code, out, _ := runCmd("validate", dir)
+			if tt.ok {
+				if code != exitOK {
+					t.Errorf("validate = %d %q; want valid", code, out)
+				}
+				return
+			}
+			if code != exitInvalid || !strings.Contains(out, p+": error: cannot read file: "+want) || !strings.Contains(out, "hint: make it readable by") {
+				t.Errorf("validate = %d %q; want exit 1 and %q", code, out, want)
+			}
+		})
+	}
+}
