@@ -170,8 +170,21 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 			}
 			continue
 		}
-		switch s.top() {
+		top := s.top()
+		switch top {
 		case '"', 'h':
+			// Plain text, the bulk of a string, in one step.
+			j := i
+			for j < len(src) && !textSpecial[src[j]] {
+				j++
+			}
+			if j > i {
+				if j-s.strStart > MaxStringLength {
+					return s.failAt(s.strOpen, fmt.Sprintf("string longer than the limit of %d bytes", MaxStringLength), "shorten the value: no attribute takes text this long", name)
+				}
+				s.i = j
+				continue
+			}
 			switch {
 			case c == '\\' && s.top() == '"':
 				s.i += 2
@@ -197,7 +210,15 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 			continue
 		}
 		// Code: top level, a block body, a list, an object, parentheses or
-		// a template's expression.
+		// a template's expression. Names, spaces and = in one step.
+		if !codeSpecial[c] {
+			j := i + 1
+			for j < len(src) && !codeSpecial[src[j]] {
+				j++
+			}
+			s.i = j
+			continue
+		}
 		switch {
 		case c == '#' || c == '/' && i+1 < len(src) && src[i+1] == '/':
 			for s.i < len(src) && src[s.i] != '\n' {
@@ -291,6 +312,19 @@ func (s *scanner) heredocEnds() bool {
 		j++
 	}
 	return j == len(s.src) || s.src[j] == '\n'
+}
+
+// textSpecial and codeSpecial are the bytes the scan looks at in text and
+// in code; it steps over runs of the others.
+var textSpecial, codeSpecial [256]bool
+
+func init() {
+	for _, c := range []byte("\n\\\"$%") {
+		textSpecial[c] = true
+	}
+	for _, c := range []byte("\n#/{[()]},!-?\"<0123456789") {
+		codeSpecial[c] = true
+	}
 }
 
 // numberStart reports whether the digit at i starts a number: it follows
