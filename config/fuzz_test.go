@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +15,8 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
-// FuzzLoad feeds arbitrary files to the loader. Nothing may panic; a
+// FuzzLoad feeds arbitrary files to the loader. Nothing may panic or
+// overflow a small stack; a
 // failed load returns positioned Diagnostics and no Config; a good load
 // returns sorted services. Input split at NUL bytes becomes several files,
 // so the checks across files run too. Where the fast parser accepts a file,
@@ -22,6 +24,10 @@ import (
 // load. With KGLB_FUZZ_WATCHDOG set, an input that takes over 3s panics, so
 // the fuzzer reports it as a crasher.
 func FuzzLoad(f *testing.F) {
+	// A file within the limits nests at most MaxNesting levels, a few
+	// hundred KB of stack in either parser; 64 MB (not Go's 1 GB) turns a
+	// file that gets past scanLimits and still nests deep into a crash.
+	debug.SetMaxStack(64 << 20)
 	seeds, _ := filepath.Glob("../examples/*.hcl")
 	more, _ := filepath.Glob("testdata/invalid/*.hcl")
 	seeds = append(seeds, more...)

@@ -69,8 +69,8 @@ type scanner struct {
 	// stack holds the open levels: '{', '[', '(', 't' (a template's ${ or
 	// %{), '"' (a quoted string), 'h' (a heredoc, ending at marker) and
 	// 'o' (a prefix operator, ending with the item it applies to).
-	stack  []byte
-	marker []byte
+	stack   []byte
+	markers [][]byte // of the open heredocs, innermost last
 	// strStart is where the string or heredoc text being read started,
 	// and strOpen the position of its opening quote or <<.
 	strStart int
@@ -167,6 +167,7 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 			s.line, s.lineStart = s.line+1, s.i
 			if s.top() == 'h' && s.heredocEnds() {
 				s.pop("h")
+				s.markers = s.markers[:len(s.markers)-1]
 			}
 			continue
 		}
@@ -187,7 +188,10 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 			}
 			switch {
 			case c == '\\' && s.top() == '"':
-				s.i += 2
+				s.i++
+				if s.i < len(src) && src[s.i] != '\n' { // a newline ends the string all the same
+					s.i++
+				}
 				continue
 			case (c == '$' || c == '%') && i+1 < len(src) && src[i+1] == c:
 				s.i += 2 // $$ and %% escape a template
@@ -266,11 +270,11 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 			for k < len(src) && isIdentByte(src[k]) {
 				k++
 			}
-			if k > j && k < len(src) && (src[k] == '\n' || src[k] == '\r') {
+			if k > j && k < len(src) && src[k] == '\n' {
 				if !push('h') {
 					return tooDeep(i)
 				}
-				s.marker = append(s.marker[:0], src[j:k]...)
+				s.markers = append(s.markers, src[j:k])
 				s.strStart, s.strOpen = k+1, s.raw(i)
 				s.i = k
 				continue
@@ -300,14 +304,15 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 // heredocEnds reports whether the line that starts at s.i closes the open
 // heredoc: its marker alone on the line, spaces around it allowed.
 func (s *scanner) heredocEnds() bool {
+	marker := s.markers[len(s.markers)-1]
 	j := s.i
 	for j < len(s.src) && (s.src[j] == ' ' || s.src[j] == '\t') {
 		j++
 	}
-	if len(s.src)-j < len(s.marker) || string(s.src[j:j+len(s.marker)]) != string(s.marker) {
+	if len(s.src)-j < len(marker) || string(s.src[j:j+len(marker)]) != string(marker) {
 		return false
 	}
-	j += len(s.marker)
+	j += len(marker)
 	for j < len(s.src) && (s.src[j] == ' ' || s.src[j] == '\t' || s.src[j] == '\r') {
 		j++
 	}
@@ -328,9 +333,10 @@ func init() {
 }
 
 // numberStart reports whether the digit at i starts a number: it follows
-// no identifier, digit or decimal point, or a minus sign that does not.
+// no identifier, digit or decimal point, or a sign that does not (so the
+// exponent of 1e-08 or 1e+08 is not one).
 func numberStart(src []byte, i int) bool {
-	if i > 0 && src[i-1] == '-' {
+	if i > 0 && (src[i-1] == '-' || src[i-1] == '+') {
 		i--
 	}
 	return i == 0 || !isIdentByte(src[i-1]) && src[i-1] != '.'

@@ -23,7 +23,9 @@ func TestScanLimits(t *testing.T) {
 		want      string // "" for none; else the diagnostic's position and summary
 	}{
 		{"plain", svc("  port = 80\n"), ""},
-		{"fractions and exponents", "a = 1.08\nb = 1e08\nc = 0.5\nd = -1\ne = 0\n", ""},
+		{"fractions and exponents", "a = 1.08\nb = 1e08\nc = 0.5\nd = -1\ne = 0\nf = 1.5e+08\ng = 2E-07\n", ""},
+		{"nested heredocs", "a = <<A\n${<<B\nA\nB\n}\nA\nb = 08\n", "f.hcl:7:5: number 08 has a leading zero"},
+		{"escaped newline ends a string", "a = \"x\\\n" + strings.Repeat("(", MaxNesting+1) + "\n", "f.hcl:2:33: nesting deeper than the limit of 32 levels"},
 		{"zeros in text", "# port = 08\na = \"08\" // 08\nx-08 = 1\n/* 08 */\n", ""},
 		{"heredoc", "a = <<EOT\n  ${ { [ ( !!!!\n  EOT\n  EOT\nb = 08\n", "f.hcl:5:5: number 08 has a leading zero"},
 		{"indented heredoc", "a = <<-EOT\n  \"\n  EOT\nb = [[1]]\n", ""},
