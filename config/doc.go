@@ -14,6 +14,12 @@
 // HCL: Diagnostics renders itself as text or JSON, and Format gives `kglb
 // fmt` its canonical layout.
 //
+// Before either parser sees a file, scanLimits bounds its size, line
+// length, string length and nesting depth, so that no input can overflow
+// a parser's stack. Every *.hcl entry is read or refused: a Reader's
+// credentials (mode bits, never root's override) decide what is readable,
+// the same for the daemon and `kglb validate`.
+//
 // Loading is fast enough for 10,000 services per reload: files in the plain
 // subset of HCL that configurations use are parsed by a small dedicated
 // parser into the same tree hclsyntax would give (checked by FuzzLoad);

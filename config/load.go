@@ -65,9 +65,9 @@ func statKeyOf(st *unix.Stat_t) statKey {
 }
 
 // statEntry stats the configuration entry name of the directory open as
-// dirfd (or a path, with unix.AT_FDCWD; path names it in messages), following symlinks as a
+// dirfd (or a path, with unix.AT_FDCWD), following symlinks as a
 // ConfigMap's are, and judges it (see Reader.judge): its statKey, or why
-// it cannot be read.
+// it cannot be read. path names the entry in messages.
 func (r *Reader) statEntry(dirfd int, name, path string) (statKey, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, 0); err != nil {
@@ -133,8 +133,9 @@ func listFiles(dir string, r *Reader) ([]listed, error) {
 // change between calls.
 func Load(dir string) (*Config, error) { return NewLoader().Load(dir) }
 
-// LoadFiles is Load for a list of files. They are loaded in sorted order;
-// a file given twice is loaded once.
+// LoadFiles is Load for a list of files, read as this process may (see
+// Reader). They are loaded in sorted order; a file given twice is loaded
+// once.
 func LoadFiles(paths ...string) (*Config, error) { return NewLoader().LoadFiles(paths...) }
 
 // dirError is the problem of a directory that cannot be listed.
