@@ -92,9 +92,10 @@ func runFmt(args []string, stdout, stderr io.Writer) int {
 // change what the file is, it writes the content into the same inode
 // instead (from the start, then truncating to the new length, then
 // fsync): when the file has more than one hard link (a new inode would
-// split them), and when the temporary file cannot be given the target's
-// owner (a user who may write a file but not chown). Such a write is not
-// atomic; the daemon's debounce covers the moment it takes.
+// split them), and when the temporary file cannot be made beside the
+// target or given its owner (a user who may write the file but not the
+// directory, or not chown). Such a write is not atomic; the daemon's
+// debounce covers the moment it takes.
 func writeFile(name string, data []byte) error {
 	target, err := filepath.EvalSymlinks(name)
 	if err != nil {
@@ -111,27 +112,29 @@ func writeFile(name string, data []byte) error {
 		return writeInPlace(target, data)
 	}
 	err = replaceFile(target, data, &st)
-	if errors.Is(err, errKeepOwner) {
+	if errors.Is(err, errInPlace) {
 		return writeInPlace(target, data)
 	}
 	return err
 }
 
-// errKeepOwner is replaceFile's refusal when it cannot give the new file
-// the old one's owner and group.
-var errKeepOwner = errors.New("cannot keep the owner")
+// errInPlace is replaceFile's refusal when it cannot make a temporary file
+// beside the target, or give it the target's owner and group.
+var errInPlace = errors.New("cannot replace the file")
 
 // replaceFile writes data to a temporary file in target's directory, with
 // the owner, group and mode of st, and renames it over target.
 func replaceFile(target string, data []byte, st *unix.Stat_t) error {
 	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp")
-	if err != nil {
+	if errors.Is(err, os.ErrPermission) {
+		return errInPlace
+	} else if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name()) // after a successful rename, there is none
 	defer tmp.Close()
 	if err := tmp.Chown(int(st.Uid), int(st.Gid)); err != nil {
-		return errKeepOwner
+		return errInPlace
 	}
 	// After the chown, which clears the set-id bits.
 	if err := unix.Fchmod(int(tmp.Fd()), st.Mode&0o7777); err != nil {
