@@ -326,6 +326,13 @@ func TestLoadRefusesEntries(t *testing.T) {
 		{"dangling symlink", nil, func(t *testing.T, dir string) string {
 			return symlink(t, "gone.hcl", filepath.Join(dir, "x.hcl"))
 		}, `is a dangling symlink: its target "gone.hcl" does not exist`},
+		{"a loaded file swapped for a dangling symlink", nil, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "a.hcl")
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			return symlink(t, "..data/a.hcl", p)
+		}, `is a dangling symlink: its target "..data/a.hcl" does not exist`},
 		{"symlink loop", nil, func(t *testing.T, dir string) string {
 			symlink(t, "x.hcl", filepath.Join(dir, "y"))
 			return symlink(t, "y", filepath.Join(dir, "x.hcl"))
