@@ -103,7 +103,7 @@ type accessError struct {
 
 func (e *accessError) Error() string { return e.reason }
 
-const renameHint = "every *.hcl entry of the directory is read as configuration: make it a regular file (or a symlink to one), or rename or remove it"
+const renameHint = "configuration is read from regular files (or symlinks to one), and every *.hcl entry of the directory is configuration: replace it with a file, or rename it so its name does not end in .hcl, or remove it"
 
 // judge says whether st, what stat (following symlinks) said of the entry
 // at p, is a regular file r may read: nil, or an *accessError.
