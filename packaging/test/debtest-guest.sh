@@ -32,6 +32,88 @@ waitfor() {
 
 say "BOOT $(cut -d' ' -f1 /proc/uptime)"
 
+# ================================================================ security (issue 13)
+# Who may change the balancer: the daemon runs as kglb with only its
+# capabilities, the control socket is for root and group kglb, the stats
+# port only reads, and kglb does not start when someone squats its address.
+security_steps() {
+	local pid st out rc good sq
+	pid="$(systemctl show -p MainPID --value kglb)"
+	st="$(grep -E '^(Uid|Gid|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' "/proc/$pid/status" | tr '\t' ' ' | tr '\n' ';')"
+	info "daemon pid $pid: $st"
+	# CAP_NET_ADMIN (12) and CAP_NET_RAW (13); CAP_NET_BIND_SERVICE (10) dropped: no port below 1024.
+	if [ "$(uid_of "$pid")" = "$(id -u kglb)" ] && grep -q '^CapEff:.0000000000003000$' "/proc/$pid/status" &&
+		grep -q '^CapAmb:.0000000000003000$' "/proc/$pid/status" && grep -q '^CapPrm:.0000000000003000$' "/proc/$pid/status"; then
+		pass "the daemon runs as user kglb with exactly CAP_NET_ADMIN CAP_NET_RAW (CapEff=CapAmb=CapPrm=3000)"
+	else
+		fail "daemon user and capabilities" "$st"
+	fi
+
+	out="$(runuser -u nobody -- kglb reload -force 2>&1)"
+	rc=$?
+	if [ "$(stat -c '%U:%G %a' /run/kglb/control.sock)" = "kglb:kglb 660" ] && [ $rc = 1 ] &&
+		echo "$out" | grep -q 'permission denied' && ! runuser -u nobody -- kglb status >/dev/null 2>&1; then
+		pass "as nobody the control socket refuses (EACCES): $out"
+	else
+		fail "control socket as nobody" "mode $(stat -c '%U:%G %a' /run/kglb/control.sock) rc=$rc: $out"
+	fi
+
+	# Loosen the modes as a careless admin might: the peer check still refuses.
+	chmod 0755 /run/kglb && chmod 0666 /run/kglb/control.sock
+	out="$(runuser -u nobody -- kglb reload -force 2>&1)"
+	rc=$?
+	chmod 0750 /run/kglb && chmod 0660 /run/kglb/control.sock
+	if [ $rc = 1 ] && echo "$out" | grep -q 'refused' &&
+		journalctl -u kglb --no-pager | grep 'control request refused' | grep -q 'uid=65534'; then
+		pass "with the socket loosened to 0666, SO_PEERCRED still refuses nobody, and the journal says who: $out"
+	else
+		fail "peer credentials" "rc=$rc: $out"
+	fi
+
+	out="$(runuser -u nobody -- bash -c 'exec 3<>/dev/tcp/127.0.0.1/5678 && printf "POST /reload?force=1 HTTP/1.0\r\nContent-Length: 0\r\n\r\n" >&3 && head -n1 <&3' 2>&1)"
+	if echo "$out" | grep -q ' 405 '; then
+		pass "as nobody, POST /reload?force=1 on the stats port is answered 405: $out"
+	else
+		fail "read-only stats port" "$out"
+	fi
+
+	good="$(cat /etc/kglb/web.hcl)"
+	printf 'service "web" {\n  vip  = "198.51.100.999"\n  port = 80\n}\n' >/etc/kglb/web.hcl
+	if out="$(kglb status 2>&1)" && echo "$out" | grep -q '10.0.3.2'; then
+		pass "kglb status works with a broken config on disk"
+	else
+		fail "kglb status with a broken config" "$out"
+	fi
+	out="$(kglb reload 2>&1)"
+	rc=$?
+	if [ $rc = 1 ] && echo "$out" | grep -q 'web.hcl:2:' && [ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ] &&
+		journalctl -u kglb --no-pager | grep 'reload requested' | grep -q 'uid=0'; then
+		pass "kglb reload of a broken config exits 1 with the position ($(echo "$out" | grep -m1 'web.hcl:2:')); the request is logged with uid=0"
+	else
+		fail "kglb reload with a broken config" "rc=$rc: $out"
+	fi
+	echo "$good" >/etc/kglb/web.hcl.tmp && chown root:kglb /etc/kglb/web.hcl.tmp && chmod 0640 /etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
+	out="$(kglb reload 2>&1)" || fail "kglb reload after the fix" "$out"
+
+	# A squatter on the stats address: kglb refuses to start, and says why.
+	systemctl stop kglb
+	runuser -u nobody -- busybox nc -ll -p 5678 -e /bin/cat &
+	sq=$!
+	waitfor 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5678'
+	if ! timeout 60 systemctl start kglb 2>/dev/null &&
+		msg="$(journalctl -u kglb --no-pager | grep -m1 'listen on stats_address 127.0.0.1:5678: bind: address already in use')"; then
+		pass "with 127.0.0.1:5678 squatted, systemctl start kglb fails: ${msg#*]: }"
+	else
+		fail "squatted stats address" "$(systemctl is-active kglb)"
+		show journalctl -u kglb --no-pager -n 10
+	fi
+	kill "$sq" 2>/dev/null
+	pkill -P "$sq" 2>/dev/null
+	wait "$sq" 2>/dev/null
+	systemctl reset-failed kglb
+	timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb || fail "start after the squatter left" "$(systemctl is-active kglb)"
+}
+
 # ---------------------------------------------------------------- network
 # client --- LB (this root namespace) --- real1, real2; NAT forwarding, so
 # the reals route their replies back through the LB.
@@ -237,13 +319,44 @@ fi
 kill "$echoer" 2>/dev/null
 
 # ---------------------------------------------------------------- 6. upgrade
+# From the previous package (the daemon ran as root, /etc/kglb root:root)
+# to this one (user kglb): put the previous one back while the services
+# run, then upgrade; the new daemon adopts the IPVS state with no write.
 deb="$(ls /root/kglb_*.deb | head -n1)"
-pid="$(systemctl show -p MainPID --value kglb)"
-if out="$(DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" 2>&1)" && waitfor 30 systemctl is-active --quiet kglb; then
-	pass "dpkg -i over the installed package (upgrade path): kglb active, restarted (pid $pid -> $(systemctl show -p MainPID --value kglb))"
+prev="$(ls /root/prev/kglb_*.deb | head -n1)"
+uid_of() { awk '$1 == "Uid:" {print $2}' "/proc/$1/status" 2>/dev/null; }
+if out="$(DEBIAN_FRONTEND=noninteractive dpkg -i "$prev" 2>&1)" && waitfor 30 systemctl is-active --quiet kglb &&
+	pid="$(systemctl show -p MainPID --value kglb)" && [ "$(uid_of "$pid")" = 0 ]; then
+	pass "the previous package $(basename "$prev") runs (daemon as root, pid $pid)"
 else
-	fail "upgrade" "$out"
+	fail "previous package" "$(systemctl is-active kglb) uid $(uid_of "$(systemctl show -p MainPID --value kglb)"): $out"
 fi
+score="$(systemd-analyze security kglb.service 2>&1 | tail -n1 | sed 's/^.*Overall exposure level for kglb.service: //')"
+say "SECURITY-PREV $score"
+chown root:root /etc/kglb /etc/kglb/*.hcl && chmod 0755 /etc/kglb && chmod 0644 /etc/kglb/*.hcl # as the old package left them
+sleep 3 # a full health round
+if out="$(DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" 2>&1)" && waitfor 30 systemctl is-active --quiet kglb &&
+	npid="$(systemctl show -p MainPID --value kglb)" && [ "$npid" != "$pid" ]; then
+	pass "dpkg -i upgrades from the previous package: kglb active, restarted (pid $pid -> $npid)"
+else
+	fail "upgrade" "$(systemctl is-active kglb): $out"
+fi
+sleep 3 # a full health round after the restart
+w="$(metric kglb_ipvs_writes_total)"
+if [ "$w" = 0 ] && [ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ]; then
+	pass "after the upgrade kglb_ipvs_writes_total is 0 and the reals are in place (state adopted as the kglb user)"
+else
+	fail "no IPVS writes after the upgrade" "kglb_ipvs_writes_total=$w reals '$(kernel_reals)'"
+	show journalctl -u kglb --no-pager -n 20
+fi
+own="$(stat -c '%n %U:%G %a' /etc/kglb /etc/kglb/*.hcl /var/lib/kglb /var/lib/kglb/* | tr '\n' ';')"
+if ! echo "$own" | tr ';' '\n' | grep . | grep -Ev '^/etc/kglb root:kglb 750$|^/etc/kglb/[^ ]+ root:kglb 640$|^/var/lib/kglb kglb:kglb 750$|^/var/lib/kglb/[^ ]+ kglb:kglb [0-7]+$' >/dev/null; then
+	pass "postinst set the ownership: /etc/kglb root:kglb 0750, its files 0640, /var/lib/kglb kglb:kglb"
+else
+	fail "ownership after the upgrade" "$own"
+fi
+
+security_steps
 
 # ---------------------------------------------------------------- 7. security
 score="$(systemd-analyze security kglb.service 2>&1 | tail -n1 | sed 's/^.*Overall exposure level for kglb.service: //')"
