@@ -37,7 +37,7 @@ say "BOOT $(cut -d' ' -f1 /proc/uptime)"
 # capabilities, the control socket is for root and group kglb, the stats
 # port only reads, and kglb does not start when someone squats its address.
 security_steps() {
-	local pid st out rc good sq
+	local pid st out rc good sq msg
 	pid="$(systemctl show -p MainPID --value kglb)"
 	st="$(grep -E '^(Uid|Gid|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' "/proc/$pid/status" | tr '\t' ' ' | tr '\n' ';')"
 	info "daemon pid $pid: $st"
@@ -94,6 +94,68 @@ security_steps() {
 	fi
 	echo "$good" >/etc/kglb/web.hcl.tmp && chown root:kglb /etc/kglb/web.hcl.tmp && chmod 0640 /etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
 	out="$(kglb reload 2>&1)" || fail "kglb reload after the fix" "$out"
+
+	# The data plane as the kglb user: TCP-MD5 (a BGP session with BIRD in
+	# the client namespace, with a password), SO_MARK (a tunnelled check),
+	# besides the IPVS and VIP routes the steps above already checked.
+	printf 'md5-s3cret\n' >/etc/kglb/client.secret
+	chown root:kglb /etc/kglb/client.secret && chmod 0640 /etc/kglb/client.secret
+	cat >/etc/kglb/sec.hcl <<'HCL'
+bgp {
+  asn       = 65010
+  router_id = "10.0.0.1"
+  neighbor "client" {
+    address       = "10.0.0.2"
+    asn           = 65000
+    hold_time     = "9s"
+    connect_retry = "1s"
+    password_file = "/etc/kglb/client.secret"
+  }
+}
+
+service "tun" {
+  vip  = "198.51.100.20"
+  port = 80
+  real "10.0.1.2" {}
+  check "http" {
+    tunnel   = true
+    interval = "500ms"
+    timeout  = "300ms"
+  }
+}
+HCL
+	sed -i 's/^\(\s*vip_interface.*\)$/\1\n  health_source = "10.0.0.1"/' /etc/kglb/kglb.hcl
+	cat >/run/bird-client.conf <<'BIRD'
+router id 10.0.0.2;
+protocol device {}
+protocol bgp kglb {
+  local 10.0.0.2 as 65000;
+  neighbor 10.0.0.1 as 65010;
+  password "md5-s3cret";
+  ipv4 { import all; export none; };
+}
+BIRD
+	ip netns exec client bird -c /run/bird-client.conf -s /run/bird-client.ctl
+	timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb
+	if waitfor 40 bash -c 'birdc -s /run/bird-client.ctl show protocols kglb | grep -q Established'; then
+		pass "as user kglb, the BGP session with a TCP-MD5 password is Established at BIRD ($(birdc -s /run/bird-client.ctl show route count | grep -o '[0-9]* of [0-9]* routes' | head -n1))"
+	else
+		fail "TCP-MD5 session as kglb" "$(birdc -s /run/bird-client.ctl show protocols all kglb 2>&1 | tr '\n' ' ')"
+		show journalctl -u kglb --no-pager -n 20
+	fi
+	st="$(http_get 127.0.0.1 5678 /status)"
+	if waitfor 10 bash -c "$(declare -f http_get); http_get 127.0.0.1 5678 /status | grep -q '\"last_result\"'" &&
+		! echo "$st" | grep -qi 'not permitted' && ! journalctl -u kglb --no-pager | grep -qi 'operation not permitted' &&
+		! echo "$st" | grep -q 'md5-s3cret' && ! journalctl -u kglb --no-pager | grep -q 'md5-s3cret'; then
+		pass "as user kglb, tunnelled probes set SO_MARK (no 'operation not permitted'); the password is in neither /status nor the journal"
+	else
+		fail "SO_MARK as kglb" "$(echo "$st" | grep -i -m3 'reason\|not permitted' | tr '\n' ' ')"
+	fi
+	birdc -s /run/bird-client.ctl down >/dev/null 2>&1
+	rm -f /etc/kglb/sec.hcl /etc/kglb/client.secret
+	sed -i '/health_source = "10.0.0.1"/d' /etc/kglb/kglb.hcl
+	# Applied now and on purpose (it deletes a VIP): a start must not find it pending.
+	out="$(kglb reload -force 2>&1)" || fail "forced reload through the socket" "$out"
 
 	# A squatter on the stats address: kglb refuses to start, and says why.
 	systemctl stop kglb
