@@ -10,7 +10,7 @@
 #
 # Environment:
 #   DEBTEST_CACHE    cache directory (default .cache/debtest): the base system tarball
-#   DEBTEST_TIMEOUT  seconds for the VM (default 600)
+#   DEBTEST_TIMEOUT  seconds for the VM (default 900)
 #   DEBTEST_KEEP=1   keep the work directory (image, initramfs)
 #   KGLB_DEB         test this package instead of building one with scripts/deb.sh
 #   KGLB_PREV_DEB    the previous package the upgrade step starts from
@@ -86,12 +86,12 @@ on_line() {
 }
 log="$work/console.log"
 rc=0
-img_boot "$work" "$log" "${DEBTEST_TIMEOUT:-600}" on_line || rc=$?
+img_boot "$work" "$log" "${DEBTEST_TIMEOUT:-900}" on_line || rc=$?
 cp "$log" "$img_cache/last-console.log"
 t_end=$SECONDS
 
 failed=()
-if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then failed+=("the VM did not finish within ${DEBTEST_TIMEOUT:-600}s"); fi
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then failed+=("the VM did not finish within ${DEBTEST_TIMEOUT:-900}s"); fi
 if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 137 ]; then failed+=("qemu exited with status $rc"); fi
 grep -q 'KGLB-DEB: DONE' "$log" || failed+=("the guest test never finished (see $img_cache/last-console.log)")
 while IFS= read -r l; do failed+=("${l#*KGLB-DEB: FAIL }"); done < <(grep 'KGLB-DEB: FAIL ' "$log" || true)
