@@ -69,9 +69,10 @@ work="$(mktemp -d "$img_cache/tmp/run.XXXXXX")"
 if [ -n "${DEBTEST_KEEP:-}" ]; then img_note "keeping $work"; else trap 'rm -rf "$work"' EXIT; fi
 
 img_rootfs "$work"
-img_chroot_dpkg "$work" "$deb"
-mkdir -p "$work/root/root/prev"
-cp "$prev_deb" "$work/root/root/prev/"
+# The image starts with the previous package; the guest upgrades to $deb.
+img_chroot_dpkg "$work" "$prev_deb"
+mkdir -p "$work/root/root/new"
+cp "$deb" "$work/root/root/new/"
 img_guest_unit "$work" "$root/packaging/test/debtest-guest.sh"
 img_initramfs "$work"
 img_mkfs "$work"

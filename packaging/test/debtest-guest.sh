@@ -36,6 +36,49 @@ say "BOOT $(cut -d' ' -f1 /proc/uptime)"
 # Who may change the balancer: the daemon runs as kglb with only its
 # capabilities, the control socket is for root and group kglb, the stats
 # port only reads, and kglb does not start when someone squats its address.
+# The image boots with the previous package (built from the commit before
+# the kglb user: the daemon ran as root, /etc/kglb root:root); it serves,
+# then dpkg -i upgrades to this one, which adopts the IPVS state with no
+# write and hands /etc/kglb and /var/lib/kglb to the kglb user and group.
+uid_of() { awk '$1 == "Uid:" {print $2}' "/proc/$1/status" 2>/dev/null; }
+upgrade_steps() {
+	local deb pid npid out w own score
+	deb="$(ls /root/new/kglb_*.deb | head -n1)"
+	write_web 10.0.1.2 10.0.2.2
+	timeout 60 systemctl reload kglb >/dev/null 2>&1
+	if waitfor 60 systemctl is-active --quiet kglb && pid="$(systemctl show -p MainPID --value kglb)" &&
+		[ "$(uid_of "$pid")" = 0 ] && waitfor 30 has_reals "10.0.1.2:80 10.0.2.2:80 "; then
+		pass "the previous package ($(dpkg-query -W -f '${Version}' kglb)) serves web with the daemon as root (pid $pid)"
+	else
+		fail "previous package" "$(systemctl is-active kglb), reals '$(kernel_reals)'"
+		show journalctl -u kglb --no-pager -n 20
+	fi
+	score="$(systemd-analyze security kglb.service 2>&1 | tail -n1 | sed 's/^.*Overall exposure level for kglb.service: //')"
+	say "SECURITY-PREV $score"
+	sleep 3 # a full health round
+	if out="$(DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" 2>&1)" && waitfor 60 systemctl is-active --quiet kglb &&
+		npid="$(systemctl show -p MainPID --value kglb)" && [ "$npid" != "$pid" ]; then
+		pass "dpkg -i upgrades to $(dpkg-query -W -f '${Version}' kglb): kglb active, restarted (pid $pid -> $npid)"
+	else
+		fail "upgrade" "$(systemctl is-active kglb): $out"
+		show journalctl -u kglb --no-pager -n 20
+	fi
+	sleep 3 # a full health round after the restart
+	w="$(metric kglb_ipvs_writes_total)"
+	if [ "$w" = 0 ] && [ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 " ]; then
+		pass "after the upgrade kglb_ipvs_writes_total is 0 and the reals are in place (state adopted by the kglb user)"
+	else
+		fail "no IPVS writes after the upgrade" "kglb_ipvs_writes_total=$w reals '$(kernel_reals)'"
+		show journalctl -u kglb --no-pager -n 20
+	fi
+	own="$(stat -c '%n %U:%G %a' /etc/kglb /etc/kglb/*.hcl /var/lib/kglb /var/lib/kglb/* | tr '\n' ';')"
+	if ! echo "$own" | tr ';' '\n' | grep . | grep -Ev '^/etc/kglb root:kglb 750$|^/etc/kglb/[^ ]+ root:kglb 640$|^/var/lib/kglb kglb:kglb 750$|^/var/lib/kglb/[^ ]+ kglb:kglb [0-7]+$' >/dev/null; then
+		pass "postinst set the ownership: /etc/kglb root:kglb 0750, its files 0640, /var/lib/kglb kglb:kglb"
+	else
+		fail "ownership after the upgrade" "$own"
+	fi
+}
+
 security_steps() {
 	local pid st out rc good sq msg
 	pid="$(systemctl show -p MainPID --value kglb)"
@@ -270,6 +313,9 @@ replies() {
 setup_net
 pass "network namespaces (client, real1..3) with HTTP and echo servers"
 
+# ---------------------------------------------------------------- 0. upgrade
+upgrade_steps
+
 # ---------------------------------------------------------------- 1. start
 if waitfor 60 systemctl is-active --quiet kglb; then
 	pass "kglb.service is active after boot (Type=notify: READY=1 received)"
@@ -384,44 +430,7 @@ else
 fi
 kill "$echoer" 2>/dev/null
 
-# ---------------------------------------------------------------- 6. upgrade
-# From the previous package (the daemon ran as root, /etc/kglb root:root)
-# to this one (user kglb): put the previous one back while the services
-# run, then upgrade; the new daemon adopts the IPVS state with no write.
-deb="$(ls /root/kglb_*.deb | head -n1)"
-prev="$(ls /root/prev/kglb_*.deb | head -n1)"
-uid_of() { awk '$1 == "Uid:" {print $2}' "/proc/$1/status" 2>/dev/null; }
-if out="$(DEBIAN_FRONTEND=noninteractive dpkg -i "$prev" 2>&1)" && waitfor 30 systemctl is-active --quiet kglb &&
-	pid="$(systemctl show -p MainPID --value kglb)" && [ "$(uid_of "$pid")" = 0 ]; then
-	pass "the previous package $(basename "$prev") runs (daemon as root, pid $pid)"
-else
-	fail "previous package" "$(systemctl is-active kglb) uid $(uid_of "$(systemctl show -p MainPID --value kglb)"): $out"
-fi
-score="$(systemd-analyze security kglb.service 2>&1 | tail -n1 | sed 's/^.*Overall exposure level for kglb.service: //')"
-say "SECURITY-PREV $score"
-chown root:root /etc/kglb /etc/kglb/*.hcl && chmod 0755 /etc/kglb && chmod 0644 /etc/kglb/*.hcl # as the old package left them
-sleep 3 # a full health round
-if out="$(DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" 2>&1)" && waitfor 30 systemctl is-active --quiet kglb &&
-	npid="$(systemctl show -p MainPID --value kglb)" && [ "$npid" != "$pid" ]; then
-	pass "dpkg -i upgrades from the previous package: kglb active, restarted (pid $pid -> $npid)"
-else
-	fail "upgrade" "$(systemctl is-active kglb): $out"
-fi
-sleep 3 # a full health round after the restart
-w="$(metric kglb_ipvs_writes_total)"
-if [ "$w" = 0 ] && [ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ]; then
-	pass "after the upgrade kglb_ipvs_writes_total is 0 and the reals are in place (state adopted as the kglb user)"
-else
-	fail "no IPVS writes after the upgrade" "kglb_ipvs_writes_total=$w reals '$(kernel_reals)'"
-	show journalctl -u kglb --no-pager -n 20
-fi
-own="$(stat -c '%n %U:%G %a' /etc/kglb /etc/kglb/*.hcl /var/lib/kglb /var/lib/kglb/* | tr '\n' ';')"
-if ! echo "$own" | tr ';' '\n' | grep . | grep -Ev '^/etc/kglb root:kglb 750$|^/etc/kglb/[^ ]+ root:kglb 640$|^/var/lib/kglb kglb:kglb 750$|^/var/lib/kglb/[^ ]+ kglb:kglb [0-7]+$' >/dev/null; then
-	pass "postinst set the ownership: /etc/kglb root:kglb 0750, its files 0640, /var/lib/kglb kglb:kglb"
-else
-	fail "ownership after the upgrade" "$own"
-fi
-
+# ---------------------------------------------------------------- 6. who may change it
 security_steps
 
 # ---------------------------------------------------------------- 7. security
