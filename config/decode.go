@@ -224,6 +224,7 @@ func (d *decoder) decodeNeighbor(bl *block, localASN uint32) (Neighbor, span, bo
 			d.errorf(a.val.rng, f.hintFor("password_file"), "password_file %s is not an absolute path", quote(a.val.str))
 		} else {
 			n.PasswordFile = a.val.str
+			d.checkSecretFile(a.val.rng, a.val.str)
 		}
 	}
 	fams, _ := f.list("families", kString, false)

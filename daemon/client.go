@@ -1,53 +1,127 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kglb/kglb/config"
 )
 
-// Fetch reads /status from a running daemon at addr (host:port).
+// ErrNoDaemon is wrapped by the client errors when nothing answers: no
+// socket, or a socket no process listens on.
+var ErrNoDaemon = errors.New("no kglb daemon answers")
+
+// ErrRejected is wrapped by RequestReload's error when the daemon loaded
+// the files and will not run them: an invalid config or a guard refusal.
+var ErrRejected = errors.New("reload rejected")
+
+// Fetch reads /status from a running daemon's stats listener at addr
+// (host:port): read-only, and reachable from afar when the stats address is.
 func Fetch(addr string) (Status, error) {
-	var st Status
 	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get("http://" + addr + "/status")
+	st, err := getStatus(c, "http://"+addr)
 	if err != nil {
-		return st, fmt.Errorf("read status from %s: %w (is kglb running, and is its stats_address %s?)", addr, err, addr)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("read status from %s: %s", addr, resp.Status)
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&st); err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return st, fmt.Errorf("read status from %s: %w: %w (is kglb running, and is its stats_address %s?)", addr, ErrNoDaemon, unwrapOpErr(err), addr)
+		}
 		return st, fmt.Errorf("read status from %s: %w", addr, err)
 	}
 	return st, nil
 }
 
-// RequestReload asks a running daemon to reload and returns its answer
-// ("config success" or "config unchanged"), or the daemon's reason for
-// rejecting the files; force skips the max_delete_share guard.
-func RequestReload(addr string, force bool) (string, error) {
-	c := &http.Client{Timeout: 30 * time.Second}
-	url := "http://" + addr + "/reload"
+// FetchControl reads /status through the control socket at path.
+func FetchControl(path string) (Status, error) {
+	st, err := getStatus(controlClient(path, 10*time.Second), "http://kglb")
+	if err != nil {
+		return st, controlError("read status from", path, err)
+	}
+	return st, nil
+}
+
+func getStatus(c *http.Client, base string) (Status, error) {
+	var st Status
+	resp, err := c.Get(base + "/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, answerError(resp)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&st); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// RequestReload asks the daemon behind the control socket at path to
+// reload, and returns its answer: result success (applied) or unchanged.
+// An invalid config or a guard refusal is an error wrapping ErrRejected
+// with the daemon's reasons (file:line:col: message); force skips the
+// max_delete_share guard.
+func RequestReload(path string, force bool) (ReloadAnswer, error) {
+	var a ReloadAnswer
+	url := "http://kglb/reload"
 	if force {
 		url += "?force=1"
 	}
-	resp, err := c.Post(url, "text/plain", nil)
+	resp, err := controlClient(path, 30*time.Second).Post(url, "text/plain", nil)
 	if err != nil {
-		return "", fmt.Errorf("request reload from %s: %w", addr, err)
+		return a, controlError("request reload from", path, err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	msg := strings.TrimSpace(string(body))
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("reload %s: %s", addr, msg)
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusUnprocessableEntity {
+		return a, controlError("request reload from", path, answerError(resp))
 	}
-	return msg, nil
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&a); err != nil {
+		return a, fmt.Errorf("request reload from %s: %w", path, err)
+	}
+	if resp.StatusCode == http.StatusUnprocessableEntity {
+		return a, fmt.Errorf("%w (%s); the last good config keeps running:\n%s", ErrRejected, a.Result, strings.TrimRight(a.Error, "\n"))
+	}
+	return a, nil
+}
+
+// controlClient speaks HTTP over the Unix socket at path.
+func controlClient(path string, timeout time.Duration) *http.Client {
+	var d net.Dialer
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+}
+
+// controlError names the socket and says what to do about the usual
+// failures: no daemon, or a user who may not use the socket.
+func controlError(op, path string, err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%s %s: %w: %w (is kglb running? systemctl status kglb)", op, path, ErrNoDaemon, unwrapOpErr(err))
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%s %s: %w (the control socket is for root and the %s group; `kglb status -address` reads the stats listener)", op, path, unwrapOpErr(err), config.DaemonGroup)
+	}
+	return fmt.Errorf("%s %s: %w", op, path, err)
+}
+
+// answerError is a non-2xx answer's status and first line.
+func answerError(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	msg := strings.TrimSpace(string(body))
+	if msg == "" {
+		return errors.New(resp.Status)
+	}
+	return fmt.Errorf("%s: %s", resp.Status, msg)
 }
 
 // WriteStatus prints st as readable tables: VIPs, services with their

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,9 @@ type Options struct {
 	LogLevel     string // overrides daemon.log_level
 	LogFormat    string // overrides daemon.log_format
 	StatsAddress string // overrides daemon.stats_address
+	// ControlSocket is the Unix socket for reloads (DefaultControlSocket
+	// in `kglb run`); empty: none (tests).
+	ControlSocket string
 	// NetNS runs the data plane in another network namespace (tests).
 	NetNS string
 	// Output receives the log (default stderr).
@@ -55,13 +59,16 @@ func Run(ctx context.Context, opts Options) error {
 	// One Loader for every reload: a one-line edit reads the file the
 	// watch named and decodes the block that changed, not the directory.
 	loader := config.NewLoader()
+	var bindDropped atomic.Bool // CAP_NET_BIND_SERVICE was dropped at start
 	watcher, err := reload.New(reload.Options[*config.Config]{
 		Dir:         opts.ConfigDir,
 		Load:        loader.Load,
 		LoadChanged: loader.LoadChanged,
 		Digest:      func(c *config.Config) [32]byte { return c.Digest },
 		// The running config's share applies: an edit cannot raise its own bar.
-		Guard:      func(old, new *config.Config) error { return DeleteGuard(old, new, old.Daemon.MaxDeleteShare) },
+		Guard: func(old, new *config.Config) error {
+			return errors.Join(DeleteGuard(old, new, old.Daemon.MaxDeleteShare), bindGuard(bindDropped.Load(), new))
+		},
 		Logger:     bootLog.Named("reload"),
 		Registerer: reg,
 	})
@@ -72,6 +79,17 @@ func Run(ctx context.Context, opts Options) error {
 	log := newLogger(opts, cfg.Daemon)
 	watcher.SetLogger(log.Named("reload")) // the config's log format from here on
 	warnTunnelSysctl(cfg, log)
+
+	// Own the addresses before touching the kernel: if someone else
+	// answers on them, kglb does not start.
+	lns, err := listen(statsAddress(opts, cfg), opts.ControlSocket)
+	if err != nil {
+		return err
+	}
+	defer lns.close()
+	if err := dropUnneededCaps(cfg, statsAddress(opts, cfg), log, &bindDropped); err != nil {
+		return err
+	}
 
 	d, err := start(ctx, opts, cfg, log, reg)
 	if err != nil {
@@ -98,7 +116,7 @@ func Run(ctx context.Context, opts Options) error {
 	// /status still answer while a stop withdraws and holds; it is shut
 	// down, and its address freed, before Run returns.
 	httpCtx, httpCancel := context.WithCancel(context.WithoutCancel(ctx))
-	httpDone, httpClosed := d.serveHTTP(httpCtx, statsAddress(opts, cfg))
+	httpDone, httpClosed := d.serve(httpCtx, lns)
 	defer func() { httpCancel(); <-httpClosed }()
 
 	d.notify.send("READY=1", "STATUS="+summary(cfg))
@@ -109,7 +127,7 @@ func Run(ctx context.Context, opts Options) error {
 		case <-ctx.Done():
 			return d.stop(cancel, engineDone)
 		case err := <-httpDone:
-			log.Error("stats server stopped", "err", err)
+			log.Error("stats or control server stopped", "err", err)
 			httpDone = nil
 		case err := <-engineDone:
 			return fmt.Errorf("engine stopped: %w", err)
@@ -360,10 +378,10 @@ func DeleteGuard(old, new *config.Config, share float64) error {
 		}
 	}
 	if n := len(old.Services); n > 0 && float64(gone)*100 > share*float64(n) {
-		return fmt.Errorf("reload would delete %d of %d services (more than max_delete_share %g%%); run `kglb reload --force` (or POST /reload?force=1) to apply it", gone, n, share)
+		return fmt.Errorf("reload would delete %d of %d services (more than max_delete_share %g%%); run `kglb reload -force` to apply it", gone, n, share)
 	}
 	if n := len(oldVIPs); n > 0 && float64(goneVIPs)*100 > share*float64(n) {
-		return fmt.Errorf("reload would delete %d of %d VIPs (more than max_delete_share %g%%); run `kglb reload --force` (or POST /reload?force=1) to apply it", goneVIPs, n, share)
+		return fmt.Errorf("reload would delete %d of %d VIPs (more than max_delete_share %g%%); run `kglb reload -force` to apply it", goneVIPs, n, share)
 	}
 	return nil
 }

@@ -1,11 +1,7 @@
 package daemon
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"time"
@@ -116,21 +112,14 @@ func (d *daemon) status() Status {
 	return st
 }
 
-// serveHTTP serves /metrics (and /stats), /status, /healthz and POST
-// /reload on addr until ctx ends. The first channel reports a server that
-// stopped on its own; the second is closed once the server has shut down,
-// so that a stopped daemon no longer holds the address.
-func (d *daemon) serveHTTP(ctx context.Context, addr string) (<-chan error, <-chan struct{}) {
+// statsHandler serves the read-only pages of the stats listener:
+// /metrics (and /stats), /status and /healthz.
+func (d *daemon) statsHandler() http.Handler {
 	mux := http.NewServeMux()
 	metrics := promhttp.InstrumentMetricHandler(d.reg, promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Timeout: 10 * time.Second, MaxRequestsInFlight: 4}))
 	mux.Handle("GET /metrics", metrics)
 	mux.Handle("GET /stats", metrics)
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(d.status())
-	})
+	mux.HandleFunc("GET /status", d.serveStatus)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if _, err := d.engine.Status(); err != nil {
 			http.Error(w, "degraded: "+err.Error(), http.StatusServiceUnavailable)
@@ -138,49 +127,15 @@ func (d *daemon) serveHTTP(ctx context.Context, addr string) (<-chan error, <-ch
 		}
 		w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
-		force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
-		ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
-		defer cancel()
-		o, err := d.watcher.ReloadWait(ctx, force)
-		switch {
-		case err != nil:
-			http.Error(w, "reload: "+err.Error(), http.StatusServiceUnavailable)
-		case o.Err != nil:
-			// 422: the files are there but kglb will not run them.
-			http.Error(w, "config "+o.Result+"; the last good config keeps running:\n"+o.Err.Error(), http.StatusUnprocessableEntity)
-		default:
-			fmt.Fprintf(w, "config %s\n", o.Result)
-		}
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-	done, closed := make(chan error, 1), make(chan struct{})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		done <- err
-		close(closed)
-		return done, closed
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		err := srv.Serve(ln)
-		if !errors.Is(err, http.ErrServerClosed) {
-			done <- err
-		}
-	}()
-	go func() {
-		defer close(closed)
-		select {
-		case <-ctx.Done():
-		case <-served:
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-served
-	}()
-	return done, closed
+	return mux
+}
+
+// serveStatus writes /status, on the stats listener and the control socket.
+func (d *daemon) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(d.status())
 }
 
 // kernelCollector exports the kernel's per-service and per-real counters

@@ -2,29 +2,46 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The stats server frees its address once its context ends and closed is
-// closed: a daemon restarted in the same process (or a test) binds again.
-func TestServeHTTPFreesAddress(t *testing.T) {
+func freeAddr(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	defer ln.Close()
+	return ln.Addr().String()
+}
 
-	d := &daemon{reg: prometheus.NewRegistry()}
+// The servers free the stats address and remove the control socket once
+// their context ends: a daemon restarted in the same process binds again.
+func TestServeFreesAddresses(t *testing.T) {
+	addr, sock := freeAddr(t), filepath.Join(t.TempDir(), "control.sock")
+	lns, err := listen(addr, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{reg: prometheus.NewRegistry(), log: hclog.NewNullLogger()}
 	ctx, cancel := context.WithCancel(context.Background())
-	errs, closed := d.serveHTTP(ctx, addr)
-	if c, err := net.Dial("tcp", addr); err != nil {
-		t.Fatalf("stats server not listening: %v", err)
-	} else {
-		c.Close()
+	errs, closed := d.serve(ctx, lns)
+	for _, c := range [][2]string{{"tcp", addr}, {"unix", sock}} {
+		if conn, err := net.Dial(c[0], c[1]); err != nil {
+			t.Fatalf("not listening on %s: %v", c[1], err)
+		} else {
+			conn.Close()
+		}
 	}
 	cancel()
 	<-closed
@@ -33,21 +50,146 @@ func TestServeHTTPFreesAddress(t *testing.T) {
 		t.Errorf("server reported %v on a clean shutdown", err)
 	default:
 	}
-	ln, err = net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("address still held after shutdown: %v", err)
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("control socket left behind: %v", err)
 	}
-	ln.Close()
+	lns, err = listen(addr, sock)
+	if err != nil {
+		t.Fatalf("addresses still held after shutdown: %v", err)
+	}
+	lns.close()
+}
 
-	// A second server on a taken address reports it and is closed at once.
+// A taken stats address, or a control socket someone answers on, stops
+// the start with the address and the reason; a stale socket is replaced.
+func TestListenRefusesTakenAddresses(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	errs, closed = d.serveHTTP(context.Background(), busy.Addr().String())
-	<-closed
-	if err := <-errs; err == nil {
-		t.Error("no error for a taken address")
+	_, err = listen(busy.Addr().String(), "")
+	if err == nil || !strings.Contains(err.Error(), "listen on stats_address "+busy.Addr().String()+": bind: address already in use") {
+		t.Errorf("taken stats address: %v", err)
+	}
+
+	sock := filepath.Join(t.TempDir(), "control.sock")
+	squat, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	squat.(*net.UnixListener).SetUnlinkOnClose(false)
+	if _, err := listen(freeAddr(t), sock); err == nil || !strings.Contains(err.Error(), "another process answers on it") {
+		t.Errorf("live control socket: %v", err)
+	}
+	squat.Close() // the file stays: a stale socket, as after a crash
+	lns, err := listen(freeAddr(t), sock)
+	if err != nil {
+		t.Fatalf("stale control socket: %v", err)
+	}
+	defer lns.close()
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o660 {
+		t.Errorf("control socket mode: %v, %v; want 0660", fi.Mode(), err)
+	}
+}
+
+// The stats listener only reads: every other method gets 405, on every
+// path (POST /reload included), and GET still answers.
+func TestStatsListenerReadOnly(t *testing.T) {
+	d := &daemon{reg: prometheus.NewRegistry()}
+	h := readOnly(d.statsHandler())
+	for _, m := range []string{"POST", "PUT", "DELETE", "PATCH"} {
+		for _, path := range []string{"/reload?force=1", "/reload", "/metrics", "/status", "/healthz", "/"} {
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, httptest.NewRequest(m, path, nil))
+			if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET, HEAD" {
+				t.Errorf("%s %s: %d (Allow %q), want 405", m, path, w.Code, w.Header().Get("Allow"))
+			}
+		}
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	if w.Code != http.StatusOK {
+		t.Errorf("GET /metrics: %d", w.Code)
+	}
+}
+
+func TestControlPolicy(t *testing.T) {
+	p := controlPolicy{uids: []uint32{0, 998}, gids: []uint32{998}}
+	tests := []struct {
+		name string
+		peer peer
+		want bool
+	}{
+		{"root", peer{UID: 0, GID: 0}, true},
+		{"the daemon's user", peer{UID: 998, GID: 998}, true},
+		{"primary group kglb", peer{UID: 1000, GID: 998}, true},
+		{"member of kglb", peer{UID: 1000, GID: 1000, Groups: []uint32{27, 998}}, true},
+		{"nobody", peer{UID: 65534, GID: 65534}, false},
+		{"other groups", peer{UID: 1000, GID: 1000, Groups: []uint32{27, 100}}, false},
+	}
+	for _, tt := range tests {
+		if got := p.allows(tt.peer); got != tt.want {
+			t.Errorf("%s: allows = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// The control server reads the peer's credentials from the kernel and
+// refuses a peer the policy does not allow, whatever the socket's mode.
+func TestControlChecksPeerCredentials(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "control.sock")
+	ln, err := listenControl(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o666); err != nil { // as if someone loosened it
+		t.Fatal(err)
+	}
+	d := &daemon{reg: prometheus.NewRegistry()}
+	// A policy that knows only another user: this test's process is refused.
+	srv := d.controlServer(controlPolicy{uids: []uint32{12345}}, hclog.NewNullLogger())
+	go srv.Serve(ln)
+	defer srv.Close()
+	c := controlClient(sock, 0)
+	resp, err := c.Post("http://kglb/reload?force=1", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("POST /reload from a peer outside the policy: %s, want 403", resp.Status)
+	}
+	if _, err := RequestReload(sock, false); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("RequestReload from a refused peer: %v", err)
+	}
+
+	// The credentials are the kernel's: this process's pid and uid.
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	p, err := peerOf(conn) // the server's end, seen from here: the same process
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(p.PID) != os.Getpid() || int(p.UID) != os.Geteuid() || int(p.GID) != os.Getegid() {
+		t.Errorf("peer = %+v; want pid %d uid %d gid %d", p, os.Getpid(), os.Geteuid(), os.Getegid())
+	}
+}
+
+// A client finds no daemon: the error says so and wraps ErrNoDaemon.
+func TestClientNoDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "control.sock")
+	if _, err := RequestReload(sock, false); !errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), sock) {
+		t.Errorf("RequestReload with no socket: %v", err)
+	}
+	if _, err := FetchControl(sock); !errors.Is(err, ErrNoDaemon) {
+		t.Errorf("FetchControl with no socket: %v", err)
+	}
+	if _, err := Fetch(freeAddr(t)); !errors.Is(err, ErrNoDaemon) {
+		t.Errorf("Fetch with nothing listening: %v", err)
 	}
 }

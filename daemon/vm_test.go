@@ -5,6 +5,7 @@ package daemon
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -100,7 +101,9 @@ func startDaemon(t *testing.T, dir string) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, Options{ConfigDir: dir, LogLevel: "debug"}) }()
+	go func() {
+		done <- Run(ctx, Options{ConfigDir: dir, LogLevel: "debug", ControlSocket: controlSocket(dir)})
+	}()
 	waitFor(t, "daemon serving /status", func() bool { _, err := Fetch(statsAddr); return err == nil })
 	return func() {
 		cancel()
@@ -109,6 +112,9 @@ func startDaemon(t *testing.T, dir string) (stop func()) {
 		}
 	}
 }
+
+// controlSocket is the test daemon's control socket, beside its config.
+func controlSocket(dir string) string { return filepath.Join(filepath.Dir(dir), "control.sock") }
 
 // waitFor polls cond; the deadline only bounds a hung test.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -255,12 +261,12 @@ func TestDaemonAgainstKernel(t *testing.T) {
 		t.Errorf("kglb_config_last_reload_successful = %v after an invalid edit", v)
 	}
 	// `kglb reload` hears the positioned reason, not just "requested".
-	if msg, err := RequestReload(statsAddr, false); err == nil || !strings.Contains(err.Error(), "web.hcl:") {
+	if msg, err := RequestReload(controlSocket(dir), false); !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "web.hcl:") {
 		t.Errorf("reload of an invalid edit: %q, %v; want an error citing web.hcl:", msg, err)
 	}
 	writeConfig(t, dir, state, "10.77.1.2:80", "10.77.2.2:80", "10.77.3.2:80")
 	waitFor(t, "reload accepted again", func() bool { return metric(t, "kglb_config_last_reload_successful") == 1 })
-	if msg, err := RequestReload(statsAddr, false); err != nil || msg != "config unchanged" {
+	if msg, err := RequestReload(controlSocket(dir), false); err != nil || msg.Result != "unchanged" {
 		t.Errorf("reload of the running config: %q, %v; want \"config unchanged\"", msg, err)
 	}
 

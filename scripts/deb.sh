@@ -52,7 +52,7 @@ trap 'rm -rf "$stage"' EXIT
 pkg="$stage/kglb"
 
 install -d -m 0755 "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/etc/kglb" "$pkg/usr/lib/systemd/system" \
-	"$pkg/usr/lib/modules-load.d" "$pkg/usr/lib/sysctl.d" "$pkg/usr/share/man/man8" \
+	"$pkg/usr/lib/modules-load.d" "$pkg/usr/lib/sysctl.d" "$pkg/usr/lib/sysusers.d" "$pkg/usr/share/man/man8" \
 	"$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/doc/kglb/examples" \
 	"$pkg/usr/share/lintian/overrides"
 # Debian ships stripped binaries; bin/kglb keeps its symbols.
@@ -67,6 +67,7 @@ install -m 0644 "$src/kglb.hcl" "$pkg/etc/kglb/kglb.hcl"
 install -m 0644 "$src/kglb.service" "$pkg/usr/lib/systemd/system/kglb.service"
 install -m 0644 "$src/modules-load.conf" "$pkg/usr/lib/modules-load.d/kglb.conf"
 install -m 0644 "$src/sysctl.conf" "$pkg/usr/lib/sysctl.d/kglb.conf"
+install -m 0644 "$src/sysusers.conf" "$pkg/usr/lib/sysusers.d/kglb.conf"
 install -m 0644 "$src/kglb.bash-completion" "$pkg/usr/share/bash-completion/completions/kglb"
 gzip -9n <"$src/kglb.8" >"$pkg/usr/share/man/man8/kglb.8.gz"
 install -m 0644 "$src/copyright" "$pkg/usr/share/doc/kglb/copyright"

@@ -10,9 +10,12 @@
 #
 # Environment:
 #   DEBTEST_CACHE    cache directory (default .cache/debtest): the base system tarball
-#   DEBTEST_TIMEOUT  seconds for the VM (default 600)
+#   DEBTEST_TIMEOUT  seconds for the VM (default 900)
 #   DEBTEST_KEEP=1   keep the work directory (image, initramfs)
 #   KGLB_DEB         test this package instead of building one with scripts/deb.sh
+#   KGLB_PREV_DEB    the previous package the upgrade step starts from
+#                    (default: built from KGLB_PREV_COMMIT, the last commit
+#                    whose daemon ran as root, 3204d0b)
 # The console log of the last run is .cache/debtest/last-console.log.
 # Exit status 0 only when every step passed.
 set -euo pipefail
@@ -35,6 +38,27 @@ fi
 [ -f "$deb" ] || img_die "no package at $deb"
 img_note "package $(basename "$deb")"
 
+# The upgrade step goes from the package as it was before the daemon got a
+# user of its own (it ran as root, /etc/kglb root:root) to this one.
+prev_deb="${KGLB_PREV_DEB:-}"
+if [ -z "$prev_deb" ]; then
+	prev_commit="${KGLB_PREV_COMMIT:-3204d0b}"
+	mkdir -p "$img_cache/prev"
+	prev_deb="$img_cache/prev/kglb_0.0.0~prev.${prev_commit}-1_amd64.deb"
+	if [ ! -f "$prev_deb" ]; then
+		img_note "building the previous package from $prev_commit (once; cached in $prev_deb)"
+		prev_src="$(mktemp -d)"
+		(cd "$root" && git archive "$prev_commit") | tar -x -C "$prev_src" ||
+			img_die "git archive $prev_commit failed"
+		VERSION="0.0.0~prev.$prev_commit" OUT="$prev_src/out" "$prev_src/scripts/deb.sh" >/dev/null ||
+			img_die "building the previous package from $prev_commit failed"
+		mv "$prev_src"/out/kglb_*.deb "$prev_deb"
+		rm -rf "$prev_src"
+	fi
+fi
+[ -f "$prev_deb" ] || img_die "no previous package at $prev_deb"
+img_note "previous package $(basename "$prev_deb")"
+
 lintian_out=""
 if img_have lintian || { [ "${CI:-}" = true ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null 2>&1; }; then
 	lintian_out="$(lintian --tag-display-limit 0 -I -E --pedantic "$deb" 2>&1 | grep -v 'running with root privileges' || true)"
@@ -45,7 +69,10 @@ work="$(mktemp -d "$img_cache/tmp/run.XXXXXX")"
 if [ -n "${DEBTEST_KEEP:-}" ]; then img_note "keeping $work"; else trap 'rm -rf "$work"' EXIT; fi
 
 img_rootfs "$work"
-img_chroot_dpkg "$work" "$deb"
+# The image starts with the previous package; the guest upgrades to $deb.
+img_chroot_dpkg "$work" "$prev_deb"
+mkdir -p "$work/root/root/new"
+cp "$deb" "$work/root/root/new/"
 img_guest_unit "$work" "$root/packaging/test/debtest-guest.sh"
 img_initramfs "$work"
 img_mkfs "$work"
@@ -60,21 +87,22 @@ on_line() {
 }
 log="$work/console.log"
 rc=0
-img_boot "$work" "$log" "${DEBTEST_TIMEOUT:-600}" on_line || rc=$?
+img_boot "$work" "$log" "${DEBTEST_TIMEOUT:-900}" on_line || rc=$?
 cp "$log" "$img_cache/last-console.log"
 t_end=$SECONDS
 
 failed=()
-if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then failed+=("the VM did not finish within ${DEBTEST_TIMEOUT:-600}s"); fi
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then failed+=("the VM did not finish within ${DEBTEST_TIMEOUT:-900}s"); fi
 if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 137 ]; then failed+=("qemu exited with status $rc"); fi
 grep -q 'KGLB-DEB: DONE' "$log" || failed+=("the guest test never finished (see $img_cache/last-console.log)")
 while IFS= read -r l; do failed+=("${l#*KGLB-DEB: FAIL }"); done < <(grep 'KGLB-DEB: FAIL ' "$log" || true)
 npass="$(grep -c 'KGLB-DEB: PASS ' "$log" || true)"
-if [ "$npass" -lt 19 ] && grep -q 'KGLB-DEB: DONE' "$log"; then failed+=("only $npass steps passed, expected 19"); fi
+if [ "$npass" -lt 31 ] && grep -q 'KGLB-DEB: DONE' "$log"; then failed+=("only $npass steps passed, expected 31"); fi
 if [ -n "$lintian_out" ]; then failed+=("lintian: $lintian_out"); fi
 
 echo
 echo "lintian: ${lintian_out:-clean (lintian -I -E --pedantic printed nothing)}"
+grep -o 'KGLB-DEB: SECURITY-PREV .*' "$log" | sed 's/KGLB-DEB: SECURITY-PREV/systemd-analyze security kglb.service (previous package):/' || true
 grep -o 'KGLB-DEB: SECURITY .*' "$log" | sed 's/KGLB-DEB: SECURITY/systemd-analyze security kglb.service:/' || true
 echo "debtest: $((t_end - t0))s total (base $((t_base - t0))s, image $((t_img - t_base))s, VM $((t_end - t_img))s)"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -25,7 +25,8 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.ConfigDir, "config", defaultConfigDir, "configuration directory (every *.hcl in it)")
 	fs.StringVar(&opts.LogLevel, "log-level", "", "log level: trace, debug, info, warn, error (default: daemon.log_level)")
 	fs.StringVar(&opts.LogFormat, "log-format", "", "log format: text or json (default: daemon.log_format)")
-	fs.StringVar(&opts.StatsAddress, "stats-address", "", "address of /metrics and /status (default: daemon.stats_address)")
+	fs.StringVar(&opts.StatsAddress, "stats-address", "", "address of the read-only /metrics, /status and /healthz (default: daemon.stats_address)")
+	fs.StringVar(&opts.ControlSocket, "socket", daemon.DefaultControlSocket, "the control socket: reloads and status, for root and the kglb group")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -46,36 +47,24 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// statsAddress parses the -address flag of the client commands: the daemon's
-// stats address, read from the config when not given.
-func statsAddress(fs *flag.FlagSet, args []string, stderr io.Writer) (string, bool) {
-	addr := fs.String("address", "", "the daemon's stats address (default: daemon.stats_address of -config)")
-	dir := fs.String("config", defaultConfigDir, "configuration directory to read the stats address from")
-	if err := fs.Parse(args); err != nil {
-		return "", false
-	}
-	if *addr != "" {
-		return *addr, true
-	}
-	cfg, err := config.Load(*dir)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: cannot read the stats address from %s (%v); pass -address\n", fs.Name(), *dir, err)
-		return "", false
-	}
-	return cfg.Daemon.StatsAddress.String(), true
-}
-
 func runStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kglb status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr, ok := statsAddress(fs, args, stderr)
-	if !ok {
-		return exitUsage
+	socket := fs.String("socket", daemon.DefaultControlSocket, "the daemon's control socket")
+	addr := fs.String("address", "", "read the status from the stats listener at host:port instead (read-only, works from another host)")
+	if code, ok := parseClientFlags(fs, args, stderr); !ok {
+		return code
 	}
-	st, err := daemon.Fetch(addr)
+	var st daemon.Status
+	var err error
+	if *addr != "" {
+		st, err = daemon.Fetch(*addr)
+	} else {
+		st, err = daemon.FetchControl(*socket)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "kglb status: %v\n", err)
-		return exitInvalid
+		return clientExit(err)
 	}
 	daemon.WriteStatus(stdout, st, time.Now())
 	return exitOK
@@ -85,15 +74,40 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kglb reload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	force := fs.Bool("force", false, "apply even if the new config deletes more than daemon.max_delete_share")
-	addr, ok := statsAddress(fs, args, stderr)
-	if !ok {
-		return exitUsage
+	socket := fs.String("socket", daemon.DefaultControlSocket, "the daemon's control socket")
+	if code, ok := parseClientFlags(fs, args, stderr); !ok {
+		return code
 	}
-	msg, err := daemon.RequestReload(addr, *force)
+	a, err := daemon.RequestReload(*socket, *force)
 	if err != nil {
 		fmt.Fprintf(stderr, "kglb reload: %v\n", err)
-		return exitInvalid
+		return clientExit(err)
 	}
-	fmt.Fprintln(stdout, msg)
+	fmt.Fprintf(stdout, "config %s\n", a.Result)
 	return exitOK
+}
+
+// parseClientFlags parses the flags of a command that talks to a running
+// daemon; it takes no arguments and reads no config.
+func parseClientFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK, false
+		}
+		return exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+// clientExit maps a client error to the exit code: 3 when no daemon
+// answers, 1 otherwise (a rejected reload, a refused user).
+func clientExit(err error) int {
+	if errors.Is(err, daemon.ErrNoDaemon) {
+		return exitNoDaemon
+	}
+	return exitInvalid
 }

@@ -29,6 +29,8 @@ const (
 	exitOK      = 0
 	exitInvalid = 1 // the configuration is invalid, or fmt -check found changes
 	exitUsage   = 2
+	// exitNoDaemon: `kglb status` or `kglb reload` found no daemon answering.
+	exitNoDaemon = 3
 )
 
 type command struct {

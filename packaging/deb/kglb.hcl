@@ -15,7 +15,8 @@ daemon {
   # Dummy link that holds the VIPs; created if missing.
   vip_interface = "kglb0"
 
-  # /metrics (Prometheus), /status (JSON), /stats and POST /reload.
+  # Read-only: /metrics (Prometheus), /status (JSON), /stats, /healthz.
+  # Reloads go through the control socket /run/kglb/control.sock.
   stats_address = "127.0.0.1:5678"
 
   # Re-read the kernel this often and repair what someone else changed.
