@@ -2,7 +2,10 @@
 
 package ipvs
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // BenchmarkWritesPerEditFake is BenchmarkWritesPerEdit (vmtest) on the fake
 // kernel, so the host's `make bench` has the row too.
@@ -46,4 +49,33 @@ func BenchmarkColdApplyFake10kx10(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkWritesPerMHInsertion: the kernel writes of adding one real to an
+// mh service of 10 reals, averaged over every position the new real can
+// sort into ("writes/insert"; 1 + 2k with k reals sorting above it, so 11
+// on average; any other scheduler pays 1).
+func BenchmarkWritesPerMHInsertion(b *testing.B) {
+	const n = 10
+	all := mhReals(n+1, 100)
+	rec, err := NewReconciler(NewFake(), Options{StateDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	writes, inserts := 0, 0
+	for range b.N {
+		for pos := range all {
+			rest := slices.Delete(slices.Clone(all), pos, pos+1)
+			if _, err := rec.Apply(ctx, mhService(rest)); err != nil {
+				b.Fatal(err)
+			}
+			res, err := rec.Apply(ctx, mhService(all))
+			if err != nil {
+				b.Fatal(err)
+			}
+			writes += res.Writes.Total()
+			inserts++
+		}
+	}
+	b.ReportMetric(float64(writes)/float64(inserts), "writes/insert")
 }
