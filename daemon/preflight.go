@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -42,6 +44,66 @@ func tunnelSysctlProblem(cfg *config.Config, read func(string) ([]byte, error)) 
 // warnTunnelSysctl logs tunnelSysctlProblem for the running host.
 func warnTunnelSysctl(cfg *config.Config, log hclog.Logger) {
 	if msg := tunnelSysctlProblem(cfg, os.ReadFile); msg != "" {
+		log.Warn(msg)
+	}
+}
+
+// clusterSysctl is an IPVS setting a node of an ECMP cluster needs, and
+// the protocols it matters for ("" for every protocol).
+type clusterSysctl struct {
+	name  string // under net.ipv4.vs, which covers IPv4 and IPv6
+	proto config.Protocol
+	why   string
+}
+
+// clusterSysctls are the settings without which a flow that the routers
+// move to another node (a node lost, drained or added) breaks there. The
+// package's /usr/lib/sysctl.d/kglb.conf sets each of them.
+var clusterSysctls = []clusterSysctl{
+	{"sloppy_tcp", config.TCP, "a TCP flow moved here mid-stream by the routers is dropped instead of sent to its real"},
+	{"sloppy_sctp", config.SCTP, "an SCTP association moved here mid-stream by the routers is dropped instead of sent to its real"},
+	{"schedule_icmp", "", "an ICMP error (such as fragmentation needed) about a flow this node has not seen is not sent to its real, so path MTU discovery fails"},
+}
+
+// clustered reports whether s looks like one VIP of several kglb nodes
+// behind ECMP: Maglev hashing (the scheduler that lets every node pick the
+// same real) with a forwarding method whose replies bypass this node.
+func clustered(s *config.Service) bool {
+	return s.Scheduler == config.SchedMH && (s.Forward == config.ForwardTunnel || s.Forward == config.ForwardDR)
+}
+
+// clusterSysctlProblems names each cluster setting that is off (or cannot
+// be read) under procRoot ("/proc" on a host) while a clustered service of
+// cfg needs it, one message per setting naming the first such service. It
+// only reads.
+func clusterSysctlProblems(cfg *config.Config, procRoot string) []string {
+	var out []string
+	for _, sc := range clusterSysctls {
+		var svc *config.Service
+		for _, s := range cfg.Services {
+			if clustered(s) && (sc.proto == "" || s.FWMark != 0 || s.Protocol == sc.proto) {
+				svc = s
+				break
+			}
+		}
+		if svc == nil {
+			continue
+		}
+		path := filepath.Join(procRoot, "sys/net/ipv4/vs", sc.name)
+		b, err := os.ReadFile(path)
+		switch {
+		case err != nil:
+			out = append(out, fmt.Sprintf("cannot read net.ipv4.vs.%s (%v): service %q (mh, %s) looks clustered and needs it at 1, else %s", sc.name, err, svc.Name, svc.Forward, sc.why))
+		case strings.TrimSpace(string(b)) == "0":
+			out = append(out, fmt.Sprintf("net.ipv4.vs.%s is 0 but service %q (mh, %s) looks clustered: %s; set net.ipv4.vs.%s=1 (the kglb package's /usr/lib/sysctl.d/kglb.conf does; check /etc/sysctl.d for an override)", sc.name, svc.Name, svc.Forward, sc.why, sc.name))
+		}
+	}
+	return out
+}
+
+// warnClusterSysctls logs clusterSysctlProblems for the running host.
+func warnClusterSysctls(cfg *config.Config, log hclog.Logger) {
+	for _, msg := range clusterSysctlProblems(cfg, "/proc") {
 		log.Warn(msg)
 	}
 }
