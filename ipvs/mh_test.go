@@ -116,37 +116,59 @@ func TestMHOrderWhateverTheHistory(t *testing.T) {
 }
 
 // TestMHInsertionWrites: adding a real to an mh service costs one add plus
-// a delete and an add for each real that sorts above it; a removal and a
-// weight change cost one write, as for every scheduler.
+// a delete and an add for each real that sorts above it, and, when there are
+// such reals and the new one has a weight, one update that gives it its
+// weight last (it goes in at 0, so the table stays the old one while the
+// others are re-added). A removal and a weight change cost one write, as
+// for every scheduler.
 func TestMHInsertionWrites(t *testing.T) {
-	all := mhReals(5, 100)
-	for i := range all {
-		rest := slices.Delete(slices.Clone(all), i, i+1)
-		t.Run(fmt.Sprintf("insert %s", all[i].Addr), func(t *testing.T) {
-			f := NewFake()
-			rec := newRec(t, f, "")
-			if _, err := rec.Apply(ctx, mhService(rest)); err != nil {
-				t.Fatal(err)
-			}
-			res, err := rec.Apply(ctx, mhService(all))
-			if err != nil {
-				t.Fatal(err)
-			}
-			above := len(all) - 1 - i
-			want := Writes{OpAddReal: 1 + above, OpDeleteReal: above}
-			if res.Writes != want {
-				t.Errorf("writes %v, want %v", res.Writes, want)
-			}
-			res, err = rec.Apply(ctx, mhService(rest))
-			if err != nil || res.Writes != (Writes{OpDeleteReal: 1}) {
-				t.Errorf("removal: writes %v (err %v)", res.Writes, err)
-			}
-			rest[0].Weight = 7
-			res, err = rec.ApplyService(ctx, mhService(rest).Services[0])
-			if err != nil || res.Writes != (Writes{OpUpdateReal: 1}) {
-				t.Errorf("weight change: writes %v (err %v)", res.Writes, err)
-			}
-		})
+	for _, w := range []uint16{0, 100} {
+		all := mhReals(5, 100)
+		for i := range all {
+			rest := slices.Delete(slices.Clone(all), i, i+1)
+			t.Run(fmt.Sprintf("insert %s weight %d", all[i].Addr, w), func(t *testing.T) {
+				f := NewFake()
+				rec := newRec(t, f, "")
+				if _, err := rec.Apply(ctx, mhService(rest)); err != nil {
+					t.Fatal(err)
+				}
+				var ops []string
+				f.Inject = func(op Op, _ Key, r RealKey) error {
+					ops = append(ops, op.String()+" "+r.String())
+					return nil
+				}
+				next := slices.Clone(all)
+				next[i].Weight = w
+				res, err := rec.Apply(ctx, mhService(next))
+				if err != nil {
+					t.Fatal(err)
+				}
+				above := len(all) - 1 - i
+				want := Writes{OpAddReal: 1 + above, OpDeleteReal: above}
+				if above > 0 && w != 0 {
+					want[OpUpdateReal] = 1
+					if last := ops[len(ops)-1]; last != OpUpdateReal.String()+" "+all[i].Key().String() {
+						t.Errorf("last write %q, want the new real's weight", last)
+					}
+				}
+				if res.Writes != want {
+					t.Errorf("writes %v, want %v (%q)", res.Writes, want, ops)
+				}
+				if got, want := f.String(), render(t, mhService(next)); got != want {
+					t.Errorf("kernel\n%s\nwant\n%s", got, want)
+				}
+				f.Inject = nil
+				res, err = rec.Apply(ctx, mhService(rest))
+				if err != nil || res.Writes != (Writes{OpDeleteReal: 1}) {
+					t.Errorf("removal: writes %v (err %v)", res.Writes, err)
+				}
+				rest[0].Weight = 7
+				res, err = rec.ApplyService(ctx, mhService(rest).Services[0])
+				if err != nil || res.Writes != (Writes{OpUpdateReal: 1}) {
+					t.Errorf("weight change: writes %v (err %v)", res.Writes, err)
+				}
+			})
+		}
 	}
 }
 
@@ -159,6 +181,7 @@ func TestMHReaddCarriesWeight(t *testing.T) {
 	if _, err := rec.Apply(ctx, mhService(all[1:])); err != nil {
 		t.Fatal(err)
 	}
+	all[0].Weight = 0 // new, as kglb adds a real not yet checked
 	all[2].Weight = 0
 	res, err := rec.Apply(ctx, mhService(all))
 	if err != nil {

@@ -56,10 +56,11 @@ type Options struct {
 // kernel's list of reals in canonical order (mhTail), so every node with the
 // same reals builds the same Maglev table whatever the history: adding a
 // real deletes and re-adds the reals that sort above it (1 + 2k writes
-// with k such reals; a removal or a weight change is still one write), and
-// an adopted service whose list is out of order is put in order the same
-// way. Connections keep their real across the re-add. It carries on past a failed item
-// and returns what it reached plus errors.Join of what failed, each error
+// with k such reals, +1 when the new real does not start at weight 0; a
+// removal or a weight change is still one write), and an adopted service
+// whose list is out of order is put in order the same way. Connections
+// keep their real across the re-add. It carries on past a failed item and
+// returns what it reached plus errors.Join of what failed, each error
 // naming the operation and the object. Apply with the same value again
 // writes nothing.
 //
@@ -631,7 +632,9 @@ func (p *pass) readdReal(s *Service, c *cached, rl Real) {
 // seq ascending with the key. The reals in canonical order from the
 // smallest up stay; from the first that is missing or out of order on,
 // every real is added again, in ascending order. A new real x thus costs 1
-// add plus a delete and an add for every real with a key above x.
+// add plus a delete and an add for every real with a key above x (and one
+// update when there are such reals and x's weight is not 0: see
+// syncService).
 func mhTail(reals []Real, c *cached) []Real {
 	cmp := func(a, b Real) int { return a.Key().compare(b.Key()) }
 	if !slices.IsSortedFunc(reals, cmp) {
@@ -718,11 +721,27 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 	for _, rl := range adds {
 		p.addReal(s, c, rl)
 	}
-	for _, rl := range tail {
+	// A new real with reals re-added after it goes in at weight 0, which
+	// keeps it out of the table (weight 0 from the start gives it no
+	// turns), and gets its weight last: until then every table the kernel
+	// builds is the old one, so a connection that the kernel drops from a
+	// re-added real (expire_nodest_conn expires them a tick after a delete)
+	// is scheduled back to the same real by its next packet (sloppy_tcp).
+	var raise []Real
+	for i, rl := range tail {
 		if _, ok := c.reals[rl.Key()]; ok {
 			p.readdReal(s, c, rl)
-		} else {
-			p.addReal(s, c, rl)
+			continue
+		}
+		if rl.Weight != 0 && i < len(tail)-1 {
+			raise = append(raise, rl)
+			rl.Weight = 0
+		}
+		p.addReal(s, c, rl)
+	}
+	for _, rl := range raise {
+		if _, ok := c.reals[rl.Key()]; ok {
+			p.updateReal(s, c, rl)
 		}
 	}
 	// Removing reals with a drain time needs live connection counts.
