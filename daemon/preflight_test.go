@@ -26,7 +26,7 @@ func fakeProc(t *testing.T, vals map[string]string) string {
 }
 
 func TestClusterSysctlProblems(t *testing.T) {
-	on := map[string]string{"sloppy_tcp": "1", "sloppy_sctp": "1", "schedule_icmp": "1"}
+	on := map[string]string{"sloppy_tcp": "1", "sloppy_sctp": "1", "schedule_icmp": "1", "expire_nodest_conn": "0"}
 	with := func(k, v string) map[string]string {
 		m := map[string]string{}
 		for a, b := range on {
@@ -56,7 +56,8 @@ func TestClusterSysctlProblems(t *testing.T) {
 		{"all on", []*config.Service{web}, on, nil},
 		{"sloppy_tcp off", []*config.Service{web}, with("sloppy_tcp", "0"), []string{`net.ipv4.vs.sloppy_tcp is 0 but service "web" (mh, tunnel)`}},
 		{"schedule_icmp off", []*config.Service{web}, with("schedule_icmp", "0"), []string{"net.ipv4.vs.schedule_icmp is 0"}},
-		{"ip_vs not loaded", []*config.Service{web}, nil, []string{"cannot read net.ipv4.vs.sloppy_tcp", "cannot read net.ipv4.vs.schedule_icmp"}},
+		{"expire_nodest_conn on", []*config.Service{web}, with("expire_nodest_conn", "1"), []string{"net.ipv4.vs.expire_nodest_conn is 1 but service \"web\" (mh, tunnel) looks clustered"}},
+		{"ip_vs not loaded", []*config.Service{web}, nil, []string{"cannot read net.ipv4.vs.sloppy_tcp", "cannot read net.ipv4.vs.schedule_icmp", "cannot read net.ipv4.vs.expire_nodest_conn"}},
 		{"sctp setting off, tcp service", []*config.Service{web}, with("sloppy_sctp", "0"), nil},
 		{"sctp setting off, sctp service", []*config.Service{svc("sig", config.SchedMH, config.ForwardDR, config.SCTP)}, with("sloppy_sctp", "0"), []string{`net.ipv4.vs.sloppy_sctp is 0 but service "sig" (mh, dr)`}},
 		{"fwmark service needs both", []*config.Service{svc("fw", config.SchedMH, config.ForwardTunnel, "")}, with("sloppy_sctp", "0"), []string{"sloppy_sctp"}},
