@@ -59,7 +59,8 @@ type Options struct {
 // with k such reals, +1 when the new real does not start at weight 0; a
 // removal or a weight change is still one write), and an adopted service
 // whose list is out of order is put in order the same way. Connections
-// keep their real across the re-add. It carries on past a failed item and
+// keep their real across the re-add (with net.ipv4.vs.expire_nodest_conn=0,
+// see docs/cluster.md). It carries on past a failed item and
 // returns what it reached plus errors.Join of what failed, each error
 // naming the operation and the object. Apply with the same value again
 // writes nothing.
@@ -724,9 +725,10 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 	// A new real with reals re-added after it goes in at weight 0, which
 	// keeps it out of the table (weight 0 from the start gives it no
 	// turns), and gets its weight last: until then every table the kernel
-	// builds is the old one, so a connection that the kernel drops from a
-	// re-added real (expire_nodest_conn expires them a tick after a delete)
-	// is scheduled back to the same real by its next packet (sloppy_tcp).
+	// builds is the old one. With net.ipv4.vs.expire_nodest_conn=1 (the
+	// package sets 0) the kernel expires the connections of a real caught
+	// between its delete and its add; while the table is the old one, the
+	// next packet of such a connection (sloppy_tcp) finds the same real.
 	var raise []Real
 	for i, rl := range tail {
 		if _, ok := c.reals[rl.Key()]; ok {
