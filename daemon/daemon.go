@@ -96,6 +96,8 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer d.close()
+	// After start: the IPVS settings exist once ip_vs is loaded.
+	warnClusterSysctls(cfg, log)
 	d.watcher = watcher
 
 	sigs := make(chan os.Signal, 4)
@@ -149,6 +151,7 @@ func Run(ctx context.Context, opts Options) error {
 			return d.stop(cancel, engineDone)
 		case c := <-watcher.Updates():
 			warnTunnelSysctl(c, log)
+			warnClusterSysctls(c, log)
 			if d.speaker != nil && c.BGP.Enabled {
 				if err := d.speaker.SetConfig(ctx, speakerConfig(c.BGP)); err != nil {
 					log.Error("bgp config", "err", err)

@@ -14,8 +14,10 @@ import (
 // existing service or real is EEXIST, a missing service ESRCH, a missing
 // real ENOENT, an unknown scheduler ENOENT, an IPv6 netmask outside 1..128
 // EINVAL, a lower threshold above the upper ERANGE; services read back with
-// the HASHED flag. It counts the writes that succeeded, by kind, and the
-// dumps. String prints the table sorted, like `ipvsadm -Ln`.
+// the HASHED flag. It keeps each service's reals in the kernel's list order
+// (a new real goes to the head, and a dump reads from the head), which the
+// mh scheduler builds its table from. It counts the writes that succeeded,
+// by kind, and the dumps. String prints the table sorted, like `ipvsadm -Ln`.
 type Fake struct {
 	mu       sync.Mutex
 	services map[Key]*fakeService
@@ -31,6 +33,7 @@ type Fake struct {
 type fakeService struct {
 	svc   Service
 	reals map[RealKey]*Real
+	list  []RealKey // the kernel's list of reals, head first
 }
 
 // NewFake returns an empty fake kernel.
@@ -72,10 +75,22 @@ func (f *Fake) Reals(k Key) ([]Real, error) {
 		return nil, nil // the kernel's dump of a missing service is empty
 	}
 	out := make([]Real, 0, len(s.reals))
-	for _, r := range s.reals {
-		out = append(out, *r)
+	for _, rk := range s.list {
+		out = append(out, *s.reals[rk])
 	}
 	return out, nil
+}
+
+// List returns the reals of service k in the kernel's list order, head
+// first: the order a dump returns and the mh scheduler walks. It is not
+// counted as a read.
+func (f *Fake) List(k Key) []RealKey {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s := f.services[k]; s != nil {
+		return slices.Clone(s.list)
+	}
+	return nil
 }
 
 func fakeCheckService(s Service) error {
@@ -199,6 +214,8 @@ func (f *Fake) AddReal(k Key, r Real) error {
 	}
 	kr := kernelReal(r)
 	s.reals[r.Key()] = &kr
+	// list_add: the kernel links a new destination at the head.
+	s.list = slices.Insert(s.list, 0, r.Key())
 	f.writes[OpAddReal]++
 	return nil
 }
@@ -243,6 +260,7 @@ func (f *Fake) DeleteReal(k Key, rk RealKey) error {
 		return syscall.ENOENT
 	}
 	delete(s.reals, rk)
+	s.list = slices.DeleteFunc(s.list, func(x RealKey) bool { return x == rk })
 	f.writes[OpDeleteReal]++
 	return nil
 }

@@ -52,8 +52,16 @@ type Options struct {
 // with the complete value, so scheduler, flags, timeout and netmask change
 // without dropping connections); added and changed reals; removed reals;
 // and last, removed services. It never issues an UpdateReal that changes
-// nothing (each one rebuilds an mh table). It carries on past a failed item
-// and returns what it reached plus errors.Join of what failed, each error
+// nothing (each one rebuilds an mh table). For an mh service it keeps the
+// kernel's list of reals in canonical order (mhTail), so every node with the
+// same reals builds the same Maglev table whatever the history: adding a
+// real deletes and re-adds the reals that sort above it (1 + 2k writes
+// with k such reals, +1 when the new real does not start at weight 0; a
+// removal or a weight change is still one write), and an adopted service
+// whose list is out of order is put in order the same way. Connections
+// keep their real across the re-add (with net.ipv4.vs.expire_nodest_conn=0,
+// see docs/cluster.md). It carries on past a failed item and
+// returns what it reached plus errors.Join of what failed, each error
 // naming the operation and the object. Apply with the same value again
 // writes nothing.
 //
@@ -90,6 +98,7 @@ type Reconciler struct {
 	draining map[Key]map[RealKey]time.Time
 	gen      uint64 // pass number, to tell which reals were read in this pass
 	nreals   int    // reals in the cache, kept up to date with every change
+	seq      uint64 // last cachedReal.seq handed out
 }
 
 // cached is the last-known kernel state of one owned service.
@@ -106,6 +115,9 @@ type cachedReal struct {
 	spec             realSpec
 	active, inactive int32
 	stats            Stats
+	// seq orders the service's reals as the kernel lists them: a real
+	// added later has a higher seq and sits nearer the head of the list.
+	seq uint64
 }
 
 // inUse counts the connections that keep a removed real draining. IPVS
@@ -505,11 +517,8 @@ func (r *Reconciler) readAll(p *pass) error {
 			// stops before writing anything.
 			return fmt.Errorf("read reals of service %s: %w", s.Key, err)
 		}
-		c := &cached{svc: s, reals: make(map[RealKey]cachedReal, len(reals)), readGen: r.gen}
-		for _, rl := range reals {
-			c.reals[rl.Key()] = toCached(rl)
-		}
-		r.nreals += len(c.reals)
+		c := &cached{svc: s, readGen: r.gen}
+		r.load(c, reals)
 		r.cache[s.Key] = c
 	}
 	for k := range r.draining {
@@ -520,6 +529,19 @@ func (r *Reconciler) readAll(p *pass) error {
 	r.readAt = r.now()
 	r.valid = true
 	return nil
+}
+
+// load fills c's reals from a dump, which lists them head first: the
+// newest real first, so it gets the highest seq.
+func (r *Reconciler) load(c *cached, reals []Real) {
+	c.reals = make(map[RealKey]cachedReal, len(reals))
+	for i := len(reals) - 1; i >= 0; i-- {
+		cr := toCached(reals[i])
+		r.seq++
+		cr.seq = r.seq
+		c.reals[reals[i].Key()] = cr
+	}
+	r.nreals += len(c.reals)
 }
 
 func (p *pass) addService(s *Service, wasOwned bool) {
@@ -575,8 +597,60 @@ func (p *pass) addReal(s *Service, c *cached, rl Real) {
 		p.realErr(OpAddReal, *s, rl.Key(), err)
 		return
 	}
-	c.reals[rl.Key()] = cachedReal{spec: rl.spec()}
+	p.r.seq++
+	c.reals[rl.Key()] = cachedReal{spec: rl.spec(), seq: p.r.seq}
 	p.r.nreals++
+}
+
+// readdReal deletes a real and adds it again with spec rl, which moves it
+// to the head of the kernel's list (mhTail). The kernel keeps a deleted
+// real in its trash while connections point at it and takes it back from
+// there on the add, so those connections keep their real and their counts.
+func (p *pass) readdReal(s *Service, c *cached, rl Real) {
+	rk := rl.Key()
+	issued, err := p.write(OpDeleteReal, s.Key, nil, nil, rk)
+	if !issued {
+		return
+	}
+	if err != nil {
+		p.realErr(OpDeleteReal, *s, rk, err)
+		return
+	}
+	delete(c.reals, rk)
+	p.r.nreals--
+	p.addReal(s, c, rl)
+}
+
+// mhTail returns the reals of an mh service that must be added, or deleted
+// and added again, for the kernel's list of reals to be in canonical order,
+// in the order to add them; nil when the list is canonical already.
+//
+// The mh scheduler fills its lookup table walking the list of reals, and
+// the table depends on that order: two nodes must hold the same list to
+// send a flow to the same real. The kernel links each new real at the head
+// of the list, so the order is that of the adds, and the canonical order is
+// the reals added in ascending RealKey order (as a new service is created):
+// seq ascending with the key. The reals in canonical order from the
+// smallest up stay; from the first that is missing or out of order on,
+// every real is added again, in ascending order. A new real x thus costs 1
+// add plus a delete and an add for every real with a key above x (and one
+// update when there are such reals and x's weight is not 0: see
+// syncService).
+func mhTail(reals []Real, c *cached) []Real {
+	cmp := func(a, b Real) int { return a.Key().compare(b.Key()) }
+	if !slices.IsSortedFunc(reals, cmp) {
+		reals = slices.Clone(reals)
+		slices.SortFunc(reals, cmp)
+	}
+	var last uint64
+	for i, rl := range reals {
+		cur, ok := c.reals[rl.Key()]
+		if !ok || cur.seq <= last {
+			return reals[i:]
+		}
+		last = cur.seq
+	}
+	return nil
 }
 
 func (p *pass) updateReal(s *Service, c *cached, rl Real) bool {
@@ -613,6 +687,18 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 	// kernel has reals to remove exactly when it holds more than matched.
 	// No set is built on the path of a single weight change.
 	drains := r.draining[s.Key]
+	// For mh, new reals and reals out of canonical order are (re-)added in
+	// tail; its reals get no separate update (the add carries the spec).
+	var tail []Real
+	var inTail map[RealKey]bool
+	if s.Scheduler == schedMH {
+		if tail = mhTail(s.Reals, c); len(tail) > 0 {
+			inTail = make(map[RealKey]bool, len(tail))
+			for _, rl := range tail {
+				inTail[rl.Key()] = true
+			}
+		}
+	}
 	var adds []Real
 	matched := 0
 	for _, rl := range s.Reals {
@@ -621,11 +707,13 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 			delete(drains, rl.Key()) // back in the config: drain over
 		}
 		if !ok {
-			adds = append(adds, rl)
+			if inTail == nil {
+				adds = append(adds, rl)
+			}
 			continue
 		}
 		matched++
-		if cur.spec != rl.spec() {
+		if cur.spec != rl.spec() && !inTail[rl.Key()] {
 			p.updateReal(s, c, rl)
 		}
 	}
@@ -633,6 +721,30 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 	slices.SortFunc(adds, func(a, b Real) int { return a.Key().compare(b.Key()) })
 	for _, rl := range adds {
 		p.addReal(s, c, rl)
+	}
+	// A new real with reals re-added after it goes in at weight 0, which
+	// keeps it out of the table (weight 0 from the start gives it no
+	// turns), and gets its weight last: until then every table the kernel
+	// builds is the old one. With net.ipv4.vs.expire_nodest_conn=1 (the
+	// package sets 0) the kernel expires the connections of a real caught
+	// between its delete and its add; while the table is the old one, the
+	// next packet of such a connection (sloppy_tcp) finds the same real.
+	var raise []Real
+	for i, rl := range tail {
+		if _, ok := c.reals[rl.Key()]; ok {
+			p.readdReal(s, c, rl)
+			continue
+		}
+		if rl.Weight != 0 && i < len(tail)-1 {
+			raise = append(raise, rl)
+			rl.Weight = 0
+		}
+		p.addReal(s, c, rl)
+	}
+	for _, rl := range raise {
+		if _, ok := c.reals[rl.Key()]; ok {
+			p.updateReal(s, c, rl)
+		}
 	}
 	// Removing reals with a drain time needs live connection counts.
 	if removes && s.Drain > 0 && c.readGen != r.gen {
@@ -643,11 +755,7 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 			return
 		}
 		r.nreals -= len(c.reals)
-		c.reals = make(map[RealKey]cachedReal, len(reals))
-		for _, rl := range reals {
-			c.reals[rl.Key()] = toCached(rl)
-		}
-		r.nreals += len(c.reals)
+		r.load(c, reals)
 		c.readGen = r.gen
 	}
 

@@ -218,6 +218,10 @@ func (f Forward) String() string {
 // module is ENOENT); this list is what the fake accepts.
 var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"}
 
+// schedMH is the Maglev hashing scheduler, whose table depends on the
+// order of the reals (mhTail).
+const schedMH = "mh"
+
 // Stats are a service's or a real's kernel counters. Connections and
 // packets are 32-bit in the netlink attributes moby/ipvs parses, so they
 // wrap; bytes are 64-bit.

@@ -73,11 +73,12 @@ func TestVMStates(t *testing.T) {
 		rec := newRec(t, k, "")
 		prev := Desired{}
 		for _, i := range order {
+			readds := mhReadds(t, k, prev, sts[i].d)
 			res, err := rec.Apply(ctx, sts[i].d)
 			if err != nil {
 				t.Fatalf("apply %q: %v", sts[i].name, err)
 			}
-			if got, want := res.Writes.Total(), minimalWrites(prev, sts[i].d); got != want {
+			if got, want := res.Writes.Total(), minimalWrites(prev, sts[i].d)+readds; got != want {
 				t.Errorf("apply %q: %d writes (%v), minimal %d", sts[i].name, got, res.Writes, want)
 			}
 			if got, want := dump(t, k), render(t, sts[i].d); got != want {

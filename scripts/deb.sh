@@ -74,6 +74,7 @@ install -m 0644 "$src/copyright" "$pkg/usr/share/doc/kglb/copyright"
 install -m 0644 "$src/lintian-overrides" "$pkg/usr/share/lintian/overrides/kglb"
 for f in "$root"/examples/*.hcl; do install -m 0644 "$f" "$pkg/usr/share/doc/kglb/examples/"; done
 if [ -f "$root/docs/config.md" ]; then gzip -9n <"$root/docs/config.md" >"$pkg/usr/share/doc/kglb/config.md.gz"; fi
+if [ -f "$root/docs/cluster.md" ]; then gzip -9n <"$root/docs/cluster.md" >"$pkg/usr/share/doc/kglb/cluster.md.gz"; fi
 {
 	echo "kglb ($debver) unstable; urgency=medium"
 	echo

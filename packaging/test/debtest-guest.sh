@@ -324,9 +324,10 @@ else
 	show systemctl status --no-pager kglb
 	show journalctl -u kglb --no-pager -n 30
 fi
-if lsmod | grep -q '^ip_vs_mh' && [ "$(sysctl -n net.ipv4.vs.expire_nodest_conn 2>/dev/null)" = 1 ] &&
-	[ "$(sysctl -n net.ipv4.vs.sloppy_tcp 2>/dev/null)" = 1 ]; then
-	pass "modules-load.d loaded ip_vs_mh; sysctl.d set expire_nodest_conn=1 sloppy_tcp=1"
+if lsmod | grep -q '^ip_vs_mh' && [ "$(sysctl -n net.ipv4.vs.expire_nodest_conn 2>/dev/null)" = 0 ] &&
+	[ "$(sysctl -n net.ipv4.vs.sloppy_tcp 2>/dev/null)" = 1 ] &&
+	[ "$(sysctl -n net.ipv4.vs.schedule_icmp 2>/dev/null)" = 1 ]; then
+	pass "modules-load.d loaded ip_vs_mh; sysctl.d set expire_nodest_conn=0 sloppy_tcp=1 schedule_icmp=1"
 else
 	fail "modules and sysctls" "$(lsmod | grep -c ip_vs) ip_vs modules, expire_nodest_conn=$(sysctl -n net.ipv4.vs.expire_nodest_conn 2>&1)"
 fi
