@@ -153,6 +153,7 @@ func (d *daemon) serveHTTP(ctx context.Context, addr string) (<-chan error, <-ch
 			fmt.Fprintf(w, "config %s\n", o.Result)
 		}
 	})
+	mountPprof(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	done, closed := make(chan error, 1), make(chan struct{})
 	ln, err := net.Listen("tcp", addr)
