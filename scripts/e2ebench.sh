@@ -29,8 +29,9 @@
 #   E2E_PROFILE=1  kglb runs with KGLB_PPROF=1; a CPU profile and a trace of
 #                its cold start land in .cache/e2ebench/out-N/ with the journals
 #   E2E_ORDER    the daemons of a round (default "kglb keepalived")
+#   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh
-# Console logs: .cache/e2ebench/console-N.log.
+# Console logs: $E2E_OUT/console-N.log.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,7 +52,7 @@ if [ -z "$deb" ]; then
 	deb="$("$root/scripts/deb.sh" | tail -n1)" || img_die "scripts/deb.sh failed"
 fi
 [ -f "$deb" ] || img_die "no package at $deb"
-outdir="$root/.cache/e2ebench"
+outdir="${E2E_OUT:-$root/.cache/e2ebench}"
 mkdir -p "$img_cache/tmp" "$outdir"
 work="$(mktemp -d "$img_cache/tmp/e2e.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -130,7 +131,7 @@ N=$n
 ROUNDS=$rounds
 WINDOW=${E2E_WINDOW:-20}
 EDITS=${E2E_EDITS:-3}
-COLD_TIMEOUT=$((n < 500 ? 300 : 900))
+COLD_TIMEOUT=$((n < 500 ? 600 : 1200))
 PROFILE=${E2E_PROFILE:-0}
 ORDER="${E2E_ORDER:-kglb keepalived}"
 ENV

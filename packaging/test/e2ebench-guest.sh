@@ -102,13 +102,20 @@ wait_all() {
 	return 1
 }
 
+profpid=""
 profile() { # DAEMON ROUND: a CPU profile and a trace of kglb during its cold start
+	profpid=""
 	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
 	(
-		sleep 2
+		local i
+		for i in $(seq 600); do
+			curl_get /healthz >/dev/null 2>&1 && break
+			sleep 0.2
+		done
 		curl_get "/debug/pprof/profile?seconds=20" >"$out/cpu-$2.pprof"
 		curl_get "/debug/pprof/trace?seconds=5" >"$out/trace-$2.out"
 	) &
+	profpid=$!
 }
 # curl_get PATH: GET from kglb's stats address with bash's /dev/tcp (no curl in the image).
 curl_get() {
@@ -134,7 +141,7 @@ run_one() { # DAEMON ROUND
 		fi
 		sleep 0.25
 	done
-	wait # the profile, if any
+	[ -n "$profpid" ] && wait "$profpid" # the profile, if any
 
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
