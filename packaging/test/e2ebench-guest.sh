@@ -200,3 +200,6 @@ done
 clean_kernel
 sync
 say DONE
+# The results are on the disk: power off at once (a clean shutdown after a
+# run at this scale sat for minutes).
+systemctl poweroff --force --force
