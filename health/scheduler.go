@@ -71,7 +71,7 @@ type Scheduler struct {
 	started int
 	lagSum  time.Duration
 
-	slots   cpuSlots
+	slots cpuSlots
 
 	wake    chan struct{} // the heap's head moved earlier
 	changed chan struct{} // pending has changes

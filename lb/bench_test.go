@@ -67,7 +67,7 @@ func settledLoader(tb testing.TB, dir string) (*config.Loader, *config.Config) {
 
 type upProber struct{ ch chan []health.Change }
 
-func (upProber) Update([]health.Target) error    { return nil }
+func (upProber) Update([]health.Target) error      { return nil }
 func (p upProber) Changes() <-chan []health.Change { return p.ch }
 func (upProber) Lookup(t health.Target) (health.Status, bool) {
 	return health.Status{Target: t, State: health.Up}, true

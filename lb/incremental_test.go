@@ -542,7 +542,7 @@ type stubProber struct {
 	fail    error
 }
 
-func (p *stubProber) Update([]health.Target) error  { p.updates++; return p.fail }
+func (p *stubProber) Update([]health.Target) error    { p.updates++; return p.fail }
 func (p *stubProber) Changes() <-chan []health.Change { return nil }
 func (p *stubProber) Lookup(t health.Target) (health.Status, bool) {
 	return health.Status{Target: t, State: health.Up}, true
