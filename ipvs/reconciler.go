@@ -239,8 +239,15 @@ func (r *Reconciler) run(ctx context.Context, want []Service, scoped, full bool)
 		}
 	}
 	r.m.duration.Observe(time.Since(start).Seconds())
-	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() {
-		r.log.Info("ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
+	// A scoped pass (one service, for a health change) logs at Debug: at a
+	// cold start there is one per service, and the health scheduler has
+	// already logged the verdict that caused it.
+	lvl := hclog.Info
+	if scoped {
+		lvl = hclog.Debug
+	}
+	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() && (lvl == hclog.Info || r.log.IsDebug()) {
+		r.log.Log(lvl, "ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
 			"services", res.Services, "reals", res.Reals, "errors", countErrs(err))
 	} else if n == 0 && r.log.IsDebug() {
 		r.log.Debug("ipvs in sync", "full_read", res.FullRead, "services", res.Services, "errors", countErrs(err))
