@@ -9,7 +9,7 @@ BENCHTIME ?= 1s
 VMBENCHTIME ?= 1x
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: help build demo test deps lint unit fuzz check-examples vmtest debtest deb vmbench bench clean
+.PHONY: help build demo test deps lint unit fuzz check-examples vmtest debtest deb vmbench e2ebench bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,12 +61,17 @@ debtest: build ## install the .deb in a booted Debian VM (systemd) and drive it
 vmbench: ## kernel benchmarks in the VM
 	BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS)
 
+# E2E_N=200 make e2ebench for a quicker run; scripts/e2ebench.sh lists the knobs.
+e2ebench: build ## kglb beside keepalived, end to end in the booted Debian VM (N=200, 1000 services x 10 reals)
+	KGLB_BIN=bin/kglb VERSION=$(VERSION) ./scripts/e2ebench.sh
+
 # The host benchmarks run one package at a time (-p 1): two packages'
 # benchmarks side by side on a 2-core machine time each other.
 bench: ## one table of every benchmark (host and VM)
 	@mkdir -p out
 	@{ $(GO) test -p 1 -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... ; \
-	   BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS); } 2>&1 | tee out/bench.log | $(GO) run ./tools/benchtab -strict
+	   BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS); \
+	   $(MAKE) --no-print-directory e2ebench; } 2>&1 | tee out/bench.log | $(GO) run ./tools/benchtab -strict
 
 clean: ## remove build output (keeps the VM cache)
 	rm -rf bin out

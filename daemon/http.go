@@ -127,6 +127,7 @@ func (d *daemon) statsHandler() http.Handler {
 		}
 		w.Write([]byte("ok\n"))
 	})
+	mountPprof(mux)
 	return mux
 }
 

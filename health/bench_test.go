@@ -282,8 +282,10 @@ func BenchmarkDetection(b *testing.B) {
 		go func() { s.Run(ctx); close(done) }()
 		s.Update(targets)
 		for up := 0; up < n; {
-			if c := <-s.Changes(); c.State == Up {
-				up++
+			for _, c := range <-s.Changes() {
+				if c.State == Up {
+					up++
+				}
 			}
 		}
 		// Close at a random point of the probe cycle.
@@ -293,15 +295,17 @@ func BenchmarkDetection(b *testing.B) {
 			ln.Close()
 		}
 		for down := 0; down < n; {
-			c := <-s.Changes()
-			if c.State != Down {
-				continue
-			}
-			down++
+			cs := <-s.Changes()
 			r := float64(time.Since(closed)) / float64(iv*fall)
-			worst = max(worst, r)
-			sum += r
-			count++
+			for _, c := range cs {
+				if c.State != Down {
+					continue
+				}
+				down++
+				worst = max(worst, r)
+				sum += r
+				count++
+			}
 		}
 		cancel()
 		<-done

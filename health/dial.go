@@ -73,9 +73,14 @@ func (d Dialer) dial(ctx context.Context, network string, dst netip.AddrPort, ma
 			nd.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 		}
 	}
+	resume := idle(ctx)
 	c, err := nd.DialContext(ctx, network, dst.String())
+	resume()
 	if err != nil {
 		return nil, err
+	}
+	if pc, ok := ctx.(*probeCtx); ok && pc.slots != nil {
+		return slottedConn{c, pc.slots}, nil
 	}
 	return c, nil
 }

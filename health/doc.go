@@ -11,7 +11,7 @@
 //		Dialer: health.Dialer{Source4: lbAddr}})
 //	go s.Run(ctx)
 //	err = s.Update(targets)          // the full set, duplicates allowed
-//	for c := range s.Changes() { ... } // c.Key is the Target, c.State up or down
+//	for cs := range s.Changes() { ... } // a batch; each c.Key is the Target, c.State up or down
 //	st, ok := s.Lookup(target)        // current verdict, e.g. right after Update
 //	all := s.Snapshot()               // for /status
 //

@@ -117,6 +117,9 @@ func (f *fakeChecker) Check(ctx context.Context, t Target) Result {
 	block := f.block
 	f.mu.Unlock()
 	if block != nil {
+		// A wait on the network, as far as the CPU slots go.
+		resume := idle(ctx)
+		defer resume()
 		select {
 		case <-block:
 		case <-ctx.Done():

@@ -28,6 +28,7 @@ type metrics struct {
 	lag      prometheus.Histogram
 	inFlight prometheus.Gauge
 	changes  *prometheus.CounterVec
+	rate     *prometheus.GaugeVec
 }
 
 func newMetrics(s *Scheduler, reg prometheus.Registerer) (*metrics, error) {
@@ -54,8 +55,12 @@ func newMetrics(s *Scheduler, reg prometheus.Registerer) (*metrics, error) {
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kglb_health_changes_total", Help: "Verdict changes, by new state.",
 		}, []string{"state"}),
+		rate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kglb_health_probes_per_second",
+			Help: "Probe rate over the last 30s: configured (what the intervals ask for) and managed (what ran); managed below configured means the CPU is saturated and kglb logs a warning.",
+		}, []string{"rate"}),
 	}
-	for _, c := range []prometheus.Collector{m, m.lag, m.inFlight, m.changes} {
+	for _, c := range []prometheus.Collector{m, m.lag, m.inFlight, m.changes, m.rate} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -14,6 +14,7 @@ import (
 type probeCtx struct {
 	parent   context.Context
 	deadline time.Time
+	slots    cpuSlots // the scheduler's CPU slots, one held by this probe; nil outside it
 
 	mu         sync.Mutex
 	done       chan struct{}

@@ -20,6 +20,9 @@ type Options struct {
 	// Concurrency bounds the probes in flight (default 256). Probes beyond it wait
 	// for a free slot; their lateness shows in kglb_health_probe_lag_seconds.
 	Concurrency int
+	// CPUSlots bounds the probes that run on the CPU at once (default
+	// GOMAXPROCS-1, at least 1); see cpuSlots.
+	CPUSlots int
 	// MinRecheck bounds from below the faster re-check interval used while a verdict
 	// is pending (default 100ms).
 	MinRecheck time.Duration
@@ -64,11 +67,16 @@ type Scheduler struct {
 	wakeAt  time.Time // when the dispatcher plans to wake; zero while it sleeps unbounded
 	pending []Change
 	emitted int // changes emitted so far
+	// Probes started since the last rate report, and their summed lateness.
+	started int
+	lagSum  time.Duration
+
+	slots cpuSlots
 
 	wake    chan struct{} // the heap's head moved earlier
 	changed chan struct{} // pending has changes
 	jobs    chan *entry
-	out     chan Change
+	out     chan []Change
 }
 
 // New returns a Scheduler; Run starts it.
@@ -78,6 +86,9 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 256
+	}
+	if opts.CPUSlots <= 0 {
+		opts.CPUSlots = defaultCPUSlots()
 	}
 	if opts.MinRecheck <= 0 {
 		opts.MinRecheck = 100 * time.Millisecond
@@ -95,7 +106,8 @@ func New(opts Options) (*Scheduler, error) {
 		wake:    make(chan struct{}, 1),
 		changed: make(chan struct{}, 1),
 		jobs:    make(chan *entry),
-		out:     make(chan Change, 64),
+		out:     make(chan []Change),
+		slots:   make(cpuSlots, opts.CPUSlots),
 	}
 	s.tab = newTable(opts.MinRecheck,
 		func(sp Spec) (Checker, error) { return opts.NewChecker(sp, opts.Dialer) },
@@ -158,9 +170,12 @@ func (s *Scheduler) kick() {
 	}
 }
 
-// Changes delivers verdict changes in the order they happened. It is closed when
-// Run returns. The engine must keep reading it.
-func (s *Scheduler) Changes() <-chan Change { return s.out }
+// Changes delivers verdict changes in the order they happened, in batches: each
+// receive takes every change made since the last one, so the engine applies a
+// burst (the first round of a cold start: one change per real) in as few passes
+// as it can keep up with. It is closed when Run returns. The engine must keep
+// reading it.
+func (s *Scheduler) Changes() <-chan []Change { return s.out }
 
 // Run probes until ctx is done, then waits for probes in flight and returns.
 func (s *Scheduler) Run(ctx context.Context) error {
@@ -176,6 +191,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		s.deliver(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.reportRate(ctx)
 	}()
 	s.dispatch(ctx)
 	close(s.jobs)
@@ -238,15 +258,19 @@ func (s *Scheduler) worker(ctx context.Context) {
 }
 
 func (s *Scheduler) probe(ctx context.Context, e *entry) {
+	s.slots.acquire()
+	defer s.slots.release()
 	if s.opts.beforeProbe != nil {
 		s.opts.beforeProbe(e.due)
 	}
 	start := time.Now()
+	lag := s.clock.Now().Sub(e.due)
 	if s.met != nil {
-		s.met.lag.Observe(s.clock.Now().Sub(e.due).Seconds())
+		s.met.lag.Observe(lag.Seconds())
 		s.met.inFlight.Inc()
 	}
 	pctx := newProbeCtx(ctx, start.Add(e.spec.Timeout))
+	pctx.slots = s.slots
 	r := e.checker.Check(pctx, e.target())
 	pctx.release()
 	if s.met != nil {
@@ -261,6 +285,9 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) {
 	}
 
 	s.mu.Lock()
+	s.started++
+	s.lagSum += max(lag, 0)
+	from := e.state
 	ch, changed := s.tab.complete(e, r, s.clock.Now())
 	if changed {
 		s.pending = append(s.pending, ch)
@@ -279,13 +306,23 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) {
 		if s.met != nil {
 			s.met.changes.WithLabelValues(ch.State.String()).Inc()
 		}
-		s.log.Info("real "+ch.State.String(), "real", e.real.String(), "check", e.spec.Type.String(),
-			"id", e.id, "reason", ch.Reason)
+		// A first verdict is no news, and at a cold start of thousands of
+		// reals one line each kept the probes queueing on the log writer:
+		// only changes of a known state are logged at Info.
+		lvl := hclog.Info
+		if from == Unknown {
+			lvl = hclog.Debug
+		}
+		if s.log.IsDebug() || lvl == hclog.Info {
+			s.log.Log(lvl, "real "+ch.State.String(), "real", e.real.String(), "check", e.spec.Type.String(),
+				"id", e.id, "reason", ch.Reason)
+		}
 	}
 }
 
 // deliver moves pending changes to the Changes channel in order, so that a slow
-// reader never blocks a probe.
+// reader never blocks a probe: changes made while it waits for the reader join
+// the next batch.
 func (s *Scheduler) deliver(ctx context.Context) {
 	for {
 		select {
@@ -297,12 +334,13 @@ func (s *Scheduler) deliver(ctx context.Context) {
 		batch := s.pending
 		s.pending = nil
 		s.mu.Unlock()
-		for _, c := range batch {
-			select {
-			case s.out <- c:
-			case <-ctx.Done():
-				return
-			}
+		if len(batch) == 0 {
+			continue
+		}
+		select {
+		case s.out <- batch:
+		case <-ctx.Done():
+			return
 		}
 	}
 }
@@ -344,4 +382,44 @@ func (s *Scheduler) Snapshot() []Status {
 		return a.ID < b.ID
 	})
 	return out
+}
+
+// rateReport is how often the scheduler compares the probe rate it manages
+// with the rate the checks ask for.
+const rateReport = 30 * time.Second
+
+// reportRate warns, every rateReport, when the probes ran at less than 90%
+// of the configured rate: the machine cannot do what the checks ask, and
+// every real is probed less often than its interval (late probes skip their
+// missed turns, so the lag is shared evenly and no backlog builds up).
+func (s *Scheduler) reportRate(ctx context.Context) {
+	t := time.NewTicker(rateReport)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		now := time.Now()
+		s.mu.Lock()
+		want := 0.0
+		for _, e := range s.tab.entries {
+			want += float64(time.Second) / float64(e.spec.Interval)
+		}
+		n, lag := s.started, s.lagSum
+		s.started, s.lagSum = 0, 0
+		s.mu.Unlock()
+		got := float64(n) / now.Sub(last).Seconds()
+		last = now
+		if s.met != nil {
+			s.met.rate.WithLabelValues("configured").Set(want)
+			s.met.rate.WithLabelValues("managed").Set(got)
+		}
+		if n > 0 && got < 0.9*want {
+			s.log.Warn("health probes cannot keep up: the checks ask for more than this machine gives them, so every real is probed less often than its interval",
+				"configured_per_s", int(want), "managed_per_s", int(got), "mean_lag", (lag / time.Duration(n)).Round(time.Millisecond).String())
+		}
+	}
 }

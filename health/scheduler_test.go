@@ -40,10 +40,10 @@ func newHarness(t *testing.T, concurrency int) *harness {
 	h.stop = cancel
 	go func() { s.Run(ctx); close(h.done) }()
 	go func() {
-		for c := range s.Changes() {
+		for cs := range s.Changes() {
 			h.mu.Lock()
-			h.got = append(h.got, c)
-			h.received++
+			h.got = append(h.got, cs...)
+			h.received += len(cs)
 			h.mu.Unlock()
 		}
 	}()

@@ -148,6 +148,8 @@ func waitConnect(ctx context.Context, fd int) error {
 		return errLocal{err}
 	}
 	var cerr error
+	resume := idle(ctx)
+	defer resume()
 	werr := rc.Write(func(fd uintptr) bool {
 		// The readiness may have been consumed before the netpoller saw the fd:
 		// look for ourselves instead of trusting a wakeup.

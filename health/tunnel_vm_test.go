@@ -129,8 +129,10 @@ func TestTunnelledCheck(t *testing.T) {
 	safety := time.After(60 * time.Second) // a hang guard, not a timing assertion
 	for len(got) < len(want) {
 		select {
-		case c := <-s.Changes():
-			got[c.Key] = c
+		case cs := <-s.Changes():
+			for _, c := range cs {
+				got[c.Key] = c
+			}
 		case <-safety:
 			t.Fatalf("only %d of %d verdicts: %v", len(got), len(want), got)
 		}

@@ -13,12 +13,15 @@ func (r *Reconciler) Read(ctx context.Context) (Snapshot, error) {
 	r.mu.Lock()
 	r.gen++
 	err := r.readAll(&pass{r: r, ctx: ctx})
+	var snap Snapshot
 	if err != nil {
 		r.valid = false
+	} else {
+		snap = r.statsLocked()
 	}
 	r.mu.Unlock()
 	if err != nil {
 		return Snapshot{}, err
 	}
-	return r.Stats(), nil
+	return snap, nil
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -99,6 +100,8 @@ type Reconciler struct {
 	gen      uint64 // pass number, to tell which reals were read in this pass
 	nreals   int    // reals in the cache, kept up to date with every change
 	seq      uint64 // last cachedReal.seq handed out
+
+	stats atomic.Pointer[Snapshot] // the last Stats built, for a scrape during a pass
 }
 
 // cached is the last-known kernel state of one owned service.
@@ -248,8 +251,15 @@ func (r *Reconciler) run(ctx context.Context, want []Service, scoped, full bool)
 		}
 	}
 	r.m.duration.Observe(time.Since(start).Seconds())
-	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() {
-		r.log.Info("ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
+	// A scoped pass (one service, for a health change) logs at Debug: at a
+	// cold start there is one per service, and the health scheduler has
+	// already logged the verdict that caused it.
+	lvl := hclog.Info
+	if scoped {
+		lvl = hclog.Debug
+	}
+	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() && (lvl == hclog.Info || r.log.IsDebug()) {
+		r.log.Log(lvl, "ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
 			"services", res.Services, "reals", res.Reals, "errors", countErrs(err))
 	} else if n == 0 && r.log.IsDebug() {
 		r.log.Debug("ipvs in sync", "full_read", res.FullRead, "services", res.Services, "errors", countErrs(err))
@@ -867,9 +877,24 @@ type Snapshot struct {
 // second dump. They are as fresh as the last Resync (connection counts of a
 // service that lost reals are as fresh as that Apply). The kernel itself
 // sums the packet and byte counters only every 2 s, in its rate estimator.
+//
+// A pass holds the reconciler for as long as its writes take (seconds for a
+// cold start of thousands of reals on a busy machine); a scrape then gets the
+// snapshot the last call built rather than waiting (it timed out before).
 func (r *Reconciler) Stats() Snapshot {
-	r.mu.Lock()
+	if !r.mu.TryLock() {
+		if s := r.stats.Load(); s != nil {
+			return *s
+		}
+		r.mu.Lock()
+	}
 	defer r.mu.Unlock()
+	return r.statsLocked()
+}
+
+// statsLocked builds the Stats snapshot and keeps it for scrapes. Called
+// with mu held.
+func (r *Reconciler) statsLocked() Snapshot {
 	snap := Snapshot{ReadAt: r.readAt, Services: make([]Service, 0, len(r.cache))}
 	for _, c := range r.cache {
 		s := c.svc
@@ -882,6 +907,7 @@ func (r *Reconciler) Stats() Snapshot {
 		snap.Services = append(snap.Services, s)
 	}
 	slices.SortFunc(snap.Services, func(a, b Service) int { return a.Key.less(b.Key) })
+	r.stats.Store(&snap)
 	return snap
 }
 

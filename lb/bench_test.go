@@ -65,10 +65,10 @@ func settledLoader(tb testing.TB, dir string) (*config.Loader, *config.Config) {
 	return l, cfg
 }
 
-type upProber struct{ ch chan health.Change }
+type upProber struct{ ch chan []health.Change }
 
-func (upProber) Update([]health.Target) error    { return nil }
-func (p upProber) Changes() <-chan health.Change { return p.ch }
+func (upProber) Update([]health.Target) error      { return nil }
+func (p upProber) Changes() <-chan []health.Change { return p.ch }
 func (upProber) Lookup(t health.Target) (health.Status, bool) {
 	return health.Status{Target: t, State: health.Up}, true
 }

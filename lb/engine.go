@@ -41,7 +41,7 @@ type Announcer interface {
 // Prober runs health checks (the health scheduler).
 type Prober interface {
 	Update(targets []health.Target) error
-	Changes() <-chan health.Change
+	Changes() <-chan []health.Change // batches of changes, in order
 	Lookup(t health.Target) (health.Status, bool)
 }
 
@@ -174,8 +174,8 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 			}
 			e.setConfig(cfg)
 			e.reconcile(ctx, false)
-		case ch := <-e.opts.Prober.Changes():
-			e.healthChanged(ctx, e.collect(ch))
+		case chs := <-e.opts.Prober.Changes():
+			e.healthChanged(ctx, e.collect(chs))
 		case <-resync.C:
 			e.reconcile(ctx, true)
 		case <-drain.C:
@@ -517,7 +517,9 @@ func (e *Engine) healthChanged(ctx context.Context, changes []health.Change) {
 	var affected []int
 	for _, c := range changes {
 		affected = e.plan.servicesOf(c.Key, affected)
-		e.log.Info("real health changed", "real", c.Key.Real.String(), "check", c.Key.Spec.Type.String(), "state", c.State.String(), "reason", c.Reason)
+		if e.log.IsDebug() { // the health scheduler logs each change once
+			e.log.Debug("real health changed", "real", c.Key.Real.String(), "check", c.Key.Spec.Type.String(), "state", c.State.String(), "reason", c.Reason)
+		}
 	}
 	if len(affected) == 0 {
 		return
@@ -563,14 +565,14 @@ func (e *Engine) healthChanged(ctx context.Context, changes []health.Change) {
 	e.finish(d, errors.Join(errs...), "health", start)
 }
 
-// collect takes the first change and any others already waiting, so a burst
+// collect takes the first batch and any others already waiting, so a burst
 // of verdicts is one pass.
-func (e *Engine) collect(first health.Change) []health.Change {
-	out := []health.Change{first}
+func (e *Engine) collect(first []health.Change) []health.Change {
+	out := first
 	for {
 		select {
-		case c := <-e.opts.Prober.Changes():
-			out = append(out, c)
+		case cs := <-e.opts.Prober.Changes():
+			out = append(out, cs...)
 		default:
 			return out
 		}

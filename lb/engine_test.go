@@ -19,11 +19,11 @@ type fakeProber struct {
 	mu      sync.Mutex
 	states  map[netip.AddrPort]health.State
 	targets []health.Target
-	ch      chan health.Change
+	ch      chan []health.Change
 }
 
 func newFakeProber() *fakeProber {
-	return &fakeProber{states: map[netip.AddrPort]health.State{}, ch: make(chan health.Change, 64)}
+	return &fakeProber{states: map[netip.AddrPort]health.State{}, ch: make(chan []health.Change, 64)}
 }
 
 func (f *fakeProber) Update(ts []health.Target) error {
@@ -33,7 +33,7 @@ func (f *fakeProber) Update(ts []health.Target) error {
 	return nil
 }
 
-func (f *fakeProber) Changes() <-chan health.Change { return f.ch }
+func (f *fakeProber) Changes() <-chan []health.Change { return f.ch }
 
 func (f *fakeProber) Lookup(t health.Target) (health.Status, bool) {
 	f.mu.Lock()
@@ -54,7 +54,7 @@ func (f *fakeProber) set(r string, st health.State) {
 	}
 	f.mu.Unlock()
 	for _, t := range changed {
-		f.ch <- health.Change{Key: t, State: st}
+		f.ch <- []health.Change{{Key: t, State: st}}
 	}
 }
 

@@ -38,7 +38,7 @@ func (p *tableProber) Update(ts []health.Target) error {
 	return nil
 }
 
-func (p *tableProber) Changes() <-chan health.Change { return nil }
+func (p *tableProber) Changes() <-chan []health.Change { return nil }
 
 func (p *tableProber) Lookup(t health.Target) (health.Status, bool) {
 	st, ok := p.states[t]
@@ -542,8 +542,8 @@ type stubProber struct {
 	fail    error
 }
 
-func (p *stubProber) Update([]health.Target) error  { p.updates++; return p.fail }
-func (p *stubProber) Changes() <-chan health.Change { return nil }
+func (p *stubProber) Update([]health.Target) error    { p.updates++; return p.fail }
+func (p *stubProber) Changes() <-chan []health.Change { return nil }
 func (p *stubProber) Lookup(t health.Target) (health.Status, bool) {
 	return health.Status{Target: t, State: health.Up}, true
 }

@@ -1,0 +1,210 @@
+#!/bin/bash
+# e2ebench-guest.sh runs inside the booted Debian VM of scripts/e2ebench.sh
+# (as the oneshot unit kglb-guest.service): kglb (the installed .deb) and
+# Debian's keepalived, in turn A B A B, on the same N services x 10 reals
+# (wrr, NAT, TCP checks every 1s, timeout 0.5s, rise 1, fall 3). The reals are
+# addresses in one network namespace ("reals") answered by e2ereal, which
+# counts the connections it accepts. Each measurement prints one line
+#   E2E: M <daemon> <round> <metric> <value>
+# that the host script turns into benchmark rows; "E2E: DONE" ends the run.
+# The parameters come from /etc/e2ebench/env (written by the host script).
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export SYSTEMD_PAGER='' SYSTEMD_COLORS=0
+# shellcheck source=/dev/null
+. /etc/e2ebench/env # N ROUNDS WINDOW EDITS COLD_TIMEOUT PROFILE
+REALS=$((N * 10))
+out=/root/e2e-out
+mkdir -p "$out"
+
+say() { echo "E2E: $*"; }
+info() { echo "  | $*"; }
+now() { local up _; read -r up _ </proc/uptime; echo "$up"; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
+metric() { say "M $1 $2 $3 $4"; }
+
+say "BOOT $(cut -d' ' -f1 /proc/uptime) N=$N rounds=$ROUNDS"
+
+# ---------------------------------------------------------------- reals
+setup_net() {
+	sysctl -qw net.ipv4.ip_forward=1
+	ip netns add reals
+	ip link add e2e0 type veth peer name r0 netns reals
+	ip addr add 10.0.0.1/24 dev e2e0
+	ip link set e2e0 up
+	ip -n reals addr add 10.0.0.2/24 dev r0
+	ip -n reals link set r0 up
+	ip -n reals link set lo up
+	ip -n reals route add default via 10.0.0.1
+	ip netns exec reals sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
+	ip route add 10.1.0.0/16 via 10.0.0.2
+	awk '{print "address add " $1 "/32 dev r0"}' /etc/e2ebench/reals | ip -n reals -batch - ||
+		{ say "FAIL adding the real addresses"; return 1; }
+	ip netns exec reals /usr/local/sbin/e2ereal -listen 0.0.0.0:80 -count /run/e2ereal.count &
+	sleep 1
+}
+
+# kernel_count: "<reals> <reals with weight > 0>" in IPVS.
+kernel_count() {
+	ipvsadm -Ln 2>/dev/null | awk '$1 == "->" && $2 ~ /^10\.1\./ {n++; if ($4 > 0) u++} END {print n + 0, u + 0}'
+}
+# svc_weights VIP: the weights of the service's reals, in address order.
+svc_weights() { ipvsadm -Ln -t "$1:80" 2>/dev/null | awk '$1 == "->" && $2 ~ /^10\.1\./ {print $2, $4}' | sort; }
+accepted() { cat /run/e2ereal.count 2>/dev/null || echo 0; }
+
+clean_kernel() {
+	ipvsadm -C
+	ip link del kglb0 2>/dev/null
+	rm -rf /var/lib/kglb/*
+}
+
+unit_of() { case "$1" in kglb) echo kglb.service ;; *) echo keepalived.service ;; esac; }
+cg_cpu_us() { awk '$1 == "usage_usec" {print $2}' "/sys/fs/cgroup/system.slice/$(unit_of "$1")/cpu.stat" 2>/dev/null || echo 0; }
+cg_rss_kb() {
+	local p s=0 r
+	for p in $(cat "/sys/fs/cgroup/system.slice/$(unit_of "$1")/cgroup.procs" 2>/dev/null); do
+		r="$(awk '$1 == "VmRSS:" {print $2}' "/proc/$p/status" 2>/dev/null)"
+		s=$((s + ${r:-0}))
+	done
+	echo "$s"
+}
+
+# set_weight DAEMON SVC REAL W: the one-line edit an operator makes.
+set_weight() {
+	local d="$1" svc="$2" rl="$3" w="$4"
+	if [ "$d" = kglb ]; then
+		sed -i "s/^  real \"$rl\" { weight = [0-9]* }/  real \"$rl\" { weight = $w }/" "/etc/kglb/s$svc.hcl"
+	else
+		sed -i "/^  real_server $rl 80 {/,/^  }/ s/^    weight [0-9]*/    weight $w/" /etc/keepalived/keepalived.conf
+		systemctl reload keepalived
+	fi
+}
+
+# waitw VIP REAL W SECONDS: wait until the real has weight W in the kernel.
+waitw() {
+	local end
+	end=$(awk -v a="$(now)" -v b="$4" 'BEGIN {print a + b}')
+	while awk -v a="$(now)" -v b="$end" 'BEGIN {exit !(a < b)}'; do
+		ipvsadm -Ln -t "$1:80" 2>/dev/null | awk -v r="$2:80" -v w="$3" '$1 == "->" && $2 == r && $4 == w {f = 1} END {exit !f}' && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# wait_all VIP COND SECONDS ADDR...: wait until every real ADDR of the service
+# has weight > 0 (COND=up) or 0 (COND=down).
+wait_all() {
+	local vip="$1" cond="$2" secs="$3" end
+	shift 3
+	end=$(awk -v a="$(now)" -v b="$secs" 'BEGIN {print a + b}')
+	while awk -v a="$(now)" -v b="$end" 'BEGIN {exit !(a < b)}'; do
+		svc_weights "$vip" | awk -v c="$cond" -v want="$*" 'BEGIN {k = split(want, w, " "); for (i = 1; i <= k; i++) sel[w[i] ":80"] = 1}
+			sel[$1] {n++; if ($2 > 0) u++} END {exit !(n == k && ((c == "up" && u == k) || (c == "down" && u == 0)))}' && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+profpid=""
+profile() { # DAEMON ROUND: a CPU profile and a trace of kglb during its cold start
+	profpid=""
+	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
+	(
+		local i
+		for i in $(seq 600); do
+			curl_get /healthz >/dev/null 2>&1 && break
+			sleep 0.2
+		done
+		curl_get "/debug/pprof/profile?seconds=20" >"$out/cpu-$2.pprof"
+		curl_get "/debug/pprof/trace?seconds=5" >"$out/trace-$2.out"
+	) &
+	profpid=$!
+}
+# curl_get PATH: GET from kglb's stats address with bash's /dev/tcp (no curl in the image).
+curl_get() {
+	timeout 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5678 || exit 1
+		printf "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n" "$1" >&3
+		sed "1,/^\r\{0,1\}$/d" <&3' _ "$1"
+}
+
+run_one() { # DAEMON ROUND
+	local d="$1" r="$2" t0 c u tp="" tu="" w
+	clean_kernel
+	info "round $r: $d: cold start"
+	t0="$(now)"
+	systemctl start --no-block "$(unit_of "$d")"
+	profile "$d" "$r"
+	while :; do
+		read -r c u < <(kernel_count)
+		[ -z "$tp" ] && [ "$c" -ge "$REALS" ] && tp="$(since "$t0")" && metric "$d" "$r" cold-present-s "$tp"
+		[ "$u" -ge "$REALS" ] && tu="$(since "$t0")" && metric "$d" "$r" cold-up-s "$tu" && break
+		if [ "$(since "$t0" | cut -d. -f1)" -ge "$COLD_TIMEOUT" ]; then
+			say "FAIL $d round $r: cold start: $c reals, $u up after ${COLD_TIMEOUT}s"
+			break
+		fi
+		sleep 0.25
+	done
+	[ -n "$profpid" ] && wait "$profpid" # the profile, if any
+
+	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
+	sleep 3
+	local cpu0 n0 cpu1 n1
+	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
+	sleep "$WINDOW"
+	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
+	metric "$d" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
+	metric "$d" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
+	metric "$d" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
+	metric "$d" "$r" rss-mb "$(awk -v k="$(cg_rss_kb "$d")" 'BEGIN {printf "%.1f", k / 1024}')"
+
+	# One-line weight edits while the checks run.
+	local i svc rl vip
+	for i in $(seq "$EDITS"); do
+		svc=$(((i * 7919) % N)) rl="$(sed -n "$((svc * 10 + 3))p" /etc/e2ebench/reals)" vip="$(sed -n "$((svc + 1))p" /etc/e2ebench/vips)"
+		w=$((i + 1))
+		t0="$(now)"
+		set_weight "$d" "$(printf %04d "$svc")" "$rl" "$w"
+		if waitw "$vip" "$rl" "$w" 60; then
+			metric "$d" "$r" edit-s "$(since "$t0")"
+		else
+			say "FAIL $d round $r: edit of $rl in service $svc to weight $w not in the kernel after 60s"
+		fi
+		set_weight "$d" "$(printf %04d "$svc")" "$rl" 1
+		waitw "$vip" "$rl" 1 60 >/dev/null
+		sleep 1
+	done
+
+	# Failure detection and recovery: 5 of one service's 10 reals stop
+	# answering (their addresses leave the namespace: probes time out) and
+	# come back. Not all 10: with every real down kglb's default
+	# when_all_down = "fail_open" keeps their weights, keepalived does not.
+	svc=$((N / 2)) vip="$(sed -n "$((svc + 1))p" /etc/e2ebench/vips)"
+	local addrs
+	addrs="$(sed -n "$((svc * 10 + 1)),$((svc * 10 + 5))p" /etc/e2ebench/reals | tr '\n' ' ')"
+	t0="$(now)"
+	for a in $addrs; do ip -n reals addr del "$a/32" dev r0; done
+	if wait_all "$vip" down 120 $addrs; then metric "$d" "$r" detect-s "$(since "$t0")"; else say "FAIL $d round $r: detection over 120s"; fi
+	t0="$(now)"
+	for a in $addrs; do ip -n reals addr add "$a/32" dev r0; done
+	if wait_all "$vip" up 120 $addrs; then metric "$d" "$r" recover-s "$(since "$t0")"; else say "FAIL $d round $r: recovery over 120s"; fi
+
+	if [ "$d" = kglb ]; then
+		curl_get /metrics >"$out/metrics-$r.txt"
+		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probe)' "$out/metrics-$r.txt" | sed 's/^/  | /'
+	fi
+	systemctl stop "$(unit_of "$d")"
+	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$d-$r.txt" 2>&1
+	info "$d round $r done; $(wc -l <"$out/journal-$d-$r.txt") journal lines"
+}
+
+setup_net || { say DONE; exit 1; }
+say "reals ready: $REALS addresses in netns reals, $(accepted) accepted"
+for r in $(seq "$ROUNDS"); do
+	for d in $ORDER; do run_one "$d" "$r"; done
+done
+clean_kernel
+sync
+say DONE
+# The results are on the disk: power off at once (a clean shutdown after a
+# run at this scale sat for minutes).
+systemctl poweroff --force --force

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# e2ebench.sh measures kglb against keepalived side by side, end to end, as
+# installed: the booted Debian image of scripts/debtest.sh (systemd, a disk,
+# the .deb installed) with Debian's keepalived and ipvsadm beside it, reals
+# in a network namespace of the VM, and the two daemons run in turn (A B A B)
+# on the same N services x 10 reals: wrr, NAT, TCP checks every 1s, timeout
+# 0.5s, rise 1, fall 3. It prints one benchmark line per metric for
+# tools/benchtab: the kglb / keepalived ratio (or, for detection and
+# recovery, each daemon's time over its configured time), with both figures.
+#
+#   scripts/e2ebench.sh            (make e2ebench; root; N=200 and N=1000)
+#
+# Where the two cannot mean the same:
+#   - keepalived has no rise/fall: a real is up at its first passing check
+#     (rise 1) and down after "retry 2" retries "delay_before_retry 1" apart
+#     (fall 3 at interval 1s). With `alpha` and `inhibit_on_failure` it adds
+#     every real at weight 0 and raises it on the first pass, as kglb does.
+#   - keepalived puts no VIP on the host (that is its VRRP's job, not
+#     configured here); kglb adds a local route per VIP (its default).
+#   - An edit: kglb sees the one changed file itself; keepalived is told
+#     with `systemctl reload keepalived` (SIGHUP) and re-reads its file.
+#   - kglb re-reads the kernel every 30s (resync); keepalived never does.
+#
+# Environment:
+#   E2E_N        sizes to run, one VM each (default "200 1000")
+#   E2E_ROUNDS   rounds of A B (default 2)
+#   E2E_WINDOW   seconds of the steady-state CPU window (default 20)
+#   E2E_EDITS    weight edits per run (default 3)
+#   E2E_PROFILE=1  kglb runs with KGLB_PPROF=1; a CPU profile and a trace of
+#                its cold start land in .cache/e2ebench/out-N/ with the journals
+#   E2E_ORDER    the daemons of a round (default "kglb keepalived")
+#   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
+#   KGLB_DEB     test this package instead of building one with scripts/deb.sh
+# Console logs: $E2E_OUT/console-N.log.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+img_name=e2ebench
+# shellcheck source=../packaging/test/lib.sh
+. "$root/packaging/test/lib.sh"
+IMG_PACKAGES="$IMG_PACKAGES,keepalived"
+
+sizes="${E2E_N:-200 1000}"
+rounds="${E2E_ROUNDS:-2}"
+img_deps
+img_have debugfs || img_die "debugfs (e2fsprogs) is needed to read the results off the disk"
+img_kernel
+img_base
+
+deb="${KGLB_DEB:-}"
+if [ -z "$deb" ]; then
+	deb="$("$root/scripts/deb.sh" | tail -n1)" || img_die "scripts/deb.sh failed"
+fi
+[ -f "$deb" ] || img_die "no package at $deb"
+outdir="${E2E_OUT:-$root/.cache/e2ebench}"
+mkdir -p "$img_cache/tmp" "$outdir"
+work="$(mktemp -d "$img_cache/tmp/e2e.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+(cd "$root" && CGO_ENABLED=0 go build -o "$work/e2ereal" ./packaging/test/e2ereal) || img_die "building e2ereal failed"
+
+# write_configs DIR N: the same N services x 10 reals for both daemons.
+write_configs() {
+	local d="$1" n="$2" i j k a v
+	mkdir -p "$d/etc/e2ebench" "$d/etc/keepalived"
+	: >"$d/etc/e2ebench/reals"
+	: >"$d/etc/e2ebench/vips"
+	rm -f "$d"/etc/kglb/*.hcl
+	cat >"$d/etc/kglb/kglb.hcl" <<'HCL'
+daemon {
+  vip_interface   = "kglb0"
+  stats_address   = "127.0.0.1:5678"
+  resync_interval = "30s"
+  on_stop         = "cleanup"
+  stop_hold       = "0s"
+}
+HCL
+	{
+		echo 'global_defs {'
+		echo '  router_id e2ebench'
+		echo '}'
+	} >"$d/etc/keepalived/keepalived.conf"
+	for ((i = 0; i < n; i++)); do
+		v="10.200.$((i / 250)).$((i % 250 + 1))"
+		echo "$v" >>"$d/etc/e2ebench/vips"
+		{
+			printf 'service "s%04d" {\n  vip       = "%s"\n  port      = 80\n  scheduler = "wrr"\n  forward   = "nat"\n  drain     = "0s"\n\n' "$i" "$v"
+			for ((j = 0; j < 10; j++)); do
+				k=$((i * 10 + j))
+				a="10.1.$((k / 250)).$((k % 250 + 1))"
+				printf '  real "%s" { weight = 1 }\n' "$a"
+			done
+			printf '\n  check "tcp" {\n    interval = "1s"\n    timeout  = "500ms"\n    rise     = 1\n    fall     = 3\n  }\n}\n'
+		} >"$d/etc/kglb/$(printf 's%04d.hcl' "$i")"
+		{
+			printf 'virtual_server %s 80 {\n  delay_loop 1\n  lb_algo wrr\n  lb_kind NAT\n  protocol TCP\n  alpha\n' "$v"
+			for ((j = 0; j < 10; j++)); do
+				k=$((i * 10 + j))
+				a="10.1.$((k / 250)).$((k % 250 + 1))"
+				echo "$a" >>"$d/etc/e2ebench/reals"
+				printf '  real_server %s 80 {\n    weight 1\n    inhibit_on_failure\n    TCP_CHECK {\n      connect_timeout 0.5\n      retry 2\n      delay_before_retry 1\n    }\n  }\n' "$a"
+			done
+			echo '}'
+		} >>"$d/etc/keepalived/keepalived.conf"
+	done
+}
+
+# ratio NAME A B UNIT-A UNIT-B: a benchmark line with a/b first.
+row() {
+	awk -v name="$1" -v a="$2" -v b="$3" -v ua="$4" -v ub="$5" 'BEGIN {
+		if (a == "" || b == "" || b + 0 == 0) { printf "%s\t1\t-1 ratio\n", name; exit }
+		printf "%s\t1\t%.3f ratio\t%.2f %s\t%.2f %s\n", name, a / b, a, ua, b, ub }'
+}
+# mean DAEMON METRIC: the mean of a metric over the rounds, from the console log.
+mean() {
+	awk -v d="$1" -v m="$2" '$1 == "E2E:" && $2 == "M" && $3 == d && $5 == m {s += $6; n++} END {if (n) printf "%.3f", s / n}' "$log"
+}
+
+rc=0
+echo "pkg: e2e"
+for n in $sizes; do
+	img_rootfs "$work"
+	img_chroot_dpkg "$work" "$deb"
+	img_guest_unit "$work" "$root/packaging/test/e2ebench-guest.sh"
+	# Both daemons start when the benchmark says, not at boot.
+	rm -f "$work/root/etc/systemd/system/multi-user.target.wants/kglb.service" \
+		"$work/root/etc/systemd/system/multi-user.target.wants/keepalived.service"
+	install -m 0755 "$work/e2ereal" "$work/root/usr/local/sbin/e2ereal"
+	write_configs "$work/root" "$n"
+	cat >"$work/root/etc/e2ebench/env" <<ENV
+N=$n
+ROUNDS=$rounds
+WINDOW=${E2E_WINDOW:-20}
+EDITS=${E2E_EDITS:-3}
+COLD_TIMEOUT=$((n < 500 ? 600 : 1200))
+PROFILE=${E2E_PROFILE:-0}
+ORDER="${E2E_ORDER:-kglb keepalived}"
+ENV
+	if [ "${E2E_PROFILE:-0}" = 1 ]; then
+		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"
+		printf '[Service]\nEnvironment=KGLB_PPROF=1\n' >"$work/root/etc/systemd/system/kglb.service.d/pprof.conf"
+	fi
+	img_initramfs "$work"
+	img_mkfs "$work"
+	rm -rf "$work/root"
+	img_note "N=$n: image ready; booting (TCG; console log: $outdir/console-$n.log)"
+	on_line() {
+		case "$1" in
+		*"E2E: "* | "  | "*) printf '%s\n' "${1#*E2E: }" >&2 ;;
+		esac
+	}
+	log="$work/console.log"
+	vrc=0
+	img_boot "$work" "$log" "${E2E_TIMEOUT:-$((1200 + n * rounds * 3))}" on_line || vrc=$?
+	cp "$log" "$outdir/console-$n.log"
+	rm -rf "$outdir/out-$n"
+	mkdir -p "$outdir/out-$n"
+	debugfs -R "rdump /root/e2e-out $outdir/out-$n" "$work/disk.img" >/dev/null 2>&1 || true
+	if [ "$vrc" != 0 ] || ! grep -q 'E2E: DONE' "$log"; then
+		img_note "N=$n: the VM did not finish (status $vrc; see $outdir/console-$n.log)"
+		rc=1
+	fi
+	if grep -q 'E2E: FAIL' "$log"; then
+		grep 'E2E: FAIL' "$log" | sed 's/^.*E2E: /e2ebench: /' >&2
+		rc=1
+	fi
+	for m in cold-present cold-up edit rss; do
+		u=s
+		[ "$m" = rss ] && u=mb
+		row "BenchmarkE2E$n/$m" "$(mean kglb "$m-$u")" "$(mean keepalived "$m-$u")" "kglb-$u" "keepalived-$u"
+	done
+	# More checks per CPU-second is better: this ratio is kglb over keepalived too.
+	row "BenchmarkE2E$n/checks-per-cpu-s" "$(mean kglb checks-per-cpu-s)" "$(mean keepalived checks-per-cpu-s)" kglb-checks keepalived-checks
+	row "BenchmarkE2E$n/checks-per-s" "$(mean kglb checks-per-s)" "$(mean keepalived checks-per-s)" kglb-checks keepalived-checks
+	# Detection and recovery: each daemon against its configured time
+	# (interval x fall = 3s, interval x rise = 1s).
+	for d in kglb keepalived; do
+		row "BenchmarkE2E$n/detect-$d" "$(mean "$d" detect-s)" 3 "$d-s" configured-s
+		row "BenchmarkE2E$n/recover-$d" "$(mean "$d" recover-s)" 1 "$d-s" configured-s
+	done
+done
+exit "$rc"
