@@ -482,21 +482,18 @@ func (p *speakerProc) kill() {
 // eBGP over IPv4 to AS 65000 and, when asked, iBGP over IPv4 and eBGP over
 // IPv6.
 func speakerConfig(n *node, ibgp, v6 bool) Config {
-	cfg := Config{ASN: localASN, RouterID: n.v4, Neighbors: []Neighbor{{
+	cfg := Config{ASN: localASN, RouterID: n.v4, Neighbors: []Neighbor{filled(Neighbor{
 		Name: "ebgp4", Address: n.rtr4, ASN: routerASN, LocalAddress: n.v4,
-		HoldTime: 9 * time.Second, ConnectRetry: time.Second,
-	}}}
+	})}}
 	if ibgp {
-		cfg.Neighbors = append(cfg.Neighbors, Neighbor{
+		cfg.Neighbors = append(cfg.Neighbors, filled(Neighbor{
 			Name: "ibgp4", Address: n.rtr4i, ASN: localASN, LocalAddress: n.v4i,
-			HoldTime: 9 * time.Second, ConnectRetry: time.Second,
-		})
+		}))
 	}
 	if v6 {
-		cfg.Neighbors = append(cfg.Neighbors, Neighbor{
+		cfg.Neighbors = append(cfg.Neighbors, filled(Neighbor{
 			Name: "ebgp6", Address: n.rtr6, ASN: routerASN, LocalAddress: n.v6,
-			HoldTime: 9 * time.Second, ConnectRetry: time.Second,
-		})
+		}))
 	}
 	return cfg
 }
@@ -699,7 +696,7 @@ func TestBIRDHung(t *testing.T) {
 	n := l.nodes[0]
 	l.startBIRD(birdPeers(n, false, false)...)
 	cfg := speakerConfig(n, false, false)
-	cfg.Neighbors[0].HoldTime = 3 * time.Second
+	cfg.Neighbors[0].HoldTime, cfg.Neighbors[0].Keepalive = 3*time.Second, time.Second
 	sp := l.startSpeaker(n, cfg)
 	sp.apply(Route{Prefix: pfx("203.0.113.10/32")})
 	l.waitRoutes(`203.0.113.10/32 ebgp4_1 via 10.255.1.2 origin=IGP as_path=65001 next_hop=10.255.1.2 local_pref=100`)

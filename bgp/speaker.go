@@ -55,7 +55,21 @@ type Options struct {
 	Logger hclog.Logger
 	// Registerer gets the kglb_bgp_* metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// Restarting says the previous process ended in a planned restart
+	// (see Abandon): routers with graceful restart hold its routes as
+	// stale and its data plane stayed in place. The speaker then connects
+	// to its neighbors only at the first Apply, so that the routes are in
+	// its RIB before it sends End-of-RIB, and tells each graceful-restart
+	// neighbor that it restarted with its forwarding state preserved (the
+	// R and F bits of RFC 4724), so routers keep the stale routes until
+	// that End-of-RIB instead of flushing them on reconnect.
+	Restarting bool
 }
+
+// ShutdownMessage is the shutdown communication (RFC 9003) sent with the
+// Cease / Administrative Shutdown notification (RFC 4486) that ends every
+// session at a stop.
+const ShutdownMessage = "kglb stopping: routes withdrawn"
 
 // Speaker is kglb's BGP speaker. Its methods are safe for concurrent use.
 type Speaker struct {
@@ -73,6 +87,12 @@ type Speaker struct {
 	closed   bool
 	peers    map[netip.Addr]peer
 	routes   map[netip.Prefix]Route // what GoBGP's RIB holds, normalized
+	// deferred: Options.Restarting and no Apply yet, so no neighbor is
+	// configured in GoBGP; cfg holds the ones to add.
+	deferred bool
+	// restarting: peers added now say they restarted (Options.Restarting
+	// until the first Apply has added them).
+	restarting bool
 
 	stopWatch context.CancelFunc
 
@@ -104,10 +124,12 @@ func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
 		lg = hclog.NewNullLogger()
 	}
 	s := &Speaker{
-		log:    lg,
-		peers:  map[netip.Addr]peer{},
-		routes: map[netip.Prefix]Route{},
-		live:   map[string]*liveState{},
+		log:        lg,
+		peers:      map[netip.Addr]peer{},
+		routes:     map[netip.Prefix]Route{},
+		live:       map[string]*liveState{},
+		deferred:   opts.Restarting,
+		restarting: opts.Restarting,
 	}
 	s.metrics = newMetrics(opts.Registerer, s)
 	gl := &gobgpLogger{log: lg.Named("gobgp"), onPeerEvent: s.notePeerError}
@@ -132,6 +154,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
 		cancel()
 		s.stop(ctx)
 		return nil, fmt.Errorf("watch bgp peer events: %w", err)
+	}
+	if s.deferred {
+		s.log.Info("planned restart: neighbors are connected once the routes are known", "neighbors", len(cfg.Neighbors))
+		return s, nil
 	}
 	if err := s.setConfig(ctx, cfg); err != nil {
 		// The server runs; the neighbors that were fine are up. The
@@ -159,12 +185,13 @@ func (s *Speaker) start(ctx context.Context, g globalState) error {
 	return nil
 }
 
-// stop ends every session (CEASE) and closes the listeners. Called with mu
-// held.
+// stop ends every session with Cease / Administrative Shutdown and
+// ShutdownMessage, then closes the listeners. Called with mu held.
 func (s *Speaker) stop(ctx context.Context) error {
 	if !s.running {
 		return nil
 	}
+	s.shutdownPeers(ctx, sortedAddrs(s.peers), ShutdownMessage)
 	s.running = false
 	if err := s.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
 		return fmt.Errorf("stop bgp: %w", err)
@@ -186,6 +213,14 @@ func (s *Speaker) SetConfig(ctx context.Context, cfg Config) error {
 	defer s.mu.Unlock()
 	if s.stopping || s.closed {
 		return ErrStopped
+	}
+	if s.deferred {
+		// Checked and applied at the first Apply.
+		if _, err := resolveGlobal(cfg); err != nil {
+			return err
+		}
+		s.cfg = cfg
+		return nil
 	}
 	return s.setConfig(ctx, cfg)
 }
@@ -262,7 +297,8 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 				errs = append(errs, err)
 			}
 		case cur.session != sess:
-			s.log.Info("neighbor settings changed, resetting its session", "peer", name)
+			s.log.Info("neighbor settings changed, resetting its session", "peer", name, "changed", cur.session.changed(sess))
+			s.shutdownPeers(ctx, []netip.Addr{n.Address}, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
 			if err := s.deletePeer(ctx, n.Address, cur.name); err != nil {
 				errs = append(errs, err)
 				continue
@@ -277,6 +313,7 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	}
 	for _, addr := range sortedAddrs(s.peers) {
 		if !want[addr] {
+			s.shutdownPeers(ctx, []netip.Addr{addr}, "kglb: neighbor removed from the configuration")
 			if err := s.deletePeer(ctx, addr, s.peers[addr].name); err != nil {
 				errs = append(errs, err)
 			}
@@ -315,7 +352,7 @@ func (s *Speaker) addPeer(ctx context.Context, name string, sess session) error 
 	s.metrics.peerUp.WithLabelValues(name).Set(0)
 	s.metrics.peerState.WithLabelValues(name).Set(float64(api.PeerState_IDLE))
 	s.metrics.peerFlaps.WithLabelValues(name)
-	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: sess.toAPI(name)}); err != nil {
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: sess.toAPI(name, s.restarting)}); err != nil {
 		s.forgetPeer(sess.address, name)
 		return fmt.Errorf("add neighbor %q (%s): %w", name, sess.address, err)
 	}
@@ -362,8 +399,11 @@ func (s *Speaker) renamePeer(addr netip.Addr, from, to string) {
 // toAPI is the GoBGP peer for a session. Hold time is always explicit: it
 // is what bounds a crashed node's routes. Graceful restart is set only when
 // chosen, without RFC 8538 notification support, so a clean stop (CEASE)
-// always makes routers drop kglb's routes at once.
-func (s session) toAPI(name string) *api.Peer {
+// always makes routers drop kglb's routes at once. restarting sets the
+// Restart State bit and, through GoBGP, the Forwarding State bit of every
+// family (GoBGP sets F exactly when it restarts): kglb restarts that way
+// only when its data plane stayed in place (see Options.Restarting).
+func (s session) toAPI(name string, restarting bool) *api.Peer {
 	p := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: s.address.String(),
@@ -388,7 +428,7 @@ func (s session) toAPI(name string) *api.Peer {
 		p.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(s.multihopTTL)}
 	}
 	if s.graceful {
-		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(s.restartTime)}
+		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(s.restartTime), LocalRestarting: restarting}
 	}
 	for _, f := range s.families() {
 		af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: apiFamily(f), Enabled: true}}
@@ -485,6 +525,17 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	}
 	if !verbose {
 		s.log.Info("routes converged", "changed", len(changed), "withdrawn", len(gone), "announced", len(s.routes))
+	}
+	if s.deferred {
+		// A planned restart: the routes are in the RIB, so the End-of-RIB
+		// each neighbor gets after them ends the routers' stale period
+		// with nothing lost.
+		s.deferred = false
+		if err := s.setConfig(ctx, s.cfg); err != nil {
+			errs = append(errs, err)
+		}
+		s.restarting = false
+		s.log.Info("planned restart: neighbors connected", "neighbors", len(s.peers), "routes", len(s.routes))
 	}
 	if n := len(errs); n > 0 {
 		s.metrics.applyErrors.Add(float64(n))
@@ -624,9 +675,10 @@ func (s *Speaker) WithdrawAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Close ends every session with a CEASE notification and closes the
-// listeners. Routers drop whatever kglb still announced (unless they run
-// graceful restart with RFC 8538, which kglb does not negotiate). Call
+// Close ends every session with Cease / Administrative Shutdown and
+// ShutdownMessage and closes the listeners. Routers drop whatever kglb
+// still announced (unless they run graceful restart with RFC 8538, which
+// kglb does not negotiate). Call
 // WithdrawAll and wait the hold time first for a clean drain. GoBGP's
 // server loop cannot be stopped in v3: the process keeps one idle
 // goroutine, and the Speaker cannot be used again.
@@ -638,8 +690,12 @@ func (s *Speaker) Close() error {
 	}
 	s.closed = true
 	s.stopping = true
-	// Cancel the watcher before StopBgp: its cleanup runs through the
-	// server loop.
+	// The administrative shutdown first, while the watcher still reports
+	// the sessions going down; then cancel the watcher before StopBgp:
+	// its cleanup runs through the server loop.
+	if s.running {
+		s.shutdownPeers(context.Background(), sortedAddrs(s.peers), ShutdownMessage)
+	}
 	if s.stopWatch != nil {
 		s.stopWatch()
 	}
@@ -652,6 +708,52 @@ func (s *Speaker) Close() error {
 	s.peers = map[netip.Addr]peer{}
 	s.log.Info("bgp stopped")
 	return err
+}
+
+// Abandon ends the speaker for a planned restart with graceful restart:
+// it withdraws nothing and sends no NOTIFICATION. The caller exits right
+// after, the kernel closes the TCP sessions, and each router that
+// negotiated graceful restart keeps kglb's routes as stale for the restart
+// time while the next process starts with Options.Restarting. Routers
+// without graceful restart drop the routes when the session closes, as
+// after a crash.
+func (s *Speaker) Abandon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopping, s.closed = true, true
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
+	s.log.Info("bgp left for a planned restart: routes stay with graceful-restart routers", "routes", len(s.routes))
+}
+
+// shutdownPeers ends the sessions of addrs with Cease / Administrative
+// Shutdown carrying msg (RFC 4486, RFC 9003), the notification routers
+// expect from an operator's action, and waits up to three seconds for
+// them to leave Established, so that a DeletePeer or StopBgp after it
+// does not send a second notification (Peer De-configured) that strict
+// routers count as an error. Called with mu held.
+func (s *Speaker) shutdownPeers(ctx context.Context, addrs []netip.Addr, msg string) {
+	var up []string
+	for _, a := range addrs {
+		if err := s.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: a.String(), Communication: msg}); err != nil {
+			s.log.Warn("administrative shutdown", "address", a.String(), "err", err)
+			continue
+		}
+		up = append(up, a.String())
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for len(up) > 0 && time.Now().Before(deadline) {
+		s.liveMu.Lock()
+		up = slices.DeleteFunc(up, func(a string) bool {
+			l := s.live[a]
+			return l == nil || l.state != api.PeerState_ESTABLISHED
+		})
+		s.liveMu.Unlock()
+		if len(up) > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
 
 // Shutdown is WithdrawAll followed by Close, for callers with no data

@@ -107,7 +107,7 @@ func newRig(t testing.TB, opts ...rigOption) *rig {
 	router.addNeighbor(t, local, localASN, 0, setup.password, setup.families...)
 	setup.neighbor.Port = uint16(router.port)
 	cfg := setup.cfg
-	cfg.Neighbors = []Neighbor{setup.neighbor}
+	cfg.Neighbors = []Neighbor{filled(setup.neighbor)}
 	logs := &syncBuffer{}
 	reg := prometheus.NewRegistry()
 	s, err := New(context.Background(), cfg, Options{
@@ -399,8 +399,7 @@ func TestSetConfigDiff(t *testing.T) {
 	r2addr := netip.MustParseAddr("127.0.0.3")
 	r2 := newRouter(t, 65002, r2addr)
 	r2.addNeighbor(t, r.local, localASN, 0, "")
-	tor2 := Neighbor{Name: "tor2", Address: r2addr, ASN: 65002, Port: uint16(r2.port), LocalAddress: r.local,
-		HoldTime: 9 * time.Second, ConnectRetry: time.Second}
+	tor2 := filled(Neighbor{Name: "tor2", Address: r2addr, ASN: 65002, Port: uint16(r2.port), LocalAddress: r.local})
 	tor1 := r.cfg.Neighbors[0]
 
 	set := func(t *testing.T, ns ...Neighbor) {
@@ -505,7 +504,7 @@ func TestPassiveNeighbor(t *testing.T) {
 	router.addNeighbor(t, local, localASN, listen, "")
 	s, err := New(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
 		ListenPort: listen, ListenAddresses: []netip.Addr{local},
-		Neighbors: []Neighbor{{Address: routerAddr, ASN: routerASN, Passive: true, HoldTime: 9 * time.Second}},
+		Neighbors: []Neighbor{filled(Neighbor{Address: routerAddr, ASN: routerASN, Passive: true})},
 	}, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -516,7 +515,7 @@ func TestPassiveNeighbor(t *testing.T) {
 
 	// Without a listener a passive neighbor is a config error.
 	err = s.SetConfig(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
-		Neighbors: []Neighbor{{Address: addr("127.0.0.9"), ASN: routerASN, Passive: true}}})
+		Neighbors: []Neighbor{filled(Neighbor{Address: addr("127.0.0.9"), ASN: routerASN, Passive: true})}})
 	if err == nil || !strings.Contains(err.Error(), "passive neighbor needs a listen port") {
 		t.Errorf("SetConfig error = %v", err)
 	}

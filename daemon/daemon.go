@@ -59,7 +59,7 @@ func Run(ctx context.Context, opts Options) error {
 		Dir:         opts.ConfigDir,
 		Load:        loader.Load,
 		LoadChanged: loader.LoadChanged,
-		Digest:      func(c *config.Config) [32]byte { return c.Digest },
+		Digest:      (*config.Config).Fingerprint,
 		// The running config's share applies: an edit cannot raise its own bar.
 		Guard:      func(old, new *config.Config) error { return DeleteGuard(old, new, old.Daemon.MaxDeleteShare) },
 		Logger:     bootLog.Named("reload"),
