@@ -388,6 +388,13 @@ type speakerProc struct {
 // startSpeaker starts a helper speaker in n's namespace with cfg.
 func (l *lab) startSpeaker(n *node, cfg Config) *speakerProc {
 	l.t.Helper()
+	return l.startSpeakerAfter(n, cfg, false)
+}
+
+// startSpeakerAfter starts a helper speaker that follows a planned
+// restart when restarting is set (Options.Restarting).
+func (l *lab) startSpeakerAfter(n *node, cfg Config, restarting bool) *speakerProc {
+	l.t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		l.t.Fatal(err)
@@ -418,7 +425,7 @@ func (l *lab) startSpeaker(n *node, cfg Config) *speakerProc {
 			logTail(l.t, "speaker log", logPath)
 		}
 	})
-	p.call(helperCmd{Op: "start", Config: &cfg})
+	p.call(helperCmd{Op: "start", Config: &cfg, Restarting: restarting})
 	return p
 }
 
@@ -653,6 +660,11 @@ func TestBIRDStop(t *testing.T) {
 	sp.call(helperCmd{Op: "close"})
 	<-sp.done
 	l.waitProtocol("ebgp4_1", false)
+	// The session ends as an operator's shutdown (RFC 4486 subcode 2) with
+	// its message (RFC 9003), not "peer de-configured".
+	if p := l.protocol("ebgp4_1"); !strings.Contains(p, "Administrative shutdown") || !strings.Contains(p, ShutdownMessage) {
+		t.Errorf("BIRD should report an administrative shutdown with %q:\n%s", ShutdownMessage, p)
+	}
 }
 
 // TestBIRDKilled kills kglb with SIGKILL: the kernel closes its TCP
@@ -774,4 +786,86 @@ func TestBIRDTwoSpeakers(t *testing.T) {
 		r := kernelRoute()
 		return strings.Contains(r, "via 10.255.2.2") && !strings.Contains(r, "10.255.1.2")
 	})
+}
+
+// TestBIRDPlannedRestart restarts kglb the way `systemctl restart` does
+// with graceful restart configured: the old process abandons its session
+// (no NOTIFICATION, no withdrawal), the new one starts in restarting mode
+// and announces after a health round's delay. The data plane is modelled
+// by a TCP server on the VIP in the kglb node's namespace (the real IPVS
+// is not needed to show what the router does), and a client in the
+// router's namespace connects through the route BIRD installs in its
+// kernel table the whole time: not one connection may fail. BIRD must
+// also see the forwarding state preserved for IPv4.
+func TestBIRDPlannedRestart(t *testing.T) {
+	l := newLab(t, 1)
+	n := l.nodes[0]
+	l.startBIRD(birdPeers(n, false, false)...)
+	cfg := speakerConfig(n, false, false)
+	cfg.Neighbors[0].GracefulRestart = true
+	cfg.Neighbors[0].RestartTime = 120 * time.Second
+	vip := Route{Prefix: pfx("203.0.113.10/32")}
+	n.ns.AddLoAddr(t, "203.0.113.10/32")
+	n.ns.ServeTCP(t, "203.0.113.10:8080", "ok")
+
+	sp := l.startSpeaker(n, cfg)
+	sp.apply(vip)
+	want := `203.0.113.10/32 ebgp4_1 via 10.255.1.2 origin=IGP as_path=65001 next_hop=10.255.1.2 local_pref=100`
+	l.waitRoutes(want)
+	eventually(t, "the client to get through", func() bool {
+		got, err := l.router.DialRead("tcp", "203.0.113.10:8080")
+		return err == nil && got == "ok"
+	})
+
+	var ok, failed int
+	var firstErr error
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if got, err := l.router.DialRead("tcp", "203.0.113.10:8080"); err == nil && got == "ok" {
+				ok++
+			} else {
+				failed++
+				if firstErr == nil {
+					firstErr = fmt.Errorf("%q, %v", got, err)
+				}
+			}
+		}
+	}()
+
+	sp.call(helperCmd{Op: "exit"})
+	<-sp.done
+	eventually(t, "BIRD to hold the routes for the graceful restart", func() bool {
+		return strings.Contains(l.protocol("ebgp4_1"), "Neighbor graceful restart active")
+	})
+	sp = l.startSpeakerAfter(n, cfg, true)
+	// The first health round of the new process takes a while; the
+	// routers keep the stale routes meanwhile.
+	time.Sleep(time.Second)
+	if l.established("ebgp4_1") {
+		t.Errorf("the restarted speaker connected before it knew its routes")
+	}
+	sp.apply(vip)
+	l.waitProtocol("ebgp4_1", true)
+	eventually(t, "BIRD to end the graceful restart", func() bool {
+		return !strings.Contains(l.protocol("ebgp4_1"), "graceful restart active")
+	})
+	l.waitRoutes(want)
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	<-done
+	if failed > 0 || ok == 0 {
+		t.Errorf("client during the planned restart: %d ok, %d failed (first: %v)", ok, failed, firstErr)
+	}
+	if p := l.protocol("ebgp4_1"); !strings.Contains(p, "AF preserved: ipv4") || !strings.Contains(p, "Restart recovery") {
+		t.Errorf("the restarted speaker did not say it preserved forwarding:\n%s", p)
+	}
+	t.Logf("client during the planned restart: %d ok, %d failed", ok, failed)
 }

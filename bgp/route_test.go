@@ -144,7 +144,7 @@ func TestResolveNeighbor(t *testing.T) {
 		{"no port", with(func(n *Neighbor) { n.Port = 0 }), session{}, "no port"},
 		{"no families", with(func(n *Neighbor) { n.Families = nil }), session{}, "no families"},
 		{"no connect retry", with(func(n *Neighbor) { n.ConnectRetry = 0 }), session{}, "connect retry"},
-		{"restart time over 4095s", with(func(n *Neighbor) { n.GracefulRestart, n.RestartTime = true, 4096 * time.Second }), session{}, "restart time"},
+		{"restart time over 4095s", with(func(n *Neighbor) { n.GracefulRestart, n.RestartTime = true, 4096*time.Second }), session{}, "restart time"},
 		{"empty password file", with(func(n *Neighbor) { n.PasswordFile = empty }), session{}, "is empty"},
 		{"missing password file", with(func(n *Neighbor) { n.PasswordFile = filepath.Join(dir, "nope") }), session{}, "read password file"},
 		{"hold time too short", with(func(n *Neighbor) { n.HoldTime = 2 * time.Second }), session{}, "hold time"},

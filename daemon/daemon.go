@@ -81,7 +81,7 @@ func Run(ctx context.Context, opts Options) error {
 	d.watcher = watcher
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, restartSignal)
 	defer signal.Stop(sigs)
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -126,6 +126,10 @@ func Run(ctx context.Context, opts Options) error {
 					}
 				}()
 				continue
+			}
+			if sig == restartSignal {
+				log.Info("stopping for a planned restart", "signal", sig.String())
+				return d.restart(cancel, engineDone)
 			}
 			log.Info("stopping", "signal", sig.String())
 			return d.stop(cancel, engineDone)
@@ -218,7 +222,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 
 	var ann lb.Announcer
 	if cfg.BGP.Enabled {
-		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg})
+		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg, Restarting: restarting(cfg, log)})
 		if err != nil && d.speaker == nil {
 			d.close()
 			return nil, fmt.Errorf("start bgp speaker: %w", err)
