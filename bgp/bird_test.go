@@ -566,14 +566,14 @@ func TestBIRDAnnounce(t *testing.T) {
 		l.waitRoutes(`
 2001:db8:ff::10/128 ebgp6_1 via 2001:db8:1::2 origin=IGP as_path=65001 next_hop=2001:db8:1::2 med=60 local_pref=100 community=(65001,6)`, "ebgp6_1")
 	})
-	t.Run("degraded tier with an iBGP neighbor: worse MED, no prepend", func(t *testing.T) {
-		// Prepends are held back while an iBGP neighbor is configured
-		// (it would see its own AS); TestBIRDTwoSpeakers checks them.
+	t.Run("degraded tier with an iBGP neighbor: prepends and MED to eBGP, MED and local_pref to iBGP", func(t *testing.T) {
+		// The iBGP neighbor never gets the prepend (it would see its own
+		// AS), the eBGP one does, and neither sees the RIB's marker.
 		degraded := web
 		degraded.MED, degraded.Prepend = 500, 2
 		sp.apply(degraded, dns, v6)
 		l.waitRoutes(`
-203.0.113.10/32 ebgp4_1 via 10.255.1.2 origin=IGP as_path=65001 next_hop=10.255.1.2 med=500 local_pref=100 community=(65001,100) (65001,200) large_community=(65001, 1, 2)
+203.0.113.10/32 ebgp4_1 via 10.255.1.2 origin=IGP as_path=65001 65001 65001 next_hop=10.255.1.2 med=500 local_pref=100 community=(65001,100) (65001,200) large_community=(65001, 1, 2)
 203.0.113.10/32 ibgp4_1 via 10.255.1.3 origin=IGP as_path= next_hop=10.255.1.3 med=500 local_pref=200 community=(65001,100) (65001,200) large_community=(65001, 1, 2)
 203.0.113.11/32 ebgp4_1 via 10.255.1.2 origin=IGP as_path=65001 next_hop=10.255.1.2 local_pref=100
 203.0.113.11/32 ibgp4_1 via 10.255.1.3 origin=IGP as_path= next_hop=10.255.1.3 local_pref=100`, "ebgp4_1", "ibgp4_1")

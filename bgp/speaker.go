@@ -33,6 +33,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -87,6 +88,9 @@ type Speaker struct {
 	closed   bool
 	peers    map[netip.Addr]peer
 	routes   map[netip.Prefix]Route // what GoBGP's RIB holds, normalized
+	// export is the export policy GoBGP has (see export.go).
+	export    exportView
+	exportSet bool
 	// deferred: Options.Restarting and no Apply yet, so no neighbor is
 	// configured in GoBGP; cfg holds the ones to add.
 	deferred bool
@@ -242,7 +246,8 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 		if err := s.start(ctx, g); err != nil {
 			return err
 		}
-		// The old server's peers and RIB are gone.
+		// The old server's peers, RIB and policies are gone.
+		s.exportSet = false
 		old := s.peers
 		s.peers = map[netip.Addr]peer{}
 		for addr, p := range old {
@@ -264,6 +269,13 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 
 	var errs []error
 	want := map[netip.Addr]bool{}
+	type resolved struct {
+		name string
+		sess session
+	}
+	var next []resolved
+	view := s.withPrepends(s.routes)
+	view.ebgp, view.nextHops = nil, nil
 	for _, n := range cfg.Neighbors {
 		name := n.Name
 		if name == "" {
@@ -290,25 +302,75 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
 			continue
 		}
-		cur, ok := s.peers[n.Address]
+		// A family other than the session's needs a next hop of its own
+		// family; without one the family is not carried at all, never
+		// with an IPv4-mapped next hop.
+		for _, f := range sess.families() {
+			if (f == IPv4Unicast) == sess.address.Is4() {
+				continue
+			}
+			nh, err := linkAddress(sess.address, sess.localAddress, f)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("neighbor %q (%s): %s over an %s session needs a next hop of its family: %w; "+
+					"only routes with an explicit next_hop are sent (add such an address to the link, or set next_hop)",
+					name, n.Address, f, sessionFamily(sess.address), err))
+			}
+			// An invalid nextHop makes the rule reject the routes that
+			// would go out with the session's address.
+			view.nextHops = append(view.nextHops, nextHopRule{peer: sess.address, family: f, nextHop: nh})
+		}
+		if sess.asn != g.asn {
+			view.ebgp = append(view.ebgp, sess.address)
+		}
+		next = append(next, resolved{name, sess})
+	}
+	slices.SortFunc(view.ebgp, netip.Addr.Compare)
+	slices.SortFunc(view.nextHops, func(a, b nextHopRule) int {
+		if c := a.peer.Compare(b.peer); c != 0 {
+			return c
+		}
+		return int(a.family) - int(b.family)
+	})
+	// The policy before the peers: a new session's first UPDATEs already
+	// carry its attributes.
+	oldRules := s.export.nextHops
+	if err := s.syncExport(ctx, view); err != nil {
+		errs = append(errs, err)
+	}
+	rulesOf := func(rules []nextHopRule, a netip.Addr) []nextHopRule {
+		return slices.DeleteFunc(slices.Clone(rules), func(r nextHopRule) bool { return r.peer != a })
+	}
+	for _, r := range next {
+		name, sess := r.name, r.sess
+		cur, ok := s.peers[sess.address]
 		switch {
 		case !ok:
 			if err := s.addPeer(ctx, name, sess); err != nil {
 				errs = append(errs, err)
 			}
+			continue
 		case cur.session != sess:
 			s.log.Info("neighbor settings changed, resetting its session", "peer", name, "changed", cur.session.changed(sess))
-			s.shutdownPeers(ctx, []netip.Addr{n.Address}, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
-			if err := s.deletePeer(ctx, n.Address, cur.name); err != nil {
+			s.shutdownPeers(ctx, []netip.Addr{sess.address}, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
+			if err := s.deletePeer(ctx, sess.address, cur.name); err != nil {
 				errs = append(errs, err)
 				continue
 			}
 			if err := s.addPeer(ctx, name, sess); err != nil {
 				errs = append(errs, err)
 			}
+			continue
 		case cur.name != name:
-			s.renamePeer(n.Address, cur.name, name)
-			s.peers[n.Address] = peer{name: name, session: sess}
+			s.renamePeer(sess.address, cur.name, name)
+			s.peers[sess.address] = peer{name: name, session: sess}
+		}
+		if !slices.Equal(rulesOf(oldRules, sess.address), rulesOf(view.nextHops, sess.address)) {
+			// Same session, another derived next hop: send the routes
+			// again through the new policy, without a reset.
+			s.log.Info("next hop of the other family changed, sending the routes again", "peer", name)
+			if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: sess.address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
+				errs = append(errs, fmt.Errorf("neighbor %q (%s): resend routes: %w", name, sess.address, err))
+			}
 		}
 	}
 	for _, addr := range sortedAddrs(s.peers) {
@@ -319,30 +381,7 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			}
 		}
 	}
-	// A new iBGP neighbor must not get prepended paths (see Apply); the
-	// next Apply restores prepends if the iBGP neighbors go away.
-	if s.hasIBGP() {
-		for _, r := range sortedRoutes(s.routes) {
-			if r.Prepend > 0 {
-				r.Prepend = 0
-				if err := s.announce(r); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
-	}
 	return errors.Join(errs...)
-}
-
-// hasIBGP reports whether any neighbor is in the local AS. Called with mu
-// held.
-func (s *Speaker) hasIBGP() bool {
-	for _, p := range s.peers {
-		if p.session.asn == s.global.asn {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Speaker) addPeer(ctx context.Context, name string, sess session) error {
@@ -457,16 +496,11 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	var errs []error
 	want := make(map[netip.Prefix]Route, len(routes))
 	order := make([]netip.Prefix, 0, len(routes))
-	ibgp, stripped := s.hasIBGP(), 0
 	for _, r := range routes {
 		n, err := normalize(r)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
 			continue
-		}
-		if ibgp && n.Prepend > 0 {
-			n.Prepend = 0
-			stripped++
 		}
 		if prev, ok := want[n.Prefix]; ok {
 			if !equal(prev, n) {
@@ -494,9 +528,12 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	}
 	slices.SortFunc(gone, comparePrefix)
 
-	if stripped > 0 {
-		s.log.Warn("as-path prepend not sent: an iBGP neighbor is configured and would drop a path carrying its own AS; use MED or local_pref",
-			"routes", stripped)
+	// The prepend statements for the counts the new routes use, and for
+	// those the old ones still carry until they are replaced.
+	both := maps.Clone(s.routes)
+	maps.Copy(both, want)
+	if err := s.syncExport(ctx, s.withPrepends(both)); err != nil {
+		errs = append(errs, err)
 	}
 	// Per-route lines at Info are state changes; a cold start of thousands
 	// of VIPs logs them at Debug under one summary instead.
@@ -525,6 +562,9 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	}
 	if !verbose {
 		s.log.Info("routes converged", "changed", len(changed), "withdrawn", len(gone), "announced", len(s.routes))
+	}
+	if err := s.syncExport(ctx, s.withPrepends(s.routes)); err != nil {
+		errs = append(errs, err)
 	}
 	if s.deferred {
 		// A planned restart: the routes are in the RIB, so the End-of-RIB

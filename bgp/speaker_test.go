@@ -114,7 +114,9 @@ func newRig(t testing.TB, opts ...rigOption) *rig {
 		Logger:     hclog.New(&hclog.LoggerOptions{Name: "bgp", Level: hclog.Trace, Output: logs}),
 		Registerer: reg,
 	})
-	if err != nil {
+	// The loopback rig has no IPv6 address to derive a next hop for IPv6
+	// over its IPv4 session: the speaker says so and runs.
+	if err != nil && (s == nil || !strings.Contains(err.Error(), "needs a next hop of its family")) {
 		t.Fatalf("new speaker: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -176,6 +178,8 @@ func TestAnnounceAttributes(t *testing.T) {
 			"198.51.100.0/24 via " + self + " as-path [65001] origin 0"},
 		{"ipv6 over the ipv4 session with an explicit next hop", Route{Prefix: pfx("2001:db8:ff::1/128"), NextHop: addr("2001:db8::7")},
 			"2001:db8:ff::1/128 via 2001:db8::7 as-path [65001] origin 0"},
+		{"ipv6 over the ipv4 session, next hop self, no ipv6 address to derive one: not sent, never ipv4-mapped",
+			Route{Prefix: pfx("2001:db8:ff::2/128")}, ""},
 		{"everything", Route{Prefix: pfx("203.0.113.9/32"), Communities: []Community{NewCommunity(65001, 1)},
 			LargeCommunities: []LargeCommunity{{65001, 9, 9}}, MED: 10, HasMED: true, Prepend: 1},
 			"203.0.113.9/32 via " + self + " as-path [65001 65001] origin 0 med 10 communities [65001:1] large [65001:9:9]"},
