@@ -100,6 +100,13 @@ type node struct {
 func newLab(t *testing.T, speakers int) *lab {
 	t.Helper()
 	requireBIRD(t)
+	return newNamespaces(t, speakers)
+}
+
+// newNamespaces makes the router's namespace and one per speaker, joined
+// by veth pairs, for any router (BIRD or FRR).
+func newNamespaces(t *testing.T, speakers int) *lab {
+	t.Helper()
 	l := &lab{t: t, dir: t.TempDir(), router: nstest.New(t)}
 	for i := 1; i <= speakers; i++ {
 		n := &node{
