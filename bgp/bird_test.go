@@ -63,7 +63,7 @@ var birdOnce = sync.OnceValue(func() error {
 
 // requireBIRD skips the test without root or BIRD, or fails it with
 // CI=true (nstest.Require does the same for root).
-func requireBIRD(t *testing.T) {
+func requireBIRD(t testing.TB) {
 	t.Helper()
 	nstest.Require(t)
 	if err := birdOnce(); err != nil {
@@ -76,12 +76,13 @@ func requireBIRD(t *testing.T) {
 
 // lab is a BIRD router namespace and n speaker namespaces.
 type lab struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	router *nstest.NS
 	nodes  []*node
 	bird   *birdProc
 	peers  []birdPeer
+	frr    *frr // when FRR is the router (frr_test.go)
 }
 
 // node is one speaker namespace, on link i.
@@ -97,7 +98,7 @@ type node struct {
 	device string // the router's side of the veth
 }
 
-func newLab(t *testing.T, speakers int) *lab {
+func newLab(t testing.TB, speakers int) *lab {
 	t.Helper()
 	requireBIRD(t)
 	return newNamespaces(t, speakers)
@@ -105,7 +106,7 @@ func newLab(t *testing.T, speakers int) *lab {
 
 // newNamespaces makes the router's namespace and one per speaker, joined
 // by veth pairs, for any router (BIRD or FRR).
-func newNamespaces(t *testing.T, speakers int) *lab {
+func newNamespaces(t testing.TB, speakers int) *lab {
 	t.Helper()
 	l := &lab{t: t, dir: t.TempDir(), router: nstest.New(t)}
 	for i := 1; i <= speakers; i++ {
@@ -262,7 +263,7 @@ func (l *lab) birdc(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func logTail(t *testing.T, what, path string) {
+func logTail(t testing.TB, what, path string) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return
@@ -393,7 +394,7 @@ func (l *lab) waitProtocol(name string, up bool) {
 
 // speakerProc is a helper speaker process in a node's namespace.
 type speakerProc struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	out  *json.Decoder

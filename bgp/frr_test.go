@@ -53,7 +53,7 @@ var frrOnce = sync.OnceValue(func() error {
 	return err
 })
 
-func requireFRR(t *testing.T) {
+func requireFRR(t testing.TB) {
 	t.Helper()
 	nstest.Require(t)
 	if err := frrOnce(); err != nil {
@@ -108,7 +108,7 @@ router bgp 65000
 
 // frr is one FRR instance.
 type frr struct {
-	t     *testing.T
+	t     testing.TB
 	name  string
 	etc   string
 	procs []*exec.Cmd
@@ -170,6 +170,7 @@ func (l *lab) startFRR(peers ...frrPeer) *frr {
 			})
 		}
 	}
+	l.frr = f
 	l.t.Cleanup(f.stop)
 	l.t.Cleanup(func() {
 		if l.t.Failed() {
@@ -186,7 +187,7 @@ func (l *lab) startFRR(peers ...frrPeer) *frr {
 	return f
 }
 
-func frrIDs(t *testing.T) (int, int) {
+func frrIDs(t testing.TB) (int, int) {
 	u, err := user.Lookup("frr")
 	if err != nil {
 		t.Fatalf("user frr: %v", err)
