@@ -221,8 +221,10 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 	}()
 
 	var ann lb.Announcer
+	restart := false
 	if cfg.BGP.Enabled {
-		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg, Restarting: restarting(cfg, log)})
+		restart = restarting(cfg, log)
+		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg, Restarting: restart})
 		if err != nil && d.speaker == nil {
 			d.close()
 			return nil, fmt.Errorf("start bgp speaker: %w", err)
@@ -234,7 +236,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 	}
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
-		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg),
+		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart,
 	}, cfg)
 	if err != nil {
 		d.close()
