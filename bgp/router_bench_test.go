@@ -17,7 +17,7 @@ import (
 // restart. They run the same labs as TestBIRD* and TestFRR*.
 
 // routerLab is a lab with one kglb speaker and a running router of kind.
-func routerLab(b *testing.B, kind string, cfg func(*Config)) (*lab, *node) {
+func routerLab(b *testing.B, kind string) (*lab, *node) {
 	b.Helper()
 	var l *lab
 	switch kind {
@@ -53,7 +53,7 @@ func kernelEvents(b *testing.B, l *lab) <-chan netlink.RouteUpdate {
 func BenchmarkDecisionToRIB(b *testing.B) {
 	for _, kind := range []string{"bird", "frr"} {
 		b.Run(kind, func(b *testing.B) {
-			l, n := routerLab(b, kind, nil)
+			l, n := routerLab(b, kind)
 			sp := l.startSpeaker(n, speakerConfig(n, false, false))
 			rest := make([]Route, 100)
 			for i := range rest {
@@ -111,7 +111,7 @@ func BenchmarkDecisionToRIB(b *testing.B) {
 func BenchmarkPlannedRestart(b *testing.B) {
 	for _, kind := range []string{"bird", "frr"} {
 		b.Run(kind, func(b *testing.B) {
-			l, n := routerLab(b, kind, nil)
+			l, n := routerLab(b, kind)
 			cfg := speakerConfig(n, false, false)
 			cfg.Neighbors[0].GracefulRestart = true
 			cfg.Neighbors[0].RestartTime = 120 * time.Second
