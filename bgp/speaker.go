@@ -236,6 +236,9 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	}
 	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
 	cfg.Neighbors = slices.Clone(cfg.Neighbors)
+	// The routes the export policy must serve: after a server restart
+	// below, those re-announced once this call ends.
+	viewRoutes := s.routes
 	if g != s.global || !s.running {
 		s.log.Warn("bgp global settings changed, restarting the server: every session resets",
 			"asn", g.asn, "router_id", g.routerID.String(), "listen_port", g.port)
@@ -274,7 +277,7 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 		sess session
 	}
 	var next []resolved
-	view := s.withPrepends(s.routes)
+	view := s.withPrepends(viewRoutes)
 	view.ebgp, view.nextHops = nil, nil
 	for _, n := range cfg.Neighbors {
 		name := n.Name
@@ -303,8 +306,8 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			continue
 		}
 		// A family other than the session's needs a next hop of its own
-		// family; without one the family is not carried at all, never
-		// with an IPv4-mapped next hop.
+		// family; without one, routes that would carry the session's
+		// address are not sent: never an IPv4-mapped next hop.
 		for _, f := range sess.families() {
 			if (f == IPv4Unicast) == sess.address.Is4() {
 				continue
