@@ -139,7 +139,7 @@ func BenchmarkAnnounce10k(b *testing.B) {
 func BenchmarkMemoryPerRoute(b *testing.B) {
 	const n = 10000
 	s, err := New(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
-		Neighbors: []Neighbor{{Address: addr("127.0.0.1"), ASN: routerASN, Port: 9, LocalAddress: nextLoopback(), ConnectRetry: time.Hour}},
+		Neighbors: []Neighbor{filled(Neighbor{Address: addr("127.0.0.1"), ASN: routerASN, Port: 9, LocalAddress: nextLoopback(), ConnectRetry: time.Hour})},
 	}, Options{Logger: hclog.NewNullLogger()})
 	if err != nil {
 		b.Fatal(err)

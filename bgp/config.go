@@ -9,15 +9,6 @@ import (
 	"time"
 )
 
-// Defaults applied to zero values of Neighbor. GoBGP's own default connect
-// retry is 120 s, which would leave a speaker unconnected for two minutes
-// after a router restart; kglb retries every 5 s.
-const (
-	DefaultHoldTime     = 90 * time.Second
-	DefaultConnectRetry = 5 * time.Second
-	DefaultPort         = 179
-)
-
 // GracefulShutdownCommunity is the well-known GRACEFUL_SHUTDOWN community
 // (RFC 8326, 65535:0) added to every route before a planned withdrawal.
 const GracefulShutdownCommunity = Community(0xFFFF0000)
@@ -92,7 +83,9 @@ type Config struct {
 	Neighbors []Neighbor
 }
 
-// Neighbor is one BGP peer. Zero values take the defaults noted per field.
+// Neighbor is one BGP peer. The speaker applies no defaults: config
+// decides every value (docs/config.md lists them) and the speaker refuses
+// what BGP or GoBGP cannot carry.
 type Neighbor struct {
 	// Name labels the peer in logs, metrics and /status; empty means the
 	// address.
@@ -101,7 +94,7 @@ type Neighbor struct {
 	Address netip.Addr
 	// ASN is the peer's AS; equal to Config.ASN makes an iBGP session.
 	ASN uint32
-	// Port is the peer's TCP port; 0 means 179.
+	// Port is the peer's TCP port. Required.
 	Port uint16
 	// LocalAddress is the source address of the session; zero lets the
 	// kernel choose.
@@ -111,26 +104,31 @@ type Neighbor struct {
 	// MultihopTTL > 0 enables eBGP multihop with that TTL; 0 is a
 	// directly connected eBGP session (TTL 1).
 	MultihopTTL uint8
-	// HoldTime is proposed in OPEN (0 means 90 s; BGP allows 0 or >= 3 s).
-	// It bounds how long routers keep kglb's routes after a crash.
+	// HoldTime is proposed in OPEN, 3s..65535s (rounded up to whole
+	// seconds). It bounds how long routers keep kglb's routes after a
+	// crash. BGP also allows 0 (no keepalives), but GoBGP v3 replaces a
+	// zero hold time with 90 s, so the speaker refuses it rather than
+	// propose something else than asked.
 	HoldTime time.Duration
-	// Keepalive is the keepalive interval; 0 means HoldTime/3.
+	// Keepalive is the keepalive interval, at least 1s and shorter than
+	// HoldTime.
 	Keepalive time.Duration
-	// ConnectRetry is the wait between connection attempts; 0 means 5 s.
+	// ConnectRetry is the wait between connection attempts, at least 1s.
 	ConnectRetry time.Duration
 	// PasswordFile holds the TCP-MD5 password (surrounding whitespace is
 	// trimmed). It is read on every SetConfig; the password itself is
 	// never logged or shown.
 	PasswordFile string
-	// Families the session carries; empty means the family of Address.
+	// Families the session carries, at least one.
 	// To send IPv6 routes over an IPv4 session list both, and give those
 	// routes an explicit IPv6 NextHop.
 	Families []Family
-	// GracefulRestart (RFC 4724) is opt-in: with it, a router keeps
-	// kglb's routes for RestartTime after a crash instead of dropping them
-	// when the hold timer expires. A clean Close still withdraws them.
+	// GracefulRestart (RFC 4724) is opt-in, per neighbor: with it, a
+	// router keeps kglb's routes for RestartTime after a crash or a
+	// planned restart (see Speaker.Abandon) instead of dropping them when
+	// the session ends. A clean stop still withdraws them.
 	GracefulRestart bool
-	// RestartTime is advertised with graceful restart; 0 means HoldTime.
+	// RestartTime is advertised with graceful restart, 1s..4095s.
 	RestartTime time.Duration
 }
 
@@ -143,7 +141,7 @@ func seconds(d time.Duration) uint64 {
 	return uint64((d + time.Second - 1) / time.Second)
 }
 
-// session is a Neighbor with defaults applied and its password read, in
+// session is a Neighbor checked and with its password read, in
 // the form GoBGP is configured with. It is comparable: a neighbor whose
 // session value changes is re-created; one whose name alone changes is not.
 type session struct {
@@ -174,8 +172,31 @@ func (s session) families() []Family {
 	return fs
 }
 
-// resolveNeighbor validates a neighbor, applies defaults and reads its
-// password file.
+// changed names the settings that differ between two sessions of one
+// neighbor, for the log line of a reset; a password is named, never shown.
+func (s session) changed(n session) string {
+	var out []string
+	add := func(diff bool, name string) {
+		if diff {
+			out = append(out, name)
+		}
+	}
+	add(s.asn != n.asn, "asn")
+	add(s.port != n.port, "port")
+	add(s.localAddress != n.localAddress, "local_address")
+	add(s.passive != n.passive, "passive")
+	add(s.multihopTTL != n.multihopTTL, "multihop_ttl")
+	add(s.hold != n.hold, "hold_time")
+	add(s.keepalive != n.keepalive, "keepalive")
+	add(s.connectRetry != n.connectRetry, "connect_retry")
+	add(s.password != n.password, "password")
+	add(s.ipv4 != n.ipv4 || s.ipv6 != n.ipv6, "families")
+	add(s.graceful != n.graceful, "graceful_restart")
+	add(s.restartTime != n.restartTime, "restart_time")
+	return strings.Join(out, ",")
+}
+
+// resolveNeighbor validates a neighbor and reads its password file.
 func resolveNeighbor(n Neighbor) (session, error) {
 	s := session{
 		address:      n.Address,
@@ -202,33 +223,24 @@ func resolveNeighbor(n Neighbor) (session, error) {
 		return s, errors.New("timers must not be negative")
 	}
 	s.hold = seconds(n.HoldTime)
-	if s.hold == 0 {
-		s.hold = seconds(DefaultHoldTime)
-	}
 	if s.hold < 3 || s.hold > 65535 {
 		return s, fmt.Errorf("hold time %s is outside 3s..65535s", n.HoldTime)
 	}
 	s.keepalive = seconds(n.Keepalive)
-	if s.keepalive == 0 {
-		s.keepalive = max(s.hold/3, 1)
-	}
-	if s.keepalive > s.hold {
-		return s, fmt.Errorf("keepalive %s is longer than the hold time", n.Keepalive)
+	if s.keepalive == 0 || s.keepalive >= s.hold {
+		return s, fmt.Errorf("keepalive %s is not between 1s and the hold time", n.Keepalive)
 	}
 	s.connectRetry = seconds(n.ConnectRetry)
 	if s.connectRetry == 0 {
-		s.connectRetry = seconds(DefaultConnectRetry)
+		return s, errors.New("connect retry must be at least 1s")
 	}
 	if s.port == 0 {
-		s.port = DefaultPort
+		return s, errors.New("neighbor has no port")
 	}
 	if n.GracefulRestart {
 		s.restartTime = seconds(n.RestartTime)
-		if s.restartTime == 0 {
-			s.restartTime = s.hold
-		}
-		if s.restartTime > 4095 {
-			return s, fmt.Errorf("restart time %s is above the maximum of 4095s", n.RestartTime)
+		if s.restartTime == 0 || s.restartTime > 4095 {
+			return s, fmt.Errorf("restart time %s is outside 1s..4095s", n.RestartTime)
 		}
 	}
 	for _, f := range n.Families {
@@ -242,7 +254,7 @@ func resolveNeighbor(n Neighbor) (session, error) {
 		}
 	}
 	if !s.ipv4 && !s.ipv6 {
-		s.ipv4, s.ipv6 = n.Address.Is4(), !n.Address.Is4()
+		return s, errors.New("neighbor has no families")
 	}
 	if n.PasswordFile != "" {
 		b, err := os.ReadFile(n.PasswordFile)

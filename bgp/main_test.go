@@ -43,9 +43,12 @@ type helperCmd struct {
 	//   withdrawn wait for withdraw to finish and reply with its error
 	//   status    reply with Status()
 	//   close     Close() and exit
+	//   exit      Abandon() and exit, as the daemon's planned restart does
 	Op     string  `json:"op"`
 	Config *Config `json:"config,omitempty"`
 	Routes []Route `json:"routes,omitempty"`
+	// Restarting is Options.Restarting for start.
+	Restarting bool `json:"restarting,omitempty"`
 }
 
 // helperReply is the answer to one helperCmd, a JSON line on stdout.
@@ -78,7 +81,7 @@ func runHelper() int {
 		var err error
 		switch {
 		case c.Op == "start":
-			s, err = New(ctx, *c.Config, Options{Logger: lg})
+			s, err = New(ctx, *c.Config, Options{Logger: lg, Restarting: c.Restarting})
 		case s == nil:
 			err = fmt.Errorf("%s before start", c.Op)
 		case c.Op == "config":
@@ -99,6 +102,10 @@ func runHelper() int {
 		case c.Op == "status":
 			st := s.Status()
 			rep.Status = &st
+		case c.Op == "exit":
+			s.Abandon()
+			out.Encode(rep)
+			return 0
 		case c.Op == "close":
 			err = s.Close()
 			if err != nil {

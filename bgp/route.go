@@ -22,9 +22,10 @@ import (
 type Route struct {
 	// Prefix is the announced prefix, normally a VIP as a /32 or /128.
 	Prefix netip.Prefix `json:"prefix"`
-	// NextHop is the next hop; the zero value means this node (GoBGP fills
-	// in the session's local address). An IPv6 route over an IPv4-only
-	// session needs an explicit IPv6 next hop.
+	// NextHop is the next hop; the zero value means this node: the
+	// session's local address, or for a route of the other family than
+	// the session (IPv6 over IPv4) the host's address of the route's
+	// family on the link towards the neighbor (see export.go).
 	NextHop netip.Addr `json:"next_hop,omitzero"`
 	// Communities are standard communities (RFC 1997).
 	Communities []Community `json:"communities,omitempty"`
@@ -33,15 +34,13 @@ type Route struct {
 	// MED is sent when HasMED is set (MED 0 is a valid, best, value).
 	MED    uint32 `json:"med,omitempty"`
 	HasMED bool   `json:"has_med,omitempty"`
-	// LocalPref is sent to iBGP peers when non-zero (routers strip it on
-	// eBGP); zero leaves GoBGP's default of 100.
+	// LocalPref is sent to iBGP peers when non-zero (never to eBGP ones);
+	// zero leaves GoBGP's default of 100.
 	LocalPref uint32 `json:"local_pref,omitempty"`
-	// Prepend adds the local ASN this many extra times to the AS path, so
-	// eBGP peers see a longer path (a degraded tier). The RIB is shared by
-	// all peers and an iBGP peer would treat a path carrying its own AS as
-	// a loop (BIRD keeps the previous version), so while any iBGP neighbor
-	// is configured the prepend is not sent (Apply logs a warning): use
-	// MED or LocalPref there.
+	// Prepend adds the local ASN this many extra times to the AS path
+	// sent to eBGP neighbors, so they see a longer path (a degraded tier).
+	// iBGP neighbors never get it (they would see their own AS and drop
+	// the path as a loop), whatever other neighbors exist.
 	Prepend int `json:"prepend,omitempty"`
 }
 
@@ -256,14 +255,6 @@ func toPath(r Route, localASN uint32) (*api.Path, error) {
 		}
 		attrs = append(attrs, packet.NewPathAttributeMpReachNLRI(nh, []packet.AddrPrefixInterface{nlri}))
 	}
-	if r.Prepend > 0 {
-		asns := make([]uint32, r.Prepend)
-		for i := range asns {
-			asns[i] = localASN
-		}
-		attrs = append(attrs, packet.NewPathAttributeAsPath([]packet.AsPathParamInterface{
-			packet.NewAs4PathParam(packet.BGP_ASPATH_ATTR_TYPE_SEQ, asns)}))
-	}
 	if r.HasMED {
 		attrs = append(attrs, packet.NewPathAttributeMultiExitDisc(r.MED))
 	}
@@ -277,10 +268,16 @@ func toPath(r Route, localASN uint32) (*api.Path, error) {
 		}
 		attrs = append(attrs, packet.NewPathAttributeCommunities(cs))
 	}
-	if len(r.LargeCommunities) > 0 {
-		lcs := make([]*packet.LargeCommunity, len(r.LargeCommunities))
-		for i, c := range r.LargeCommunities {
-			lcs[i] = packet.NewLargeCommunity(c.GlobalAdmin, c.LocalData1, c.LocalData2)
+	if len(r.LargeCommunities) > 0 || r.Prepend > 0 {
+		lcs := make([]*packet.LargeCommunity, 0, len(r.LargeCommunities)+1)
+		for _, c := range r.LargeCommunities {
+			lcs = append(lcs, packet.NewLargeCommunity(c.GlobalAdmin, c.LocalData1, c.LocalData2))
+		}
+		if r.Prepend > 0 {
+			// The prepend travels as a marker the export policy turns into
+			// AS-path prepends towards eBGP neighbors and removes (export.go).
+			m := markerOf(localASN, r.Prepend)
+			lcs = append(lcs, packet.NewLargeCommunity(m.GlobalAdmin, m.LocalData1, m.LocalData2))
 		}
 		attrs = append(attrs, packet.NewPathAttributeLargeCommunities(lcs))
 	}

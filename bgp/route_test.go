@@ -119,7 +119,8 @@ func TestResolveNeighbor(t *testing.T) {
 	os.WriteFile(pw, []byte("  secret \n"), 0o600)
 	empty := filepath.Join(dir, "empty")
 	os.WriteFile(empty, []byte("\n"), 0o600)
-	base := Neighbor{Address: addr("192.0.2.1"), ASN: 65000}
+	base := Neighbor{Address: addr("192.0.2.1"), ASN: 65000, Port: 179, HoldTime: 90 * time.Second, Keepalive: 30 * time.Second,
+		ConnectRetry: 5 * time.Second, Families: []Family{IPv4Unicast}, RestartTime: 120 * time.Second}
 	with := func(f func(*Neighbor)) Neighbor { n := base; f(&n); return n }
 	tests := []struct {
 		name    string
@@ -127,19 +128,23 @@ func TestResolveNeighbor(t *testing.T) {
 		want    session
 		wantErr string
 	}{
-		{"defaults", base, session{address: addr("192.0.2.1"), asn: 65000, port: 179, hold: 90, keepalive: 30,
+		{"what config gives", base, session{address: addr("192.0.2.1"), asn: 65000, port: 179, hold: 90, keepalive: 30,
 			connectRetry: 5, ipv4: true}, ""},
-		{"ipv6 neighbor defaults to ipv6", with(func(n *Neighbor) { n.Address = addr("2001:db8::1") }),
-			session{address: addr("2001:db8::1"), asn: 65000, port: 179, hold: 90, keepalive: 30, connectRetry: 5, ipv6: true}, ""},
 		{"timers round up", with(func(n *Neighbor) { n.HoldTime = 2500 * time.Millisecond * 2; n.Keepalive = 1500 * time.Millisecond }),
 			session{address: addr("192.0.2.1"), asn: 65000, port: 179, hold: 5, keepalive: 2, connectRetry: 5, ipv4: true}, ""},
-		{"graceful restart defaults to the hold time", with(func(n *Neighbor) {
-			n.GracefulRestart, n.HoldTime, n.Families = true, 9*time.Second, []Family{IPv6Unicast, IPv4Unicast}
+		{"graceful restart on both families", with(func(n *Neighbor) {
+			n.GracefulRestart, n.HoldTime, n.Keepalive, n.Families = true, 9*time.Second, 3*time.Second, []Family{IPv6Unicast, IPv4Unicast}
 		}), session{address: addr("192.0.2.1"), asn: 65000, port: 179, hold: 9, keepalive: 3, connectRetry: 5,
-			ipv4: true, ipv6: true, graceful: true, restartTime: 9}, ""},
+			ipv4: true, ipv6: true, graceful: true, restartTime: 120}, ""},
 		{"password trimmed", with(func(n *Neighbor) { n.PasswordFile = pw }),
 			session{address: addr("192.0.2.1"), asn: 65000, port: 179, hold: 90, keepalive: 30, connectRetry: 5,
 				ipv4: true, password: "secret"}, ""},
+		{"hold time 0 is refused, not turned into 90s", with(func(n *Neighbor) { n.HoldTime, n.Keepalive = 0, 0 }), session{}, "hold time 0s"},
+		{"no keepalive", with(func(n *Neighbor) { n.Keepalive = 0 }), session{}, "keepalive"},
+		{"no port", with(func(n *Neighbor) { n.Port = 0 }), session{}, "no port"},
+		{"no families", with(func(n *Neighbor) { n.Families = nil }), session{}, "no families"},
+		{"no connect retry", with(func(n *Neighbor) { n.ConnectRetry = 0 }), session{}, "connect retry"},
+		{"restart time over 4095s", with(func(n *Neighbor) { n.GracefulRestart, n.RestartTime = true, 4096*time.Second }), session{}, "restart time"},
 		{"empty password file", with(func(n *Neighbor) { n.PasswordFile = empty }), session{}, "is empty"},
 		{"missing password file", with(func(n *Neighbor) { n.PasswordFile = filepath.Join(dir, "nope") }), session{}, "read password file"},
 		{"hold time too short", with(func(n *Neighbor) { n.HoldTime = 2 * time.Second }), session{}, "hold time"},
@@ -164,4 +169,32 @@ func TestResolveNeighbor(t *testing.T) {
 			}
 		})
 	}
+}
+
+// filled gives n the values config.Load writes for a neighbor block that
+// leaves them out (the speaker applies no defaults of its own), except a
+// 9 s hold time and a 1 s connect retry, which keep the tests fast.
+func filled(n Neighbor) Neighbor {
+	if n.Port == 0 {
+		n.Port = 179
+	}
+	if n.HoldTime == 0 {
+		n.HoldTime = 9 * time.Second
+	}
+	if n.Keepalive == 0 {
+		n.Keepalive = n.HoldTime / 3
+	}
+	if n.ConnectRetry == 0 {
+		n.ConnectRetry = time.Second
+	}
+	if len(n.Families) == 0 {
+		n.Families = []Family{IPv4Unicast}
+		if n.Address.Is6() {
+			n.Families = []Family{IPv6Unicast}
+		}
+	}
+	if n.RestartTime == 0 {
+		n.RestartTime = 120 * time.Second
+	}
+	return n
 }

@@ -33,6 +33,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -55,7 +56,21 @@ type Options struct {
 	Logger hclog.Logger
 	// Registerer gets the kglb_bgp_* metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// Restarting says the previous process ended in a planned restart
+	// (see Abandon): routers with graceful restart hold its routes as
+	// stale and its data plane stayed in place. The speaker then connects
+	// to its neighbors only at the first Apply, so that the routes are in
+	// its RIB before it sends End-of-RIB, and tells each graceful-restart
+	// neighbor that it restarted with its forwarding state preserved (the
+	// R and F bits of RFC 4724), so routers keep the stale routes until
+	// that End-of-RIB instead of flushing them on reconnect.
+	Restarting bool
 }
+
+// ShutdownMessage is the shutdown communication (RFC 9003) sent with the
+// Cease / Administrative Shutdown notification (RFC 4486) that ends every
+// session at a stop.
+const ShutdownMessage = "kglb stopping: routes withdrawn"
 
 // Speaker is kglb's BGP speaker. Its methods are safe for concurrent use.
 type Speaker struct {
@@ -73,6 +88,15 @@ type Speaker struct {
 	closed   bool
 	peers    map[netip.Addr]peer
 	routes   map[netip.Prefix]Route // what GoBGP's RIB holds, normalized
+	// export is the export policy GoBGP has (see export.go).
+	export    exportView
+	exportSet bool
+	// deferred: Options.Restarting and no Apply yet, so no neighbor is
+	// configured in GoBGP; cfg holds the ones to add.
+	deferred bool
+	// restarting: peers added now say they restarted (Options.Restarting
+	// until the first Apply has added them).
+	restarting bool
 
 	stopWatch context.CancelFunc
 
@@ -104,10 +128,12 @@ func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
 		lg = hclog.NewNullLogger()
 	}
 	s := &Speaker{
-		log:    lg,
-		peers:  map[netip.Addr]peer{},
-		routes: map[netip.Prefix]Route{},
-		live:   map[string]*liveState{},
+		log:        lg,
+		peers:      map[netip.Addr]peer{},
+		routes:     map[netip.Prefix]Route{},
+		live:       map[string]*liveState{},
+		deferred:   opts.Restarting,
+		restarting: opts.Restarting,
 	}
 	s.metrics = newMetrics(opts.Registerer, s)
 	gl := &gobgpLogger{log: lg.Named("gobgp"), onPeerEvent: s.notePeerError}
@@ -132,6 +158,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
 		cancel()
 		s.stop(ctx)
 		return nil, fmt.Errorf("watch bgp peer events: %w", err)
+	}
+	if s.deferred {
+		s.log.Info("planned restart: neighbors are connected once the routes are known", "neighbors", len(cfg.Neighbors))
+		return s, nil
 	}
 	if err := s.setConfig(ctx, cfg); err != nil {
 		// The server runs; the neighbors that were fine are up. The
@@ -159,12 +189,13 @@ func (s *Speaker) start(ctx context.Context, g globalState) error {
 	return nil
 }
 
-// stop ends every session (CEASE) and closes the listeners. Called with mu
-// held.
+// stop ends every session with Cease / Administrative Shutdown and
+// ShutdownMessage, then closes the listeners. Called with mu held.
 func (s *Speaker) stop(ctx context.Context) error {
 	if !s.running {
 		return nil
 	}
+	s.shutdownPeers(ctx, sortedAddrs(s.peers), ShutdownMessage)
 	s.running = false
 	if err := s.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
 		return fmt.Errorf("stop bgp: %w", err)
@@ -187,6 +218,14 @@ func (s *Speaker) SetConfig(ctx context.Context, cfg Config) error {
 	if s.stopping || s.closed {
 		return ErrStopped
 	}
+	if s.deferred {
+		// Checked and applied at the first Apply.
+		if _, err := resolveGlobal(cfg); err != nil {
+			return err
+		}
+		s.cfg = cfg
+		return nil
+	}
 	return s.setConfig(ctx, cfg)
 }
 
@@ -197,6 +236,9 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	}
 	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
 	cfg.Neighbors = slices.Clone(cfg.Neighbors)
+	// The routes the export policy must serve: after a server restart
+	// below, those re-announced once this call ends.
+	viewRoutes := s.routes
 	if g != s.global || !s.running {
 		s.log.Warn("bgp global settings changed, restarting the server: every session resets",
 			"asn", g.asn, "router_id", g.routerID.String(), "listen_port", g.port)
@@ -207,7 +249,8 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 		if err := s.start(ctx, g); err != nil {
 			return err
 		}
-		// The old server's peers and RIB are gone.
+		// The old server's peers, RIB and policies are gone.
+		s.exportSet = false
 		old := s.peers
 		s.peers = map[netip.Addr]peer{}
 		for addr, p := range old {
@@ -229,6 +272,13 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 
 	var errs []error
 	want := map[netip.Addr]bool{}
+	type resolved struct {
+		name string
+		sess session
+	}
+	var next []resolved
+	view := s.withPrepends(viewRoutes)
+	view.ebgp, view.nextHops = nil, nil
 	for _, n := range cfg.Neighbors {
 		name := n.Name
 		if name == "" {
@@ -255,57 +305,86 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
 			continue
 		}
-		cur, ok := s.peers[n.Address]
+		// A family other than the session's needs a next hop of its own
+		// family; without one, routes that would carry the session's
+		// address are not sent: never an IPv4-mapped next hop.
+		for _, f := range sess.families() {
+			if (f == IPv4Unicast) == sess.address.Is4() {
+				continue
+			}
+			nh, err := linkAddress(sess.address, sess.localAddress, f)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("neighbor %q (%s): %s over an %s session needs a next hop of its family: %w; "+
+					"only routes with an explicit next_hop are sent (add such an address to the link, or set next_hop)",
+					name, n.Address, f, sessionFamily(sess.address), err))
+			}
+			// An invalid nextHop makes the rule reject the routes that
+			// would go out with the session's address.
+			view.nextHops = append(view.nextHops, nextHopRule{peer: sess.address, family: f, nextHop: nh})
+		}
+		if sess.asn != g.asn {
+			view.ebgp = append(view.ebgp, sess.address)
+		}
+		next = append(next, resolved{name, sess})
+	}
+	slices.SortFunc(view.ebgp, netip.Addr.Compare)
+	slices.SortFunc(view.nextHops, func(a, b nextHopRule) int {
+		if c := a.peer.Compare(b.peer); c != 0 {
+			return c
+		}
+		return int(a.family) - int(b.family)
+	})
+	// The policy before the peers: a new session's first UPDATEs already
+	// carry its attributes.
+	oldRules := s.export.nextHops
+	if err := s.syncExport(ctx, view); err != nil {
+		errs = append(errs, err)
+	}
+	rulesOf := func(rules []nextHopRule, a netip.Addr) []nextHopRule {
+		return slices.DeleteFunc(slices.Clone(rules), func(r nextHopRule) bool { return r.peer != a })
+	}
+	for _, r := range next {
+		name, sess := r.name, r.sess
+		cur, ok := s.peers[sess.address]
 		switch {
 		case !ok:
 			if err := s.addPeer(ctx, name, sess); err != nil {
 				errs = append(errs, err)
 			}
+			continue
 		case cur.session != sess:
-			s.log.Info("neighbor settings changed, resetting its session", "peer", name)
-			if err := s.deletePeer(ctx, n.Address, cur.name); err != nil {
+			s.log.Info("neighbor settings changed, resetting its session", "peer", name, "changed", cur.session.changed(sess))
+			s.shutdownPeers(ctx, []netip.Addr{sess.address}, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
+			if err := s.deletePeer(ctx, sess.address, cur.name); err != nil {
 				errs = append(errs, err)
 				continue
 			}
 			if err := s.addPeer(ctx, name, sess); err != nil {
 				errs = append(errs, err)
 			}
+			continue
 		case cur.name != name:
-			s.renamePeer(n.Address, cur.name, name)
-			s.peers[n.Address] = peer{name: name, session: sess}
+			s.renamePeer(sess.address, cur.name, name)
+			s.peers[sess.address] = peer{name: name, session: sess}
+		}
+		if !slices.Equal(rulesOf(oldRules, sess.address), rulesOf(view.nextHops, sess.address)) {
+			// Same session, another derived next hop: send the routes
+			// again through the new policy, without a reset.
+			s.log.Info("next hop of the other family changed, sending the routes again", "peer", name)
+			if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: sess.address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
+				errs = append(errs, fmt.Errorf("neighbor %q (%s): resend routes: %w", name, sess.address, err))
+			}
 		}
 	}
 	for _, addr := range sortedAddrs(s.peers) {
 		if !want[addr] {
+			s.shutdownPeers(ctx, []netip.Addr{addr}, "kglb: neighbor removed from the configuration")
 			if err := s.deletePeer(ctx, addr, s.peers[addr].name); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	// A new iBGP neighbor must not get prepended paths (see Apply); the
-	// next Apply restores prepends if the iBGP neighbors go away.
-	if s.hasIBGP() {
-		for _, r := range sortedRoutes(s.routes) {
-			if r.Prepend > 0 {
-				r.Prepend = 0
-				if err := s.announce(r); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
-	}
 	return errors.Join(errs...)
-}
-
-// hasIBGP reports whether any neighbor is in the local AS. Called with mu
-// held.
-func (s *Speaker) hasIBGP() bool {
-	for _, p := range s.peers {
-		if p.session.asn == s.global.asn {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Speaker) addPeer(ctx context.Context, name string, sess session) error {
@@ -315,7 +394,7 @@ func (s *Speaker) addPeer(ctx context.Context, name string, sess session) error 
 	s.metrics.peerUp.WithLabelValues(name).Set(0)
 	s.metrics.peerState.WithLabelValues(name).Set(float64(api.PeerState_IDLE))
 	s.metrics.peerFlaps.WithLabelValues(name)
-	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: sess.toAPI(name)}); err != nil {
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: sess.toAPI(name, s.restarting)}); err != nil {
 		s.forgetPeer(sess.address, name)
 		return fmt.Errorf("add neighbor %q (%s): %w", name, sess.address, err)
 	}
@@ -362,8 +441,11 @@ func (s *Speaker) renamePeer(addr netip.Addr, from, to string) {
 // toAPI is the GoBGP peer for a session. Hold time is always explicit: it
 // is what bounds a crashed node's routes. Graceful restart is set only when
 // chosen, without RFC 8538 notification support, so a clean stop (CEASE)
-// always makes routers drop kglb's routes at once.
-func (s session) toAPI(name string) *api.Peer {
+// always makes routers drop kglb's routes at once. restarting sets the
+// Restart State bit and, through GoBGP, the Forwarding State bit of every
+// family (GoBGP sets F exactly when it restarts): kglb restarts that way
+// only when its data plane stayed in place (see Options.Restarting).
+func (s session) toAPI(name string, restarting bool) *api.Peer {
 	p := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: s.address.String(),
@@ -388,7 +470,7 @@ func (s session) toAPI(name string) *api.Peer {
 		p.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(s.multihopTTL)}
 	}
 	if s.graceful {
-		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(s.restartTime)}
+		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(s.restartTime), LocalRestarting: restarting}
 	}
 	for _, f := range s.families() {
 		af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: apiFamily(f), Enabled: true}}
@@ -417,16 +499,11 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	var errs []error
 	want := make(map[netip.Prefix]Route, len(routes))
 	order := make([]netip.Prefix, 0, len(routes))
-	ibgp, stripped := s.hasIBGP(), 0
 	for _, r := range routes {
 		n, err := normalize(r)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
 			continue
-		}
-		if ibgp && n.Prepend > 0 {
-			n.Prepend = 0
-			stripped++
 		}
 		if prev, ok := want[n.Prefix]; ok {
 			if !equal(prev, n) {
@@ -454,9 +531,12 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	}
 	slices.SortFunc(gone, comparePrefix)
 
-	if stripped > 0 {
-		s.log.Warn("as-path prepend not sent: an iBGP neighbor is configured and would drop a path carrying its own AS; use MED or local_pref",
-			"routes", stripped)
+	// The prepend statements for the counts the new routes use, and for
+	// those the old ones still carry until they are replaced.
+	both := maps.Clone(s.routes)
+	maps.Copy(both, want)
+	if err := s.syncExport(ctx, s.withPrepends(both)); err != nil {
+		errs = append(errs, err)
 	}
 	// Per-route lines at Info are state changes; a cold start of thousands
 	// of VIPs logs them at Debug under one summary instead.
@@ -485,6 +565,20 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	}
 	if !verbose {
 		s.log.Info("routes converged", "changed", len(changed), "withdrawn", len(gone), "announced", len(s.routes))
+	}
+	if err := s.syncExport(ctx, s.withPrepends(s.routes)); err != nil {
+		errs = append(errs, err)
+	}
+	if s.deferred {
+		// A planned restart: the routes are in the RIB, so the End-of-RIB
+		// each neighbor gets after them ends the routers' stale period
+		// with nothing lost.
+		s.deferred = false
+		if err := s.setConfig(ctx, s.cfg); err != nil {
+			errs = append(errs, err)
+		}
+		s.restarting = false
+		s.log.Info("planned restart: neighbors connected", "neighbors", len(s.peers), "routes", len(s.routes))
 	}
 	if n := len(errs); n > 0 {
 		s.metrics.applyErrors.Add(float64(n))
@@ -624,9 +718,10 @@ func (s *Speaker) WithdrawAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Close ends every session with a CEASE notification and closes the
-// listeners. Routers drop whatever kglb still announced (unless they run
-// graceful restart with RFC 8538, which kglb does not negotiate). Call
+// Close ends every session with Cease / Administrative Shutdown and
+// ShutdownMessage and closes the listeners. Routers drop whatever kglb
+// still announced (unless they run graceful restart with RFC 8538, which
+// kglb does not negotiate). Call
 // WithdrawAll and wait the hold time first for a clean drain. GoBGP's
 // server loop cannot be stopped in v3: the process keeps one idle
 // goroutine, and the Speaker cannot be used again.
@@ -638,8 +733,12 @@ func (s *Speaker) Close() error {
 	}
 	s.closed = true
 	s.stopping = true
-	// Cancel the watcher before StopBgp: its cleanup runs through the
-	// server loop.
+	// The administrative shutdown first, while the watcher still reports
+	// the sessions going down; then cancel the watcher before StopBgp:
+	// its cleanup runs through the server loop.
+	if s.running {
+		s.shutdownPeers(context.Background(), sortedAddrs(s.peers), ShutdownMessage)
+	}
 	if s.stopWatch != nil {
 		s.stopWatch()
 	}
@@ -652,6 +751,52 @@ func (s *Speaker) Close() error {
 	s.peers = map[netip.Addr]peer{}
 	s.log.Info("bgp stopped")
 	return err
+}
+
+// Abandon ends the speaker for a planned restart with graceful restart:
+// it withdraws nothing and sends no NOTIFICATION. The caller exits right
+// after, the kernel closes the TCP sessions, and each router that
+// negotiated graceful restart keeps kglb's routes as stale for the restart
+// time while the next process starts with Options.Restarting. Routers
+// without graceful restart drop the routes when the session closes, as
+// after a crash.
+func (s *Speaker) Abandon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopping, s.closed = true, true
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
+	s.log.Info("bgp left for a planned restart: routes stay with graceful-restart routers", "routes", len(s.routes))
+}
+
+// shutdownPeers ends the sessions of addrs with Cease / Administrative
+// Shutdown carrying msg (RFC 4486, RFC 9003), the notification routers
+// expect from an operator's action, and waits up to three seconds for
+// them to leave Established, so that a DeletePeer or StopBgp after it
+// does not send a second notification (Peer De-configured) that strict
+// routers count as an error. Called with mu held.
+func (s *Speaker) shutdownPeers(ctx context.Context, addrs []netip.Addr, msg string) {
+	var up []string
+	for _, a := range addrs {
+		if err := s.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: a.String(), Communication: msg}); err != nil {
+			s.log.Warn("administrative shutdown", "address", a.String(), "err", err)
+			continue
+		}
+		up = append(up, a.String())
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for len(up) > 0 && time.Now().Before(deadline) {
+		s.liveMu.Lock()
+		up = slices.DeleteFunc(up, func(a string) bool {
+			l := s.live[a]
+			return l == nil || l.state != api.PeerState_ESTABLISHED
+		})
+		s.liveMu.Unlock()
+		if len(up) > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
 
 // Shutdown is WithdrawAll followed by Close, for callers with no data

@@ -107,14 +107,16 @@ func newRig(t testing.TB, opts ...rigOption) *rig {
 	router.addNeighbor(t, local, localASN, 0, setup.password, setup.families...)
 	setup.neighbor.Port = uint16(router.port)
 	cfg := setup.cfg
-	cfg.Neighbors = []Neighbor{setup.neighbor}
+	cfg.Neighbors = []Neighbor{filled(setup.neighbor)}
 	logs := &syncBuffer{}
 	reg := prometheus.NewRegistry()
 	s, err := New(context.Background(), cfg, Options{
 		Logger:     hclog.New(&hclog.LoggerOptions{Name: "bgp", Level: hclog.Trace, Output: logs}),
 		Registerer: reg,
 	})
-	if err != nil {
+	// The loopback rig has no IPv6 address to derive a next hop for IPv6
+	// over its IPv4 session: the speaker says so and runs.
+	if err != nil && (s == nil || !strings.Contains(err.Error(), "needs a next hop of its family")) {
 		t.Fatalf("new speaker: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -176,6 +178,8 @@ func TestAnnounceAttributes(t *testing.T) {
 			"198.51.100.0/24 via " + self + " as-path [65001] origin 0"},
 		{"ipv6 over the ipv4 session with an explicit next hop", Route{Prefix: pfx("2001:db8:ff::1/128"), NextHop: addr("2001:db8::7")},
 			"2001:db8:ff::1/128 via 2001:db8::7 as-path [65001] origin 0"},
+		{"ipv6 over the ipv4 session, next hop self, no ipv6 address to derive one: not sent, never ipv4-mapped",
+			Route{Prefix: pfx("2001:db8:ff::2/128")}, ""},
 		{"everything", Route{Prefix: pfx("203.0.113.9/32"), Communities: []Community{NewCommunity(65001, 1)},
 			LargeCommunities: []LargeCommunity{{65001, 9, 9}}, MED: 10, HasMED: true, Prepend: 1},
 			"203.0.113.9/32 via " + self + " as-path [65001 65001] origin 0 med 10 communities [65001:1] large [65001:9:9]"},
@@ -399,8 +403,7 @@ func TestSetConfigDiff(t *testing.T) {
 	r2addr := netip.MustParseAddr("127.0.0.3")
 	r2 := newRouter(t, 65002, r2addr)
 	r2.addNeighbor(t, r.local, localASN, 0, "")
-	tor2 := Neighbor{Name: "tor2", Address: r2addr, ASN: 65002, Port: uint16(r2.port), LocalAddress: r.local,
-		HoldTime: 9 * time.Second, ConnectRetry: time.Second}
+	tor2 := filled(Neighbor{Name: "tor2", Address: r2addr, ASN: 65002, Port: uint16(r2.port), LocalAddress: r.local})
 	tor1 := r.cfg.Neighbors[0]
 
 	set := func(t *testing.T, ns ...Neighbor) {
@@ -505,7 +508,7 @@ func TestPassiveNeighbor(t *testing.T) {
 	router.addNeighbor(t, local, localASN, listen, "")
 	s, err := New(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
 		ListenPort: listen, ListenAddresses: []netip.Addr{local},
-		Neighbors: []Neighbor{{Address: routerAddr, ASN: routerASN, Passive: true, HoldTime: 9 * time.Second}},
+		Neighbors: []Neighbor{filled(Neighbor{Address: routerAddr, ASN: routerASN, Passive: true})},
 	}, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -516,7 +519,7 @@ func TestPassiveNeighbor(t *testing.T) {
 
 	// Without a listener a passive neighbor is a config error.
 	err = s.SetConfig(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
-		Neighbors: []Neighbor{{Address: addr("127.0.0.9"), ASN: routerASN, Passive: true}}})
+		Neighbors: []Neighbor{filled(Neighbor{Address: addr("127.0.0.9"), ASN: routerASN, Passive: true})}})
 	if err == nil || !strings.Contains(err.Error(), "passive neighbor needs a listen port") {
 		t.Errorf("SetConfig error = %v", err)
 	}

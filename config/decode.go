@@ -203,15 +203,22 @@ func (d *decoder) decodeNeighbor(bl *block, localASN uint32) (Neighbor, span, bo
 	}
 	n.Passive = f.boolean("passive", false)
 	n.MultihopTTL = uint8(f.integer("multihop_ttl", 0, 255, 0))
+	// Hold time 0 (no keepalives) is not offered: the embedded GoBGP turns
+	// a zero hold time into 90 s, so kglb would propose something other
+	// than what the file says.
 	n.HoldTime = f.duration("hold_time", 90*time.Second, 0)
-	if n.HoldTime != 0 && n.HoldTime < 3*time.Second || n.HoldTime > 65535*time.Second {
-		d.errorf(f.attr("hold_time").val.rng, `write hold_time = "9s" (0 disables keepalives, else 3s..65535s)`, "hold_time %s must be 0 or between 3s and 65535s", n.HoldTime)
+	if n.HoldTime < 3*time.Second || n.HoldTime > 65535*time.Second {
+		hint := `write hold_time = "9s" (3s..65535s)`
+		if n.HoldTime == 0 {
+			hint = `write hold_time = "65535s" for the longest hold time; kglb always sends keepalives`
+		}
+		d.errorf(f.attr("hold_time").val.rng, hint, "hold_time %s must be between 3s and 65535s", n.HoldTime)
 		n.HoldTime = 90 * time.Second
 	}
 	n.Keepalive = n.HoldTime / 3
 	if f.has("keepalive") {
-		n.Keepalive = f.duration("keepalive", n.Keepalive, 0)
-		if n.HoldTime > 0 && n.Keepalive >= n.HoldTime || n.HoldTime == 0 && n.Keepalive != 0 {
+		n.Keepalive = f.duration("keepalive", n.Keepalive, time.Second)
+		if n.Keepalive >= n.HoldTime {
 			d.errorf(f.attr("keepalive").val.rng, fmt.Sprintf("write keepalive = %q (a third of hold_time) or leave it out", (n.HoldTime/3).String()), "keepalive %s is not shorter than hold_time %s", n.Keepalive, n.HoldTime)
 		}
 	}

@@ -64,7 +64,7 @@ func Run(ctx context.Context, opts Options) error {
 		Dir:         opts.ConfigDir,
 		Load:        loader.Load,
 		LoadChanged: loader.LoadChanged,
-		Digest:      func(c *config.Config) [32]byte { return c.Digest },
+		Digest:      (*config.Config).Fingerprint,
 		// The running config's share applies: an edit cannot raise its own bar.
 		Guard: func(old, new *config.Config) error {
 			return errors.Join(DeleteGuard(old, new, old.Daemon.MaxDeleteShare), bindGuard(bindDropped.Load(), new))
@@ -101,7 +101,7 @@ func Run(ctx context.Context, opts Options) error {
 	d.watcher = watcher
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, restartSignal)
 	defer signal.Stop(sigs)
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -146,6 +146,10 @@ func Run(ctx context.Context, opts Options) error {
 					}
 				}()
 				continue
+			}
+			if sig == restartSignal {
+				log.Info("stopping for a planned restart", "signal", sig.String())
+				return d.restart(cancel, engineDone)
 			}
 			log.Info("stopping", "signal", sig.String())
 			return d.stop(cancel, engineDone)
@@ -238,8 +242,10 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 	}()
 
 	var ann lb.Announcer
+	restart := false
 	if cfg.BGP.Enabled {
-		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg})
+		restart = restarting(cfg, log)
+		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg, Restarting: restart})
 		if err != nil && d.speaker == nil {
 			d.close()
 			return nil, fmt.Errorf("start bgp speaker: %w", err)
@@ -251,7 +257,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 	}
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
-		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg),
+		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart,
 	}, cfg)
 	if err != nil {
 		d.close()

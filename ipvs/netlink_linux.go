@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/bits"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	mobyipvs "github.com/moby/ipvs"
+	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -69,12 +71,21 @@ func NewNetlink(netnsPath string) (*Netlink, error) {
 	if err := Probe(netnsPath); err != nil {
 		return nil, err
 	}
+	quietMoby()
 	h, err := mobyipvs.New(netnsPath)
 	if err != nil {
 		return nil, fmt.Errorf("open ipvs handle: %w", err)
 	}
 	return &Netlink{h: h}, nil
 }
+
+// quietMoby silences moby/ipvs's logrus output, which would reach the
+// journal in another format than kglb's. Its only messages are noise here:
+// "Running modprobe ip_vs failed" (kglb loads no modules; the unit forbids
+// it and modules-load.d has loaded ip_vs at boot) and "Could not get ipvs
+// family", which Probe has already reported as ErrNoIPVS in kglb's words.
+// Nothing else in kglb logs through logrus.
+var quietMoby = sync.OnceFunc(func() { logrus.SetOutput(io.Discard) })
 
 // Close releases the handle.
 func (n *Netlink) Close() {

@@ -55,6 +55,12 @@ type Options struct {
 	Logger    hclog.Logger
 	Metrics   *Metrics // nil: none
 	Now       func() time.Time
+	// FullFirstRound holds the announcer's first Apply until no VIP is in
+	// its initial health round. The daemon sets it after a planned
+	// restart: its speaker connects at the first Apply (bgp.Options.
+	// Restarting), and the End-of-RIB it then sends ends the routers'
+	// stale period, so that set must lack no VIP still being checked.
+	FullFirstRound bool
 }
 
 // Engine keeps the world in step with the configuration and health. All
@@ -370,7 +376,7 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 	// 1. Withdraw what must go, keeping what stays.
 	keep := routesWithin(e.announced, d.Routes)
 	if !sameRoutes(keep, e.announced) {
-		if err := e.announce(ctx, keep); err != nil {
+		if err := e.announce(ctx, keep, d.VIPStatus); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -397,7 +403,7 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 			routes = append(routes, r)
 		}
 	}
-	if err := e.announce(ctx, routes); err != nil {
+	if err := e.announce(ctx, routes, d.VIPStatus); err != nil {
 		errs = append(errs, err)
 	}
 	e.finish(d, errors.Join(errs...), "full", start)
@@ -559,7 +565,7 @@ func (e *Engine) healthChanged(ctx context.Context, changes []health.Change) {
 
 	// Routes: withdraw at once; announce only VIPs already announced or
 	// whose data plane the last full pass put in place.
-	if err := e.announce(ctx, routesWithinVIPs(d.Routes, e.desired.VIPs)); err != nil {
+	if err := e.announce(ctx, routesWithinVIPs(d.Routes, e.desired.VIPs), d.VIPStatus); err != nil {
 		errs = append(errs, err)
 	}
 	e.finish(d, errors.Join(errs...), "health", start)
@@ -580,9 +586,14 @@ func (e *Engine) collect(first []health.Change) []health.Change {
 }
 
 // announce hands the announcer routes, unless it already holds exactly
-// those from the last call.
-func (e *Engine) announce(ctx context.Context, routes []Route) error {
+// those from the last call. With Options.FullFirstRound the first call
+// waits until no VIP (vips) is in its initial health round.
+func (e *Engine) announce(ctx context.Context, routes []Route, vips []VIPStatus) error {
 	if e.opts.Announcer == nil || e.announceOK && sameRoutes(routes, e.announced) {
+		return nil
+	}
+	if e.opts.FullFirstRound && !e.announceOK && !e.announceFailed &&
+		slices.ContainsFunc(vips, func(v VIPStatus) bool { return v.Reason == ReasonInitialRound }) {
 		return nil
 	}
 	if err := e.opts.Announcer.Apply(ctx, routes); err != nil {

@@ -2,8 +2,10 @@ package lb
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -217,6 +219,39 @@ func TestEngineLifecycle(t *testing.T) {
 	cfg2 := daemonCfg(svc("web", "192.0.2.1", 3))
 	r.configs <- cfg2
 	eventually(t, "real added", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.3:80") })
+}
+
+// TestEngineFullFirstRound: after a planned restart the announcer hears
+// nothing, not even an empty set, until every VIP has had its first health
+// round; the speaker connects at that first Apply, and its End-of-RIB ends
+// the routers' stale period, so the set must be complete.
+func TestEngineFullFirstRound(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("FullFirstRound=%v", full), func(t *testing.T) {
+			w := newWorld(t)
+			w.wrap = func(o *Options) { o.FullFirstRound = full }
+			w.start(t, daemonCfg(svc("web", "192.0.2.1", 2)))
+			eventually(t, "service created", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.2:80") })
+			w.prober.set("10.0.0.1:80", health.Up)
+			eventually(t, "the verdict applied", func() bool { return tunnels100(w.kernel) == 1 })
+			w.ann.mu.Lock()
+			early := slices.Clone(w.ann.log)
+			w.ann.mu.Unlock()
+			if full && len(early) != 0 {
+				t.Errorf("announcer called while a real waits for its first verdict: %q", early)
+			}
+			w.prober.set("10.0.0.2:80", health.Up)
+			eventually(t, "route announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+			w.ann.mu.Lock()
+			defer w.ann.mu.Unlock()
+			if full && w.ann.log[0] != "apply 192.0.2.1/32" {
+				t.Errorf("first Apply %q, want the route", w.ann.log[0])
+			}
+			if !full && (len(w.ann.log) < 2 || w.ann.log[0] != "apply ") {
+				t.Errorf("without FullFirstRound an empty set goes first (the default a fresh start keeps): %q", w.ann.log)
+			}
+		})
+	}
 }
 
 func TestEngineRestartWritesNothing(t *testing.T) {

@@ -8,6 +8,8 @@ set -euo pipefail
 need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have bird || need_pkgs+=(bird2)
+[ -x /usr/lib/frr/bgpd ] || need_pkgs+=(frr)
+have bgpctl || need_pkgs+=(openbgpd)
 have ip || need_pkgs+=(iproute2)
 have diff || need_pkgs+=(diffutils)
 have lintian || need_pkgs+=(lintian)
@@ -20,8 +22,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 	echo "deps: apt-get install ${need_pkgs[*]}"
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-	# bird2's package starts a system-wide bird; the tests run their own.
+	# bird2's, frr's and openbgpd's packages start system-wide daemons; the tests run
+	# their own, in network namespaces.
 	if have systemctl && systemctl is-active --quiet bird 2>/dev/null; then systemctl stop bird || true; fi
+	if have systemctl && systemctl is-active --quiet frr 2>/dev/null; then systemctl stop frr || true; fi
+	if have systemctl && systemctl is-active --quiet openbgpd 2>/dev/null; then systemctl stop openbgpd || true; fi
 fi
 
 gobin="$(go env GOPATH)/bin"

@@ -19,4 +19,9 @@ bgp {
     restart_time = "2h"
     families     = ["ipv4", "ipv4", "vpnv4"]
   }
+  neighbor "tor-d" {
+    address   = "192.0.2.4"
+    asn       = 65000
+    hold_time = "0s"
+  }
 }
