@@ -74,8 +74,10 @@ type Options[C any] struct {
 	// have a digest of its own (it is not what the files say).
 	Hold func(running, new C) (C, bool)
 	// Settle is how long the directory must be quiet before the removals
-	// Hold kept are applied (default 2s).
-	Settle time.Duration
+	// Hold kept are applied (default 2s). SettleOf, when set and above
+	// zero, takes it from the configuration in force.
+	Settle   time.Duration
+	SettleOf func(C) time.Duration
 	// Debounce is how long the directory must be quiet before a load
 	// (default 250ms): one logical edit is often several events.
 	Debounce time.Duration
@@ -326,7 +328,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	settle := time.NewTimer(time.Hour)
 	settle.Stop()
 	if w.isHolding() {
-		settle.Reset(w.opts.Settle)
+		settle.Reset(w.settleTime())
 	}
 	pending, force := false, false
 	// changed are the entries the events since the last load named; full
@@ -359,7 +361,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			}
 			pending = true
 			debounce.Reset(w.opts.Debounce)
-			settle.Reset(w.opts.Settle)
+			settle.Reset(w.settleTime())
 		case err, ok := <-fw.Errors:
 			if !ok {
 				return errors.New("watch " + dir + ": error channel closed")
@@ -368,7 +370,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			w.log.Warn("watch error; reloading", "dir", dir, "err", err)
 			pending, full = true, true
 			debounce.Reset(w.opts.Debounce)
-			settle.Reset(w.opts.Settle)
+			settle.Reset(w.settleTime())
 		case req := <-w.trigger:
 			// An explicit reload is the operator saying the files are
 			// ready: nothing waits for them to settle.
@@ -398,7 +400,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			if now := fingerprint(dir); now != fp {
 				fp = now
 				w.load(false, nil, true, false)
-				settle.Reset(w.opts.Settle)
+				settle.Reset(w.settleTime())
 			}
 		}
 	}
@@ -448,7 +450,7 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 	}
 	cfg = w.accept(cfg, digest, !settled && !force)
 	if w.holding {
-		w.log.Info("config loaded; what it removes waits for the files to settle", "dir", w.opts.Dir, "settle", w.opts.Settle.String(), "took", time.Since(start).String())
+		w.log.Info("config loaded; what it removes waits for the files to settle", "dir", w.opts.Dir, "settle", w.settleOf().String(), "took", time.Since(start).String())
 	} else {
 		w.log.Info("config loaded", "dir", w.opts.Dir, "forced", force, "took", time.Since(start).String())
 	}
@@ -465,6 +467,23 @@ func (w *Watcher[C]) Status() Status {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return Status{LastApplied: w.lastApplied, Settling: w.holding, Err: w.lastErr}
+}
+
+// settleTime is the settle time of the configuration in force.
+func (w *Watcher[C]) settleTime() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.settleOf()
+}
+
+// settleOf is settleTime for a caller that holds mu.
+func (w *Watcher[C]) settleOf() time.Duration {
+	if w.opts.SettleOf != nil {
+		if d := w.opts.SettleOf(w.current); d > 0 {
+			return d
+		}
+	}
+	return w.opts.Settle
 }
 
 func (w *Watcher[C]) isHolding() bool {
