@@ -236,6 +236,98 @@ else
 fi
 kill "$echoer" 2>/dev/null
 
+# ================================================================ issue 10:
+# a start is a reload, deletions wait for the files to settle. A client
+# fetches through the VIP all along; each scenario asserts that no request
+# failed and what kglb said about it.
+client_start() {
+	: >/run/client.log
+	ip netns exec client bash -c "$(declare -f http_get)
+		while :; do
+			if [ -n \"\$(http_get $VIP 80 /)\" ]; then echo ok; else echo fail; fi
+			sleep 0.1
+		done >>/run/client.log" &
+	client=$!
+	waitfor 10 grep -q ok /run/client.log
+}
+client_fails() { # stop the client; print "<failed> of <requests>"
+	kill "$client" 2>/dev/null
+	wait "$client" 2>/dev/null
+	echo "$(grep -c fail /run/client.log) of $(wc -l </run/client.log)"
+}
+unit_status() { systemctl show -p StatusText --value kglb; }
+restart_ok() { timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb; }
+all_reals="10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 "
+waitfor 20 systemctl is-active --quiet kglb
+waitfor 20 has_reals "$all_reals"
+sleep 3 # the restart above recorded its config in /var/lib/kglb/applied
+
+# A broken edit, then a restart: the last applied config runs, STATUS says why.
+client_start
+good="$(cat /etc/kglb/web.hcl)"
+printf 'service "web" {\n  vip  = "198.51.100.10\n  port = 80\n}\n' >/etc/kglb/web.hcl
+restart_ok || fail "restart after a broken edit" "$(systemctl is-active kglb)"
+st="$(unit_status)"
+f="$(client_fails)"
+if has_reals "$all_reals" && [ "${f%% *}" = 0 ] && case "$st" in *"running the last applied config"*web.hcl:2:*) true ;; *) false ;; esac; then
+	pass "restart after a broken edit runs the last applied config; $f requests failed; STATUS=$st"
+else
+	fail "restart after a broken edit" "active=$(systemctl is-active kglb) reals '$(kernel_reals)' failed $f STATUS=$st"
+	show journalctl -u kglb --no-pager -n 20
+fi
+echo "$good" >/etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
+if waitfor 20 test "$(metric kglb_config_running_last_applied)" = 0 && ! unit_status | grep -q 'last applied'; then
+	pass "fixing the file applies it: kglb_config_running_last_applied 0, STATUS=$(unit_status)"
+else
+	fail "fix after a restart on the last applied config" "running_last_applied=$(metric kglb_config_running_last_applied) STATUS=$(unit_status)"
+fi
+
+# The directory emptied, then a restart: the delete guard refuses it against
+# the last applied config, as a running daemon would.
+client_start
+mkdir -p /root/kglb-saved && mv /etc/kglb/*.hcl /root/kglb-saved/
+restart_ok || fail "restart after emptying /etc/kglb" "$(systemctl is-active kglb)"
+st="$(unit_status)"
+f="$(client_fails)"
+if has_reals "$all_reals" && [ "${f%% *}" = 0 ] && case "$st" in *"running the last applied config"*"would delete 2 of 2 services"*) true ;; *) false ;; esac; then
+	pass "restart after emptying /etc/kglb keeps every service; $f requests failed; STATUS=$st"
+else
+	fail "restart after emptying /etc/kglb" "reals '$(kernel_reals)' failed $f STATUS=$st"
+	show journalctl -u kglb --no-pager -n 20
+fi
+mv /root/kglb-saved/*.hcl /etc/kglb/
+waitfor 20 test "$(metric kglb_config_running_last_applied)" = 0 || fail "restore /etc/kglb" "running_last_applied=$(metric kglb_config_running_last_applied)"
+
+# A writer that truncates, pauses (below daemon.settle, 2s), then writes:
+# nothing is deleted nor re-added. The file holds one service of three, so
+# the delete guard allows its removal: only the settle time keeps it.
+extra='service "extra" {
+  vip     = "198.51.100.10"
+  port    = 8080
+  forward = "nat"
+
+  real "10.0.2.2:80" {}
+}'
+echo "$extra" >/etc/kglb/extra.hcl
+waitfor 20 ipvsadm -Ln -t "$VIP:8080" || fail "service extra" "not in IPVS"
+client_start
+sleep 1
+w0="$(metric kglb_ipvs_writes_total)"
+: >/etc/kglb/extra.hcl
+sleep 1
+echo "$extra" >/etc/kglb/extra.hcl
+sleep 4 # past the settle time
+w1="$(metric kglb_ipvs_writes_total)"
+f="$(client_fails)"
+if [ "$w0" = "$w1" ] && ipvsadm -Ln -t "$VIP:8080" >/dev/null 2>&1 && [ "${f%% *}" = 0 ]; then
+	pass "truncate, pause 1s, write: no IPVS write (kglb_ipvs_writes_total $w0 -> $w1); $f requests failed"
+else
+	fail "truncate-pause-write" "kglb_ipvs_writes_total $w0 -> $w1, extra: $(ipvsadm -Ln -t "$VIP:8080" 2>&1 | tail -n +4 | tr '\n' ' '), failed $f"
+	show journalctl -u kglb --no-pager -n 20
+fi
+rm -f /etc/kglb/extra.hcl
+# ================================================================ end of issue 10
+
 # ---------------------------------------------------------------- 6. upgrade
 deb="$(ls /root/kglb_*.deb | head -n1)"
 pid="$(systemctl show -p MainPID --value kglb)"
