@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -627,3 +628,41 @@ func TestRemovalAppliesOnceSettled(t *testing.T) {
 		t.Errorf("after an explicit reload got %q", got.files)
 	}
 }
+
+// listErr is an error that is a slice, as config.Diagnostics is: hclog
+// prints such a value element by element unless given its text.
+type listErr []string
+
+func (l listErr) Error() string { return strings.Join(l, "\n") }
+
+// The journal gets rejected configs as "file:line:col: message" lines, not
+// as Go values.
+func TestRejectionLoggedAsText(t *testing.T) {
+	var out strings.Builder
+	var mu sync.Mutex
+	log := hclog.New(&hclog.LoggerOptions{Output: writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Write(p)
+	})})
+	load := func(dir string) (set, error) {
+		s, err := loadSet(dir)
+		if err != nil {
+			return s, listErr{"/etc/kglb/web.hcl:8:17: unterminated string literal"}
+		}
+		return s, nil
+	}
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{Load: load, Logger: log})
+	write(t, filepath.Join(h.dir, "web.hcl"), "INVALID")
+	h.waitResult("failure", 1)
+	mu.Lock()
+	got := out.String()
+	mu.Unlock()
+	if !strings.Contains(got, "err=\"/etc/kglb/web.hcl:8:17: unterminated string literal\"") && !strings.Contains(got, "err=/etc/kglb/web.hcl:8:17:") {
+		t.Errorf("log = %q, want the positioned message as text", got)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
