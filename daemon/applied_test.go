@@ -189,7 +189,9 @@ func TestHold(t *testing.T) {
 		}
 		return s
 	}
-	mk := func(svcs ...*config.Service) *config.Config { return &config.Config{Services: svcs, Digest: [32]byte{byte(len(svcs))}} }
+	mk := func(svcs ...*config.Service) *config.Config {
+		return &config.Config{Services: svcs, Digest: [32]byte{byte(len(svcs))}}
+	}
 	show := func(c *config.Config) string {
 		var parts []string
 		for _, s := range c.Services {
