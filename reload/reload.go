@@ -345,7 +345,10 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("watch " + dir + ": event channel closed")
 			}
-			if ev.Has(fsnotify.Chmod) && !ev.Has(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) {
+			// A mode change of an entry counts (chmod 000 makes a file
+			// unreadable, chmod 644 readable again); of anything else not.
+			if ev.Has(fsnotify.Chmod) && !ev.Has(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) &&
+				filepath.Dir(ev.Name) != dir {
 				continue
 			}
 			if filepath.Dir(ev.Name) == parent && filepath.Clean(ev.Name) != dir {
@@ -492,8 +495,8 @@ func (w *Watcher[C]) isHolding() bool {
 	return w.holding
 }
 
-// fingerprint summarises the directory's *.hcl entries (name, size, mtime of
-// what they point to) so the poll can tell cheaply whether to load.
+// fingerprint summarises the directory's *.hcl entries (name, size, mtime,
+// mode of what they point to) so the poll can tell cheaply whether to load.
 func fingerprint(dir string) string {
 	names, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
 	if err != nil {
@@ -507,7 +510,7 @@ func fingerprint(dir string) string {
 			fmt.Fprintf(&b, "%s:err;", n)
 			continue
 		}
-		fmt.Fprintf(&b, "%s:%d:%d;", n, fi.Size(), fi.ModTime().UnixNano())
+		fmt.Fprintf(&b, "%s:%d:%d:%o;", n, fi.Size(), fi.ModTime().UnixNano(), fi.Mode().Perm())
 	}
 	return b.String()
 }

@@ -666,3 +666,27 @@ func TestRejectionLoggedAsText(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// Making a file readable again is a fix like any other: a mode change of
+// an entry loads.
+func TestChmodOfAnEntryLoads(t *testing.T) {
+	// Judge readability by the mode bits, as the daemon (without
+	// CAP_DAC_OVERRIDE) must, even when the test runs as root.
+	load := func(dir string) (set, error) {
+		fi, err := os.Stat(filepath.Join(dir, "web.hcl"))
+		if err == nil && fi.Mode().Perm()&0o444 == 0 {
+			return set{}, fmt.Errorf("web.hcl: permission denied")
+		}
+		return loadSet(dir)
+	}
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{Load: load})
+	web := filepath.Join(h.dir, "web.hcl")
+	if err := os.Chmod(web, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.waitResult("failure", 1)
+	if err := os.Chmod(web, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.waitResult("unchanged", 2)
+}

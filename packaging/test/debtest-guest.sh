@@ -244,11 +244,11 @@ kill "$echoer" 2>/dev/null
 # a start is a reload, deletions wait for the files to settle. A client
 # fetches through the VIP all along; each scenario asserts that no request
 # failed and what kglb said about it.
-client_start() {
+client_start() { # [PORT], default 80
 	: >/run/client.log
 	ip netns exec client bash -c "$(declare -f http_get)
 		while :; do
-			if [ -n \"\$(http_get $VIP 80 /)\" ]; then echo ok; else echo fail; fi
+			if [ -n \"\$(http_get $VIP ${1:-80} /)\" ]; then echo ok; else echo fail; fi
 			sleep 0.1
 		done >>/run/client.log" &
 	client=$!
@@ -329,7 +329,60 @@ else
 	fail "truncate-pause-write" "kglb_ipvs_writes_total $w0 -> $w1, extra: $(ipvsadm -Ln -t "$VIP:8080" 2>&1 | tail -n +4 | tr '\n' ' '), failed $f"
 	show journalctl -u kglb --no-pager -n 20
 fi
-rm -f /etc/kglb/extra.hcl
+
+# A dangling symlink where extra.hcl was: refused with the path, not read
+# as a deleted service (needs config10's readable-entry rule).
+client_start 8080
+mv /etc/kglb/extra.hcl /root/extra.hcl.saved
+ln -s /etc/kglb/gone/extra.hcl /etc/kglb/extra.hcl
+sleep 4 # past the settle time
+f="$(client_fails)"
+msg="$(journalctl -u kglb --no-pager -n 50 | grep -m1 'extra.hcl' || true)"
+if ipvsadm -Ln -t "$VIP:8080" >/dev/null 2>&1 && [ "${f%% *}" = 0 ] && [ -n "$msg" ]; then
+	pass "a dangling symlink extra.hcl is refused, service extra stays; $f requests failed; journal: ${msg#*]: }"
+else
+	fail "dangling symlink" "extra in IPVS: $(ipvsadm -Ln -t "$VIP:8080" >/dev/null 2>&1 && echo yes || echo no), failed $f, journal: '$msg'"
+	show journalctl -u kglb --no-pager -n 20
+fi
+rm -f /etc/kglb/extra.hcl && mv /root/extra.hcl.saved /etc/kglb/extra.hcl
+waitfor 20 test "$(metric kglb_config_last_reload_successful)" = 1
+
+# systemctl restart with a mode-000 file: the daemon, without
+# CAP_DAC_OVERRIDE, cannot read it; the last applied config runs.
+client_start 8080
+chmod 000 /etc/kglb/extra.hcl
+restart_ok || fail "restart with a mode-000 file" "$(systemctl is-active kglb)"
+st="$(unit_status)"
+f="$(client_fails)"
+if ipvsadm -Ln -t "$VIP:8080" >/dev/null 2>&1 && [ "${f%% *}" = 0 ] && case "$st" in *"running the last applied config"*extra.hcl*) true ;; *) false ;; esac; then
+	pass "systemctl restart with a mode-000 extra.hcl runs the last applied config; $f requests failed; STATUS=$st"
+else
+	fail "restart with a mode-000 file" "active=$(systemctl is-active kglb) failed $f STATUS=$st"
+	show journalctl -u kglb --no-pager -n 20
+fi
+chmod 644 /etc/kglb/extra.hcl
+waitfor 20 test "$(metric kglb_config_running_last_applied)" = 0 || fail "chmod 644 after a mode-000 restart" "running_last_applied=$(metric kglb_config_running_last_applied)"
+
+# A file of 100,000 nested parentheses dropped in while running: refused
+# with its position, no crash (needs config10's nesting bound).
+client_start
+pid0="$(systemctl show -p MainPID --value kglb)"
+{
+	printf 'x = '
+	head -c 100000 /dev/zero | tr '\0' '('
+} >/etc/kglb/.deep.tmp && mv /etc/kglb/.deep.tmp /etc/kglb/deep.hcl
+waitfor 20 test "$(metric kglb_config_last_reload_successful)" = 0
+sleep 1
+f="$(client_fails)"
+msg="$(journalctl -u kglb --no-pager -n 50 | grep -m1 'deep.hcl:1:' || true)"
+if systemctl is-active --quiet kglb && [ "$(systemctl show -p MainPID --value kglb)" = "$pid0" ] && has_reals "$all_reals" &&
+	[ "${f%% *}" = 0 ] && [ -n "$msg" ]; then
+	pass "a deep-nesting file dropped in is refused, the daemon keeps running (pid $pid0); $f requests failed; journal: ${msg#*]: }"
+else
+	fail "deep nesting" "active=$(systemctl is-active kglb) pid $pid0 -> $(systemctl show -p MainPID --value kglb), failed $f, journal: '$msg'"
+	show journalctl -u kglb --no-pager -n 20
+fi
+rm -f /etc/kglb/deep.hcl /etc/kglb/extra.hcl
 
 # A reboot after a broken edit (a crash: no clean stop): the boot starts the
 # last applied config from /var/lib/kglb/applied, and fixing the file
