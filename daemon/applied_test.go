@@ -227,3 +227,21 @@ func TestHold(t *testing.T) {
 		})
 	}
 }
+
+// kglb status and systemd's STATUS say that the last applied config runs,
+// since when, and why, positioned.
+func TestStatusSaysLastAppliedRuns(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := Status{Config: ConfigStatus{RunningLastApplied: true, LastAppliedAt: at, Settling: true,
+		LastReloadError: "/etc/kglb/web.hcl:2:10: unterminated string literal\n/etc/kglb/a.hcl:1:1: other"}}
+	var b strings.Builder
+	WriteStatus(&b, st, at)
+	for _, want := range []string{"CONFIG REJECTED AT START (the config applied at 2026-01-02T03:04:05Z runs)", "/etc/kglb/web.hcl:2:10: unterminated string literal", "deletions wait"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("kglb status lacks %q:\n%s", want, b.String())
+		}
+	}
+	if got := firstLine(errors.New("/etc/kglb/web.hcl:2:10: x\nb\nc")); got != "/etc/kglb/web.hcl:2:10: x (and 2 more)" {
+		t.Errorf("firstLine = %q", got)
+	}
+}
