@@ -434,12 +434,19 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 	digest := w.opts.Digest(cfg)
 	if digest == w.digest && !(settled && w.holding) {
 		// A valid, unchanged set also ends an earlier failure: the files
-		// are back to what is running.
+		// are back to what is running. It is handed on again (applying it
+		// changes nothing) so that what shows the state, such as
+		// systemd's STATUS, hears of it.
+		cleared := w.lastErr != nil || w.lastApplied
 		w.lastErr, w.lastApplied = nil, false
 		w.metrics.success.Set(1)
 		w.metrics.lastApplied.Set(0)
 		w.metrics.result("unchanged")
 		w.log.Debug("config unchanged", "dir", w.opts.Dir)
+		if cleared && !w.holding {
+			w.current = cfg
+			w.send(cfg)
+		}
 		return Outcome{Result: "unchanged"}
 	}
 	if w.opts.Guard != nil && !force {
@@ -457,12 +464,17 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 	} else {
 		w.log.Info("config loaded", "dir", w.opts.Dir, "forced", force, "took", time.Since(start).String())
 	}
+	w.send(cfg)
+	return Outcome{Result: "success"}
+}
+
+// send hands cfg on; the caller holds mu.
+func (w *Watcher[C]) send(cfg C) {
 	select {
 	case <-w.updates: // drop a stale, unread update: only the newest matters
 	default:
 	}
 	w.updates <- cfg
-	return Outcome{Result: "success"}
 }
 
 // Status returns the state of the configuration in force.

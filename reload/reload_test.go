@@ -690,3 +690,21 @@ func TestChmodOfAnEntryLoads(t *testing.T) {
 	}
 	h.waitResult("unchanged", 2)
 }
+
+// Files fixed back to exactly the last applied config end the fallback,
+// and say so with an update (nothing to apply, but STATUS must change).
+func TestFixBackToTheLastAppliedEndsTheFallback(t *testing.T) {
+	dir := t.TempDir()
+	last := set{files: []string{"web.hcl=a\n"}}
+	h := start(t, dir, map[string]string{"web.hcl": "INVALID"}, Options[set]{LastApplied: lastApplied(last)})
+	write(t, filepath.Join(dir, "web.hcl"), "a\n")
+	if got := h.next(); !slices.Equal(got.files, last.files) {
+		t.Errorf("got %q", got.files)
+	}
+	if st := h.w.Status(); st.LastApplied || st.Err != nil {
+		t.Errorf("Status = %+v, want the fallback ended", st)
+	}
+	if n := h.count("unchanged"); n < 1 {
+		t.Errorf("reloads{result=unchanged} = %v", n)
+	}
+}
