@@ -145,17 +145,31 @@ func convertBody(b *hclsyntax.Body, diags *hcl.Diagnostics) *body {
 	return out
 }
 
+// convertExpr turns an expression into a value. Values are literal (see
+// docs/config.md): a string without interpolation or directives, a number,
+// a bool, null, or a list or object of those. Anything hclsyntax parses
+// beyond that (arithmetic, conditionals, function calls, references,
+// templates, for expressions, parentheses) is an error with a hint, not
+// evaluated. fastParse accepts only literals, so this is the one place the
+// rule is applied.
 func convertExpr(e hclsyntax.Expression, diags *hcl.Diagnostics) value {
 	full := e.Range()
 	rng := spanOf(full)
 	switch x := e.(type) {
+	case *hclsyntax.LiteralValueExpr:
+		return convertCty(x.Val, full, diags)
 	case *hclsyntax.TemplateExpr:
-		// The common case, a plain quoted string, without cty's detour.
-		if len(x.Parts) == 1 {
-			if lit, ok := x.Parts[0].(*hclsyntax.LiteralValueExpr); ok && lit.Val.Type() == cty.String {
-				return value{kind: kString, str: lit.Val.AsString(), rng: rng}
+		var sb strings.Builder
+		for _, p := range x.Parts {
+			lit, ok := p.(*hclsyntax.LiteralValueExpr)
+			if !ok || lit.Val.Type() != cty.String {
+				*diags = append(*diags, notLiteral(p, "Template not allowed",
+					`write the text itself: "${...}" interpolation and "%{...}" directives are not expanded; write $${ or %%{ for the characters themselves`))
+				return value{kind: kNull, rng: rng}
 			}
+			sb.WriteString(lit.Val.AsString())
 		}
+		return value{kind: kString, str: sb.String(), rng: rng}
 	case *hclsyntax.TupleConsExpr:
 		v := value{kind: kList, rng: rng}
 		for _, el := range x.Exprs {
@@ -165,27 +179,62 @@ func convertExpr(e hclsyntax.Expression, diags *hcl.Diagnostics) value {
 	case *hclsyntax.ObjectConsExpr:
 		v := value{kind: kObject, rng: rng}
 		for _, it := range x.Items {
-			k, d := it.KeyExpr.Value(nil)
-			*diags = append(*diags, d...)
-			if d.HasErrors() {
+			key, ok := it.KeyExpr.(*hclsyntax.ObjectConsKeyExpr)
+			if !ok || key.ForceNonLiteral {
+				*diags = append(*diags, notLiteral(it.KeyExpr, "Invalid object key", `write the key itself, quoted, as in { "X-Probe" = "kglb" }`))
 				continue
 			}
-			if k.IsNull() || !k.IsKnown() || k.Type() != cty.String {
-				*diags = append(*diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid object key", Detail: "An object key must be a string.", Subject: it.KeyExpr.Range().Ptr()})
-				continue
+			var k string
+			if name := hcl.ExprAsKeyword(key.Wrapped); name != "" {
+				k = name // a bare word, as in { X-Probe = "kglb" }
+			} else {
+				kv := convertExpr(key.Wrapped, diags)
+				if kv.kind == kNull {
+					continue
+				}
+				if kv.kind != kString {
+					*diags = append(*diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid object key", Detail: "An object key must be a string.", Subject: it.KeyExpr.Range().Ptr()})
+					continue
+				}
+				k = kv.str
 			}
-			v.add(k.AsString(), convertExpr(it.ValueExpr, diags))
+			v.add(k, convertExpr(it.ValueExpr, diags))
 		}
 		return v
+	case *hclsyntax.UnaryOpExpr:
+		// -1 is a literal too: hclsyntax parses it as a negation.
+		if lit, ok := x.Val.(*hclsyntax.LiteralValueExpr); ok && x.Op == hclsyntax.OpNegate && lit.Val.Type() == cty.Number {
+			return convertCty(lit.Val.Negate(), full, diags)
+		}
+		*diags = append(*diags, notLiteral(e, "Expression not allowed", "write the value itself: operators are not evaluated"))
+	case *hclsyntax.BinaryOpExpr:
+		*diags = append(*diags, notLiteral(e, "Expression not allowed", "write the result itself, as in port = 8080: arithmetic and comparisons are not evaluated"))
+	case *hclsyntax.ConditionalExpr:
+		*diags = append(*diags, notLiteral(e, "Expression not allowed", "write the value itself: conditionals are not evaluated"))
+	case *hclsyntax.ForExpr:
+		*diags = append(*diags, notLiteral(e, "Expression not allowed", "write the list or object item by item: for expressions are not evaluated"))
 	case *hclsyntax.ParenthesesExpr:
-		return convertExpr(x.Expression, diags)
+		*diags = append(*diags, notLiteral(e, "Expression not allowed", "remove the parentheses: write the value itself"))
+	case *hclsyntax.FunctionCallExpr:
+		*diags = append(*diags, notLiteral(e, "Function calls not allowed", ""))
+	case *hclsyntax.ScopeTraversalExpr:
+		*diags = append(*diags, notLiteral(e, "Variables not allowed", ""))
+	case *hclsyntax.TemplateWrapExpr:
+		*diags = append(*diags, notLiteral(e, "Template not allowed", `write the value itself: "${...}" is not expanded`))
+	default:
+		*diags = append(*diags, notLiteral(e, "Expression not allowed", `write a literal value: "text", 42, true, [ ... ] or { ... }`))
 	}
-	cv, d := e.Value(nil)
-	*diags = append(*diags, d...)
-	if d.HasErrors() {
-		return value{kind: kNull, rng: rng}
+	return value{kind: kNull, rng: rng}
+}
+
+// notLiteral is the error for an expression where a literal value must be;
+// an empty hint leaves it to the hint for the summary (see fromHCL).
+func notLiteral(e hclsyntax.Expression, summary, hint string) *hcl.Diagnostic {
+	d := &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: "Values are literal: they are not evaluated.", Subject: e.Range().Ptr()}
+	if hint != "" {
+		d.Extra = hintText(hint)
 	}
-	return convertCty(cv, full, diags)
+	return d
 }
 
 func convertCty(cv cty.Value, full hcl.Range, diags *hcl.Diagnostics) value {

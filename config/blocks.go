@@ -62,6 +62,9 @@ func decodeBlocks(name string, data []byte, prev *fileDecode) *fileDecode {
 		fd.data, fd.sum = data, fileSum(data, fd.blocks)
 		return fd
 	}
+	if ds := scanLimits(name, data); ds.HasErrors() {
+		return whole() // which reports it
+	}
 	old, ob := prev.data, prev.blocks
 	p := commonPrefix(old, data)
 	cut := len(old) - commonSuffix(old[p:], data[p:])

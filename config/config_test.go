@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,7 +137,7 @@ func TestErrorLines(t *testing.T) {
 // TestExamples loads each example alone and all of them together, and
 // compares each decoded Config with testdata/examples/NAME.json.
 func TestExamples(t *testing.T) {
-	files, err := ListFiles("../examples")
+	files, err := ListFiles("../examples", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,10 +217,7 @@ func TestListFilesSkipsTemporaries(t *testing.T) {
 	for _, n := range []string{"b.hcl", "a.hcl", ".#a.hcl", "#a.hcl#", "a.hcl~", ".a.hcl.swp", ".hidden.hcl", "notes.txt", "c.hcl.bak"} {
 		write(t, dir, n, "")
 	}
-	if err := os.Mkdir(filepath.Join(dir, "d.hcl"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ListFiles(dir)
+	got, err := ListFiles(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +268,8 @@ func TestLoadMissingDir(t *testing.T) {
 }
 
 // TestLoadFilesUnreadable covers the files that cannot be read: the
-// problem names the file, has no position, and fails the whole load.
+// problem names the file and the reason, has no position, and fails the
+// whole load.
 func TestLoadFilesUnreadable(t *testing.T) {
 	dir := t.TempDir()
 	big := filepath.Join(dir, "big.hcl")
@@ -280,12 +279,17 @@ func TestLoadFilesUnreadable(t *testing.T) {
 	if err := os.Truncate(big, MaxFileSize+1); err != nil { // sparse: no 64 MiB written
 		t.Fatal(err)
 	}
+	fifo := filepath.Join(dir, "fifo.hcl")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name, path, want string
 	}{
 		{"missing", filepath.Join(dir, "nope.hcl"), "cannot read file: no such file or directory"},
-		{"directory", dir, "cannot read file: is a directory"},
-		{"too large", big, "cannot read file: larger than 64 MiB"},
+		{"directory", dir, "cannot read file: is a directory, not a regular file"},
+		{"too large", big, "cannot read file: is larger than the limit of 64 MiB"},
+		{"fifo", fifo, "cannot read file: is a FIFO, not a regular file"}, // and no hang
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -297,11 +301,135 @@ func TestLoadFilesUnreadable(t *testing.T) {
 			if ds[0].File != tt.path || ds[0].Line != 0 || ds[0].Hint == "" {
 				t.Errorf("diagnostic = %+v", ds[0])
 			}
+			if strings.Contains(ds[0].Hint, "check the path") && tt.name != "missing" {
+				t.Errorf("hint %q does not say what is wrong", ds[0].Hint)
+			}
 			if want := tt.path + ": " + tt.want; err.Error() != want {
 				t.Errorf("Error() = %q, want %q", err, want)
 			}
 		})
 	}
+}
+
+// TestLoadRefusesEntries: every *.hcl entry of the directory is read or
+// refused, by Load and by LoadChanged after a good load; editor temporaries
+// stay skipped.
+func TestLoadRefusesEntries(t *testing.T) {
+	const good = "service \"web\" {\n  vip  = \"198.51.100.10\"\n  port = 80\n}\n"
+	other := Reader{UID: 4242, GIDs: []uint32{4242}, Name: "user test"}
+	tests := []struct {
+		name   string
+		reader *Reader                               // nil: this process
+		make   func(t *testing.T, dir string) string // the entry, made in dir
+		want   string                                // in the summary
+	}{
+		{"dangling symlink", nil, func(t *testing.T, dir string) string {
+			return symlink(t, "gone.hcl", filepath.Join(dir, "x.hcl"))
+		}, `is a dangling symlink: its target "gone.hcl" does not exist`},
+		{"symlink loop", nil, func(t *testing.T, dir string) string {
+			symlink(t, "x.hcl", filepath.Join(dir, "y"))
+			return symlink(t, "y", filepath.Join(dir, "x.hcl"))
+		}, "is a symlink loop"},
+		{"directory", nil, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "x.hcl")
+			if err := os.Mkdir(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, "is a directory, not a regular file"},
+		{"fifo", nil, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "x.hcl")
+			if err := unix.Mkfifo(p, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, "is a FIFO, not a regular file"},
+		{"socket", nil, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "x.hcl")
+			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			if err := unix.Bind(fd, &unix.SockaddrUnix{Name: p}); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, "is a socket, not a regular file"},
+		{"mode 000, even as root", nil, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "x.hcl")
+			write(t, dir, "x.hcl", good)
+			if err := os.Chmod(p, 0); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, "is not readable by this process"},
+		{"owner-only, another reader", &other, func(t *testing.T, dir string) string {
+			write(t, dir, "x.hcl", good)
+			p := filepath.Join(dir, "x.hcl")
+			if err := os.Chmod(p, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, "is not readable by user test (uid 4242, gids 4242): mode 0600, owner 0:0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			write(t, dir, "a.hcl", strings.ReplaceAll(good, "web", "a"))
+			write(t, dir, ".#x.hcl", "garbage {") // editor temporaries stay skipped
+			write(t, dir, "x.hcl~", "garbage {")
+			l := NewLoader()
+			if tt.reader != nil {
+				l.Reader = *tt.reader
+			}
+			if _, err := l.Load(dir); err != nil {
+				t.Fatal(err)
+			}
+			p := tt.make(t, dir)
+			check := func(what string, cfg *Config, err error) {
+				t.Helper()
+				var ds Diagnostics
+				if cfg != nil || !errors.As(err, &ds) {
+					t.Fatalf("%s = %v, %v; want a refusal", what, cfg, err)
+				}
+				if len(ds) != 1 || ds[0].File != p || !strings.Contains(ds[0].Summary, tt.want) || ds[0].Hint == "" {
+					t.Errorf("%s: %s\nwant %s: ...%s... with a hint", what, err, p, tt.want)
+				}
+			}
+			cfg, err := l.LoadChanged(dir, []string{p})
+			check("LoadChanged", cfg, err)
+			cfg, err = l.Load(dir)
+			check("Load", cfg, err)
+			_, err = ListFiles(dir, &l.Reader)
+			check("ListFiles", nil, err)
+		})
+	}
+}
+
+// TestLoadDirNotSearchable: a directory the reader cannot search is
+// refused, not read as empty.
+func TestLoadDirNotSearchable(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", "service \"a\" {\n  vip  = \"198.51.100.10\"\n  port = 80\n}\n")
+	if err := os.Chmod(dir, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(dir)
+	if cfg != nil || err == nil || !strings.Contains(err.Error(), "not readable and searchable by this process") {
+		t.Fatalf("Load = %v, %v", cfg, err)
+	}
+}
+
+func symlink(t *testing.T, target, p string) string {
+	t.Helper()
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // TestTunnelMarkCountWithoutDaemon needs more reals with tunnelled checks

@@ -136,8 +136,10 @@ func (d *decoder) decodeBGP(bl *block) BGP {
 	b.ASN = f.asn("asn", true, bl.defRange)
 	if !f.has("router_id") {
 		d.errorf(bl.defRange, `add router_id = "192.0.2.10" (an IPv4 address of this host)`, "bgp block needs router_id")
-	} else if ip, a := f.addr("router_id"); a != nil {
-		if !ip.Is4() || ip.IsUnspecified() {
+	} else if a, ok := f.get("router_id", kString); ok {
+		// A router ID is a 32-bit identifier written as an IPv4 address,
+		// never routed to: any non-zero one works (RFC 6286).
+		if ip, err := netip.ParseAddr(a.val.str); err != nil || !ip.Is4() || ip.IsUnspecified() {
 			d.errorf(a.val.rng, f.hintFor("router_id")+" (a router ID is an IPv4 address, also on IPv6-only hosts)", "router_id %s is not a non-zero IPv4 address", quote(a.val.str))
 		} else {
 			b.RouterID = ip
@@ -468,8 +470,11 @@ func (d *decoder) decodeReal(bl *block, s *Service, fam Family, weight int64) (R
 	f := d.open(bl.body, realSpec, label)
 	what := f.what
 	ip, port, hasPort, err := parseRealLabel(label)
-	if err != nil || ip.Zone() != "" || ip.Is4In6() || ip.IsUnspecified() {
+	if err != nil || ip.Zone() != "" {
 		d.errorf(bl.labelRanges[0], `write real "10.1.0.11", real "10.1.0.11:8080" or real "[2001:db8::1]:8080"`, "real %s is not an address or address:port", quote(label))
+		return Real{}, false
+	}
+	if !d.usableAddr(bl.labelRanges[0], "real", ip, func() string { return `write the address the real server answers on, as in real "10.1.0.11"` }) {
 		return Real{}, false
 	}
 	if hasPort && port == 0 {

@@ -46,25 +46,46 @@ func (d Diagnostic) Position() string {
 	return fmt.Sprintf("%s:%d:%d", d.File, d.Line, d.Column)
 }
 
+// String is the one-line form, "file:line:col: summary" (with "warning: "
+// before the summary of a warning), as logs and status pages print it.
+func (d Diagnostic) String() string {
+	if d.Severity == SeverityWarning {
+		return d.Position() + ": warning: " + d.Summary
+	}
+	return d.Position() + ": " + d.Summary
+}
+
+// Error is String: a Diagnostic is an error too.
+func (d Diagnostic) Error() string { return d.String() }
+
 // Diagnostics is every problem of one load. Load returns it as its error;
 // use errors.As to get it back.
 type Diagnostics []Diagnostic
 
-// Error is one line per problem: "file:line:col: summary".
+// Error is one line per problem, each as Diagnostic.String prints it:
+// "file:line:col: summary".
 func (ds Diagnostics) Error() string {
 	var b strings.Builder
 	for i, d := range ds {
 		if i > 0 {
 			b.WriteByte('\n')
 		}
-		b.WriteString(d.Position())
-		b.WriteString(": ")
-		if d.Severity == SeverityWarning {
-			b.WriteString("warning: ")
-		}
-		b.WriteString(d.Summary)
+		b.WriteString(d.String())
 	}
 	return b.String()
+}
+
+// String is Error: so that %v and loggers print the lines, not the structs.
+func (ds Diagnostics) String() string { return ds.Error() }
+
+// Lines is one "file:line:col: summary" string per problem, for a log
+// field or a status page that lists them.
+func (ds Diagnostics) Lines() []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return out
 }
 
 // HasErrors reports whether any diagnostic is an error.

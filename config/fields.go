@@ -427,11 +427,41 @@ func (d *decoder) parseAddr(v value, name string, hint func() string) (netip.Add
 		d.errorf(v.rng, hint(), "%s %s is not an IP address", name, quote(v.str))
 		return netip.Addr{}, false
 	}
-	if ip.Is4In6() {
-		d.errorf(v.rng, fmt.Sprintf("write %s = %q", name, ip.Unmap()), "%s %s is an IPv4-mapped IPv6 address", name, quote(v.str))
-		return netip.Addr{}, false
+	return ip, d.usableAddr(v.rng, name, ip, hint)
+}
+
+// usableAddr reports whether ip can work as the address of a VIP, a real,
+// a BGP peer or next hop, or a probe's source, reporting it when not. The
+// kinds refused are those no packet to or from a peer can use: the
+// unspecified address, loopback (it never leaves the host), multicast and
+// the broadcast address (no TCP to or from them), link-local (it needs an
+// interface, which these attributes do not take) and IPv4-mapped IPv6
+// (IPVS and the kernel's routes want the IPv4 address itself).
+func (d *decoder) usableAddr(rng span, name string, ip netip.Addr, hint func() string) bool {
+	var what, why string
+	switch {
+	case ip.Is4In6():
+		hint := fmt.Sprintf("write %s = %q", name, ip.Unmap())
+		if name == "real" {
+			hint = fmt.Sprintf("write real %q", ip.Unmap())
+		}
+		d.errorf(rng, hint, "%s %s is an IPv4-mapped IPv6 address", name, ip)
+		return false
+	case ip.IsUnspecified():
+		what, why = "the unspecified address", "it names no host"
+	case ip.IsLoopback():
+		what, why = "a loopback address", "traffic to it never leaves this host"
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		what, why = "the broadcast address", "it names every host of a link, and carries no TCP"
+	case ip.IsMulticast():
+		what, why = "a multicast address", "it names a group, not a host, and carries no TCP"
+	case ip.IsLinkLocalUnicast():
+		what, why = "a link-local address", "it is only meaningful with an interface, which this attribute does not take"
+	default:
+		return true
 	}
-	return ip, true
+	d.errorf(rng, why+": "+hint(), "%s %s is %s", name, ip, what)
+	return false
 }
 
 // list reads a list whose items are all of kind want (a single item is

@@ -34,7 +34,7 @@ func FuzzLoad(f *testing.F) {
 	}
 	dirs, _ := filepath.Glob("testdata/invalid/*/")
 	for _, d := range dirs {
-		files, _ := ListFiles(d)
+		files, _ := ListFiles(d, nil)
 		var parts [][]byte
 		for _, p := range files {
 			b, _ := os.ReadFile(p)
@@ -43,6 +43,12 @@ func FuzzLoad(f *testing.F) {
 		if len(parts) > 0 {
 			f.Add(bytes.Join(parts, []byte{0}))
 		}
+	}
+	// Deep nesting of every kind the parsers descend into: each of these
+	// overflowed the stack before scanLimits (100,000 levels, on one line
+	// and over many).
+	for _, shape := range deepShapes(100000) {
+		f.Add([]byte(shape))
 	}
 	// One file before and after an edit, to decode block by block.
 	base := blocksFile(6)
@@ -115,6 +121,9 @@ func FuzzLoad(f *testing.F) {
 // rejects it or reads it differently.
 func checkFastParse(t *testing.T, name string, src []byte) {
 	t.Helper()
+	if scanLimits(name, src).HasErrors() {
+		return // neither parser ever sees it
+	}
 	fb := fastParse(src)
 	if fb == nil {
 		return
@@ -217,4 +226,26 @@ func TestFastParseMatchesHCL(t *testing.T) {
 		checkFastParse(t, "s.hcl", []byte(s))
 	}
 	t.Logf("fast parser took %d of %d files", accepted, len(files)+len(more))
+}
+
+// deepShapes are files nesting n levels deep, in each way the parsers
+// descend: parentheses, templates, lists, objects, blocks, unary
+// operators and conditionals, on one line and over many.
+func deepShapes(n int) []string {
+	r := strings.Repeat
+	return []string{
+		"a = " + r("(", n) + "1" + r(")", n) + "\n",
+		"a = " + r("(\n", n) + "1\n",
+		"a = " + r(`"${`, n) + "1" + r(`}"`, n) + "\n",
+		"a = <<EOT\n" + r("${", n) + "\nEOT\n",
+		"a = " + r("[", n) + r("]", n) + "\n",
+		"a = " + r("[\n", n),
+		"a = " + r("{a=", n) + "1" + r("}", n) + "\n",
+		r("b {\n", n) + r("}\n", n),
+		r("b { ", n) + "\n",
+		"a = " + r("!", n) + "true\n",
+		"a = " + r("-", n) + "1\n",
+		"a = " + r("true ? 1 : ", n) + "1\n",
+		"a = (" + r("true ?\n1 :\n", n) + "1)\n",
+	}
 }

@@ -38,7 +38,7 @@ func endpointOf(s *Service) (endpoint, bool) {
 	switch {
 	case s.FWMark != 0:
 		return endpoint{mark: s.FWMark, fam: s.Family}, true
-	case s.VIP.IsValid():
+	case s.VIP.IsValid() && s.Port != 0: // no port: reported on its own
 		return endpoint{proto: s.Protocol, ap: netip.AddrPortFrom(s.VIP, s.Port)}, true
 	}
 	return endpoint{}, false

@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,14 +18,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaxFileSize bounds one configuration file; a larger one is refused.
-const MaxFileSize = 64 << 20
-
-// ListFiles returns the *.hcl files of dir, sorted, skipping hidden files,
-// editor temporaries and backups (".#x.hcl", "#x.hcl#", "x.hcl~") and
-// directories.
-func ListFiles(dir string) ([]string, error) {
-	ls, err := listFiles(dir)
+// ListFiles returns the *.hcl files of dir, sorted, skipping hidden files
+// and editor temporaries and backups (".#x.hcl", "#x.hcl#", "x.hcl~").
+// Every other *.hcl entry must be a regular file (or a symlink to one) that
+// r may read (see Reader; nil: whatever the kernel lets this process
+// open): a dangling symlink, a loop, a directory, a FIFO or an unreadable
+// file is an error (a Diagnostics naming each), not skipped, since
+// skipping it would load the configuration without its services.
+func ListFiles(dir string, r *Reader) ([]string, error) {
+	ls, err := listFiles(dir, r)
 	if err != nil {
 		return nil, err
 	}
@@ -64,41 +64,66 @@ func statKeyOf(st *unix.Stat_t) statKey {
 	return statKey{dev: st.Dev, ino: st.Ino, size: st.Size, ctime: time.Unix(st.Ctim.Unix())}
 }
 
-// statFile stats the file at p, following symlinks as a ConfigMap's are;
-// false when there is no regular file there.
-func statFile(p string) (statKey, bool) {
+// statEntry stats the configuration entry name of the directory open as
+// dirfd (or a path, with unix.AT_FDCWD; path names it in messages), following symlinks as a
+// ConfigMap's are, and judges it (see Reader.judge): its statKey, or why
+// it cannot be read.
+func (r *Reader) statEntry(dirfd int, name, path string) (statKey, error) {
 	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return statKey{}, false
+	if err := unix.Fstatat(dirfd, name, &st, 0); err != nil {
+		return statKey{}, statError(dirfd, name, err)
 	}
-	return statKeyOf(&st), true
+	if err := r.judge(path, &st); err != nil {
+		return statKey{}, err
+	}
+	return statKeyOf(&st), nil
 }
 
-func listFiles(dir string) ([]listed, error) {
+// listFiles lists dir as ListFiles does; the error is a dirError or the
+// Diagnostics of the entries that cannot be read.
+func listFiles(dir string, r *Reader) ([]listed, error) {
 	d, err := os.Open(dir)
 	if err != nil {
-		return nil, err
+		return nil, dirError(dir, err)
 	}
 	defer d.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(d.Fd()), &st); err != nil {
+		return nil, dirError(dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, dirError(dir, errors.New("not a directory"))
+	}
+	if !r.may(&st, 5) {
+		return nil, Diagnostics{{File: dir, Severity: SeverityError,
+			Summary: fmt.Sprintf("cannot read configuration directory: not readable and searchable by %s: mode %04o, owner %d:%d", r, st.Mode&0o7777, st.Uid, st.Gid),
+			Hint:    fmt.Sprintf("give the daemon read and search permission: chmod a+rx %s, or give it to the daemon's user or group", dir)}}
+	}
 	names, err := d.Readdirnames(-1)
 	if err != nil {
-		return nil, err
+		return nil, dirError(dir, err)
 	}
+	slices.Sort(names)
 	// Stat relative to the open directory: one name to look up, not the
 	// whole path, for each of what may be hundreds of files.
 	dfd := int(d.Fd())
 	var out []listed
+	var ds Diagnostics
 	for _, name := range names {
 		if !configName(name) {
 			continue
 		}
-		var st unix.Stat_t
-		if err := unix.Fstatat(dfd, name, &st, 0); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-			continue // follows symlinks, as a ConfigMap's are
+		p := filepath.Join(dir, name)
+		key, err := r.statEntry(dfd, name, p)
+		if err != nil {
+			ds = append(ds, fileProblem(p, err))
+			continue
 		}
-		out = append(out, listed{name: filepath.Join(dir, name), stat: statKeyOf(&st)})
+		out = append(out, listed{name: p, stat: key})
 	}
-	slices.SortFunc(out, func(a, b listed) int { return strings.Compare(a.name, b.name) })
+	if len(ds) > 0 {
+		return nil, ds
+	}
 	return out, nil
 }
 
@@ -110,13 +135,7 @@ func Load(dir string) (*Config, error) { return NewLoader().Load(dir) }
 
 // LoadFiles is Load for a list of files. They are loaded in sorted order;
 // a file given twice is loaded once.
-func LoadFiles(paths ...string) (*Config, error) {
-	srcs, err := readSources(paths)
-	if err != nil {
-		return nil, err
-	}
-	return loadSources(srcs)
-}
+func LoadFiles(paths ...string) (*Config, error) { return NewLoader().LoadFiles(paths...) }
 
 // dirError is the problem of a directory that cannot be listed.
 func dirError(dir string, err error) Diagnostics {
@@ -125,16 +144,16 @@ func dirError(dir string, err error) Diagnostics {
 
 // readSources reads the files in sorted order, each once. A file that
 // cannot be read fails the load: a configuration is never half loaded.
-func readSources(paths []string) ([]source, error) {
+func readSources(paths []string, r *Reader) ([]source, error) {
 	paths = slices.Clone(paths)
 	slices.Sort(paths)
 	paths = slices.Compact(paths)
 	srcs := make([]source, 0, len(paths))
 	var ds Diagnostics
 	for _, p := range paths {
-		b, err := readFile(p)
+		b, err := readFile(p, r)
 		if err != nil {
-			ds = append(ds, Diagnostic{File: p, Severity: SeverityError, Summary: "cannot read file: " + errText(err), Hint: "check the path and its permissions"})
+			ds = append(ds, fileProblem(p, err))
 			continue
 		}
 		srcs = append(srcs, source{name: p, data: b})
@@ -153,39 +172,9 @@ func errText(err error) string {
 	return err.Error()
 }
 
-func readFile(p string) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	// One buffer of the file's size, plus the byte that lets the read
-	// which finds EOF fit: a reload reads every file, so a second, doubled
-	// buffer per file would be most of its garbage.
-	size := 512
-	if st, err := f.Stat(); err == nil && st.Size() < MaxFileSize {
-		size = int(st.Size()) + 1
-	}
-	b := make([]byte, 0, size)
-	r := io.LimitReader(f, MaxFileSize+1)
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)] // the file grew since Stat
-		}
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	if len(b) > MaxFileSize {
-		return nil, fmt.Errorf("larger than %d MiB", MaxFileSize>>20)
-	}
-	return b, nil
-}
+// loadSources is the whole load of files already in memory, each parsed
+// afresh.
+func loadSources(srcs []source) (*Config, error) { return NewLoader().load(srcs) }
 
 type source struct {
 	name string
@@ -195,10 +184,6 @@ type source struct {
 	stat   statKey
 	readAt time.Time
 }
-
-// loadSources is the whole load of files already in memory, each parsed
-// afresh.
-func loadSources(srcs []source) (*Config, error) { return NewLoader().load(srcs) }
 
 // fromHCL turns HCL's own diagnostics into ours, with friendlier text.
 func fromHCL(hd hcl.Diagnostics) []diag {
@@ -211,7 +196,11 @@ func fromHCL(hd hcl.Diagnostics) []diag {
 		if h.Subject != nil {
 			dg.rng = *h.Subject
 		}
-		dg.hint = syntaxHints[h.Summary]
+		if hx, ok := h.Extra.(hintText); ok {
+			dg.hint = string(hx)
+		} else {
+			dg.hint = syntaxHints[h.Summary]
+		}
 		if dg.hint == "" {
 			dg.hint = "see docs/config.md for the syntax: name = value, and blocks as type \"label\" { ... }"
 		}
@@ -268,7 +257,7 @@ func resolve(srcs []source, ds []diag) Diagnostics {
 		if f := dg.rng.Filename; data[f] == nil && !tried[f] {
 			if _, ours := data[f]; ours {
 				tried[f] = true
-				data[f], _ = readFile(f)
+				data[f], _ = readFile(f, nil)
 			}
 		}
 	}
@@ -311,9 +300,21 @@ func resolve(srcs []source, ds []diag) Diagnostics {
 // parse is returned unchanged with its diagnostics as the error, since
 // formatting broken syntax could lose text.
 func Format(name string, src []byte) ([]byte, error) {
-	_, diags := hclsyntax.ParseConfig(src, name, hcl.InitialPos)
+	diags := scanLimits(name, src)
+	if !diags.HasErrors() {
+		_, diags = hclsyntax.ParseConfig(src, name, hcl.InitialPos)
+	}
 	if diags.HasErrors() {
 		return src, resolve([]source{{name: name, data: src}}, fromHCL(diags))
 	}
-	return hclwrite.Format(src), nil
+	out := hclwrite.Format(src)
+	// What is written must parse as what was read did: a formatter bug
+	// must not become a broken file.
+	if diags := scanLimits(name, out); !diags.HasErrors() {
+		_, diags = hclsyntax.ParseConfig(out, name, hcl.InitialPos)
+		if !diags.HasErrors() {
+			return out, nil
+		}
+	}
+	return src, fmt.Errorf("%s: formatting would not parse; leaving the file unchanged", name)
 }

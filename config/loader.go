@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"golang.org/x/sys/unix"
 )
 
 // Loader is Load for a directory that is loaded again and again, as the
@@ -43,6 +44,11 @@ import (
 //
 // A Loader may be shared between goroutines; its Loads run one at a time.
 type Loader struct {
+	// Reader is whose credentials the files must be readable with (see
+	// Reader); NewLoader sets this process's. Set it before the first
+	// Load.
+	Reader Reader
+
 	mu    sync.Mutex
 	files map[string]*fileDecode // by path
 	last  *lastLoad              // the last load with no problem, if that was the last load
@@ -71,7 +77,20 @@ const racyWindow = 2 * time.Second
 
 // NewLoader returns a Loader with an empty cache: its first Load reads and
 // decodes every file, as Load does.
-func NewLoader() *Loader { return &Loader{now: time.Now} }
+func NewLoader() *Loader { return &Loader{now: time.Now, Reader: ProcessReader()} }
+
+// LoadFiles is Load for a list of files, read as l.Reader may. They are
+// loaded in sorted order; a file given twice is loaded once. The files are
+// read afresh.
+func (l *Loader) LoadFiles(paths ...string) (*Config, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	srcs, err := readSources(paths, &l.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return l.load(srcs)
+}
 
 // Load reads and validates every *.hcl file of dir (see ListFiles) as one
 // configuration, reading only the files whose stat changed (or that changed
@@ -85,10 +104,10 @@ func (l *Loader) Load(dir string) (*Config, error) {
 }
 
 func (l *Loader) loadDir(dir string) (*Config, error) {
-	files, err := listFiles(dir)
+	files, err := listFiles(dir, &l.Reader)
 	if err != nil {
 		l.dir, l.listing = "", nil
-		return nil, dirError(dir, err)
+		return nil, err
 	}
 	l.dir, l.listing = dir, files
 	return l.readAndLoad(files, nil)
@@ -123,9 +142,13 @@ func (l *Loader) LoadChanged(dir string, changed []string) (*Config, error) {
 			}
 			continue // an editor's temporary or backup
 		}
-		key, regular := statFile(p)
+		key, err := l.Reader.statEntry(unix.AT_FDCWD, p, p)
 		i, known := slices.BinarySearchFunc(files, p, func(f listed, p string) int { return strings.Compare(f.name, p) })
-		if !regular {
+		if err != nil {
+			var lst unix.Stat_t
+			if unix.Lstat(p, &lst) == nil {
+				return l.loadDir(dir) // there, but not readable: reported
+			}
 			if known {
 				files = slices.Delete(files, i, i+1)
 			}
@@ -157,18 +180,18 @@ func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, er
 				srcs[i] = source{name: f.name, stat: fd.stat}
 				continue // no event, and settled when last read
 			}
-			if key, ok := statFile(f.name); ok {
+			if key, err := l.Reader.statEntry(unix.AT_FDCWD, f.name, f.name); err == nil {
 				f.stat = key
-			}
+			} // else readFile below says why
 		}
 		srcs[i] = source{name: f.name, stat: f.stat}
 		if fd != nil && fd.trusted(f.stat) {
 			continue
 		}
 		srcs[i].readAt = l.now()
-		b, err := readFile(f.name)
+		b, err := readFile(f.name, &l.Reader)
 		if err != nil {
-			ds = append(ds, Diagnostic{File: f.name, Severity: SeverityError, Summary: "cannot read file: " + errText(err), Hint: "check the path and its permissions"})
+			ds = append(ds, fileProblem(f.name, err))
 			continue
 		}
 		srcs[i].data = b
@@ -243,6 +266,9 @@ type topBlock struct {
 // GC to trace.
 func decodeFile(name string, data []byte) *fileDecode {
 	fd := &fileDecode{}
+	if fd.parse = scanLimits(name, data); fd.parse.HasErrors() {
+		return fd
+	}
 	b := fastParse(data)
 	if b == nil {
 		if b, fd.parse = slowParse(name, data, hcl.InitialPos); b == nil {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kglb/kglb/config"
 )
 
@@ -26,7 +28,7 @@ func runFmt(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	files, err := expand(targets)
+	files, err := expand(targets, nil)
 	if err != nil {
 		var ds config.Diagnostics
 		if errors.As(err, &ds) {
@@ -36,9 +38,14 @@ func runFmt(args []string, stdout, stderr io.Writer) int {
 	}
 	code = exitOK
 	for _, name := range files {
-		src, err := os.ReadFile(name)
+		src, err := config.ReadFile(name) // never blocks on a FIFO
 		if err != nil {
-			fmt.Fprintf(stderr, "kglb: %v\n", err)
+			var ds config.Diagnostics
+			if errors.As(err, &ds) {
+				ds.WriteText(stderr)
+			} else {
+				fmt.Fprintf(stderr, "kglb: %v\n", err)
+			}
 			code = exitInvalid
 			continue
 		}
@@ -76,28 +83,95 @@ func runFmt(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-// writeFile replaces name atomically, keeping its mode, so a daemon
-// watching the directory never reads half a file.
+// writeFile writes data as the new content of the file name, keeping what
+// the file is: through a symlink, the target is written and the symlink
+// kept; the owner, group and mode stay; and hard links stay linked. Where
+// it can, it writes a temporary file beside the target with the same
+// owner, group and mode and renames it over the target, so a daemon
+// watching the directory never reads half a file. Where a rename would
+// change what the file is, it writes the content into the same inode
+// instead (from the start, then truncating to the new length, then
+// fsync): when the file has more than one hard link (a new inode would
+// split them), and when the temporary file cannot be given the target's
+// owner (a user who may write a file but not chown). Such a write is not
+// atomic; the daemon's debounce covers the moment it takes.
 func writeFile(name string, data []byte) error {
-	st, err := os.Stat(name)
+	target, err := filepath.EvalSymlinks(name)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp")
+	var st unix.Stat_t
+	if err := unix.Stat(target, &st); err != nil {
+		return &os.PathError{Op: "stat", Path: target, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("write %s: not a regular file", target)
+	}
+	if st.Nlink > 1 {
+		return writeInPlace(target, data)
+	}
+	err = replaceFile(target, data, &st)
+	if errors.Is(err, errKeepOwner) {
+		return writeInPlace(target, data)
+	}
+	return err
+}
+
+// errKeepOwner is replaceFile's refusal when it cannot give the new file
+// the old one's owner and group.
+var errKeepOwner = errors.New("cannot keep the owner")
+
+// replaceFile writes data to a temporary file in target's directory, with
+// the owner, group and mode of st, and renames it over target.
+func replaceFile(target string, data []byte, st *unix.Stat_t) error {
+	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	defer os.Remove(tmp.Name()) // after a successful rename, there is none
+	defer tmp.Close()
+	if err := tmp.Chown(int(st.Uid), int(st.Gid)); err != nil {
+		return errKeepOwner
+	}
+	// After the chown, which clears the set-id bits.
+	if err := unix.Fchmod(int(tmp.Fd()), st.Mode&0o7777); err != nil {
+		return &os.PathError{Op: "chmod", Path: tmp.Name(), Err: err}
+	}
 	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
 		return err
 	}
-	if err := tmp.Chmod(st.Mode().Perm()); err != nil {
-		tmp.Close()
+	if err := tmp.Sync(); err != nil {
 		return err
 	}
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), name)
+	if err := os.Rename(tmp.Name(), target); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(target)); err == nil {
+		d.Sync() // the rename, on disk
+		d.Close()
+	}
+	return nil
+}
+
+// writeInPlace writes data into target's own inode: every name and
+// attribute of the file stays.
+func writeInPlace(target string, data []byte) error {
+	f, err := os.OpenFile(target, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(data, 0); err != nil {
+		return err
+	}
+	if err := f.Truncate(int64(len(data))); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
 }

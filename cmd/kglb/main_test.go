@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func runCmd(args ...string) (code int, stdout, stderr string) {
@@ -193,5 +195,167 @@ func TestNoHCLImports(t *testing.T) {
 	}
 	if checked < 20 {
 		t.Errorf("checked only %d Go files; is the walk rooted at the module?", checked)
+	}
+}
+
+// TestFmtKeepsFile: fmt writes the content and nothing else about the
+// file changes: a symlink stays a symlink (its target is written), the
+// owner, group and mode stay, and hard links stay linked.
+func TestFmtKeepsFile(t *testing.T) {
+	const ugly = "service \"a\" {\nvip = \"198.51.100.1\"\n  port=80\n}\n"
+	const pretty = "service \"a\" {\n  vip  = \"198.51.100.1\"\n  port = 80\n}\n"
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, dir string) (arg, target string) // the fmt argument and the file written
+		check func(t *testing.T, dir, arg, target string)
+	}{
+		{"symlink", func(t *testing.T, dir string) (string, string) {
+			target := writeFmt(t, dir, "real.conf", ugly, 0o644)
+			arg := filepath.Join(dir, "a.hcl")
+			if err := os.Symlink("real.conf", arg); err != nil {
+				t.Fatal(err)
+			}
+			return arg, target
+		}, func(t *testing.T, dir, arg, target string) {
+			if l, err := os.Readlink(arg); err != nil || l != "real.conf" {
+				t.Errorf("symlink = %q, %v; want it kept", l, err)
+			}
+		}},
+		{"owner, group and mode", func(t *testing.T, dir string) (string, string) {
+			p := writeFmt(t, dir, "a.hcl", ugly, 0o640)
+			if err := os.Chown(p, 4242, 4343); err != nil {
+				t.Fatal(err)
+			}
+			return p, p
+		}, func(t *testing.T, dir, arg, target string) {
+			var st unix.Stat_t
+			if err := unix.Stat(target, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Uid != 4242 || st.Gid != 4343 || st.Mode&0o7777 != 0o640 {
+				t.Errorf("owner %d:%d mode %04o; want 4242:4343 0640", st.Uid, st.Gid, st.Mode&0o7777)
+			}
+		}},
+		{"hard links", func(t *testing.T, dir string) (string, string) {
+			p := writeFmt(t, dir, "a.hcl", ugly, 0o600)
+			if err := os.Link(p, filepath.Join(dir, "b.conf")); err != nil {
+				t.Fatal(err)
+			}
+			return p, p
+		}, func(t *testing.T, dir, arg, target string) {
+			if b, _ := os.ReadFile(filepath.Join(dir, "b.conf")); string(b) != pretty {
+				t.Errorf("the other link reads %q; want the formatted content", b)
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(target, &st); err != nil || st.Nlink != 2 {
+				t.Errorf("links = %d, %v; want 2", st.Nlink, err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			arg, target := tt.setup(t, dir)
+			if code, out, errOut := runCmd("fmt", arg); code != exitOK || out != arg+"\n" {
+				t.Fatalf("fmt = %d %q %q", code, out, errOut)
+			}
+			if b, _ := os.ReadFile(target); string(b) != pretty {
+				t.Errorf("%s = %q; want it formatted", target, b)
+			}
+			tt.check(t, dir, arg, target)
+			if ents, _ := os.ReadDir(dir); len(ents) > 2 {
+				t.Errorf("left behind: %v", ents)
+			}
+		})
+	}
+}
+
+// TestFmtRefuses: fmt writes nothing it could not parse, and refuses what
+// is not a regular file without blocking on it.
+func TestFmtRefuses(t *testing.T) {
+	dir := t.TempDir()
+	broken := writeFmt(t, dir, "broken.hcl", "service \"a\" {\nvip = (((\n", 0o644)
+	deep := writeFmt(t, dir, "deep.hcl", "a = "+strings.Repeat("(\n", 100000), 0o644)
+	fifo := filepath.Join(dir, "fifo.hcl")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, path, want string }{
+		{"syntax error", broken, "broken.hcl:3:1"},
+		{"deep nesting", deep, "nesting deeper than the limit of 32 levels"},
+		{"fifo", fifo, "is a FIFO, not a regular file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before []byte
+			if tt.name != "fifo" { // reading it would block
+				before, _ = os.ReadFile(tt.path)
+			}
+			code, out, errOut := runCmd("fmt", tt.path)
+			if code != exitInvalid || out != "" || !strings.Contains(errOut, tt.want) {
+				t.Errorf("fmt = %d %q %q; want exit 1 and %q", code, out, errOut, tt.want)
+			}
+			if tt.name != "fifo" {
+				if after, _ := os.ReadFile(tt.path); !bytes.Equal(after, before) {
+					t.Error("fmt wrote a file it could not parse")
+				}
+			}
+			code, out, _ = runCmd("validate", tt.path)
+			if code != exitInvalid || !strings.Contains(out, tt.want) {
+				t.Errorf("validate = %d %q; want exit 1 and %q", code, out, tt.want)
+			}
+		})
+	}
+}
+
+func writeFmt(t *testing.T, dir, name, content string, mode os.FileMode) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestValidateReadability: validate, run as root, refuses the files the
+// daemon (without CAP_DAC_OVERRIDE) could not read, and says whose
+// credentials it judged with.
+func TestValidateReadability(t *testing.T) {
+	const svc = "service \"a\" {\n  vip  = \"198.51.100.1\"\n  port = 80\n}\n"
+	want := "is not readable by " + validateReader().String()
+	tests := []struct {
+		name  string
+		mode  os.FileMode
+		owner int
+		ok    bool
+	}{
+		{"mode 000", 0, 0, false},
+		{"another user's 0600", 0o600, 4242, false},
+		{"another user's 0644", 0o644, 4242, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			p := writeFmt(t, dir, "a.hcl", svc, tt.mode)
+			if err := os.Chown(p, tt.owner, tt.owner); err != nil {
+				t.Fatal(err)
+			}
+			code, out, _ := runCmd("validate", dir)
+			if tt.ok {
+				if code != exitOK {
+					t.Errorf("validate = %d %q; want valid", code, out)
+				}
+				return
+			}
+			if code != exitInvalid || !strings.Contains(out, p+": error: cannot read file: "+want) || !strings.Contains(out, "hint: make it readable by") {
+				t.Errorf("validate = %d %q; want exit 1 and %q", code, out, want)
+			}
+		})
 	}
 }

@@ -24,10 +24,12 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	files, err := expand(targets)
+	loader := config.NewLoader()
+	loader.Reader = validateReader()
+	files, err := expand(targets, &loader.Reader)
 	var cfg *config.Config
 	if err == nil {
-		cfg, err = config.LoadFiles(files...)
+		cfg, err = loader.LoadFiles(files...)
 	}
 	var ds config.Diagnostics
 	if err != nil && !errors.As(err, &ds) {
@@ -54,8 +56,24 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// expand turns directories into their *.hcl files and keeps files as given.
-func expand(targets []string) ([]string, error) {
+// daemonUser is the system user the packaged daemon runs as.
+const daemonUser = "kglb"
+
+// validateReader is whose credentials validate judges readability with, so
+// that it refuses what the daemon would: run as root, which reads anything,
+// the daemon's user if it exists; otherwise this process, by its mode bits.
+func validateReader() config.Reader {
+	if os.Geteuid() == 0 {
+		if r, err := config.UserReader(daemonUser); err == nil {
+			return r
+		}
+	}
+	return config.ProcessReader()
+}
+
+// expand turns directories into their *.hcl files, as r may read them
+// (nil: as this process can), and keeps files as given.
+func expand(targets []string, r *config.Reader) ([]string, error) {
 	var files []string
 	var ds config.Diagnostics
 	for _, t := range targets {
@@ -68,8 +86,12 @@ func expand(targets []string) ([]string, error) {
 			files = append(files, t)
 			continue
 		}
-		fs, err := config.ListFiles(t)
-		if err != nil {
+		fs, err := config.ListFiles(t, r)
+		var lds config.Diagnostics
+		if errors.As(err, &lds) {
+			ds = append(ds, lds...)
+			continue
+		} else if err != nil {
 			ds = append(ds, config.Diagnostic{File: t, Severity: config.SeverityError, Summary: "cannot list directory: " + err.Error()})
 			continue
 		}

@@ -1,0 +1,303 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// The limits every file is held to before any parser sees it. Both parsers
+// (fastParse and hclsyntax) descend recursively, one Go call per level of
+// nesting: 100,000 nested parentheses overflowed the stack of the daemon,
+// kglb validate and kglb fmt alike. A configuration needs a handful of
+// levels (service, health, http, headers); the limits are far above what a
+// real file uses and far below what costs memory or time.
+const (
+	// MaxFileSize bounds one configuration file; a larger one is refused.
+	MaxFileSize = 64 << 20
+	// MaxNesting bounds how deeply blocks, lists, objects, parentheses,
+	// strings and templates nest, counting each operator (!, -, ?) that
+	// the parser would descend into as a level too.
+	MaxNesting = 32
+	// MaxLineLength bounds one line, in bytes.
+	MaxLineLength = 8 << 10
+	// MaxStringLength bounds one string or heredoc value, in bytes as
+	// written.
+	MaxStringLength = 4 << 10
+)
+
+// scanLimits checks src against the limits above, and that no number is
+// written with a leading zero, in one pass that keeps no more than
+// MaxNesting levels of state, whatever the input. It is the gate in front
+// of both parsers (see decodeFile, decodeBlocks and Format): a file it
+// reports a problem for is not parsed. It follows just enough of HCL's
+// lexical structure (strings, templates, heredocs, comments) to tell code
+// from text; anything it misreads is still parsed, and reported, by the
+// parsers, which only ever see input of bounded depth.
+func scanLimits(name string, src []byte) hcl.Diagnostics {
+	s := scanner{src: src, line: 1}
+	if len(src) > MaxFileSize {
+		return s.fail(0, fmt.Sprintf("file of %d bytes is larger than the limit of %d MiB", len(src), MaxFileSize>>20), "split the configuration over several files of the directory", name)
+	}
+	for start := 0; start < len(src); {
+		n := bytes.IndexByte(src[start:], '\n')
+		if n < 0 {
+			n = len(src) - start
+		}
+		if n > MaxLineLength {
+			s.lineStart = start
+			at := start + MaxLineLength
+			for at > start && !utf8.RuneStart(src[at]) {
+				at--
+			}
+			return s.fail(at, fmt.Sprintf("line of %d bytes is longer than the limit of %d bytes", n, MaxLineLength), "break the line: one attribute per line, and long lists over several lines", name)
+		}
+		start += n + 1
+		s.line++
+	}
+	s.line = 1
+	return s.run(name)
+}
+
+type scanner struct {
+	src       []byte
+	i         int
+	line      int
+	lineStart int
+	// stack holds the open levels: '{', '[', '(', 't' (a template's ${ or
+	// %{), '"' (a quoted string), 'h' (a heredoc, ending at marker) and
+	// 'o' (a prefix operator, ending with the item it applies to).
+	stack  []byte
+	marker []byte
+	// strStart is where the string or heredoc text being read started,
+	// and strOpen the position of its opening quote or <<.
+	strStart int
+	strOpen  rawPos
+}
+
+// rawPos is a position before its column is counted: the scan counts
+// columns only for the one position it reports.
+type rawPos struct{ line, lineStart, i int }
+
+func (s *scanner) raw(i int) rawPos { return rawPos{s.line, s.lineStart, i} }
+
+func (s *scanner) pos(i int) hcl.Pos {
+	col := 1 + utf8.RuneCount(s.src[s.lineStart:i])
+	return hcl.Pos{Line: s.line, Column: col, Byte: i}
+}
+
+// hintText is a hint carried in an hcl.Diagnostic's Extra, for the
+// problems kglb itself reports in HCL's form (see fromHCL).
+type hintText string
+
+func (s *scanner) fail(i int, summary, hint, name string) hcl.Diagnostics {
+	return s.failAt(s.raw(i), summary, hint, name)
+}
+
+func (s *scanner) failAt(at rawPos, summary, hint, name string) hcl.Diagnostics {
+	s.line, s.lineStart = at.line, at.lineStart
+	i := at.i
+	p := s.pos(i)
+	end := p
+	if i < len(s.src) {
+		end = hcl.Pos{Line: p.Line, Column: p.Column + 1, Byte: i + 1}
+	}
+	return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: summary, Subject: &hcl.Range{Filename: name, Start: p, End: end}, Extra: hintText(hint)}}
+}
+
+// top is the innermost level that is not an operator, or 0.
+func (s *scanner) top() byte {
+	for k := len(s.stack) - 1; k >= 0; k-- {
+		if s.stack[k] != 'o' {
+			return s.stack[k]
+		}
+	}
+	return 0
+}
+
+// popOps ends the operators that apply to the item just ended.
+func (s *scanner) popOps() {
+	for len(s.stack) > 0 && s.stack[len(s.stack)-1] == 'o' {
+		s.stack = s.stack[:len(s.stack)-1]
+	}
+}
+
+// pop closes the innermost level of one of the kinds, with the operators
+// above it.
+func (s *scanner) pop(kinds string) {
+	s.popOps()
+	if n := len(s.stack); n > 0 {
+		for k := 0; k < len(kinds); k++ {
+			if s.stack[n-1] == kinds[k] {
+				s.stack = s.stack[:n-1]
+				s.popOps()
+				return
+			}
+		}
+	}
+}
+
+func isIdentByte(c byte) bool { return isLetter(c) || isDigit(c) || c == '_' || c == '-' }
+
+func (s *scanner) run(name string) hcl.Diagnostics {
+	src := s.src
+	push := func(k byte) bool {
+		if len(s.stack) >= MaxNesting {
+			return false
+		}
+		s.stack = append(s.stack, k)
+		return true
+	}
+	tooDeep := func(i int) hcl.Diagnostics {
+		return s.fail(i, fmt.Sprintf("nesting deeper than the limit of %d levels", MaxNesting), "write literal values: a configuration's blocks, lists and objects nest a few levels deep (see docs/config.md)", name)
+	}
+	for s.i < len(src) {
+		i := s.i
+		c := src[i]
+		if c == '\n' {
+			switch s.top() {
+			case '"':
+				s.pop(`"`) // an unterminated string: HCL ends it here too
+			case 0, '{':
+				s.popOps() // the end of an attribute
+			}
+			s.i++
+			s.line, s.lineStart = s.line+1, s.i
+			if s.top() == 'h' && s.heredocEnds() {
+				s.pop("h")
+			}
+			continue
+		}
+		switch s.top() {
+		case '"', 'h':
+			switch {
+			case c == '\\' && s.top() == '"':
+				s.i += 2
+				continue
+			case (c == '$' || c == '%') && i+1 < len(src) && src[i+1] == c:
+				s.i += 2 // $$ and %% escape a template
+				continue
+			case (c == '$' || c == '%') && i+1 < len(src) && src[i+1] == '{':
+				if !push('t') {
+					return tooDeep(i)
+				}
+				s.i += 2
+				continue
+			case c == '"' && s.top() == '"':
+				s.pop(`"`)
+				s.i++
+				continue
+			}
+			if i-s.strStart >= MaxStringLength {
+				return s.failAt(s.strOpen, fmt.Sprintf("string longer than the limit of %d bytes", MaxStringLength), "shorten the value: no attribute takes text this long", name)
+			}
+			s.i++
+			continue
+		}
+		// Code: top level, a block body, a list, an object, parentheses or
+		// a template's expression.
+		switch {
+		case c == '#' || c == '/' && i+1 < len(src) && src[i+1] == '/':
+			for s.i < len(src) && src[s.i] != '\n' {
+				s.i++
+			}
+			continue
+		case c == '/' && i+1 < len(src) && src[i+1] == '*':
+			s.i += 2
+			for s.i < len(src) && !(src[s.i] == '*' && s.i+1 < len(src) && src[s.i+1] == '/') {
+				if src[s.i] == '\n' {
+					s.line, s.lineStart = s.line+1, s.i+1
+				}
+				s.i++
+			}
+			s.i += 2
+			continue
+		case c == '{' || c == '[' || c == '(':
+			if !push(c) {
+				return tooDeep(i)
+			}
+		case c == '}':
+			s.pop("{t")
+		case c == ']':
+			s.pop("[")
+		case c == ')':
+			s.pop("(")
+		case c == ',':
+			s.popOps()
+		case c == '!' || c == '-' || c == '?':
+			if !push('o') {
+				return tooDeep(i)
+			}
+		case c == '"':
+			if !push('"') {
+				return tooDeep(i)
+			}
+			s.strStart, s.strOpen = i+1, s.raw(i)
+		case c == '<' && i+1 < len(src) && src[i+1] == '<':
+			// A heredoc: <<EOT or <<-EOT, then a newline.
+			j := i + 2
+			if j < len(src) && src[j] == '-' {
+				j++
+			}
+			k := j
+			for k < len(src) && isIdentByte(src[k]) {
+				k++
+			}
+			if k > j && k < len(src) && (src[k] == '\n' || src[k] == '\r') {
+				if !push('h') {
+					return tooDeep(i)
+				}
+				s.marker = append(s.marker[:0], src[j:k]...)
+				s.strStart, s.strOpen = k+1, s.raw(i)
+				s.i = k
+				continue
+			}
+		case isDigit(c) && numberStart(src, i):
+			j := i
+			for j < len(src) && isDigit(src[j]) {
+				j++
+			}
+			if c == '0' && j > i+1 {
+				k := i + 1
+				for k < j-1 && src[k] == '0' {
+					k++
+				}
+				p := s.pos(i)
+				return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: fmt.Sprintf("number %s has a leading zero", src[i:j]), Subject: &hcl.Range{Filename: name, Start: p, End: hcl.Pos{Line: p.Line, Column: p.Column + j - i, Byte: j}},
+					Extra: hintText(fmt.Sprintf("write the number without leading zeros, as %s: numbers are decimal", src[k:j]))}}
+			}
+			s.i = j
+			continue
+		}
+		s.i++
+	}
+	return nil
+}
+
+// heredocEnds reports whether the line that starts at s.i closes the open
+// heredoc: its marker alone on the line, spaces around it allowed.
+func (s *scanner) heredocEnds() bool {
+	j := s.i
+	for j < len(s.src) && (s.src[j] == ' ' || s.src[j] == '\t') {
+		j++
+	}
+	if len(s.src)-j < len(s.marker) || string(s.src[j:j+len(s.marker)]) != string(s.marker) {
+		return false
+	}
+	j += len(s.marker)
+	for j < len(s.src) && (s.src[j] == ' ' || s.src[j] == '\t' || s.src[j] == '\r') {
+		j++
+	}
+	return j == len(s.src) || s.src[j] == '\n'
+}
+
+// numberStart reports whether the digit at i starts a number: it follows
+// no identifier, digit or decimal point, or a minus sign that does not.
+func numberStart(src []byte, i int) bool {
+	if i > 0 && src[i-1] == '-' {
+		i--
+	}
+	return i == 0 || !isIdentByte(src[i-1]) && src[i-1] != '.'
+}

@@ -1,0 +1,84 @@
+service "web" {
+  vip  = "198.51.100.10"
+  port = 80
+  health {
+    health {
+      health {
+        health {
+          health {
+            health {
+              health {
+                health {
+                  health {
+                    health {
+                      health {
+                        health {
+                          health {
+                            health {
+                              health {
+                                health {
+                                  health {
+                                    health {
+                                      health {
+                                        health {
+                                          health {
+                                            health {
+                                              health {
+                                                health {
+                                                  health {
+                                                    health {
+                                                      health {
+                                                        health {
+                                                          health {
+                                                            health {
+                                                              health {
+                                                                health {
+                                                                  health {
+                                                                    health {
+                                                                      health {
+                                                                        health {
+                                                                          health {
+                                                                            health {
+                                                                              health {
+                                                                                health {
+                                                                                }
+                                                                              }
+                                                                            }
+                                                                          }
+                                                                        }
+                                                                      }
+                                                                    }
+                                                                  }
+                                                                }
+                                                              }
+                                                            }
+                                                          }
+                                                        }
+                                                      }
+                                                    }
+                                                  }
+                                                }
+                                              }
+                                            }
+                                          }
+                                        }
+                                      }
+                                    }
+                                  }
+                                }
+                              }
+                            }
+                          }
+                        }
+                      }
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
