@@ -413,7 +413,7 @@ func statsAddress(opts Options, cfg *config.Config) string {
 // dir; last receives the record of the last applied config the start found,
 // looked up in the state_dir of the files' config, then in defaultState
 // (files that do not load name no state_dir, and an emptied directory names
-// the default; see README, "Restart and upgrade").
+// the default; see README, "Stop, restart, upgrade").
 func watchOptions(dir, defaultState string, last *appliedInfo, log hclog.Logger, reg prometheus.Registerer) reload.Options[*config.Config] {
 	// One Loader for every reload: a one-line edit reads the file the
 	// watch named and decodes the block that changed, not the directory.
