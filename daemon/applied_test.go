@@ -214,6 +214,11 @@ func TestHold(t *testing.T) {
 		{"emptied", mk(svc("a", 1, 11)), mk(), "a@198.51.100.1[203.0.113.11]", true},
 		{"real removed, service changed", mk(svc("a", 1, 11, 12)), mk(svc("a", 3, 12, 14)), "a@198.51.100.3[203.0.113.11 203.0.113.12 203.0.113.14]", true},
 		{"renamed on the same endpoint", mk(svc("a", 1, 11)), mk(svc("b", 1, 11)), "b@198.51.100.1[203.0.113.11]", false},
+		{"family changed", mk(svc("a", 1, 11)), mk(func() *config.Service {
+			s := svc("a", 1)
+			s.Family = config.IPv6
+			return s
+		}()), "a@198.51.100.1[]", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,7 +17,8 @@ import (
 // A removed service is not kept when a service of new claims its kernel
 // identity (VIP, port and protocol, or fwmark): that is a rename, and two
 // services cannot own one IPVS service. A kept real is kept in its
-// service as new has it (scheduler, checks), with its own weight.
+// service as new has it (scheduler, checks), with its own weight, unless
+// the service changed address family.
 //
 // The result's digest is new's, marked: it is not what the files say, so
 // it is never recorded as applied, and loading the same files again once
@@ -44,7 +45,9 @@ func Hold(running, new *config.Config) (*config.Config, bool) {
 		}
 		var gone []config.Real
 		for _, r := range old.Reals {
-			if !have[r.AddrPort()] {
+			// A service that changed family is a new IPVS service: its
+			// old reals may not fit it.
+			if !have[r.AddrPort()] && old.Family == n.Family {
 				gone = append(gone, r)
 			}
 		}
