@@ -84,7 +84,10 @@ func TestTruncatePauseWriteMakesNoIPVSWrite(t *testing.T) {
 			return nil
 		}
 	}
-	w.Reload(false)
+	// Once a reload has answered, the watch is in place.
+	if o, err := w.ReloadWait(ctx, false); err != nil || o.Result != "unchanged" {
+		t.Fatalf("first reload = %+v, %v", o, err)
+	}
 	for !strings.Contains(kernel.String(), "203.0.113.14:80") {
 		time.Sleep(10 * time.Millisecond)
 	}
