@@ -153,7 +153,7 @@ client_fails() { # stop the client; print "<failed> of <requests>"
 }
 unit_status() { systemctl show -p StatusText --value kglb; }
 restart_ok() { timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb; }
-steady_up() { [ "$(ipvsadm -Ln -t "$VIP:8080" 2>/dev/null | grep -c '^  ->')" = 2 ]; }
+steady_up() { [ "$(ipvsadm -Ln -t "$VIP:8080" 2>/dev/null | grep -c -- '-> 10\.')" = 2 ]; }
 # adds_deletes: IPVS services and reals added or deleted so far.
 adds_deletes() {
 	http_get 127.0.0.1 5678 /metrics |
@@ -376,18 +376,19 @@ fi
 chmod 644 /etc/kglb/steady.hcl
 waitfor 20 metric_is kglb_config_running_last_applied 0 || fail "chmod 644 after a mode-000 restart" "running_last_applied=$(metric kglb_config_running_last_applied)"
 
-# A file of 100,000 nested parentheses dropped in while running: refused
-# with its position, no crash (needs config10's nesting bound).
+# A file of 100,000 nested parentheses (in lines of 80, under the line
+# length limit) dropped in while running: refused with its position, no
+# crash (needs config10's nesting bound).
 client_start
 pid0="$(systemctl show -p MainPID --value kglb)"
 {
-	printf 'x = '
-	head -c 100000 /dev/zero | tr '\0' '('
+	echo 'x = '
+	head -c 100000 /dev/zero | tr '\0' '(' | fold -w 80
 } >/etc/kglb/.deep.tmp && mv /etc/kglb/.deep.tmp /etc/kglb/deep.hcl
 waitfor 20 metric_is kglb_config_last_reload_successful 0
 sleep 1
 f="$(client_fails)"
-msg="$(journalctl -u kglb --no-pager -n 50 | grep -m1 'deep.hcl:1:' || true)"
+msg="$(journalctl -u kglb --no-pager -n 50 | grep -m1 'deep.hcl:[0-9]*:[0-9]*:' || true)"
 if systemctl is-active --quiet kglb && [ "$(systemctl show -p MainPID --value kglb)" = "$pid0" ] && steady_up &&
 	[ "${f%% *}" = 0 ] && [ -n "$msg" ]; then
 	pass "a deep-nesting file dropped in is refused, the daemon keeps running (pid $pid0); $f requests failed; journal: ${msg#*]: }"
