@@ -28,6 +28,7 @@ func DefaultDaemon() Daemon {
 		OnStop:            OnStopKeep,
 		StopHold:          5 * time.Second,
 		MaxDeleteShare:    50,
+		Settle:            2 * time.Second,
 		HealthConcurrency: 1024,
 		TunnelMarkBase:    0x10000,
 		TunnelMarkCount:   16384,
@@ -75,6 +76,7 @@ func (d *decoder) decodeDaemon(bl *block) (Daemon, *fields) {
 			d.errorf(a.val.rng, f.hintFor("max_delete_share"), "max_delete_share %s is not a percentage between 0%% and 100%%", quote(a.val.str))
 		}
 	}
+	c.Settle = f.duration("settle", c.Settle, 0)
 	c.HealthConcurrency = int(f.integer("health_concurrency", 1, 1_000_000, int64(c.HealthConcurrency)))
 	srcs, _ := f.list("health_source", kString, true)
 	var first4, first6 span

@@ -46,6 +46,7 @@ var daemonSpec = &blockSpec{typ: "daemon", single: true, attrs: []attrSpec{
 	{"on_stop", `"keep"`},
 	{"stop_hold", `"5s"`},
 	{"max_delete_share", `"50%"`},
+	{"settle", `"2s"`},
 	{"health_concurrency", `1024`},
 	{"health_source", `["192.0.2.10", "2001:db8::10"]`},
 	{"tunnel_mark_base", `65536`},

@@ -43,6 +43,7 @@ type Daemon struct {
 	OnStop            OnStop         // keep or clean up the data plane at exit
 	StopHold          time.Duration  // wait after withdrawing routes before touching the data plane
 	MaxDeleteShare    float64        // percent (0..100) of services/VIPs a reload may delete unless forced
+	Settle            time.Duration  // what an edit removes is deleted once the directory has been quiet this long
 	HealthConcurrency int            // probes in flight at most
 	HealthSourceV4    netip.Addr     // source of tunnelled IPv4 probes (invalid: none)
 	HealthSourceV6    netip.Addr     // source of tunnelled IPv6 probes (invalid: none)

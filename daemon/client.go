@@ -127,8 +127,14 @@ func answerError(resp *http.Response) error {
 // WriteStatus prints st as readable tables: VIPs, services with their
 // reals, BGP peers.
 func WriteStatus(w io.Writer, st Status, now time.Time) {
-	if st.Config.LastReloadError != "" {
+	switch {
+	case st.Config.RunningLastApplied:
+		fmt.Fprintf(w, "CONFIG REJECTED AT START (the config applied at %s runs):\n%s\n\n", st.Config.LastAppliedAt.Format(time.RFC3339), st.Config.LastReloadError)
+	case st.Config.LastReloadError != "":
 		fmt.Fprintf(w, "CONFIG REJECTED (the last good config runs):\n%s\n\n", st.Config.LastReloadError)
+	}
+	if st.Config.Settling {
+		fmt.Fprintf(w, "deletions wait for the config files to settle\n\n")
 	}
 	if st.Error != "" {
 		fmt.Fprintf(w, "last reconcile error: %s\n\n", st.Error)

@@ -53,25 +53,14 @@ func Run(ctx context.Context, opts Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	// The first load decides whether we start at all: a daemon that cannot
-	// read its config must not touch the kernel.
+	// The first load decides what we start with: the files, or, when they
+	// are rejected (invalid, or refused by the delete guard) against the
+	// config the last run applied, that one. Only with neither (a first
+	// install with broken files) does kglb not start, nor touch the kernel.
 	bootLog := newLogger(opts, config.Daemon{LogLevel: config.LogInfo, LogFormat: config.LogText})
-	// One Loader for every reload: a one-line edit reads the file the
-	// watch named and decodes the block that changed, not the directory.
-	loader := config.NewLoader()
 	var bindDropped atomic.Bool // CAP_NET_BIND_SERVICE was dropped at start
-	watcher, err := reload.New(reload.Options[*config.Config]{
-		Dir:         opts.ConfigDir,
-		Load:        loader.Load,
-		LoadChanged: loader.LoadChanged,
-		Digest:      (*config.Config).Fingerprint,
-		// The running config's share applies: an edit cannot raise its own bar.
-		Guard: func(old, new *config.Config) error {
-			return errors.Join(DeleteGuard(old, new, old.Daemon.MaxDeleteShare), bindGuard(bindDropped.Load(), new))
-		},
-		Logger:     bootLog.Named("reload"),
-		Registerer: reg,
-	})
+	var last appliedInfo
+	watcher, err := reload.New(watchOptions(opts.ConfigDir, config.DefaultDaemon().StateDir, &last, &bindDropped, bootLog.Named("reload"), reg))
 	if err != nil {
 		return err
 	}
@@ -79,6 +68,11 @@ func Run(ctx context.Context, opts Options) error {
 	log := newLogger(opts, cfg.Daemon)
 	watcher.SetLogger(log.Named("reload")) // the config's log format from here on
 	warnTunnelSysctl(cfg, log)
+	startStatus := watcher.Status()
+	if startStatus.LastApplied {
+		log.Error("the config files were rejected at start; running the last applied config until they are fixed",
+			"dir", opts.ConfigDir, "applied_at", last.Time.Format(time.RFC3339), "err", startStatus.Err.Error())
+	}
 
 	// Own the addresses before touching the kernel: if someone else
 	// answers on them, kglb does not start.
@@ -99,6 +93,23 @@ func Run(ctx context.Context, opts Options) error {
 	// After start: the IPVS settings exist once ip_vs is loaded.
 	warnClusterSysctls(cfg, log)
 	d.watcher = watcher
+	d.lastApplied = last
+	// The last applied config is recorded off the reload path, newest
+	// first; a stop waits for the record in progress.
+	records := make(chan *config.Config, 1)
+	recorded := make(chan struct{})
+	go d.recordApplied(records, recorded)
+	defer func() { close(records); <-recorded }()
+	record := func(c *config.Config) {
+		select {
+		case <-records:
+		default:
+		}
+		records <- c
+	}
+	if !startStatus.LastApplied {
+		record(cfg)
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, restartSignal)
@@ -121,7 +132,7 @@ func Run(ctx context.Context, opts Options) error {
 	httpDone, httpClosed := d.serve(httpCtx, lns)
 	defer func() { httpCancel(); <-httpClosed }()
 
-	d.notify.send("READY=1", "STATUS="+summary(cfg))
+	d.notify.send("READY=1", "STATUS="+d.statusLine(cfg))
 	log.Info("kglb running", "services", len(cfg.Services), "config", opts.ConfigDir)
 
 	for {
@@ -142,7 +153,7 @@ func Run(ctx context.Context, opts Options) error {
 				go func() {
 					o, err := watcher.ReloadWait(runCtx, false)
 					if err == nil && o.Result != "success" {
-						d.notify.send("READY=1", "STATUS=reload "+o.Result+"; "+summary(watcher.Current()))
+						d.notify.send("READY=1", "STATUS=reload "+o.Result+"; "+d.statusLine(watcher.Current()))
 					}
 				}()
 				continue
@@ -176,7 +187,8 @@ func Run(ctx context.Context, opts Options) error {
 			case err := <-engineDone:
 				return fmt.Errorf("engine stopped: %w", err)
 			}
-			d.notify.send("READY=1", "STATUS="+summary(c))
+			record(c)
+			d.notify.send("READY=1", "STATUS="+d.statusLine(c))
 		}
 	}
 }
@@ -193,8 +205,10 @@ type daemon struct {
 	sched   *health.Scheduler
 	speaker *bgp.Speaker
 	watcher *reload.Watcher[*config.Config]
-	dir     string
-	stopCh  context.CancelFunc
+	// lastApplied is the record the start found, if any.
+	lastApplied appliedInfo
+	dir         string
+	stopCh      context.CancelFunc
 }
 
 func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry) (*daemon, error) {
@@ -418,6 +432,93 @@ func statsAddress(opts Options, cfg *config.Config) string {
 		return opts.StatsAddress
 	}
 	return cfg.Daemon.StatsAddress.String()
+}
+
+// watchOptions are the reload watcher's options for the config directory
+// dir; last receives the record of the last applied config the start found,
+// looked up in the state_dir of the files' config, then in defaultState
+// (files that do not load name no state_dir, and an emptied directory names
+// the default; see README, "Stop, restart, upgrade").
+func watchOptions(dir, defaultState string, last *appliedInfo, bindDropped *atomic.Bool, log hclog.Logger, reg prometheus.Registerer) reload.Options[*config.Config] {
+	// One Loader for every reload: a one-line edit reads the file the
+	// watch named and decodes the block that changed, not the directory.
+	loader := config.NewLoader()
+	return reload.Options[*config.Config]{
+		Dir:         dir,
+		Load:        loader.Load,
+		LoadChanged: loader.LoadChanged,
+		// The fingerprint covers the password files' content too, so a
+		// rotated key is a change.
+		Digest: (*config.Config).Fingerprint,
+		// The running config's share applies: an edit cannot raise its own
+		// bar. At start the running config is the last applied one.
+		Guard: func(old, new *config.Config) error {
+			return errors.Join(DeleteGuard(old, new, old.Daemon.MaxDeleteShare), bindGuard(bindDropped.Load(), new))
+		},
+		LastApplied: func(loaded *config.Config, loadErr error) (*config.Config, bool, error) {
+			if loadErr == nil && loaded.Daemon.StateDir != defaultState {
+				cfg, info, ok, err := loadApplied(loaded.Daemon.StateDir)
+				if ok || err != nil {
+					*last = info
+					return cfg, ok, err
+				}
+			}
+			cfg, info, ok, err := loadApplied(defaultState)
+			*last = info
+			return cfg, ok, err
+		},
+		Hold:       Hold,
+		SettleOf:   func(c *config.Config) time.Duration { return c.Daemon.Settle },
+		Logger:     log,
+		Registerer: reg,
+	}
+}
+
+// recordApplied records each config from records as the last applied one,
+// until records is closed; then it closes done.
+func (d *daemon) recordApplied(records <-chan *config.Config, done chan<- struct{}) {
+	defer close(done)
+	store := newAppliedStore()
+	for c := range records {
+		err := store.save(c, d.dir, time.Now())
+		switch {
+		case errors.Is(err, errNotRecorded):
+			d.log.Debug("applied config not recorded; the next load records it", "err", err)
+		case err != nil:
+			d.log.Error("cannot record the applied config; a restart with rejected files has an older one to fall back to", "state_dir", c.Daemon.StateDir, "err", err)
+		default:
+			d.log.Debug("applied config recorded", "state_dir", c.Daemon.StateDir)
+		}
+	}
+}
+
+// statusLine is systemd's STATUS: the counts, and when the files on disk
+// are not what runs, why, with the first problem's position.
+func (d *daemon) statusLine(cfg *config.Config) string {
+	line := summary(cfg)
+	if d.watcher == nil {
+		return line
+	}
+	st := d.watcher.Status()
+	switch {
+	case st.LastApplied:
+		return "running the last applied config (" + d.lastApplied.Time.Format(time.RFC3339) + "): " + firstLine(st.Err) + "; " + line
+	case st.Err != nil:
+		return "config rejected, the last good config runs: " + firstLine(st.Err) + "; " + line
+	case st.Settling:
+		return "deletions wait for the config files to settle; " + line
+	}
+	return line
+}
+
+// firstLine is err's first line, and how many more there are: STATUS is one
+// line.
+func firstLine(err error) string {
+	msg, rest, more := strings.Cut(err.Error(), "\n")
+	if more {
+		msg += fmt.Sprintf(" (and %d more)", strings.Count(rest, "\n")+1)
+	}
+	return msg
 }
 
 func summary(cfg *config.Config) string {

@@ -29,6 +29,14 @@ type ConfigStatus struct {
 	Dir             string   `json:"dir"`
 	Files           []string `json:"files"`
 	LastReloadError string   `json:"last_reload_error,omitempty"`
+	// RunningLastApplied: the files were rejected at start (LastReloadError
+	// says why), so the config the last run applied runs, as applied at
+	// LastAppliedAt, until the files are fixed.
+	RunningLastApplied bool      `json:"running_last_applied,omitempty"`
+	LastAppliedAt      time.Time `json:"last_applied_at,omitzero"`
+	// Settling: services or reals the files removed are kept until the
+	// directory has been unchanged for daemon.settle.
+	Settling bool `json:"settling,omitempty"`
 }
 
 // ServiceStatus is one service.
@@ -77,8 +85,13 @@ func (d *daemon) status() Status {
 	plan := d.engine.Plan()
 	st := Status{Config: ConfigStatus{Dir: d.dir, Files: cfg.Files}}
 	if d.watcher != nil {
-		if e := d.watcher.LastError(); e != nil {
-			st.Config.LastReloadError = e.Error()
+		ws := d.watcher.Status()
+		if ws.Err != nil {
+			st.Config.LastReloadError = ws.Err.Error()
+		}
+		st.Config.Settling = ws.Settling
+		if ws.LastApplied {
+			st.Config.RunningLastApplied, st.Config.LastAppliedAt = true, d.lastApplied.Time
 		}
 	}
 	if err != nil {

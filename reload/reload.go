@@ -7,9 +7,23 @@
 // not change is a no-op; a set that does not load is logged with its
 // positions and counted, and the last good configuration keeps running.
 //
+// A start is a reload from what ran before: given the configuration an
+// earlier run last applied (LastApplied), New starts with it instead of the
+// directory's when the directory does not load or the Guard refuses it, and
+// says why (Status); the watch then applies the files once they are fixed,
+// as any reload, guard included. Only without a last applied configuration
+// (a first install) does a directory that does not load stop the start.
+//
+// Deletions wait for the files to settle: a load that removes something
+// (Hold says what) is applied at once with the removed parts kept, and
+// applied in full only once the directory has been quiet for Settle, so a
+// writer that truncates a file, pauses, then writes it again deletes nothing.
+// Additions and changes apply at the debounce.
+//
 // reload knows nothing of the configuration's schema: the daemon passes the
-// loader (config.Load), the digest and a guard that may refuse a dangerous
-// change, such as an emptied directory deleting every service.
+// loader (config.Load), the digest, a guard that may refuse a dangerous
+// change, such as an emptied directory deleting every service, and the rule
+// that keeps what an edit removes.
 package reload
 
 import (
@@ -48,6 +62,22 @@ type Options[C any] struct {
 	// Guard, when set, may refuse a valid configuration (for example one
 	// that would delete most services). A forced reload skips it.
 	Guard func(old, new C) error
+	// LastApplied, when set, is asked by New for the configuration an
+	// earlier run last applied (from the daemon's state directory): loaded
+	// and loadErr are the directory's load, to find where it is kept. ok is
+	// false when there is none (a first install). When the directory does
+	// not load, or Guard refuses it against the last applied one, New
+	// starts with the last applied configuration instead.
+	LastApplied func(loaded C, loadErr error) (last C, ok bool, err error)
+	// Hold, when set, returns new with what it removes from running kept
+	// (as running had it), and whether anything was kept. The result must
+	// have a digest of its own (it is not what the files say).
+	Hold func(running, new C) (C, bool)
+	// Settle is how long the directory must be quiet before the removals
+	// Hold kept are applied (default 2s). SettleOf, when set and above
+	// zero, takes it from the configuration in force.
+	Settle   time.Duration
+	SettleOf func(C) time.Duration
 	// Debounce is how long the directory must be quiet before a load
 	// (default 250ms): one logical edit is often several events.
 	Debounce time.Duration
@@ -73,12 +103,35 @@ type Watcher[C any] struct {
 
 	mu      sync.Mutex
 	current C
+	// digest is that of the files' configuration current was made from
+	// (current itself has another while holding).
 	digest  [32]byte
 	lastErr error
+	// lastApplied: current is what an earlier run last applied, because
+	// the directory was rejected at start; cleared once the directory's
+	// configuration is applied (or found to be the same).
+	lastApplied bool
+	// holding: current keeps what the files removed, until they settle.
+	holding bool
 }
 
-// New loads the directory once and returns a Watcher holding the result, or
-// the load error: a daemon must not start on a configuration it cannot read.
+// Status is the state of the configuration in force, for /status.
+type Status struct {
+	// LastApplied: the configuration in force is the one an earlier run
+	// last applied, because the directory's was rejected at start (Err).
+	LastApplied bool
+	// Settling: services or reals the files removed are kept until the
+	// directory has been quiet for the settle time.
+	Settling bool
+	// Err is why the files on disk are not what runs (nil when they are).
+	Err error
+}
+
+// New loads the directory once and returns a Watcher holding the result.
+// When the directory does not load, or the Guard refuses it against the
+// last applied configuration, the Watcher holds the last applied one
+// (Status says why); without one, New returns the load error: a daemon must
+// not start on a configuration it cannot read.
 func New[C any](opts Options[C]) (*Watcher[C], error) {
 	if opts.Load == nil || opts.Digest == nil {
 		return nil, errors.New("reload: Load and Digest are required")
@@ -88,6 +141,9 @@ func New[C any](opts Options[C]) (*Watcher[C], error) {
 	}
 	if opts.Poll == 0 {
 		opts.Poll = 30 * time.Second
+	}
+	if opts.Settle <= 0 {
+		opts.Settle = 2 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
@@ -102,16 +158,65 @@ func New[C any](opts Options[C]) (*Watcher[C], error) {
 	start := time.Now()
 	cfg, err := opts.Load(opts.Dir)
 	w.metrics.duration.Observe(time.Since(start).Seconds())
-	if err != nil {
-		w.metrics.result("failure")
-		w.metrics.success.Set(0)
-		return nil, fmt.Errorf("load %s: %w", opts.Dir, err)
+	var last C
+	hasLast := false
+	if opts.LastApplied != nil {
+		var lerr error
+		last, hasLast, lerr = opts.LastApplied(cfg, err)
+		if lerr != nil {
+			// An unreadable record is no reason to stay down: start as a
+			// first install would, and say so.
+			w.log.Error("cannot read the last applied config; starting as on a first install", "err", lerr.Error())
+			hasLast = false
+		}
 	}
-	w.current, w.digest = cfg, opts.Digest(cfg)
+	if !hasLast {
+		if err != nil {
+			w.metrics.result("failure")
+			w.metrics.success.Set(0)
+			return nil, fmt.Errorf("load %s: %w", opts.Dir, err)
+		}
+		w.accept(cfg, opts.Digest(cfg), false)
+		return w, nil
+	}
+	result, reason := "failure", err
+	if err == nil && opts.Guard != nil {
+		result, reason = "refused", opts.Guard(last, cfg)
+	}
+	if reason != nil {
+		w.current, w.digest, w.lastErr, w.lastApplied = last, opts.Digest(last), reason, true
+		w.metrics.result(result)
+		w.metrics.success.Set(0)
+		w.metrics.lastApplied.Set(1)
+		return w, nil
+	}
+	w.current = last
+	w.accept(cfg, opts.Digest(cfg), true)
+	return w, nil
+}
+
+// accept makes the directory's configuration cfg (of digest) current, or,
+// when it removes something from what runs and Hold keeps it, what Hold
+// made of it when hold is set; the caller holds mu or owns w.
+func (w *Watcher[C]) accept(cfg C, digest [32]byte, hold bool) C {
+	held := false
+	if hold && w.opts.Hold != nil {
+		cfg, held = w.opts.Hold(w.current, cfg)
+	}
+	w.current, w.digest, w.lastErr, w.lastApplied, w.holding = cfg, digest, nil, false, held
 	w.metrics.result("success")
 	w.metrics.success.Set(1)
+	w.metrics.lastApplied.Set(0)
+	w.metrics.settling.Set(b2f(held))
 	w.metrics.timestamp.SetToCurrentTime()
-	return w, nil
+	return cfg
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // SetLogger replaces the logger, for a daemon whose log format is only
@@ -218,6 +323,13 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	fp := fingerprint(dir)
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
+	// settle fires once the directory has been quiet for the settle time
+	// while something the files removed is kept; every event restarts it.
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	if w.isHolding() {
+		settle.Reset(w.settleTime())
+	}
 	pending, force := false, false
 	// changed are the entries the events since the last load named; full
 	// is set by an event that names none (or too many to be worth it).
@@ -233,7 +345,10 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("watch " + dir + ": event channel closed")
 			}
-			if ev.Has(fsnotify.Chmod) && !ev.Has(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) {
+			// A mode change of an entry counts (chmod 000 makes a file
+			// unreadable, chmod 644 readable again); of anything else not.
+			if ev.Has(fsnotify.Chmod) && !ev.Has(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) &&
+				filepath.Dir(ev.Name) != dir {
 				continue
 			}
 			if filepath.Dir(ev.Name) == parent && filepath.Clean(ev.Name) != dir {
@@ -249,6 +364,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			}
 			pending = true
 			debounce.Reset(w.opts.Debounce)
+			settle.Reset(w.settleTime())
 		case err, ok := <-fw.Errors:
 			if !ok {
 				return errors.New("watch " + dir + ": error channel closed")
@@ -257,8 +373,11 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			w.log.Warn("watch error; reloading", "dir", dir, "err", err)
 			pending, full = true, true
 			debounce.Reset(w.opts.Debounce)
+			settle.Reset(w.settleTime())
 		case req := <-w.trigger:
-			o := w.load(force || w.forced.Swap(false), nil, true)
+			// An explicit reload is the operator saying the files are
+			// ready: nothing waits for them to settle.
+			o := w.load(force || w.forced.Swap(false), nil, true, true)
 			pending, force, changed, full = false, false, nil, false
 			fp = fingerprint(dir)
 			if req.done != nil {
@@ -266,8 +385,15 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			}
 		case <-debounce.C:
 			if pending {
-				w.load(force, changed, full)
+				w.load(force, changed, full, false)
 				pending, force, changed, full = false, false, nil, false
+				fp = fingerprint(dir)
+			}
+		case <-settle.C:
+			switch {
+			case pending: // the debounce loads first, and an event re-arms this
+			case w.isHolding():
+				w.load(false, nil, true, true)
 				fp = fingerprint(dir)
 			}
 		case <-poll:
@@ -276,15 +402,17 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			}
 			if now := fingerprint(dir); now != fp {
 				fp = now
-				w.load(false, nil, true)
+				w.load(false, nil, true, false)
+				settle.Reset(w.settleTime())
 			}
 		}
 	}
 }
 
 // load runs one reload and records its outcome: a full one, or one of the
-// changed entries only.
-func (w *Watcher[C]) load(force bool, changed []string, full bool) Outcome {
+// changed entries only. With settled (the directory has been quiet for the
+// settle time), nothing the files removed is kept any longer.
+func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outcome {
 	start := time.Now()
 	var cfg C
 	var err error
@@ -300,17 +428,25 @@ func (w *Watcher[C]) load(force bool, changed []string, full bool) Outcome {
 		w.lastErr = err
 		w.metrics.result("failure")
 		w.metrics.success.Set(0)
-		w.log.Error("config rejected; keeping the last good config", "dir", w.opts.Dir, "err", err)
+		w.log.Error("config rejected; keeping the last good config", "dir", w.opts.Dir, "err", err.Error())
 		return Outcome{Result: "failure", Err: err}
 	}
 	digest := w.opts.Digest(cfg)
-	if digest == w.digest {
+	if digest == w.digest && !(settled && w.holding) {
 		// A valid, unchanged set also ends an earlier failure: the files
-		// are back to what is running.
-		w.lastErr = nil
+		// are back to what is running. It is handed on again (applying it
+		// changes nothing) so that what shows the state, such as
+		// systemd's STATUS, hears of it.
+		cleared := w.lastErr != nil || w.lastApplied
+		w.lastErr, w.lastApplied = nil, false
 		w.metrics.success.Set(1)
+		w.metrics.lastApplied.Set(0)
 		w.metrics.result("unchanged")
 		w.log.Debug("config unchanged", "dir", w.opts.Dir)
+		if cleared && !w.holding {
+			w.current = cfg
+			w.send(cfg)
+		}
 		return Outcome{Result: "unchanged"}
 	}
 	if w.opts.Guard != nil && !force {
@@ -318,25 +454,61 @@ func (w *Watcher[C]) load(force bool, changed []string, full bool) Outcome {
 			w.lastErr = err
 			w.metrics.result("refused")
 			w.metrics.success.Set(0)
-			w.log.Error("config refused; keeping the last good config (force a reload to apply it)", "dir", w.opts.Dir, "err", err)
+			w.log.Error("config refused; keeping the last good config (force a reload to apply it)", "dir", w.opts.Dir, "err", err.Error())
 			return Outcome{Result: "refused", Err: err}
 		}
 	}
-	w.current, w.digest, w.lastErr = cfg, digest, nil
-	w.metrics.result("success")
-	w.metrics.success.Set(1)
-	w.metrics.timestamp.SetToCurrentTime()
-	w.log.Info("config loaded", "dir", w.opts.Dir, "forced", force, "took", time.Since(start).String())
+	cfg = w.accept(cfg, digest, !settled && !force)
+	if w.holding {
+		w.log.Info("config loaded; what it removes waits for the files to settle", "dir", w.opts.Dir, "settle", w.settleOf().String(), "took", time.Since(start).String())
+	} else {
+		w.log.Info("config loaded", "dir", w.opts.Dir, "forced", force, "took", time.Since(start).String())
+	}
+	w.send(cfg)
+	return Outcome{Result: "success"}
+}
+
+// send hands cfg on; the caller holds mu.
+func (w *Watcher[C]) send(cfg C) {
 	select {
 	case <-w.updates: // drop a stale, unread update: only the newest matters
 	default:
 	}
 	w.updates <- cfg
-	return Outcome{Result: "success"}
 }
 
-// fingerprint summarises the directory's *.hcl entries (name, size, mtime of
-// what they point to) so the poll can tell cheaply whether to load.
+// Status returns the state of the configuration in force.
+func (w *Watcher[C]) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return Status{LastApplied: w.lastApplied, Settling: w.holding, Err: w.lastErr}
+}
+
+// settleTime is the settle time of the configuration in force.
+func (w *Watcher[C]) settleTime() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.settleOf()
+}
+
+// settleOf is settleTime for a caller that holds mu.
+func (w *Watcher[C]) settleOf() time.Duration {
+	if w.opts.SettleOf != nil {
+		if d := w.opts.SettleOf(w.current); d > 0 {
+			return d
+		}
+	}
+	return w.opts.Settle
+}
+
+func (w *Watcher[C]) isHolding() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.holding
+}
+
+// fingerprint summarises the directory's *.hcl entries (name, size, mtime,
+// mode of what they point to) so the poll can tell cheaply whether to load.
 func fingerprint(dir string) string {
 	names, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
 	if err != nil {
@@ -350,16 +522,18 @@ func fingerprint(dir string) string {
 			fmt.Fprintf(&b, "%s:err;", n)
 			continue
 		}
-		fmt.Fprintf(&b, "%s:%d:%d;", n, fi.Size(), fi.ModTime().UnixNano())
+		fmt.Fprintf(&b, "%s:%d:%d:%o;", n, fi.Size(), fi.ModTime().UnixNano(), fi.Mode().Perm())
 	}
 	return b.String()
 }
 
 type metrics struct {
-	reloads   *prometheus.CounterVec
-	success   prometheus.Gauge
-	timestamp prometheus.Gauge
-	duration  prometheus.Histogram
+	reloads     *prometheus.CounterVec
+	success     prometheus.Gauge
+	lastApplied prometheus.Gauge
+	settling    prometheus.Gauge
+	timestamp   prometheus.Gauge
+	duration    prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -371,6 +545,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		success: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kglb_config_last_reload_successful",
 			Help: "1 when the last reload was applied or changed nothing, 0 while the files on disk are rejected and the last good config runs.",
+		}),
+		lastApplied: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kglb_config_running_last_applied",
+			Help: "1 while kglb runs the config an earlier run last applied, because the files were rejected at start (invalid, or refused by max_delete_share); 0 once the files are applied.",
+		}),
+		settling: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kglb_config_deletions_settling",
+			Help: "1 while services or reals the files removed are kept until the config directory has been unchanged for daemon.settle.",
 		}),
 		timestamp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kglb_config_last_reload_success_timestamp_seconds",
@@ -386,7 +568,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.reloads.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.reloads, m.success, m.timestamp, m.duration)
+		reg.MustRegister(m.reloads, m.success, m.lastApplied, m.settling, m.timestamp, m.duration)
 	}
 	return m
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -108,9 +109,16 @@ func start(t *testing.T, dir string, files map[string]string, opts Options[set])
 	})
 	// Give the watch a moment to be in place before the test edits files:
 	// a reload now is a no-op (same digest) and proves the loop is running.
-	w.Reload(false)
 	h := &harness{t: t, dir: dir, w: w, reg: reg}
-	h.waitResult("unchanged", 1)
+	before := h.loads()
+	w.Reload(false)
+	deadline := time.Now().Add(20 * time.Second)
+	for h.loads() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the first reload did not happen")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return h
 }
 
@@ -136,6 +144,15 @@ func (h *harness) next() set {
 
 func (h *harness) count(result string) float64 {
 	return testutil.ToFloat64(h.w.metrics.reloads.WithLabelValues(result))
+}
+
+// loads counts the loads of every result.
+func (h *harness) loads() float64 {
+	n := 0.0
+	for _, r := range []string{"success", "unchanged", "failure", "refused"} {
+		n += h.count(r)
+	}
+	return n
 }
 
 // waitResult waits until the reloads counter for result reaches n.
@@ -455,4 +472,239 @@ func TestLoadChangedNamesTheEdits(t *testing.T) {
 		t.Errorf("after a chmod of the directory and an edit: %d full loads, want still 1", fulls)
 	}
 	onlyWeb("after a chmod and an edit")
+}
+
+// holdLines is the test's Hold: the lines (services) that new drops from
+// running are kept, in a file of their own named "held", so the result's
+// digest is its own.
+func holdLines(running, new set) (set, bool) {
+	have := map[string]int{}
+	for _, l := range contentLines(new) {
+		have[l]++
+	}
+	var removed []string
+	for _, l := range contentLines(running) {
+		if have[l] > 0 {
+			have[l]--
+			continue
+		}
+		removed = append(removed, l)
+	}
+	if len(removed) == 0 {
+		return new, false
+	}
+	return set{files: append(slices.Clone(new.files), "held="+strings.Join(removed, "\n"))}, true
+}
+
+func contentLines(s set) []string {
+	var out []string
+	for _, f := range s.files {
+		_, content, _ := strings.Cut(f, "=")
+		for _, l := range strings.Split(content, "\n") {
+			if strings.TrimSpace(l) != "" {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}
+
+func lastApplied(last set) func(set, error) (set, bool, error) {
+	return func(set, error) (set, bool, error) { return last, true, nil }
+}
+
+// A start is a reload from what ran before: a directory that does not load
+// starts the last applied config, says why, and fixing the files applies
+// them.
+func TestStartInvalidRunsLastApplied(t *testing.T) {
+	dir := t.TempDir()
+	last := set{files: []string{"web.hcl=a\nb\n"}}
+	h := start(t, dir, map[string]string{"web.hcl": "INVALID"}, Options[set]{LastApplied: lastApplied(last)})
+	if got := h.w.Current(); !slices.Equal(got.files, last.files) {
+		t.Errorf("Current = %q, want the last applied %q", got.files, last.files)
+	}
+	st := h.w.Status()
+	if !st.LastApplied || st.Err == nil || !strings.Contains(st.Err.Error(), "web.hcl:1:1") {
+		t.Errorf("Status = %+v, want running the last applied config because of web.hcl:1:1", st)
+	}
+	if v := testutil.ToFloat64(h.w.metrics.lastApplied); v != 1 {
+		t.Errorf("kglb_config_running_last_applied = %v, want 1", v)
+	}
+	write(t, filepath.Join(dir, "web.hcl"), "a\nb\nc\n")
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nb\nc\n"}) {
+		t.Errorf("after the fix got %q", got.files)
+	}
+	if st := h.w.Status(); st.LastApplied || st.Err != nil {
+		t.Errorf("Status after the fix = %+v", st)
+	}
+	if v := testutil.ToFloat64(h.w.metrics.lastApplied); v != 0 {
+		t.Errorf("kglb_config_running_last_applied = %v, want 0", v)
+	}
+}
+
+// A restart is no way around the guard: an emptied directory is refused
+// against the last applied config, until forced.
+func TestStartRefusedByGuardRunsLastApplied(t *testing.T) {
+	dir := t.TempDir()
+	last := set{files: []string{"web.hcl=a\nb\nc\nd\n"}}
+	h := start(t, dir, map[string]string{"web.hcl": "a\n"}, Options[set]{Guard: halfGuard, LastApplied: lastApplied(last)})
+	if got := h.w.Current(); got.lines() != 4 {
+		t.Errorf("Current = %q, want the last applied", got.files)
+	}
+	if st := h.w.Status(); !st.LastApplied || st.Err == nil || !strings.Contains(st.Err.Error(), "would delete 3 of 4") {
+		t.Errorf("Status = %+v", st)
+	}
+	if n := h.count("refused"); n < 1 {
+		t.Errorf("reloads{result=refused} = %v, want the start counted", n)
+	}
+	h.w.Reload(true)
+	if got := h.next(); got.lines() != 1 {
+		t.Errorf("forced reload gave %q", got.files)
+	}
+	if st := h.w.Status(); st.LastApplied || st.Err != nil {
+		t.Errorf("Status after the forced reload = %+v", st)
+	}
+}
+
+// A valid directory the guard allows starts as it is, even with a last
+// applied config; without one (a first install), an invalid directory stops
+// the start.
+func TestStartValidOrFirstInstall(t *testing.T) {
+	dir := t.TempDir()
+	h := start(t, dir, map[string]string{"web.hcl": "a\nb\n"}, Options[set]{Guard: halfGuard, LastApplied: lastApplied(set{files: []string{"web.hcl=a\n"}})})
+	if got := h.w.Current(); !slices.Equal(got.files, []string{"web.hcl=a\nb\n"}) || h.w.Status().LastApplied {
+		t.Errorf("Current = %q, Status = %+v", got.files, h.w.Status())
+	}
+	bad := t.TempDir()
+	write(t, filepath.Join(bad, "web.hcl"), "INVALID")
+	none := func(set, error) (set, bool, error) { return set{}, false, nil }
+	if _, err := New(Options[set]{Dir: bad, Load: loadSet, Digest: digestSet, LastApplied: none}); err == nil || !strings.Contains(err.Error(), "web.hcl:1:1") {
+		t.Errorf("New on a first install = %v, want the load error", err)
+	}
+}
+
+// A writer that truncates, pauses less than the settle time, then writes
+// deletes nothing: every configuration handed on keeps both services.
+func TestTruncatePauseWriteDeletesNothing(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\nb\n"}, Options[set]{Hold: holdLines, Settle: 10 * time.Second})
+	write(t, filepath.Join(h.dir, "web.hcl"), "")
+	if got := h.next(); got.lines() != 2 || !h.w.Status().Settling {
+		t.Errorf("after the truncation got %q (settling %v), want both lines kept", got.files, h.w.Status().Settling)
+	}
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\nb\n")
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nb\n"}) {
+		t.Errorf("after the write got %q", got.files)
+	}
+	if h.w.Status().Settling {
+		t.Error("still settling once the files are whole again")
+	}
+}
+
+// A removal that stays is applied once the directory has settled; an
+// explicit reload applies it at once.
+func TestRemovalAppliesOnceSettled(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\nb\nc\n"}, Options[set]{Hold: holdLines, Settle: 200 * time.Millisecond})
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\nb\n")
+	if got := h.next(); got.lines() != 3 {
+		t.Errorf("at the debounce got %q, want the removed line kept", got.files)
+	}
+	if got := h.next(); !slices.Equal(got.files, []string{"web.hcl=a\nb\n"}) {
+		t.Errorf("once settled got %q", got.files)
+	}
+	if v := testutil.ToFloat64(h.w.metrics.settling); v != 0 {
+		t.Errorf("kglb_config_deletions_settling = %v, want 0", v)
+	}
+
+	h2 := start(t, t.TempDir(), map[string]string{"web.hcl": "a\nb\n"}, Options[set]{Hold: holdLines, Settle: time.Hour})
+	write(t, filepath.Join(h2.dir, "web.hcl"), "a\n")
+	if got := h2.next(); got.lines() != 2 {
+		t.Errorf("at the debounce got %q", got.files)
+	}
+	o, err := h2.w.ReloadWait(context.Background(), false)
+	if err != nil || o.Result != "success" {
+		t.Fatalf("ReloadWait = %+v, %v", o, err)
+	}
+	if got := h2.next(); !slices.Equal(got.files, []string{"web.hcl=a\n"}) {
+		t.Errorf("after an explicit reload got %q", got.files)
+	}
+}
+
+// listErr is an error that is a slice, as config.Diagnostics is: hclog
+// prints such a value element by element unless given its text.
+type listErr []string
+
+func (l listErr) Error() string { return strings.Join(l, "\n") }
+
+// The journal gets rejected configs as "file:line:col: message" lines, not
+// as Go values.
+func TestRejectionLoggedAsText(t *testing.T) {
+	var out strings.Builder
+	var mu sync.Mutex
+	log := hclog.New(&hclog.LoggerOptions{Output: writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Write(p)
+	})})
+	load := func(dir string) (set, error) {
+		s, err := loadSet(dir)
+		if err != nil {
+			return s, listErr{"/etc/kglb/web.hcl:8:17: unterminated string literal"}
+		}
+		return s, nil
+	}
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{Load: load, Logger: log})
+	write(t, filepath.Join(h.dir, "web.hcl"), "INVALID")
+	h.waitResult("failure", 1)
+	mu.Lock()
+	got := out.String()
+	mu.Unlock()
+	if !strings.Contains(got, "err=\"/etc/kglb/web.hcl:8:17: unterminated string literal\"") && !strings.Contains(got, "err=/etc/kglb/web.hcl:8:17:") {
+		t.Errorf("log = %q, want the positioned message as text", got)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// Making a file readable again is a fix like any other: a mode change of
+// an entry loads.
+func TestChmodOfAnEntryLoads(t *testing.T) {
+	// Judge readability by the mode bits, as the daemon (without
+	// CAP_DAC_OVERRIDE) must, even when the test runs as root.
+	load := func(dir string) (set, error) {
+		fi, err := os.Stat(filepath.Join(dir, "web.hcl"))
+		if err == nil && fi.Mode().Perm()&0o444 == 0 {
+			return set{}, fmt.Errorf("web.hcl: permission denied")
+		}
+		return loadSet(dir)
+	}
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{Load: load})
+	web := filepath.Join(h.dir, "web.hcl")
+	if err := os.Chmod(web, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.waitResult("failure", 1)
+	if err := os.Chmod(web, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.waitResult("unchanged", 2)
+}
+
+// Files fixed back to exactly the last applied config end the fallback,
+// and say so with an update (nothing to apply, but STATUS must change).
+func TestFixBackToTheLastAppliedEndsTheFallback(t *testing.T) {
+	dir := t.TempDir()
+	last := set{files: []string{"web.hcl=a\n"}}
+	h := start(t, dir, map[string]string{"web.hcl": "INVALID"}, Options[set]{LastApplied: lastApplied(last)})
+	write(t, filepath.Join(dir, "web.hcl"), "a\n")
+	if got := h.next(); !slices.Equal(got.files, last.files) {
+		t.Errorf("got %q", got.files)
+	}
+	if st := h.w.Status(); st.LastApplied || st.Err != nil {
+		t.Errorf("Status = %+v, want the fallback ended", st)
+	}
+	if n := h.count("unchanged"); n < 1 {
+		t.Errorf("reloads{result=unchanged} = %v", n)
+	}
 }

@@ -313,7 +313,48 @@ replies() {
 setup_net
 pass "network namespaces (client, real1..3) with HTTP and echo servers"
 
+# ================================================================ issue 10 (helpers)
+# The run boots twice: the second boot (after a reboot with a broken edit,
+# at the end of the issue 10 block) skips to the checks after that block.
+# These helpers serve both boots.
+rebooted=/var/lib/kglb-debtest-rebooted
+steady='service "steady" {
+  vip     = "198.51.100.10"
+  port    = 8080
+  forward = "nat"
+
+  real "10.0.2.2:80" {}
+  real "10.0.3.2:80" {}
+}'
+client_start() {
+	: >/run/client.log
+	ip netns exec client bash -c "$(declare -f http_get)
+		while :; do
+			if [ -n \"\$(http_get $VIP 8080 /)\" ]; then echo ok; else echo fail; fi
+			sleep 0.1
+		done >>/run/client.log" &
+	client=$!
+	# Count from the first answer: what a scenario does comes after it.
+	waitfor 20 grep -q ok /run/client.log && : >/run/client.log
+}
+client_fails() { # stop the client; print "<failed> of <requests>"
+	kill "$client" 2>/dev/null
+	wait "$client" 2>/dev/null
+	echo "$(grep -c fail /run/client.log) of $(wc -l </run/client.log)"
+}
+unit_status() { systemctl show -p StatusText --value kglb; }
+restart_ok() { timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb; }
+steady_up() { [ "$(ipvsadm -Ln -t "$VIP:8080" 2>/dev/null | grep -c -- '-> 10\.')" = 2 ]; }
+# adds_deletes: IPVS services and reals added or deleted so far.
+adds_deletes() {
+	http_get 127.0.0.1 5678 /metrics |
+		awk 'index($1, "kglb_ipvs_writes_total{") == 1 && $1 ~ /op="(add|delete)_(service|real)"/ {s += $NF} END {print s + 0}'
+}
+metric_is() { [ "$(metric "$1")" = "$2" ]; }
+# ================================================================ end of issue 10 (helpers)
+if [ ! -e "$rebooted" ]; then # issue 10: the first boot, up to the reboot
 # ---------------------------------------------------------------- 0. upgrade
+# (the first boot only: the second runs the upgraded package)
 upgrade_steps
 
 # ---------------------------------------------------------------- 1. start
@@ -430,6 +471,162 @@ else
 	show journalctl -u kglb --no-pager -n 15
 fi
 kill "$echoer" 2>/dev/null
+
+# ================================================================ issue 10:
+# a start is a reload, every *.hcl entry is read or refused, deletions wait
+# for the files to settle. The client counts failed requests to the service
+# "steady" (no health check, so a probe timing out on a loaded host cannot
+# fail a request) all along each scenario; each asserts none failed and
+# what kglb said.
+waitfor 20 systemctl is-active --quiet kglb
+echo "$steady" >/etc/kglb/steady.hcl
+waitfor 30 steady_up || fail "service steady" "$(ipvsadm -Ln 2>&1 | tr '\n' ' ')"
+sleep 2 # recorded in /var/lib/kglb/applied
+
+# A broken edit, then a restart: the last applied config runs, STATUS says why.
+client_start
+good="$(cat /etc/kglb/web.hcl)"
+printf 'service "web" {\n  vip  = "198.51.100.10\n  port = 80\n}\n' >/etc/kglb/web.hcl
+restart_ok || fail "restart after a broken edit" "$(systemctl is-active kglb)"
+st="$(unit_status)"
+sleep 2
+f="$(client_fails)"
+if steady_up && [ "${f%% *}" = 0 ] && case "$st" in *"running the last applied config"*web.hcl:2:*) true ;; *) false ;; esac; then
+	pass "restart after a broken edit runs the last applied config; $f requests failed; STATUS=$st"
+else
+	fail "restart after a broken edit" "active=$(systemctl is-active kglb) failed $f STATUS=$st"
+	show journalctl -u kglb --no-pager -n 20
+fi
+echo "$good" >/etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
+if waitfor 20 metric_is kglb_config_running_last_applied 0 && waitfor 10 sh -c "! systemctl show -p StatusText --value kglb | grep -q 'last applied'"; then
+	pass "fixing the file applies it: kglb_config_running_last_applied 0, STATUS=$(unit_status)"
+else
+	fail "fix after a restart on the last applied config" "running_last_applied=$(metric kglb_config_running_last_applied) STATUS=$(unit_status)"
+fi
+
+# The directory emptied, then a restart: the delete guard refuses it against
+# the last applied config, as a running daemon would.
+client_start
+mkdir -p /root/kglb-saved && mv /etc/kglb/*.hcl /root/kglb-saved/
+restart_ok || fail "restart after emptying /etc/kglb" "$(systemctl is-active kglb)"
+st="$(unit_status)"
+sleep 2
+f="$(client_fails)"
+if steady_up && [ "${f%% *}" = 0 ] && case "$st" in *"running the last applied config"*"would delete 3 of 3 services"*) true ;; *) false ;; esac; then
+	pass "restart after emptying /etc/kglb keeps every service; $f requests failed; STATUS=$st"
+else
+	fail "restart after emptying /etc/kglb" "failed $f STATUS=$st"
+	show journalctl -u kglb --no-pager -n 20
+fi
+mv /root/kglb-saved/*.hcl /etc/kglb/
+waitfor 20 metric_is kglb_config_running_last_applied 0 || fail "restore /etc/kglb" "running_last_applied=$(metric kglb_config_running_last_applied)"
+
+# A writer that truncates, pauses (below daemon.settle, 2s), then writes:
+# nothing is deleted nor re-added. steady.hcl holds one service of three, so
+# the delete guard allows its removal: only the settle time keeps it.
+client_start
+w0="$(adds_deletes)"
+: >/etc/kglb/steady.hcl
+sleep 1
+echo "$steady" >/etc/kglb/steady.hcl
+sleep 4 # past the settle time
+w1="$(adds_deletes)"
+f="$(client_fails)"
+if [ "$w0" = "$w1" ] && steady_up && [ "${f%% *}" = 0 ]; then
+	pass "truncate, pause 1s, write: no IPVS service or real added or deleted ($w0 -> $w1); $f requests failed"
+else
+	fail "truncate-pause-write" "IPVS adds and deletes $w0 -> $w1, steady up: $(steady_up && echo yes || echo no), failed $f"
+	show journalctl -u kglb --no-pager -n 20
+fi
+
+# A dangling symlink where steady.hcl was: refused with the path, not read
+# as a deleted service (needs config10's readable-entry rule).
+client_start
+mv /etc/kglb/steady.hcl /root/steady.hcl.saved
+ln -s /etc/kglb/gone/steady.hcl /etc/kglb/steady.hcl
+sleep 4 # past the settle time
+f="$(client_fails)"
+msg="$(journalctl -u kglb --no-pager -n 50 | grep -m1 'steady.hcl' || true)"
+if steady_up && [ "${f%% *}" = 0 ] && [ -n "$msg" ]; then
+	pass "a dangling symlink steady.hcl is refused, the service stays; $f requests failed; journal: ${msg#*]: }"
+else
+	fail "dangling symlink" "steady up: $(steady_up && echo yes || echo no), failed $f, journal: '$msg'"
+	show journalctl -u kglb --no-pager -n 20
+fi
+rm -f /etc/kglb/steady.hcl && mv /root/steady.hcl.saved /etc/kglb/steady.hcl
+waitfor 20 metric_is kglb_config_last_reload_successful 1
+
+# systemctl restart with a mode-000 file: the daemon, without
+# CAP_DAC_OVERRIDE, cannot read it; the last applied config runs.
+client_start
+chmod 000 /etc/kglb/steady.hcl
+restart_ok || fail "restart with a mode-000 file" "$(systemctl is-active kglb)"
+st="$(unit_status)"
+sleep 2
+f="$(client_fails)"
+if steady_up && [ "${f%% *}" = 0 ] && case "$st" in *"running the last applied config"*steady.hcl*) true ;; *) false ;; esac; then
+	pass "systemctl restart with a mode-000 steady.hcl runs the last applied config; $f requests failed; STATUS=$st"
+else
+	fail "restart with a mode-000 file" "active=$(systemctl is-active kglb) failed $f STATUS=$st"
+	show journalctl -u kglb --no-pager -n 20
+fi
+chmod 644 /etc/kglb/steady.hcl
+waitfor 20 metric_is kglb_config_running_last_applied 0 || fail "chmod 644 after a mode-000 restart" "running_last_applied=$(metric kglb_config_running_last_applied)"
+
+# A file of 100,000 nested parentheses (in lines of 80, under the line
+# length limit) dropped in while running: refused with its position, no
+# crash (needs config10's nesting bound).
+client_start
+pid0="$(systemctl show -p MainPID --value kglb)"
+{
+	echo 'x = '
+	head -c 100000 /dev/zero | tr '\0' '(' | fold -w 80
+} >/etc/kglb/.deep.tmp && mv /etc/kglb/.deep.tmp /etc/kglb/deep.hcl
+waitfor 20 metric_is kglb_config_last_reload_successful 0
+sleep 1
+f="$(client_fails)"
+msg="$(journalctl -u kglb --no-pager -n 50 | grep -m1 'deep.hcl:[0-9]*:[0-9]*:' || true)"
+if systemctl is-active --quiet kglb && [ "$(systemctl show -p MainPID --value kglb)" = "$pid0" ] && steady_up &&
+	[ "${f%% *}" = 0 ] && [ -n "$msg" ]; then
+	pass "a deep-nesting file dropped in is refused, the daemon keeps running (pid $pid0); $f requests failed; journal: ${msg#*]: }"
+else
+	fail "deep nesting" "active=$(systemctl is-active kglb) pid $pid0 -> $(systemctl show -p MainPID --value kglb), failed $f, journal: '$msg'"
+	show journalctl -u kglb --no-pager -n 20
+fi
+rm -f /etc/kglb/deep.hcl
+waitfor 20 metric_is kglb_config_last_reload_successful 1
+
+# A reboot after a broken edit (a crash: no clean stop): the boot starts the
+# last applied config from /var/lib/kglb/applied, and fixing the file
+# applies it. debtest.sh boots the same disk again when it sees REBOOT.
+printf 'service "web" {\n  vip  = "198.51.100.10\n  port = 80\n}\n' >/etc/kglb/web.hcl
+touch "$rebooted"
+sync
+say "REBOOT"
+reboot -ff
+sleep 60
+fi # issue 10: the first boot
+if [ -e "$rebooted" ]; then # issue 10: the second boot
+if waitfor 60 systemctl is-active --quiet kglb && waitfor 30 steady_up && waitfor 30 has_reals "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " &&
+	case "$(unit_status)" in *"running the last applied config"*web.hcl:2:*) true ;; *) false ;; esac; then
+	pass "reboot after a broken edit starts the last applied config: STATUS=$(unit_status)"
+else
+	fail "reboot after a broken edit" "active=$(systemctl is-active kglb) reals '$(kernel_reals)' STATUS=$(unit_status)"
+	show journalctl -b -u kglb --no-pager -n 20
+fi
+client_start
+cp /var/lib/kglb/applied/web.hcl /etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
+waitfor 20 metric_is kglb_config_running_last_applied 0
+sleep 1
+f="$(client_fails)"
+if [ "$(metric kglb_config_running_last_applied)" = 0 ] && [ "${f%% *}" = 0 ]; then
+	pass "after the reboot, fixing the file applies it; $f requests failed"
+else
+	fail "after the reboot" "running_last_applied=$(metric kglb_config_running_last_applied) failed $f"
+fi
+rm -f /etc/kglb/steady.hcl
+fi
+# ================================================================ end of issue 10
 
 # ---------------------------------------------------------------- 6. who may change it
 security_steps

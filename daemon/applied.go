@@ -1,0 +1,186 @@
+package daemon
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/kglb/kglb/config"
+	"golang.org/x/sys/unix"
+)
+
+// The last applied configuration lives in state_dir/applied: a copy of the
+// contents of every config file that was loaded, under its base name, and
+// applied.json saying when it was applied, its digest and the directory it
+// came from. A start whose files are rejected (invalid, or refused by
+// max_delete_share against this copy) runs it instead, so a restart, a
+// reboot or an upgrade applies nothing a running daemon would refuse.
+//
+// Only the *.hcl files are copied. What they name by absolute path (a BGP
+// password_file, a CA file) is read where it is, as it is at start: secrets
+// stay in one place with their own mode, and none is copied into state_dir.
+// Digests cover base names and contents, so the copy has the digest of the
+// files it was made from, and is loaded with the same config.Load.
+//
+// The copy is written to applied.new (each file and the directory synced),
+// loaded back to check its digest, then swapped with applied in one
+// rename(2) (RENAME_EXCHANGE; a plain rename the first time) and the state
+// directory synced: a crash leaves the old copy or the new one, never half.
+const (
+	appliedName = "applied"
+	appliedMeta = "applied.json"
+)
+
+// appliedInfo is applied.json.
+type appliedInfo struct {
+	Time   time.Time `json:"time"`
+	Digest string    `json:"digest"` // hex sha256, as Config.Digest
+	Dir    string    `json:"dir"`    // the config directory it was loaded from
+	Files  []string  `json:"files"`  // base names
+}
+
+// errNotRecorded is why save kept the previous copy: the files changed
+// between their load and their copy (or cfg is not what the files say, as
+// while deletions wait for the files to settle). The next load records them.
+var errNotRecorded = errors.New("the files differ from the config in force")
+
+// appliedStore records the last applied configuration. It is used by one
+// goroutine at a time.
+type appliedStore struct {
+	// loader checks the copies in applied.new: kept across saves so a
+	// one-line edit decodes one block, not the whole copy.
+	loader *config.Loader
+}
+
+func newAppliedStore() *appliedStore { return &appliedStore{loader: config.NewLoader()} }
+
+// save records cfg, loaded from dir, as the last applied configuration in
+// cfg.Daemon.StateDir.
+func (s *appliedStore) save(cfg *config.Config, dir string, now time.Time) error {
+	state := cfg.Daemon.StateDir
+	tmp := filepath.Join(state, appliedName+".new")
+	dst := filepath.Join(state, appliedName)
+	if err := os.RemoveAll(tmp); err != nil {
+		return fmt.Errorf("record the applied config: %w", err)
+	}
+	if err := os.MkdirAll(tmp, 0o750); err != nil {
+		return fmt.Errorf("record the applied config: %w", err)
+	}
+	info := appliedInfo{Time: now.UTC(), Digest: hex.EncodeToString(cfg.Digest[:]), Dir: dir}
+	for _, f := range cfg.Files {
+		data, err := readBounded(f)
+		if err != nil {
+			return fmt.Errorf("record the applied config: %w", err)
+		}
+		base := filepath.Base(f)
+		if err := writeSynced(filepath.Join(tmp, base), data); err != nil {
+			return fmt.Errorf("record the applied config: %w", err)
+		}
+		info.Files = append(info.Files, base)
+	}
+	got, err := s.loader.Load(tmp)
+	if err != nil || got.Digest != cfg.Digest {
+		return errNotRecorded
+	}
+	js, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeSynced(filepath.Join(tmp, appliedMeta), append(js, '\n')); err != nil {
+		return fmt.Errorf("record the applied config: %w", err)
+	}
+	if err := syncDir(tmp); err != nil {
+		return fmt.Errorf("record the applied config: %w", err)
+	}
+	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE)
+	if errors.Is(err, unix.ENOENT) {
+		err = os.Rename(tmp, dst) // the first record
+	}
+	if err != nil {
+		return fmt.Errorf("record the applied config: rename %s to %s: %w", tmp, dst, err)
+	}
+	if err := syncDir(state); err != nil {
+		return fmt.Errorf("record the applied config: %w", err)
+	}
+	// applied.new now holds the previous copy.
+	if err := os.RemoveAll(tmp); err != nil {
+		return fmt.Errorf("record the applied config: %w", err)
+	}
+	return nil
+}
+
+// loadApplied loads the last applied configuration recorded in stateDir;
+// ok is false when there is none (a first install).
+func loadApplied(stateDir string) (cfg *config.Config, info appliedInfo, ok bool, err error) {
+	dir := filepath.Join(stateDir, appliedName)
+	js, err := os.ReadFile(filepath.Join(dir, appliedMeta))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, info, false, nil
+	}
+	if err != nil {
+		return nil, info, false, fmt.Errorf("read the last applied config: %w", err)
+	}
+	if err := json.Unmarshal(js, &info); err != nil {
+		return nil, info, false, fmt.Errorf("read the last applied config %s: %w", filepath.Join(dir, appliedMeta), err)
+	}
+	cfg, err = config.Load(dir)
+	if err != nil {
+		return nil, info, false, fmt.Errorf("load the last applied config %s: %w", dir, err)
+	}
+	if hex.EncodeToString(cfg.Digest[:]) != info.Digest {
+		return nil, info, false, fmt.Errorf("load the last applied config %s: its digest is not the recorded %s", dir, info.Digest)
+	}
+	return cfg, info, true, nil
+}
+
+// readBounded reads a config file, refusing one larger than the loader
+// would read.
+func readBounded(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, config.MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
+	}
+	if len(data) > config.MaxFileSize {
+		return nil, fmt.Errorf("read %s: larger than %d bytes", p, config.MaxFileSize)
+	}
+	return data, nil
+}
+
+func writeSynced(p string, data []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	return f.Close()
+}
+
+func syncDir(p string) error {
+	d, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	return nil
+}

@@ -1,0 +1,253 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/reload"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func svcHCL(name string, vip byte, reals ...byte) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "service %q {\n  vip  = \"198.51.100.%d\"\n  port = 80\n", name, vip)
+	for _, r := range reals {
+		fmt.Fprintf(&b, "  real \"203.0.113.%d\" {}\n", r)
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func writeFiles(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func names(c *config.Config) []string {
+	var out []string
+	for _, s := range c.Services {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// record loads dir and records it as applied in state, as a running
+// daemon does.
+func record(t *testing.T, dir, state string) *config.Config {
+	t.Helper()
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Daemon.StateDir = state
+	if err := newAppliedStore().save(cfg, dir, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestAppliedRecordRoundTrip(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11), "b.hcl": svcHCL("b", 2, 12)})
+	want := record(t, dir, state)
+	got, info, ok, err := loadApplied(state)
+	if err != nil || !ok {
+		t.Fatalf("loadApplied = %v, %v", ok, err)
+	}
+	if got.Digest != want.Digest || !slices.Equal(names(got), []string{"a", "b"}) {
+		t.Errorf("loaded %v, digest equal %v", names(got), got.Digest == want.Digest)
+	}
+	if !info.Time.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) || info.Dir != dir || !slices.Equal(info.Files, []string{"a.hcl", "b.hcl"}) {
+		t.Errorf("info = %+v", info)
+	}
+	// A second record replaces the first whole, and leaves no staging copy.
+	if err := os.Remove(filepath.Join(dir, "b.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	record(t, dir, state)
+	got, _, _, err = loadApplied(state)
+	if err != nil || !slices.Equal(names(got), []string{"a"}) {
+		t.Errorf("after the second record: %v, %v", names(got), err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "applied.new")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("applied.new left behind: %v", err)
+	}
+	// None recorded: a first install.
+	if _, _, ok, err := loadApplied(t.TempDir()); ok || err != nil {
+		t.Errorf("loadApplied of an empty state dir = %v, %v", ok, err)
+	}
+}
+
+// A file that changed between its load and its copy is not recorded as
+// what was applied; nor is a config whose removals are held.
+func TestAppliedNotRecordedWhenFilesDiffer(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
+	first := record(t, dir, state)
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Daemon.StateDir = state
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11, 12)})
+	if err := newAppliedStore().save(cfg, dir, time.Now()); !errors.Is(err, errNotRecorded) {
+		t.Errorf("save = %v, want errNotRecorded", err)
+	}
+	held, _ := Hold(first, cfg)
+	if err := newAppliedStore().save(held, dir, time.Now()); !errors.Is(err, errNotRecorded) {
+		t.Errorf("save of a held config = %v, want errNotRecorded", err)
+	}
+	got, _, _, err := loadApplied(state)
+	if err != nil || got.Digest != first.Digest {
+		t.Errorf("the first record was replaced: %v", err)
+	}
+}
+
+// A start is a reload from what ran before, with the daemon's own options:
+// the files are judged against the last applied config.
+func TestStartIsAReloadFromTheLastApplied(t *testing.T) {
+	two := map[string]string{"a.hcl": svcHCL("a", 1, 11), "b.hcl": svcHCL("b", 2, 12)}
+	tests := []struct {
+		name     string
+		recorded bool
+		files    map[string]string // after the record
+		remove   []string
+		want     []string // services at start; nil: New fails
+		reason   string   // in Status().Err while the last applied runs
+	}{
+		{name: "emptied directory", recorded: true, remove: []string{"a.hcl", "b.hcl"}, want: []string{"a", "b"}, reason: "would delete 2 of 2 services"},
+		{name: "broken edit", recorded: true, files: map[string]string{"b.hcl": "service \"b\" {\n  vip = \"198.51.100.2\n}\n"}, want: []string{"a", "b"}, reason: "b.hcl:2:"},
+		{name: "valid edit", recorded: true, files: map[string]string{"c.hcl": svcHCL("c", 3, 13)}, want: []string{"a", "b", "c"}},
+		{name: "half deleted is allowed", recorded: true, remove: []string{"b.hcl"}, want: []string{"a", "b"}},
+		{name: "first install, broken", files: map[string]string{"b.hcl": "service {"}},
+		{name: "first install, valid", want: []string{"a", "b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, state := t.TempDir(), t.TempDir()
+			writeFiles(t, dir, two)
+			writeFiles(t, dir, map[string]string{"kglb.hcl": fmt.Sprintf("daemon {\n  state_dir = %q\n}\n", state)})
+			if tt.recorded {
+				record(t, dir, state)
+			}
+			writeFiles(t, dir, tt.files)
+			for _, f := range tt.remove {
+				if err := os.Remove(filepath.Join(dir, f)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var last appliedInfo
+			reg := prometheus.NewRegistry()
+			w, err := reload.New(watchOptions(dir, state, &last, new(atomic.Bool), hclog.NewNullLogger(), reg))
+			if tt.want == nil {
+				if err == nil {
+					t.Fatal("New succeeded on a first install with broken files")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A deletion the guard allows is held until the files settle.
+			if got := names(w.Current()); !slices.Equal(got, tt.want) {
+				t.Errorf("services at start = %v, want %v", got, tt.want)
+			}
+			st := w.Status()
+			if st.LastApplied != (tt.reason != "") || tt.reason != "" && (st.Err == nil || !strings.Contains(st.Err.Error(), tt.reason)) {
+				t.Errorf("Status = %+v, want reason %q", st, tt.reason)
+			}
+			if tt.reason != "" && last.Time.IsZero() {
+				t.Error("the record's time is not reported")
+			}
+			gauge, err := testutil.GatherAndCount(reg, "kglb_config_running_last_applied")
+			if err != nil || gauge != 1 {
+				t.Errorf("kglb_config_running_last_applied: %d series, %v", gauge, err)
+			}
+		})
+	}
+}
+
+func TestHold(t *testing.T) {
+	svc := func(name string, vip byte, reals ...byte) *config.Service {
+		s := &config.Service{Name: name, VIP: netip.AddrFrom4([4]byte{198, 51, 100, vip}), Port: 80, Protocol: config.TCP}
+		for _, r := range reals {
+			s.Reals = append(s.Reals, config.Real{Addr: netip.AddrFrom4([4]byte{203, 0, 113, r}), Port: 80, Weight: 1})
+		}
+		return s
+	}
+	mk := func(svcs ...*config.Service) *config.Config {
+		return &config.Config{Services: svcs, Digest: [32]byte{byte(len(svcs))}}
+	}
+	show := func(c *config.Config) string {
+		var parts []string
+		for _, s := range c.Services {
+			var rs []string
+			for _, r := range s.Reals {
+				rs = append(rs, r.Addr.String())
+			}
+			parts = append(parts, fmt.Sprintf("%s@%s[%s]", s.Name, s.VIP, strings.Join(rs, " ")))
+		}
+		return strings.Join(parts, " ")
+	}
+	tests := []struct {
+		name         string
+		running, new *config.Config
+		want         string
+		held         bool
+	}{
+		{"nothing removed", mk(svc("a", 1, 11)), mk(svc("a", 1, 11, 12), svc("b", 2, 13)), "a@198.51.100.1[203.0.113.11 203.0.113.12] b@198.51.100.2[203.0.113.13]", false},
+		{"service removed", mk(svc("a", 1, 11), svc("b", 2, 12)), mk(svc("a", 1, 11)), "a@198.51.100.1[203.0.113.11] b@198.51.100.2[203.0.113.12]", true},
+		{"emptied", mk(svc("a", 1, 11)), mk(), "a@198.51.100.1[203.0.113.11]", true},
+		{"real removed, service changed", mk(svc("a", 1, 11, 12)), mk(svc("a", 3, 12, 14)), "a@198.51.100.3[203.0.113.11 203.0.113.12 203.0.113.14]", true},
+		{"renamed on the same endpoint", mk(svc("a", 1, 11)), mk(svc("b", 1, 11)), "b@198.51.100.1[203.0.113.11]", false},
+		{"family changed", mk(svc("a", 1, 11)), mk(func() *config.Service {
+			s := svc("a", 1)
+			s.Family = config.IPv6
+			return s
+		}()), "a@198.51.100.1[]", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, held := Hold(tt.running, tt.new)
+			if show(got) != tt.want || held != tt.held {
+				t.Errorf("Hold = %s, %v\nwant   %s, %v", show(got), held, tt.want, tt.held)
+			}
+			if held && got.Digest == tt.new.Digest {
+				t.Error("a held config has the files' digest")
+			}
+		})
+	}
+}
+
+// kglb status and systemd's STATUS say that the last applied config runs,
+// since when, and why, positioned.
+func TestStatusSaysLastAppliedRuns(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := Status{Config: ConfigStatus{RunningLastApplied: true, LastAppliedAt: at, Settling: true,
+		LastReloadError: "/etc/kglb/web.hcl:2:10: unterminated string literal\n/etc/kglb/a.hcl:1:1: other"}}
+	var b strings.Builder
+	WriteStatus(&b, st, at)
+	for _, want := range []string{"CONFIG REJECTED AT START (the config applied at 2026-01-02T03:04:05Z runs)", "/etc/kglb/web.hcl:2:10: unterminated string literal", "deletions wait"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("kglb status lacks %q:\n%s", want, b.String())
+		}
+	}
+	if got := firstLine(errors.New("/etc/kglb/web.hcl:2:10: x\nb\nc")); got != "/etc/kglb/web.hcl:2:10: x (and 2 more)" {
+		t.Errorf("firstLine = %q", got)
+	}
+}
