@@ -615,7 +615,9 @@ else
 	show journalctl -b -u kglb --no-pager -n 20
 fi
 client_start
-cp /var/lib/kglb/applied/web.hcl /etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
+# The record is the daemon's (kglb:kglb 0640): the copy must be readable by
+# the daemon, so give it the group /etc/kglb's files have.
+install -m 0640 -g kglb /var/lib/kglb/applied/web.hcl /etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
 waitfor 20 metric_is kglb_config_running_last_applied 0
 sleep 1
 f="$(client_fails)"
