@@ -60,17 +60,18 @@ func Run(ctx context.Context, opts Options) error {
 	// watch named and decodes the block that changed, not the directory.
 	loader := config.NewLoader()
 	var bindDropped atomic.Bool // CAP_NET_BIND_SERVICE was dropped at start
+	// The running config's share applies: an edit cannot raise its own bar.
+	guard := func(old, new *config.Config) error {
+		return errors.Join(DeleteGuard(old, new, old.Daemon.MaxDeleteShare), bindGuard(bindDropped.Load(), new))
+	}
 	watcher, err := reload.New(reload.Options[*config.Config]{
 		Dir:         opts.ConfigDir,
 		Load:        loader.Load,
 		LoadChanged: loader.LoadChanged,
 		Digest:      (*config.Config).Fingerprint,
-		// The running config's share applies: an edit cannot raise its own bar.
-		Guard: func(old, new *config.Config) error {
-			return errors.Join(DeleteGuard(old, new, old.Daemon.MaxDeleteShare), bindGuard(bindDropped.Load(), new))
-		},
-		Logger:     bootLog.Named("reload"),
-		Registerer: reg,
+		Guard:       guard,
+		Logger:      bootLog.Named("reload"),
+		Registerer:  reg,
 	})
 	if err != nil {
 		return err
@@ -99,6 +100,7 @@ func Run(ctx context.Context, opts Options) error {
 	// After start: the IPVS settings exist once ip_vs is loaded.
 	warnClusterSysctls(cfg, log)
 	d.watcher = watcher
+	d.guard = guard
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, restartSignal)
@@ -193,6 +195,7 @@ type daemon struct {
 	sched   *health.Scheduler
 	speaker *bgp.Speaker
 	watcher *reload.Watcher[*config.Config]
+	guard   func(old, new *config.Config) error // the reload's guard, for plans
 	dir     string
 	stopCh  context.CancelFunc
 }

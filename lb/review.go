@@ -383,6 +383,7 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 			switch {
 			case !inB:
 				rc.Action = ActAdd
+				rc.Fields = []Field{{Name: "weight", To: strconv.Itoa(int(ra.Weight))}}
 			case !inA:
 				rc.Action = ActRemove
 			default:
@@ -548,4 +549,16 @@ func routeFields(a, b Route) []Field {
 	add("prepend", strconv.Itoa(a.Prepend), strconv.Itoa(b.Prepend))
 	add("degraded", strconv.FormatBool(a.Degraded), strconv.FormatBool(b.Degraded))
 	return f
+}
+
+// PlanStart returns what an engine started now with its configuration
+// would write at its first pass: it adopts the kernel state kglb owns
+// (reals keep their weights until a first verdict) and plans with no
+// verdicts. `kglb plan --offline` uses it, with a prober that knows no
+// target and no announcer. Call it instead of Run, not with it.
+func (e *Engine) PlanStart(ctx context.Context) (Review, error) {
+	if err := e.adopt(ctx); err != nil {
+		return Review{}, err
+	}
+	return e.review(ctx, e.cfg)
 }

@@ -222,8 +222,8 @@ func TestReviewKinds(t *testing.T) {
 	}
 	got := b.String()
 	for _, want := range []string{
-		"~ web tcp/192.0.2.1:80 [{scheduler wrr rr}] [~ 10.0.0.1:80 [{weight 100 70}] drain= health=up] [~ 10.0.0.3:80 [{weight 100 0}] drain=30s health=] [+ 10.0.0.9:80 [] drain= health=unknown] kept=2 unknown=[10.0.0.9:80]",
-		"+ new tcp/192.0.2.3:80 [] [+ 10.0.0.1:80 [] drain= health=up]",
+		"~ web tcp/192.0.2.1:80 [{scheduler wrr rr}] [~ 10.0.0.1:80 [{weight 100 70}] drain= health=up] [~ 10.0.0.3:80 [{weight 100 0}] drain=30s health=] [+ 10.0.0.9:80 [{weight  0}] drain= health=unknown] kept=2 unknown=[10.0.0.9:80]",
+		"+ new tcp/192.0.2.3:80 [] [+ 10.0.0.1:80 [{weight  100}] drain= health=up]",
 		"vip + 192.0.2.3 hold=",
 		"vip - 192.0.2.2 hold=1h0m0s",
 		"route ~ 192.0.2.1/32 [{med  5}]",
