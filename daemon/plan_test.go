@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -224,4 +225,14 @@ func TestPlanOverControlSocket(t *testing.T) {
 	if _, err := RequestPlan(filepath.Join(t.TempDir(), "none.sock"), "/etc/kglb"); !errors.Is(err, ErrNoDaemon) {
 		t.Errorf("no daemon: %v", err)
 	}
+}
+
+func TestPrintPlanJSON(t *testing.T) {
+	if os.Getenv("KGLB_PRINT_PLAN") == "" {
+		t.Skip()
+	}
+	sock, _ := planDaemon(t)
+	a, _ := RequestPlan(sock, writeDir(t, planCandidate))
+	b, _ := json.MarshalIndent(a, "", "  ")
+	os.Stdout.Write(b)
 }

@@ -37,14 +37,48 @@ type Review struct {
 	VIPs     []VIPChange     `json:"vips"`
 	// Routes is what the announcer is handed, to every BGP neighbor.
 	Routes []RouteChange `json:"routes"`
-	// IPVSWrites and VIPWrites are the kernel writes, in the order a
-	// reload would issue them.
-	IPVSWrites []ipvs.Write `json:"ipvs_writes"`
-	VIPWrites  []vip.Write  `json:"vip_writes"`
+	// Writes are the kernel writes a reload would issue, IPVS in order,
+	// then VIPs in order.
+	Writes []KernelWrite `json:"writes"`
+	// IPVSWrites and VIPWrites are the same writes as the reconcilers
+	// record them (not sent: Writes is their portable form).
+	IPVSWrites []ipvs.Write `json:"-"`
+	VIPWrites  []vip.Write  `json:"-"`
 	// Notes say what the plan leaves out (offline: no health, no BGP).
 	Notes []string `json:"notes,omitempty"`
 	// Errors are what the reconcilers would fail on.
 	Errors []string `json:"errors,omitempty"`
+}
+
+// KernelWrite is one kernel write: op is add_service, update_service,
+// delete_service, add_real, update_real, delete_real (IPVS), add_vip or
+// del_vip.
+type KernelWrite struct {
+	Op      string `json:"op"`
+	Service string `json:"service,omitempty"` // ipvs: the service key
+	Real    string `json:"real,omitempty"`    // ipvs: the real, for a real's write
+	Weight  *int   `json:"weight,omitempty"`  // add_real, update_real
+	VIP     string `json:"vip,omitempty"`     // add_vip, del_vip
+}
+
+func kernelWrites(iw []ipvs.Write, vw []vip.Write) []KernelWrite {
+	out := make([]KernelWrite, 0, len(iw)+len(vw))
+	for _, w := range iw {
+		k := KernelWrite{Op: w.Op.String(), Service: w.Service.String()}
+		switch w.Op {
+		case ipvs.OpAddReal, ipvs.OpUpdateReal:
+			k.Real = w.RealKey.String()
+			n := int(w.Real.Weight)
+			k.Weight = &n
+		case ipvs.OpDeleteReal:
+			k.Real = w.RealKey.String()
+		}
+		out = append(out, k)
+	}
+	for _, w := range vw {
+		out = append(out, KernelWrite{Op: w.Op + "_vip", VIP: w.VIP.String()})
+	}
+	return out
 }
 
 // Field is one setting that changes.
@@ -109,7 +143,7 @@ type RouteChange struct {
 
 // Empty reports whether the plan changes nothing.
 func (r Review) Empty() bool {
-	return len(r.IPVSWrites) == 0 && len(r.VIPWrites) == 0 && len(r.Routes) == 0 && !slices.ContainsFunc(r.Services, func(s ServiceChange) bool { return len(s.HealthUnknown) > 0 })
+	return len(r.Writes) == 0 && len(r.Routes) == 0 && !slices.ContainsFunc(r.Services, func(s ServiceChange) bool { return len(s.HealthUnknown) > 0 })
 }
 
 // Summary is the plan in one line.
@@ -158,7 +192,7 @@ func (r Review) Summary() string {
 		}
 	}
 	return fmt.Sprintf("services %d to add, %d to change, %d to remove; reals %d to add, %d to change, %d to remove; vips %d to add, %d to remove; routes %d to announce, %d to change, %d to withdraw; %d kernel writes",
-		n[0], n[1], n[2], rn[0], rn[1], rn[2], va, vr, ra, rc, rw, len(r.IPVSWrites)+len(r.VIPWrites))
+		n[0], n[1], n[2], rn[0], rn[1], rn[2], va, vr, ra, rc, rw, len(r.Writes))
 }
 
 // planReq asks the Run goroutine for the plan of a configuration.
@@ -241,13 +275,7 @@ func (e *Engine) review(ctx context.Context, cfg *config.Config) (Review, error)
 	if e.opts.Announcer == nil {
 		routes = nil
 	}
-	rv := Review{IPVSWrites: ipl.Writes, VIPWrites: vw, Errors: errs}
-	if rv.IPVSWrites == nil {
-		rv.IPVSWrites = []ipvs.Write{}
-	}
-	if rv.VIPWrites == nil {
-		rv.VIPWrites = []vip.Write{}
-	}
+	rv := Review{IPVSWrites: ipl.Writes, VIPWrites: vw, Writes: kernelWrites(ipl.Writes, vw), Errors: errs}
 	rv.Services = serviceChanges(e.cfg, cfg, plan, ipl, want, d, kept, now)
 	for _, w := range vw {
 		c := VIPChange{VIP: w.VIP.String(), Action: ActAdd}

@@ -35,7 +35,7 @@ func planDaemon(t *testing.T, a daemon.PlanAnswer) string {
 // kglb plan's exit codes: 0 done, 1 invalid or refused, 2 usage, 3 no
 // daemon, 4 changes with -detailed-exitcode.
 func TestPlanExitCodes(t *testing.T) {
-	changes := &lb.Review{VIPs: []lb.VIPChange{{VIP: "198.51.100.30", Action: lb.ActAdd}}, VIPWrites: nil}
+	changes := &lb.Review{VIPs: []lb.VIPChange{{VIP: "198.51.100.30", Action: lb.ActAdd}}, Writes: []lb.KernelWrite{{Op: "add_vip", VIP: "198.51.100.30"}}}
 	none := &lb.Review{}
 	planned := func(r *lb.Review, changed bool) daemon.PlanAnswer {
 		return daemon.PlanAnswer{Result: "planned", Guard: "pass", Plan: r, Changes: changed, Summary: r.Summary()}
