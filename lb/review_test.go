@@ -238,3 +238,66 @@ func TestReviewKinds(t *testing.T) {
 		t.Errorf("summary %q", rv.Summary())
 	}
 }
+
+// TestPlanStart: the offline plan (no daemon, no health) is what an engine
+// started now with that config writes at its first pass.
+func TestPlanStart(t *testing.T) {
+	w := newWorld(t)
+	for i := 1; i <= 3; i++ {
+		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = health.Up
+	}
+	cfg := daemonCfg(svc("web", "192.0.2.1", 3), svc("old", "192.0.2.2", 1))
+	r := w.start(t, cfg)
+	if _, err := r.e.PlanConfig(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	r.stop(t) // the data plane stays, as on a stop with on_stop keep
+
+	next := daemonCfg(svc("web", "192.0.2.1", 4, func(s *config.Service) { s.Scheduler = config.SchedMH }))
+	open := func(p Prober) *Engine {
+		ir, err := ipvs.NewReconciler(w.kernel, ipvs.Options{StateDir: w.dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vr, err := vip.New(vip.Options{Kernel: w.links})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Prober: p}, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	before := copyKernel(t, w.kernel)
+	kernel := w.kernel.String()
+	rv, err := open(newFakeProber()).PlanStart(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.kernel.String() != kernel {
+		t.Fatal("the offline plan wrote to the kernel")
+	}
+	var unknown int
+	for _, s := range rv.Services {
+		unknown += len(s.HealthUnknown)
+	}
+	if unknown != 4 || len(rv.Writes) == 0 {
+		t.Fatalf("offline plan: %d unknown, %+v", unknown, rv)
+	}
+	play(t, before, rv.IPVSWrites)
+
+	// Start it for real, with no verdicts yet: the first pass writes that.
+	e := open(newFakeProber())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx, make(chan *config.Config)) }()
+	if _, err := e.PlanConfig(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	if got, want := w.kernel.String(), before.String(); got != want {
+		t.Fatalf("first pass made\n%s\noffline plan said\n%s", got, want)
+	}
+}
