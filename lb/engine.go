@@ -99,7 +99,8 @@ type Engine struct {
 	// so a stop withdraws even when announced is empty.
 	announceFailed bool
 
-	plans chan planReq // PlanConfig's requests, served by Run
+	plans      chan planReq // PlanConfig's requests, served by Run
+	lastWrites ipvs.Writes  // of the last applyIPVS, for the reload's log line
 
 	mu     sync.Mutex
 	status Desired
@@ -182,7 +183,10 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 				resync.Reset(cfg.Daemon.ResyncInterval)
 			}
 			e.setConfig(cfg)
+			announced, vips := e.announced, e.vipsRes
+			e.lastWrites = ipvs.Writes{}
 			e.reconcile(ctx, false)
+			e.logReload(announced, vips)
 		case chs := <-e.opts.Prober.Changes():
 			e.healthChanged(ctx, e.collect(chs))
 		case <-resync.C:
@@ -472,7 +476,7 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 	case !ok:
 		res, err = e.opts.IPVS.Apply(ctx, want)
 	case len(changed) == 0:
-		e.ipvsWant = want
+		e.ipvsWant, e.lastWrites = want, ipvs.Writes{}
 		return nil
 	default:
 		var errs []error
@@ -499,6 +503,7 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 		}
 	}
 	e.ipvsWant, e.ipvsOK = want, err == nil
+	e.lastWrites = res.Writes
 	e.nextDrain = res.NextDrain
 	e.draining = e.draining[:0]
 	for _, d := range res.Draining {

@@ -590,3 +590,58 @@ func (e *Engine) PlanStart(ctx context.Context) (Review, error) {
 	}
 	return e.review(ctx, e.cfg)
 }
+
+// logReload logs, at Info and in one line, what an applied reload did:
+// the IPVS writes by kind, the VIPs added and removed, the routes
+// announced, changed and withdrawn (at most maxLogged of each listed).
+// It is built from what the pass wrote, not from a second plan: planning
+// costs a copy of the reconcilers' state (BenchmarkPlanEdit), which a
+// reload of one line must not pay.
+func (e *Engine) logReload(announced []Route, before vip.Result) {
+	if !e.log.IsInfo() {
+		return
+	}
+	var add, chg, wd []string
+	for _, c := range routeChanges(announced, e.announced) {
+		switch c.Action {
+		case ActAdd:
+			add = append(add, c.Prefix)
+		case ActRemove:
+			wd = append(wd, c.Prefix)
+		default:
+			chg = append(chg, c.Prefix)
+		}
+	}
+	var vadd, vdel []string
+	was := map[netip.Addr]bool{}
+	for _, a := range before.Held {
+		was[a] = true
+	}
+	now := map[netip.Addr]bool{}
+	for _, a := range e.vipsRes.Held {
+		now[a] = true
+		if !was[a] {
+			vadd = append(vadd, a.String())
+		}
+	}
+	for _, a := range before.Held {
+		if !now[a] {
+			vdel = append(vdel, a.String())
+		}
+	}
+	e.log.Info("reload applied", "ipvs_writes", e.lastWrites.String(), "vips_added", short(vadd), "vips_removed", short(vdel),
+		"routes_announced", short(add), "routes_changed", short(chg), "routes_withdrawn", short(wd))
+}
+
+// maxLogged bounds each list of the reload's log line.
+const maxLogged = 10
+
+func short(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	if len(s) > maxLogged {
+		return strings.Join(s[:maxLogged], ",") + fmt.Sprintf(",+%d more", len(s)-maxLogged)
+	}
+	return strings.Join(s, ",")
+}

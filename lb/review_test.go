@@ -7,9 +7,11 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/health"
 	"github.com/kglb/kglb/ipvs"
@@ -184,6 +186,10 @@ func TestReviewKinds(t *testing.T) {
 	}
 	cfg := daemonCfg(svc("web", "192.0.2.1", 3), svc("old", "192.0.2.2", 1))
 	cfg.Daemon.StopHold = time.Hour
+	logs := &syncBuffer{}
+	w.wrap = func(o *Options) {
+		o.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Info})
+	}
 	r := w.start(t, cfg)
 	ctx := context.Background()
 	if _, err := r.e.PlanConfig(ctx, cfg); err != nil {
@@ -237,6 +243,37 @@ func TestReviewKinds(t *testing.T) {
 	if !strings.Contains(rv.Summary(), "services 1 to add, 1 to change, 0 to remove") {
 		t.Errorf("summary %q", rv.Summary())
 	}
+
+	// The reload logs what it did, in one line.
+	var counts ipvs.Writes
+	for _, w := range rv.IPVSWrites {
+		counts[w.Op]++
+	}
+	r.configs <- next
+	if _, err := r.e.PlanConfig(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	line := "reload applied: ipvs_writes=\"" + counts.String() + "\" vips_added=192.0.2.3 vips_removed=none routes_announced=192.0.2.3/32 routes_changed=192.0.2.1/32 routes_withdrawn=192.0.2.2/32"
+	if !strings.Contains(logs.String(), line) {
+		t.Errorf("log lacks %q:\n%s", line, logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // TestPlanStart: the offline plan (no daemon, no health) is what an engine
