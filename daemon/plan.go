@@ -45,7 +45,7 @@ type PlanAnswer struct {
 
 // planAnswer loads dir as a candidate with the daemon's loader, runs the
 // guard against the running config and asks the engine for its plan.
-func planAnswer(ctx context.Context, dir string, running *config.Config, guard func(old, new *config.Config) error, plan func(context.Context, *config.Config) (lb.Review, error)) (PlanAnswer, error) {
+func planAnswer(ctx context.Context, dir string, running *config.Config, guard func(old, new *config.Config) error, plan func(context.Context, *config.Config) (lb.Review, error), sessions func(*config.Config) ([]lb.SessionChange, error)) (PlanAnswer, error) {
 	a := PlanAnswer{Dir: dir}
 	cfg, err := config.Load(dir)
 	if err != nil {
@@ -61,6 +61,12 @@ func planAnswer(ctx context.Context, dir string, running *config.Config, guard f
 	r, err := plan(ctx, cfg)
 	if err != nil {
 		return a, err
+	}
+	if sessions != nil {
+		r.Sessions, err = sessions(cfg)
+		if err != nil {
+			r.Errors = append(r.Errors, err.Error())
+		}
 	}
 	a.Plan, a.Changes, a.Summary = &r, !r.Empty(), r.Summary()
 	return a, nil
@@ -82,7 +88,7 @@ func (d *daemon) servePlan(log hclog.Logger) http.HandlerFunc {
 		log.Debug("plan requested", "op", "plan", "dir", dir, "uid", p.UID, "gid", p.GID, "pid", p.PID)
 		ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
 		defer cancel()
-		a, err := planAnswer(ctx, dir, d.engine.Config(), d.guard, d.engine.PlanConfig)
+		a, err := planAnswer(ctx, dir, d.engine.Config(), d.guard, d.engine.PlanConfig, d.planSessions)
 		w.Header().Set("Content-Type", "application/json")
 		if err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -90,6 +96,21 @@ func (d *daemon) servePlan(log hclog.Logger) http.HandlerFunc {
 		}
 		json.NewEncoder(w).Encode(a)
 	}
+}
+
+// planSessions is the speaker's plan of cfg's bgp block: the sessions a
+// reload adds, removes or resets. With no speaker there are none (a bgp
+// block added takes effect at the next restart).
+func (d *daemon) planSessions(cfg *config.Config) ([]lb.SessionChange, error) {
+	if d.speaker == nil || !cfg.BGP.Enabled {
+		return nil, nil
+	}
+	cs, err := d.speaker.PlanConfig(speakerConfig(cfg.BGP))
+	out := make([]lb.SessionChange, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, lb.SessionChange{Neighbor: c.Neighbor, Address: c.Address.String(), Action: c.Action, Changed: c.Changed})
+	}
+	return out, err
 }
 
 // RequestPlan asks the daemon behind the control socket at path for the
@@ -234,6 +255,16 @@ func WritePlan(w io.Writer, a PlanAnswer, color bool) {
 				line += ": " + strings.Join(parts, ", ")
 			}
 			fmt.Fprintf(w, "  %s\n", paint(rt.Action, line))
+		}
+	}
+	if len(r.Sessions) > 0 {
+		fmt.Fprintln(w, "bgp sessions")
+		for _, x := range r.Sessions {
+			line := fmt.Sprintf("%s %s (%s)", x.Action, x.Neighbor, x.Address)
+			if x.Changed != "" {
+				line += ": reset, changed " + x.Changed
+			}
+			fmt.Fprintf(w, "  %s\n", paint(x.Action, line))
 		}
 	}
 	for _, e := range r.Errors {

@@ -37,6 +37,9 @@ type Review struct {
 	VIPs     []VIPChange     `json:"vips"`
 	// Routes is what the announcer is handed, to every BGP neighbor.
 	Routes []RouteChange `json:"routes"`
+	// Sessions are the BGP neighbor sessions added, removed or reset (set
+	// by the daemon, from the speaker's plan).
+	Sessions []SessionChange `json:"sessions,omitempty"`
 	// Writes are the kernel writes a reload would issue, IPVS in order,
 	// then VIPs in order.
 	Writes []KernelWrite `json:"writes"`
@@ -141,9 +144,18 @@ type RouteChange struct {
 	Fields []Field `json:"fields,omitempty"`
 }
 
+// SessionChange is a BGP neighbor session added (+), removed (-) or reset
+// (~, with the settings that changed).
+type SessionChange struct {
+	Neighbor string `json:"neighbor"`
+	Address  string `json:"address"`
+	Action   string `json:"action"`
+	Changed  string `json:"changed,omitempty"`
+}
+
 // Empty reports whether the plan changes nothing.
 func (r Review) Empty() bool {
-	return len(r.Writes) == 0 && len(r.Routes) == 0 && !slices.ContainsFunc(r.Services, func(s ServiceChange) bool { return len(s.HealthUnknown) > 0 })
+	return len(r.Writes) == 0 && len(r.Routes) == 0 && len(r.Sessions) == 0 && !slices.ContainsFunc(r.Services, func(s ServiceChange) bool { return len(s.HealthUnknown) > 0 })
 }
 
 // Summary is the plan in one line.
@@ -191,8 +203,12 @@ func (r Review) Summary() string {
 			rc++
 		}
 	}
-	return fmt.Sprintf("services %d to add, %d to change, %d to remove; reals %d to add, %d to change, %d to remove; vips %d to add, %d to remove; routes %d to announce, %d to change, %d to withdraw; %d kernel writes",
-		n[0], n[1], n[2], rn[0], rn[1], rn[2], va, vr, ra, rc, rw, len(r.Writes))
+	var sn [3]int
+	for _, x := range r.Sessions {
+		sn[strings.Index("+~-", x.Action)]++
+	}
+	return fmt.Sprintf("services %d to add, %d to change, %d to remove; reals %d to add, %d to change, %d to remove; vips %d to add, %d to remove; routes %d to announce, %d to change, %d to withdraw; bgp sessions %d to add, %d to reset, %d to remove; %d kernel writes",
+		n[0], n[1], n[2], rn[0], rn[1], rn[2], va, vr, ra, rc, rw, sn[0], sn[1], sn[2], len(r.Writes))
 }
 
 // planReq asks the Run goroutine for the plan of a configuration.

@@ -35,7 +35,8 @@ func planDaemon(t *testing.T, a daemon.PlanAnswer) string {
 // kglb plan's exit codes: 0 done, 1 invalid or refused, 2 usage, 3 no
 // daemon, 4 changes with -detailed-exitcode.
 func TestPlanExitCodes(t *testing.T) {
-	changes := &lb.Review{VIPs: []lb.VIPChange{{VIP: "198.51.100.30", Action: lb.ActAdd}}, Writes: []lb.KernelWrite{{Op: "add_vip", VIP: "198.51.100.30"}}}
+	changes := &lb.Review{VIPs: []lb.VIPChange{{VIP: "198.51.100.30", Action: lb.ActAdd}}, Writes: []lb.KernelWrite{{Op: "add_vip", VIP: "198.51.100.30"}},
+		Sessions: []lb.SessionChange{{Neighbor: "tor-a", Address: "192.0.2.1", Action: lb.ActChange, Changed: "hold_time"}}}
 	none := &lb.Review{}
 	planned := func(r *lb.Review, changed bool) daemon.PlanAnswer {
 		return daemon.PlanAnswer{Result: "planned", Guard: "pass", Plan: r, Changes: changed, Summary: r.Summary()}
@@ -51,6 +52,7 @@ func TestPlanExitCodes(t *testing.T) {
 		{name: "no changes", args: []string{"/etc/kglb"}, answer: ptr(planned(none, false)), want: exitOK, wantOut: "no changes"},
 		{name: "no changes detailed", args: []string{"-detailed-exitcode"}, answer: ptr(planned(none, false)), want: exitOK, wantOut: "kglb plan /etc/kglb"},
 		{name: "changes", args: nil, answer: ptr(planned(changes, true)), want: exitOK, wantOut: "+ 198.51.100.30 (made local)"},
+		{name: "sessions", args: nil, answer: ptr(planned(changes, true)), want: exitOK, wantOut: "bgp sessions\n  ~ tor-a (192.0.2.1): reset, changed hold_time\n"},
 		{name: "changes detailed", args: []string{"-detailed-exitcode"}, answer: ptr(planned(changes, true)), want: exitChanges},
 		{name: "json", args: []string{"-json"}, answer: ptr(planned(changes, true)), want: exitOK, wantOut: `"action": "+"`},
 		{name: "invalid", args: nil, answer: &daemon.PlanAnswer{Result: "failure", Error: "/etc/kglb/web.hcl:2:10: invalid IP address"}, want: exitInvalid, wantOut: "web.hcl:2:10"},
