@@ -248,6 +248,16 @@ plan_steps() {
 		fail "kglb plan of the running config" "rc=$rc: $out"
 		show journalctl -u kglb --no-pager -n 20
 	fi
+	out="$(kglb plan -offline /etc/kglb-next 2>&1)"
+	rc=$?
+	info "kglb plan -offline /etc/kglb-next (exit $rc):"
+	echo "$out" | sed 's/^/  | /'
+	if [ $rc = 0 ] && echo "$out" | grep -q '^OFFLINE' && echo "$out" | grep -q -- '- real 10.0.3.2:80' &&
+		[ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ]; then
+		pass "kglb plan -offline (no daemon asked: the kernel and /var/lib/kglb) says so and lists the removal; the kernel is untouched"
+	else
+		fail "kglb plan -offline" "rc=$rc reals '$(kernel_reals)': $out"
+	fi
 	rm -rf /etc/kglb-next
 }
 
