@@ -80,10 +80,14 @@ func (r *Reconciler) Plan(ctx context.Context, d Desired) (Planned, error) {
 	rec := &recorder{read: r.k}
 	c := r.dryCopy(rec)
 	if !c.valid {
+		// Read as the pass would, and as part of it: the pass below takes
+		// the same number (gen+1), so a draining service read here is not
+		// read again, as in Apply's full pass.
 		c.gen++
 		if err := c.readAll(&pass{r: c, ctx: ctx}); err != nil {
 			return Planned{}, err
 		}
+		c.gen--
 	}
 	before := c.snapshotServices()
 	res, _, err := c.pass(ctx, d.Services, false, false)
