@@ -173,8 +173,10 @@ func WritePlan(w io.Writer, a PlanAnswer, color bool) {
 	if r == nil {
 		return
 	}
-	for _, n := range r.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
+	if !a.Offline { // the OFFLINE line says it
+		for _, n := range r.Notes {
+			fmt.Fprintf(w, "note: %s\n", n)
+		}
 	}
 	fmt.Fprintln(w)
 	if r.Empty() {

@@ -18,9 +18,16 @@ type Write struct {
 // pass is set it also issues the write there (tests compare the two). It
 // never creates the link: a plan assumes Apply would.
 type recorder struct {
-	read   Kernel
-	pass   bool
-	writes []Write
+	read    Kernel
+	pass    bool
+	missing bool // the link does not exist yet: it holds nothing
+	writes  []Write
+}
+
+// linkLooker is a Kernel that can look its link up without creating it
+// (*Netlink).
+type linkLooker interface {
+	LookupLink() (found bool, err error)
 }
 
 func (k *recorder) Link() string { return k.read.Link() }
@@ -28,9 +35,19 @@ func (k *recorder) EnsureLink() (bool, error) {
 	if k.pass {
 		return k.read.EnsureLink()
 	}
+	if l, ok := k.read.(linkLooker); ok {
+		found, err := l.LookupLink()
+		k.missing = !found
+		return false, err
+	}
 	return false, nil
 }
-func (k *recorder) List(m Mode) ([]Entry, error) { return k.read.List(m) }
+func (k *recorder) List(m Mode) ([]Entry, error) {
+	if k.missing {
+		return nil, nil
+	}
+	return k.read.List(m)
+}
 func (k *recorder) Add(m Mode, e Entry) error {
 	k.writes = append(k.writes, Write{Op: "add", VIP: e.Prefix.Addr()})
 	if k.pass {

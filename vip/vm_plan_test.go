@@ -25,6 +25,18 @@ func TestVMPlanEqualsApply(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { k.Close() })
+			// Before kglb0 exists: the plan adds, and creates nothing.
+			fresh, err := New(Options{Kernel: k, Mode: mode, StateDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pw, _, err := fresh.Plan(context.Background(), []netip.Addr{netip.MustParseAddr("198.51.100.9")})
+			if err != nil || len(pw) != 1 || pw[0].Op != "add" {
+				t.Fatalf("plan before the link exists: %v, %v", pw, err)
+			}
+			if found, err := k.LookupLink(); found || err != nil {
+				t.Fatalf("the plan created kglb0 (%v)", err)
+			}
 			live := &recorder{read: k, pass: true}
 			r, err := New(Options{Kernel: live, Mode: mode, StateDir: t.TempDir()})
 			if err != nil {
