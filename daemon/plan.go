@@ -225,7 +225,7 @@ func WritePlan(w io.Writer, a PlanAnswer, color bool) {
 			fmt.Fprintf(w, "    %s\n", paint(act, line))
 		}
 		if len(s.HealthUnknown) > 0 {
-			fmt.Fprintf(w, "    health: %d kept, %d starting unknown (weight 0, not counted for the announcement until a first verdict): %s\n",
+			fmt.Fprintf(w, "    health: %d kept, %d starting unknown (not counted for the announcement until a first verdict): %s\n",
 				s.HealthKept, len(s.HealthUnknown), strings.Join(s.HealthUnknown, " "))
 		}
 	}

@@ -109,8 +109,9 @@ type ServiceChange struct {
 	Fields   []Field      `json:"fields,omitempty"`
 	Reals    []RealChange `json:"reals,omitempty"`
 	// HealthKept counts the enabled reals whose checks keep their verdict;
-	// HealthUnknown lists those that start unknown (weight 0 until their
-	// first verdict, and the VIP is not announced on them before).
+	// HealthUnknown lists those that start unknown: not counted for the
+	// announcement until a first verdict (a new real gets weight 0, one
+	// adopted at start keeps its weight).
 	HealthKept    int      `json:"health_kept"`
 	HealthUnknown []string `json:"health_unknown,omitempty"`
 }
