@@ -212,8 +212,8 @@ func peerGroups(fd int) ([]uint32, error) {
 
 type peerKey struct{}
 
-// controlHandler serves the control API: GET /status and POST
-// /reload[?force=1]. Every request's peer is checked; every request that
+// controlHandler serves the control API: GET /status, POST
+// /reload[?force=1] and POST /plan?dir=DIR (which changes nothing). Every request's peer is checked; every request that
 // changes something is logged with who asked.
 func (d *daemon) controlHandler(policy controlPolicy, log hclog.Logger) http.Handler {
 	mux := http.NewServeMux()
@@ -230,6 +230,7 @@ func (d *daemon) controlHandler(policy controlPolicy, log hclog.Logger) http.Han
 		}
 		writeReload(w, o.Result, o.Err, err)
 	})
+	mux.HandleFunc("POST /plan", d.servePlan(log))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := r.Context().Value(peerKey{}).(peer)
 		if !ok {

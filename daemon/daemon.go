@@ -60,7 +60,8 @@ func Run(ctx context.Context, opts Options) error {
 	bootLog := newLogger(opts, config.Daemon{LogLevel: config.LogInfo, LogFormat: config.LogText})
 	var bindDropped atomic.Bool // CAP_NET_BIND_SERVICE was dropped at start
 	var last appliedInfo
-	watcher, err := reload.New(watchOptions(opts.ConfigDir, config.DefaultDaemon().StateDir, &last, &bindDropped, bootLog.Named("reload"), reg))
+	wopts := watchOptions(opts.ConfigDir, config.DefaultDaemon().StateDir, &last, &bindDropped, bootLog.Named("reload"), reg)
+	watcher, err := reload.New(wopts)
 	if err != nil {
 		return err
 	}
@@ -110,6 +111,7 @@ func Run(ctx context.Context, opts Options) error {
 	if !startStatus.LastApplied {
 		record(cfg)
 	}
+	d.guard = wopts.Guard // a plan is judged as a reload would be
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, restartSignal)
@@ -207,6 +209,7 @@ type daemon struct {
 	watcher *reload.Watcher[*config.Config]
 	// lastApplied is the record the start found, if any.
 	lastApplied appliedInfo
+	guard       func(old, new *config.Config) error // the reload's guard, for plans
 	dir         string
 	stopCh      context.CancelFunc
 }

@@ -102,6 +102,8 @@ type Reconciler struct {
 	seq      uint64 // last cachedReal.seq handed out
 
 	stats atomic.Pointer[Snapshot] // the last Stats built, for a scrape during a pass
+
+	dry bool // a copy made by Plan: records writes, never saves ownership
 }
 
 // cached is the last-known kernel state of one owned service.
@@ -412,7 +414,7 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool
 			prev[k] = r.owned[k]
 			r.owned[k] = true
 		}
-		if err := saveOwned(r.statePath, r.owned); err != nil {
+		if err := r.saveOwned(); err != nil {
 			for _, k := range adds {
 				if !prev[k] {
 					delete(r.owned, k)
@@ -476,7 +478,7 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool
 	}
 
 	if p.dirty {
-		if err := saveOwned(r.statePath, r.owned); err != nil {
+		if err := r.saveOwned(); err != nil {
 			p.fail(fmt.Errorf("record ownership: %w", err))
 		}
 	}

@@ -72,3 +72,51 @@ func BenchmarkEngineEdit(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPlanEdit times the plan of a one-line edit (what `kglb plan`
+// costs the daemon, and what each applied reload adds to log its plan):
+// the desired state computed afresh and the reconcilers' diff on a copy of
+// their state.
+func BenchmarkPlanEdit(b *testing.B) {
+	for _, services := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
+			var cfgs [2]*config.Config
+			for i, w := range []int{100, 200} {
+				dir := b.TempDir()
+				writeServices(b, dir, services, 10, w)
+				cfg, err := config.Load(dir)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+				cfgs[i] = cfg
+			}
+			k := ipvs.NewFake()
+			ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}}, cfgs[0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			if err := e.adopt(ctx); err != nil {
+				b.Fatal(err)
+			}
+			e.setConfig(cfgs[0])
+			e.reconcile(ctx, false)
+			for b.Loop() {
+				r, err := e.review(ctx, cfgs[1])
+				if err != nil || len(r.IPVSWrites) != 1 {
+					b.Fatalf("plan of a one-line edit: %d writes (%v)", len(r.IPVSWrites), err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/plan")
+		})
+	}
+}

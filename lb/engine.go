@@ -99,6 +99,9 @@ type Engine struct {
 	// so a stop withdraws even when announced is empty.
 	announceFailed bool
 
+	plans      chan planReq // PlanConfig's requests, served by Run
+	lastWrites ipvs.Writes  // of the last applyIPVS, for the reload's log line
+
 	mu     sync.Mutex
 	status Desired
 	errs   error // of the last reconcile
@@ -130,6 +133,7 @@ func NewEngine(opts Options, cfg *config.Config) (*Engine, error) {
 	return &Engine{
 		opts: opts, log: opts.Logger, now: opts.Now, marks: marks,
 		cfg: cfg, qualified: map[string]bool{}, leaving: map[netip.Addr]leaving{},
+		plans: make(chan planReq),
 	}, nil
 }
 
@@ -179,13 +183,19 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 				resync.Reset(cfg.Daemon.ResyncInterval)
 			}
 			e.setConfig(cfg)
+			announced, vips := e.announced, e.vipsRes
+			e.lastWrites = ipvs.Writes{}
 			e.reconcile(ctx, false)
+			e.logReload(announced, vips)
 		case chs := <-e.opts.Prober.Changes():
 			e.healthChanged(ctx, e.collect(chs))
 		case <-resync.C:
 			e.reconcile(ctx, true)
 		case <-drain.C:
 			e.reconcile(ctx, false)
+		case req := <-e.plans:
+			r, err := e.review(ctx, req.cfg)
+			req.reply <- planRes{r, err}
 		}
 	}
 }
@@ -347,29 +357,7 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 	e.qualified = d.Qualified
 	now := e.now()
 
-	// A VIP no longer configured was announced: withdraw now, remove its
-	// data plane after the hold time.
-	inConfig := func(v netip.Addr) bool {
-		_, ok := slices.BinarySearchFunc(d.VIPs, v, netip.Addr.Compare)
-		return ok
-	}
-	for _, r := range e.announced {
-		v := r.Prefix.Addr()
-		if _, held := e.leaving[v]; !held && !inConfig(v) {
-			var svcs []ipvs.Service
-			for _, s := range e.ipvsWant.Services {
-				if s.Key.Addr == v {
-					svcs = append(svcs, s)
-				}
-			}
-			e.leaving[v] = leaving{until: now.Add(e.cfg.Daemon.StopHold), services: svcs}
-		}
-	}
-	for v, l := range e.leaving {
-		if inConfig(v) || !now.Before(l.until) {
-			delete(e.leaving, v)
-		}
-	}
+	e.leaving = e.leavingAfter(d, now)
 	want, vips := e.withHeld(d)
 
 	var errs []error
@@ -409,17 +397,53 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 	e.finish(d, errors.Join(errs...), "full", start)
 }
 
+// leavingAfter is e.leaving as a pass for d at now leaves it: a VIP no
+// longer configured that was announced is withdrawn now and its data plane
+// removed after the hold time. It does not change e.
+func (e *Engine) leavingAfter(d Desired, now time.Time) map[netip.Addr]leaving {
+	out := maps.Clone(e.leaving)
+	if out == nil {
+		out = map[netip.Addr]leaving{}
+	}
+	inConfig := func(v netip.Addr) bool {
+		_, ok := slices.BinarySearchFunc(d.VIPs, v, netip.Addr.Compare)
+		return ok
+	}
+	for _, r := range e.announced {
+		v := r.Prefix.Addr()
+		if _, held := out[v]; !held && !inConfig(v) {
+			var svcs []ipvs.Service
+			for _, s := range e.ipvsWant.Services {
+				if s.Key.Addr == v {
+					svcs = append(svcs, s)
+				}
+			}
+			out[v] = leaving{until: now.Add(e.cfg.Daemon.StopHold), services: svcs}
+		}
+	}
+	for v, l := range out {
+		if inConfig(v) || !now.Before(l.until) {
+			delete(out, v)
+		}
+	}
+	return out
+}
+
 // withHeld is d's IPVS services and VIPs with those of the VIPs withdrawn
 // and held (leaving), in VIP order. With none held it is d's own slices:
 // nothing writes to them in place.
 func (e *Engine) withHeld(d Desired) (ipvs.Desired, []netip.Addr) {
-	if len(e.leaving) == 0 {
+	return withHeld(d, e.leaving)
+}
+
+func withHeld(d Desired, leaving map[netip.Addr]leaving) (ipvs.Desired, []netip.Addr) {
+	if len(leaving) == 0 {
 		return d.IPVS, d.VIPs
 	}
-	held := slices.SortedFunc(maps.Keys(e.leaving), netip.Addr.Compare)
+	held := slices.SortedFunc(maps.Keys(leaving), netip.Addr.Compare)
 	want := ipvs.Desired{Services: slices.Clone(d.IPVS.Services)}
 	for _, v := range held {
-		want.Services = append(want.Services, e.leaving[v].services...)
+		want.Services = append(want.Services, leaving[v].services...)
 	}
 	vips := slices.Concat(d.VIPs, held)
 	slices.SortFunc(vips, netip.Addr.Compare)
@@ -452,7 +476,7 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 	case !ok:
 		res, err = e.opts.IPVS.Apply(ctx, want)
 	case len(changed) == 0:
-		e.ipvsWant = want
+		e.ipvsWant, e.lastWrites = want, ipvs.Writes{}
 		return nil
 	default:
 		var errs []error
@@ -479,6 +503,7 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 		}
 	}
 	e.ipvsWant, e.ipvsOK = want, err == nil
+	e.lastWrites = res.Writes
 	e.nextDrain = res.NextDrain
 	e.draining = e.draining[:0]
 	for _, d := range res.Draining {

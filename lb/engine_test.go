@@ -40,7 +40,8 @@ func (f *fakeProber) Changes() <-chan []health.Change { return f.ch }
 func (f *fakeProber) Lookup(t health.Target) (health.Status, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return health.Status{Target: t, State: f.states[t.Real]}, true
+	// Like the scheduler, it knows only the targets it was given.
+	return health.Status{Target: t, State: f.states[t.Real]}, slices.Contains(f.targets, t)
 }
 
 // set gives every target of real r the state st and reports the changes.

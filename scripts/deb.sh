@@ -75,6 +75,7 @@ install -m 0644 "$src/lintian-overrides" "$pkg/usr/share/lintian/overrides/kglb"
 for f in "$root"/examples/*.hcl; do install -m 0644 "$f" "$pkg/usr/share/doc/kglb/examples/"; done
 if [ -f "$root/docs/config.md" ]; then gzip -9n <"$root/docs/config.md" >"$pkg/usr/share/doc/kglb/config.md.gz"; fi
 if [ -f "$root/docs/cluster.md" ]; then gzip -9n <"$root/docs/cluster.md" >"$pkg/usr/share/doc/kglb/cluster.md.gz"; fi
+if [ -f "$root/docs/plan.md" ]; then gzip -9n <"$root/docs/plan.md" >"$pkg/usr/share/doc/kglb/plan.md.gz"; fi
 {
 	echo "kglb ($debver) unstable; urgency=medium"
 	echo

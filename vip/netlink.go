@@ -141,6 +141,26 @@ func (n *Netlink) EnsureLink() (bool, error) {
 	return changed, nil
 }
 
+// LookupLink looks the link up without creating or changing it (for a
+// plan): found is false when it does not exist.
+func (n *Netlink) LookupLink() (found bool, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false, errClosed
+	}
+	l, err := n.h.LinkByName(n.link)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("look up link: %w", err)
+	}
+	n.linkIdx = l.Attrs().Index
+	return true, nil
+}
+
 func (n *Netlink) index() (int, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -47,6 +47,8 @@ type Reconciler struct {
 	file  ownedFile           // address mode only
 	owned map[netip.Addr]bool // address mode: what kglb owns, as last known
 	saved map[netip.Addr]bool // address mode: what the file says
+
+	dry bool // a copy made by Plan: records writes, never saves the record
 }
 
 // Result is what one Apply reached. The slices are sorted (IPv4 first).
@@ -316,7 +318,7 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 
 // save writes the ownership record and remembers what it says.
 func (r *Reconciler) save(owned map[netip.Addr]bool) error {
-	if maps.Equal(owned, r.saved) {
+	if r.dry || maps.Equal(owned, r.saved) {
 		return nil
 	}
 	if err := r.file.save(owned); err != nil {

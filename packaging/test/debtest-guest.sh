@@ -219,6 +219,48 @@ BIRD
 	timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb || fail "start after the squatter left" "$(systemctl is-active kglb)"
 }
 
+# ---------------------------------------------------------------- plan (issue 16)
+# kglb plan against the running unit: a candidate directory that drops a
+# real is planned (and nothing is written), the running one plans to no
+# changes, and the live edit before was logged with what it did.
+plan_steps() {
+	local out rc rc4
+	rm -rf /etc/kglb-next && cp -a /etc/kglb /etc/kglb-next
+	sed -i '/real "10.0.3.2"/d' /etc/kglb-next/web.hcl
+	out="$(kglb plan /etc/kglb-next 2>&1)"
+	rc=$?
+	info "kglb plan /etc/kglb-next (exit $rc):"
+	echo "$out" | sed 's/^/  | /'
+	kglb plan -detailed-exitcode /etc/kglb-next >/dev/null 2>&1
+	rc4=$?
+	if [ $rc = 0 ] && [ $rc4 = 4 ] && echo "$out" | grep -q -- '- real 10.0.3.2:80' && echo "$out" | grep -q '^guard: pass' &&
+		[ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ]; then
+		pass "kglb plan of a candidate without 10.0.3.2 lists its removal, -detailed-exitcode exits 4, the kernel is untouched"
+	else
+		fail "kglb plan of a candidate" "rc=$rc reals '$(kernel_reals)': $out"
+	fi
+	out="$(kglb plan -detailed-exitcode 2>&1)"
+	rc=$?
+	if [ $rc = 0 ] && echo "$out" | grep -q '^no changes$' &&
+		journalctl -u kglb --no-pager | grep 'reload applied' | grep -q 'ipvs_writes=add_real=1'; then
+		pass "kglb plan of /etc/kglb says no changes (exit 0); the journal logged the live edit: $(journalctl -u kglb --no-pager | grep 'reload applied' | grep 'ipvs_writes=add_real=1' | tail -n1 | sed 's/.*reload applied/reload applied/')"
+	else
+		fail "kglb plan of the running config" "rc=$rc: $out"
+		show journalctl -u kglb --no-pager -n 20
+	fi
+	out="$(kglb plan -offline /etc/kglb-next 2>&1)"
+	rc=$?
+	info "kglb plan -offline /etc/kglb-next (exit $rc):"
+	echo "$out" | sed 's/^/  | /'
+	if [ $rc = 0 ] && echo "$out" | grep -q '^OFFLINE' && echo "$out" | grep -q -- '- real 10.0.3.2:80' && ! echo "$out" | grep -q 'would fail' &&
+		[ "$(kernel_reals)" = "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " ]; then
+		pass "kglb plan -offline (no daemon asked: the kernel and /var/lib/kglb) says so and lists the removal; the kernel is untouched"
+	else
+		fail "kglb plan -offline" "rc=$rc reals '$(kernel_reals)': $out"
+	fi
+	rm -rf /etc/kglb-next
+}
+
 # ---------------------------------------------------------------- network
 # client --- LB (this root namespace) --- real1, real2; NAT forwarding, so
 # the reals route their replies back through the LB.
@@ -411,6 +453,7 @@ if waitfor 20 has_reals "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 "; then
 else
 	fail "live edit" "reals: '$(kernel_reals)'"
 fi
+plan_steps
 
 # ---------------------------------------------------------------- 4. broken edit
 good="$(cat /etc/kglb/web.hcl)"

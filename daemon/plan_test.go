@@ -1,0 +1,238 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/health"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/kglb/kglb/lb"
+	"github.com/kglb/kglb/vip"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// upProber says up for every target it was given.
+type upProber struct {
+	mu      sync.Mutex
+	targets []health.Target
+}
+
+func (p *upProber) Update(ts []health.Target) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.targets = ts
+	return nil
+}
+func (p *upProber) Changes() <-chan []health.Change { return nil }
+func (p *upProber) Lookup(t health.Target) (health.Status, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if slices.Contains(p.targets, t) {
+		return health.Status{Target: t, State: health.Up}, true
+	}
+	return health.Status{}, false
+}
+
+type routes struct{ n int }
+
+func (r *routes) Apply(context.Context, []lb.Route) error { r.n++; return nil }
+func (r *routes) WithdrawAll(context.Context) error       { return nil }
+
+const planRunning = `
+service "web" {
+  vip  = "198.51.100.10"
+  port = 443
+  real "203.0.113.11" {}
+  real "203.0.113.12" {}
+  real "203.0.113.13" {}
+  check "tcp" {}
+}
+
+service "old" {
+  vip  = "198.51.100.20"
+  port = 80
+  real "203.0.113.21" {}
+  check "tcp" {}
+}
+`
+
+const planCandidate = `
+service "web" {
+  vip       = "198.51.100.10"
+  port      = 443
+  scheduler = "mh"
+  drain     = "30s"
+  real "203.0.113.11" { weight = 50 }
+  real "203.0.113.12" {}
+  real "203.0.113.14" {}
+  check "tcp" {}
+  announce {
+    med = 20
+  }
+}
+
+service "dns" {
+  vip      = "198.51.100.30"
+  port     = 53
+  protocol = "udp"
+  real "203.0.113.31" {}
+  real "203.0.113.32" {}
+}
+`
+
+func writeDir(t *testing.T, hcl string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "kglb.hcl"), []byte("daemon {\n  state_dir = \""+t.TempDir()+"\"\n}\nbgp {\n  asn = 65010\n  router_id = \"192.0.2.10\"\n}\n"+hcl), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// planDaemon runs an engine over fake kernels with the running config and
+// serves the control socket; it returns the socket.
+func planDaemon(t *testing.T) (string, *ipvs.Fake) {
+	t.Helper()
+	cfg, err := config.Load(writeDir(t, planRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := ipvs.NewFake()
+	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := vip.NewFake("kglb0")
+	vr, err := vip.New(vip.Options{Kernel: links})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: &routes{}, Prober: &upProber{}}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx, make(chan *config.Config)) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if _, err := e.PlanConfig(ctx, cfg); err != nil { // after the first pass
+		t.Fatal(err)
+	}
+	d := &daemon{reg: prometheus.NewRegistry(), engine: e, dir: "/etc/kglb",
+		guard: func(old, new *config.Config) error { return DeleteGuard(old, new, old.Daemon.MaxDeleteShare) }}
+	sock := filepath.Join(t.TempDir(), "control.sock")
+	ln, err := listenControl(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := d.controlServer(controlPolicy{uids: []uint32{uint32(os.Geteuid())}}, hclog.NewNullLogger())
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock, k
+}
+
+// TestPlanOverControlSocket asks a daemon (real engine and reconcilers over
+// fake kernels) for the plan of an edit, and checks every kind of change
+// in the review, that nothing was written, and the guard's verdict.
+func TestPlanOverControlSocket(t *testing.T) {
+	sock, k := planDaemon(t)
+	// A real that holds connections is drained, not deleted at once.
+	if err := k.SetConns(ipvs.AddrKey(ipvs.TCP, netip.MustParseAddr("198.51.100.10"), 443), ipvs.RealKey{Addr: netip.MustParseAddr("203.0.113.13"), Port: 443}, 3, 0); err != nil {
+		t.Fatal(err)
+	}
+	before := k.String()
+	k.ResetCounts()
+	a, err := RequestPlan(sock, writeDir(t, planCandidate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Writes().Total() != 0 || k.String() != before {
+		t.Fatalf("plan wrote to the kernel: %v", k.Writes())
+	}
+	var b bytes.Buffer
+	WritePlan(&b, a, false)
+	out := b.String()
+	if os.Getenv("KGLB_PRINT_PLAN") != "" {
+		os.Stdout.WriteString(out)
+	}
+	if a.Result != "planned" || !a.Changes || a.Guard != "pass" {
+		t.Errorf("answer %+v", a)
+	}
+	for _, want := range []string{
+		"vip 198.51.100.10\n  ~ service web (tcp/198.51.100.10:443)\n      scheduler: wrr -> mh\n",
+		"~ real 203.0.113.11:443: weight 100 -> 50, health up",
+		"~ real 203.0.113.13:443: drained first: weight 0, deleted when idle or after 30s",
+		"+ real 203.0.113.14:443: weight 0, health unknown",
+		"health: 2 kept, 1 starting unknown",
+		"vip 198.51.100.30\n  + service dns (udp/198.51.100.30:53)\n    + real 203.0.113.31:53: weight 100, health up\n",
+		"- 198.51.100.20 (route withdrawn now; address and services removed after the hold",
+		"+ 198.51.100.30 (made local)",
+		"~ 198.51.100.10/32: med \"\" -> \"20\"",
+		"- 198.51.100.20/32",
+		"+ 198.51.100.30/32",
+		"guard: pass",
+		"plan: services 1 to add, 1 to change, 0 to remove; reals 3 to add, 1 to change, 1 to remove; vips 1 to add, 1 to remove; routes 1 to announce, 1 to change, 1 to withdraw;",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+
+	// Unchanged: "no changes".
+	a, err = RequestPlan(sock, writeDir(t, planRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	WritePlan(&b, a, false)
+	if a.Changes || !strings.Contains(b.String(), "\nno changes\n") {
+		t.Errorf("plan of the running config:\n%s", b.String())
+	}
+
+	// Everything deleted: the guard refuses, the plan is still there.
+	a, err = RequestPlan(sock, writeDir(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Result != "refused" || !strings.Contains(a.Guard, "would delete 2 of 2 services") || a.Plan == nil {
+		t.Errorf("guard: %+v", a)
+	}
+
+	// Invalid: the positions.
+	a, err = RequestPlan(sock, writeDir(t, "service \"x\" {\n  vip = \"198.51.100.999\"\n}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Result != "failure" || !strings.Contains(a.Error, "kglb.hcl:") {
+		t.Errorf("invalid: %+v", a)
+	}
+
+	// A relative directory is the client's mistake.
+	if _, err := RequestPlan(sock, "etc/kglb"); err == nil {
+		t.Error("relative dir accepted")
+	}
+	if _, err := RequestPlan(filepath.Join(t.TempDir(), "none.sock"), "/etc/kglb"); !errors.Is(err, ErrNoDaemon) {
+		t.Errorf("no daemon: %v", err)
+	}
+}
+
+func TestPrintPlanJSON(t *testing.T) {
+	if os.Getenv("KGLB_PRINT_PLAN") == "" {
+		t.Skip()
+	}
+	sock, _ := planDaemon(t)
+	a, _ := RequestPlan(sock, writeDir(t, planCandidate))
+	b, _ := json.MarshalIndent(a, "", "  ")
+	os.Stdout.Write(b)
+}

@@ -1,0 +1,150 @@
+package ipvs
+
+import (
+	"context"
+	"maps"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Write is one kernel write of a pass, as Plan records it.
+type Write struct {
+	Op      Op       `json:"op"`
+	Service Key      `json:"service"`
+	Svc     *Service `json:"svc,omitempty"`  // add_service, update_service: the complete value
+	Real    *Real    `json:"real,omitempty"` // add_real, update_real
+	RealKey RealKey  `json:"real_key"`       // delete_real
+}
+
+// Planned is what a pass for a desired state would write, and the state it
+// would write over.
+type Planned struct {
+	// Writes are the kernel writes in the order the pass would issue them.
+	Writes []Write
+	// Before holds, with their reals, the owned services the writes touch,
+	// as the reconciler knows them now (sorted by key).
+	Before []Service
+	// Result is what the pass would reach (Draining, NextDrain included).
+	Result Result
+}
+
+// recorder is a Kernel that reads from read and records every write; when
+// pass is set it also issues the write there (tests compare the two).
+type recorder struct {
+	read   Kernel
+	pass   bool
+	writes []Write
+}
+
+func (k *recorder) Services() ([]Service, error)  { return k.read.Services() }
+func (k *recorder) Reals(key Key) ([]Real, error) { return k.read.Reals(key) }
+
+func (k *recorder) rec(w Write, f func() error) error {
+	k.writes = append(k.writes, w)
+	if k.pass {
+		return f()
+	}
+	return nil
+}
+
+func (k *recorder) AddService(s Service) error {
+	return k.rec(Write{Op: OpAddService, Service: s.Key, Svc: &s}, func() error { return k.read.AddService(s) })
+}
+func (k *recorder) UpdateService(s Service) error {
+	return k.rec(Write{Op: OpUpdateService, Service: s.Key, Svc: &s}, func() error { return k.read.UpdateService(s) })
+}
+func (k *recorder) DeleteService(key Key) error {
+	return k.rec(Write{Op: OpDeleteService, Service: key}, func() error { return k.read.DeleteService(key) })
+}
+func (k *recorder) AddReal(key Key, r Real) error {
+	return k.rec(Write{Op: OpAddReal, Service: key, Real: &r, RealKey: r.Key()}, func() error { return k.read.AddReal(key, r) })
+}
+func (k *recorder) UpdateReal(key Key, r Real) error {
+	return k.rec(Write{Op: OpUpdateReal, Service: key, Real: &r, RealKey: r.Key()}, func() error { return k.read.UpdateReal(key, r) })
+}
+func (k *recorder) DeleteReal(key Key, rk RealKey) error {
+	return k.rec(Write{Op: OpDeleteReal, Service: key, RealKey: rk}, func() error { return k.read.DeleteReal(key, rk) })
+}
+
+// Plan returns the writes Apply(ctx, d) would issue now, without writing:
+// it runs the same pass on a copy of the reconciler's state, against a
+// kernel that records writes (reads, such as the live connection counts of
+// a draining real, go to the real kernel). When the cache is not valid (no
+// pass yet, or a Resync pending) the copy reads the kernel first, as the
+// pass would. The ownership record is not touched.
+func (r *Reconciler) Plan(ctx context.Context, d Desired) (Planned, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := &recorder{read: r.k}
+	c := r.dryCopy(rec)
+	if !c.valid {
+		// Read as the pass would, and as part of it: the pass below takes
+		// the same number (gen+1), so a draining service read here is not
+		// read again, as in Apply's full pass.
+		c.gen++
+		if err := c.readAll(&pass{r: c, ctx: ctx}); err != nil {
+			return Planned{}, err
+		}
+		c.gen--
+	}
+	before := c.snapshotServices()
+	res, _, err := c.pass(ctx, d.Services, false, false)
+	pl := Planned{Writes: rec.writes, Result: res}
+	touched := map[Key]bool{}
+	for _, w := range rec.writes {
+		touched[w.Service] = true
+	}
+	for _, s := range before {
+		if touched[s.Key] {
+			pl.Before = append(pl.Before, s)
+		}
+	}
+	return pl, err
+}
+
+// dryCopy is a copy of r's state that writes to k and saves nothing. The
+// caller holds r.mu.
+func (r *Reconciler) dryCopy(k Kernel) *Reconciler {
+	c := &Reconciler{
+		k: k, statePath: r.statePath, log: hclog.NewNullLogger(), m: newMetrics(nil), now: r.now,
+		owned: maps.Clone(r.owned), cache: make(map[Key]*cached, len(r.cache)), foreign: maps.Clone(r.foreign),
+		valid: r.valid, readAt: r.readAt, draining: make(map[Key]map[RealKey]time.Time, len(r.draining)),
+		gen: r.gen, nreals: r.nreals, seq: r.seq, dry: true,
+	}
+	for k, v := range r.cache {
+		cv := *v
+		cv.reals = maps.Clone(v.reals)
+		c.cache[k] = &cv
+	}
+	for k, v := range r.draining {
+		c.draining[k] = maps.Clone(v)
+	}
+	return c
+}
+
+// snapshotServices lists the cached services with their reals, by key.
+func (r *Reconciler) snapshotServices() []Service {
+	out := make([]Service, 0, len(r.cache))
+	for k, c := range r.cache {
+		s := c.svc
+		s.Reals = make([]Real, 0, len(c.reals))
+		for rk, cr := range c.reals {
+			s.Reals = append(s.Reals, cr.real(rk))
+		}
+		sort.Slice(s.Reals, func(i, j int) bool { return s.Reals[i].Key().compare(s.Reals[j].Key()) < 0 })
+		s.Key = k
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key.less(out[j].Key) < 0 })
+	return out
+}
+
+// saveOwned writes the ownership record, unless r is a Plan's copy.
+func (r *Reconciler) saveOwned() error {
+	if r.dry {
+		return nil
+	}
+	return saveOwned(r.statePath, r.owned)
+}

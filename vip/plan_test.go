@@ -1,0 +1,72 @@
+package vip
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestPlanEqualsApply: for random desired sets, in both modes and with an
+// operator's entries on the link, the writes Plan records are those the
+// following Apply issues, and Plan changes neither link nor record.
+func TestPlanEqualsApply(t *testing.T) {
+	for _, mode := range []Mode{ModeRoute, ModeAddress} {
+		for seed := uint64(1); seed <= 10; seed++ {
+			rng := rand.New(rand.NewPCG(seed, 0))
+			f := NewFake("")
+			if _, err := f.EnsureLink(); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Add(ModeRoute, Entry{Prefix: netip.MustParsePrefix("198.51.100.3/32"), Proto: unix.RTPROT_STATIC}); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Add(ModeAddress, Entry{Prefix: netip.MustParsePrefix("198.51.100.4/32")}); err != nil {
+				t.Fatal(err)
+			}
+			live := &recorder{read: f, pass: true}
+			dir := t.TempDir()
+			r, err := New(Options{Kernel: live, Mode: mode, StateDir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for step := range 40 {
+				var want []netip.Addr
+				for i := range 8 {
+					if rng.IntN(2) == 0 {
+						want = append(want, netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}))
+					}
+				}
+				if rng.IntN(5) == 0 { // drift: someone removes an entry
+					_ = f.Del(mode, Entry{Prefix: netip.MustParsePrefix("198.51.100.1/32"), Proto: ProtoKGLB * boolByte(mode == ModeRoute)})
+				}
+				kernel := f.String()
+				record, _ := os.ReadFile(filepath.Join(dir, stateFile))
+				pw, pres, perr := r.Plan(context.Background(), want)
+				if f.String() != kernel {
+					t.Fatalf("%s seed %d step %d: plan wrote to the link", mode, seed, step)
+				}
+				if after, _ := os.ReadFile(filepath.Join(dir, stateFile)); string(after) != string(record) {
+					t.Fatalf("%s seed %d step %d: plan wrote the record", mode, seed, step)
+				}
+				live.writes = nil
+				res, aerr := r.Apply(context.Background(), want)
+				if (perr == nil) != (aerr == nil) || !reflect.DeepEqual(pw, live.writes) || !reflect.DeepEqual(pres, res) {
+					t.Fatalf("%s seed %d step %d: plan %v %+v (%v), apply %v %+v (%v)", mode, seed, step, pw, pres, perr, live.writes, res, aerr)
+				}
+			}
+		}
+	}
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
