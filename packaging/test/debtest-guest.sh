@@ -215,8 +215,15 @@ BIRD
 	kill "$sq" 2>/dev/null
 	pkill -P "$sq" 2>/dev/null
 	wait "$sq" 2>/dev/null
+	# Restart=on-failure may have an attempt of its own under way (begun while
+	# the squatter was still there): end it, then start once, cleanly.
+	timeout 120 systemctl stop kglb
 	systemctl reset-failed kglb
-	timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb || fail "start after the squatter left" "$(systemctl is-active kglb)"
+	if ! { timeout 60 systemctl start kglb && waitfor 30 systemctl is-active --quiet kglb; }; then
+		fail "start after the squatter left" "$(systemctl is-active kglb)"
+		show systemctl status kglb --no-pager -n 0
+		show journalctl -u kglb --no-pager -n 40
+	fi
 }
 
 # ---------------------------------------------------------------- plan (issue 16)
