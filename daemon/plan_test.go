@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -227,12 +228,30 @@ func TestPlanOverControlSocket(t *testing.T) {
 	}
 }
 
-func TestPrintPlanJSON(t *testing.T) {
-	if os.Getenv("KGLB_PRINT_PLAN") == "" {
-		t.Skip()
-	}
+// The -json answer (docs/plan.md) reads back as the same plan, so a
+// pipeline decoding it sees everything kglb printed. KGLB_PRINT_PLAN=1
+// prints it, for the docs.
+func TestPlanJSONRoundTrip(t *testing.T) {
 	sock, _ := planDaemon(t)
-	a, _ := RequestPlan(sock, writeDir(t, planCandidate))
-	b, _ := json.MarshalIndent(a, "", "  ")
-	os.Stdout.Write(b)
+	a, err := RequestPlan(sock, writeDir(t, planCandidate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.MarshalIndent(a, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back PlanAnswer
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("decode the -json answer: %v", err)
+	}
+	if !reflect.DeepEqual(back, a) {
+		t.Errorf("the -json answer does not read back as the plan:\n%s", b)
+	}
+	if a.Result != "planned" || !a.Changes || a.Plan == nil || a.Plan.Empty() {
+		t.Errorf("result %q, changes %v: want a plan with changes", a.Result, a.Changes)
+	}
+	if os.Getenv("KGLB_PRINT_PLAN") != "" {
+		os.Stdout.Write(b)
+	}
 }
