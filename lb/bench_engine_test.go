@@ -16,48 +16,57 @@ type nopAnnouncer struct{}
 func (nopAnnouncer) Apply(context.Context, []Route) error { return nil }
 func (nopAnnouncer) WithdrawAll(context.Context) error    { return nil }
 
+// editEngine is an engine wired as the daemon wires it (metrics, an
+// announcer, a bgp block, so every pass decides routes) over fake kernels,
+// running the first of two configurations of services x 10 reals that
+// differ in one real's weight.
+func editEngine(b *testing.B, services int) (*Engine, *ipvs.Fake, [2]*config.Config) {
+	b.Helper()
+	var cfgs [2]*config.Config
+	for i, w := range []int{100, 200} {
+		dir := b.TempDir()
+		writeServices(b, dir, services, 10, w)
+		cfg, err := config.Load(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+		cfgs[i] = cfg
+	}
+	k := ipvs.NewFake()
+	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}, Metrics: NewMetrics(nil)}, cfgs[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := e.adopt(ctx); err != nil {
+		b.Fatal(err)
+	}
+	e.setConfig(cfgs[0])
+	e.reconcile(ctx, false)
+	if _, err := e.Status(); err != nil {
+		b.Fatal(err)
+	}
+	return e, k, cfgs
+}
+
 // BenchmarkEngineEdit times only the engine's share of a one-line edit (one
 // real's weight): setConfig and reconcile, with both configurations loaded
 // before the timer starts, alternating between them. Loading is
 // BenchmarkEditToKernel's business; this one shows what the engine adds.
-// The engine is wired as the daemon wires it: metrics, an announcer, and a
-// bgp block, so that every pass decides routes.
 func BenchmarkEngineEdit(b *testing.B) {
 	for _, services := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
-			var cfgs [2]*config.Config
-			for i, w := range []int{100, 200} {
-				dir := b.TempDir()
-				writeServices(b, dir, services, 10, w)
-				cfg, err := config.Load(dir)
-				if err != nil {
-					b.Fatal(err)
-				}
-				cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
-				cfgs[i] = cfg
-			}
-			k := ipvs.NewFake()
-			ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-			if err != nil {
-				b.Fatal(err)
-			}
-			e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}, Metrics: NewMetrics(nil)}, cfgs[0])
-			if err != nil {
-				b.Fatal(err)
-			}
+			e, k, cfgs := editEngine(b, services)
 			ctx := context.Background()
-			if err := e.adopt(ctx); err != nil {
-				b.Fatal(err)
-			}
-			e.setConfig(cfgs[0])
-			e.reconcile(ctx, false)
-			if _, err := e.Status(); err != nil {
-				b.Fatal(err)
-			}
 			n := 0
 			for b.Loop() {
 				n++
@@ -74,42 +83,14 @@ func BenchmarkEngineEdit(b *testing.B) {
 }
 
 // BenchmarkPlanEdit times the plan of a one-line edit (what `kglb plan`
-// costs the daemon, and what each applied reload adds to log its plan):
-// the desired state computed afresh and the reconcilers' diff on a copy of
-// their state.
+// costs the daemon): the desired state computed afresh and the
+// reconcilers' diff on a copy of their state. Beside BenchmarkEngineEdit it
+// shows why a reload does not plan before it applies.
 func BenchmarkPlanEdit(b *testing.B) {
 	for _, services := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
-			var cfgs [2]*config.Config
-			for i, w := range []int{100, 200} {
-				dir := b.TempDir()
-				writeServices(b, dir, services, 10, w)
-				cfg, err := config.Load(dir)
-				if err != nil {
-					b.Fatal(err)
-				}
-				cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
-				cfgs[i] = cfg
-			}
-			k := ipvs.NewFake()
-			ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-			if err != nil {
-				b.Fatal(err)
-			}
-			e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}}, cfgs[0])
-			if err != nil {
-				b.Fatal(err)
-			}
+			e, _, cfgs := editEngine(b, services)
 			ctx := context.Background()
-			if err := e.adopt(ctx); err != nil {
-				b.Fatal(err)
-			}
-			e.setConfig(cfgs[0])
-			e.reconcile(ctx, false)
 			for b.Loop() {
 				r, err := e.review(ctx, cfgs[1])
 				if err != nil || len(r.IPVSWrites) != 1 {
