@@ -95,7 +95,7 @@ func BenchmarkLoad10000(b *testing.B) { benchLoad(b, 10000) }
 // loaded the directory before, by Load (the full pass of a SIGHUP or the
 // poll) moments after the files were written: every file changed too
 // recently for its stat to be trusted, so every one is read and compared,
-// and one block of one file is decoded. (lb's BenchmarkReloadScaling times
+// and the one file that changed is decoded. (lb's BenchmarkReloadScaling times
 // the watch's path, LoadChanged, on settled files.) Writing the file is
 // not timed.
 func BenchmarkLoaderEdit10000(b *testing.B) {

@@ -38,20 +38,13 @@ type fastParser struct {
 	labelRanges []span
 	ptrs        []*attr
 	src         []byte
-	slabSize    int // nodes per slab; 0 is 256
 	i           int
 	line        int
 	lineStart   int // byte offset where the current line starts
 }
 
-// slabN is the number of nodes carved from one allocation: many for a
-// whole file, fewer for one block (see decodeBlock).
-func (p *fastParser) slabN() int {
-	if p.slabSize > 0 {
-		return p.slabSize
-	}
-	return 256
-}
+// slabN is the number of nodes carved from one allocation.
+func (p *fastParser) slabN() int { return 256 }
 
 func (p *fastParser) pos() pos32 {
 	return pos32{int32(p.line), int32(p.i - p.lineStart + 1), int32(p.i)}

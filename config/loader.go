@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"os"
@@ -17,30 +16,28 @@ import (
 )
 
 // Loader is Load for a directory that is loaded again and again, as the
-// daemon's reloads do, doing work in proportion to what changed rather than
-// to the whole configuration:
+// daemon's reloads do. It keeps each file's decode while the file stays the
+// same:
 //
 //   - Reading. A file whose inode, size and change time are as they were is
 //     not read again, unless it changed so close to the time it was read
 //     that a second write within the same clock tick could hide behind an
 //     unchanged ctime (see racyWindow). LoadChanged, given the entries a
 //     directory watch named, does not even stat the others.
-//   - Decoding. A file that changed is compared with its last content, and
-//     only the service blocks the edit touched are parsed and decoded (see
-//     decodeBlocks); an unchanged block is the same *Service as before.
-//   - Checking. After a load with no problem at all, the checks across
-//     services look only at the services that changed (see incremental);
-//     anything else runs every check, so a Loader returns exactly what Load
-//     returns for the same files.
+//   - Decoding. A file read again whose content is what it was keeps its
+//     decode; one that changed is parsed and decoded whole. The services of
+//     an unchanged file are the same *Service as before.
+//   - Checking. The checks across services and files run on every load, so
+//     a Loader returns exactly what Load returns for the same files.
 //
 // The cache holds the files of the last Load that could read its files; a
 // deleted file is forgotten.
 //
 // Configs from one Loader share, with each other and with the cache, the
-// services of unchanged blocks, the Files slice while the set of files stays
-// the same, and the slices and maps inside the bgp block (Neighbors,
-// communities): treat a loaded Config as read-only. The Services slice is
-// new on each Load, so sorting or replacing whole elements is safe.
+// services of unchanged files and the slices and maps inside the bgp block
+// (Neighbors, communities): treat a loaded Config as read-only. The
+// Services slice is new on each Load, so sorting or replacing whole
+// elements is safe.
 //
 // A Loader may be shared between goroutines; its Loads run one at a time.
 type Loader struct {
@@ -51,7 +48,6 @@ type Loader struct {
 
 	mu    sync.Mutex
 	files map[string]*fileDecode // by path
-	last  *lastLoad              // the last load with no problem, if that was the last load
 	// dir and listing are the directory of the last Load and its files, as
 	// LoadChanged keeps them up to date.
 	dir     string
@@ -61,8 +57,6 @@ type Loader struct {
 	// than took from the cache, and read the files it read; tests read
 	// them.
 	decoded, read int
-	// quick is whether the last Load checked only the changed services.
-	quick bool
 	// now is the clock a read is stamped with; tests move it on.
 	now func() time.Time
 }
@@ -207,8 +201,7 @@ func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, er
 // not depend on the other files. It is kept while the file's content stays
 // the same, and read, never written, by each load that uses it.
 type fileDecode struct {
-	// sum identifies the content: its SHA-256, or for a file decoded block
-	// by block the SHA-256 of its blocks' (see fileSum).
+	// sum is the SHA-256 of the content.
 	sum [32]byte
 	// stat is what stat said of the file when it was last read, at readAt;
 	// zero readAt for a file that was given, not read.
@@ -226,11 +219,6 @@ type fileDecode struct {
 	services []*Service
 	metas    []*serviceMeta
 	svcDiags []diag
-	// blocks are the file's service blocks in order, and data its content,
-	// when the file is only service blocks (see decodeBlocks); nil
-	// otherwise.
-	blocks []*blockDecode
-	data   []byte
 }
 
 // clone is a copy of fd that shares its decoded values, to record a new
@@ -261,17 +249,18 @@ type topBlock struct {
 	bgp             BGP
 }
 
-// decodeFile parses and decodes one file on its own. The tree is dropped
-// when it returns, so only one file's tree is alive at a time: less for the
-// GC to trace.
+// decodeFile parses and decodes one file on its own: by fastParse, or by
+// hclsyntax when fastParse declines the file. The tree is dropped when it
+// returns, so only one file's tree is alive at a time: less for the GC to
+// trace.
 func decodeFile(name string, data []byte) *fileDecode {
-	fd := &fileDecode{}
+	fd := &fileDecode{sum: sha256.Sum256(data)}
 	if fd.parse = scanLimits(name, data); fd.parse.HasErrors() {
 		return fd
 	}
 	b := fastParse(data)
 	if b == nil {
-		if b, fd.parse = slowParse(name, data, hcl.InitialPos); b == nil {
+		if b, fd.parse = parse(name, data); b == nil {
 			return fd
 		}
 	}
@@ -314,11 +303,11 @@ func decodeFile(name string, data []byte) *fileDecode {
 	return fd
 }
 
-// slowParse parses src with hclsyntax, from pos, when the fast parser
-// declines it: the body, or nil when it has syntax errors, and what the
-// parse reported.
-func slowParse(name string, src []byte, pos hcl.Pos) (*body, hcl.Diagnostics) {
-	f, diags := hclsyntax.ParseConfig(src, name, pos)
+// parse parses src with hclsyntax into the decoder's tree, for a file
+// fastParse declines: the body, or nil when it has syntax errors, and what
+// the parse reported.
+func parse(name string, src []byte) (*body, hcl.Diagnostics) {
+	f, diags := hclsyntax.ParseConfig(src, name, hcl.InitialPos)
 	if diags.HasErrors() || f == nil {
 		return nil, diags
 	}
@@ -344,44 +333,32 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	if l.files == nil {
 		l.files = make(map[string]*fileDecode, len(srcs))
 	}
-	var changes []fileChange // since the last load
 	l.decoded = 0
 	nServices, known, before := 0, 0, len(l.files)
 	for i, s := range srcs {
-		old := l.files[s.name]
-		fd := old
+		fd := l.files[s.name]
+		if fd != nil {
+			known++
+		}
 		if s.data != nil || fd == nil {
-			switch {
-			case fd != nil && fd.data != nil && bytes.Equal(fd.data, s.data),
-				fd != nil && fd.data == nil && fd.sum == sha256.Sum256(s.data):
+			if fd != nil && fd.sum == sha256.Sum256(s.data) {
 				fd = fd.clone() // the same content: the same decode
-			default:
-				fd = decodeBlocks(s.name, s.data, fd)
+			} else {
+				fd = decodeFile(s.name, s.data)
 				l.decoded++
 			}
 			fd.stat, fd.readAt = s.stat, s.readAt
 			l.files[s.name] = fd
 		}
-		if old != nil {
-			known++
-		}
-		if old == nil || old.sum != fd.sum {
-			changes = append(changes, fileChange{s.name, old, fd})
-		}
 		fds[i] = fd
 		nServices += len(fd.services)
 	}
 	if known < before { // some files of the last load are gone
-		for name, old := range l.files {
+		for name := range l.files {
 			if _, ok := slices.BinarySearchFunc(srcs, name, func(s source, n string) int { return strings.Compare(s.name, n) }); !ok {
-				changes = append(changes, fileChange{name, old, nil})
 				delete(l.files, name)
 			}
 		}
-	}
-	cfg, ok := l.incremental(srcs, fds, changes)
-	if l.quick = ok; ok {
-		return cfg, nil
 	}
 
 	// Syntax errors come alone: decoding a half-parsed file gives noise.
@@ -393,7 +370,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		return nil, resolve(srcs, fromHCL(parseDiags))
 	}
 
-	cfg = &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
+	cfg := &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
 	// Pointers into the cache, not copies: validate only reads them, and
 	// cfg.Services is these same pointers, sorted.
 	svcs := make([]*Service, 0, nServices)
@@ -428,13 +405,10 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	cfg.Digest = digest(srcs, fds)
 	d.validate(cfg, svcs, metas, daemon)
 	if len(d.diags) > 0 {
-		ds := resolve(srcs, d.diags)
-		if ds.HasErrors() {
+		if ds := resolve(srcs, d.diags); ds.HasErrors() {
 			return nil, ds
 		}
-		return cfg, nil
 	}
-	l.last = &lastLoad{daemon: cfg.Daemon, hasDaemon: daemon != nil, bgp: cfg.BGP, files: cfg.Files, sorted: cfg.Services, idx: indexOf(fds, len(svcs))}
 	return cfg, nil
 }
 

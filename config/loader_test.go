@@ -3,11 +3,9 @@ package config
 import (
 	"bytes"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -361,150 +359,6 @@ func loadDiff(got *Config, gotErr error, want *Config, wantErr error) string {
 		}
 	}
 	return "configs differ"
-}
-
-// TestLoaderIncrementalMatchesLoad makes random edits to a directory of
-// services, many of them clashes the checks across services must catch (a
-// name, an endpoint or a VIP's announcement shared, an fwmark among the
-// tunnel marks, too many tunnelled reals, a health_source that is a VIP), and
-// fixes. After each, a Loader that saw every earlier state returns exactly
-// what a fresh Load returns, and edits to services alone, after a clean
-// load, check only what changed.
-func TestLoaderIncrementalMatchesLoad(t *testing.T) {
-	dir := t.TempDir()
-	type svc struct {
-		name, vip string
-		port, med int
-		fwmark    int
-		tunnel    bool
-		reals     int
-	}
-	files := make([][]svc, 4)
-	for f := range files {
-		for i := range 6 {
-			files[f] = append(files[f], svc{name: fmt.Sprintf("s%d-%d", f, i), vip: fmt.Sprintf("198.51.100.%d", 1+f*6+i), port: 80, reals: 2})
-		}
-	}
-	daemon := "daemon {\n  health_source = [\"192.0.2.10\"]\n  tunnel_mark_base = 5000\n  tunnel_mark_count = 4\n}\n"
-	render := func() {
-		for f, svcs := range files {
-			var b strings.Builder
-			for _, s := range svcs {
-				fmt.Fprintf(&b, "service %q {\n", s.name)
-				if s.fwmark != 0 {
-					fmt.Fprintf(&b, "  fwmark = %d\n  family = \"ipv4\"\n", s.fwmark)
-				} else {
-					fmt.Fprintf(&b, "  vip  = %q\n  port = %d\n", s.vip, s.port)
-					if s.med != 0 {
-						fmt.Fprintf(&b, "  announce {\n    med = %d\n  }\n", s.med)
-					}
-				}
-				if s.tunnel && s.fwmark == 0 {
-					b.WriteString("  check \"tcp\" {\n    tunnel = true\n  }\n")
-				}
-				for r := range s.reals {
-					port := ""
-					if s.fwmark != 0 {
-						port = " port = 80 "
-					}
-					fmt.Fprintf(&b, "  real \"203.0.113.%d\" {%s}\n", 1+(len(s.name)*7+r*13+int(s.name[1]))%250, port)
-				}
-				b.WriteString("}\n\n")
-			}
-			write(t, dir, fmt.Sprintf("f%d.hcl", f), b.String())
-		}
-		write(t, dir, "daemon.hcl", daemon)
-	}
-	r := rand.New(rand.NewPCG(7, 7))
-	l := NewLoader()
-	quick, clean := 0, 0
-	clone := func(fs [][]svc) [][]svc {
-		out := make([][]svc, len(fs))
-		for i := range fs {
-			out[i] = slices.Clone(fs[i])
-		}
-		return out
-	}
-	for step := range 400 {
-		// After a failed load, the next edit starts from the last good
-		// state, so clean loads (the ones checked incrementally) and
-		// failed ones alternate.
-		goodFiles, goodDaemon := clone(files), daemon
-		f := r.IntN(len(files))
-		svcs := files[f]
-		if len(svcs) == 0 {
-			svcs = []svc{{name: fmt.Sprintf("e%d", step), vip: "198.51.100.250", port: 80, reals: 1}}
-			files[f] = svcs
-		}
-		i := r.IntN(len(svcs))
-		var what string
-		switch r.IntN(12) {
-		case 0:
-			svcs[i].reals = 1 + r.IntN(3)
-			what = "reals"
-		case 1:
-			svcs[i].name = fmt.Sprintf("s%d-%d", r.IntN(4), r.IntN(8)) // may clash
-			what = "rename"
-		case 2:
-			svcs[i].vip = fmt.Sprintf("198.51.100.%d", 1+r.IntN(30)) // may share a VIP
-			if r.IntN(8) == 0 {
-				svcs[i].vip = "192.0.2.10" // the health_source
-			}
-			what = "vip"
-		case 3:
-			svcs[i].med = r.IntN(2) * 10 // a shared VIP announced differently
-			what = "med"
-		case 4:
-			svcs[i].port = 80 + r.IntN(2) // may clash on the endpoint
-			what = "port"
-		case 5:
-			svcs[i].fwmark = []int{0, 0, 7, 8, 5003}[r.IntN(5)] // 5003 is a tunnel mark
-			what = "fwmark"
-		case 6:
-			svcs[i].tunnel = !svcs[i].tunnel // more than 4 tunnelled reals fail
-			what = "tunnel"
-		case 7:
-			files[f] = append(svcs, svc{name: fmt.Sprintf("n%d", step), vip: fmt.Sprintf("198.51.100.%d", 100+step%100), port: 80, reals: 1})
-			what = "add"
-		case 8:
-			if len(svcs) > 1 {
-				files[f] = append(svcs[:i:i], svcs[i+1:]...)
-			}
-			what = "remove"
-		case 9:
-			g := (f + 1) % len(files)
-			files[g] = append(files[g], svcs[i])
-			files[f] = append(svcs[:i:i], svcs[i+1:]...)
-			what = "move to another file"
-		case 10:
-			if strings.Contains(daemon, "198.51.100.1\"") {
-				daemon = strings.Replace(daemon, "198.51.100.1\"", "192.0.2.10\"", 1)
-			} else if r.IntN(3) == 0 {
-				daemon = strings.Replace(daemon, "192.0.2.10\"", "198.51.100.1\"", 1) // a VIP
-			}
-			what = "daemon"
-		case 11:
-			what = "nothing"
-		}
-		render()
-		got, gotErr := l.Load(dir)
-		want, wantErr := Load(dir)
-		if d := loadDiff(got, gotErr, want, wantErr); d != "" {
-			t.Fatalf("step %d (%s): %s", step, what, d)
-		}
-		if l.quick {
-			quick++
-		}
-		if wantErr == nil {
-			clean++
-		} else {
-			files, daemon = goodFiles, goodDaemon
-		}
-	}
-	if quick < clean/2 {
-		t.Errorf("only %d of %d clean loads checked only what changed", quick, clean)
-	}
-	t.Logf("%d clean loads, %d checked only what changed", clean, quick)
 }
 
 // TestLoaderLoadChanged follows a directory through the edits a watch

@@ -31,8 +31,8 @@ const (
 // scanLimits checks src against the limits above, and that no number is
 // written with a leading zero, in one pass that keeps no more than
 // MaxNesting levels of state, whatever the input. It is the gate in front
-// of both parsers (see decodeFile, decodeBlocks and Format): a file it
-// reports a problem for is not parsed. It follows just enough of HCL's
+// of both parsers (see decodeFile and Format): a file it reports a problem
+// for is not parsed. It follows just enough of HCL's
 // lexical structure (strings, templates, heredocs, comments) to tell code
 // from text; anything it misreads is still parsed, and reported, by the
 // parsers, which only ever see input of bounded depth.

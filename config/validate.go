@@ -122,3 +122,22 @@ func sameRoute(a, b Announce) bool {
 		slices.Equal(a.LargeCommunities, b.LargeCommunities) && a.HasMED == b.HasMED && a.MED == b.MED &&
 		a.HasLocalPref == b.HasLocalPref && a.LocalPref == b.LocalPref && a.Prepend == b.Prepend
 }
+
+// endpoint is what a service is matched by in the kernel: VIP, port and
+// protocol, or fwmark and family.
+type endpoint struct {
+	proto Protocol
+	ap    netip.AddrPort
+	mark  uint32
+	fam   Family
+}
+
+func endpointOf(s *Service) (endpoint, bool) {
+	switch {
+	case s.FWMark != 0:
+		return endpoint{mark: s.FWMark, fam: s.Family}, true
+	case s.VIP.IsValid() && s.Port != 0: // no port: reported on its own
+		return endpoint{proto: s.Protocol, ap: netip.AddrPortFrom(s.VIP, s.Port)}, true
+	}
+	return endpoint{}, false
+}
