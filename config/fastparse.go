@@ -3,6 +3,7 @@ package config
 import (
 	"math/big"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/zclconf/go-cty/cty"
 )
@@ -62,17 +63,21 @@ func (p *fastParser) space() {
 }
 
 // comment skips a line comment up to (not including) its newline; it
-// reports false on a block comment, which is left to hclsyntax.
+// reports false on a block comment, and on a comment that is not valid
+// UTF-8 (hclsyntax's scanner may then read the newline as part of a
+// character), which are left to hclsyntax.
 func (p *fastParser) comment() bool {
 	if p.i >= len(p.src) {
 		return true
 	}
 	c := p.src[p.i]
 	if c == '#' || c == '/' && p.i+1 < len(p.src) && p.src[p.i+1] == '/' {
+		start, ascii := p.i, true
 		for p.i < len(p.src) && p.src[p.i] != '\n' {
+			ascii = ascii && p.src[p.i] < utf8.RuneSelf
 			p.i++
 		}
-		return true
+		return ascii || utf8.Valid(p.src[start:p.i])
 	}
 	return !(c == '/' && p.i+1 < len(p.src) && p.src[p.i+1] == '*')
 }
