@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/reload"
 	"golang.org/x/sys/unix"
 )
 
@@ -250,13 +251,13 @@ func (d *daemon) controlHandler(policy controlPolicy, log hclog.Logger) http.Han
 type ReloadAnswer struct {
 	// Result is success (applied), unchanged, failure (invalid config) or
 	// refused (the delete guard).
-	Result string `json:"result"`
+	Result reload.Result `json:"result"`
 	// Error says why, for failure and refused: `file:line:col: message`
 	// lines for an invalid config.
 	Error string `json:"error,omitempty"`
 }
 
-func writeReload(w http.ResponseWriter, result string, rerr, err error) {
+func writeReload(w http.ResponseWriter, result reload.Result, rerr, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	a := ReloadAnswer{Result: result}
 	code := http.StatusOK

@@ -154,8 +154,8 @@ func Run(ctx context.Context, opts Options) error {
 				// below once the engine has it, the rest here.
 				go func() {
 					o, err := watcher.ReloadWait(runCtx, false)
-					if err == nil && o.Result != "success" {
-						d.notify.send("READY=1", "STATUS=reload "+o.Result+"; "+d.statusLine(watcher.Current()))
+					if err == nil && o.Result != reload.Applied {
+						d.notify.send("READY=1", "STATUS=reload "+string(o.Result)+"; "+d.statusLine(watcher.Current()))
 					}
 				}()
 				continue

@@ -86,7 +86,7 @@ func TestTruncatePauseWriteMakesNoIPVSWrite(t *testing.T) {
 		}
 	}
 	// Once a reload has answered, the watch is in place.
-	if o, err := w.ReloadWait(ctx, false); err != nil || o.Result != "unchanged" {
+	if o, err := w.ReloadWait(ctx, false); err != nil || o.Result != reload.Unchanged {
 		t.Fatalf("first reload = %+v, %v", o, err)
 	}
 	for !strings.Contains(kernel.String(), "203.0.113.14:80") {
@@ -119,7 +119,7 @@ func TestTruncatePauseWriteMakesNoIPVSWrite(t *testing.T) {
 	if n := kernel.Writes().Total(); n != 0 || !strings.Contains(kernel.String(), "203.0.113.12:80") {
 		t.Errorf("a removed real was touched before the files settled: %d writes\n%s", n, kernel)
 	}
-	if o, err := w.ReloadWait(ctx, false); err != nil || o.Result != "success" {
+	if o, err := w.ReloadWait(ctx, false); err != nil || o.Result != reload.Applied {
 		t.Fatalf("ReloadWait = %+v, %v", o, err)
 	}
 	apply()

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/kglb/kglb/internal/nstest"
+	"github.com/kglb/kglb/reload"
 	mobyipvs "github.com/moby/ipvs"
 )
 
@@ -266,7 +267,7 @@ func TestDaemonAgainstKernel(t *testing.T) {
 	}
 	writeConfig(t, dir, state, "10.77.1.2:80", "10.77.2.2:80", "10.77.3.2:80")
 	waitFor(t, "reload accepted again", func() bool { return metric(t, "kglb_config_last_reload_successful") == 1 })
-	if msg, err := RequestReload(controlSocket(dir), false); err != nil || msg.Result != "unchanged" {
+	if msg, err := RequestReload(controlSocket(dir), false); err != nil || msg.Result != reload.Unchanged {
 		t.Errorf("reload of the running config: %q, %v; want \"config unchanged\"", msg, err)
 	}
 

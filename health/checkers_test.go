@@ -107,10 +107,10 @@ func TestHTTPChecker(t *testing.T) {
 	cases := []checkCase{
 		{name: "200", real: srv, spec: httpSpec(HTTP, "/", time.Second), want: OK, wantReason: "HTTP 200"},
 		{name: "503 is a failure", real: srv, spec: httpSpec(HTTP, "/down", time.Second), want: Fail, wantReason: "HTTP 503"},
-		{name: "503 expected", real: srv, spec: with(httpSpec(HTTP, "/down", time.Second), func(s *Spec) { s.HTTP.Status = "200,500-599" }), want: OK},
+		{name: "503 expected", real: srv, spec: with(httpSpec(HTTP, "/down", time.Second), func(s *Spec) { s.HTTP.Status = StatusCodes(200, 200).With(500, 599) }), want: OK},
 		{name: "404", real: srv, spec: httpSpec(HTTP, "/nope", time.Second), want: Fail, wantReason: "HTTP 404"},
 		{name: "redirect not followed by default", real: srv, spec: httpSpec(HTTP, "/redirect", time.Second), want: Fail, wantReason: "HTTP 302"},
-		{name: "redirect accepted as a status", real: srv, spec: with(httpSpec(HTTP, "/redirect", time.Second), func(s *Spec) { s.HTTP.Status = "300-399" }), want: OK},
+		{name: "redirect accepted as a status", real: srv, spec: with(httpSpec(HTTP, "/redirect", time.Second), func(s *Spec) { s.HTTP.Status = StatusCodes(300, 399) }), want: OK},
 		{name: "redirect followed", real: srv, spec: with(httpSpec(HTTP, "/redirect", time.Second), func(s *Spec) { s.HTTP.FollowRedirects = true }), want: OK, wantReason: "HTTP 200"},
 		{name: "redirect to another host", real: srv, spec: with(httpSpec(HTTP, "/away", time.Second), func(s *Spec) { s.HTTP.FollowRedirects = true }), want: Fail, wantReason: "another host"},
 		{name: "redirect loop", real: srv, spec: with(httpSpec(HTTP, "/loop", time.Second), func(s *Spec) { s.HTTP.FollowRedirects = true }), want: Fail, wantReason: "redirects"},
@@ -121,7 +121,7 @@ func TestHTTPChecker(t *testing.T) {
 		{name: "host header", real: srv, spec: with(httpSpec(HTTP, "/", time.Second), func(s *Spec) { s.HTTP.Host = "web.example"; s.HTTP.Body = "healthy as web.example" }), want: OK},
 		{name: "extra headers", real: srv, spec: with(httpSpec(HTTP, "/", time.Second), func(s *Spec) {
 			s.HTTP.Headers = CanonicalHeaders(map[string]string{"x-want": "teapot"})
-			s.HTTP.Status = "418"
+			s.HTTP.Status = StatusCodes(418, 418)
 		}), want: OK, wantReason: "HTTP 418"},
 		{name: "HEAD", real: srv, spec: with(httpSpec(HTTP, "/", time.Second), func(s *Spec) { s.HTTP.Method = "HEAD" }), want: OK},
 		{name: "refused", real: closedPort(t), spec: httpSpec(HTTP, "/", time.Second), want: Fail, wantReason: "refused"},

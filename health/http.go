@@ -36,7 +36,6 @@ type httpChecker struct {
 	p        HTTPParams
 	tls      bool
 	tlsConf  *tls.Config // nil for plain http
-	status   []StatusRange
 	headers  [][2]string
 	proxyURL *url.URL
 }
@@ -44,9 +43,6 @@ type httpChecker struct {
 func newHTTPChecker(s Spec, d Dialer) (*httpChecker, error) {
 	c := &httpChecker{d: d, p: s.HTTP, tls: s.Type == HTTPS}
 	var err error
-	if c.status, err = ParseStatus(s.HTTP.Status); err != nil {
-		return nil, err
-	}
 	if c.headers, err = parseHeaders(s.HTTP.Headers); err != nil {
 		return nil, err
 	}
@@ -263,7 +259,7 @@ func (c *httpChecker) exchange(stream io.ReadWriter, lr *io.LimitedReader, u *ur
 			u = next
 			continue
 		}
-		if !statusOK(c.status, code) {
+		if !c.p.Status.Has(code) {
 			return code, fmt.Errorf("HTTP %d", code)
 		}
 		if c.p.Body != "" {
@@ -278,15 +274,6 @@ func (c *httpChecker) exchange(stream io.ReadWriter, lr *io.LimitedReader, u *ur
 		// No need to read the rest: the connection is closed with RST.
 		return code, nil
 	}
-}
-
-func statusOK(rs []StatusRange, code int) bool {
-	for _, r := range rs {
-		if code >= r.Lo && code <= r.Hi {
-			return true
-		}
-	}
-	return false
 }
 
 // readWriteConn is a net.Conn whose reads and writes go through rw (the bounded

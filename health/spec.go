@@ -78,10 +78,10 @@ type HTTPParams struct {
 	// (an IP is verified against the certificate's IP addresses and not sent). In
 	// proxy mode it names the TLS proxy; an https ProxyURL is verified by its host.
 	SNI     string
-	Headers string // extra request headers, CanonicalHeaders form
-	Status  string // expected codes, CanonicalStatus form; empty means 200-299
-	Body    string // optional substring expected within the first MaxBody bytes
-	MaxBody int64  // bytes of body read at most; default 64 KiB
+	Headers string    // extra request headers, CanonicalHeaders form
+	Status  StatusSet // the codes taken as good
+	Body    string    // optional substring expected within the first MaxBody bytes
+	MaxBody int64     // bytes of body read at most; default 64 KiB
 	// FollowRedirects follows up to 5 redirects that stay on the same host, against
 	// the same real. Off by default: a 3xx is then judged by Status.
 	FollowRedirects bool
@@ -184,9 +184,6 @@ func (s Spec) Validate() error {
 	}
 	switch s.Type {
 	case HTTP, HTTPS:
-		if _, err := ParseStatus(s.HTTP.Status); err != nil {
-			return err
-		}
 		if s.HTTP.MaxBody < 0 {
 			return errors.New("max body must not be negative")
 		}
@@ -262,56 +259,60 @@ func CanonicalList(vs []string) string {
 	return strings.Join(out, "\n")
 }
 
-// StatusRange is an inclusive range of HTTP status codes.
-type StatusRange struct{ Lo, Hi int }
+// StatusSet is the set of HTTP status codes (100 to 599) an http check
+// takes as good. It is an array, not a slice, so that a Spec stays
+// comparable (a map key); the zero set takes 200 to 299.
+type StatusSet [8]uint64
 
-// CanonicalStatus parses status codes and ranges ("200", "300-399") and renders them
-// sorted and merged ("200,300-399"), the form Spec.HTTP.Status holds.
-func CanonicalStatus(items []string) (string, error) {
-	rs, err := ParseStatus(strings.Join(items, ","))
-	if err != nil {
-		return "", err
-	}
-	parts := make([]string, len(rs))
-	for i, r := range rs {
-		if r.Lo == r.Hi {
-			parts[i] = strconv.Itoa(r.Lo)
-		} else {
-			parts[i] = fmt.Sprintf("%d-%d", r.Lo, r.Hi)
-		}
-	}
-	return strings.Join(parts, ","), nil
+// StatusCodes is the set of the codes lo to hi, both included, clipped to
+// 100 to 599.
+func StatusCodes(lo, hi int) StatusSet {
+	var s StatusSet
+	return s.With(lo, hi)
 }
 
-// ParseStatus parses a comma-separated list of codes and ranges; empty means 200-299.
-func ParseStatus(s string) ([]StatusRange, error) {
-	if strings.TrimSpace(s) == "" {
-		return []StatusRange{{200, 299}}, nil
+// With is s with the codes lo to hi added, both included, clipped to 100 to
+// 599.
+func (s StatusSet) With(lo, hi int) StatusSet {
+	for c := max(lo, 100); c <= min(hi, 599); c++ {
+		s[(c-100)/64] |= 1 << ((c - 100) % 64)
 	}
-	var rs []StatusRange
-	for _, p := range strings.Split(s, ",") {
-		p = strings.TrimSpace(p)
-		lo, hi, isRange := strings.Cut(p, "-")
-		a, err1 := strconv.Atoi(strings.TrimSpace(lo))
-		b := a
-		var err2 error
-		if isRange {
-			b, err2 = strconv.Atoi(strings.TrimSpace(hi))
-		}
-		if err1 != nil || err2 != nil || a < 100 || b > 599 || a > b {
-			return nil, fmt.Errorf("bad status %q: want a code 100-599 or a range like 200-299", p)
-		}
-		rs = append(rs, StatusRange{a, b})
-	}
-	sort.Slice(rs, func(i, j int) bool { return rs[i].Lo < rs[j].Lo })
-	merged := rs[:1]
-	for _, r := range rs[1:] {
-		last := &merged[len(merged)-1]
-		if r.Lo <= last.Hi+1 {
-			last.Hi = max(last.Hi, r.Hi)
-		} else {
-			merged = append(merged, r)
-		}
-	}
-	return merged, nil
+	return s
 }
+
+// Has reports whether code is in the set.
+func (s StatusSet) Has(code int) bool {
+	if s == (StatusSet{}) {
+		return code >= 200 && code <= 299
+	}
+	return code >= 100 && code <= 599 && s[(code-100)/64]&(1<<((code-100)%64)) != 0
+}
+
+// String lists the set's codes, sorted, ranges merged: "200,300-399"; empty
+// for the zero set.
+func (s StatusSet) String() string {
+	if s == (StatusSet{}) {
+		return ""
+	}
+	var parts []string
+	for c := 100; c <= 599; c++ {
+		if !s.Has(c) {
+			continue
+		}
+		lo := c
+		for c+1 <= 599 && s.Has(c+1) {
+			c++
+		}
+		if lo == c {
+			parts = append(parts, strconv.Itoa(c))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", lo, c))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// GoString is String quoted: Spec.ID hashes the %#v of HTTPParams, which
+// held String's text before the set was typed, and the ids are metric
+// labels that must not change across an upgrade.
+func (s StatusSet) GoString() string { return strconv.Quote(s.String()) }

@@ -6,25 +6,35 @@ import (
 	"time"
 )
 
-func TestCanonicalStatus(t *testing.T) {
+func TestStatusSet(t *testing.T) {
 	tests := []struct {
-		name    string
-		in      []string
-		want    string
-		wantErr bool
+		name string
+		set  StatusSet
+		want string
+		has  []int
+		not  []int
 	}{
-		{"one", []string{"200"}, "200", false},
-		{"merged and sorted", []string{"302", "200-299", "300-301", "204"}, "200-302", false},
-		{"disjoint", []string{"500-599", "200"}, "200,500-599", false},
-		{"not a code", []string{"ok"}, "", true},
-		{"out of range", []string{"99"}, "", true},
-		{"backwards", []string{"300-200"}, "", true},
+		{"zero: 2xx", StatusSet{}, "", []int{200, 204, 299}, []int{199, 300, 500}},
+		{"one", StatusCodes(200, 200), "200", []int{200}, []int{201, 299}},
+		{"merged", StatusCodes(302, 302).With(200, 299).With(300, 301).With(204, 204), "200-302", []int{200, 302}, []int{303}},
+		{"disjoint", StatusCodes(500, 599).With(200, 200), "200,500-599", []int{200, 500, 599}, []int{201, 499, 600}},
+		{"edges", StatusCodes(100, 100).With(599, 599), "100,599", []int{100, 599}, []int{99, 101, 598, 600}},
+		{"clipped", StatusCodes(0, 1000), "100-599", []int{100, 599}, []int{99, 600}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := CanonicalStatus(tt.in)
-			if (err != nil) != tt.wantErr || got != tt.want {
-				t.Errorf("got %q, %v; want %q (error %v)", got, err, tt.want, tt.wantErr)
+			if got := tt.set.String(); got != tt.want {
+				t.Errorf("String() = %q, want %q", got, tt.want)
+			}
+			for _, c := range tt.has {
+				if !tt.set.Has(c) {
+					t.Errorf("Has(%d) = false", c)
+				}
+			}
+			for _, c := range tt.not {
+				if tt.set.Has(c) {
+					t.Errorf("Has(%d) = true", c)
+				}
 			}
 		})
 	}
@@ -52,7 +62,6 @@ func TestSpecValidate(t *testing.T) {
 		{"rise 0", func(s *Spec) { s.Rise = 0 }, false},
 		{"tunnel without VIP", func(s *Spec) { s.Tunnel, s.Mark = true, 5 }, false},
 		{"tunnel without mark", func(s *Spec) { s.Tunnel, s.VIP = true, netip.MustParseAddr("192.0.2.1") }, false},
-		{"bad status", func(s *Spec) { s.HTTP.Status = "2xx" }, false},
 		{"relative path", func(s *Spec) { s.HTTP.Path = "healthz" }, false},
 		{"bad header", func(s *Spec) { s.HTTP.Headers = "no colon" }, false},
 		{"dns without name", func(s *Spec) { s.Type = DNS; s.DNS.QType = 1 }, false},
@@ -90,6 +99,13 @@ func TestSpecIDStable(t *testing.T) {
 		Tunnel: true, VIP: netip.MustParseAddr("192.0.2.1"), Mark: 1001}
 	if got := c.ID(); got != goldenID {
 		t.Errorf("id %s, want %s", got, goldenID)
+	}
+	// Status was the text "200,300-399" before it was a StatusSet; the id
+	// it gave then must hold.
+	h := Spec{Type: HTTP, Interval: time.Second, Timeout: time.Millisecond, Rise: 1, Fall: 1,
+		HTTP: HTTPParams{Path: "/healthz", Status: StatusCodes(200, 200).With(300, 399)}}
+	if got := h.ID(); got != "23792faf" {
+		t.Errorf("http id %s, want 23792faf", got)
 	}
 }
 

@@ -356,13 +356,9 @@ func specOf(svc config.Service, c config.Check) (health.Spec, error) {
 	switch c.Type {
 	case config.CheckHTTP, config.CheckHTTPS:
 		h := c.HTTP
-		status := make([]string, len(h.Status))
-		for i, r := range h.Status {
-			status[i] = fmt.Sprintf("%d-%d", r.Min, r.Max)
-		}
-		st, err := health.CanonicalStatus(status)
-		if err != nil {
-			return s, err
+		var st health.StatusSet
+		for _, r := range h.Status {
+			st = st.With(r.Min, r.Max)
 		}
 		s.HTTP = health.HTTPParams{
 			Method:          h.Method,

@@ -172,16 +172,16 @@ func New[C any](opts Options[C]) (*Watcher[C], error) {
 	}
 	if !hasLast {
 		if err != nil {
-			w.metrics.result("failure")
+			w.metrics.result(Failed)
 			w.metrics.success.Set(0)
 			return nil, fmt.Errorf("load %s: %w", opts.Dir, err)
 		}
 		w.accept(cfg, opts.Digest(cfg), false)
 		return w, nil
 	}
-	result, reason := "failure", err
+	result, reason := Failed, err
 	if err == nil && opts.Guard != nil {
-		result, reason = "refused", opts.Guard(last, cfg)
+		result, reason = Refused, opts.Guard(last, cfg)
 	}
 	if reason != nil {
 		w.current, w.digest, w.lastErr, w.lastApplied = last, opts.Digest(last), reason, true
@@ -204,7 +204,7 @@ func (w *Watcher[C]) accept(cfg C, digest [32]byte, hold bool) C {
 		cfg, held = w.opts.Hold(w.current, cfg)
 	}
 	w.current, w.digest, w.lastErr, w.lastApplied, w.holding = cfg, digest, nil, false, held
-	w.metrics.result("success")
+	w.metrics.result(Applied)
 	w.metrics.success.Set(1)
 	w.metrics.lastApplied.Set(0)
 	w.metrics.settling.Set(b2f(held))
@@ -248,13 +248,21 @@ func (w *Watcher[C]) Updates() <-chan C { return w.updates }
 
 // Outcome is what one load did.
 type Outcome struct {
-	// Result is success (applied), unchanged (same content), failure
-	// (invalid) or refused (the Guard said no): the label of
-	// kglb_config_reloads_total.
-	Result string
+	Result Result
 	// Err says why a failure or refusal happened.
 	Err error
 }
+
+// Result is what one load did to the running configuration; its text is
+// the label of kglb_config_reloads_total and what `kglb reload` prints.
+type Result string
+
+const (
+	Applied   Result = "success"   // a new configuration was handed on
+	Unchanged Result = "unchanged" // the same content as what runs
+	Failed    Result = "failure"   // the configuration is invalid
+	Refused   Result = "refused"   // the Guard said no
+)
 
 // request is one explicit reload; done, when set, receives its outcome.
 type request struct {
@@ -426,10 +434,10 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 	defer w.mu.Unlock()
 	if err != nil {
 		w.lastErr = err
-		w.metrics.result("failure")
+		w.metrics.result(Failed)
 		w.metrics.success.Set(0)
 		w.log.Error("config rejected; keeping the last good config", "dir", w.opts.Dir, "err", err.Error())
-		return Outcome{Result: "failure", Err: err}
+		return Outcome{Result: Failed, Err: err}
 	}
 	digest := w.opts.Digest(cfg)
 	if digest == w.digest && !(settled && w.holding) {
@@ -441,21 +449,21 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 		w.lastErr, w.lastApplied = nil, false
 		w.metrics.success.Set(1)
 		w.metrics.lastApplied.Set(0)
-		w.metrics.result("unchanged")
+		w.metrics.result(Unchanged)
 		w.log.Debug("config unchanged", "dir", w.opts.Dir)
 		if cleared && !w.holding {
 			w.current = cfg
 			w.send(cfg)
 		}
-		return Outcome{Result: "unchanged"}
+		return Outcome{Result: Unchanged}
 	}
 	if w.opts.Guard != nil && !force {
 		if err := w.opts.Guard(w.current, cfg); err != nil {
 			w.lastErr = err
-			w.metrics.result("refused")
+			w.metrics.result(Refused)
 			w.metrics.success.Set(0)
 			w.log.Error("config refused; keeping the last good config (force a reload to apply it)", "dir", w.opts.Dir, "err", err.Error())
-			return Outcome{Result: "refused", Err: err}
+			return Outcome{Result: Refused, Err: err}
 		}
 	}
 	cfg = w.accept(cfg, digest, !settled && !force)
@@ -465,7 +473,7 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 		w.log.Info("config loaded", "dir", w.opts.Dir, "forced", force, "took", time.Since(start).String())
 	}
 	w.send(cfg)
-	return Outcome{Result: "success"}
+	return Outcome{Result: Applied}
 }
 
 // send hands cfg on; the caller holds mu.
@@ -564,8 +572,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
 		}),
 	}
-	for _, r := range []string{"success", "unchanged", "failure", "refused"} {
-		m.reloads.WithLabelValues(r)
+	for _, r := range []Result{Applied, Unchanged, Failed, Refused} {
+		m.reloads.WithLabelValues(string(r))
 	}
 	if reg != nil {
 		reg.MustRegister(m.reloads, m.success, m.lastApplied, m.settling, m.timestamp, m.duration)
@@ -573,4 +581,4 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-func (m *metrics) result(r string) { m.reloads.WithLabelValues(r).Inc() }
+func (m *metrics) result(r Result) { m.reloads.WithLabelValues(string(r)).Inc() }

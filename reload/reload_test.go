@@ -365,14 +365,14 @@ func TestReloadWaitReportsOutcome(t *testing.T) {
 	steps := []struct {
 		content string
 		force   bool
-		want    string
+		want    Result
 		errHas  string
 	}{
-		{"a\nb\nc\nd\n", false, "unchanged", ""},
-		{"a\nb\nc\nd\ne\n", false, "success", ""},
-		{"INVALID\n", false, "failure", "web.hcl:1:1"},
-		{"a\n", false, "refused", "would delete 4 of 5"},
-		{"a\n", true, "success", ""},
+		{"a\nb\nc\nd\n", false, Unchanged, ""},
+		{"a\nb\nc\nd\ne\n", false, Applied, ""},
+		{"INVALID\n", false, Failed, "web.hcl:1:1"},
+		{"a\n", false, Refused, "would delete 4 of 5"},
+		{"a\n", true, Applied, ""},
 	}
 	for i, s := range steps {
 		write(t, filepath.Join(h.dir, "web.hcl"), s.content)
@@ -621,7 +621,7 @@ func TestRemovalAppliesOnceSettled(t *testing.T) {
 		t.Errorf("at the debounce got %q", got.files)
 	}
 	o, err := h2.w.ReloadWait(context.Background(), false)
-	if err != nil || o.Result != "success" {
+	if err != nil || o.Result != Applied {
 		t.Fatalf("ReloadWait = %+v, %v", o, err)
 	}
 	if got := h2.next(); !slices.Equal(got.files, []string{"web.hcl=a\n"}) {
