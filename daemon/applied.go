@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/internal/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -95,7 +96,7 @@ func (s *appliedStore) save(cfg *config.Config, dir string, now time.Time) error
 	if err := writeSynced(filepath.Join(tmp, appliedMeta), append(js, '\n')); err != nil {
 		return fmt.Errorf("record the applied config: %w", err)
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return fmt.Errorf("record the applied config: %w", err)
 	}
 	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE)
@@ -105,7 +106,7 @@ func (s *appliedStore) save(cfg *config.Config, dir string, now time.Time) error
 	if err != nil {
 		return fmt.Errorf("record the applied config: rename %s to %s: %w", tmp, dst, err)
 	}
-	if err := syncDir(state); err != nil {
+	if err := atomicfile.SyncDir(state); err != nil {
 		return fmt.Errorf("record the applied config: %w", err)
 	}
 	// applied.new now holds the previous copy.
@@ -171,16 +172,4 @@ func writeSynced(p string, data []byte) error {
 		return fmt.Errorf("sync %s: %w", p, err)
 	}
 	return f.Close()
-}
-
-func syncDir(p string) error {
-	d, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", p, err)
-	}
-	return nil
 }

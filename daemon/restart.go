@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/internal/atomicfile"
 )
 
 // A planned restart is told from a stop by its signal: the unit sets
@@ -82,11 +83,7 @@ func (d *daemon) restart(cancel context.CancelFunc, engineDone <-chan error) err
 }
 
 func writeRestartMarker(dir string, now time.Time) error {
-	tmp := filepath.Join(dir, restartMarker+".tmp")
-	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(now.Unix(), 10)+"\n"), 0o640); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, restartMarker))
+	return atomicfile.WriteFile(filepath.Join(dir, restartMarker), []byte(strconv.FormatInt(now.Unix(), 10)+"\n"), 0o640)
 }
 
 // takeRestartMarker reads and removes the marker, and reports whether this

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/kglb/kglb/internal/atomicfile"
 )
 
 // stateFile is the name, under the state directory, of the record of the
@@ -68,31 +70,7 @@ func (f ownedFile) save(owned map[netip.Addr]bool) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("write vip ownership record: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(f.path)+".*")
-	if err != nil {
-		return fmt.Errorf("write vip ownership record: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // a no-op after the rename
-	if _, err := tmp.Write(b.Bytes()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write vip ownership record: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write vip ownership record: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write vip ownership record: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), f.path); err != nil {
-		return fmt.Errorf("write vip ownership record: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write vip ownership record: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := atomicfile.WriteFile(f.path, b.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("write vip ownership record: %w", err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/internal/atomicfile"
 )
 
 func runFmt(args []string, stdout, stderr io.Writer) int {
@@ -125,38 +126,20 @@ var errInPlace = errors.New("cannot replace the file")
 // replaceFile writes data to a temporary file in target's directory, with
 // the owner, group and mode of st, and renames it over target.
 func replaceFile(target string, data []byte, st *unix.Stat_t) error {
-	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp")
+	err := atomicfile.Write(target, data, func(tmp *os.File) error {
+		if err := tmp.Chown(int(st.Uid), int(st.Gid)); err != nil {
+			return errInPlace
+		}
+		// After the chown, which clears the set-id bits.
+		if err := unix.Fchmod(int(tmp.Fd()), st.Mode&0o7777); err != nil {
+			return &os.PathError{Op: "chmod", Path: tmp.Name(), Err: err}
+		}
+		return nil
+	})
 	if errors.Is(err, os.ErrPermission) {
-		return errInPlace
-	} else if err != nil {
-		return err
+		return errInPlace // no temporary file beside the target
 	}
-	defer os.Remove(tmp.Name()) // after a successful rename, there is none
-	defer tmp.Close()
-	if err := tmp.Chown(int(st.Uid), int(st.Gid)); err != nil {
-		return errInPlace
-	}
-	// After the chown, which clears the set-id bits.
-	if err := unix.Fchmod(int(tmp.Fd()), st.Mode&0o7777); err != nil {
-		return &os.PathError{Op: "chmod", Path: tmp.Name(), Err: err}
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), target); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(target)); err == nil {
-		d.Sync() // the rename, on disk
-		d.Close()
-	}
-	return nil
+	return err
 }
 
 // writeInPlace writes data into target's own inode: every name and
