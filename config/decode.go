@@ -329,7 +329,7 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 	}
 
 	s.Scheduler = Scheduler(f.enum("scheduler", schedulers, "wrr"))
-	flags, flagsAttr := f.list("flags", kString, false)
+	flags, _ := f.list("flags", kString, false)
 	for _, v := range flags {
 		fl := Flag(v.str)
 		owner := Scheduler("")
@@ -353,7 +353,6 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 			s.Flags = append(s.Flags, fl)
 		}
 	}
-	_ = flagsAttr
 	slices.Sort(s.Flags)
 	s.Forward = Forward(f.enum("forward", []string{"tunnel", "dr", "nat"}, "tunnel"))
 	s.OnePacket = f.boolean("one_packet", false)

@@ -67,16 +67,14 @@ type fields struct {
 	d      *decoder
 	spec   *blockSpec
 	label  string
-	attrs  []*attr     // known attributes; nil entries were dropped
-	blocks [4][]*block // child blocks, by the index of their spec in spec.blocks
+	attrs  []*attr    // known attributes; nil entries were dropped
+	blocks [][]*block // child blocks, by the index of their spec in spec.blocks; nil when none
 }
 
 // blocksOf returns the child blocks of type typ.
 func (f *fields) blocksOf(typ string) []*block {
-	for i, c := range f.spec.blocks {
-		if c.typ == typ {
-			return f.blocks[i]
-		}
+	if i := f.spec.childIndex(typ); i >= 0 && f.blocks != nil {
+		return f.blocks[i]
 	}
 	return nil
 }
@@ -121,20 +119,20 @@ func (d *decoder) open(b *body, spec *blockSpec, label string) *fields {
 			f.attrs[i] = nil
 		}
 	}
-	// Group the child blocks by type in one allocation.
-	var counts [4]int
-	for _, bl := range b.blocks {
-		if i := spec.childIndex(bl.typ); i >= 0 {
-			counts[i]++
+	// Group the child blocks by type, the groups carved from one array.
+	if len(b.blocks) > 0 && len(spec.blocks) > 0 {
+		counts := make([]int, len(spec.blocks))
+		for _, bl := range b.blocks {
+			if i := spec.childIndex(bl.typ); i >= 0 {
+				counts[i]++
+			}
 		}
-	}
-	var backing []*block
-	if len(b.blocks) > 0 {
-		backing = make([]*block, 0, len(b.blocks))
-	}
-	for i, n := range counts {
-		f.blocks[i] = backing[len(backing) : len(backing) : len(backing)+n]
-		backing = backing[:len(backing)+n]
+		f.blocks = make([][]*block, len(spec.blocks))
+		backing := make([]*block, 0, len(b.blocks))
+		for i, n := range counts {
+			f.blocks[i] = backing[len(backing) : len(backing) : len(backing)+n]
+			backing = backing[:len(backing)+n]
+		}
 	}
 	for _, bl := range b.blocks {
 		ci := spec.childIndex(bl.typ)

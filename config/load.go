@@ -127,6 +127,24 @@ func listFiles(dir string, r *Reader) ([]listed, error) {
 	return out, nil
 }
 
+// DirStamp summarises what stat says of the configuration files of dir,
+// those ListFiles lists (name, device, inode, size, change time), or why
+// they cannot be listed. Two stamps differ when a file was added, removed,
+// replaced, written, or had its mode or owner changed in between; no file
+// is read. A directory watch's poll compares stamps to tell whether to
+// load.
+func DirStamp(dir string) string {
+	files, err := listFiles(dir, nil)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var b strings.Builder
+	for _, f := range files {
+		fmt.Fprintf(&b, "%s:%d:%d:%d:%d;", f.name, f.stat.dev, f.stat.ino, f.stat.size, f.stat.ctime.UnixNano())
+	}
+	return b.String()
+}
+
 // Load reads and validates every *.hcl file of dir (see ListFiles) as one
 // configuration. On failure the error is a Diagnostics with every problem
 // found. Each call parses every file afresh; a Loader keeps what did not

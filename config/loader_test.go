@@ -460,3 +460,34 @@ func TestLoaderLoadChanged(t *testing.T) {
 	}
 	check("a path outside the directory", -1, filepath.Join(t.TempDir(), "x.hcl"))
 }
+
+// DirStamp changes with what a load would see, and only with that.
+func TestDirStamp(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", "a\n")
+	before := DirStamp(dir)
+	if again := DirStamp(dir); again != before {
+		t.Errorf("not stable: %q then %q", before, again)
+	}
+	write(t, dir, ".a.hcl.swp", "x")
+	write(t, dir, "a.hcl~", "x")
+	if now := DirStamp(dir); now != before {
+		t.Errorf("an editor's temporary and backup changed it: %q, was %q", now, before)
+	}
+	write(t, dir, "a.hcl", "ab\n")
+	after := DirStamp(dir)
+	if after == before {
+		t.Error("unchanged by a write")
+	}
+	// An editor's save: the same size, another inode.
+	write(t, dir, "a.hcl.new", "ac\n")
+	if err := os.Rename(filepath.Join(dir, "a.hcl.new"), filepath.Join(dir, "a.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	if DirStamp(dir) == after {
+		t.Error("unchanged by a rename over the file")
+	}
+	if s := DirStamp(filepath.Join(dir, "none")); !strings.HasPrefix(s, "error: ") {
+		t.Errorf("a missing directory: %q", s)
+	}
+}

@@ -450,6 +450,7 @@ func watchOptions(dir, defaultState string, last *appliedInfo, bindDropped *atom
 		Dir:         dir,
 		Load:        loader.Load,
 		LoadChanged: loader.LoadChanged,
+		Stamp:       config.DirStamp,
 		// The fingerprint covers the password files' content too, so a
 		// rotated key is a change.
 		Digest: (*config.Config).Fingerprint,

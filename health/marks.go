@@ -118,18 +118,3 @@ func (m *Marks) Restore(a netip.Addr, mark uint32) error {
 	m.byMark[mark] = a
 	return nil
 }
-
-// Get returns the mark of a real.
-func (m *Marks) Get(a netip.Addr) (uint32, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	mk, ok := m.byAddr[a.Unmap()]
-	return mk, ok
-}
-
-// Len is the number of marks in use.
-func (m *Marks) Len() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.byAddr)
-}

@@ -53,13 +53,13 @@ func TestMarksSync(t *testing.T) {
 		if s := marksString(got); s != st.want {
 			t.Errorf("%s: marks %q, want %q", st.name, s, st.want)
 		}
-		if m.Len() != len(got) {
-			t.Errorf("%s: Len %d, want %d", st.name, m.Len(), len(got))
+		if len(m.byAddr) != len(got) {
+			t.Errorf("%s: %d marks held, want %d", st.name, len(m.byAddr), len(got))
 		}
 	}
 }
 
-func TestMarksRestoreAndGet(t *testing.T) {
+func TestMarksRestore(t *testing.T) {
 	m, _ := NewMarks(1000, 10)
 	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 	if err := m.Restore(a, 1005); err != nil {
@@ -75,8 +75,11 @@ func TestMarksRestoreAndGet(t *testing.T) {
 	if got[a] != 1005 || got[b] != 1000 {
 		t.Errorf("after restore: %s", marksString(got))
 	}
-	if mk, ok := m.Get(netip.MustParseAddr("::ffff:10.0.0.1")); !ok || mk != 1005 {
-		t.Errorf("Get of the v4-mapped form: %d %v", mk, ok)
+	if err := m.Restore(netip.MustParseAddr("::ffff:10.0.0.3"), 1007); err != nil {
+		t.Fatal(err)
+	}
+	if mk, ok := m.byAddr[netip.MustParseAddr("10.0.0.3")]; !ok || mk != 1007 {
+		t.Errorf("restore of the v4-mapped form: held as %d %v, want 10.0.0.3 at 1007", mk, ok)
 	}
 }
 

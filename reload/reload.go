@@ -30,10 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,9 +78,13 @@ type Options[C any] struct {
 	// Debounce is how long the directory must be quiet before a load
 	// (default 250ms): one logical edit is often several events.
 	Debounce time.Duration
-	// Poll is the fallback interval at which the directory's file list,
-	// sizes and modification times are compared (default 30s; <0 disables).
+	// Poll is the fallback interval at which Stamp is compared (default
+	// 30s; <0 disables).
 	Poll time.Duration
+	// Stamp summarises the directory's entries as stat sees them
+	// (config.DirStamp): the poll loads when it changes. Without it there
+	// is no poll.
+	Stamp func(dir string) string
 	// Logger receives one line per outcome (default: discard).
 	Logger hclog.Logger
 	// Registerer receives the reload metrics (nil: none).
@@ -323,12 +324,14 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	}
 
 	var poll <-chan time.Time
-	if w.opts.Poll > 0 {
+	stamp := func() string { return "" }
+	if w.opts.Poll > 0 && w.opts.Stamp != nil {
+		stamp = func() string { return w.opts.Stamp(dir) }
 		t := time.NewTicker(w.opts.Poll)
 		defer t.Stop()
 		poll = t.C
 	}
-	fp := fingerprint(dir)
+	fp := stamp()
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
 	// settle fires once the directory has been quiet for the settle time
@@ -338,7 +341,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	if w.isHolding() {
 		settle.Reset(w.settleTime())
 	}
-	pending, force := false, false
+	pending := false
 	// changed are the entries the events since the last load named; full
 	// is set by an event that names none (or too many to be worth it).
 	var changed []string
@@ -385,30 +388,30 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 		case req := <-w.trigger:
 			// An explicit reload is the operator saying the files are
 			// ready: nothing waits for them to settle.
-			o := w.load(force || w.forced.Swap(false), nil, true, true)
-			pending, force, changed, full = false, false, nil, false
-			fp = fingerprint(dir)
+			o := w.load(w.forced.Swap(false), nil, true, true)
+			pending, changed, full = false, nil, false
+			fp = stamp()
 			if req.done != nil {
 				req.done <- o
 			}
 		case <-debounce.C:
 			if pending {
-				w.load(force, changed, full, false)
-				pending, force, changed, full = false, false, nil, false
-				fp = fingerprint(dir)
+				w.load(false, changed, full, false)
+				pending, changed, full = false, nil, false
+				fp = stamp()
 			}
 		case <-settle.C:
 			switch {
 			case pending: // the debounce loads first, and an event re-arms this
 			case w.isHolding():
 				w.load(false, nil, true, true)
-				fp = fingerprint(dir)
+				fp = stamp()
 			}
 		case <-poll:
 			if !watching {
 				watching = fw.Add(dir) == nil
 			}
-			if now := fingerprint(dir); now != fp {
+			if now := stamp(); now != fp {
 				fp = now
 				w.load(false, nil, true, false)
 				settle.Reset(w.settleTime())
@@ -513,26 +516,6 @@ func (w *Watcher[C]) isHolding() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.holding
-}
-
-// fingerprint summarises the directory's *.hcl entries (name, size, mtime,
-// mode of what they point to) so the poll can tell cheaply whether to load.
-func fingerprint(dir string) string {
-	names, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
-	if err != nil {
-		return "error:" + err.Error()
-	}
-	slices.Sort(names)
-	var b strings.Builder
-	for _, n := range names {
-		fi, err := os.Stat(n)
-		if err != nil {
-			fmt.Fprintf(&b, "%s:err;", n)
-			continue
-		}
-		fmt.Fprintf(&b, "%s:%d:%d:%o;", n, fi.Size(), fi.ModTime().UnixNano(), fi.Mode().Perm())
-	}
-	return b.String()
 }
 
 type metrics struct {
