@@ -597,3 +597,27 @@ func TestFormatRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+// A service's description is one line of bounded length, kept as written.
+func TestServiceDescription(t *testing.T) {
+	svc := func(desc string) string {
+		return "service \"web\" {\n  vip         = \"198.51.100.10\"\n  port        = 80\n  description = " + desc + "\n  real \"203.0.113.11\" {}\n}\n"
+	}
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", svc(`"checkout API, team payments"`))
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Services[0].Description; got != "checkout API, team payments" {
+		t.Errorf("description %q", got)
+	}
+	for _, bad := range []string{`"two\nlines"`, `"` + strings.Repeat("x", MaxDescription+1) + `"`, `42`} {
+		write(t, dir, "a.hcl", svc(bad))
+		_, err := Load(dir)
+		var ds Diagnostics
+		if !errors.As(err, &ds) || len(ds) != 1 || ds[0].Line != 4 || ds[0].Column != 17 || ds[0].Hint == "" {
+			t.Errorf("description = %.20s: %v, want one error at 4:17 with a hint", bad, err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -363,6 +364,13 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 	weight := f.integer("weight", 0, 65535, 100)
 	s.WhenAllDown = AllDownPolicy(f.enum("when_all_down", []string{"fail_open", "withdraw"}, "fail_open"))
 	s.Enabled = f.boolean("enabled", true)
+	if a, ok := f.get("description", kString); ok {
+		if len(a.val.str) > MaxDescription || strings.ContainsFunc(a.val.str, unicode.IsControl) {
+			d.errorf(a.val.rng, fmt.Sprintf("write one line of at most %d bytes", MaxDescription), "description is not one line of at most %d bytes", MaxDescription)
+		} else {
+			s.Description = a.val.str
+		}
+	}
 
 	// Reals. Duplicates are found after sorting (stable, so the first in
 	// the file is the one cited), without a map per service.

@@ -164,6 +164,7 @@ var serviceSpec = &blockSpec{typ: "service", label: "name", attrs: []attrSpec{
 	{"weight", `100`},
 	{"when_all_down", `"fail_open"`},
 	{"enabled", `true`},
+	{"description", `"checkout API, team payments"`},
 }, blocks: []*blockSpec{realSpec, checkSpec, announceSpec, persistenceSpec}}
 
 // rootSpec is a whole file.

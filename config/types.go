@@ -103,8 +103,14 @@ type Service struct {
 	Reals       []Real  // sorted by address, then port
 	Checks      []Check // in file order; a real is up when every check passes
 	Announce    Announce
+	// Description is the operator's note on the service, one line of at
+	// most MaxDescription bytes, shown in /status; it changes nothing else.
+	Description string `json:",omitempty"`
 	Source      string
 }
+
+// MaxDescription bounds a service's description, in bytes.
+const MaxDescription = 256
 
 // Endpoint names the kernel identity of the service:
 // "tcp/198.51.100.10:443" or "fwmark/10/ipv4".

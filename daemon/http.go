@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/kglb/kglb/bgp"
+	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/ipvs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -41,13 +44,14 @@ type ConfigStatus struct {
 
 // ServiceStatus is one service.
 type ServiceStatus struct {
-	Name      string       `json:"name"`
-	Endpoint  string       `json:"endpoint"`
-	Healthy   int          `json:"healthy"`
-	Total     int          `json:"total"`
-	Qualified bool         `json:"qualified"`
-	Reason    string       `json:"reason"`
-	Reals     []RealStatus `json:"reals"`
+	Name        string       `json:"name"`
+	Description string       `json:"description,omitempty"` // the service's description attribute
+	Endpoint    string       `json:"endpoint"`
+	Healthy     int          `json:"healthy"`
+	Total       int          `json:"total"`
+	Qualified   bool         `json:"qualified"`
+	Reason      string       `json:"reason"`
+	Reals       []RealStatus `json:"reals"`
 }
 
 // RealStatus is one real of a service.
@@ -99,6 +103,9 @@ func (d *daemon) status() Status {
 	}
 	for _, s := range desired.Services {
 		ss := ServiceStatus{Name: s.Name, Endpoint: s.Endpoint, Healthy: s.Healthy, Total: s.Total, Qualified: s.Qualified, Reason: s.Reason}
+		if i, ok := slices.BinarySearchFunc(cfg.Services, s.Name, func(c *config.Service, name string) int { return strings.Compare(c.Name, name) }); ok {
+			ss.Description = cfg.Services[i].Description
+		}
 		for _, r := range s.Reals {
 			rs := RealStatus{Address: r.Addr.String(), Enabled: r.Enabled, State: r.State.String(), Weight: r.Weight}
 			if plan != nil {

@@ -114,7 +114,8 @@ func samePlan(a, b *config.Service) bool {
 }
 
 // sameDecision reports whether two services with the same plan (samePlan)
-// decide the same for the same health: every field but Source.
+// decide the same for the same health: every field but Source and
+// Description.
 func sameDecision(a, b *config.Service) bool {
 	return a.Protocol == b.Protocol && a.FWMark == b.FWMark && a.Family == b.Family &&
 		a.Scheduler == b.Scheduler && slices.Equal(a.Flags, b.Flags) && a.Persistence == b.Persistence &&
