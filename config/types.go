@@ -285,6 +285,28 @@ func (c LargeCommunity) String() string { return fmt.Sprintf("%d:%d:%d", c.Globa
 // MarshalText writes the community as "global:local1:local2".
 func (c LargeCommunity) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
 
+// Summary counts what the configuration holds, for one line of a log or a
+// status: "3 services, 7 reals, 2 VIPs, 2 BGP neighbors".
+func (c *Config) Summary() string {
+	reals := 0
+	for _, s := range c.Services {
+		reals += len(s.Reals)
+	}
+	parts := []string{Plural(len(c.Services), "service"), Plural(reals, "real"), Plural(len(c.VIPs()), "VIP")}
+	if c.BGP.Enabled {
+		parts = append(parts, Plural(len(c.BGP.Neighbors), "BGP neighbor"))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Plural is n and what, with an s unless n is 1: "1 file", "2 files".
+func Plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
 // VIPs returns the distinct VIPs of the services, sorted.
 func (c *Config) VIPs() []netip.Addr {
 	var out []netip.Addr

@@ -499,7 +499,7 @@ func (d *daemon) recordApplied(records <-chan *config.Config, done chan<- struct
 // statusLine is systemd's STATUS: the counts, and when the files on disk
 // are not what runs, why, with the first problem's position.
 func (d *daemon) statusLine(cfg *config.Config) string {
-	line := summary(cfg)
+	line := cfg.Summary()
 	if d.watcher == nil {
 		return line
 	}
@@ -523,13 +523,4 @@ func firstLine(err error) string {
 		msg += fmt.Sprintf(" (and %d more)", strings.Count(rest, "\n")+1)
 	}
 	return msg
-}
-
-func summary(cfg *config.Config) string {
-	reals := 0
-	for _, s := range cfg.Services {
-		reals += len(s.Reals)
-	}
-	parts := []string{fmt.Sprintf("%d services", len(cfg.Services)), fmt.Sprintf("%d reals", reals), fmt.Sprintf("%d VIPs", len(cfg.VIPs()))}
-	return strings.Join(parts, ", ")
 }

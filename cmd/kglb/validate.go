@@ -46,13 +46,13 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		ds.WriteText(stdout)
-		fmt.Fprintf(stdout, "\ninvalid: %s\n", plural(ds.Errors(), "error"))
+		fmt.Fprintf(stdout, "\ninvalid: %s\n", config.Plural(ds.Errors(), "error"))
 		return exitInvalid
 	}
 	if len(files) == 0 {
 		fmt.Fprintf(stderr, "kglb: warning: no *.hcl files in %s\n", strings.Join(targets, " "))
 	}
-	fmt.Fprintln(stdout, summary(cfg))
+	fmt.Fprintf(stdout, "valid: %s in %s\n", cfg.Summary(), config.Plural(len(cfg.Files), "file"))
 	return exitOK
 }
 
@@ -101,26 +101,6 @@ func expand(targets []string, r *config.Reader) ([]string, error) {
 		return nil, ds
 	}
 	return files, nil
-}
-
-// summary is the one line printed for a valid configuration.
-func summary(c *config.Config) string {
-	reals := 0
-	for _, s := range c.Services {
-		reals += len(s.Reals)
-	}
-	parts := []string{plural(len(c.Services), "service"), plural(reals, "real"), plural(len(c.VIPs()), "VIP")}
-	if c.BGP.Enabled {
-		parts = append(parts, plural(len(c.BGP.Neighbors), "BGP neighbor"))
-	}
-	return fmt.Sprintf("valid: %s in %s", strings.Join(parts, ", "), plural(len(c.Files), "file"))
-}
-
-func plural(n int, what string) string {
-	if n == 1 {
-		return fmt.Sprintf("1 %s", what)
-	}
-	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // pathErr is the error without the path, which the diagnostic already has.
