@@ -83,7 +83,7 @@ func carry(prev, next []*config.Service) carried {
 
 // carryInPlace is carry for the usual reload: the same services in the same
 // places, most of them the very same values (config.Loader keeps the
-// services of unchanged blocks), so only the others are compared, and
+// services of unchanged files), so only the others are compared, and
 // nothing of the configuration's size is allocated. It reports false when
 // that is not the case.
 func carryInPlace(prev, next []*config.Service) (carried, bool) {
