@@ -447,15 +447,17 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 		}
 		s.Checks = append(s.Checks, c)
 	}
-	s.Announce = Announce{Enabled: true, MinHealthy: Threshold{Value: 50, Percent: true}, RestoreHealthy: Threshold{Value: 50, Percent: true}}
-	if ab := f.blocksOf("announce"); len(ab) > 0 {
-		m.announceRange = d.full(ab[0].typeRange)
+	var ab *block
+	if abs := f.blocksOf("announce"); len(abs) > 0 {
+		ab = abs[0]
+		m.announceRange = d.full(ab.typeRange)
 		if !s.VIP.IsValid() && s.FWMark != 0 {
-			d.errorf(ab[0].typeRange, `add vip = "198.51.100.10" to announce it, or remove the announce block`, "%s has no vip to announce", what())
+			d.errorf(ab.typeRange, `add vip = "198.51.100.10" to announce it, or remove the announce block`, "%s has no vip to announce", what())
 		}
-		s.Announce = d.decodeAnnounce(ab[0], fam, enabled)
-	} else if s.FWMark != 0 && !s.VIP.IsValid() {
-		s.Announce.Enabled = false
+	}
+	s.Announce = d.decodeAnnounce(ab, fam, enabled)
+	if ab == nil && s.FWMark != 0 && !s.VIP.IsValid() {
+		s.Announce.Enabled = false // nothing to announce
 	}
 	return s, m
 }
@@ -677,7 +679,7 @@ func (d *decoder) decodeCheck(bl *block, s *Service, m *serviceMeta) (Check, boo
 }
 
 func (d *decoder) decodeHTTP(f *fields, typ CheckType) HTTPCheck {
-	h := HTTPCheck{Method: "GET", Path: "/", MaxBody: 65536, Status: []StatusRange{{200, 200}}}
+	h := HTTPCheck{Method: "GET", Path: "/", Status: []StatusRange{{200, 200}}}
 	if a, ok := f.get("method", kString); ok {
 		if !methodRE.MatchString(a.val.str) {
 			d.errorf(a.val.rng, f.hintFor("method"), "method %s is not an HTTP method in upper case", quote(a.val.str))
@@ -880,8 +882,14 @@ func parseLargeCommunity(s string) (LargeCommunity, bool) {
 	return LargeCommunity{v[0], v[1], v[2]}, true
 }
 
+// decodeAnnounce decodes a service's announce block, or gives the defaults
+// when bl is nil (no block).
 func (d *decoder) decodeAnnounce(bl *block, fam Family, enabledReals int) Announce {
-	f := d.open(bl.body, announceSpec, "")
+	b := &body{}
+	if bl != nil {
+		b = bl.body
+	}
+	f := d.open(b, announceSpec, "")
 	a := Announce{Enabled: f.boolean("enabled", true)}
 	def := Threshold{Value: 50, Percent: true}
 	var minAttr, restAttr *attr
