@@ -101,6 +101,16 @@ type Engine struct {
 
 	plans      chan planReq // PlanConfig's requests, served by Run
 	lastWrites ipvs.Writes  // of the last applyIPVS, for the reload's log line
+	lastDrain  []ipvs.Draining
+	lastVIPs   vip.Result // of the last VIPs.Apply, for the reload's plan
+	// A reload is describing itself (reload): keptBefore holds whether
+	// each target of the services whose probes changed had a verdict
+	// before the prober was given the new ones.
+	recording     bool
+	keptBefore    map[health.Target]bool
+	probesChanged map[int]bool // nil: every service
+	passNow       time.Time    // the clock of the last pass
+	lastReload    Review       // what the last reload did, as it logged it
 
 	mu     sync.Mutex
 	status Desired
@@ -182,11 +192,7 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 			if cfg.Daemon.ResyncInterval != e.cfg.Daemon.ResyncInterval {
 				resync.Reset(cfg.Daemon.ResyncInterval)
 			}
-			e.setConfig(cfg)
-			announced, vips := e.announced, e.vipsRes
-			e.lastWrites = ipvs.Writes{}
-			e.reconcile(ctx, false)
-			e.logReload(announced, vips)
+			e.reload(ctx, cfg)
 		case chs := <-e.opts.Prober.Changes():
 			e.healthChanged(ctx, e.collect(chs))
 		case <-resync.C:
@@ -281,6 +287,9 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	if err != nil {
 		e.log.Error("health check plan", "err", err)
 	}
+	if e.recording {
+		e.keptBefore = e.keptTargets(plan, c)
+	}
 	if !c.unchanged || !e.proberOK {
 		err := e.opts.Prober.Update(plan.All())
 		if err != nil {
@@ -353,9 +362,14 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 	if full {
 		clear(e.decided)
 	}
-	d := e.input().compute(e.decided, &e.desired)
+	e.apply(ctx, e.input().compute(e.decided, &e.desired), full, start)
+}
+
+// apply is reconcile's pass for d.
+func (e *Engine) apply(ctx context.Context, d Desired, full bool, start time.Time) {
 	e.qualified = d.Qualified
 	now := e.now()
+	e.passNow = now
 
 	e.leaving = e.leavingAfter(d, now)
 	want, vips := e.withHeld(d)
@@ -380,6 +394,7 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 			errs = append(errs, err)
 		}
 		e.vipsWant, e.vipsRes, e.vipsOK = vips, vr, err == nil
+		e.lastVIPs = vr
 	}
 	// 3. Announce only VIPs whose address is in place.
 	var routes []Route
@@ -503,7 +518,7 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 		}
 	}
 	e.ipvsWant, e.ipvsOK = want, err == nil
-	e.lastWrites = res.Writes
+	e.lastWrites, e.lastDrain = res.Writes, res.Draining
 	e.nextDrain = res.NextDrain
 	e.draining = e.draining[:0]
 	for _, d := range res.Draining {

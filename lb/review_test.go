@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -179,6 +180,75 @@ func TestPlanEqualsReload(t *testing.T) {
 }
 
 // TestReviewKinds checks each kind of change on one edit.
+// TestReloadLogsItsPlan proves that a reload logs the plan `kglb plan`
+// gave just before it: for random edits, with reals up, down and unknown,
+// the Review the reload built from what its pass wrote (and logged,
+// compact) equals, field by field, the one PlanConfig returned.
+func TestReloadLogsItsPlan(t *testing.T) {
+	w := newWorld(t)
+	for i := 1; i <= 4; i++ {
+		st := health.Up
+		if i == 4 {
+			st = health.Down
+		}
+		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = st
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	cfg := randomConfig(rng)
+	r := w.start(t, cfg)
+	ctx := context.Background()
+	if _, err := r.e.PlanConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	changed := 0
+	for step := range 80 {
+		next := randomConfig(rng)
+		if rng.IntN(8) == 0 {
+			next = cfg // an edit that changes nothing
+		}
+		rv, err := r.e.PlanConfig(ctx, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.configs <- next
+		if _, err := r.e.PlanConfig(ctx, next); err != nil { // served once the reload is done
+			t.Fatal(err)
+		}
+		// A reload that writes few services writes them one by one
+		// (ApplyService), the plan as one Apply: the same writes of
+		// each service, in the same order, but the services may come in
+		// another order.
+		got := r.e.lastReload
+		byService(&got)
+		byService(&rv)
+		if !reflect.DeepEqual(got, rv) {
+			t.Fatalf("step %d: the reload logged\n%+v\nthe plan before it was\n%+v", step, got, rv)
+		}
+		if got.Compact(MaxLoggedPlan) != rv.Compact(MaxLoggedPlan) {
+			t.Fatalf("step %d: compact forms differ", step)
+		}
+		if !rv.Empty() {
+			changed++
+		}
+		cfg = next
+	}
+	if changed < 40 {
+		t.Fatalf("only %d of 80 edits changed anything", changed)
+	}
+}
+
+// byService orders r's writes by service, keeping each service's in
+// order (VIP writes, with no service, stay last).
+func byService(r *Review) {
+	slices.SortStableFunc(r.IPVSWrites, func(a, b ipvs.Write) int { return strings.Compare(a.Service.String(), b.Service.String()) })
+	slices.SortStableFunc(r.Writes, func(a, b KernelWrite) int {
+		if (a.VIP == "") != (b.VIP == "") {
+			return strings.Compare(b.VIP, a.VIP) // IPVS writes first
+		}
+		return strings.Compare(a.Service, b.Service)
+	})
+}
+
 func TestReviewKinds(t *testing.T) {
 	w := newWorld(t)
 	for i := 1; i <= 3; i++ {
@@ -253,9 +323,14 @@ func TestReviewKinds(t *testing.T) {
 	if _, err := r.e.PlanConfig(ctx, next); err != nil {
 		t.Fatal(err)
 	}
-	line := "reload applied: ipvs_writes=\"" + counts.String() + "\" vips_added=192.0.2.3 vips_removed=none routes_announced=192.0.2.3/32 routes_changed=192.0.2.1/32 routes_withdrawn=192.0.2.2/32"
-	if !strings.Contains(logs.String(), line) {
-		t.Errorf("log lacks %q:\n%s", line, logs.String())
+	for _, line := range []string{
+		"reload applied: summary=\"" + rv.Summary() + "\" ipvs_writes=\"" + counts.String() + "\" plan=",
+		"~ service web (tcp/192.0.2.1:80) [scheduler: wrr -> rr; ~ real 10.0.0.1:80: weight 100 -> 70, health up; ",
+		"| vips [- 192.0.2.2 (route withdrawn now; address and services removed after the hold, 1h0m0s); + 192.0.2.3 (made local)] | bgp routes [",
+	} {
+		if !strings.Contains(logs.String(), line) {
+			t.Errorf("log lacks %q:\n%s", line, logs.String())
+		}
 	}
 }
 
