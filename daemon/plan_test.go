@@ -312,7 +312,10 @@ func TestPlanPerNeighborOverControlSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sp.Close() })
-	sock, _ := planDaemonWith(t, cfg, announcer{sp})
+	sock, k := planDaemonWith(t, cfg, announcer{sp})
+	if err := k.SetConns(ipvs.AddrKey(ipvs.TCP, netip.MustParseAddr("198.51.100.10"), 443), ipvs.RealKey{Addr: netip.MustParseAddr("203.0.113.13"), Port: 443}, 3, 0); err != nil {
+		t.Fatal(err)
+	}
 	a, err := RequestPlan(sock, writeDirBGP(t, neighbors, planCandidate))
 	if err != nil {
 		t.Fatal(err)
@@ -360,5 +363,58 @@ func TestPlanPerNeighborOverControlSocket(t *testing.T) {
 	}
 	if strings.Contains(out, "tor-e") {
 		t.Errorf("an unchanged neighbor is listed:\n%s", out)
+	}
+}
+
+// TestPlanSchemaDocumented: every field of the -json answer is in the
+// schema of docs/plan.md, and a plan with BGP neighbors reads back whole.
+func TestPlanSchemaDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/plan.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type, string)
+	walk = func(ty reflect.Type, at string) {
+		for ty.Kind() == reflect.Pointer || ty.Kind() == reflect.Slice {
+			ty = ty.Elem()
+		}
+		if ty.Kind() != reflect.Struct || seen[ty] || ty.PkgPath() == "net/netip" {
+			return
+		}
+		seen[ty] = true
+		for i := range ty.NumField() {
+			f := ty.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if !bytes.Contains(doc, []byte(`"`+name+`"`)) {
+				t.Errorf("docs/plan.md lacks %s.%s (%q)", at, f.Name, name)
+			}
+			walk(f.Type, at+"."+f.Name)
+		}
+	}
+	walk(reflect.TypeOf(PlanAnswer{}), "PlanAnswer")
+
+	neighbors := "  listen_port = " + freePort(t) + "\n" + planNeighbors
+	cfg, err := config.Load(writeDirBGP(t, neighbors, planRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := bgp.New(context.Background(), speakerConfig(cfg.BGP), bgp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	sock, _ := planDaemonWith(t, cfg, announcer{sp})
+	a, err := RequestPlan(sock, writeDirBGP(t, neighbors, planCandidate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(a)
+	var back PlanAnswer
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, a) || len(a.Plan.Neighbors) != 2 {
+		t.Errorf("the -json answer with neighbors does not read back (%v):\n%s", err, b)
 	}
 }
