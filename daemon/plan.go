@@ -200,10 +200,20 @@ func WritePlan(w io.Writer, a PlanAnswer, color bool) {
 				fmt.Fprintf(w, "  %s\n", paint(rt.Action, rt.Text()))
 			}
 		}
-	} else if len(r.Routes) > 0 {
-		fmt.Fprintln(w, "bgp routes (as handed to the speaker)")
-		for _, rt := range r.Routes {
-			fmt.Fprintf(w, "  %s\n", paint(rt.Action, rt.Text()))
+	} else {
+		// No neighbor says what it gets (no speaker, or an answer
+		// without "neighbors"): what the speaker is handed.
+		if len(r.Routes) > 0 {
+			fmt.Fprintln(w, "bgp routes (as handed to the speaker)")
+			for _, rt := range r.Routes {
+				fmt.Fprintf(w, "  %s\n", paint(rt.Action, rt.Text()))
+			}
+		}
+		if len(r.Sessions) > 0 {
+			fmt.Fprintln(w, "bgp sessions")
+			for _, x := range r.Sessions {
+				fmt.Fprintf(w, "  %s\n", paint(x.Action, x.Text()))
+			}
 		}
 	}
 	for _, e := range r.Errors {
