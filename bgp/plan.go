@@ -196,11 +196,17 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 			changed = append(changed, p)
 		}
 	}
-	all := slices.Collect(maps.Keys(next))
-	for p := range s.routes {
-		if _, ok := next[p]; !ok {
-			all = append(all, p)
+	var all []netip.Prefix // made for the first neighbor that needs it
+	allPrefixes := func() []netip.Prefix {
+		if all == nil {
+			all = slices.Collect(maps.Keys(next))
+			for p := range s.routes {
+				if _, ok := next[p]; !ok {
+					all = append(all, p)
+				}
+			}
 		}
+		return all
 	}
 	rulesOf := func(v exportView, a netip.Addr) []nextHopRule {
 		return slices.DeleteFunc(slices.Clone(v.nextHops), func(r nextHopRule) bool { return r.peer != a })
@@ -219,9 +225,9 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 		newPeer := exportPeerOf(g, p.session)
 		old, had := oldPeers[addr]
 		oldPeer := exportPeerOf(oldG, old.session)
-		prefixes := all
-		if had && oldPeer == newPeer && oldG.asn == g.asn && slices.Equal(rulesOf(oldView, addr), rulesOf(newView, addr)) {
-			prefixes = changed
+		prefixes := changed
+		if !had || oldPeer != newPeer || oldG.asn != g.asn || !slices.Equal(rulesOf(oldView, addr), rulesOf(newView, addr)) {
+			prefixes = allPrefixes()
 		}
 		for _, pf := range prefixes {
 			var b, a sent

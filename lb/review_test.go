@@ -413,3 +413,28 @@ func TestPlanStart(t *testing.T) {
 		t.Fatalf("first pass made\n%s\noffline plan said\n%s", got, want)
 	}
 }
+
+// TestCompactBounded: a reload of 10,000 services logs one bounded line
+// that says how much it left out; a small plan is logged whole.
+func TestCompactBounded(t *testing.T) {
+	var rv Review
+	for i := range 10000 {
+		rv.Services = append(rv.Services, ServiceChange{Name: fmt.Sprintf("svc%d", i), Endpoint: fmt.Sprintf("tcp/192.0.2.1:%d", i), Action: ActAdd,
+			Reals: []RealChange{{Real: "10.0.0.1:80", Action: ActAdd, Fields: []Field{{Name: "weight", To: "100"}}}}})
+		rv.Writes = append(rv.Writes, KernelWrite{Op: "add_service"}, KernelWrite{Op: "add_real"})
+	}
+	line := rv.Compact(MaxLoggedPlan)
+	logged, rest, _ := strings.Cut(line, " ... ")
+	var left int
+	if _, err := fmt.Sscanf(rest, "%d more changes not logged (kglb plan shows them all)", &left); err != nil ||
+		len(logged) > MaxLoggedPlan || !strings.HasPrefix(line, "+ service svc0 (tcp/192.0.2.1:0) [+ real 10.0.0.1:80: weight 100] | ") ||
+		strings.Count(logged, "service svc")+strings.Count(logged, "real 10.")+left != 20000 {
+		t.Errorf("%d bytes (%v): %s", len(line), err, line)
+	}
+	small := Review{VIPs: []VIPChange{{VIP: "192.0.2.1", Action: ActAdd}}, Writes: []KernelWrite{{Op: "add_vip"}},
+		Neighbors: []NeighborChange{{Neighbor: "tor-a", Address: "192.0.2.254", Type: "ebgp", Session: ActKeep,
+			Routes: []RouteChange{{Prefix: "192.0.2.1/32", Action: ActAdd, Fields: []Field{{Name: "next_hop", To: "self"}}}}}}}
+	if got, want := small.Compact(MaxLoggedPlan), "vips [+ 192.0.2.1 (made local)] | neighbor tor-a (192.0.2.254, ebgp) [+ 192.0.2.1/32: next_hop self]"; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
