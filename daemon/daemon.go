@@ -86,7 +86,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 
-	d, err := start(ctx, opts, cfg, log, reg)
+	d, err := start(ctx, opts, cfg, log, reg, wopts.Guard)
 	if err != nil {
 		return err
 	}
@@ -111,7 +111,6 @@ func Run(ctx context.Context, opts Options) error {
 	if !startStatus.LastApplied {
 		record(cfg)
 	}
-	d.guard = wopts.Guard // a plan is judged as a reload would be
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, restartSignal)
@@ -207,13 +206,13 @@ type daemon struct {
 	watcher *reload.Watcher[*config.Config]
 	// lastApplied is the record the start found, if any.
 	lastApplied appliedInfo
-	guard       func(old, new *config.Config) error // the reload's guard, for plans
+	guard       func(old, new *config.Config) error // the reload's guard (wopts.Guard), for plans
 	dir         string
 	stopCh      context.CancelFunc
 }
 
-func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry) (*daemon, error) {
-	d := &daemon{log: log, reg: reg, notify: newNotifier(), dir: opts.ConfigDir}
+func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error) (*daemon, error) {
+	d := &daemon{log: log, reg: reg, notify: newNotifier(), dir: opts.ConfigDir, guard: guard}
 	var err error
 	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
 	if err != nil {
@@ -273,6 +272,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
 		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart,
+		Guard: guard, // a plan is judged as a reload would be, and a reload logs the verdict
 	}, cfg)
 	if err != nil {
 		d.close()

@@ -61,6 +61,10 @@ type Options struct {
 	// Restarting), and the End-of-RIB it then sends ends the routers'
 	// stale period, so that set must lack no VIP still being checked.
 	FullFirstRound bool
+	// Guard is the reload's delete guard; a plan and the plan a reload
+	// logs carry its verdict ("pass", or its refusal: a reload applied
+	// past one was forced). Nil: no verdict.
+	Guard func(old, new *config.Config) error
 }
 
 // Engine keeps the world in step with the configuration and health. All
@@ -288,7 +292,7 @@ func (e *Engine) setConfig(cfg *config.Config) {
 		e.log.Error("health check plan", "err", err)
 	}
 	if e.recording {
-		e.keptBefore = e.keptTargets(plan, c)
+		e.keptBefore, e.probesChanged = e.keptTargets(plan, c)
 	}
 	if !c.unchanged || !e.proberOK {
 		err := e.opts.Prober.Update(plan.All())

@@ -96,6 +96,7 @@ func (e *Engine) reload(ctx context.Context, cfg *config.Config) {
 		rv.Routes = routeChanges(announced, e.announced)
 	}
 	rv.Sessions, rv.Neighbors = bp.Sessions, bp.Neighbors
+	rv.Guard = e.guard(old, cfg)
 	if bgpErr != nil {
 		rv.Errors = append(rv.Errors, bgpErr.Error())
 	}
@@ -104,7 +105,11 @@ func (e *Engine) reload(ctx context.Context, cfg *config.Config) {
 	}
 	e.lastReload = rv
 	if e.log.IsInfo() {
-		e.log.Info("reload applied", "summary", rv.Summary(), "ipvs_writes", e.lastWrites.String(), "plan", rv.Compact(MaxLoggedPlan))
+		kv := []any{"summary", rv.Summary(), "ipvs_writes", e.lastWrites.String()}
+		if rv.Guard != "" {
+			kv = append(kv, "guard", rv.Guard)
+		}
+		e.log.Info("reload applied", append(kv, "plan", rv.Compact(MaxLoggedPlan))...)
 	}
 }
 
@@ -112,16 +117,14 @@ func (e *Engine) reload(ctx context.Context, cfg *config.Config) {
 // over from the plan in force (c), whether each of their targets has a
 // verdict now, before the prober is given the new targets; and which
 // services those are (nil: every one, as at the first configuration).
-func (e *Engine) keptTargets(plan *Plan, c carried) map[health.Target]bool {
-	out := map[health.Target]bool{}
+func (e *Engine) keptTargets(plan *Plan, c carried) (map[health.Target]bool, map[int]bool) {
+	kept := map[health.Target]bool{}
 	if c.unchanged {
-		e.probesChanged = map[int]bool{}
-		return out
+		return kept, map[int]bool{}
 	}
-	if e.plan == nil {
-		e.probesChanged = nil
-	} else {
-		e.probesChanged = map[int]bool{}
+	var changed map[int]bool
+	if e.plan != nil {
+		changed = map[int]bool{}
 	}
 	for i, s := range plan.cfg.Services {
 		if !s.Enabled || i >= len(plan.services) {
@@ -131,7 +134,7 @@ func (e *Engine) keptTargets(plan *Plan, c carried) map[health.Target]bool {
 			if c.plan[i] >= 0 && sameMarks(e.plan, plan, i) {
 				continue
 			}
-			e.probesChanged[i] = true
+			changed[i] = true
 		}
 		for j := range s.Reals {
 			r := &s.Reals[j]
@@ -141,12 +144,12 @@ func (e *Engine) keptTargets(plan *Plan, c carried) map[health.Target]bool {
 			for n := range plan.services[i].specs {
 				if t, ok := plan.target(i, n, r); ok {
 					_, known := e.opts.Prober.Lookup(t)
-					out[t] = known
+					kept[t] = known
 				}
 			}
 		}
 	}
-	return out
+	return kept, changed
 }
 
 // MaxLoggedPlan bounds the plan a reload logs, in bytes: past it the line

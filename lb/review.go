@@ -51,6 +51,9 @@ type Review struct {
 	// record them (not sent: Writes is their portable form).
 	IPVSWrites []ipvs.Write `json:"-"`
 	VIPWrites  []vip.Write  `json:"-"`
+	// Guard is the delete guard's verdict on the change: "pass", or its
+	// refusal (Options.Guard; empty without one).
+	Guard string `json:"guard,omitempty"`
 	// Notes say what the plan leaves out (offline: no health, no BGP).
 	Notes []string `json:"notes,omitempty"`
 	// Errors are what the reconcilers would fail on.
@@ -410,6 +413,7 @@ func (e *Engine) review(ctx context.Context, cfg *config.Config) (Review, error)
 	rv.Services = serviceChanges(e.cfg, cfg, plan, ipl, want, d, kept, nil, now)
 	rv.VIPs = vipChanges(vw, e.leaving, left, now)
 	rv.Routes = routeChanges(e.announced, routes)
+	rv.Guard = e.guard(e.cfg, cfg)
 	if b, ok := e.opts.Announcer.(BGPPlanner); ok {
 		bp, err := b.PlanBGP(cfg, routes)
 		if err != nil {
@@ -418,6 +422,17 @@ func (e *Engine) review(ctx context.Context, cfg *config.Config) (Review, error)
 		rv.Sessions, rv.Neighbors = bp.Sessions, bp.Neighbors
 	}
 	return rv, nil
+}
+
+// guard is the delete guard's verdict on going from old to cfg.
+func (e *Engine) guard(old, cfg *config.Config) string {
+	if e.opts.Guard == nil || old == nil {
+		return ""
+	}
+	if err := e.opts.Guard(old, cfg); err != nil {
+		return err.Error()
+	}
+	return "pass"
 }
 
 // vipChanges are the VIPs written (vw) and those a pass starts to hold

@@ -193,6 +193,17 @@ func TestReloadLogsItsPlan(t *testing.T) {
 		}
 		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = st
 	}
+	// A speaker's plan: one neighbor, sent what the announcer is handed.
+	// And a delete guard, whose verdict both carry.
+	w.wrap = func(o *Options) {
+		o.Announcer = planningAnnouncer{w.ann}
+		o.Guard = func(old, new *config.Config) error {
+			if len(new.Services) < len(old.Services) {
+				return fmt.Errorf("would delete %d services", len(old.Services)-len(new.Services))
+			}
+			return nil
+		}
+	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	cfg := randomConfig(rng)
 	r := w.start(t, cfg)
@@ -230,12 +241,31 @@ func TestReloadLogsItsPlan(t *testing.T) {
 		if !rv.Empty() {
 			changed++
 		}
+		if rv.Guard == "" {
+			t.Fatalf("step %d: no guard verdict", step)
+		}
+		if fmt.Sprint(rv.Neighbors[0].Routes) != fmt.Sprint(rv.Routes) {
+			t.Fatalf("step %d: the neighbor's routes %v, the announcer's %v", step, rv.Neighbors[0].Routes, rv.Routes)
+		}
 		cfg = next
 	}
 	if changed < 40 {
 		t.Fatalf("only %d of 80 edits changed anything", changed)
 	}
 }
+
+// planningAnnouncer is an announcer that plans for one neighbor, which is
+// sent what the announcer is handed.
+type planningAnnouncer struct{ *fakeAnnouncer }
+
+func (a planningAnnouncer) PlanBGP(_ *config.Config, routes []Route) (BGPPlan, error) {
+	a.mu.Lock()
+	cur := a.routes
+	a.mu.Unlock()
+	return BGPPlan{Neighbors: []NeighborChange{{Neighbor: "tor", Address: "192.0.2.254", Type: "ebgp", Session: ActKeep, Routes: routeChanges(cur, routes)}}}, nil
+}
+
+func (planningAnnouncer) Configure(context.Context, *config.Config) error { return nil }
 
 // byService orders r's writes by service, keeping each service's in
 // order (VIP writes, with no service, stay last).
