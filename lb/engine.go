@@ -732,11 +732,11 @@ func routesWithinVIPs(routes []Route, vips []netip.Addr) []Route {
 	return out
 }
 
-func sameRoutes(a, b []Route) bool {
-	return slices.EqualFunc(a, b, func(x, y Route) bool {
-		return x.Prefix == y.Prefix && x.NextHop == y.NextHop && x.MED == y.MED && x.HasMED == y.HasMED &&
-			x.LocalPref == y.LocalPref && x.HasLocalPref == y.HasLocalPref && x.Prepend == y.Prepend &&
-			x.Degraded == y.Degraded && slices.Equal(x.Communities, y.Communities) &&
-			slices.Equal(x.LargeCommunities, y.LargeCommunities)
-	})
+func sameRoutes(a, b []Route) bool { return slices.EqualFunc(a, b, sameRoute) }
+
+func sameRoute(x, y Route) bool {
+	return x.Prefix == y.Prefix && x.NextHop == y.NextHop && x.MED == y.MED && x.HasMED == y.HasMED &&
+		x.LocalPref == y.LocalPref && x.HasLocalPref == y.HasLocalPref && x.Prepend == y.Prepend &&
+		x.Degraded == y.Degraded && slices.Equal(x.Communities, y.Communities) &&
+		slices.Equal(x.LargeCommunities, y.LargeCommunities)
 }

@@ -689,6 +689,9 @@ func realFields(b, a ipvs.Real) []Field {
 // routeChanges compares the routes announced with those a reload would
 // announce.
 func routeChanges(have, want []Route) []RouteChange {
+	if sameRoutes(have, want) { // a reload that leaves the routes alone pays no more
+		return nil
+	}
 	idx := map[netip.Prefix]Route{}
 	for _, r := range have {
 		idx[r.Prefix] = r
@@ -698,6 +701,9 @@ func routeChanges(have, want []Route) []RouteChange {
 	for _, r := range want {
 		seen[r.Prefix] = true
 		old, ok := idx[r.Prefix]
+		if ok && sameRoute(old, r) {
+			continue
+		}
 		if !ok {
 			out = append(out, RouteChange{Prefix: r.Prefix.String(), Action: ActAdd, Fields: routeFields(Route{}, r)})
 			continue
