@@ -42,6 +42,7 @@ type helperCmd struct {
 	//   hurry     cut the graceful-shutdown wait of withdraw short
 	//   withdrawn wait for withdraw to finish and reply with its error
 	//   status    reply with Status()
+	//   plan      reply with Plan(Config, Routes)
 	//   close     Close() and exit
 	//   exit      Abandon() and exit, as the daemon's planned restart does
 	Op     string  `json:"op"`
@@ -55,6 +56,7 @@ type helperCmd struct {
 type helperReply struct {
 	Err    string  `json:"err,omitempty"`
 	Status *Status `json:"status,omitempty"`
+	Plan   *Plan   `json:"plan,omitempty"`
 }
 
 // runHelper serves helperCmds until stdin closes or "close". It logs to
@@ -102,6 +104,10 @@ func runHelper() int {
 		case c.Op == "status":
 			st := s.Status()
 			rep.Status = &st
+		case c.Op == "plan":
+			var p Plan
+			p, err = s.Plan(*c.Config, c.Routes)
+			rep.Plan = &p
 		case c.Op == "exit":
 			s.Abandon()
 			out.Encode(rep)

@@ -3,6 +3,7 @@ package bgp
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 )
@@ -27,33 +28,30 @@ func (s *Speaker) PlanConfig(cfg Config) ([]SessionChange, error) {
 	if s.stopping || s.closed {
 		return nil, ErrStopped
 	}
+	out, _, err := s.planSessions(cfg)
+	return out, err
+}
+
+// planSessions is PlanConfig, with the neighbors' sessions resolved.
+// Called with mu held.
+func (s *Speaker) planSessions(cfg Config) ([]SessionChange, map[netip.Addr]peer, error) {
 	g, err := resolveGlobal(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	peers := s.peers
-	if s.deferred {
-		// Nothing is configured in GoBGP until the first Apply; compare
-		// with what that Apply would add.
-		peers = map[netip.Addr]peer{}
-		for _, n := range s.cfg.Neighbors {
-			if sess, err := resolveNeighbor(n); err == nil {
-				peers[n.Address] = peer{name: cmpName(n), session: sess}
-			}
-		}
-	}
+	peers := s.currentPeers()
 	restart := !s.deferred && (g != s.global || !s.running)
 	var out []SessionChange
 	var errs []error
-	want := map[netip.Addr]bool{}
+	want := map[netip.Addr]peer{}
 	for _, n := range cfg.Neighbors {
 		name := cmpName(n)
-		want[n.Address] = true
 		sess, err := resolveNeighbor(n)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
 			continue
 		}
+		want[n.Address] = peer{name: name, session: sess}
 		cur, ok := peers[sess.address]
 		switch {
 		case !ok:
@@ -65,12 +63,210 @@ func (s *Speaker) PlanConfig(cfg Config) ([]SessionChange, error) {
 		}
 	}
 	for _, addr := range sortedAddrs(peers) {
-		if !want[addr] {
+		if _, ok := want[addr]; !ok && !slices.ContainsFunc(cfg.Neighbors, func(n Neighbor) bool { return n.Address == addr }) {
 			out = append(out, SessionChange{Neighbor: peers[addr].name, Address: addr, Action: "-"})
 		}
 	}
 	slices.SortFunc(out, func(a, b SessionChange) int { return a.Address.Compare(b.Address) })
-	return out, errors.Join(errs...)
+	return out, want, errors.Join(errs...)
+}
+
+// currentPeers are the neighbors the routes now go to: the configured
+// ones, or in a planned restart before the first Apply, those that Apply
+// will add. Called with mu held.
+func (s *Speaker) currentPeers() map[netip.Addr]peer {
+	if !s.deferred {
+		return s.peers
+	}
+	peers := map[netip.Addr]peer{}
+	for _, n := range s.cfg.Neighbors {
+		if sess, err := resolveNeighbor(n); err == nil {
+			peers[n.Address] = peer{name: cmpName(n), session: sess}
+		}
+	}
+	return peers
+}
+
+// Field is one attribute of a route as a neighbor receives it.
+type Field struct {
+	Name string `json:"name"`
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// RoutePlan is a route one neighbor is sent (+), no longer sent (-) or
+// sent again with other attributes (~, Fields say which, from and to).
+type RoutePlan struct {
+	Prefix netip.Prefix `json:"prefix"`
+	Action string       `json:"action"`
+	Fields []Field      `json:"fields,omitempty"`
+}
+
+// NeighborPlan is what one neighbor gets from a change: its session added
+// (+), removed (-), reset (~) or kept (" "), and its routes.
+type NeighborPlan struct {
+	Neighbor string      `json:"neighbor"`
+	Address  netip.Addr  `json:"address"`
+	EBGP     bool        `json:"ebgp"`
+	Session  string      `json:"session"`
+	Changed  string      `json:"changed,omitempty"`
+	Routes   []RoutePlan `json:"routes,omitempty"`
+}
+
+// Plan is what SetConfig(cfg) then Apply(routes) would change.
+type Plan struct {
+	Sessions  []SessionChange
+	Neighbors []NeighborPlan // those with a session or route change, by address
+}
+
+// Plan returns what SetConfig(cfg) followed by Apply(routes) would change,
+// without changing anything: the sessions (PlanConfig) and, per neighbor,
+// the routes it would be sent, no longer sent or sent again with other
+// attributes, each as that neighbor receives it. Both sides go through the
+// same export: the view SetConfig builds (peerExport), its policy, and
+// sentTo, which runs that policy's statements. A neighbor whose export
+// and session stay is compared on the routes that change only; a new one
+// is sent every route; a removed one loses its session, and its routes
+// with it.
+func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping || s.closed {
+		return Plan{}, ErrStopped
+	}
+	sessions, want, err := s.planSessions(cfg)
+	if sessions == nil && want == nil && err != nil {
+		return Plan{}, err
+	}
+	errs := []error{err}
+	g, _ := resolveGlobal(cfg)
+
+	// The routes after: normalized as Apply does.
+	next := make(map[netip.Prefix]Route, len(routes))
+	for _, r := range routes {
+		n, err := normalize(r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
+			continue
+		}
+		if _, ok := next[n.Prefix]; !ok {
+			next[n.Prefix] = n
+		}
+	}
+	// The views before and after, each as SetConfig builds it.
+	oldPeers := s.currentPeers()
+	oldG := s.global
+	if s.deferred {
+		oldG, _ = resolveGlobal(s.cfg)
+	}
+	oldView := exportView{asn: oldG.asn}
+	for _, p := range oldPeers {
+		ebgp, rules, _ := peerExport(oldG, p.session)
+		if ebgp {
+			oldView.ebgp = append(oldView.ebgp, p.session.address)
+		}
+		oldView.nextHops = append(oldView.nextHops, rules...)
+	}
+	if s.exportSet {
+		oldView.nextHops = s.export.nextHops // what GoBGP has
+	}
+	oldView.sort()
+	oldView.prepends = s.withPrepends(s.routes).prepends
+	newView := exportView{asn: g.asn}
+	for _, p := range want {
+		ebgp, rules, _ := peerExport(g, p.session)
+		if ebgp {
+			newView.ebgp = append(newView.ebgp, p.session.address)
+		}
+		newView.nextHops = append(newView.nextHops, rules...)
+	}
+	newView.sort()
+	newView.prepends = s.withPrepends(next).prepends
+	oldPol, newPol := oldView.policy(), newView.policy()
+
+	// The prefixes whose route changes, for neighbors whose export stays.
+	var changed []netip.Prefix
+	for p, r := range next {
+		if cur, ok := s.routes[p]; !ok || !equal(cur, r) {
+			changed = append(changed, p)
+		}
+	}
+	for p := range s.routes {
+		if _, ok := next[p]; !ok {
+			changed = append(changed, p)
+		}
+	}
+	var all []netip.Prefix // made for the first neighbor that needs it
+	allPrefixes := func() []netip.Prefix {
+		if all == nil {
+			all = slices.Collect(maps.Keys(next))
+			for p := range s.routes {
+				if _, ok := next[p]; !ok {
+					all = append(all, p)
+				}
+			}
+		}
+		return all
+	}
+	rulesOf := func(v exportView, a netip.Addr) []nextHopRule {
+		return slices.DeleteFunc(slices.Clone(v.nextHops), func(r nextHopRule) bool { return r.peer != a })
+	}
+	act := map[netip.Addr]SessionChange{}
+	for _, c := range sessions {
+		act[c.Address] = c
+	}
+	var out []NeighborPlan
+	for _, addr := range sortedAddrs(want) {
+		p := want[addr]
+		np := NeighborPlan{Neighbor: p.name, Address: addr, EBGP: p.session.asn != g.asn, Session: " "}
+		if c, ok := act[addr]; ok {
+			np.Session, np.Changed = c.Action, c.Changed
+		}
+		newPeer := exportPeerOf(g, p.session)
+		old, had := oldPeers[addr]
+		oldPeer := exportPeerOf(oldG, old.session)
+		prefixes := changed
+		if !had || oldPeer != newPeer || oldG.asn != g.asn || !slices.Equal(rulesOf(oldView, addr), rulesOf(newView, addr)) {
+			prefixes = allPrefixes()
+		}
+		for _, pf := range prefixes {
+			var b, a sent
+			var okB, okA bool
+			var err error
+			if r, ok := s.routes[pf]; ok && had {
+				if b, okB, err = sentTo(oldPol, oldG.asn, oldPeer, r); err != nil {
+					return Plan{}, err
+				}
+			}
+			if r, ok := next[pf]; ok {
+				if a, okA, err = sentTo(newPol, g.asn, newPeer, r); err != nil {
+					return Plan{}, err
+				}
+			}
+			switch {
+			case okA && !okB:
+				np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "+", Fields: sent{}.fields(a)})
+			case okB && !okA:
+				np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "-"})
+			case okA && okB:
+				if f := b.fields(a); len(f) > 0 {
+					np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "~", Fields: f})
+				}
+			}
+		}
+		if np.Session == " " && len(np.Routes) == 0 {
+			continue
+		}
+		slices.SortFunc(np.Routes, func(a, b RoutePlan) int { return comparePrefix(a.Prefix, b.Prefix) })
+		out = append(out, np)
+	}
+	for _, c := range sessions {
+		if c.Action == "-" {
+			out = append(out, NeighborPlan{Neighbor: c.Neighbor, Address: c.Address, EBGP: oldPeers[c.Address].session.asn != oldG.asn, Session: "-"})
+		}
+	}
+	slices.SortFunc(out, func(a, b NeighborPlan) int { return a.Address.Compare(b.Address) })
+	return Plan{Sessions: sessions, Neighbors: out}, errors.Join(errs...)
 }
 
 func cmpName(n Neighbor) string {

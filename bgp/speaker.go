@@ -305,35 +305,21 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
 			continue
 		}
-		// A family other than the session's needs a next hop of its own
-		// family; without one, routes that would carry the session's
-		// address are not sent: never an IPv4-mapped next hop.
-		for _, f := range sess.families() {
-			if (f == IPv4Unicast) == sess.address.Is4() {
-				continue
-			}
-			nh, err := linkAddress(sess.address, sess.localAddress, f)
-			if err != nil {
+		ebgp, rules, nhErrs := peerExport(g, sess)
+		for i, f := range nhErrs {
+			if f != nil {
 				errs = append(errs, fmt.Errorf("neighbor %q (%s): %s over an %s session needs a next hop of its family: %w; "+
 					"only routes with an explicit next_hop are sent (add such an address to the link, or set next_hop)",
-					name, n.Address, f, sessionFamily(sess.address), err))
+					name, n.Address, rules[i].family, sessionFamily(sess.address), f))
 			}
-			// An invalid nextHop makes the rule reject the routes that
-			// would go out with the session's address.
-			view.nextHops = append(view.nextHops, nextHopRule{peer: sess.address, family: f, nextHop: nh})
 		}
-		if sess.asn != g.asn {
+		view.nextHops = append(view.nextHops, rules...)
+		if ebgp {
 			view.ebgp = append(view.ebgp, sess.address)
 		}
 		next = append(next, resolved{name, sess})
 	}
-	slices.SortFunc(view.ebgp, netip.Addr.Compare)
-	slices.SortFunc(view.nextHops, func(a, b nextHopRule) int {
-		if c := a.peer.Compare(b.peer); c != 0 {
-			return c
-		}
-		return int(a.family) - int(b.family)
-	})
+	view.sort()
 	// The policy before the peers: a new session's first UPDATEs already
 	// carry its attributes.
 	oldRules := s.export.nextHops

@@ -86,7 +86,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 
-	d, err := start(ctx, opts, cfg, log, reg)
+	d, err := start(ctx, opts, cfg, log, reg, wopts.Guard)
 	if err != nil {
 		return err
 	}
@@ -111,7 +111,6 @@ func Run(ctx context.Context, opts Options) error {
 	if !startStatus.LastApplied {
 		record(cfg)
 	}
-	d.guard = wopts.Guard // a plan is judged as a reload would be
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, restartSignal)
@@ -169,11 +168,9 @@ func Run(ctx context.Context, opts Options) error {
 		case c := <-watcher.Updates():
 			warnTunnelSysctl(c, log)
 			warnClusterSysctls(c, log)
-			if d.speaker != nil && c.BGP.Enabled {
-				if err := d.speaker.SetConfig(ctx, speakerConfig(c.BGP)); err != nil {
-					log.Error("bgp config", "err", err)
-				}
-			}
+			// The engine gives the speaker the bgp block (announcer.
+			// Configure) as part of the reload, so it logs what that
+			// changed with the rest.
 			if !c.BGP.Enabled && d.speaker != nil {
 				log.Warn("the bgp block was removed: routes are withdrawn; sessions stay until restart")
 			}
@@ -209,13 +206,13 @@ type daemon struct {
 	watcher *reload.Watcher[*config.Config]
 	// lastApplied is the record the start found, if any.
 	lastApplied appliedInfo
-	guard       func(old, new *config.Config) error // the reload's guard, for plans
+	guard       func(old, new *config.Config) error // the reload's guard (wopts.Guard), for plans
 	dir         string
 	stopCh      context.CancelFunc
 }
 
-func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry) (*daemon, error) {
-	d := &daemon{log: log, reg: reg, notify: newNotifier(), dir: opts.ConfigDir}
+func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error) (*daemon, error) {
+	d := &daemon{log: log, reg: reg, notify: newNotifier(), dir: opts.ConfigDir, guard: guard}
 	var err error
 	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
 	if err != nil {
@@ -275,6 +272,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
 		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart,
+		Guard: guard, // a plan is judged as a reload would be, and a reload logs the verdict
 	}, cfg)
 	if err != nil {
 		d.close()
@@ -324,6 +322,48 @@ func (d *daemon) close() {
 type announcer struct{ s *bgp.Speaker }
 
 func (a announcer) Apply(ctx context.Context, routes []lb.Route) error {
+	return a.s.Apply(ctx, bgpRoutes(routes))
+}
+
+// Configure gives the speaker cfg's bgp block at a reload (a bgp block
+// removed or added takes effect at the next restart: see Run).
+func (a announcer) Configure(ctx context.Context, cfg *config.Config) error {
+	if !cfg.BGP.Enabled {
+		return nil
+	}
+	return a.s.SetConfig(ctx, speakerConfig(cfg.BGP))
+}
+
+// PlanBGP is the speaker's plan of cfg's bgp block and routes: the
+// sessions and, per neighbor, the routes it would be sent.
+func (a announcer) PlanBGP(cfg *config.Config, routes []lb.Route) (lb.BGPPlan, error) {
+	var out lb.BGPPlan
+	if !cfg.BGP.Enabled {
+		return out, nil
+	}
+	p, err := a.s.Plan(speakerConfig(cfg.BGP), bgpRoutes(routes))
+	for _, c := range p.Sessions {
+		out.Sessions = append(out.Sessions, lb.SessionChange{Neighbor: c.Neighbor, Address: c.Address.String(), Action: c.Action, Changed: c.Changed})
+	}
+	for _, n := range p.Neighbors {
+		nc := lb.NeighborChange{Neighbor: n.Neighbor, Address: n.Address.String(), Type: "ibgp", Session: n.Session, Changed: n.Changed}
+		if n.EBGP {
+			nc.Type = "ebgp"
+		}
+		for _, r := range n.Routes {
+			rc := lb.RouteChange{Prefix: r.Prefix.String(), Action: r.Action}
+			for _, f := range r.Fields {
+				rc.Fields = append(rc.Fields, lb.Field{Name: f.Name, From: f.From, To: f.To})
+			}
+			nc.Routes = append(nc.Routes, rc)
+		}
+		out.Neighbors = append(out.Neighbors, nc)
+	}
+	return out, err
+}
+
+// bgpRoutes maps the engine's routes onto the speaker's.
+func bgpRoutes(routes []lb.Route) []bgp.Route {
 	out := make([]bgp.Route, 0, len(routes))
 	for _, r := range routes {
 		br := bgp.Route{
@@ -342,7 +382,7 @@ func (a announcer) Apply(ctx context.Context, routes []lb.Route) error {
 		}
 		out = append(out, br)
 	}
-	return a.s.Apply(ctx, out)
+	return out
 }
 
 func (a announcer) WithdrawAll(ctx context.Context) error { return a.s.WithdrawAll(ctx) }

@@ -45,7 +45,7 @@ type PlanAnswer struct {
 
 // planAnswer loads dir as a candidate with the daemon's loader, runs the
 // guard against the running config and asks the engine for its plan.
-func planAnswer(ctx context.Context, dir string, running *config.Config, guard func(old, new *config.Config) error, plan func(context.Context, *config.Config) (lb.Review, error), sessions func(*config.Config) ([]lb.SessionChange, error)) (PlanAnswer, error) {
+func planAnswer(ctx context.Context, dir string, running *config.Config, guard func(old, new *config.Config) error, plan func(context.Context, *config.Config) (lb.Review, error)) (PlanAnswer, error) {
 	a := PlanAnswer{Dir: dir}
 	cfg, err := config.Load(dir)
 	if err != nil {
@@ -61,12 +61,6 @@ func planAnswer(ctx context.Context, dir string, running *config.Config, guard f
 	r, err := plan(ctx, cfg)
 	if err != nil {
 		return a, err
-	}
-	if sessions != nil {
-		r.Sessions, err = sessions(cfg)
-		if err != nil {
-			r.Errors = append(r.Errors, err.Error())
-		}
 	}
 	a.Plan, a.Changes, a.Summary = &r, !r.Empty(), r.Summary()
 	return a, nil
@@ -88,7 +82,7 @@ func (d *daemon) servePlan(log hclog.Logger) http.HandlerFunc {
 		log.Debug("plan requested", "op", "plan", "dir", dir, "uid", p.UID, "gid", p.GID, "pid", p.PID)
 		ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
 		defer cancel()
-		a, err := planAnswer(ctx, dir, d.engine.Config(), d.guard, d.engine.PlanConfig, d.planSessions)
+		a, err := planAnswer(ctx, dir, d.engine.Config(), d.guard, d.engine.PlanConfig)
 		w.Header().Set("Content-Type", "application/json")
 		if err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -96,21 +90,6 @@ func (d *daemon) servePlan(log hclog.Logger) http.HandlerFunc {
 		}
 		json.NewEncoder(w).Encode(a)
 	}
-}
-
-// planSessions is the speaker's plan of cfg's bgp block: the sessions a
-// reload adds, removes or resets. With no speaker there are none (a bgp
-// block added takes effect at the next restart).
-func (d *daemon) planSessions(cfg *config.Config) ([]lb.SessionChange, error) {
-	if d.speaker == nil || !cfg.BGP.Enabled {
-		return nil, nil
-	}
-	cs, err := d.speaker.PlanConfig(speakerConfig(cfg.BGP))
-	out := make([]lb.SessionChange, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, lb.SessionChange{Neighbor: c.Neighbor, Address: c.Address.String(), Action: c.Action, Changed: c.Changed})
-	}
-	return out, err
 }
 
 // RequestPlan asks the daemon behind the control socket at path for the
@@ -192,81 +171,49 @@ func WritePlan(w io.Writer, a PlanAnswer, color bool) {
 			}
 			fmt.Fprintf(w, "vip %s\n", name)
 		}
-		fmt.Fprintf(w, "  %s\n", paint(s.Action, fmt.Sprintf("%s service %s (%s)", s.Action, s.Name, s.Endpoint)))
+		fmt.Fprintf(w, "  %s\n", paint(s.Action, s.Text()))
 		for _, f := range s.Fields {
-			fmt.Fprintf(w, "      %s\n", paint(lb.ActChange, fmt.Sprintf("%s: %s -> %s", f.Name, f.From, f.To)))
+			fmt.Fprintf(w, "      %s\n", paint(lb.ActChange, f.Text()))
 		}
 		for _, rl := range s.Reals {
-			line := fmt.Sprintf("%s real %s", rl.Action, rl.Real)
-			var parts []string
-			for _, f := range rl.Fields {
-				if f.Name == "weight" && rl.Drain != "" {
-					continue
-				}
-				if rl.Action == lb.ActAdd {
-					parts = append(parts, f.Name+" "+f.To)
-				} else {
-					parts = append(parts, fmt.Sprintf("%s %s -> %s", f.Name, f.From, f.To))
-				}
-			}
-			if rl.Drain != "" {
-				parts = append(parts, "drained first: weight 0, deleted when idle or after "+rl.Drain)
-			}
-			if rl.Health != "" {
-				parts = append(parts, "health "+rl.Health)
-			}
-			if len(parts) > 0 {
-				line += ": " + strings.Join(parts, ", ")
-			}
 			act := rl.Action
 			if rl.Drain != "" {
 				act = lb.ActRemove
 			}
-			fmt.Fprintf(w, "    %s\n", paint(act, line))
+			fmt.Fprintf(w, "    %s\n", paint(act, rl.Text()))
 		}
 		if len(s.HealthUnknown) > 0 {
-			fmt.Fprintf(w, "    health: %d kept, %d starting unknown (not counted for the announcement until a first verdict): %s\n",
-				s.HealthKept, len(s.HealthUnknown), strings.Join(s.HealthUnknown, " "))
+			fmt.Fprintf(w, "    %s\n", s.HealthText())
 		}
 	}
 	if len(r.VIPs) > 0 {
 		fmt.Fprintln(w, "vips")
 		for _, v := range r.VIPs {
-			line := fmt.Sprintf("%s %s", v.Action, v.VIP)
-			if v.Hold != "" {
-				line += " (route withdrawn now; address and services removed after the hold, " + v.Hold + ")"
-			} else if v.Action == lb.ActAdd {
-				line += " (made local)"
-			}
-			fmt.Fprintf(w, "  %s\n", paint(v.Action, line))
+			fmt.Fprintf(w, "  %s\n", paint(v.Action, v.Text()))
 		}
 	}
-	if len(r.Routes) > 0 {
-		fmt.Fprintln(w, "bgp routes (every neighbor)")
-		for _, rt := range r.Routes {
-			line := fmt.Sprintf("%s %s", rt.Action, rt.Prefix)
-			var parts []string
-			for _, f := range rt.Fields {
-				if rt.Action == lb.ActAdd {
-					parts = append(parts, f.Name+" "+f.To)
-				} else {
-					parts = append(parts, fmt.Sprintf("%s %q -> %q", f.Name, f.From, f.To))
-				}
+	if len(r.Neighbors) > 0 {
+		// Per neighbor, as each receives them.
+		for _, n := range r.Neighbors {
+			fmt.Fprintf(w, "bgp %s\n", paint(n.Session, n.Text()))
+			for _, rt := range n.Routes {
+				fmt.Fprintf(w, "  %s\n", paint(rt.Action, rt.Text()))
 			}
-			if len(parts) > 0 {
-				line += ": " + strings.Join(parts, ", ")
-			}
-			fmt.Fprintf(w, "  %s\n", paint(rt.Action, line))
 		}
-	}
-	if len(r.Sessions) > 0 {
-		fmt.Fprintln(w, "bgp sessions")
-		for _, x := range r.Sessions {
-			line := fmt.Sprintf("%s %s (%s)", x.Action, x.Neighbor, x.Address)
-			if x.Changed != "" {
-				line += ": reset, changed " + x.Changed
+	} else {
+		// No neighbor says what it gets (no speaker, or an answer
+		// without "neighbors"): what the speaker is handed.
+		if len(r.Routes) > 0 {
+			fmt.Fprintln(w, "bgp routes (as handed to the speaker)")
+			for _, rt := range r.Routes {
+				fmt.Fprintf(w, "  %s\n", paint(rt.Action, rt.Text()))
 			}
-			fmt.Fprintf(w, "  %s\n", paint(x.Action, line))
+		}
+		if len(r.Sessions) > 0 {
+			fmt.Fprintln(w, "bgp sessions")
+			for _, x := range r.Sessions {
+				fmt.Fprintf(w, "  %s\n", paint(x.Action, x.Text()))
+			}
 		}
 	}
 	for _, e := range r.Errors {

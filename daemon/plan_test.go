@@ -5,16 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/bgp"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/health"
 	"github.com/kglb/kglb/ipvs"
@@ -94,8 +97,14 @@ service "dns" {
 
 func writeDir(t *testing.T, hcl string) string {
 	t.Helper()
+	return writeDirBGP(t, "", hcl)
+}
+
+// writeDirBGP is writeDir with neighbors in the bgp block.
+func writeDirBGP(t *testing.T, neighbors, hcl string) string {
+	t.Helper()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "kglb.hcl"), []byte("daemon {\n  state_dir = \""+t.TempDir()+"\"\n}\nbgp {\n  asn = 65010\n  router_id = \"192.0.2.10\"\n}\n"+hcl), 0o640); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "kglb.hcl"), []byte("daemon {\n  state_dir = \""+t.TempDir()+"\"\n}\nbgp {\n  asn = 65010\n  router_id = \"192.0.2.10\"\n"+neighbors+"}\n"+hcl), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -109,6 +118,12 @@ func planDaemon(t *testing.T) (string, *ipvs.Fake) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return planDaemonWith(t, cfg, &routes{})
+}
+
+// planDaemonWith is planDaemon running cfg, announcing with ann.
+func planDaemonWith(t *testing.T, cfg *config.Config, ann lb.Announcer) (string, *ipvs.Fake) {
+	t.Helper()
 	k := ipvs.NewFake()
 	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: t.TempDir()})
 	if err != nil {
@@ -119,7 +134,7 @@ func planDaemon(t *testing.T) (string, *ipvs.Fake) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: &routes{}, Prober: &upProber{}}, cfg)
+	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: ann, Prober: &upProber{}}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,5 +268,155 @@ func TestPlanJSONRoundTrip(t *testing.T) {
 	}
 	if os.Getenv("KGLB_PRINT_PLAN") != "" {
 		os.Stdout.Write(b)
+	}
+}
+
+// planNeighbors is an eBGP and an iBGP neighbor, passive (kglb never
+// connects to their documentation addresses; nothing connects to it): the
+// plan needs no session up.
+const planNeighbors = `  neighbor "tor-e" {
+    address = "192.0.2.71"
+    asn     = 65000
+    passive = true
+  }
+  neighbor "tor-i" {
+    address = "192.0.2.72"
+    asn     = 65010
+    passive = true
+  }
+`
+
+// freePort is a TCP port nothing listens on now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// TestPlanPerNeighborOverControlSocket plans through the daemon's own
+// adapter of a real speaker (an eBGP and an iBGP neighbor): the routes are
+// listed per neighbor as each receives them (the MED change reaches both,
+// an added neighbor gets every route, a removed one loses its session).
+func TestPlanPerNeighborOverControlSocket(t *testing.T) {
+	neighbors := "  listen_port = " + freePort(t) + "\n" + planNeighbors
+	cfg, err := config.Load(writeDirBGP(t, neighbors, planRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := bgp.New(context.Background(), speakerConfig(cfg.BGP), bgp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	sock, k := planDaemonWith(t, cfg, announcer{sp})
+	if err := k.SetConns(ipvs.AddrKey(ipvs.TCP, netip.MustParseAddr("198.51.100.10"), 443), ipvs.RealKey{Addr: netip.MustParseAddr("203.0.113.13"), Port: 443}, 3, 0); err != nil {
+		t.Fatal(err)
+	}
+	a, err := RequestPlan(sock, writeDirBGP(t, neighbors, planCandidate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	WritePlan(&b, a, false)
+	out := b.String()
+	if os.Getenv("KGLB_PRINT_PLAN") != "" {
+		os.Stdout.WriteString(out)
+	}
+	for _, want := range []string{
+		"bgp neighbor tor-e (192.0.2.71, ebgp)\n" +
+			"  ~ 198.51.100.10/32: med \"\" -> \"20\"\n" +
+			"  - 198.51.100.20/32\n" +
+			"  + 198.51.100.30/32: next_hop self, as_path 65010\n",
+		"bgp neighbor tor-i (192.0.2.72, ibgp)\n" +
+			"  ~ 198.51.100.10/32: med \"\" -> \"20\"\n" +
+			"  - 198.51.100.20/32\n" +
+			"  + 198.51.100.30/32: next_hop self, local_pref 100\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+	// One neighbor replaced by another.
+	moved := strings.Replace(neighbors, `"tor-i" {
+    address = "192.0.2.72"`, `"tor-n" {
+    address = "192.0.2.73"`, 1)
+	a, err = RequestPlan(sock, writeDirBGP(t, moved, planRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	WritePlan(&b, a, false)
+	out = b.String()
+	for _, want := range []string{
+		"bgp - neighbor tor-i (192.0.2.72, ibgp): session removed, its routes go with it\n",
+		"bgp + neighbor tor-n (192.0.2.73, ibgp): session added, sent every route\n" +
+			"  + 198.51.100.10/32: next_hop self, local_pref 100\n" +
+			"  + 198.51.100.20/32: next_hop self, local_pref 100\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "tor-e") {
+		t.Errorf("an unchanged neighbor is listed:\n%s", out)
+	}
+}
+
+// TestPlanSchemaDocumented: every field of the -json answer is in the
+// schema of docs/plan.md, and a plan with BGP neighbors reads back whole.
+func TestPlanSchemaDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/plan.md")
+	if err != nil && os.Getenv("KGLB_VM") == "1" {
+		doc = nil // the VM holds the package's testdata only: the host run checks the docs
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type, string)
+	walk = func(ty reflect.Type, at string) {
+		for ty.Kind() == reflect.Pointer || ty.Kind() == reflect.Slice {
+			ty = ty.Elem()
+		}
+		if ty.Kind() != reflect.Struct || seen[ty] || ty.PkgPath() == "net/netip" {
+			return
+		}
+		seen[ty] = true
+		for i := range ty.NumField() {
+			f := ty.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if doc != nil && !bytes.Contains(doc, []byte(`"`+name+`"`)) {
+				t.Errorf("docs/plan.md lacks %s.%s (%q)", at, f.Name, name)
+			}
+			walk(f.Type, at+"."+f.Name)
+		}
+	}
+	walk(reflect.TypeOf(PlanAnswer{}), "PlanAnswer")
+
+	neighbors := "  listen_port = " + freePort(t) + "\n" + planNeighbors
+	cfg, err := config.Load(writeDirBGP(t, neighbors, planRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := bgp.New(context.Background(), speakerConfig(cfg.BGP), bgp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	sock, _ := planDaemonWith(t, cfg, announcer{sp})
+	a, err := RequestPlan(sock, writeDirBGP(t, neighbors, planCandidate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(a)
+	var back PlanAnswer
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, a) || len(a.Plan.Neighbors) != 2 {
+		t.Errorf("the -json answer with neighbors does not read back (%v):\n%s", err, b)
 	}
 }

@@ -128,17 +128,22 @@ func (r *Reconciler) dryCopy(k Kernel) *Reconciler {
 func (r *Reconciler) snapshotServices() []Service {
 	out := make([]Service, 0, len(r.cache))
 	for k, c := range r.cache {
-		s := c.svc
-		s.Reals = make([]Real, 0, len(c.reals))
-		for rk, cr := range c.reals {
-			s.Reals = append(s.Reals, cr.real(rk))
-		}
-		sort.Slice(s.Reals, func(i, j int) bool { return s.Reals[i].Key().compare(s.Reals[j].Key()) < 0 })
-		s.Key = k
-		out = append(out, s)
+		out = append(out, c.service(k))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key.less(out[j].Key) < 0 })
 	return out
+}
+
+// service is the cached service k with its reals, sorted.
+func (c *cached) service(k Key) Service {
+	s := c.svc
+	s.Reals = make([]Real, 0, len(c.reals))
+	for rk, cr := range c.reals {
+		s.Reals = append(s.Reals, cr.real(rk))
+	}
+	sort.Slice(s.Reals, func(i, j int) bool { return s.Reals[i].Key().compare(s.Reals[j].Key()) < 0 })
+	s.Key = k
+	return s
 }
 
 // saveOwned writes the ownership record, unless r is a Plan's copy.
@@ -147,4 +152,61 @@ func (r *Reconciler) saveOwned() error {
 		return nil
 	}
 	return saveOwned(r.statePath, r.owned)
+}
+
+// recording is what the passes between StartRecord and StopRecord wrote,
+// and the state each touched service had before its first write.
+type recording struct {
+	writes  []Write
+	before  []Service
+	touched map[Key]bool
+}
+
+// note records one write of a pass, before it is issued: the first write
+// to a service also records the service as the cache holds it then, which
+// no write of this pass has changed yet.
+func (c *recording) note(r *Reconciler, op Op, k Key, s *Service, rl *Real, rk RealKey) {
+	if !c.touched[k] {
+		c.touched[k] = true
+		if cs := r.cache[k]; cs != nil {
+			c.before = append(c.before, cs.service(k))
+		}
+	}
+	w := Write{Op: op, Service: k, RealKey: rk}
+	if s != nil && (op == OpAddService || op == OpUpdateService) {
+		sv := *s
+		w.Svc = &sv
+	}
+	if rl != nil && (op == OpAddReal || op == OpUpdateReal) {
+		rv := *rl
+		w.Real, w.RealKey = &rv, rv.Key()
+	}
+	c.writes = append(c.writes, w)
+}
+
+// StartRecord makes the passes that follow record their writes, for
+// StopRecord. Recording costs a copy of each write and of each service
+// written to, before its first write: what the pass writes, never the
+// whole table (a Plan copies the whole cache). The engine records the
+// pass of a reload to log what it did.
+func (r *Reconciler) StartRecord() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec = &recording{touched: map[Key]bool{}}
+}
+
+// StopRecord ends the recording and returns what the passes since
+// StartRecord wrote, in Plan's form: the writes in order, and the touched
+// services as they were before (sorted by key). Result is left zero: the
+// passes returned it.
+func (r *Reconciler) StopRecord() Planned {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.rec
+	r.rec = nil
+	if c == nil {
+		return Planned{}
+	}
+	sort.Slice(c.before, func(i, j int) bool { return c.before[i].Key.less(c.before[j].Key) < 0 })
+	return Planned{Writes: c.writes, Before: c.before}
 }

@@ -104,6 +104,8 @@ type Reconciler struct {
 	stats atomic.Pointer[Snapshot] // the last Stats built, for a scrape during a pass
 
 	dry bool // a copy made by Plan: records writes, never saves ownership
+
+	rec *recording // set between StartRecord and StopRecord
 }
 
 // cached is the last-known kernel state of one owned service.
@@ -314,6 +316,9 @@ func (p *pass) write(op Op, k Key, s *Service, rl *Real, rk RealKey) (bool, erro
 		return false, nil
 	}
 	p.res.Writes[op]++
+	if p.r.rec != nil {
+		p.r.rec.note(p.r, op, k, s, rl, rk)
+	}
 	var err error
 	kern := p.r.k
 	switch op {

@@ -61,6 +61,10 @@ type Options struct {
 	// Restarting), and the End-of-RIB it then sends ends the routers'
 	// stale period, so that set must lack no VIP still being checked.
 	FullFirstRound bool
+	// Guard is the reload's delete guard; a plan and the plan a reload
+	// logs carry its verdict ("pass", or its refusal: a reload applied
+	// past one was forced). Nil: no verdict.
+	Guard func(old, new *config.Config) error
 }
 
 // Engine keeps the world in step with the configuration and health. All
@@ -101,6 +105,16 @@ type Engine struct {
 
 	plans      chan planReq // PlanConfig's requests, served by Run
 	lastWrites ipvs.Writes  // of the last applyIPVS, for the reload's log line
+	lastDrain  []ipvs.Draining
+	lastVIPs   vip.Result // of the last VIPs.Apply, for the reload's plan
+	// A reload is describing itself (reload): keptBefore holds whether
+	// each target of the services whose probes changed had a verdict
+	// before the prober was given the new ones.
+	recording     bool
+	keptBefore    map[health.Target]bool
+	probesChanged map[int]bool // nil: every service
+	passNow       time.Time    // the clock of the last pass
+	lastReload    Review       // what the last reload did, as it logged it
 
 	mu     sync.Mutex
 	status Desired
@@ -182,11 +196,7 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 			if cfg.Daemon.ResyncInterval != e.cfg.Daemon.ResyncInterval {
 				resync.Reset(cfg.Daemon.ResyncInterval)
 			}
-			e.setConfig(cfg)
-			announced, vips := e.announced, e.vipsRes
-			e.lastWrites = ipvs.Writes{}
-			e.reconcile(ctx, false)
-			e.logReload(announced, vips)
+			e.reload(ctx, cfg)
 		case chs := <-e.opts.Prober.Changes():
 			e.healthChanged(ctx, e.collect(chs))
 		case <-resync.C:
@@ -281,6 +291,9 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	if err != nil {
 		e.log.Error("health check plan", "err", err)
 	}
+	if e.recording {
+		e.keptBefore, e.probesChanged = e.keptTargets(plan, c)
+	}
 	if !c.unchanged || !e.proberOK {
 		err := e.opts.Prober.Update(plan.All())
 		if err != nil {
@@ -353,9 +366,14 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 	if full {
 		clear(e.decided)
 	}
-	d := e.input().compute(e.decided, &e.desired)
+	e.apply(ctx, e.input().compute(e.decided, &e.desired), full, start)
+}
+
+// apply is reconcile's pass for d.
+func (e *Engine) apply(ctx context.Context, d Desired, full bool, start time.Time) {
 	e.qualified = d.Qualified
 	now := e.now()
+	e.passNow = now
 
 	e.leaving = e.leavingAfter(d, now)
 	want, vips := e.withHeld(d)
@@ -380,6 +398,7 @@ func (e *Engine) reconcile(ctx context.Context, full bool) {
 			errs = append(errs, err)
 		}
 		e.vipsWant, e.vipsRes, e.vipsOK = vips, vr, err == nil
+		e.lastVIPs = vr
 	}
 	// 3. Announce only VIPs whose address is in place.
 	var routes []Route
@@ -503,7 +522,7 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 		}
 	}
 	e.ipvsWant, e.ipvsOK = want, err == nil
-	e.lastWrites = res.Writes
+	e.lastWrites, e.lastDrain = res.Writes, res.Draining
 	e.nextDrain = res.NextDrain
 	e.draining = e.draining[:0]
 	for _, d := range res.Draining {
@@ -713,11 +732,11 @@ func routesWithinVIPs(routes []Route, vips []netip.Addr) []Route {
 	return out
 }
 
-func sameRoutes(a, b []Route) bool {
-	return slices.EqualFunc(a, b, func(x, y Route) bool {
-		return x.Prefix == y.Prefix && x.NextHop == y.NextHop && x.MED == y.MED && x.HasMED == y.HasMED &&
-			x.LocalPref == y.LocalPref && x.HasLocalPref == y.HasLocalPref && x.Prepend == y.Prepend &&
-			x.Degraded == y.Degraded && slices.Equal(x.Communities, y.Communities) &&
-			slices.Equal(x.LargeCommunities, y.LargeCommunities)
-	})
+func sameRoutes(a, b []Route) bool { return slices.EqualFunc(a, b, sameRoute) }
+
+func sameRoute(x, y Route) bool {
+	return x.Prefix == y.Prefix && x.NextHop == y.NextHop && x.MED == y.MED && x.HasMED == y.HasMED &&
+		x.LocalPref == y.LocalPref && x.HasLocalPref == y.HasLocalPref && x.Prepend == y.Prepend &&
+		x.Degraded == y.Degraded && slices.Equal(x.Communities, y.Communities) &&
+		slices.Equal(x.LargeCommunities, y.LargeCommunities)
 }

@@ -35,11 +35,15 @@ type Review struct {
 	// Services that change, grouped by VIP (sorted by VIP, then endpoint).
 	Services []ServiceChange `json:"services"`
 	VIPs     []VIPChange     `json:"vips"`
-	// Routes is what the announcer is handed, to every BGP neighbor.
+	// Routes is what the announcer is handed (the speaker then sends each
+	// neighbor its share: Neighbors).
 	Routes []RouteChange `json:"routes"`
-	// Sessions are the BGP neighbor sessions added, removed or reset (set
-	// by the daemon, from the speaker's plan).
+	// Sessions are the BGP neighbor sessions added, removed or reset.
 	Sessions []SessionChange `json:"sessions,omitempty"`
+	// Neighbors say, per BGP neighbor, what it is sent: routes announced,
+	// withdrawn or sent again with other attributes, as the speaker's
+	// export makes them for that neighbor (bgp.Speaker.Plan).
+	Neighbors []NeighborChange `json:"neighbors,omitempty"`
 	// Writes are the kernel writes a reload would issue, IPVS in order,
 	// then VIPs in order.
 	Writes []KernelWrite `json:"writes"`
@@ -47,6 +51,9 @@ type Review struct {
 	// record them (not sent: Writes is their portable form).
 	IPVSWrites []ipvs.Write `json:"-"`
 	VIPWrites  []vip.Write  `json:"-"`
+	// Guard is the delete guard's verdict on the change: "pass", or its
+	// refusal (Options.Guard; empty without one).
+	Guard string `json:"guard,omitempty"`
 	// Notes say what the plan leaves out (offline: no health, no BGP).
 	Notes []string `json:"notes,omitempty"`
 	// Errors are what the reconcilers would fail on.
@@ -154,9 +161,119 @@ type SessionChange struct {
 	Changed  string `json:"changed,omitempty"`
 }
 
+// NeighborChange is what one BGP neighbor is sent after the change: its
+// session (added, removed, reset or kept: " ") and the routes it gets
+// announced (+), withdrawn (-) or again with other attributes (~); Fields
+// are the attributes as that neighbor receives them (next_hop, as_path,
+// med, local_pref, communities, large_communities).
+type NeighborChange struct {
+	Neighbor string        `json:"neighbor"`
+	Address  string        `json:"address"`
+	Type     string        `json:"type"` // "ebgp" or "ibgp"
+	Session  string        `json:"session"`
+	Changed  string        `json:"changed,omitempty"`
+	Routes   []RouteChange `json:"routes,omitempty"`
+}
+
 // Empty reports whether the plan changes nothing.
 func (r Review) Empty() bool {
-	return len(r.Writes) == 0 && len(r.Routes) == 0 && len(r.Sessions) == 0 && !slices.ContainsFunc(r.Services, func(s ServiceChange) bool { return len(s.HealthUnknown) > 0 })
+	return len(r.Writes) == 0 && len(r.Routes) == 0 && len(r.Sessions) == 0 &&
+		!slices.ContainsFunc(r.Neighbors, func(n NeighborChange) bool { return len(n.Routes) > 0 }) &&
+		!slices.ContainsFunc(r.Services, func(s ServiceChange) bool { return len(s.HealthUnknown) > 0 })
+}
+
+// Text of each change, as `kglb plan` prints it (daemon.WritePlan) and a
+// reload logs it (Compact).
+
+// Text is the service's line.
+func (s ServiceChange) Text() string {
+	return fmt.Sprintf("%s service %s (%s)", s.Action, s.Name, s.Endpoint)
+}
+
+// HealthText says which reals keep their health and which start unknown.
+func (s ServiceChange) HealthText() string {
+	return fmt.Sprintf("health: %d kept, %d starting unknown (not counted for the announcement until a first verdict): %s",
+		s.HealthKept, len(s.HealthUnknown), strings.Join(s.HealthUnknown, " "))
+}
+
+// Text is a service's field: "name: from -> to".
+func (f Field) Text() string { return fmt.Sprintf("%s: %s -> %s", f.Name, f.From, f.To) }
+
+// Text is the real's line.
+func (rl RealChange) Text() string {
+	line := fmt.Sprintf("%s real %s", rl.Action, rl.Real)
+	var parts []string
+	for _, f := range rl.Fields {
+		if f.Name == "weight" && rl.Drain != "" {
+			continue
+		}
+		if rl.Action == ActAdd {
+			parts = append(parts, f.Name+" "+f.To)
+		} else {
+			parts = append(parts, fmt.Sprintf("%s %s -> %s", f.Name, f.From, f.To))
+		}
+	}
+	if rl.Drain != "" {
+		parts = append(parts, "drained first: weight 0, deleted when idle or after "+rl.Drain)
+	}
+	if rl.Health != "" {
+		parts = append(parts, "health "+rl.Health)
+	}
+	if len(parts) > 0 {
+		line += ": " + strings.Join(parts, ", ")
+	}
+	return line
+}
+
+// Text is the VIP's line.
+func (v VIPChange) Text() string {
+	line := fmt.Sprintf("%s %s", v.Action, v.VIP)
+	if v.Hold != "" {
+		line += " (route withdrawn now; address and services removed after the hold, " + v.Hold + ")"
+	} else if v.Action == ActAdd {
+		line += " (made local)"
+	}
+	return line
+}
+
+// Text is the route's line.
+func (rt RouteChange) Text() string {
+	line := fmt.Sprintf("%s %s", rt.Action, rt.Prefix)
+	var parts []string
+	for _, f := range rt.Fields {
+		if rt.Action == ActAdd {
+			parts = append(parts, f.Name+" "+f.To)
+		} else {
+			parts = append(parts, fmt.Sprintf("%s %q -> %q", f.Name, f.From, f.To))
+		}
+	}
+	if len(parts) > 0 {
+		line += ": " + strings.Join(parts, ", ")
+	}
+	return line
+}
+
+// Text is the session's line.
+func (x SessionChange) Text() string {
+	line := fmt.Sprintf("%s %s (%s)", x.Action, x.Neighbor, x.Address)
+	if x.Changed != "" {
+		line += ": reset, changed " + x.Changed
+	}
+	return line
+}
+
+// Text is the neighbor's heading, with what happens to its session.
+func (n NeighborChange) Text() string {
+	line := fmt.Sprintf("%s neighbor %s (%s, %s)", n.Session, n.Neighbor, n.Address, n.Type)
+	switch n.Session {
+	case ActAdd:
+		line += ": session added, sent every route"
+	case ActRemove:
+		line += ": session removed, its routes go with it"
+	case ActChange:
+		line += ": session reset, changed " + n.Changed
+	}
+	return strings.TrimLeft(line, " ")
 }
 
 // Summary is the plan in one line.
@@ -293,30 +410,61 @@ func (e *Engine) review(ctx context.Context, cfg *config.Config) (Review, error)
 		routes = nil
 	}
 	rv := Review{IPVSWrites: ipl.Writes, VIPWrites: vw, Writes: kernelWrites(ipl.Writes, vw), Errors: errs}
-	rv.Services = serviceChanges(e.cfg, cfg, plan, ipl, want, d, kept, now)
+	rv.Services = serviceChanges(e.cfg, cfg, plan, ipl, want, d, kept, nil, now)
+	rv.VIPs = vipChanges(vw, e.leaving, left, now)
+	rv.Routes = routeChanges(e.announced, routes)
+	rv.Guard = e.guard(e.cfg, cfg)
+	if b, ok := e.opts.Announcer.(BGPPlanner); ok {
+		bp, err := b.PlanBGP(cfg, routes)
+		if err != nil {
+			rv.Errors = append(rv.Errors, err.Error())
+		}
+		rv.Sessions, rv.Neighbors = bp.Sessions, bp.Neighbors
+	}
+	return rv, nil
+}
+
+// guard is the delete guard's verdict on going from old to cfg.
+func (e *Engine) guard(old, cfg *config.Config) string {
+	if e.opts.Guard == nil || old == nil {
+		return ""
+	}
+	if err := e.opts.Guard(old, cfg); err != nil {
+		return err.Error()
+	}
+	return "pass"
+}
+
+// vipChanges are the VIPs written (vw) and those a pass starts to hold
+// after their route is withdrawn (in after, not in before).
+func vipChanges(vw []vip.Write, before, after map[netip.Addr]leaving, now time.Time) []VIPChange {
+	var out []VIPChange
 	for _, w := range vw {
 		c := VIPChange{VIP: w.VIP.String(), Action: ActAdd}
 		if w.Op == "del" {
 			c.Action = ActRemove
 		}
-		rv.VIPs = append(rv.VIPs, c)
+		out = append(out, c)
 	}
-	for v, l := range left {
-		if _, was := e.leaving[v]; !was {
-			rv.VIPs = append(rv.VIPs, VIPChange{VIP: v.String(), Action: ActRemove, Hold: l.until.Sub(now).String()})
+	for v, l := range after {
+		if _, was := before[v]; !was {
+			out = append(out, VIPChange{VIP: v.String(), Action: ActRemove, Hold: l.until.Sub(now).String()})
 		}
 	}
-	slices.SortFunc(rv.VIPs, func(a, b VIPChange) int {
+	slices.SortFunc(out, func(a, b VIPChange) int {
 		return netip.MustParseAddr(a.VIP).Compare(netip.MustParseAddr(b.VIP))
 	})
-	rv.Routes = routeChanges(e.announced, routes)
-	return rv, nil
+	return out
 }
 
 // serviceChanges turns the planned IPVS writes into changes per service:
 // the state before, with the writes played over it in order, against the
 // state after.
-func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want ipvs.Desired, d Desired, kept func(health.Target) bool, now time.Time) []ServiceChange {
+//
+// Its cost follows the services written to (and, for health, those that
+// only(i) selects; nil selects every one), not the whole table, so that a
+// reload can describe itself (logReload).
+func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want ipvs.Desired, d Desired, kept func(health.Target) bool, only func(int) bool, now time.Time) []ServiceChange {
 	type svcState struct {
 		svc   ipvs.Service
 		reals map[ipvs.RealKey]ipvs.Real
@@ -364,7 +512,9 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 			continue
 		}
 		for _, s := range c.Services {
-			names[serviceKey(s)] = s
+			if k := serviceKey(s); after[k] != nil {
+				names[k] = s
+			}
 		}
 	}
 	draining := map[ipvs.Key]map[ipvs.RealKey]time.Time{}
@@ -376,6 +526,9 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 	}
 	wanted := map[ipvs.Key]map[ipvs.RealKey]bool{}
 	for _, s := range want.Services {
+		if after[s.Key] == nil {
+			continue
+		}
 		m := map[ipvs.RealKey]bool{}
 		for _, r := range s.Reals {
 			m[r.Key()] = true
@@ -384,6 +537,9 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 	}
 	states := map[ipvs.Key]map[ipvs.RealKey]health.State{}
 	for i, st := range d.Services {
+		if after[serviceKey(cfg.Services[i])] == nil {
+			continue
+		}
 		m := map[ipvs.RealKey]health.State{}
 		for _, r := range st.Reals {
 			m[ipvs.RealKey{Addr: r.Addr.Addr(), Port: r.Addr.Port()}] = r.State
@@ -461,6 +617,9 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 			continue
 		}
 		k := serviceKey(s)
+		if _, listed := byKey[k]; !listed && only != nil && !only(i) {
+			continue
+		}
 		var nkept int
 		var unknown []string
 		for j := range s.Reals {
@@ -530,6 +689,9 @@ func realFields(b, a ipvs.Real) []Field {
 // routeChanges compares the routes announced with those a reload would
 // announce.
 func routeChanges(have, want []Route) []RouteChange {
+	if sameRoutes(have, want) { // a reload that leaves the routes alone pays no more
+		return nil
+	}
 	idx := map[netip.Prefix]Route{}
 	for _, r := range have {
 		idx[r.Prefix] = r
@@ -539,6 +701,9 @@ func routeChanges(have, want []Route) []RouteChange {
 	for _, r := range want {
 		seen[r.Prefix] = true
 		old, ok := idx[r.Prefix]
+		if ok && sameRoute(old, r) {
+			continue
+		}
 		if !ok {
 			out = append(out, RouteChange{Prefix: r.Prefix.String(), Action: ActAdd, Fields: routeFields(Route{}, r)})
 			continue
@@ -606,59 +771,4 @@ func (e *Engine) PlanStart(ctx context.Context) (Review, error) {
 		return Review{}, err
 	}
 	return e.review(ctx, e.cfg)
-}
-
-// logReload logs, at Info and in one line, what an applied reload did:
-// the IPVS writes by kind, the VIPs added and removed, the routes
-// announced, changed and withdrawn (at most maxLogged of each listed).
-// It is built from what the pass wrote, not from a second plan: planning
-// costs a copy of the reconcilers' state (BenchmarkPlanEdit), which a
-// reload of one line must not pay.
-func (e *Engine) logReload(announced []Route, before vip.Result) {
-	if !e.log.IsInfo() {
-		return
-	}
-	var add, chg, wd []string
-	for _, c := range routeChanges(announced, e.announced) {
-		switch c.Action {
-		case ActAdd:
-			add = append(add, c.Prefix)
-		case ActRemove:
-			wd = append(wd, c.Prefix)
-		default:
-			chg = append(chg, c.Prefix)
-		}
-	}
-	var vadd, vdel []string
-	was := map[netip.Addr]bool{}
-	for _, a := range before.Held {
-		was[a] = true
-	}
-	now := map[netip.Addr]bool{}
-	for _, a := range e.vipsRes.Held {
-		now[a] = true
-		if !was[a] {
-			vadd = append(vadd, a.String())
-		}
-	}
-	for _, a := range before.Held {
-		if !now[a] {
-			vdel = append(vdel, a.String())
-		}
-	}
-	e.log.Info("reload applied", "ipvs_writes", e.lastWrites.String(), "vips_added", short(vadd), "vips_removed", short(vdel),
-		"routes_announced", short(add), "routes_changed", short(chg), "routes_withdrawn", short(wd))
-}
-
-// maxLogged bounds each list of the reload's log line.
-const maxLogged = 10
-
-func short(s []string) string {
-	if len(s) == 0 {
-		return "none"
-	}
-	if len(s) > maxLogged {
-		return strings.Join(s[:maxLogged], ",") + fmt.Sprintf(",+%d more", len(s)-maxLogged)
-	}
-	return strings.Join(s, ",")
 }

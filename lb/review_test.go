@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -179,6 +180,105 @@ func TestPlanEqualsReload(t *testing.T) {
 }
 
 // TestReviewKinds checks each kind of change on one edit.
+// TestReloadLogsItsPlan proves that a reload logs the plan `kglb plan`
+// gave just before it: for random edits, with reals up, down and unknown,
+// the Review the reload built from what its pass wrote (and logged,
+// compact) equals, field by field, the one PlanConfig returned.
+func TestReloadLogsItsPlan(t *testing.T) {
+	w := newWorld(t)
+	for i := 1; i <= 4; i++ {
+		st := health.Up
+		if i == 4 {
+			st = health.Down
+		}
+		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = st
+	}
+	// A speaker's plan: one neighbor, sent what the announcer is handed.
+	// And a delete guard, whose verdict both carry.
+	w.wrap = func(o *Options) {
+		o.Announcer = planningAnnouncer{w.ann}
+		o.Guard = func(old, new *config.Config) error {
+			if len(new.Services) < len(old.Services) {
+				return fmt.Errorf("would delete %d services", len(old.Services)-len(new.Services))
+			}
+			return nil
+		}
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	cfg := randomConfig(rng)
+	r := w.start(t, cfg)
+	ctx := context.Background()
+	if _, err := r.e.PlanConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	changed := 0
+	for step := range 80 {
+		next := randomConfig(rng)
+		if rng.IntN(8) == 0 {
+			next = cfg // an edit that changes nothing
+		}
+		rv, err := r.e.PlanConfig(ctx, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.configs <- next
+		if _, err := r.e.PlanConfig(ctx, next); err != nil { // served once the reload is done
+			t.Fatal(err)
+		}
+		// A reload that writes few services writes them one by one
+		// (ApplyService), the plan as one Apply: the same writes of
+		// each service, in the same order, but the services may come in
+		// another order.
+		got := r.e.lastReload
+		byService(&got)
+		byService(&rv)
+		if !reflect.DeepEqual(got, rv) {
+			t.Fatalf("step %d: the reload logged\n%+v\nthe plan before it was\n%+v", step, got, rv)
+		}
+		if got.Compact(MaxLoggedPlan) != rv.Compact(MaxLoggedPlan) {
+			t.Fatalf("step %d: compact forms differ", step)
+		}
+		if !rv.Empty() {
+			changed++
+		}
+		if rv.Guard == "" {
+			t.Fatalf("step %d: no guard verdict", step)
+		}
+		if fmt.Sprint(rv.Neighbors[0].Routes) != fmt.Sprint(rv.Routes) {
+			t.Fatalf("step %d: the neighbor's routes %v, the announcer's %v", step, rv.Neighbors[0].Routes, rv.Routes)
+		}
+		cfg = next
+	}
+	if changed < 40 {
+		t.Fatalf("only %d of 80 edits changed anything", changed)
+	}
+}
+
+// planningAnnouncer is an announcer that plans for one neighbor, which is
+// sent what the announcer is handed.
+type planningAnnouncer struct{ *fakeAnnouncer }
+
+func (a planningAnnouncer) PlanBGP(_ *config.Config, routes []Route) (BGPPlan, error) {
+	a.mu.Lock()
+	cur := a.routes
+	a.mu.Unlock()
+	return BGPPlan{Neighbors: []NeighborChange{{Neighbor: "tor", Address: "192.0.2.254", Type: "ebgp", Session: ActKeep, Routes: routeChanges(cur, routes)}}}, nil
+}
+
+func (planningAnnouncer) Configure(context.Context, *config.Config) error { return nil }
+
+// byService orders r's writes by service, keeping each service's in
+// order (VIP writes, with no service, stay last).
+func byService(r *Review) {
+	slices.SortStableFunc(r.IPVSWrites, func(a, b ipvs.Write) int { return strings.Compare(a.Service.String(), b.Service.String()) })
+	slices.SortStableFunc(r.Writes, func(a, b KernelWrite) int {
+		if (a.VIP == "") != (b.VIP == "") {
+			return strings.Compare(b.VIP, a.VIP) // IPVS writes first
+		}
+		return strings.Compare(a.Service, b.Service)
+	})
+}
+
 func TestReviewKinds(t *testing.T) {
 	w := newWorld(t)
 	for i := 1; i <= 3; i++ {
@@ -253,9 +353,14 @@ func TestReviewKinds(t *testing.T) {
 	if _, err := r.e.PlanConfig(ctx, next); err != nil {
 		t.Fatal(err)
 	}
-	line := "reload applied: ipvs_writes=\"" + counts.String() + "\" vips_added=192.0.2.3 vips_removed=none routes_announced=192.0.2.3/32 routes_changed=192.0.2.1/32 routes_withdrawn=192.0.2.2/32"
-	if !strings.Contains(logs.String(), line) {
-		t.Errorf("log lacks %q:\n%s", line, logs.String())
+	for _, line := range []string{
+		"reload applied: summary=\"" + rv.Summary() + "\" ipvs_writes=\"" + counts.String() + "\" plan=",
+		"~ service web (tcp/192.0.2.1:80) [scheduler: wrr -> rr; ~ real 10.0.0.1:80: weight 100 -> 70, health up; ",
+		"| vips [- 192.0.2.2 (route withdrawn now; address and services removed after the hold, 1h0m0s); + 192.0.2.3 (made local)] | bgp routes [",
+	} {
+		if !strings.Contains(logs.String(), line) {
+			t.Errorf("log lacks %q:\n%s", line, logs.String())
+		}
 	}
 }
 
@@ -336,5 +441,30 @@ func TestPlanStart(t *testing.T) {
 	<-done
 	if got, want := w.kernel.String(), before.String(); got != want {
 		t.Fatalf("first pass made\n%s\noffline plan said\n%s", got, want)
+	}
+}
+
+// TestCompactBounded: a reload of 10,000 services logs one bounded line
+// that says how much it left out; a small plan is logged whole.
+func TestCompactBounded(t *testing.T) {
+	var rv Review
+	for i := range 10000 {
+		rv.Services = append(rv.Services, ServiceChange{Name: fmt.Sprintf("svc%d", i), Endpoint: fmt.Sprintf("tcp/192.0.2.1:%d", i), Action: ActAdd,
+			Reals: []RealChange{{Real: "10.0.0.1:80", Action: ActAdd, Fields: []Field{{Name: "weight", To: "100"}}}}})
+		rv.Writes = append(rv.Writes, KernelWrite{Op: "add_service"}, KernelWrite{Op: "add_real"})
+	}
+	line := rv.Compact(MaxLoggedPlan)
+	logged, rest, _ := strings.Cut(line, " ... ")
+	var left int
+	if _, err := fmt.Sscanf(rest, "%d more changes not logged (kglb plan shows them all)", &left); err != nil ||
+		len(logged) > MaxLoggedPlan || !strings.HasPrefix(line, "+ service svc0 (tcp/192.0.2.1:0) [+ real 10.0.0.1:80: weight 100] | ") ||
+		strings.Count(logged, "service svc")+strings.Count(logged, "real 10.")+left != 20000 {
+		t.Errorf("%d bytes (%v): %s", len(line), err, line)
+	}
+	small := Review{VIPs: []VIPChange{{VIP: "192.0.2.1", Action: ActAdd}}, Writes: []KernelWrite{{Op: "add_vip"}},
+		Neighbors: []NeighborChange{{Neighbor: "tor-a", Address: "192.0.2.254", Type: "ebgp", Session: ActKeep,
+			Routes: []RouteChange{{Prefix: "192.0.2.1/32", Action: ActAdd, Fields: []Field{{Name: "next_hop", To: "self"}}}}}}}
+	if got, want := small.Compact(MaxLoggedPlan), "vips [+ 192.0.2.1 (made local)] | neighbor tor-a (192.0.2.254, ebgp) [+ 192.0.2.1/32: next_hop self]"; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
 	}
 }

@@ -268,6 +268,36 @@ plan_steps() {
 	rm -rf /etc/kglb-next
 }
 
+# ---------------------------------------------------------------- reload logs its plan (issue 16)
+# The plan kglb plan prints for a candidate is the plan the reload that
+# applies it logs: the same summary, the same service and real lines.
+reload_plan_steps() {
+	local out before line svc real summary
+	rm -rf /etc/kglb-next && cp -a /etc/kglb /etc/kglb-next
+	sed -i '/real "10.0.3.2"/d' /etc/kglb-next/web.hcl
+	out="$(kglb plan /etc/kglb-next 2>&1)"
+	svc="$(echo "$out" | grep -m1 -- '~ service web ' | sed 's/^ *//')"
+	real="$(echo "$out" | grep -m1 -- '- real 10.0.3.2:80' | sed 's/^ *//')"
+	summary="$(echo "$out" | sed -n 's/^plan: //p')"
+	before="$(journalctl -u kglb -o cat --no-pager | grep -c 'reload applied')"
+	cp /etc/kglb-next/web.hcl /etc/kglb/.web.hcl.tmp && mv /etc/kglb/.web.hcl.tmp /etc/kglb/web.hcl
+	timeout 60 systemctl reload kglb >/dev/null 2>&1
+	waitfor 20 has_reals "10.0.1.2:80 10.0.2.2:80 "
+	line="$(journalctl -u kglb -o cat --no-pager | grep 'reload applied' | tail -n +"$((before + 1))" | grep -F -- "$real" | tail -n1)"
+	info "kglb plan /etc/kglb-next, then the reload that applied it logged:"
+	info "$line"
+	if [ -n "$svc" ] && [ -n "$real" ] && [ -n "$summary" ] &&
+		echo "$line" | grep -qF -- "summary=\"$summary\"" && echo "$line" | grep -qF -- "$svc [$real"; then
+		pass "the reload logged the plan kglb plan printed before it (same summary, '$svc [$real')"
+	else
+		fail "the reload's logged plan" "plan said '$svc' '$real' '$summary'; journal: '$line'"
+		show journalctl -u kglb --no-pager -n 20
+	fi
+	write_web 10.0.1.2 10.0.2.2 10.0.3.2
+	waitfor 20 has_reals "10.0.1.2:80 10.0.2.2:80 10.0.3.2:80 " || fail "restore the third real" "reals '$(kernel_reals)'"
+	rm -rf /etc/kglb-next
+}
+
 # ---------------------------------------------------------------- network
 # client --- LB (this root namespace) --- real1, real2; NAT forwarding, so
 # the reals route their replies back through the LB.
@@ -461,6 +491,7 @@ else
 	fail "live edit" "reals: '$(kernel_reals)'"
 fi
 plan_steps
+reload_plan_steps
 
 # ---------------------------------------------------------------- 4. broken edit
 good="$(cat /etc/kglb/web.hcl)"
