@@ -802,9 +802,10 @@ func (s *Speaker) shutdownPeers(ctx context.Context, addrs []netip.Addr, msg str
 // closeQuietly ends p's session for a reset by a reload: it closes the
 // TCP connection without a NOTIFICATION, as a planned restart does, and
 // the caller re-creates the neighbor. A router with graceful restart keeps
-// the routes until the new session (which does not say it restarted, so
-// the router replaces them at once); one without drops them, as it would
-// at a notification. Routers that count notifications as errors and hold
+// the routes as stale until the new session is up (whose OPEN does not
+// claim preserved forwarding, so the router drops them then and takes them
+// again from the UPDATEs that follow at once); one without drops them, as
+// it would at a notification. Routers that count notifications as errors and hold
 // off reconnects after two (OpenBGPD) then accept the new session at
 // once. If the connection cannot be found, it falls back to the
 // administrative shutdown with msg. Called with mu held.
