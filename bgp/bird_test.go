@@ -83,6 +83,8 @@ type lab struct {
 	bird   *birdProc
 	peers  []birdPeer
 	frr    *frr // when FRR is the router (frr_test.go)
+	// zebraConf is added to zebra.conf by startFRR.
+	zebraConf string
 }
 
 // node is one speaker namespace, on link i.

@@ -139,7 +139,7 @@ func (l *lab) startFRR(peers ...frrPeer) *frr {
 	}
 	files := map[string]string{
 		"bgpd.conf":  b.String(),
-		"zebra.conf": fmt.Sprintf("log file %s/zebra.log\n", l.dir),
+		"zebra.conf": fmt.Sprintf("log file %s/zebra.log\n", l.dir) + l.zebraConf,
 		"vtysh.conf": "",
 		"daemons":    "",
 	}

@@ -340,7 +340,7 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			continue
 		case cur.session != sess:
 			s.log.Info("neighbor settings changed, resetting its session", "peer", name, "changed", cur.session.changed(sess))
-			s.shutdownPeers(ctx, []netip.Addr{sess.address}, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
+			s.closeQuietly(ctx, cur, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
 			if err := s.deletePeer(ctx, sess.address, cur.name); err != nil {
 				errs = append(errs, err)
 				continue
@@ -783,6 +783,27 @@ func (s *Speaker) shutdownPeers(ctx context.Context, addrs []netip.Addr, msg str
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// closeQuietly ends p's session for a reset by a reload: it closes the
+// TCP connection without a NOTIFICATION, as a planned restart does, and
+// the caller re-creates the neighbor. A router with graceful restart keeps
+// the routes as stale until the new session is up (whose OPEN does not
+// claim preserved forwarding, so the router drops them then and takes them
+// again from the UPDATEs that follow at once); one without drops them, as
+// it would at a notification. Routers that count notifications as errors and hold
+// off reconnects after two (OpenBGPD) then accept the new session at
+// once. If the connection cannot be found, it falls back to the
+// administrative shutdown with msg. Called with mu held.
+func (s *Speaker) closeQuietly(ctx context.Context, p peer, msg string) {
+	n, err := dropSessions(p.session.address, int(p.session.port), s.global.port)
+	if err != nil {
+		s.log.Warn("closing the session without a notification failed; sending an administrative shutdown",
+			"peer", p.name, "err", err)
+		s.shutdownPeers(ctx, []netip.Addr{p.session.address}, msg)
+		return
+	}
+	s.log.Debug("session closed without a notification", "peer", p.name, "connections", n)
 }
 
 // Shutdown is WithdrawAll followed by Close, for callers with no data

@@ -298,6 +298,204 @@ reload_plan_steps() {
 	rm -rf /etc/kglb-next
 }
 
+# ================================================================ BGP router (issue 14)
+# A real top-of-rack router: BIRD in the namespace "tor" (10.0.9.2) peers
+# with the kglb unit (10.0.9.1) with graceful restart on both sides and
+# installs the VIP it learns in that namespace's kernel, where a client
+# sends requests through it: the tor namespace has no other route to the
+# VIP. An upgrade (apt-get install of a newer package, whose postinst runs
+# try-restart) and a systemctl restart must keep the route in BIRD's RIB as
+# stale until kglb's End-of-RIB, with zero failed requests; a systemctl
+# stop re-announces it with GRACEFUL_SHUTDOWN, withdraws it while the
+# session is up, then ends the session, and the router's route is gone.
+TOR_VIP=198.51.100.40
+TOR_CTL=/run/bird-tor.ctl
+tor_setup() {
+	ip netns add tor
+	ip link add lbt type veth peer name t0 netns tor
+	ip addr add 10.0.9.1/24 dev lbt
+	ip link set lbt up
+	ip -n tor addr add 10.0.9.2/24 dev t0
+	ip -n tor link set t0 up
+	ip -n tor link set lo up
+	cat >/run/bird-tor.conf <<'BIRD'
+router id 10.0.9.2;
+log "/run/bird-tor.log" all;
+protocol device {}
+protocol kernel { ipv4 { import none; export all; }; }
+protocol bgp kglb {
+  local 10.0.9.2 as 65000;
+  neighbor 10.0.9.1 as 65010;
+  passive on;
+  graceful restart on;
+  debug { states, events, packets, routes };
+  ipv4 { import all; export none; };
+}
+BIRD
+	ip netns exec tor bird -c /run/bird-tor.conf -s "$TOR_CTL"
+	cat >/etc/kglb/.tor.hcl.tmp <<HCL
+bgp {
+  asn                    = 65010
+  router_id              = "10.0.9.1"
+  graceful_shutdown      = true
+  graceful_shutdown_wait = "2s"
+  neighbor "tor" {
+    address          = "10.0.9.2"
+    asn              = 65000
+    hold_time        = "9s"
+    connect_retry    = "1s"
+    graceful_restart = true
+    restart_time     = "60s"
+  }
+}
+
+service "tor" {
+  vip     = "$TOR_VIP"
+  port    = 8080
+  forward = "nat"
+
+  real "10.0.2.2:80" {}
+  real "10.0.3.2:80" {}
+}
+HCL
+	chown root:kglb /etc/kglb/.tor.hcl.tmp && chmod 0640 /etc/kglb/.tor.hcl.tmp && mv /etc/kglb/.tor.hcl.tmp /etc/kglb/tor.hcl
+}
+tor_proto() { birdc -s "$TOR_CTL" show protocols all kglb 2>/dev/null; }
+tor_rib() { birdc -s "$TOR_CTL" show route "$TOR_VIP/32" all 2>/dev/null | grep -A20 "^$TOR_VIP/32"; }
+tor_fib() { ip -n tor route show "$TOR_VIP/32" | grep -q 'via 10.0.9.1'; }
+# tor_sample: one line of what the router holds: est (session Established),
+# gr (BIRD holds kglb's routes for a graceful restart), rib, fib (the
+# route in BIRD and in the tor kernel), gshut (the route carries 65535:0).
+tor_sample() {
+	local p r est=0 gr=0 rib=0 fib=0 gshut=0
+	p="$(tor_proto)"
+	r="$(tor_rib)"
+	echo "$p" | grep -q 'BGP state: *Established' && est=1
+	echo "$p" | grep -q 'Neighbor graceful restart active' && gr=1
+	[ -n "$r" ] && rib=1
+	echo "$r" | grep -q '(65535,0)' && gshut=1
+	tor_fib && fib=1
+	echo "est=$est gr=$gr rib=$rib fib=$fib gshut=$gshut"
+}
+tor_sampler_start() {
+	: >/run/tor-samples
+	(while :; do echo "$(date +%T.%N | cut -c1-12) $(tor_sample)" >>/run/tor-samples; sleep 0.1; done) &
+	tor_sampler=$!
+}
+tor_sampler_stop() { kill "$tor_sampler" 2>/dev/null; wait "$tor_sampler" 2>/dev/null; }
+tor_count() { grep -c -- "$1" /run/tor-samples; } # tor_count REGEX
+tor_refreshed() { [ "$(tor_sample)" = "est=1 gr=0 rib=1 fib=1 gshut=0" ]; }
+tor_client_start() {
+	: >/run/tor-client.log
+	# One line a request: ok or fail, how long it took, when it began. A
+	# request fails when it has no answer within 10 s: the TCG guest, on a
+	# loaded host, can take seconds to run the client while apt-get works
+	# (kglb's own probes time out then); a route missing from the router
+	# is caught by BIRD's route log and the samples, not only here.
+	ip netns exec tor bash -c "$(declare -f http_get)
+		while :; do
+			t0=\$(date +%s%N)
+			if [ -n \"\$(http_get $TOR_VIP 8080 / 10)\" ]; then r=ok; else r=fail; fi
+			echo \"\$r \$(( (\$(date +%s%N) - t0) / 1000000 ))ms \$(date -d @\$((t0 / 1000000000)) +%T)\"
+			sleep 0.1
+		done >>/run/tor-client.log" &
+	tor_client=$!
+	waitfor 20 grep -q ok /run/tor-client.log || return 1
+	: >/run/tor-client.log
+}
+tor_client_stop() { # print "<failed> of <requests> (slowest <ms>)"
+	kill "$tor_client" 2>/dev/null
+	wait "$tor_client" 2>/dev/null
+	echo "$(grep -c '^fail' /run/tor-client.log) of $(wc -l </run/tor-client.log) (slowest $(awk '{sub("ms", "", $2); if ($2 > m) m = $2} END {print m + 0}' /run/tor-client.log) ms)"
+}
+tor_down() { ! tor_proto | grep -q 'BGP state: *Established'; }
+# tor_restart WHAT CMD...: run CMD (a restart of the unit) with the client
+# and the sampler on, then judge what the router did.
+tor_restart() {
+	local what="$1" pid npid out f stale gone eor since routes
+	shift
+	pid="$(systemctl show -p MainPID --value kglb)"
+	since="$(date +%s)"
+	local from
+	from="$(wc -l </run/bird-tor.log)"
+	tor_client_start
+	tor_sampler_start
+	out="$("$@" 2>&1)" || fail "$what" "$out"
+	waitfor 60 tor_refreshed
+	sleep 1 # requests after the refresh
+	tor_sampler_stop
+	f="$(tor_client_stop)"
+	npid="$(systemctl show -p MainPID --value kglb)"
+	stale="$(tor_count 'est=[01] gr=1 rib=1 fib=1')"
+	gone="$(tor_count 'rib=0\|fib=0')"
+	eor="$(tail -n +"$from" /run/bird-tor.log | grep -E 'Neighbor graceful restart (detected|done)|Got END-OF-RIB' | sed 's/^.*kglb: //' | tr '\n' ';')"
+	# BIRD's route trace: the VIP is updated, never removed.
+	routes="$(tail -n +"$from" /run/bird-tor.log | grep -F " $TOR_VIP/32" | sed -E 's/^.* > ([a-z]+) .*$/\1/' | sort | uniq -c | awk '{printf "%s %s; ", $2, $1}')"
+	if [ "$npid" != "$pid" ] && [ "$stale" -gt 0 ] &&
+		journalctl -u kglb --no-pager --since "@$since" | grep -q 'stopped for a planned restart' &&
+		journalctl -u kglb --no-pager --since "@$since" | grep -q 'starting after a planned restart' && [ "$gone" = 0 ] &&
+		! tail -n +"$from" /run/bird-tor.log | grep -F " $TOR_VIP/32" | grep -q 'removed\|withdrawn' && [ "${f%% *}" = 0 ] && tor_refreshed &&
+		case "$eor" in *"graceful restart detected"*"Got END-OF-RIB"*"graceful restart done"*) true ;; *) false ;; esac &&
+		tor_proto | grep -q 'AF preserved:.*ipv4'; then
+		pass "$what (pid $pid -> $npid, a planned restart by the journal): BIRD kept $TOR_VIP/32 as stale in its RIB and kernel ($stale of $(wc -l </run/tor-samples) samples in graceful restart, none without the route), then End-of-RIB refreshed it ($eor AF preserved: ipv4; BIRD's route trace for it: ${routes}none removed); failed requests: $f"
+	else
+		fail "$what" "pid $pid -> $npid, stale samples $stale, samples without the route $gone, failed $f, BIRD: $eor routes: $routes"
+		show sh -c "tail -n +$from /run/bird-tor.log | grep -F ' $TOR_VIP/32'"
+		show cat /run/tor-samples
+		show grep -v '^ok' /run/tor-client.log
+		show tor_proto
+		show journalctl -u kglb --no-pager -n 30
+	fi
+}
+bgp_router_steps() {
+	local deb down first_gs first_wd first_down
+	tor_setup
+	timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb
+	if waitfor 60 tor_refreshed && tor_client_start; then
+		tor_client_stop >/dev/null
+		pass "BIRD in namespace tor learned $TOR_VIP/32 from kglb ($(ip -n tor route show "$TOR_VIP/32" | head -n1)); the tor client reaches it"
+	else
+		fail "BGP with BIRD in namespace tor" "$(tor_sample)"
+		show tor_proto
+		show journalctl -u kglb --no-pager -n 30
+	fi
+	show tor_proto
+
+	deb="$(ls /root/newer/kglb_*.deb | head -n1)"
+	tor_restart "apt-get install of the newer package $(dpkg-deb -f "$deb" Version) (postinst try-restart)" \
+		env DEBIAN_FRONTEND=noninteractive apt-get install -y "$deb"
+	if [ "$(dpkg-query -W -f '${Version}' kglb)" != "$(dpkg-deb -f "$deb" Version)" ]; then
+		fail "upgrade to the newer package" "installed $(dpkg-query -W -f '${Version}' kglb)"
+	fi
+	tor_restart "systemctl restart kglb" timeout 60 systemctl restart kglb
+
+	tor_sampler_start
+	timeout 60 systemctl stop kglb
+	waitfor 30 tor_down
+	tor_sampler_stop
+	echo "$(date +%T.%N | cut -c1-12) $(tor_sample)" >>/run/tor-samples
+	# The line numbers of the first sample with the community, the first
+	# without the route while the session was up, the first with it down.
+	first_gs="$(grep -n 'est=1 .*rib=1 .*gshut=1' /run/tor-samples | head -n1 | cut -d: -f1)"
+	first_wd="$(grep -n 'est=1 gr=0 rib=0 fib=0' /run/tor-samples | head -n1 | cut -d: -f1)"
+	first_down="$(grep -n 'est=0' /run/tor-samples | head -n1 | cut -d: -f1)"
+	down="$(tor_proto | grep -o 'Received: Administrative shutdown.*' | head -n1)"
+	if [ -n "$first_gs" ] && [ -n "$first_wd" ] && [ -n "$first_down" ] && [ "$first_gs" -lt "$first_wd" ] &&
+		[ "$first_wd" -lt "$first_down" ] && [ -n "$down" ] && ! tor_fib &&
+		[ "$(ipvsadm -Ln -t "$TOR_VIP:8080" | grep -c -- '-> 10\.')" = 2 ]; then
+		pass "systemctl stop: BIRD saw $TOR_VIP/32 with GRACEFUL_SHUTDOWN (sample $first_gs), withdrawn while the session was up (sample $first_wd), then the session end ($down, sample $first_down); the tor kernel route is gone, the IPVS service stays (on_stop = keep)"
+	else
+		fail "systemctl stop with a router" "samples: graceful shutdown $first_gs, withdrawn $first_wd, down $first_down; '$down'"
+		show cat /run/tor-samples
+		show tor_proto
+		show journalctl -u kglb --no-pager -n 30
+	fi
+	birdc -s "$TOR_CTL" down >/dev/null 2>&1
+	rm -f /etc/kglb/tor.hcl
+	timeout 60 systemctl start kglb && waitfor 30 systemctl is-active --quiet kglb || fail "start after the router steps" "$(systemctl is-active kglb)"
+}
+# ================================================================ end of BGP router (issue 14)
+
 # ---------------------------------------------------------------- network
 # client --- LB (this root namespace) --- real1, real2; NAT forwarding, so
 # the reals route their replies back through the LB.
@@ -364,9 +562,10 @@ HCL
 
 kernel_reals() { ipvsadm -Ln -t "$VIP:80" 2>/dev/null | awk '$1 == "->" && $2 ~ /^10\./ {print $2}' | sort | tr '\n' ' '; }
 vip_routed() { ip route show table local | grep -q "local $VIP "; }
-# http_get HOST PORT PATH: the body of an HTTP/1.0 GET (bash's /dev/tcp).
+# http_get HOST PORT PATH [SECONDS]: the body of an HTTP/1.0 GET (bash's
+# /dev/tcp), given up after SECONDS (default 3).
 http_get() {
-	timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
+	timeout "${4:-3}" bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
 		printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3
 		sed "1,/^\r\{0,1\}$/d" <&3' _ "$@"
 }
@@ -713,6 +912,9 @@ fi
 
 # ---------------------------------------------------------------- 6. who may change it
 security_steps
+
+# ---------------------------------------------------------------- BGP router (issue 14)
+bgp_router_steps
 
 # ---------------------------------------------------------------- 7. security
 score="$(systemd-analyze security kglb.service 2>&1 | tail -n1 | sed 's/^.*Overall exposure level for kglb.service: //')"
