@@ -112,8 +112,12 @@ func runHelper() int {
 			s.Abandon()
 			out.Encode(rep)
 			return 0
-		case c.Op == "close":
-			err = s.Close()
+		case c.Op == "close", c.Op == "close-restart":
+			if c.Op == "close" {
+				err = s.Close()
+			} else {
+				err = s.CloseForRestart()
+			}
 			if err != nil {
 				rep.Err = err.Error()
 			}

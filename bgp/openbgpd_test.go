@@ -171,6 +171,17 @@ allow from any
 		sp.apply(vip)
 	})
 	step("a planned restart", restart)
+	// A planned restart without graceful restart: withdraw, then the
+	// sessions close without a NOTIFICATION (errcnt stays 1).
+	step("a planned restart without graceful restart", func() {
+		sp.call(helperCmd{Op: "withdraw"})
+		sp.call(helperCmd{Op: "withdrawn"})
+		sp.call(helperCmd{Op: "close-restart"})
+		<-sp.done
+		eventually(t, "OpenBGPD to see the session end", func() bool { return !strings.Contains(show(), "BGP state = Established") })
+		sp = l.startSpeaker(n, cfg)
+		sp.apply(vip)
+	})
 	step("a reload that resets the neighbor", func() {
 		cfg.Neighbors[0].HoldTime = 12 * time.Second
 		cfg.Neighbors[0].Keepalive = 4 * time.Second
@@ -182,7 +193,7 @@ allow from any
 		t.Errorf("OpenBGPD did not receive the administrative shutdown with kglb's message:\n%s", out)
 	}
 	if c := strings.Count(out, "received notification"); c != 1 {
-		t.Errorf("OpenBGPD received %d notifications through one stop, two restarts and a reset, want 1:\n%s", c, out)
+		t.Errorf("OpenBGPD received %d notifications through one stop, three restarts and a reset, want 1:\n%s", c, out)
 	}
 	if c := strings.Count(out, "keeping routes"); c < 2 {
 		t.Errorf("OpenBGPD kept the routes across %d planned restarts, want 2:\n%s", c, out)

@@ -705,13 +705,23 @@ func (s *Speaker) WithdrawAll(ctx context.Context) error {
 }
 
 // Close ends every session with Cease / Administrative Shutdown and
-// ShutdownMessage and closes the listeners. Routers drop whatever kglb
-// still announced (unless they run graceful restart with RFC 8538, which
-// kglb does not negotiate). Call
-// WithdrawAll and wait the hold time first for a clean drain. GoBGP's
-// server loop cannot be stopped in v3: the process keeps one idle
-// goroutine, and the Speaker cannot be used again.
-func (s *Speaker) Close() error {
+// ShutdownMessage and closes the listeners: what a stop says. Routers drop
+// whatever kglb still announced (unless they run graceful restart with
+// RFC 8538, which kglb does not negotiate). Call WithdrawAll and wait the
+// hold time first for a clean drain. GoBGP's server loop cannot be stopped
+// in v3: the process keeps one idle goroutine, and the Speaker cannot be
+// used again.
+func (s *Speaker) Close() error { return s.close(false) }
+
+// CloseForRestart is Close for a planned restart without graceful
+// restart: the sessions end with their TCP connections closed, without a
+// NOTIFICATION, as a reload's reset does (closeQuietly). The routes were
+// withdrawn before, so the router loses nothing it would keep; a router
+// that counts notifications as errors (OpenBGPD) then takes the new
+// process's session at once, however many restarts come in a row.
+func (s *Speaker) CloseForRestart() error { return s.close(true) }
+
+func (s *Speaker) close(quiet bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -723,7 +733,13 @@ func (s *Speaker) Close() error {
 	// the sessions going down; then cancel the watcher before StopBgp:
 	// its cleanup runs through the server loop.
 	if s.running {
-		s.shutdownPeers(context.Background(), sortedAddrs(s.peers), ShutdownMessage)
+		if quiet {
+			for _, a := range sortedAddrs(s.peers) {
+				s.closeQuietly(context.Background(), s.peers[a], ShutdownMessage)
+			}
+		} else {
+			s.shutdownPeers(context.Background(), sortedAddrs(s.peers), ShutdownMessage)
+		}
 	}
 	if s.stopWatch != nil {
 		s.stopWatch()

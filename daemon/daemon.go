@@ -139,7 +139,7 @@ func Run(ctx context.Context, opts Options) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return d.stop(cancel, engineDone)
+			return d.stop(cancel, engineDone, false)
 		case err := <-httpDone:
 			log.Error("stats or control server stopped", "err", err)
 			httpDone = nil
@@ -164,7 +164,7 @@ func Run(ctx context.Context, opts Options) error {
 				return d.restart(cancel, engineDone)
 			}
 			log.Info("stopping", "signal", sig.String())
-			return d.stop(cancel, engineDone)
+			return d.stop(cancel, engineDone, false)
 		case c := <-watcher.Updates():
 			warnTunnelSysctl(c, log)
 			warnClusterSysctls(c, log)
@@ -283,8 +283,9 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 }
 
 // stop ends the engine, then withdraws, holds and keeps or cleans the data
-// plane as on_stop says.
-func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error) error {
+// plane as on_stop says. restart is a planned restart without graceful
+// restart: the sessions then end without a NOTIFICATION.
+func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error, restart bool) error {
 	d.notify.send("STOPPING=1")
 	cancel()
 	if err := <-engineDone; err != nil {
@@ -296,7 +297,11 @@ func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error) error 
 	cfg := d.engineCfg()
 	err := d.engine.Stop(ctx, cfg.Daemon.OnStop == config.OnStopCleanup)
 	if d.speaker != nil {
-		if cerr := d.speaker.Close(); cerr != nil {
+		closeSessions := d.speaker.Close
+		if restart {
+			closeSessions = d.speaker.CloseForRestart
+		}
+		if cerr := closeSessions(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 	}

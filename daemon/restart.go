@@ -56,14 +56,15 @@ func restartWindow(b config.BGP) time.Duration {
 // the engine, leaves the routes and the data plane as they are, writes
 // the marker and abandons the BGP sessions without a NOTIFICATION (the
 // process exits and the kernel closes them, which routers running graceful
-// restart answer by keeping the routes as stale). Without, it is a stop.
+// restart answer by keeping the routes as stale). Without, it is a stop
+// whose sessions end without a NOTIFICATION (Speaker.CloseForRestart).
 func (d *daemon) restart(cancel context.CancelFunc, engineDone <-chan error) error {
 	cfg := d.engineCfg()
 	if d.speaker == nil || !keepsRoutes(cfg) {
 		if d.speaker != nil {
 			d.log.Warn("planned restart without graceful restart (or with on_stop = \"cleanup\"): routes are withdrawn and come back after the first health round")
 		}
-		return d.stop(cancel, engineDone)
+		return d.stop(cancel, engineDone, true)
 	}
 	d.notify.send("STOPPING=1")
 	cancel()
