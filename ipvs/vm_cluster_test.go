@@ -51,8 +51,11 @@ import (
 // static binary vmtest packs from testdata/vm-binaries.txt) on the same
 // state directory, which adopts that table and announces the VIP to BIRD.
 // From there on every change is the daemon's: a node lost is a kill -9 of
-// its kglb, a drain is its SIGTERM stop, a real is added by a config edit
-// and `kglb reload`.
+// its kglb (the kernel closes its BGP session), a node that dies is a kill
+// -9 behind an uplink that drops every packet (the hold timer ends the
+// session), a drain is kglb's SIGTERM stop, a real is added by a config
+// edit and `kglb reload`. kglb leaves IPVS in place after a kill (on_stop
+// applies only to a clean stop), as it would on a real node.
 
 const (
 	clusterVIP   = "203.0.113.80"
@@ -111,17 +114,19 @@ func (p *clusterProc) running() bool {
 }
 
 // signal sends sig and waits until the process is gone; a process that
-// outlives wait is killed.
-func (p *clusterProc) signal(sig syscall.Signal, wait time.Duration) {
+// outlives wait is killed, and reported so.
+func (p *clusterProc) signal(sig syscall.Signal, wait time.Duration) error {
 	if !p.running() {
-		return
+		return fmt.Errorf("%s had already exited: %v", p.cmd.Path, p.cmd.ProcessState)
 	}
 	p.cmd.Process.Signal(sig)
 	select {
 	case <-p.done:
+		return nil
 	case <-time.After(wait):
 		p.cmd.Process.Kill()
 		<-p.done
+		return fmt.Errorf("%s did not end within %v of %v: killed", p.cmd.Path, wait, sig)
 	}
 }
 
@@ -961,7 +966,9 @@ func runCluster(tb testing.TB) clusterFigures {
 	// 4. Node 1's kglb is killed. The kernel closes its BGP session, so
 	// BIRD drops the path at once; the node's IPVS stays as it was (a
 	// kill skips on_stop) and the router sends its flows elsewhere.
-	n1.kglb.signal(syscall.SIGKILL, time.Minute)
+	if err := n1.kglb.signal(syscall.SIGKILL, time.Minute); err != nil {
+		tb.Fatalf("node 1: %v", err)
+	}
 	l.waitRouter("node 1's kglb killed (kill -9)", 1, 2)
 	tb.Logf("node 1: BIRD's session went down: %q", l.lastError(n1))
 	fig.nodeLossKept = share(l.settle("node 1's kglb killed"))
@@ -975,7 +982,9 @@ func runCluster(tb testing.TB) clusterFigures {
 	// session. Its flows stall until then, and TCP retransmits them to
 	// the other nodes.
 	l.silence(n3, true)
-	n3.kglb.signal(syscall.SIGKILL, time.Minute)
+	if err := n3.kglb.signal(syscall.SIGKILL, time.Minute); err != nil {
+		tb.Fatalf("node 3: %v", err)
+	}
 	l.waitRouter("node 3 dead (hold timer)", 0, 1)
 	if e := l.lastError(n3); !strings.Contains(e, "Hold timer expired") {
 		tb.Errorf("node 3: BIRD's session went down with %q, want the hold timer", e)
@@ -992,7 +1001,12 @@ func runCluster(tb testing.TB) clusterFigures {
 	// 6. Node 2 is drained: kglb stops on SIGTERM (withdraws, holds
 	// stop_hold, keeps IPVS), then starts again, adopting its table with
 	// no write, and announces after its first health round.
-	n2.kglb.signal(syscall.SIGTERM, time.Minute)
+	if err := n2.kglb.signal(syscall.SIGTERM, time.Minute); err != nil {
+		tb.Fatalf("node 2: %v", err)
+	}
+	if st := n2.kglb.cmd.ProcessState; !st.Success() {
+		tb.Errorf("node 2: kglb's stop on SIGTERM ended with %v, want exit status 0", st)
+	}
 	l.waitRouter("node 2's kglb stopped (SIGTERM)", 0, 2)
 	tb.Logf("node 2: BIRD's session went down: %q", l.lastError(n2))
 	fig.drainKept = share(l.settle("node 2 drained"))
