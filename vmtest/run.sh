@@ -212,15 +212,14 @@ deps() {
 #   go ./cmd/x /abs/path/in/vm          a Go command of this module, static
 binaries_list() {
 	local p f line
+	local -a words
 	for p in "$@"; do
 		f="$root/$p/testdata/vm-binaries.txt"
 		[ -f "$f" ] || continue
 		while IFS= read -r line || [ -n "$line" ]; do
-			line="${line%%#*}"
-			# shellcheck disable=SC2086
-			set -- $line
-			[ $# -eq 0 ] && continue
-			echo "$*"
+			read -r -a words <<<"${line%%#*}"
+			[ ${#words[@]} -eq 0 ] && continue
+			echo "${words[*]}"
 		done <"$f"
 	done
 	for f in ${VM_BINARIES:-}; do echo "$f -"; done
