@@ -154,6 +154,12 @@ func newClusterLab(tb testing.TB, nReals int) *clusterLab {
 	nstest.Veth(tb, nstest.End{NS: l.client, Name: "c0", Addrs: []string{"10.10.0.2/24"}},
 		nstest.End{NS: r, Name: "r0", Addrs: []string{"10.10.0.1/24"}})
 	l.client.AddRoute(tb, "default", "10.10.0.1")
+	// A veth pair hands the client socket's flow hash to the router, whose
+	// multipath then uses it instead of hashing the 5-tuple, and TCP picks
+	// a new hash at each retransmission timeout, so a stalled flow would
+	// hop to another node by itself. Through a real router a flow keeps
+	// its path until the router drops it: keep the hash.
+	l.client.Sysctl(tb, "net.core.txrehash", "0")
 	for i := 1; i <= clusterNodes; i++ {
 		ns := nstest.New(tb)
 		nstest.Veth(tb, nstest.End{NS: ns, Name: "n0", Addrs: []string{fmt.Sprintf("10.20.%d.2/24", i)}},
@@ -893,6 +899,7 @@ type clusterFigures struct {
 	insertKept, raiseKept                                      float64
 	addMoved, addIdeal, addMovedElsewhere                      float64
 	nodeLossStall, hostLossStall, drainStall                   time.Duration // the longest wait for an echo
+	hostLossDetect                                             time.Duration // silence to the path gone (polled)
 	insertWrites                                               int
 	flushed                                                    int // entries the kernel expired during the re-adds
 }
@@ -1003,11 +1010,14 @@ func runCluster(tb testing.TB) clusterFigures {
 	// killed, so no FIN reaches BIRD; the hold time (3 s) ends the
 	// session. Its flows stall until then, and TCP retransmits them to
 	// the other nodes.
+	silent := time.Now()
 	l.silence(n3, true)
 	if err := n3.kglb.signal(syscall.SIGKILL, time.Minute); err != nil {
 		tb.Fatalf("node 3: %v", err)
 	}
 	l.waitRouter("node 3 dead (hold timer)", 0, 1)
+	fig.hostLossDetect = time.Since(silent)
+	tb.Logf("node 3: the router had dropped its path %.1fs after the node went silent", fig.hostLossDetect.Seconds())
 	if e := l.lastError(n3); !strings.Contains(e, "Hold timer expired") {
 		tb.Errorf("node 3: BIRD's session went down with %q, want the hold timer", e)
 	} else {
@@ -1137,6 +1147,7 @@ func BenchmarkCluster(b *testing.B) {
 	b.ReportMetric(fig.drainKept*fig.restartKept, "drain-restart-kept")
 	b.ReportMetric(fig.nodeLossStall.Seconds(), "node-loss-stall-s")
 	b.ReportMetric(fig.hostLossStall.Seconds(), "host-loss-stall-s")
+	b.ReportMetric(fig.hostLossDetect.Seconds(), "host-loss-detect-s")
 	b.ReportMetric(fig.drainStall.Seconds(), "drain-stall-s")
 	b.ReportMetric(fig.insertKept*fig.raiseKept, "add-real-kept")
 	b.ReportMetric(float64(fig.flushed), "entries-expired-by-readds")
