@@ -5,12 +5,15 @@
 #   vmtest/run.sh test  [PKG...]  build, boot, run the vmtest-tagged tests (-test.v)
 #   vmtest/run.sh bench [PKG...]  the same with -test.run=^$ -test.bench=. -test.benchmem
 #   vmtest/run.sh shell [PKG...]  boot into an interactive busybox sh (Ctrl-A x quits qemu)
-#   vmtest/run.sh deps            install qemu/busybox/kmod/cpio, fetch and unpack the kernel
+#   vmtest/run.sh deps  [PKG...]  install qemu/busybox/kmod/cpio and the VM programs, fetch the kernel
 #   vmtest/run.sh list            print the packages the default run would test
 #
 # PKG is a package directory or import path (./ipvs, ipvs, github.com/kglb/kglb/ipvs);
 # the default is every package with a file carrying a `//go:build vmtest` constraint.
 # Everything downloaded is cached under .cache/vm/ in the repository.
+# A package's testdata/vm-binaries.txt names the programs its tests run in
+# the VM (host binaries packed with their shared libraries, and Go commands
+# of this module built static); see vmtest/README.md.
 #
 # Environment:
 #   VM_TIMEOUT       seconds before the whole VM run is killed (default 1800)
@@ -23,6 +26,7 @@
 #   VM_ACCEL         qemu accelerator (default tcg,thread=multi; kvm hung here)
 #   VM_QEMU_ARGS     extra qemu arguments
 #   VM_KEEP=1        keep the build directory (binaries, initramfs, console log)
+#   VM_BINARIES      extra host programs for the initramfs ("/usr/sbin/x ...")
 #   BENCHTIME        -test.benchtime in bench mode
 #   CI=true          any missing piece is a hard failure (it always is: nothing is skipped)
 #
@@ -47,7 +51,7 @@ mode="${1:-}"
 case "$mode" in
 test | bench | shell | deps | list) ;;
 *)
-	sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 	;;
 esac
@@ -192,11 +196,91 @@ extract_vmlinux() {
 deps() {
 	mkdir -p "$cache"
 	need_tools
+	need_binaries "$@"
 	# One fetch at a time when several runs start together.
 	exec 9>"$cache/.lock"
 	flock 9
 	fetch_kernel
 	flock -u 9
+}
+
+# ---------------------------------------------------------------- programs
+
+# binaries_list prints the lines of the packages' testdata/vm-binaries.txt
+# (comments and blank lines dropped), then one per VM_BINARIES word:
+#   /abs/path/on/host  debian-package   a host program, with its libraries
+#   go ./cmd/x /abs/path/in/vm          a Go command of this module, static
+binaries_list() {
+	local p f line
+	local -a words
+	for p in "$@"; do
+		f="$root/$p/testdata/vm-binaries.txt"
+		[ -f "$f" ] || continue
+		while IFS= read -r line || [ -n "$line" ]; do
+			read -r -a words <<<"${line%%#*}"
+			[ ${#words[@]} -eq 0 ] && continue
+			echo "${words[*]}"
+		done <"$f"
+	done
+	for f in ${VM_BINARIES:-}; do echo "$f -"; done
+}
+
+# need_binaries installs the Debian packages that provide the host programs
+# the packages' tests need in the VM (all packages with VM tests when none
+# is named).
+need_binaries() {
+	local -a ps=("$@") pkgs=()
+	[ ${#ps[@]} -gt 0 ] || mapfile -t ps < <(all_pkgs)
+	local path deb
+	while read -r path deb _; do
+		[ "$path" = go ] && continue
+		[ -x "$path" ] && continue
+		[ -n "$deb" ] && [ "$deb" != - ] || die "VM program $path is missing and no package is named for it"
+		pkgs+=("$deb")
+	done < <(binaries_list "${ps[@]}" | awk '!seen[$0]++')
+	[ ${#pkgs[@]} -gt 0 ] || return 0
+	mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+	install_pkgs "${pkgs[@]}"
+	# Packages such as bird2 start a system-wide daemon; the tests run their own.
+	local d
+	for d in "${pkgs[@]}"; do
+		case "$d" in bird2) d=bird ;; esac
+		if have systemctl && systemctl is-active --quiet "$d" 2>/dev/null; then systemctl stop "$d" || true; fi
+	done
+}
+
+# copy_host_program copies a dynamically (or statically) linked host program
+# into the initramfs at the same path, with every shared library ldd names
+# and the dynamic loader, each at the path ldd prints (symlinks resolved).
+copy_host_program() {
+	local ir="$1" path="$2" lib out
+	[ -x "$path" ] || die "VM program $path is missing on the host (vmtest/run.sh deps installs it)"
+	mkdir -p "$ir$(dirname "$path")"
+	cp -L "$path" "$ir$path"
+	# "not a dynamic executable" (exit 1) for a static program: nothing to add.
+	out="$(ldd "$path" 2>/dev/null)" || return 0
+	for lib in $(echo "$out" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+		[ -e "$ir$lib" ] && continue
+		mkdir -p "$ir$(dirname "$lib")"
+		cp -L "$lib" "$ir$lib" || die "copy $lib (for $path)"
+	done
+}
+
+# add_programs puts the programs the built packages need into the initramfs.
+add_programs() {
+	local ir="$1" a b c
+	while read -r a b c; do
+		if [ "$a" = go ]; then
+			[ -n "$b" ] && [ "${c#/}" != "$c" ] || die "vm-binaries: want 'go ./cmd/x /abs/path', got 'go $b $c'"
+			[ -e "$ir$c" ] && continue
+			note "go build ./${b#./} -> $c"
+			mkdir -p "$ir$(dirname "$c")"
+			(cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$ir$c" "./${b#./}") ||
+				die "go build $b failed"
+		else
+			copy_host_program "$ir" "$a"
+		fi
+	done < <(binaries_list "${built[@]}" | awk '!seen[$0]++')
 }
 
 # ---------------------------------------------------------------- packages
@@ -328,6 +412,8 @@ build_initramfs() {
 
 	# Uncompressed: the kernel unpacks it faster than it would gunzip it
 	# under TCG, and skipping compression saves host time too.
+	add_programs "$ir"
+
 	(cd "$ir" && find . -print0 | sort -z | cpio --null -o -H newc --quiet) >"$work/initramfs.cpio" ||
 		die "cpio failed"
 }
@@ -423,12 +509,13 @@ main() {
 		all_pkgs
 		return 0
 	fi
-	deps
-	[ "$mode" = deps ] && return 0
-
-	local kroot kver
-	kroot="$(cd "$cache/kernel/current" && pwd -P)"
-	kver="$(cat "$kroot/.kver")"
+	if [ "$mode" = deps ]; then
+		local -a dp=()
+		local a
+		for a in "$@"; do dp+=("$(rel_pkg "$a")"); done
+		deps "${dp[@]}"
+		return 0
+	fi
 
 	local -a pkgs=()
 	if [ $# -gt 0 ]; then
@@ -440,6 +527,10 @@ main() {
 	if [ ${#pkgs[@]} -eq 0 ] && [ "$mode" != shell ]; then
 		die "no packages with //go:build vmtest files"
 	fi
+	deps "${pkgs[@]}"
+	local kroot kver
+	kroot="$(cd "$cache/kernel/current" && pwd -P)"
+	kver="$(cat "$kroot/.kver")"
 
 	mkdir -p "$cache/tmp"
 	work="$(mktemp -d "$cache/tmp/run.XXXXXX")"
