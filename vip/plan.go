@@ -2,10 +2,9 @@ package vip
 
 import (
 	"context"
-	"maps"
+	"errors"
+	"fmt"
 	"net/netip"
-
-	"github.com/hashicorp/go-hclog"
 )
 
 // Write is one VIP write of an Apply, as Plan records it.
@@ -14,66 +13,38 @@ type Write struct {
 	VIP netip.Addr `json:"vip"`
 }
 
-// recorder is a Kernel that reads from read and records every write; when
-// pass is set it also issues the write there (tests compare the two). It
-// never creates the link: a plan assumes Apply would.
-type recorder struct {
-	read    Kernel
-	pass    bool
-	missing bool // the link does not exist yet: it holds nothing
-	writes  []Write
-}
-
 // linkLooker is a Kernel that can look its link up without creating it
 // (*Netlink).
 type linkLooker interface {
 	LookupLink() (found bool, err error)
 }
 
-func (k *recorder) Link() string { return k.read.Link() }
-func (k *recorder) EnsureLink() (bool, error) {
-	if k.pass {
-		return k.read.EnsureLink()
-	}
-	if l, ok := k.read.(linkLooker); ok {
-		found, err := l.LookupLink()
-		k.missing = !found
-		return false, err
-	}
-	return false, nil
-}
-func (k *recorder) List(m Mode) ([]Entry, error) {
-	if k.missing {
-		return nil, nil
-	}
-	return k.read.List(m)
-}
-func (k *recorder) Add(m Mode, e Entry) error {
-	k.writes = append(k.writes, Write{Op: "add", VIP: e.Prefix.Addr()})
-	if k.pass {
-		return k.read.Add(m, e)
-	}
-	return nil
-}
-func (k *recorder) Del(m Mode, e Entry) error {
-	k.writes = append(k.writes, Write{Op: "del", VIP: e.Prefix.Addr()})
-	if k.pass {
-		return k.read.Del(m, e)
-	}
-	return nil
-}
-
 // Plan returns the writes Apply(ctx, desired) would issue now and what it
-// would reach, without writing: the same diff runs on a copy of r against a
-// kernel that reads the link and records
-// writes. The ownership record is not touched.
+// would reach if they all succeed, without writing: it lists the link and
+// runs Apply's planner. A link that does not exist yet holds nothing (Apply
+// would create it). Neither the link nor the ownership record is touched.
 func (r *Reconciler) Plan(ctx context.Context, desired []netip.Addr) ([]Write, Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := &recorder{read: r.k}
-	m, _ := newMetrics(nil)
-	c := &Reconciler{k: rec, mode: r.mode, log: hclog.NewNullLogger(), metrics: m, file: r.file,
-		owned: maps.Clone(r.owned), saved: maps.Clone(r.saved), dry: true}
-	res, err := c.apply(ctx, desired)
-	return rec.writes, res, err
+	want, errs := wantSet(desired)
+	if err := ctx.Err(); err != nil {
+		return nil, Result{}, errors.Join(append(errs, err)...)
+	}
+	link := r.k.Link()
+	if l, ok := r.k.(linkLooker); ok {
+		found, err := l.LookupLink()
+		if err != nil {
+			return nil, Result{}, errors.Join(append(errs, fmt.Errorf("look up vip link %s: %w", link, err))...)
+		}
+		if !found {
+			p := planWrites(r.mode, r.owned, want, nil)
+			return p.writes, p.predict(), errors.Join(errs...)
+		}
+	}
+	entries, err := r.k.List(r.mode)
+	if err != nil {
+		return nil, Result{}, errors.Join(append(errs, fmt.Errorf("list vips (%s) on %s: %w", r.mode, link, err))...)
+	}
+	p := planWrites(r.mode, r.owned, want, entries)
+	return p.writes, p.predict(), errors.Join(errs...)
 }

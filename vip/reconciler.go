@@ -47,8 +47,6 @@ type Reconciler struct {
 	file  ownedFile           // address mode only
 	owned map[netip.Addr]bool // address mode: what kglb owns, as last known
 	saved map[netip.Addr]bool // address mode: what the file says
-
-	dry bool // a copy made by Plan: records writes, never saves the record
 }
 
 // Result is what one Apply reached. The slices are sorted (IPv4 first).
@@ -139,23 +137,14 @@ func (r *Reconciler) Apply(ctx context.Context, desired []netip.Addr) (Result, e
 	return res, err
 }
 
+// apply is Apply under r.mu: it validates desired, makes sure the link
+// exists, lists it once, plans the writes and executes them.
 func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, error) {
-	var errs []error
-	link := r.k.Link()
-
-	want := make(map[netip.Addr]bool, len(desired))
-	for _, a := range desired {
-		a = a.Unmap()
-		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
-			errs = append(errs, fmt.Errorf("vip %s: not a unicast address without zone", a))
-			continue
-		}
-		want[a] = true
-	}
+	want, errs := wantSet(desired)
 	if err := ctx.Err(); err != nil {
 		return Result{}, errors.Join(append(errs, err)...)
 	}
-
+	link := r.k.Link()
 	changed, err := r.k.EnsureLink()
 	if changed {
 		outcome := outcomeOK
@@ -170,65 +159,135 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 	if changed {
 		r.log.Info("created vip link", "link", link)
 	}
-
-	// The one read of the kernel.
-	entries, err := r.k.List(r.mode)
+	entries, err := r.k.List(r.mode) // the one read of the kernel
 	if err != nil {
 		return Result{}, errors.Join(append(errs, fmt.Errorf("list vips (%s) on %s: %w", r.mode, link, err))...)
 	}
+	res, execErrs := r.execute(ctx, planWrites(r.mode, r.owned, want, entries))
+	return res, errors.Join(append(errs, execErrs...)...)
+}
+
+// wantSet is the set of desired VIPs, unmapped, and an error for each one
+// that is not a unicast address without zone (left out of the set).
+func wantSet(desired []netip.Addr) (map[netip.Addr]bool, []error) {
+	var errs []error
+	want := make(map[netip.Addr]bool, len(desired))
+	for _, a := range desired {
+		a = a.Unmap()
+		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+			errs = append(errs, fmt.Errorf("vip %s: not a unicast address without zone", a))
+			continue
+		}
+		want[a] = true
+	}
+	return want, errs
+}
+
+// plan is what it takes to make a link hold the desired VIPs, worked out
+// from one listing of the link.
+type plan struct {
+	// writes are the adds, then the deletes, each in address order. Adds
+	// go first so that a cancelled or failing Apply errs on the side of
+	// serving a VIP rather than dropping one.
+	writes []Write
+	// ours is what the link holds now through entries kglb owns.
+	ours map[netip.Addr]bool
+	// foreign is the desired VIPs the link holds through an entry kglb
+	// does not own, sorted.
+	foreign []netip.Addr
+}
+
+// planWrites is the pure planner of Apply and Plan: from the mode, the
+// addresses kglb owns in address mode (owned), the desired set (want) and
+// the entries listed on the link, it returns the writes to issue. Only host
+// entries count; a wider local route (AnyIP) is someone's design.
+func planWrites(mode Mode, owned, want map[netip.Addr]bool, entries []Entry) plan {
 	held := make(map[netip.Addr]bool, len(entries)) // held by any entry
-	ours := make(map[netip.Addr]bool, len(entries)) // held by an entry kglb owns
+	p := plan{ours: make(map[netip.Addr]bool, len(entries))}
 	for _, e := range entries {
 		a := e.Prefix.Addr()
 		host := e.Prefix.Bits() == a.BitLen()
-		switch r.mode {
+		switch mode {
 		case ModeRoute:
-			// A wider local route (AnyIP) is someone's design; kglb only
-			// reasons about host routes.
 			if !host {
 				continue
 			}
 			held[a] = true
 			if e.Proto == ProtoKGLB {
-				ours[a] = true
+				p.ours[a] = true
 			}
 		case ModeAddress:
 			held[a] = true
-			if host && r.owned[a] {
-				ours[a] = true
+			if host && owned[a] {
+				p.ours[a] = true
 			}
 		}
 	}
-
-	var add, del, foreign []netip.Addr
+	var add, del []netip.Addr
 	for a := range want {
 		switch {
 		case !held[a]:
 			add = append(add, a)
-		case !ours[a]:
-			foreign = append(foreign, a)
+		case !p.ours[a]:
+			p.foreign = append(p.foreign, a)
 		}
 	}
-	for a := range ours {
+	for a := range p.ours {
 		if !want[a] {
 			del = append(del, a)
 		}
 	}
 	slices.SortFunc(add, netip.Addr.Compare)
 	slices.SortFunc(del, netip.Addr.Compare)
+	slices.SortFunc(p.foreign, netip.Addr.Compare)
+	for _, a := range add {
+		p.writes = append(p.writes, Write{Op: opAdd, VIP: a})
+	}
+	for _, a := range del {
+		p.writes = append(p.writes, Write{Op: opDel, VIP: a})
+	}
+	return p
+}
 
+// predict is the Result of executing p when every write succeeds.
+func (p plan) predict() Result {
+	res := Result{Foreign: p.foreign, Writes: len(p.writes)}
+	held := maps.Clone(p.ours)
+	for _, w := range p.writes {
+		if w.Op == opAdd {
+			held[w.VIP] = true
+			res.Added = append(res.Added, w.VIP)
+		} else {
+			delete(held, w.VIP)
+			res.Removed = append(res.Removed, w.VIP)
+		}
+	}
+	res.Held = slices.SortedFunc(maps.Keys(held), netip.Addr.Compare)
+	return res
+}
+
+// execute issues p's writes, one netlink request each, carrying on past a
+// write that fails, until ctx is cancelled. In address mode it records the
+// intent before adding, and what kglb owns afterwards. It returns what it
+// reached and every failure, each naming its VIP.
+func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
+	var errs []error
+	link := r.k.Link()
+	ours, foreign := p.ours, p.foreign
 	if r.mode == ModeAddress {
 		// An owned address that is gone is no longer kglb's: should
 		// someone add it later, it is theirs.
 		r.owned = maps.Clone(ours)
-		if len(add) > 0 {
-			// Record the intent before adding, so a crash between the add
-			// and the record cannot leave an address kglb would then
-			// treat as foreign forever.
-			intent := maps.Clone(ours)
-			for _, a := range add {
-				intent[a] = true
+		// Record the intent before adding, so a crash between the add and
+		// the record cannot leave an address kglb would then treat as
+		// foreign forever.
+		intent := maps.Clone(ours)
+		for _, w := range p.writes {
+			if w.Op == opAdd {
+				intent[w.VIP] = true
 			}
+		}
+		if len(intent) > len(ours) {
 			if err := r.save(intent); err != nil {
 				errs = append(errs, err)
 			}
@@ -241,58 +300,48 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 		proto = ProtoKGLB
 	}
 	logInfo := r.log.IsInfo() // not worth boxing the arguments for a silent logger
-	stopped := false
-	stop := func() bool {
-		if !stopped && ctx.Err() != nil {
-			stopped = true
-			errs = append(errs, ctx.Err())
-		}
-		return stopped
-	}
-
-	for _, a := range add {
-		if stop() {
+	for _, w := range p.writes {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
 			break
 		}
 		res.Writes++
-		err := r.k.Add(r.mode, Entry{Prefix: hostPrefix(a), Proto: proto})
-		switch {
-		case err == nil:
-			r.metrics.write(opAdd, outcomeOK)
-			ours[a] = true
-			res.Added = append(res.Added, a)
-			if logInfo {
-				r.log.Info("added vip", "vip", a, "link", link, "mode", r.mode)
+		e := Entry{Prefix: hostPrefix(w.VIP), Proto: proto}
+		if w.Op == opAdd {
+			err := r.k.Add(r.mode, e)
+			switch {
+			case err == nil:
+				r.metrics.write(opAdd, outcomeOK)
+				ours[w.VIP] = true
+				res.Added = append(res.Added, w.VIP)
+				if logInfo {
+					r.log.Info("added vip", "vip", w.VIP, "link", link, "mode", r.mode)
+				}
+			case isExist(err):
+				// Someone added it since the dump: it is held, but not by us.
+				r.metrics.write(opAdd, outcomeExists)
+				foreign = append(foreign, w.VIP)
+			default:
+				r.metrics.write(opAdd, outcomeError)
+				errs = append(errs, fmt.Errorf("add vip %s (%s on %s): %w", w.VIP, r.mode, link, err))
 			}
-		case isExist(err):
-			// Someone added it since the dump: it is held, but not by us.
-			r.metrics.write(opAdd, outcomeExists)
-			foreign = append(foreign, a)
-		default:
-			r.metrics.write(opAdd, outcomeError)
-			errs = append(errs, fmt.Errorf("add vip %s (%s on %s): %w", a, r.mode, link, err))
+			continue
 		}
-	}
-	for _, a := range del {
-		if stop() {
-			break
-		}
-		res.Writes++
-		err := r.k.Del(r.mode, Entry{Prefix: hostPrefix(a), Proto: proto})
+		err := r.k.Del(r.mode, e)
 		switch {
 		case err == nil:
 			r.metrics.write(opDel, outcomeOK)
-			delete(ours, a)
-			res.Removed = append(res.Removed, a)
+			delete(ours, w.VIP)
+			res.Removed = append(res.Removed, w.VIP)
 			if logInfo {
-				r.log.Info("removed vip", "vip", a, "link", link, "mode", r.mode)
+				r.log.Info("removed vip", "vip", w.VIP, "link", link, "mode", r.mode)
 			}
 		case isNotExist(err):
 			r.metrics.write(opDel, outcomeGone)
-			delete(ours, a)
+			delete(ours, w.VIP)
 		default:
 			r.metrics.write(opDel, outcomeError)
-			errs = append(errs, fmt.Errorf("remove vip %s (%s on %s): %w", a, r.mode, link, err))
+			errs = append(errs, fmt.Errorf("remove vip %s (%s on %s): %w", w.VIP, r.mode, link, err))
 		}
 	}
 
@@ -313,12 +362,12 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 	if res.Writes == 0 {
 		r.log.Debug("vips in sync", "link", link, "held", len(res.Held), "foreign", len(res.Foreign))
 	}
-	return res, errors.Join(errs...)
+	return res, errs
 }
 
 // save writes the ownership record and remembers what it says.
 func (r *Reconciler) save(owned map[netip.Addr]bool) error {
-	if r.dry || maps.Equal(owned, r.saved) {
+	if maps.Equal(owned, r.saved) {
 		return nil
 	}
 	if err := r.file.save(owned); err != nil {

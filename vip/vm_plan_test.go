@@ -37,7 +37,7 @@ func TestVMPlanEqualsApply(t *testing.T) {
 			if found, err := k.LookupLink(); found || err != nil {
 				t.Fatalf("the plan created kglb0 (%v)", err)
 			}
-			live := &recorder{read: k, pass: true}
+			live := &recorder{read: k}
 			r, err := New(Options{Kernel: live, Mode: mode, StateDir: t.TempDir()})
 			if err != nil {
 				t.Fatal(err)
