@@ -96,16 +96,16 @@ func newFakeChecker() *fakeChecker {
 	return &fakeChecker{outcomes: map[netip.AddrPort]Outcome{}, calls: map[netip.AddrPort]int{}}
 }
 
-func (f *fakeChecker) set(real netip.AddrPort, o Outcome) {
+func (f *fakeChecker) set(addr netip.AddrPort, o Outcome) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.outcomes[real] = o
+	f.outcomes[addr] = o
 }
 
-func (f *fakeChecker) callsOf(real netip.AddrPort) int {
+func (f *fakeChecker) callsOf(addr netip.AddrPort) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.calls[real]
+	return f.calls[addr]
 }
 
 func (f *fakeChecker) Check(ctx context.Context, t Target) Result {

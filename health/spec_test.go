@@ -110,7 +110,7 @@ func TestSpecIDStable(t *testing.T) {
 }
 
 func TestTargetDest(t *testing.T) {
-	real := netip.MustParseAddrPort("10.0.0.1:8080")
+	addr := netip.MustParseAddrPort("10.0.0.1:8080")
 	tests := []struct {
 		name string
 		spec Spec
@@ -122,7 +122,7 @@ func TestTargetDest(t *testing.T) {
 		{"tunnel, check port", Spec{Tunnel: true, VIP: netip.MustParseAddr("192.0.2.1"), Port: 443}, "192.0.2.1:443"},
 	}
 	for _, tt := range tests {
-		if got := (Target{Real: real, Spec: tt.spec}).Dest().String(); got != tt.want {
+		if got := (Target{Real: addr, Spec: tt.spec}).Dest().String(); got != tt.want {
 			t.Errorf("%s: %s, want %s", tt.name, got, tt.want)
 		}
 	}

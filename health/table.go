@@ -268,9 +268,9 @@ func (t *table) spreadGroup(now time.Time, iv time.Duration, pos []int64, fresh 
 	}
 }
 
-// popDue takes up to max entries whose due time has come, marking them running.
-func (t *table) popDue(now time.Time, max int, out []*entry) []*entry {
-	for len(out) < max && len(t.heap) > 0 && !t.heap[0].due.After(now) {
+// popDue takes up to limit entries whose due time has come, marking them running.
+func (t *table) popDue(now time.Time, limit int, out []*entry) []*entry {
+	for len(out) < limit && len(t.heap) > 0 && !t.heap[0].due.After(now) {
 		e := t.heap.pop()
 		e.running = true
 		out = append(out, e)

@@ -10,8 +10,8 @@ import (
 
 var t0 = time.Unix(1_000_000, 0)
 
-func tcpTarget(real string, iv time.Duration, rise, fall int) Target {
-	return Target{Real: netip.MustParseAddrPort(real),
+func tcpTarget(addr string, iv time.Duration, rise, fall int) Target {
+	return Target{Real: netip.MustParseAddrPort(addr),
 		Spec: Spec{Type: TCP, Interval: iv, Timeout: iv / 2, Rise: rise, Fall: fall}}
 }
 

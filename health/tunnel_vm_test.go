@@ -76,29 +76,29 @@ func TestTunnelledCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	for real, m := range mk {
+	for backend, m := range mk {
 		svc := &ipvs.Service{FWMark: m, AddressFamily: unix.AF_INET, SchedName: "rr", Netmask: 0xffffffff}
 		if err := h.NewService(svc); err != nil {
 			t.Fatalf("fwmark service %d: %v", m, err)
 		}
 		t.Cleanup(func() { h.DelService(svc) })
-		if err := h.NewDestination(svc, &ipvs.Destination{Address: real.AsSlice(), Port: 0, Weight: 1,
+		if err := h.NewDestination(svc, &ipvs.Destination{Address: backend.AsSlice(), Port: 0, Weight: 1,
 			ConnectionFlags: ipvs.ConnectionFlagTunnel, AddressFamily: unix.AF_INET}); err != nil {
-			t.Fatalf("real %s of fwmark %d: %v", real, m, err)
+			t.Fatalf("real %s of fwmark %d: %v", backend, m, err)
 		}
 	}
 
-	httpCheck := func(real netip.Addr, tunnel bool, body string) Target {
+	httpCheck := func(backend netip.Addr, tunnel bool, body string) Target {
 		s := Spec{Type: HTTP, Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
 		s.HTTP.Body = body
 		if tunnel {
-			s.Tunnel, s.VIP, s.Mark = true, netip.MustParseAddr(vip), mk[real]
+			s.Tunnel, s.VIP, s.Mark = true, netip.MustParseAddr(vip), mk[backend]
 		}
-		return Target{Real: netip.AddrPortFrom(real, 80), Spec: s}
+		return Target{Real: netip.AddrPortFrom(backend, 80), Spec: s}
 	}
-	tcpCheck := func(real netip.Addr) Target {
-		return Target{Real: netip.AddrPortFrom(real, 80), Spec: Spec{Type: TCP, Interval: 2 * time.Second,
-			Timeout: time.Second, Rise: 1, Fall: 1, Tunnel: true, VIP: netip.MustParseAddr(vip), Mark: mk[real]}}
+	tcpCheck := func(backend netip.Addr) Target {
+		return Target{Real: netip.AddrPortFrom(backend, 80), Spec: Spec{Type: TCP, Interval: 2 * time.Second,
+			Timeout: time.Second, Rise: 1, Fall: 1, Tunnel: true, VIP: netip.MustParseAddr(vip), Mark: mk[backend]}}
 	}
 	want := map[Target]State{
 		httpCheck(goodIP, true, "served on "+vip+":80"):  Up,

@@ -107,21 +107,21 @@ func TestVMRouteModeAccepts(t *testing.T) {
 // connection to a real in its own namespace by NAT, IPv4 and IPv6.
 func TestVMIPVS(t *testing.T) {
 	lb, r := newOwnLink(t, vip.ModeRoute)
-	client, real := nstest.New(t), nstest.New(t)
+	client, backend := nstest.New(t), nstest.New(t)
 	nstest.Veth(t,
 		nstest.End{NS: client, Name: "c0", Addrs: []string{"10.9.0.1/24", "fd09::1/64"}},
 		nstest.End{NS: lb, Name: "l0", Addrs: []string{"10.9.0.2/24", "fd09::2/64"}})
 	nstest.Veth(t,
-		nstest.End{NS: real, Name: "r0", Addrs: []string{"10.9.1.2/24", "fd09:1::2/64"}},
+		nstest.End{NS: backend, Name: "r0", Addrs: []string{"10.9.1.2/24", "fd09:1::2/64"}},
 		nstest.End{NS: lb, Name: "l1", Addrs: []string{"10.9.1.1/24", "fd09:1::1/64"}})
 	client.AddRoute(t, "198.51.100.0/24", "10.9.0.2")
 	client.AddRoute(t, "2001:db8::/32", "fd09::2")
-	real.AddRoute(t, "default", "10.9.1.1")
-	real.AddRoute(t, "default6", "fd09:1::1")
+	backend.AddRoute(t, "default", "10.9.1.1")
+	backend.AddRoute(t, "default6", "fd09:1::1")
 	lb.Sysctl(t, "net.ipv4.ip_forward", "1")
 	lb.Sysctl(t, "net.ipv6.conf.all.forwarding", "1")
-	real.ServeTCP(t, "10.9.1.2:8080", "real v4")
-	real.ServeTCP(t, "[fd09:1::2]:8080", "real v6")
+	backend.ServeTCP(t, "10.9.1.2:8080", "backend v4")
+	backend.ServeTCP(t, "[fd09:1::2]:8080", "backend v6")
 
 	if _, err := r.Apply(context.Background(), addrs("198.51.100.20", "2001:db8::20")); err != nil {
 		t.Fatal(err)
@@ -132,23 +132,23 @@ func TestVMIPVS(t *testing.T) {
 	}
 	defer h.Close()
 	for _, tt := range []struct {
-		vip, real string
-		family    uint16
-		netmask   uint32
-		want      string
+		vip, backend string
+		family       uint16
+		netmask      uint32
+		want         string
 	}{
-		{"198.51.100.20", "10.9.1.2", syscall.AF_INET, 0xffffffff, "real v4"},
-		{"2001:db8::20", "fd09:1::2", syscall.AF_INET6, 128, "real v6"},
+		{"198.51.100.20", "10.9.1.2", syscall.AF_INET, 0xffffffff, "backend v4"},
+		{"2001:db8::20", "fd09:1::2", syscall.AF_INET6, 128, "backend v6"},
 	} {
 		svc := &ipvs.Service{Address: net.ParseIP(tt.vip), Protocol: syscall.IPPROTO_TCP, Port: 80,
 			SchedName: "rr", AddressFamily: tt.family, Netmask: tt.netmask}
 		if err := h.NewService(svc); err != nil {
 			t.Fatalf("ipvs service %s: %v", tt.vip, err)
 		}
-		dst := &ipvs.Destination{Address: net.ParseIP(tt.real), Port: 8080, Weight: 1,
+		dst := &ipvs.Destination{Address: net.ParseIP(tt.backend), Port: 8080, Weight: 1,
 			ConnectionFlags: ipvs.ConnectionFlagMasq, AddressFamily: tt.family}
 		if err := h.NewDestination(svc, dst); err != nil {
-			t.Fatalf("ipvs real %s: %v", tt.real, err)
+			t.Fatalf("ipvs backend %s: %v", tt.backend, err)
 		}
 		addr := net.JoinHostPort(tt.vip, "80")
 		got, err := client.DialRead("tcp", addr)
