@@ -57,24 +57,24 @@ func sockopts(fd int, tcp, bound bool, mark uint32) error {
 func (d Dialer) dial(ctx context.Context, network string, dst netip.AddrPort, mark uint32) (net.Conn, error) {
 	src := d.source(dst.Addr())
 	tcp := network == "tcp"
-	nd := net.Dialer{
+	dialer := net.Dialer{
 		Control: func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			if err := c.Control(func(fd uintptr) { serr = sockopts(int(fd), tcp, src.IsValid(), mark) }); err != nil {
+			var optErr error
+			if err := c.Control(func(fd uintptr) { optErr = sockopts(int(fd), tcp, src.IsValid(), mark) }); err != nil {
 				return errLocal{err}
 			}
-			return serr
+			return optErr
 		},
 	}
 	if src.IsValid() {
 		if tcp {
-			nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+			dialer.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 		} else {
-			nd.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+			dialer.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 		}
 	}
 	resume := idle(ctx)
-	c, err := nd.DialContext(ctx, network, dst.String())
+	c, err := dialer.DialContext(ctx, network, dst.String())
 	resume()
 	if err != nil {
 		return nil, err

@@ -100,12 +100,12 @@ func (c *probeCtx) cancel(err error) {
 // release stops the timer and the parent registration, if Done armed them.
 func (c *probeCtx) release() {
 	c.mu.Lock()
-	t, sp := c.timer, c.stopParent
+	timer, stopParent := c.timer, c.stopParent
 	c.mu.Unlock()
-	if t != nil {
-		t.Stop()
+	if timer != nil {
+		timer.Stop()
 	}
-	if sp != nil {
-		sp()
+	if stopParent != nil {
+		stopParent()
 	}
 }

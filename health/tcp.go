@@ -79,8 +79,8 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 			unix.Close(fd)
 			return errLocal{fmt.Errorf("source %s and destination %s differ in family", src, dst)}
 		}
-		bsa, _ := sockaddr(netip.AddrPortFrom(src, 0))
-		if err := unix.Bind(fd, bsa); err != nil {
+		bindAddr, _ := sockaddr(netip.AddrPortFrom(src, 0))
+		if err := unix.Bind(fd, bindAddr); err != nil {
 			unix.Close(fd)
 			return errLocal{fmt.Errorf("bind %s: %w", src, err)}
 		}
@@ -148,31 +148,31 @@ func waitConnect(ctx context.Context, fd int) error {
 	}
 	stop := context.AfterFunc(ctx, func() { f.SetWriteDeadline(time.Unix(1, 0)) })
 	defer stop()
-	rc, err := f.SyscallConn()
+	raw, err := f.SyscallConn()
 	if err != nil {
 		return errLocal{err}
 	}
-	var cerr error
+	var connErr error
 	resume := idle(ctx)
 	defer resume()
-	werr := rc.Write(func(fd uintptr) bool {
+	waitErr := raw.Write(func(fd uintptr) bool {
 		// The readiness may have been consumed before the netpoller saw the fd:
 		// look for ourselves instead of trusting a wakeup.
 		pfd := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
 		if n, _ := unix.Poll(pfd[:], 0); n == 0 {
 			return false
 		}
-		cerr = soError(int(fd))
+		connErr = soError(int(fd))
 		return true
 	})
-	if werr != nil {
-		if errors.Is(werr, os.ErrDeadlineExceeded) {
+	if waitErr != nil {
+		if errors.Is(waitErr, os.ErrDeadlineExceeded) {
 			if ctx.Err() == context.Canceled {
 				return ctx.Err()
 			}
 			return fmt.Errorf("%w: %w", errStillConnecting, os.ErrDeadlineExceeded)
 		}
-		return werr
+		return waitErr
 	}
-	return cerr
+	return connErr
 }

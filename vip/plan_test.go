@@ -89,3 +89,50 @@ func boolByte(b bool) uint8 {
 	}
 	return 0
 }
+
+// TestPlanWrites: the pure planner, from a listing, without a kernel: adds
+// then deletes in address order, foreign entries and wide routes left alone,
+// and in address mode only what the record owns is kglb's.
+func TestPlanWrites(t *testing.T) {
+	a := netip.MustParseAddr
+	set := func(as ...string) map[netip.Addr]bool {
+		m := map[netip.Addr]bool{}
+		for _, s := range as {
+			m[a(s)] = true
+		}
+		return m
+	}
+	entry := func(p string, proto uint8) Entry { return Entry{Prefix: netip.MustParsePrefix(p), Proto: proto} }
+	tests := []struct {
+		name    string
+		mode    Mode
+		owned   map[netip.Addr]bool
+		want    map[netip.Addr]bool
+		entries []Entry
+		writes  []Write
+		foreign []netip.Addr
+	}{
+		{name: "empty link", mode: ModeRoute, want: set("2001:db8::1", "192.0.2.2", "192.0.2.1"),
+			writes: []Write{{opAdd, a("192.0.2.1")}, {opAdd, a("192.0.2.2")}, {opAdd, a("2001:db8::1")}}},
+		{name: "route mode", mode: ModeRoute, want: set("192.0.2.1", "192.0.2.3", "198.51.100.7"),
+			entries: []Entry{
+				entry("192.0.2.1/32", ProtoKGLB),        // kept
+				entry("192.0.2.2/32", ProtoKGLB),        // deleted
+				entry("192.0.2.3/32", unix.RTPROT_BOOT), // foreign
+				entry("198.51.100.0/24", ProtoKGLB),     // a wide route: not a VIP
+				entry("192.0.2.9/32", unix.RTPROT_BOOT), // foreign, not desired: left alone
+			},
+			writes:  []Write{{opAdd, a("198.51.100.7")}, {opDel, a("192.0.2.2")}},
+			foreign: []netip.Addr{a("192.0.2.3")}},
+		{name: "address mode", mode: ModeAddress, owned: set("192.0.2.1", "192.0.2.2"), want: set("192.0.2.3"),
+			entries: []Entry{entry("192.0.2.1/32", 0), entry("192.0.2.3/32", 0), entry("192.0.2.4/32", 0)},
+			writes:  []Write{{opDel, a("192.0.2.1")}},
+			foreign: []netip.Addr{a("192.0.2.3")}},
+	}
+	for _, tt := range tests {
+		p := planWrites(tt.mode, tt.owned, tt.want, tt.entries)
+		if !reflect.DeepEqual(p.writes, tt.writes) || !reflect.DeepEqual(p.foreign, tt.foreign) {
+			t.Errorf("%s: writes %v foreign %v, want %v and %v", tt.name, p.writes, p.foreign, tt.writes, tt.foreign)
+		}
+	}
+}
