@@ -21,7 +21,8 @@ type SessionChange struct {
 // reset, without changing anything. It decides with SetConfig's own rules:
 // the global settings resolved and compared (a change restarts the server
 // and resets every session), each neighbor resolved (its password file
-// read) and compared with the session it has.
+// read), refused as SetConfig refuses it (listed twice, neighborFits) and
+// compared with the session it has.
 func (s *Speaker) PlanConfig(cfg Config) ([]SessionChange, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -44,9 +45,18 @@ func (s *Speaker) planSessions(cfg Config) ([]SessionChange, map[netip.Addr]peer
 	var out []SessionChange
 	var errs []error
 	want := map[netip.Addr]peer{}
+	seen := map[netip.Addr]bool{}
 	for _, n := range cfg.Neighbors {
 		name := cmpName(n)
+		if seen[n.Address] {
+			errs = append(errs, errListedTwice(n.Address))
+			continue
+		}
+		seen[n.Address] = true
 		sess, err := resolveNeighbor(n)
+		if err == nil {
+			err = neighborFits(g, sess)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
 			continue

@@ -285,19 +285,15 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			name = n.Address.String()
 		}
 		if want[n.Address] {
-			errs = append(errs, fmt.Errorf("neighbor %s: listed twice", n.Address))
+			errs = append(errs, errListedTwice(n.Address))
 			continue
 		}
 		want[n.Address] = true
 		sess, err := resolveNeighbor(n)
-		switch {
-		case err != nil:
-		case sess.passive && g.port == 0:
-			err = errors.New("passive neighbor needs a listen port")
-		case sess.passive && sess.password != "" && listenersUseMPTCP():
-			err = errors.New("TCP-MD5 on a passive neighbor does not work while Go makes MPTCP listeners: " +
-				"build with //go:debug multipathtcp=0 or run with GODEBUG=multipathtcp=0")
-		case sess.password != "" && g.port > 0 && listenersUseMPTCP():
+		if err == nil {
+			err = neighborFits(g, sess)
+		}
+		if err == nil && sess.password != "" && g.port > 0 && listenersUseMPTCP() {
 			s.log.Warn("TCP-MD5 is not set on the listener (MPTCP socket): the session works only when kglb connects out",
 				"peer", name)
 		}
