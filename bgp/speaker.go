@@ -805,8 +805,10 @@ func (s *Speaker) shutdownPeers(ctx context.Context, addrs []netip.Addr, msg str
 // again from the UPDATEs that follow at once); one without drops them, as
 // it would at a notification. Routers that count notifications as errors and hold
 // off reconnects after two (OpenBGPD) then accept the new session at
-// once. If the connection cannot be found, it falls back to the
-// administrative shutdown with msg. Called with mu held.
+// once. If the process's descriptors cannot be read or a connection not
+// shut, it falls back to the administrative shutdown with msg; with no
+// connection open (the session is not up) there is nothing to close.
+// Called with mu held.
 func (s *Speaker) closeQuietly(ctx context.Context, p peer, msg string) {
 	n, err := dropSessions(p.session.address, int(p.session.port), s.global.port)
 	if err != nil {
