@@ -273,6 +273,23 @@ func resolveNeighbor(n Neighbor) (session, error) {
 	return s, nil
 }
 
+// neighborFits reports why a resolved neighbor cannot work with the global
+// settings g: SetConfig refuses such a neighbor, and Plan says so.
+func neighborFits(g globalState, sess session) error {
+	switch {
+	case sess.passive && g.port == 0:
+		return errors.New("passive neighbor needs a listen port")
+	case sess.passive && sess.password != "" && listenersUseMPTCP():
+		return errors.New("TCP-MD5 on a passive neighbor does not work while Go makes MPTCP listeners: " +
+			"build with //go:debug multipathtcp=0 or run with GODEBUG=multipathtcp=0")
+	}
+	return nil
+}
+
+// errListedTwice is the error of a neighbor whose address an earlier one
+// of the configuration has.
+func errListedTwice(a netip.Addr) error { return fmt.Errorf("neighbor %s: listed twice", a) }
+
 // globalState is the part of Config that needs a restart of the BGP server
 // to change.
 type globalState struct {

@@ -21,7 +21,8 @@ type SessionChange struct {
 // reset, without changing anything. It decides with SetConfig's own rules:
 // the global settings resolved and compared (a change restarts the server
 // and resets every session), each neighbor resolved (its password file
-// read) and compared with the session it has.
+// read), refused as SetConfig refuses it (listed twice, neighborFits) and
+// compared with the session it has.
 func (s *Speaker) PlanConfig(cfg Config) ([]SessionChange, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -44,9 +45,18 @@ func (s *Speaker) planSessions(cfg Config) ([]SessionChange, map[netip.Addr]peer
 	var out []SessionChange
 	var errs []error
 	want := map[netip.Addr]peer{}
+	seen := map[netip.Addr]bool{}
 	for _, n := range cfg.Neighbors {
 		name := cmpName(n)
+		if seen[n.Address] {
+			errs = append(errs, errListedTwice(n.Address))
+			continue
+		}
+		seen[n.Address] = true
 		sess, err := resolveNeighbor(n)
+		if err == nil {
+			err = neighborFits(g, sess)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
 			continue
@@ -159,29 +169,11 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 	if s.deferred {
 		oldG, _ = resolveGlobal(s.cfg)
 	}
-	oldView := exportView{asn: oldG.asn}
-	for _, p := range oldPeers {
-		ebgp, rules, _ := peerExport(oldG, p.session)
-		if ebgp {
-			oldView.ebgp = append(oldView.ebgp, p.session.address)
-		}
-		oldView.nextHops = append(oldView.nextHops, rules...)
-	}
+	oldView := viewOf(oldG, oldPeers, s.withPrepends(s.routes).prepends)
 	if s.exportSet {
 		oldView.nextHops = s.export.nextHops // what GoBGP has
 	}
-	oldView.sort()
-	oldView.prepends = s.withPrepends(s.routes).prepends
-	newView := exportView{asn: g.asn}
-	for _, p := range want {
-		ebgp, rules, _ := peerExport(g, p.session)
-		if ebgp {
-			newView.ebgp = append(newView.ebgp, p.session.address)
-		}
-		newView.nextHops = append(newView.nextHops, rules...)
-	}
-	newView.sort()
-	newView.prepends = s.withPrepends(next).prepends
+	newView := viewOf(g, want, s.withPrepends(next).prepends)
 	oldPol, newPol := oldView.policy(), newView.policy()
 
 	// The prefixes whose route changes, for neighbors whose export stays.
@@ -267,6 +259,21 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 	}
 	slices.SortFunc(out, func(a, b NeighborPlan) int { return a.Address.Compare(b.Address) })
 	return Plan{Sessions: sessions, Neighbors: out}, errors.Join(errs...)
+}
+
+// viewOf is the export view of the neighbors peers under the global
+// settings g, as SetConfig builds it (peerExport), with prepends.
+func viewOf(g globalState, peers map[netip.Addr]peer, prepends []int) exportView {
+	v := exportView{asn: g.asn, prepends: prepends}
+	for _, p := range peers {
+		ebgp, rules, _ := peerExport(g, p.session)
+		if ebgp {
+			v.ebgp = append(v.ebgp, p.session.address)
+		}
+		v.nextHops = append(v.nextHops, rules...)
+	}
+	v.sort()
+	return v
 }
 
 func cmpName(n Neighbor) string {

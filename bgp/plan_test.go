@@ -180,3 +180,31 @@ func TestSentToReadsEveryStatement(t *testing.T) {
 		t.Errorf("an action the plan cannot read was read")
 	}
 }
+
+// TestPlanRefusesWhatSetConfigRefuses: a neighbor SetConfig refuses (a
+// passive one without a listen port, one listed twice) is an error of the
+// plan too, never a session it adds.
+func TestPlanRefusesWhatSetConfigRefuses(t *testing.T) {
+	s, cfg := planRig(t) // no listen port
+	passive := filled(Neighbor{Name: "tor-p", Address: addr("127.0.0.63"), ASN: 65000, Port: 1, ConnectRetry: time.Hour, Passive: true})
+	cfg.Neighbors = append(cfg.Neighbors, passive, cfg.Neighbors[0])
+	want := []string{"passive neighbor needs a listen port", "listed twice"}
+	out, err := s.PlanConfig(cfg)
+	for _, w := range want {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("plan error %v, want one that says %q", err, w)
+		}
+	}
+	if len(out) != 0 {
+		t.Errorf("plan %v, want no session change", out)
+	}
+	err = s.SetConfig(context.Background(), cfg)
+	for _, w := range want {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("SetConfig error %v, want one that says %q (the plan's rule)", err, w)
+		}
+	}
+	if _, ok := s.peers[passive.Address]; ok {
+		t.Error("SetConfig added the passive neighbor")
+	}
+}

@@ -285,19 +285,15 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			name = n.Address.String()
 		}
 		if want[n.Address] {
-			errs = append(errs, fmt.Errorf("neighbor %s: listed twice", n.Address))
+			errs = append(errs, errListedTwice(n.Address))
 			continue
 		}
 		want[n.Address] = true
 		sess, err := resolveNeighbor(n)
-		switch {
-		case err != nil:
-		case sess.passive && g.port == 0:
-			err = errors.New("passive neighbor needs a listen port")
-		case sess.passive && sess.password != "" && listenersUseMPTCP():
-			err = errors.New("TCP-MD5 on a passive neighbor does not work while Go makes MPTCP listeners: " +
-				"build with //go:debug multipathtcp=0 or run with GODEBUG=multipathtcp=0")
-		case sess.password != "" && g.port > 0 && listenersUseMPTCP():
+		if err == nil {
+			err = neighborFits(g, sess)
+		}
+		if err == nil && sess.password != "" && g.port > 0 && listenersUseMPTCP() {
 			s.log.Warn("TCP-MD5 is not set on the listener (MPTCP socket): the session works only when kglb connects out",
 				"peer", name)
 		}
@@ -809,8 +805,10 @@ func (s *Speaker) shutdownPeers(ctx context.Context, addrs []netip.Addr, msg str
 // again from the UPDATEs that follow at once); one without drops them, as
 // it would at a notification. Routers that count notifications as errors and hold
 // off reconnects after two (OpenBGPD) then accept the new session at
-// once. If the connection cannot be found, it falls back to the
-// administrative shutdown with msg. Called with mu held.
+// once. If the process's descriptors cannot be read or a connection not
+// shut, it falls back to the administrative shutdown with msg; with no
+// connection open (the session is not up) there is nothing to close.
+// Called with mu held.
 func (s *Speaker) closeQuietly(ctx context.Context, p peer, msg string) {
 	n, err := dropSessions(p.session.address, int(p.session.port), s.global.port)
 	if err != nil {

@@ -612,7 +612,7 @@ func TestServiceDescription(t *testing.T) {
 	if got := cfg.Services[0].Description; got != "checkout API, team payments" {
 		t.Errorf("description %q", got)
 	}
-	for _, bad := range []string{`"two\nlines"`, `"` + strings.Repeat("x", MaxDescription+1) + `"`, `42`} {
+	for _, bad := range []string{`"two\nlines"`, `"two\u2028lines"`, `"two\u2029paragraphs"`, `"` + strings.Repeat("x", MaxDescription+1) + `"`, `42`} {
 		write(t, dir, "a.hcl", svc(bad))
 		_, err := Load(dir)
 		var ds Diagnostics

@@ -365,7 +365,7 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 	s.WhenAllDown = AllDownPolicy(f.enum("when_all_down", []string{"fail_open", "withdraw"}, "fail_open"))
 	s.Enabled = f.boolean("enabled", true)
 	if a, ok := f.get("description", kString); ok {
-		if len(a.val.str) > MaxDescription || strings.ContainsFunc(a.val.str, unicode.IsControl) {
+		if len(a.val.str) > MaxDescription || strings.ContainsFunc(a.val.str, lineBreaking) {
 			d.errorf(a.val.rng, fmt.Sprintf("write one line of at most %d bytes", MaxDescription), "description is not one line of at most %d bytes", MaxDescription)
 		} else {
 			s.Description = a.val.str
@@ -676,6 +676,13 @@ func (d *decoder) decodeCheck(bl *block, s *Service, m *serviceMeta) (Check, boo
 		}
 	}
 	return c, true
+}
+
+// lineBreaking reports whether r has no place in one line of text: a
+// control character (newline, tab, escape) or a line or paragraph
+// separator (U+2028, U+2029).
+func lineBreaking(r rune) bool {
+	return unicode.IsControl(r) || unicode.In(r, unicode.Zl, unicode.Zp)
 }
 
 func (d *decoder) decodeHTTP(f *fields, typ CheckType) HTTPCheck {

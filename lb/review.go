@@ -463,7 +463,7 @@ func vipChanges(vw []vip.Write, before, after map[netip.Addr]leaving, now time.T
 //
 // Its cost follows the services written to (and, for health, those that
 // only(i) selects; nil selects every one), not the whole table, so that a
-// reload can describe itself (logReload).
+// reload can describe itself (Engine.reload).
 func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want ipvs.Desired, d Desired, kept func(health.Target) bool, only func(int) bool, now time.Time) []ServiceChange {
 	type svcState struct {
 		svc   ipvs.Service

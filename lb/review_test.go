@@ -179,7 +179,6 @@ func TestPlanEqualsReload(t *testing.T) {
 	}
 }
 
-// TestReviewKinds checks each kind of change on one edit.
 // TestReloadLogsItsPlan proves that a reload logs the plan `kglb plan`
 // gave just before it: for random edits, with reals up, down and unknown,
 // the Review the reload built from what its pass wrote (and logged,
@@ -279,6 +278,7 @@ func byService(r *Review) {
 	})
 }
 
+// TestReviewKinds checks each kind of change on one edit.
 func TestReviewKinds(t *testing.T) {
 	w := newWorld(t)
 	for i := 1; i <= 3; i++ {

@@ -3,7 +3,8 @@
 // data goes to a temporary file beside the target, which is fsync'd and
 // renamed over the target, and the directory is fsync'd so that the rename
 // is on disk too. Every state file and config rewrite of kglb goes through
-// it, with the same durability.
+// it, with the same durability, but the record of the last applied
+// configuration: a directory of files, swapped whole (daemon/applied.go).
 package atomicfile
 
 import (
