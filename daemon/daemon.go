@@ -212,7 +212,7 @@ type daemon struct {
 }
 
 func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error) (*daemon, error) {
-	d := &daemon{log: log, reg: reg, notify: newNotifier(), dir: opts.ConfigDir, guard: guard}
+	d := &daemon{log: log, reg: reg, notify: newNotifier(log.Named("notify")), dir: opts.ConfigDir, guard: guard}
 	var err error
 	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
 	if err != nil {

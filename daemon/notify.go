@@ -5,34 +5,60 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
 // notifier speaks systemd's sd_notify protocol: one datagram of
 // newline-separated KEY=VALUE pairs to the socket named by NOTIFY_SOCKET.
 // Without NOTIFY_SOCKET (not under systemd, or Type= is not notify) every
-// call is a no-op.
+// call is a no-op, and not an error.
+//
+// A failed send matters (systemd may time the start or a reload out, or
+// show a stale STATUS), but the daemon notifies on every reload, so send
+// logs a failure once when it starts or changes, and once when sends
+// work again, rather than on every call.
 type notifier struct {
 	addr *net.UnixAddr
+	log  hclog.Logger
+
+	mu      sync.Mutex // send is called from the run loop and reload goroutines
+	failing string     // the error last logged; empty while sends work
 }
 
-func newNotifier() *notifier {
+func newNotifier(log hclog.Logger) *notifier {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {
-		return &notifier{}
+		return &notifier{log: log}
 	}
 	if strings.HasPrefix(path, "@") {
 		path = "\x00" + path[1:] // abstract socket namespace
 	}
-	return &notifier{addr: &net.UnixAddr{Name: path, Net: "unixgram"}}
+	return &notifier{addr: &net.UnixAddr{Name: path, Net: "unixgram"}, log: log}
 }
 
-// send writes the state lines; an error is returned for the caller to log.
-func (n *notifier) send(lines ...string) error {
+// send writes the state lines and logs a failure (see notifier).
+func (n *notifier) send(lines ...string) {
 	if n.addr == nil {
-		return nil
+		return
 	}
+	err := n.write(lines)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case err != nil && err.Error() != n.failing:
+		n.failing = err.Error()
+		n.log.Warn("systemd notification failed; further failures like it are not logged", "op", strings.Join(lines, " "), "err", err)
+	case err == nil && n.failing != "":
+		n.failing = ""
+		n.log.Info("systemd notifications work again", "op", strings.Join(lines, " "))
+	}
+}
+
+// write sends one datagram.
+func (n *notifier) write(lines []string) error {
 	conn, err := net.DialUnix("unixgram", nil, n.addr)
 	if err != nil {
 		return fmt.Errorf("sd_notify %s: %w", n.addr.Name, err)
