@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 const (
@@ -338,27 +342,8 @@ func loadDiff(got *Config, gotErr error, want *Config, wantErr error) string {
 	if reflect.DeepEqual(got, want) {
 		return ""
 	}
-	if got == nil || want == nil {
-		return fmt.Sprintf("config %v, want %v", got, want)
-	}
-	switch {
-	case !reflect.DeepEqual(got.Daemon, want.Daemon):
-		return fmt.Sprintf("daemon\n%+v, want\n%+v", got.Daemon, want.Daemon)
-	case !reflect.DeepEqual(got.BGP, want.BGP):
-		return fmt.Sprintf("bgp\n%+v, want\n%+v", got.BGP, want.BGP)
-	case !reflect.DeepEqual(got.Files, want.Files):
-		return fmt.Sprintf("files %v, want %v", got.Files, want.Files)
-	case got.Digest != want.Digest:
-		return "digests differ"
-	case len(got.Services) != len(want.Services):
-		return fmt.Sprintf("%d services, want %d", len(got.Services), len(want.Services))
-	}
-	for i := range got.Services {
-		if !reflect.DeepEqual(got.Services[i], want.Services[i]) {
-			return fmt.Sprintf("service %d\n%+v, want\n%+v", i, got.Services[i], want.Services[i])
-		}
-	}
-	return "configs differ"
+	// cmp only to show the difference: DeepEqual above decides.
+	return "configs differ (-want +got):\n" + cmp.Diff(want, got, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}, netip.AddrPort{}))
 }
 
 // TestLoaderLoadChanged follows a directory through the edits a watch

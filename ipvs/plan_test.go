@@ -2,12 +2,18 @@ package ipvs
 
 import (
 	"math/rand"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
+
+// equateAddrs lets cmp compare netip values (their fields are unexported).
+var equateAddrs = cmpopts.EquateComparable(netip.Addr{})
 
 // TestPlanEqualsApply proves the plan cannot drift from a reload: for
 // random edits (with restarts, resyncs, foreign services and draining reals
@@ -66,16 +72,19 @@ func TestPlanEqualsApply(t *testing.T) {
 			if (perr == nil) != (aerr == nil) {
 				t.Fatalf("seed %d step %d: plan error %v, apply error %v", seed, step, perr, aerr)
 			}
-			if !reflect.DeepEqual(pl.Writes, live.writes) {
-				t.Fatalf("seed %d step %d: plan\n%+v\napply\n%+v", seed, step, pl.Writes, live.writes)
+			if d := cmp.Diff(live.writes, pl.Writes, equateAddrs); d != "" {
+				t.Fatalf("seed %d step %d: writes (-apply +plan):\n%s", seed, step, d)
 			}
 			// What the pass records of itself is what the plan said (but
 			// the counters: the pass reads a draining service's again).
-			if !reflect.DeepEqual(pl.Writes, got.Writes) || !reflect.DeepEqual(noCounters(pl.Before), noCounters(got.Before)) {
-				t.Fatalf("seed %d step %d: plan\n%+v\n%+v\nrecorded\n%+v\n%+v", seed, step, pl.Writes, pl.Before, got.Writes, got.Before)
+			if d := cmp.Diff(got.Writes, pl.Writes, equateAddrs); d != "" {
+				t.Fatalf("seed %d step %d: writes (-recorded +plan):\n%s", seed, step, d)
 			}
-			if !reflect.DeepEqual(pl.Result.Draining, res.Draining) {
-				t.Fatalf("seed %d step %d: plan drains %+v, apply %+v", seed, step, pl.Result.Draining, res.Draining)
+			if d := cmp.Diff(noCounters(got.Before), noCounters(pl.Before), equateAddrs); d != "" {
+				t.Fatalf("seed %d step %d: before (-recorded +plan):\n%s", seed, step, d)
+			}
+			if d := cmp.Diff(res.Draining, pl.Result.Draining, equateAddrs); d != "" {
+				t.Fatalf("seed %d step %d: draining (-apply +plan):\n%s", seed, step, d)
 			}
 			prev = next
 		}

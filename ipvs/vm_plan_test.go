@@ -4,8 +4,9 @@ package ipvs
 
 import (
 	"math/rand"
-	"reflect"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestVMPlanEqualsApply is TestPlanEqualsApply on the real kernel: for
@@ -40,8 +41,8 @@ func TestVMPlanEqualsApply(t *testing.T) {
 			if perr != nil || aerr != nil {
 				t.Fatalf("seed %d step %d: plan error %v, apply error %v", seed, step, perr, aerr)
 			}
-			if !reflect.DeepEqual(pl.Writes, live.writes) {
-				t.Fatalf("seed %d step %d: plan\n%+v\napply\n%+v", seed, step, pl.Writes, live.writes)
+			if d := cmp.Diff(live.writes, pl.Writes, equateAddrs); d != "" {
+				t.Fatalf("seed %d step %d: writes (-apply +plan):\n%s", seed, step, d)
 			}
 			if got, want := dump(t, k), render(t, next); got != want {
 				t.Fatalf("seed %d step %d: kernel\n%s\nwant\n%s", seed, step, got, want)

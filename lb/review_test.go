@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/health"
@@ -231,8 +232,8 @@ func TestReloadLogsItsPlan(t *testing.T) {
 		got := r.e.lastReload
 		byService(&got)
 		byService(&rv)
-		if !reflect.DeepEqual(got, rv) {
-			t.Fatalf("step %d: the reload logged\n%+v\nthe plan before it was\n%+v", step, got, rv)
+		if d := cmp.Diff(rv, got, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}, netip.AddrPort{})); d != "" {
+			t.Fatalf("step %d: the reload logged other than the plan before it (-plan +reload):\n%s", step, d)
 		}
 		if got.Compact(MaxLoggedPlan) != rv.Compact(MaxLoggedPlan) {
 			t.Fatalf("step %d: compact forms differ", step)

@@ -6,11 +6,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"golang.org/x/sys/unix"
 )
+
+// equateAddrs lets cmp compare netip values (their fields are unexported).
+var equateAddrs = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
 
 // TestPlanEqualsApply: for random desired sets, in both modes and with an
 // operator's entries on the link, the writes Plan records are those the
@@ -56,8 +60,14 @@ func TestPlanEqualsApply(t *testing.T) {
 				}
 				live.writes = nil
 				res, aerr := r.Apply(context.Background(), want)
-				if (perr == nil) != (aerr == nil) || !reflect.DeepEqual(pw, live.writes) || !reflect.DeepEqual(pres, res) {
-					t.Fatalf("%s seed %d step %d: plan %v %+v (%v), apply %v %+v (%v)", mode, seed, step, pw, pres, perr, live.writes, res, aerr)
+				if (perr == nil) != (aerr == nil) {
+					t.Fatalf("%s seed %d step %d: plan error %v, apply error %v", mode, seed, step, perr, aerr)
+				}
+				if d := cmp.Diff(live.writes, pw, equateAddrs); d != "" {
+					t.Fatalf("%s seed %d step %d: writes (-apply +plan):\n%s", mode, seed, step, d)
+				}
+				if d := cmp.Diff(res, pres, equateAddrs); d != "" {
+					t.Fatalf("%s seed %d step %d: result (-apply +plan):\n%s", mode, seed, step, d)
 				}
 			}
 		}
@@ -131,8 +141,11 @@ func TestPlanWrites(t *testing.T) {
 	}
 	for _, tt := range tests {
 		p := planWrites(tt.mode, tt.owned, tt.want, tt.entries)
-		if !reflect.DeepEqual(p.writes, tt.writes) || !reflect.DeepEqual(p.foreign, tt.foreign) {
-			t.Errorf("%s: writes %v foreign %v, want %v and %v", tt.name, p.writes, p.foreign, tt.writes, tt.foreign)
+		if d := cmp.Diff(tt.writes, p.writes, equateAddrs); d != "" {
+			t.Errorf("%s: writes (-want +got):\n%s", tt.name, d)
+		}
+		if d := cmp.Diff(tt.foreign, p.foreign, equateAddrs); d != "" {
+			t.Errorf("%s: foreign (-want +got):\n%s", tt.name, d)
 		}
 	}
 }

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"reflect"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/kglb/kglb/internal/nstest"
 )
 
@@ -71,8 +71,14 @@ func TestVMPlanEqualsApply(t *testing.T) {
 				}
 				live.writes = nil
 				res, aerr := r.Apply(context.Background(), want)
-				if perr != nil || aerr != nil || !reflect.DeepEqual(pw, live.writes) || !reflect.DeepEqual(pres, res) {
-					t.Fatalf("step %d: plan %v %+v (%v), apply %v %+v (%v)", step, pw, pres, perr, live.writes, res, aerr)
+				if perr != nil || aerr != nil {
+					t.Fatalf("step %d: plan error %v, apply error %v", step, perr, aerr)
+				}
+				if d := cmp.Diff(live.writes, pw, equateAddrs); d != "" {
+					t.Fatalf("step %d: writes (-apply +plan):\n%s", step, d)
+				}
+				if d := cmp.Diff(res, pres, equateAddrs); d != "" {
+					t.Fatalf("step %d: result (-apply +plan):\n%s", step, d)
 				}
 				total += len(pw)
 			}
