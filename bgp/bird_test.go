@@ -61,18 +61,21 @@ var birdOnce = sync.OnceValue(func() error {
 	return err
 })
 
-// requireBIRD skips the test without root or BIRD, or fails it with
-// CI=true (nstest.Require does the same for root).
-func requireBIRD(t testing.TB) {
+// requireRouter skips the test without root or without the router that
+// available reports on, or fails it with CI=true, where `make test` has
+// installed it (scripts/deps.sh; nstest.Require does the same for root).
+func requireRouter(t testing.TB, name, pkg string, available func() error) {
 	t.Helper()
 	nstest.Require(t)
-	if err := birdOnce(); err != nil {
+	if err := available(); err != nil {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("BIRD 2 is required in CI: %v", err)
+			t.Fatalf("%s is required in CI: %v", name, err)
 		}
-		t.Skipf("BIRD 2 not available (apt-get install bird2): %v", err)
+		t.Skipf("%s not available (apt-get install %s): %v", name, pkg, err)
 	}
 }
+
+func requireBIRD(t testing.TB) { t.Helper(); requireRouter(t, "BIRD 2", "bird2", birdOnce) }
 
 // lab is a BIRD router namespace and n speaker namespaces.
 type lab struct {

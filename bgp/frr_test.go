@@ -18,7 +18,6 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/kglb/kglb/internal/nstest"
 )
 
 // The FRR tests run FRRouting (Debian's frr, 8.4), zebra and bgpd, as the
@@ -53,16 +52,7 @@ var frrOnce = sync.OnceValue(func() error {
 	return err
 })
 
-func requireFRR(t testing.TB) {
-	t.Helper()
-	nstest.Require(t)
-	if err := frrOnce(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("FRR is required in CI: %v", err)
-		}
-		t.Skipf("FRR not available (apt-get install frr): %v", err)
-	}
-}
+func requireFRR(t testing.TB) { t.Helper(); requireRouter(t, "FRR", "frr", frrOnce) }
 
 // frrPeer is one neighbor of FRR's bgpd.
 type frrPeer struct {

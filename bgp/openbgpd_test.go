@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kglb/kglb/internal/nstest"
 )
 
 // OpenBGPD (Debian's openbgpd, 7.7) punishes session ends it counts as
@@ -65,13 +64,7 @@ var openbgpdOnce = sync.OnceValue(func() error {
 })
 
 func TestOpenBGPDReconnect(t *testing.T) {
-	nstest.Require(t)
-	if err := openbgpdOnce(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("OpenBGPD is required in CI: %v", err)
-		}
-		t.Skipf("OpenBGPD not available (apt-get install openbgpd): %v", err)
-	}
+	requireRouter(t, "OpenBGPD", "openbgpd", openbgpdOnce)
 	l := newNamespaces(t, 1)
 	n := l.nodes[0]
 	sock := filepath.Join(l.dir, "bgpd.sock")

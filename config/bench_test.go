@@ -138,20 +138,20 @@ func BenchmarkLoaderEdit10000(b *testing.B) {
 	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/op")
 }
 
-// rssChildEnv, set to a file, makes TestValidateRSSChild load it as kglb
-// validate does, in a process of its own whose peak RSS the parent reads.
+// rssChildEnv, set to a file, makes the test binary load it as kglb
+// validate does and exit (TestMain), in a process of its own whose peak
+// RSS BenchmarkValidateRSS reads.
 const rssChildEnv = "KGLB_RSS_CHILD"
 
-// TestValidateRSSChild is BenchmarkValidateRSS's child; without
-// KGLB_RSS_CHILD it does nothing.
-func TestValidateRSSChild(t *testing.T) {
-	p := os.Getenv(rssChildEnv)
-	if p == "" {
-		t.Skip("run by BenchmarkValidateRSS")
+func TestMain(m *testing.M) {
+	if p := os.Getenv(rssChildEnv); p != "" {
+		if _, err := NewLoader().LoadFiles(p); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
-	if _, err := NewLoader().LoadFiles(p); err != nil {
-		t.Fatal(err)
-	}
+	os.Exit(m.Run())
 }
 
 // BenchmarkValidateRSS is the memory that validating a large valid file
@@ -177,7 +177,7 @@ func BenchmarkValidateRSS(b *testing.B) {
 	}
 	dir := b.TempDir()
 	run := func(p string) int64 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestValidateRSSChild$", "-test.count=1")
+		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), rssChildEnv+"="+p)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("child: %v\n%s", err, out)
