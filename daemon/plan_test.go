@@ -289,6 +289,24 @@ const planNeighbors = `  neighbor "tor-e" {
 `
 
 // freePort is a TCP port nothing listens on now.
+// planDaemonBGP is planDaemonWith over a real speaker with the eBGP and
+// iBGP neighbors of planNeighbors, running planRunning; it returns the
+// neighbors block for the candidates too.
+func planDaemonBGP(t *testing.T) (string, *ipvs.Fake, string) {
+	neighbors := "  listen_port = " + freePort(t) + "\n" + planNeighbors
+	cfg, err := config.Load(writeDirBGP(t, neighbors, planRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := bgp.New(context.Background(), speakerConfig(cfg.BGP), bgp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	sock, k := planDaemonWith(t, cfg, announcer{sp})
+	return sock, k, neighbors
+}
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -304,17 +322,7 @@ func freePort(t *testing.T) string {
 // listed per neighbor as each receives them (the MED change reaches both,
 // an added neighbor gets every route, a removed one loses its session).
 func TestPlanPerNeighborOverControlSocket(t *testing.T) {
-	neighbors := "  listen_port = " + freePort(t) + "\n" + planNeighbors
-	cfg, err := config.Load(writeDirBGP(t, neighbors, planRunning))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := bgp.New(context.Background(), speakerConfig(cfg.BGP), bgp.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sp.Close() })
-	sock, k := planDaemonWith(t, cfg, announcer{sp})
+	sock, k, neighbors := planDaemonBGP(t)
 	if err := k.SetConns(ipvs.AddrKey(ipvs.TCP, netip.MustParseAddr("198.51.100.10"), 443), ipvs.RealKey{Addr: netip.MustParseAddr("203.0.113.13"), Port: 443}, 3, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -401,17 +409,7 @@ func TestPlanSchemaDocumented(t *testing.T) {
 	}
 	walk(reflect.TypeOf(PlanAnswer{}), "PlanAnswer")
 
-	neighbors := "  listen_port = " + freePort(t) + "\n" + planNeighbors
-	cfg, err := config.Load(writeDirBGP(t, neighbors, planRunning))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := bgp.New(context.Background(), speakerConfig(cfg.BGP), bgp.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sp.Close() })
-	sock, _ := planDaemonWith(t, cfg, announcer{sp})
+	sock, _, neighbors := planDaemonBGP(t)
 	a, err := RequestPlan(sock, writeDirBGP(t, neighbors, planCandidate))
 	if err != nil {
 		t.Fatal(err)

@@ -780,25 +780,8 @@ func (l *clusterLab) flowChoices(i int, src string, n int) map[uint16]netip.Addr
 		// other namespaces that expire meanwhile make a read skip some.
 		// The entries read are right, so a few reads make the whole.
 		for try := 0; try < 10 && len(out) < n; try++ {
-			// thread-self: the namespace of this thread, not of the process.
-			table, err := os.ReadFile("/proc/thread-self/net/ip_vs_conn")
-			if err != nil {
+			if err := readConnTable(out, func(f []string) bool { return f[1] == hexSrc }); err != nil {
 				return err
-			}
-			for _, line := range strings.Split(string(table), "\n") {
-				// Pro FromIP FPrt ToIP TPrt DestIP DPrt State Expires ...
-				f := strings.Fields(line)
-				if len(f) < 7 || f[1] != hexSrc {
-					continue
-				}
-				port, err1 := strconv.ParseUint(f[2], 16, 16)
-				dst, err2 := strconv.ParseUint(f[5], 16, 32)
-				if err1 != nil || err2 != nil {
-					return fmt.Errorf("ip_vs_conn line %q", line)
-				}
-				var a [4]byte
-				binary.BigEndian.PutUint32(a[:], uint32(dst))
-				out[uint16(port)] = netip.AddrFrom4(a)
 			}
 		}
 		return nil
@@ -807,6 +790,33 @@ func (l *clusterLab) flowChoices(i int, src string, n int) map[uint16]netip.Addr
 		l.tb.Fatalf("node %d: %d of %d flows from %s in the connection table", i+1, len(out), n, src)
 	}
 	return out
+}
+
+// readConnTable adds to out, by client port, the real (destination) of
+// each entry of the calling thread's IPVS connection table that keep
+// accepts. keep sees the fields of a line: Pro FromIP FPrt ToIP TPrt
+// DestIP DPrt State Expires ..., addresses and ports in hex.
+func readConnTable(out map[uint16]netip.Addr, keep func(f []string) bool) error {
+	// thread-self: the namespace of this thread, not of the process.
+	table, err := os.ReadFile("/proc/thread-self/net/ip_vs_conn")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(table), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 || !keep(f) {
+			continue
+		}
+		port, err1 := strconv.ParseUint(f[2], 16, 16)
+		dst, err2 := strconv.ParseUint(f[5], 16, 32)
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("ip_vs_conn line %q", line)
+		}
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], uint32(dst))
+		out[uint16(port)] = netip.AddrFrom4(a)
+	}
+	return nil
 }
 
 // differ counts the flows two choice maps send to different reals, and
@@ -834,24 +844,11 @@ func (l *clusterLab) streamEntries(i int) map[uint16]netip.Addr {
 	out := map[uint16]netip.Addr{}
 	l.nodes[i].ns.Run(l.tb, func() error {
 		for range 3 {
-			table, err := os.ReadFile("/proc/thread-self/net/ip_vs_conn")
+			err := readConnTable(out, func(f []string) bool {
+				return f[0] == "TCP" && f[1] == "0A0A0002" && f[7] == "ESTABLISHED"
+			})
 			if err != nil {
 				return err
-			}
-			for _, line := range strings.Split(string(table), "\n") {
-				// Pro FromIP FPrt ToIP TPrt DestIP DPrt State Expires ...
-				f := strings.Fields(line)
-				if len(f) < 8 || f[0] != "TCP" || f[1] != "0A0A0002" || f[7] != "ESTABLISHED" {
-					continue
-				}
-				port, err1 := strconv.ParseUint(f[2], 16, 16)
-				dst, err2 := strconv.ParseUint(f[5], 16, 32)
-				if err1 != nil || err2 != nil {
-					return fmt.Errorf("ip_vs_conn line %q", line)
-				}
-				var a [4]byte
-				binary.BigEndian.PutUint32(a[:], uint32(dst))
-				out[uint16(port)] = netip.AddrFrom4(a)
 			}
 		}
 		return nil
