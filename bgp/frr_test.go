@@ -17,7 +17,6 @@ import (
 	"testing"
 	"text/template"
 	"time"
-
 )
 
 // The FRR tests run FRRouting (Debian's frr, 8.4), zebra and bgpd, as the

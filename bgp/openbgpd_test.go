@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
 )
 
 // OpenBGPD (Debian's openbgpd, 7.7) punishes session ends it counts as
