@@ -69,12 +69,7 @@ func BenchmarkDecisionToUpdate(b *testing.B) {
 			b.Fatal("the router never received the UPDATE")
 		}
 	}
-	slices.Sort(lat)
-	pct := func(p float64) float64 {
-		return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond)
-	}
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	reportLatency(b, lat)
 }
 
 // BenchmarkAnnounce10k measures announcing 10,000 VIPs from nothing until
@@ -173,4 +168,14 @@ func BenchmarkMemoryPerRoute(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(perRoute/float64(iters), "B/route")
+}
+
+// reportLatency reports the p50 and p99 of lat in milliseconds.
+func reportLatency(b *testing.B, lat []time.Duration) {
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
 }

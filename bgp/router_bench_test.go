@@ -3,7 +3,6 @@ package bgp
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"testing"
 	"time"
 
@@ -106,12 +105,7 @@ func BenchmarkDecisionToRIB(b *testing.B) {
 					}
 				}
 			}
-			slices.Sort(lat)
-			pct := func(p float64) float64 {
-				return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond)
-			}
-			b.ReportMetric(pct(0.50), "p50-ms")
-			b.ReportMetric(pct(0.99), "p99-ms")
+			reportLatency(b, lat)
 		})
 	}
 }
