@@ -163,7 +163,7 @@ func TestMHInsertionWrites(t *testing.T) {
 					t.Errorf("removal: writes %v (err %v)", res.Writes, err)
 				}
 				rest[0].Weight = 7
-				res, err = rec.ApplyService(ctx, mhService(rest).Services[0])
+				res, err = rec.Apply(ctx, mhService(rest))
 				if err != nil || res.Writes != (Writes{OpUpdateReal: 1}) {
 					t.Errorf("weight change: writes %v (err %v)", res.Writes, err)
 				}

@@ -90,7 +90,7 @@ func (r *Reconciler) Plan(ctx context.Context, d Desired) (Planned, error) {
 		c.gen--
 	}
 	before := c.snapshotServices()
-	res, _, err := c.pass(ctx, d.Services, false, false)
+	res, _, err := c.pass(ctx, d.Services, false)
 	pl := Planned{Writes: rec.writes, Result: res}
 	touched := map[Key]bool{}
 	for _, w := range rec.writes {

@@ -113,6 +113,44 @@ type cached struct {
 	svc     Service
 	reals   map[RealKey]cachedReal
 	readGen uint64 // the pass that last read (or created) reals
+	// reached is the desired list of reals the last diff of this service
+	// wrote in full, in the order it was given; nil after a read or a
+	// failure. A desired service with these reals, in this order, and the
+	// settings in place needs no diff: that keeps a pass over 10,000
+	// unchanged services and one changed one at the cost of comparing
+	// values, without a lookup per real (BenchmarkHealthChange).
+	reached []reachedReal
+}
+
+// reachedReal is one real of cached.reached.
+type reachedReal struct {
+	key  RealKey
+	spec realSpec
+}
+
+// holds reports whether the kernel holds s as the last diff left it: the
+// same reals in the same order with the same specs, the same settings, and
+// no other real (none draining).
+func (c *cached) holds(s *Service) bool {
+	if c.reached == nil || len(c.reached) != len(s.Reals) || len(c.reals) != len(s.Reals) || s.spec() != c.svc.spec() {
+		return false
+	}
+	for i := range s.Reals {
+		rl := &s.Reals[i]
+		if c.reached[i].key != (RealKey{rl.Addr, rl.Port}) || c.reached[i].spec != rl.spec() {
+			return false
+		}
+	}
+	return true
+}
+
+// reach records that s was written in full. It makes a new slice: Plan's
+// copy of the reconciler shares the old one.
+func (c *cached) reach(s *Service) {
+	c.reached = make([]reachedReal, len(s.Reals))
+	for i := range s.Reals {
+		c.reached[i] = reachedReal{s.Reals[i].Key(), s.Reals[i].spec()}
+	}
 }
 
 // cachedReal is the last-known kernel state of one real, kept small: the
@@ -211,24 +249,17 @@ func NewReconciler(k Kernel, opts Options) (*Reconciler, error) {
 
 // Apply makes the owned part of the kernel match d: see Reconciler.
 func (r *Reconciler) Apply(ctx context.Context, d Desired) (Result, error) {
-	return r.run(ctx, d.Services, false, false)
+	return r.run(ctx, d.Services, false)
 }
 
 // Resync is Apply after a full read of the kernel, repairing drift that
 // someone else made (a deleted service, a changed weight). The daemon calls
 // it every resync_interval.
 func (r *Reconciler) Resync(ctx context.Context, d Desired) (Result, error) {
-	return r.run(ctx, d.Services, false, true)
+	return r.run(ctx, d.Services, true)
 }
 
-// ApplyService makes one service match s, leaving every other service
-// alone (it deletes nothing). Its cost grows with s's reals, not with the
-// whole table, which is what a single health change needs.
-func (r *Reconciler) ApplyService(ctx context.Context, s Service) (Result, error) {
-	return r.run(ctx, []Service{s}, true, false)
-}
-
-func (r *Reconciler) run(ctx context.Context, want []Service, scoped, full bool) (Result, error) {
+func (r *Reconciler) run(ctx context.Context, want []Service, full bool) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
@@ -236,34 +267,20 @@ func (r *Reconciler) run(ctx context.Context, want []Service, scoped, full bool)
 		r.valid = false
 	}
 	full = !r.valid
-	var res Result
-	var stale bool
-	var err error
-	if scoped && !full && len(want) == 1 && r.cache[want[0].Key] != nil {
-		res, stale, err = r.passOne(ctx, want[0])
-	} else {
-		res, stale, err = r.pass(ctx, want, scoped, full)
-	}
+	res, stale, err := r.pass(ctx, want, full)
 	if stale && !full {
 		// The cache was wrong (someone changed the kernel): read it all and
 		// try once more.
 		r.valid = false
 		writes := res.Writes
-		res, _, err = r.pass(ctx, want, scoped, true)
+		res, _, err = r.pass(ctx, want, true)
 		for i := range writes {
 			res.Writes[i] += writes[i]
 		}
 	}
 	r.m.duration.Observe(time.Since(start).Seconds())
-	// A scoped pass (one service, for a health change) logs at Debug: at a
-	// cold start there is one per service, and the health scheduler has
-	// already logged the verdict that caused it.
-	lvl := hclog.Info
-	if scoped {
-		lvl = hclog.Debug
-	}
-	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() && (lvl == hclog.Info || r.log.IsDebug()) {
-		r.log.Log(lvl, "ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
+	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() {
+		r.log.Info("ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
 			"services", res.Services, "reals", res.Reals, "errors", countErrs(err))
 	} else if n == 0 && r.log.IsDebug() {
 		r.log.Debug("ipvs in sync", "full_read", res.FullRead, "services", res.Services, "errors", countErrs(err))
@@ -365,17 +382,18 @@ func (p *pass) svcErr(op Op, s Service, err error) {
 	p.fail(fmt.Errorf("%s service %s: %w", op.verb(), s.label(), err))
 }
 
-func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool) (Result, bool, error) {
+func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Result, bool, error) {
 	r.gen++
 	p := &pass{r: r, ctx: ctx}
 	p.res.FullRead = full
 	now := r.now()
 
 	// Index and check the desired services. A service that fails its
-	// checks is still "wanted", so an owned one is not deleted for it.
-	desired := make(map[Key]*Service, len(want))
+	// checks is still "wanted", so an owned one is not deleted for it. A
+	// service the kernel holds as the last diff left it goes no further.
+	desired := make(map[Key]*Service)
 	wanted := make(map[Key]bool, len(want))
-	order := make([]Key, 0, len(want))
+	var order []Key
 	for i := range want {
 		s := want[i]
 		if wanted[s.Key] {
@@ -383,12 +401,15 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool
 			continue
 		}
 		wanted[s.Key] = true
+		s.Netmask = s.netmask()
+		s.Flags &^= FlagHashed
+		if c := r.cache[s.Key]; !full && c != nil && len(r.draining[s.Key]) == 0 && c.holds(&s) {
+			continue
+		}
 		if err := s.validate(); err != nil {
 			p.fail(fmt.Errorf("service %s: %w", s.label(), err))
 			continue
 		}
-		s.Netmask = s.netmask()
-		s.Flags &^= FlagHashed
 		desired[s.Key] = &s
 		order = append(order, s.Key)
 	}
@@ -429,7 +450,11 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool
 			adds = nil
 		}
 		for _, k := range adds {
+			n := len(p.errs)
 			p.addService(desired[k], prev[k])
+			if c := r.cache[k]; c != nil && len(p.errs) == n && p.ctxErr == nil {
+				c.reach(desired[k])
+			}
 		}
 	}
 	added := make(map[Key]bool, len(adds))
@@ -443,44 +468,17 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool
 		if c == nil || added[k] {
 			continue
 		}
+		n := len(p.errs)
 		p.syncService(desired[k], c, now)
+		if len(p.errs) == n && p.ctxErr == nil {
+			c.reach(desired[k])
+		} else {
+			c.reached = nil
+		}
 	}
 
 	// 3. Services no longer wanted, last.
-	if !scoped {
-		var dels []Key
-		for k := range r.owned {
-			if !wanted[k] {
-				dels = append(dels, k)
-			}
-		}
-		SortKeys(dels)
-		for _, k := range dels {
-			c := r.cache[k]
-			if c == nil { // already gone from the kernel
-				delete(r.owned, k)
-				delete(r.draining, k)
-				p.dirty = true
-				continue
-			}
-			issued, err := p.write(OpDeleteService, k, nil, nil, RealKey{})
-			if !issued {
-				continue
-			}
-			if err != nil && !errors.Is(err, syscall.ESRCH) {
-				p.svcErr(OpDeleteService, c.svc, err)
-				continue
-			}
-			if r.log.IsDebug() {
-				r.log.Debug("deleted service", "service", k.String())
-			}
-			r.nreals -= len(c.reals)
-			delete(r.cache, k)
-			delete(r.owned, k)
-			delete(r.draining, k)
-			p.dirty = true
-		}
-	}
+	p.deleteUnwanted(wanted)
 
 	if p.dirty {
 		if err := r.saveOwned(); err != nil {
@@ -493,22 +491,41 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, scoped, full bool
 	return p.result(), p.stale, errors.Join(p.errs...)
 }
 
-// passOne is pass for one service that the cache holds: the path of a
-// single health change, kept free of the per-pass indexes.
-func (r *Reconciler) passOne(ctx context.Context, s Service) (Result, bool, error) {
-	r.gen++
-	p := &pass{r: r, ctx: ctx}
-	if err := s.validate(); err != nil {
-		p.fail(fmt.Errorf("service %s: %w", s.label(), err))
-		return p.result(), false, errors.Join(p.errs...)
+// deleteUnwanted deletes the owned services that wanted lacks.
+func (p *pass) deleteUnwanted(wanted map[Key]bool) {
+	r := p.r
+	var dels []Key
+	for k := range r.owned {
+		if !wanted[k] {
+			dels = append(dels, k)
+		}
 	}
-	s.Netmask = s.netmask()
-	s.Flags &^= FlagHashed
-	p.syncService(&s, r.cache[s.Key], r.now())
-	if p.stale {
-		r.valid = false
+	SortKeys(dels)
+	for _, k := range dels {
+		c := r.cache[k]
+		if c == nil { // already gone from the kernel
+			delete(r.owned, k)
+			delete(r.draining, k)
+			p.dirty = true
+			continue
+		}
+		issued, err := p.write(OpDeleteService, k, nil, nil, RealKey{})
+		if !issued {
+			continue
+		}
+		if err != nil && !errors.Is(err, syscall.ESRCH) {
+			p.svcErr(OpDeleteService, c.svc, err)
+			continue
+		}
+		if r.log.IsDebug() {
+			r.log.Debug("deleted service", "service", k.String())
+		}
+		r.nreals -= len(c.reals)
+		delete(r.cache, k)
+		delete(r.owned, k)
+		delete(r.draining, k)
+		p.dirty = true
 	}
-	return p.result(), p.stale, errors.Join(p.errs...)
 }
 
 // readAll rebuilds the cache from one dump of services and one dump of the

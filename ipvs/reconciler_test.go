@@ -826,7 +826,9 @@ func TestStateFile(t *testing.T) {
 	})
 }
 
-func TestApplyServiceTouchesOneService(t *testing.T) {
+// TestApplyOneChange: Apply of the whole value with one real's weight
+// changed is one write and no read: the reconciler diffs against its cache.
+func TestApplyOneChange(t *testing.T) {
 	f := NewFake()
 	rec := newRec(t, f, "")
 	d := states()[5].d
@@ -837,7 +839,9 @@ func TestApplyServiceTouchesOneService(t *testing.T) {
 	s.Reals = slices.Clone(s.Reals)
 	s.Reals[0].Weight = 0
 	f.ResetCounts()
-	if _, err := rec.ApplyService(ctx, s); err != nil {
+	d.Services = slices.Clone(d.Services)
+	d.Services[3] = s
+	if _, err := rec.Apply(ctx, d); err != nil {
 		t.Fatal(err)
 	}
 	if w := f.Writes(); w[OpUpdateReal] != 1 || w.Total() != 1 {
@@ -846,7 +850,6 @@ func TestApplyServiceTouchesOneService(t *testing.T) {
 	if sr, rr := f.Reads(); sr+rr != 0 {
 		t.Errorf("reads %d+%d", sr, rr)
 	}
-	d.Services[3] = s
 	if got, want := f.String(), render(t, d); got != want {
 		t.Errorf("kernel\n%s\nwant\n%s", got, want)
 	}

@@ -320,7 +320,7 @@ func TestVMPacketsNAT(t *testing.T) {
 		t.Errorf("rr over two NAT reals: %v", got)
 	}
 	svc.Reals[0].Weight = 0
-	res, err := rec.ApplyService(ctx, svc)
+	res, err := rec.Apply(ctx, Desired{Services: []Service{svc}})
 	if err != nil || res.Writes.Total() != 1 {
 		t.Fatalf("weight 0: writes %v err %v", res.Writes, err)
 	}
@@ -377,7 +377,7 @@ func TestVMPacketsTunnel(t *testing.T) {
 		t.Errorf("rr over two tunnel reals: %v", got)
 	}
 	svc.Reals[1].Weight = 0
-	if _, err := rec.ApplyService(ctx, svc); err != nil {
+	if _, err := rec.Apply(ctx, Desired{Services: []Service{svc}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := dialSpread(t, client, vip+":80", 6); got["r1"] != 6 {

@@ -50,7 +50,7 @@ func BenchmarkEditBudget(b *testing.B) {
 		b.Fatal(err)
 	}
 	e.setConfig(cfg)
-	e.reconcile(ctx, false)
+	e.reconcile(ctx, kindPass)
 	changed := []string{filepath.Join(dir, "svc-00000.hcl")}
 	var took []time.Duration
 	writes, w := 0, 100
@@ -67,7 +67,7 @@ func BenchmarkEditBudget(b *testing.B) {
 			b.Fatal(err)
 		}
 		e.setConfig(cfg)
-		e.reconcile(ctx, false)
+		e.reconcile(ctx, kindPass)
 		took = append(took, time.Since(start))
 		writes += k.Writes().Total()
 	}

@@ -55,7 +55,7 @@ func editEngine(b *testing.B, services int) (*Engine, *ipvs.Fake, [2]*config.Con
 		b.Fatal(err)
 	}
 	e.setConfig(cfgs[0])
-	e.reconcile(ctx, false)
+	e.reconcile(ctx, kindPass)
 	if _, err := e.Status(); err != nil {
 		b.Fatal(err)
 	}

@@ -93,7 +93,7 @@ func benchEngine(tb testing.TB, cfg *config.Config) (*Engine, *ipvs.Fake) {
 		tb.Fatal(err)
 	}
 	e.setConfig(cfg)
-	e.reconcile(context.Background(), false)
+	e.reconcile(context.Background(), kindPass)
 	if _, err := e.Status(); err != nil {
 		tb.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func editOnce(b *testing.B, e *Engine, k *ipvs.Fake, l *config.Loader, dir strin
 		b.Fatal(err)
 	}
 	e.setConfig(cfg)
-	e.reconcile(context.Background(), false)
+	e.reconcile(context.Background(), kindPass)
 	b.StopTimer()
 	if n := k.Writes().Total(); n != 1 {
 		b.Fatalf("a one-line edit made %d writes (%s), want 1", n, k.Writes())
@@ -196,7 +196,7 @@ func BenchmarkReloadScaling(b *testing.B) {
 		}
 		s.e.setConfig(cfg)
 		*into = append(*into, time.Since(start))
-		s.e.reconcile(context.Background(), false)
+		s.e.reconcile(context.Background(), kindPass)
 		if n := s.k.Writes().Total(); n != 1 {
 			b.Fatalf("a one-line edit made %d writes (%s), want 1", n, s.k.Writes())
 		}

@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,17 +17,19 @@ import (
 	"github.com/kglb/kglb/vip"
 )
 
-// IPVS is the part of the ipvs reconciler the engine drives.
+// IPVS is the part of the ipvs reconciler the engine drives. Apply diffs
+// against the reconciler's cache; Resync reads the kernel first.
 type IPVS interface {
 	Read(ctx context.Context) (ipvs.Snapshot, error)
 	Apply(ctx context.Context, d ipvs.Desired) (ipvs.Result, error)
 	Resync(ctx context.Context, d ipvs.Desired) (ipvs.Result, error)
-	ApplyService(ctx context.Context, s ipvs.Service) (ipvs.Result, error)
 }
 
-// VIPs is the part of the vip reconciler the engine drives.
+// VIPs is the part of the vip reconciler the engine drives. Apply trusts
+// what the last Apply reached; Resync reads the link first.
 type VIPs interface {
 	Apply(ctx context.Context, desired []netip.Addr) (vip.Result, error)
+	Resync(ctx context.Context, desired []netip.Addr) (vip.Result, error)
 }
 
 // Announcer announces routes (the bgp speaker, adapted by the daemon).
@@ -87,15 +88,13 @@ type Engine struct {
 	leaving   map[netip.Addr]leaving // VIPs withdrawn, held in the data plane
 	nextDrain time.Time
 
-	// What was last handed to each reconciler and prober, and whether that
-	// was reached in full: only then may a pass hand over only what
-	// differs (or nothing). A failure anywhere makes the next pass whole.
+	// Each reconciler diffs what it is handed against its own cache; the
+	// engine keeps only what it needs to decide: the IPVS services last
+	// handed (those of a VIP that leaves are held), the services with reals
+	// draining (to wake for them), and whether the prober holds the plan's
+	// targets.
 	ipvsWant   ipvs.Desired
-	ipvsOK     bool
 	draining   []ipvs.Key // services with reals draining, as of the last ipvs result
-	vipsWant   []netip.Addr
-	vipsRes    vip.Result
-	vipsOK     bool
 	announceOK bool
 	proberOK   bool
 	// The last Apply of the announcer failed: it may hold routes that
@@ -181,7 +180,7 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 		return err
 	}
 	e.setConfig(e.cfg)
-	e.reconcile(ctx, false)
+	e.reconcile(ctx, kindPass)
 
 	resync := time.NewTicker(e.cfg.Daemon.ResyncInterval)
 	defer resync.Stop()
@@ -198,11 +197,13 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 			}
 			e.reload(ctx, cfg)
 		case chs := <-e.opts.Prober.Changes():
-			e.healthChanged(ctx, e.collect(chs))
+			if e.forget(e.collect(chs)) {
+				e.reconcile(ctx, kindHealth)
+			}
 		case <-resync.C:
-			e.reconcile(ctx, true)
+			e.reconcile(ctx, kindResync)
 		case <-drain.C:
-			e.reconcile(ctx, false)
+			e.reconcile(ctx, kindPass)
 		case req := <-e.plans:
 			r, err := e.review(ctx, req.cfg)
 			req.reply <- planRes{r, err}
@@ -356,21 +357,42 @@ func (e *Engine) health(t health.Target) health.State {
 	return st.State
 }
 
-// reconcile computes the whole desired state and applies it: withdraw first,
-// then the data plane, then announce what the data plane now holds. A full
-// pass (resync) decides every service again from live verdicts and re-reads
-// the kernel; any other takes over the decisions still valid and, when the
-// last pass reached everything, writes only the services that differ.
-func (e *Engine) reconcile(ctx context.Context, full bool) {
+// passKind says what started a pass: a health change, a resync, or
+// anything else (start, reload, drain deadline). It labels the pass's
+// metrics, and a resync decides every service again.
+type passKind int
+
+const (
+	kindPass passKind = iota
+	kindHealth
+	kindResync
+)
+
+// String is the kind's metric label: a health change, or a full pass.
+func (k passKind) String() string {
+	if k == kindHealth {
+		return "health"
+	}
+	return "full"
+}
+
+// reconcile computes the whole desired state and hands it to each
+// reconciler: withdraw first, then the data plane, then announce what the
+// data plane now holds. A resync decides every service again from live
+// verdicts and has the ipvs reconciler re-read the kernel; any other pass
+// takes over the decisions still valid (forget drops those a change
+// touches). Each reconciler diffs against its own cache, so a pass that
+// changes one service writes one service.
+func (e *Engine) reconcile(ctx context.Context, kind passKind) {
 	start := e.now()
-	if full {
+	if kind == kindResync {
 		clear(e.decided)
 	}
-	e.apply(ctx, e.input().compute(e.decided, &e.desired), full, start)
+	e.apply(ctx, e.input().compute(e.decided, &e.desired), kind, start)
 }
 
 // apply is reconcile's pass for d.
-func (e *Engine) apply(ctx context.Context, d Desired, full bool, start time.Time) {
+func (e *Engine) apply(ctx context.Context, d Desired, kind passKind, start time.Time) {
 	e.qualified = d.Qualified
 	now := e.now()
 	e.passNow = now
@@ -387,19 +409,18 @@ func (e *Engine) apply(ctx context.Context, d Desired, full bool, start time.Tim
 		}
 	}
 	// 2. The data plane.
-	if err := e.applyIPVS(ctx, want, full); err != nil {
+	if err := e.applyIPVS(ctx, want, kind == kindResync); err != nil {
 		errs = append(errs, err)
 	}
-	vr := e.vipsRes
-	if full || !e.vipsOK || !slices.Equal(vips, e.vipsWant) {
-		var err error
-		vr, err = e.opts.VIPs.Apply(ctx, vips)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		e.vipsWant, e.vipsRes, e.vipsOK = vips, vr, err == nil
-		e.lastVIPs = vr
+	applyVIPs := e.opts.VIPs.Apply
+	if kind == kindResync {
+		applyVIPs = e.opts.VIPs.Resync
 	}
+	vr, err := applyVIPs(ctx, vips)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	e.lastVIPs = vr
 	// 3. Announce only VIPs whose address is in place.
 	var routes []Route
 	for _, r := range d.Routes {
@@ -413,7 +434,7 @@ func (e *Engine) apply(ctx context.Context, d Desired, full bool, start time.Tim
 	if err := e.announce(ctx, routes, d.VIPStatus); err != nil {
 		errs = append(errs, err)
 	}
-	e.finish(d, errors.Join(errs...), "full", start)
+	e.finish(d, errors.Join(errs...), kind.String(), start)
 }
 
 // leavingAfter is e.leaving as a pass for d at now leaves it: a VIP no
@@ -469,59 +490,16 @@ func withHeld(d Desired, leaving map[netip.Addr]leaving) (ipvs.Desired, []netip.
 	return want, vips
 }
 
-// Bounds of a pass that writes service by service (ApplyService) rather
-// than handing the reconciler the whole table (Apply): each new service
-// records ownership on its own, and past a few dozen changes one diff of
-// the whole table is as cheap.
-const (
-	maxScoped      = 64
-	maxScopedAdds  = 4
-	maxScopedDrain = 16
-)
-
-// applyIPVS hands want to the ipvs reconciler. A full pass is a Resync.
-// Otherwise, when the last pass reached the kernel in full, the services
-// that differ from it are written one by one with ApplyService, along with
-// those that have reals draining (each ApplyService of one deletes the reals
-// whose drain is over, as Apply would); with nothing to write, nothing is
-// called. Only Apply removes services, so a pass that removes one, or
-// follows a failure, is a whole Apply.
+// applyIPVS hands want to the ipvs reconciler, which writes only what
+// differs from its cache; a full pass is a Resync (the kernel is read
+// again).
 func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) error {
-	var res ipvs.Result
-	var err error
-	switch changed, ok := e.scopedChanges(want, full); {
-	case full:
-		res, err = e.opts.IPVS.Resync(ctx, want)
-	case !ok:
-		res, err = e.opts.IPVS.Apply(ctx, want)
-	case len(changed) == 0:
-		e.ipvsWant, e.lastWrites = want, ipvs.Writes{}
-		return nil
-	default:
-		var errs []error
-		reread := false
-		for _, s := range changed {
-			r, err := e.opts.IPVS.ApplyService(ctx, s)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			for k := range r.Writes {
-				res.Writes[k] += r.Writes[k]
-			}
-			// Draining covers every service: the last result has it all.
-			res.NextDrain, res.Draining = r.NextDrain, r.Draining
-			reread = reread || r.FullRead
-		}
-		err = errors.Join(errs...)
-		if reread {
-			// The reconciler found its cache wrong and read the kernel
-			// again: someone changed it, maybe elsewhere too.
-			var aerr error
-			res, aerr = e.opts.IPVS.Apply(ctx, want)
-			err = errors.Join(err, aerr)
-		}
+	apply := e.opts.IPVS.Apply
+	if full {
+		apply = e.opts.IPVS.Resync
 	}
-	e.ipvsWant, e.ipvsOK = want, err == nil
+	res, err := apply(ctx, want)
+	e.ipvsWant = want
 	e.lastWrites, e.lastDrain = res.Writes, res.Draining
 	e.nextDrain = res.NextDrain
 	e.draining = e.draining[:0]
@@ -533,37 +511,10 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 	return err
 }
 
-// scopedChanges returns the services to write one by one, and false when
-// the pass must be a whole Apply.
-func (e *Engine) scopedChanges(want ipvs.Desired, full bool) ([]ipvs.Service, bool) {
-	if full || !e.ipvsOK || len(e.draining) > maxScopedDrain {
-		return nil, false
-	}
-	changed, added, ok := ipvsChanges(e.ipvsWant.Services, want.Services)
-	if !ok || added > maxScopedAdds {
-		return nil, false
-	}
-	for _, k := range e.draining {
-		if slices.ContainsFunc(changed, func(s ipvs.Service) bool { return s.Key == k }) {
-			continue
-		}
-		i := slices.IndexFunc(want.Services, func(s ipvs.Service) bool { return s.Key == k })
-		if i < 0 {
-			return nil, false
-		}
-		changed = append(changed, want.Services[i])
-	}
-	if len(changed) > maxScoped {
-		return nil, false
-	}
-	return changed, true
-}
-
-// healthChanged applies verdict changes: only the services that use the
-// changed targets are recomputed and written, so one change among 100k reals
-// costs one service's diff, not the whole table's.
-func (e *Engine) healthChanged(ctx context.Context, changes []health.Change) {
-	start := e.now()
+// forget drops the decisions of the services that use the targets whose
+// verdicts changed, so the next pass decides them again from the new
+// verdicts, and only them. It reports whether any service uses them.
+func (e *Engine) forget(changes []health.Change) bool {
 	var affected []int
 	for _, c := range changes {
 		affected = e.plan.servicesOf(c.Key, affected)
@@ -571,48 +522,10 @@ func (e *Engine) healthChanged(ctx context.Context, changes []health.Change) {
 			e.log.Debug("real health changed", "real", c.Key.Real.String(), "check", c.Key.Spec.Type.String(), "state", c.State.String(), "reason", c.Reason)
 		}
 	}
-	if len(affected) == 0 {
-		return
-	}
-	slices.Sort(affected)
-	affected = slices.Compact(affected)
-	in := e.input()
-	d := e.desired
-	d.Services = slices.Clone(d.Services)
-	d.IPVS.Services = slices.Clone(d.IPVS.Services)
-	d.Qualified = maps.Clone(e.qualified)
-	var errs []error
 	for _, i := range affected {
-		svc := e.cfg.Services[i]
-		if !svc.Enabled {
-			continue
-		}
-		st, is := in.service(i, svc)
-		d.Qualified[svc.Name] = st.Qualified
 		e.decided[i] = decision{}
-		if j, ok := slices.BinarySearchFunc(d.Services, svc.Name, func(s ServiceStatus, n string) int { return cmp.Compare(s.Name, n) }); ok {
-			d.Services[j] = st
-			d.IPVS.Services[j] = is
-			e.decided[i] = decision{ok: true, qualified: in.Qualified[svc.Name], pos: int32(j)}
-		}
-		res, err := e.opts.IPVS.ApplyService(ctx, is)
-		if err != nil || res.FullRead {
-			e.ipvsOK = false
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
 	}
-	e.ipvsWant, _ = e.withHeld(d)
-	e.qualified = d.Qualified
-	d.VIPStatus, d.Routes = decideAll(e.cfg, d.Services)
-
-	// Routes: withdraw at once; announce only VIPs already announced or
-	// whose data plane the last full pass put in place.
-	if err := e.announce(ctx, routesWithinVIPs(d.Routes, e.desired.VIPs), d.VIPStatus); err != nil {
-		errs = append(errs, err)
-	}
-	e.finish(d, errors.Join(errs...), "health", start)
+	return len(affected) > 0
 }
 
 // collect takes the first batch and any others already waiting, so a burst
@@ -715,17 +628,6 @@ func routesWithin(have, want []Route) []Route {
 			i++
 		}
 		if i < len(have) && have[i].Prefix == r.Prefix {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// routesWithinVIPs keeps the routes whose VIP is in vips (sorted).
-func routesWithinVIPs(routes []Route, vips []netip.Addr) []Route {
-	var out []Route
-	for _, r := range routes {
-		if _, ok := slices.BinarySearchFunc(vips, r.Prefix.Addr(), netip.Addr.Compare); ok {
 			out = append(out, r)
 		}
 	}

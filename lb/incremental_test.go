@@ -402,7 +402,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 	// The first pass, from nothing.
 	q := e.qualified
 	e.setConfig(cfg)
-	e.reconcile(ctx, false)
+	e.reconcile(ctx, kindPass)
 	d, _ := oracle(t, e, prober, q)
 	check("start", d, true)
 	apply("start", d)
@@ -439,7 +439,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 			next, what = g.edit(e.cfg)
 			q := e.qualified
 			e.setConfig(next)
-			e.reconcile(ctx, false)
+			e.reconcile(ctx, kindPass)
 			step := fmt.Sprintf("step %d (%s)", n, what)
 			d, plan := oracle(t, e, prober, q)
 			checkPlan(t, step, e.plan, plan)
@@ -476,7 +476,9 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 				break
 			}
 			q := e.qualified
-			e.healthChanged(ctx, pending)
+			if e.forget(pending) {
+				e.reconcile(ctx, kindHealth)
+			}
 			pending = nil
 			step := fmt.Sprintf("step %d (%s)", n, what)
 			d, _ := oracle(t, e, prober, q)
@@ -495,7 +497,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 				break
 			}
 			q := e.qualified
-			e.reconcile(ctx, true)
+			e.reconcile(ctx, kindResync)
 			lost = false
 			step := fmt.Sprintf("step %d (%s)", n, what)
 			d, _ := oracle(t, e, prober, q)
@@ -510,7 +512,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 				now = now.Add(10 * time.Second)
 			}
 			q := e.qualified
-			e.reconcile(ctx, false)
+			e.reconcile(ctx, kindPass)
 			step := fmt.Sprintf("step %d (%s)", n, what)
 			d, _ := oracle(t, e, prober, q)
 			check(step, d, true)
@@ -548,7 +550,7 @@ func (p *stubProber) Lookup(t health.Target) (health.Status, bool) {
 	return health.Status{Target: t, State: health.Up}, true
 }
 
-// flakyVIPs fails Apply, changing nothing, while fail is set.
+// flakyVIPs fails Apply and Resync, changing nothing, while fail is set.
 type flakyVIPs struct {
 	VIPs
 	fail error
@@ -559,6 +561,13 @@ func (f *flakyVIPs) Apply(ctx context.Context, desired []netip.Addr) (vip.Result
 		return vip.Result{}, f.fail
 	}
 	return f.VIPs.Apply(ctx, desired)
+}
+
+func (f *flakyVIPs) Resync(ctx context.Context, desired []netip.Addr) (vip.Result, error) {
+	if f.fail != nil {
+		return vip.Result{}, f.fail
+	}
+	return f.VIPs.Resync(ctx, desired)
 }
 
 // flakyAnnouncer takes the routes but reports failure while fail is set,
@@ -622,7 +631,7 @@ func TestIncrementalAfterFailures(t *testing.T) {
 		}
 		w.pass = func(cfg *config.Config) error {
 			w.e.setConfig(cfg)
-			w.e.reconcile(ctx, false)
+			w.e.reconcile(ctx, kindPass)
 			_, err := w.e.Status()
 			return err
 		}
@@ -772,7 +781,7 @@ func TestIncrementalDrain(t *testing.T) {
 			pass := func(cfg *config.Config) {
 				t.Helper()
 				e.setConfig(cfg)
-				e.reconcile(ctx, false)
+				e.reconcile(ctx, kindPass)
 				if _, err := e.Status(); err != nil {
 					t.Fatal(err)
 				}
@@ -802,10 +811,10 @@ func TestIncrementalDrain(t *testing.T) {
 				if !now.Before(e.nextDrain) {
 					t.Fatalf("the drain time (until %v) is too short to test the poll", e.nextDrain)
 				}
-				e.reconcile(ctx, false) // the drain timer, at the poll
+				e.reconcile(ctx, kindPass) // the drain timer, at the poll
 			default:
 				now = e.nextDrain
-				e.reconcile(ctx, false) // the drain timer
+				e.reconcile(ctx, kindPass) // the drain timer
 			}
 			if strings.Contains(kernel.String(), "10.0.0.2:80") {
 				t.Errorf("%s, and the drained real is still there:\n%s", end, kernel)
@@ -848,14 +857,14 @@ func TestIncrementalMarkHandedOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.setConfig(cfg)
-	e.reconcile(ctx, false)
-	e.reconcile(ctx, false) // once more: the qualifications settle
+	e.reconcile(ctx, kindPass)
+	e.reconcile(ctx, kindPass) // once more: the qualifications settle
 	// b's real has no mark: no target, so it is trusted.
 	if w := e.desired.IPVS.Services[1].Reals[0].Weight; w != 100 {
 		t.Fatalf("b's real without a mark: weight %d, want 100 (trusted)", w)
 	}
 	e.setConfig(cfgOf(b)) // a leaves; b, unchanged, gets its mark
-	e.reconcile(ctx, false)
+	e.reconcile(ctx, kindPass)
 	if len(prober.targets) != 1 || prober.targets[0].Spec.Mark == 0 {
 		t.Fatalf("prober probes %v, want b's real with a mark", prober.targets)
 	}

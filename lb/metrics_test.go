@@ -37,11 +37,6 @@ func (t *timedIPVS) Resync(ctx context.Context, d ipvs.Desired) (ipvs.Result, er
 	return t.IPVS.Resync(ctx, d)
 }
 
-func (t *timedIPVS) ApplyService(ctx context.Context, s ipvs.Service) (ipvs.Result, error) {
-	*t.now = t.now.Add(t.took)
-	return t.IPVS.ApplyService(ctx, s)
-}
-
 // verdicts gives every target of the reals the state st, as the health
 // scheduler would, and returns the changes it would report.
 func (p *tableProber) verdicts(st health.State, reals ...string) []health.Change {
@@ -162,7 +157,11 @@ func TestEngineMetrics(t *testing.T) {
 
 	errBoom := errors.New("boom")
 	verdict := func(st health.State, reals ...string) func() {
-		return func() { e.healthChanged(ctx, prober.verdicts(st, reals...)) }
+		return func() {
+			if e.forget(prober.verdicts(st, reals...)) {
+				e.reconcile(ctx, kindHealth)
+			}
+		}
 	}
 	steps := []struct {
 		name string
@@ -170,7 +169,7 @@ func TestEngineMetrics(t *testing.T) {
 		kind string
 		want engineSeries
 	}{
-		{"start: no verdicts yet", func() { e.setConfig(full); e.reconcile(ctx, false) }, "full", engineSeries{
+		{"start: no verdicts yet", func() { e.setConfig(full); e.reconcile(ctx, kindPass) }, "full", engineSeries{
 			services: 3, unknown: 3,
 			vips: []vipSeriesWant{{"192.0.2.1", false, ReasonInitialRound}, {"192.0.2.2", false, ReasonInitialRound}},
 		}},
@@ -190,11 +189,11 @@ func TestEngineMetrics(t *testing.T) {
 			services: 3, up: 2, down: 1,
 			vips: []vipSeriesWant{{"192.0.2.1", false, ReasonBelowThreshold}, {"192.0.2.2", true, ReasonHealthy}},
 		}},
-		{"reload without api: its VIP's series go", func() { e.setConfig(reduced); e.reconcile(ctx, false) }, "full", engineSeries{
+		{"reload without api: its VIP's series go", func() { e.setConfig(reduced); e.reconcile(ctx, kindPass) }, "full", engineSeries{
 			services: 2, up: 1, down: 1,
 			vips: []vipSeriesWant{{"192.0.2.1", false, ReasonBelowThreshold}},
 		}},
-		{"a resync that fails", func() { vips.fail = errBoom; e.reconcile(ctx, true); vips.fail = nil }, "full", engineSeries{
+		{"a resync that fails", func() { vips.fail = errBoom; e.reconcile(ctx, kindResync); vips.fail = nil }, "full", engineSeries{
 			services: 2, up: 1, down: 1,
 			vips: []vipSeriesWant{{"192.0.2.1", false, ReasonBelowThreshold}},
 		}},

@@ -5,7 +5,6 @@ import (
 	"slices"
 
 	"github.com/kglb/kglb/config"
-	"github.com/kglb/kglb/ipvs"
 )
 
 // A reload hands the engine a whole new configuration, usually with one
@@ -37,9 +36,6 @@ type carried struct {
 
 // carry compares the services of two configurations, each sorted by name.
 func carry(prev, next []*config.Service) carried {
-	if c, ok := carryInPlace(prev, next); ok {
-		return c
-	}
 	c := carried{
 		plan:      make([]int32, len(next)),
 		decision:  make([]int32, len(next)),
@@ -79,31 +75,6 @@ func carry(prev, next []*config.Service) carried {
 		c.plan, c.decision = nil, nil
 	}
 	return c
-}
-
-// carryInPlace is carry for the usual reload: the same services in the same
-// places, most of them the very same values (config.Loader keeps the
-// services of unchanged files), so only the others are compared, and
-// nothing of the configuration's size is allocated. It reports false when
-// that is not the case.
-func carryInPlace(prev, next []*config.Service) (carried, bool) {
-	if len(prev) != len(next) {
-		return carried{}, false
-	}
-	c := carried{unchanged: true}
-	for i, n := range next {
-		p := prev[i]
-		if p == n {
-			continue
-		}
-		if p.Name != n.Name || !samePlan(p, n) {
-			return carried{}, false
-		}
-		if !sameDecision(p, n) {
-			c.forget = append(c.forget, int32(i))
-		}
-	}
-	return c, true
 }
 
 // samePlan reports whether two services of the same name probe the same
@@ -174,63 +145,4 @@ func sameAnnounce(a, b *config.Announce) bool {
 		a.Degraded == b.Degraded && a.NextHop == b.NextHop && slices.Equal(a.Communities, b.Communities) &&
 		slices.Equal(a.LargeCommunities, b.LargeCommunities) && a.MED == b.MED && a.HasMED == b.HasMED &&
 		a.LocalPref == b.LocalPref && a.HasLocalPref == b.HasLocalPref && a.Prepend == b.Prepend
-}
-
-// sameIPVS reports whether two desired IPVS services are the same value.
-func sameIPVS(a, b *ipvs.Service) bool {
-	if a.Key != b.Key || a.Name != b.Name || a.Scheduler != b.Scheduler || a.Flags != b.Flags ||
-		a.Timeout != b.Timeout || a.Netmask != b.Netmask || a.Drain != b.Drain || a.Stats != b.Stats ||
-		len(a.Reals) != len(b.Reals) {
-		return false
-	}
-	return len(a.Reals) == 0 || &a.Reals[0] == &b.Reals[0] || slices.Equal(a.Reals, b.Reals)
-}
-
-// ipvsChanges lists the services of want that are new or differ from have,
-// the IPVS value last handed to the reconciler, and how many of them are
-// new. ok is false when want lacks a service of have or lists a key twice:
-// only a full Apply removes a service, or reports the duplicate.
-func ipvsChanges(have, want []ipvs.Service) (changed []ipvs.Service, added int, ok bool) {
-	// Usually every key is where it was: one walk in step.
-	i := 0
-	for i < len(have) && i < len(want) && have[i].Key == want[i].Key {
-		if !sameIPVS(&have[i], &want[i]) {
-			changed = append(changed, want[i])
-		}
-		i++
-	}
-	if i == len(have) && i == len(want) {
-		return changed, 0, true
-	}
-	if len(want) < len(have) {
-		return nil, 0, false
-	}
-	at := make(map[ipvs.Key]int, len(have))
-	for k := range have {
-		at[have[k].Key] = k
-	}
-	seen := make(map[ipvs.Key]bool, len(want)-i)
-	matched := 0
-	for k := i; k < len(want); k++ {
-		s := &want[k]
-		h, found := at[s.Key]
-		if seen[s.Key] || found && h < i { // listed twice
-			return nil, 0, false
-		}
-		seen[s.Key] = true
-		switch {
-		case !found:
-			changed = append(changed, *s)
-			added++
-		case !sameIPVS(&have[h], s):
-			changed = append(changed, *s)
-			matched++
-		default:
-			matched++
-		}
-	}
-	if matched < len(have)-i {
-		return nil, 0, false
-	}
-	return changed, added, true
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/kglb/kglb/config"
-	"github.com/kglb/kglb/ipvs"
 )
 
 // richService sets every field of a service, slices with one element, so
@@ -169,42 +168,6 @@ func TestSamePlanHidesNothing(t *testing.T) {
 	}
 	if same < 20 {
 		t.Errorf("samePlan held for only %d mutations", same)
-	}
-}
-
-func TestIPVSChanges(t *testing.T) {
-	k := func(port uint16) ipvs.Key { return ipvs.AddrKey(ipvs.TCP, netip.MustParseAddr("192.0.2.1"), port) }
-	s := func(port uint16, w uint16) ipvs.Service {
-		return ipvs.Service{Key: k(port), Scheduler: "wrr", Reals: []ipvs.Real{{Addr: netip.MustParseAddr("10.0.0.1"), Weight: w}}}
-	}
-	have := []ipvs.Service{s(1, 1), s(2, 1), s(3, 1)}
-	tests := []struct {
-		name    string
-		want    []ipvs.Service
-		changed []uint16 // ports
-		added   int
-		ok      bool
-	}{
-		{"same", []ipvs.Service{s(1, 1), s(2, 1), s(3, 1)}, nil, 0, true},
-		{"one weight", []ipvs.Service{s(1, 1), s(2, 7), s(3, 1)}, []uint16{2}, 0, true},
-		{"added in the middle", []ipvs.Service{s(1, 1), s(4, 1), s(2, 1), s(3, 2)}, []uint16{4, 3}, 1, true},
-		{"reordered", []ipvs.Service{s(3, 1), s(1, 1), s(2, 1)}, nil, 0, true},
-		{"removed", []ipvs.Service{s(1, 1), s(3, 1)}, nil, 0, false},
-		{"replaced", []ipvs.Service{s(1, 1), s(2, 1), s(4, 1)}, nil, 0, false},
-		{"twice, in step", []ipvs.Service{s(1, 1), s(2, 1), s(3, 1), s(1, 1)}, nil, 0, false},
-		{"twice, after", []ipvs.Service{s(1, 1), s(4, 1), s(4, 1), s(2, 1), s(3, 1)}, nil, 0, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			changed, added, ok := ipvsChanges(have, tt.want)
-			var ports []uint16
-			for _, c := range changed {
-				ports = append(ports, c.Key.Port)
-			}
-			if ok != tt.ok || added != tt.added || !slices.Equal(ports, tt.changed) {
-				t.Errorf("got %v %d %v, want %v %d %v", ports, added, ok, tt.changed, tt.added, tt.ok)
-			}
-		})
 	}
 }
 

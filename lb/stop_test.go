@@ -60,11 +60,6 @@ func (r *recordingIPVS) Resync(ctx context.Context, d ipvs.Desired) (ipvs.Result
 	return r.IPVS.Resync(context.WithoutCancel(ctx), d)
 }
 
-func (r *recordingIPVS) ApplyService(ctx context.Context, s ipvs.Service) (ipvs.Result, error) {
-	r.log.add("ipvs apply service %s", s.Key)
-	return r.IPVS.ApplyService(context.WithoutCancel(ctx), s)
-}
-
 type recordingVIPs struct {
 	VIPs
 	log *callLog
@@ -73,6 +68,11 @@ type recordingVIPs struct {
 func (r *recordingVIPs) Apply(ctx context.Context, desired []netip.Addr) (vip.Result, error) {
 	r.log.add("vips apply %v", desired)
 	return r.VIPs.Apply(context.WithoutCancel(ctx), desired)
+}
+
+func (r *recordingVIPs) Resync(ctx context.Context, desired []netip.Addr) (vip.Result, error) {
+	r.log.add("vips resync %v", desired)
+	return r.VIPs.Resync(context.WithoutCancel(ctx), desired)
 }
 
 // recordingAnnouncer logs each call. With fail set, Apply takes the routes

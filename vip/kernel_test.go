@@ -220,7 +220,7 @@ func testKernelLink(t *testing.T, ns *nstest.NS, link string, mode vip.Mode) {
 	t.Run("drift repair", func(t *testing.T) {
 		deleteByHand(t, h, link, mode, netip.MustParseAddr("198.51.100.11"))
 		deleteByHand(t, h, link, mode, netip.MustParseAddr("2001:db8::10"))
-		res, err := r.Apply(ctx, desired)
+		res, err := r.Resync(ctx, desired)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -65,7 +65,7 @@ func TestVMOwnLink(t *testing.T) {
 			if err := h.LinkDel(l); err != nil {
 				t.Fatal(err)
 			}
-			res, err = r.Apply(context.Background(), desired)
+			res, err = r.Resync(context.Background(), desired)
 			if err != nil {
 				t.Fatal(err)
 			}

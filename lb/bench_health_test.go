@@ -1,0 +1,165 @@
+package lb
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/health"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/kglb/kglb/vip"
+)
+
+// flipProber is a prober whose verdicts a benchmark flips: every target is
+// up until set otherwise, and each flip is sent as one batch of changes.
+type flipProber struct {
+	ch      chan []health.Change
+	mu      sync.Mutex
+	targets []health.Target
+	down    map[health.Target]bool
+}
+
+func (p *flipProber) Update(ts []health.Target) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.targets = ts
+	return nil
+}
+
+func (p *flipProber) Changes() <-chan []health.Change { return p.ch }
+
+func (p *flipProber) Lookup(t health.Target) (health.Status, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := health.Up
+	if p.down[t] {
+		st = health.Down
+	}
+	return health.Status{Target: t, State: st}, true
+}
+
+func (p *flipProber) flip(t health.Target, down bool) {
+	p.mu.Lock()
+	p.down[t] = down
+	p.mu.Unlock()
+	st := health.Up
+	if down {
+		st = health.Down
+	}
+	p.ch <- []health.Change{{Key: t, State: st}}
+}
+
+// watchedKernel is a fake kernel that reports each write to one real.
+type watchedKernel struct {
+	*ipvs.Fake
+	svc  ipvs.Key
+	real ipvs.RealKey
+	hit  chan struct{}
+}
+
+func (k *watchedKernel) note(s ipvs.Key, r ipvs.RealKey) {
+	if s == k.svc && r == k.real {
+		select {
+		case k.hit <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// wait returns once the watched real was written; a minute without is a
+// failure, not a hang.
+func (k *watchedKernel) wait(b *testing.B) {
+	select {
+	case <-k.hit:
+	case <-time.After(time.Minute):
+		b.Fatal("no write to the watched real")
+	}
+}
+
+func (k *watchedKernel) UpdateReal(s ipvs.Key, r ipvs.Real) error {
+	err := k.Fake.UpdateReal(s, r)
+	k.note(s, r.Key())
+	return err
+}
+
+func (k *watchedKernel) AddReal(s ipvs.Key, r ipvs.Real) error {
+	err := k.Fake.AddReal(s, r)
+	k.note(s, r.Key())
+	return err
+}
+
+func (k *watchedKernel) DeleteReal(s ipvs.Key, r ipvs.RealKey) error {
+	err := k.Fake.DeleteReal(s, r)
+	k.note(s, r)
+	return err
+}
+
+// BenchmarkHealthChange is issue 12's host budget for a health change: at
+// 10,000 services x 10 reals, one real's verdict flips (down, then up
+// again), and the time is from the prober's batch to the (fake) kernel's
+// write of that real's weight, through the engine's Run loop as the daemon
+// runs it. The real serves every service that shares its address (about 40
+// here), all of which the flip changes.
+//
+// Target (tools/benchtab/targets.txt): p50 under 10 ms.
+func BenchmarkHealthChange(b *testing.B) {
+	const services, reals = 10000, 10
+	dir := b.TempDir()
+	writeServices(b, dir, services, reals, 100)
+	cfg, err := config.Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc := cfg.Services[0]
+	key := ipvs.AddrKey(ipvs.TCP, svc.VIP, svc.Port)
+	rk := ipvs.RealKey{Addr: svc.Reals[0].Addr, Port: svc.Port}
+	k := &watchedKernel{Fake: ipvs.NewFake(), svc: key, real: rk, hit: make(chan struct{}, 1)}
+	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := &flipProber{ch: make(chan []health.Change), down: map[health.Target]bool{}}
+	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: p, Metrics: NewMetrics(nil)}, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx, nil) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}()
+	// The first pass is over once the watched real is in the kernel.
+	k.wait(b)
+	p.mu.Lock()
+	i := slices.IndexFunc(p.targets, func(t health.Target) bool { return t.Real.Addr() == rk.Addr && t.Real.Port() == rk.Port })
+	t := p.targets[i]
+	p.mu.Unlock()
+
+	var took []time.Duration
+	down := false
+	for b.Loop() {
+		b.StopTimer()
+		time.Sleep(5 * time.Millisecond) // verdicts arrive apart, not back to back
+		down = !down
+		b.StartTimer()
+		start := time.Now()
+		p.flip(t, down)
+		k.wait(b)
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(took[len(took)/2]), "p50-ms")
+	b.ReportMetric(ms(took[len(took)*9/10]), "p90-ms")
+}
