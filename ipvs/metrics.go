@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kglb_ipvs_apply_seconds",
-			Help:    "Time of one reconcile pass (Apply, ApplyService or Resync), reads and writes included.",
+			Help:    "Time of one reconcile pass (Apply or Resync), reads and writes included.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{

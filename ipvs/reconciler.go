@@ -40,7 +40,11 @@ type Options struct {
 // once: one dump of all services and one dump of the reals of each owned
 // service. Between those full reads it trusts its cache of the last-known
 // kernel state (updated with every write it makes), so an Apply for one
-// weight change is one write and no read, even at 100k reals. Drift made by
+// weight change is one write and no read, even at 100k reals. Apply takes
+// the whole Desired value every time; what keeps it cheap when one service
+// changed is that each service the last diff left in place (the same reals,
+// specs and settings, compared by value) is skipped without a lookup per
+// real. Drift made by
 // someone else is repaired by the next full read: the daemon calls Resync
 // every resync_interval. A write that fails in a way that shows the cache was
 // wrong (ESRCH, ENOENT, EEXIST) makes the pass run again at once with a full

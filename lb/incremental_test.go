@@ -5,18 +5,22 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/health"
 	"github.com/kglb/kglb/ipvs"
 	"github.com/kglb/kglb/vip"
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// equateNetip lets cmp.Diff compare values that hold netip addresses.
+var equateNetip = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}, netip.AddrPort{})
 
 // tableProber keeps a verdict per target, as the health scheduler does: a
 // target that leaves the plan forgets its verdict, a new one is unknown.
@@ -239,8 +243,14 @@ func oracle(t *testing.T, e *Engine, p *tableProber, qualified map[string]bool) 
 // with one made from scratch.
 func checkPlan(t *testing.T, step string, got, want *Plan) {
 	t.Helper()
-	if !reflect.DeepEqual(got.All(), want.All()) || !reflect.DeepEqual(got.tunnels, want.tunnels) || fmt.Sprint(got.err) != fmt.Sprint(want.err) {
-		t.Fatalf("%s: plan differs from a fresh one:\n%v %v %v\n%v %v %v", step, got.All(), got.tunnels, got.err, want.All(), want.tunnels, want.err)
+	if d := cmp.Diff(want.All(), got.All(), equateNetip); d != "" {
+		t.Fatalf("%s: plan's targets differ from a fresh one's (-fresh +carried):\n%s", step, d)
+	}
+	if d := cmp.Diff(want.tunnels, got.tunnels, equateNetip); d != "" {
+		t.Fatalf("%s: plan's tunnels differ from a fresh one's (-fresh +carried):\n%s", step, d)
+	}
+	if fmt.Sprint(got.err) != fmt.Sprint(want.err) {
+		t.Fatalf("%s: plan's error %v, a fresh one's %v", step, got.err, want.err)
 	}
 	all := want.All()
 	for i, tg := range all {
@@ -366,11 +376,13 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 		if lost {
 			return
 		}
-		if whole && !reflect.DeepEqual(e.desired, d) {
-			t.Fatalf("%s: desired differs from Compute:\n%+v\nwant\n%+v", step, e.desired, d)
+		if whole {
+			if diff := cmp.Diff(d, e.desired, equateNetip); diff != "" {
+				t.Fatalf("%s: desired differs from Compute (-Compute +engine):\n%s", step, diff)
+			}
 		}
-		if !reflect.DeepEqual(e.desired.IPVS, d.IPVS) {
-			t.Fatalf("%s: IPVS differs from Compute:\n%+v\nwant\n%+v", step, e.desired.IPVS, d.IPVS)
+		if diff := cmp.Diff(d.IPVS, e.desired.IPVS, equateNetip); diff != "" {
+			t.Fatalf("%s: IPVS differs from Compute (-Compute +engine):\n%s", step, diff)
 		}
 	}
 	apply := func(step string, d Desired) {

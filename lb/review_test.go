@@ -225,10 +225,8 @@ func TestReloadLogsItsPlan(t *testing.T) {
 		if _, err := r.e.PlanConfig(ctx, next); err != nil { // served once the reload is done
 			t.Fatal(err)
 		}
-		// A reload that writes few services writes them one by one
-		// (ApplyService), the plan as one Apply: the same writes of
-		// each service, in the same order, but the services may come in
-		// another order.
+		// The reload and the plan are each one Apply of the whole
+		// value: the same writes, compared service by service.
 		got := r.e.lastReload
 		byService(&got)
 		byService(&rv)

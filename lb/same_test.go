@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/kglb/kglb/config"
 )
 
@@ -162,8 +163,11 @@ func TestSamePlanHidesNothing(t *testing.T) {
 		}
 		same++
 		got := planOf(m)
-		if !reflect.DeepEqual(got.All(), want.All()) || !reflect.DeepEqual(got.tunnels, want.tunnels) {
-			t.Errorf("%s changed: samePlan says the probes are the same, NewPlan differs:\n%+v\n%+v", path, got.All(), want.All())
+		if d := cmp.Diff(want.All(), got.All(), equateNetip); d != "" {
+			t.Errorf("%s changed: samePlan says the probes are the same, NewPlan's targets differ (-base +mutated):\n%s", path, d)
+		}
+		if d := cmp.Diff(want.tunnels, got.tunnels, equateNetip); d != "" {
+			t.Errorf("%s changed: samePlan says the probes are the same, NewPlan's tunnels differ (-base +mutated):\n%s", path, d)
 		}
 	}
 	if same < 20 {
