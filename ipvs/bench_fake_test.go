@@ -29,6 +29,7 @@ func BenchmarkWeightChangeFake100k(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		s := &d.Services[(i*37)%len(d.Services)]
+		s.Reals = slices.Clone(s.Reals) // Apply keeps the slice it was handed
 		s.Reals[5].Weight = uint16(2 + i%2)
 		if res, err := rec.Apply(ctx, d); err != nil || res.Writes.Total() > 1 {
 			b.Fatal(res.Writes, err)

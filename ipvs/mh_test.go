@@ -162,6 +162,7 @@ func TestMHInsertionWrites(t *testing.T) {
 				if err != nil || res.Writes != (Writes{OpDeleteReal: 1}) {
 					t.Errorf("removal: writes %v (err %v)", res.Writes, err)
 				}
+				rest = slices.Clone(rest) // Apply keeps the slice it was handed
 				rest[0].Weight = 7
 				res, err = rec.Apply(ctx, mhService(rest))
 				if err != nil || res.Writes != (Writes{OpUpdateReal: 1}) {

@@ -104,6 +104,10 @@ type Reconciler struct {
 	gen      uint64 // pass number, to tell which reals were read in this pass
 	nreals   int    // reals in the cache, kept up to date with every change
 	seq      uint64 // last cachedReal.seq handed out
+	// last is the cache entry of each service the last pass was handed,
+	// in its order (nil after a full read), so the next pass with the
+	// same services finds them in step.
+	last []*cached
 
 	stats atomic.Pointer[Snapshot] // the last Stats built, for a scrape during a pass
 
@@ -123,7 +127,27 @@ type cached struct {
 	// settings in place needs no diff: that keeps a pass over 10,000
 	// unchanged services and one changed one at the cost of comparing
 	// values, without a lookup per real (BenchmarkHealthChange).
-	reached []reachedReal
+	reached    []reachedReal
+	reachedSvc reachedSvc
+	// handed is the Reals slice of the desired service last reached, as
+	// Apply was handed it: Apply keeps it, and a caller that hands the
+	// same slice again (the engine, for every service a pass leaves
+	// alone) has it taken as equal without a look at its elements.
+	handed []Real
+}
+
+// reachedSvc is the settings of a desired service, as given (the HASHED
+// flag and a zero netmask aside): equal ones passed the same validation.
+type reachedSvc struct {
+	scheduler string
+	flags     Flags
+	timeout   time.Duration
+	netmask   uint8
+	drain     time.Duration
+}
+
+func reachedSvcOf(s *Service) reachedSvc {
+	return reachedSvc{s.Scheduler, s.Flags &^ FlagHashed, s.Timeout, s.netmask(), s.Drain}
 }
 
 // reachedReal is one real of cached.reached.
@@ -134,10 +158,14 @@ type reachedReal struct {
 
 // holds reports whether the kernel holds s as the last diff left it: the
 // same reals in the same order with the same specs, the same settings, and
-// no other real (none draining).
+// no other real (none draining). s need not be validated: it equals a value
+// that was.
 func (c *cached) holds(s *Service) bool {
-	if c.reached == nil || len(c.reached) != len(s.Reals) || len(c.reals) != len(s.Reals) || s.spec() != c.svc.spec() {
+	if c.reached == nil || len(c.reached) != len(s.Reals) || len(c.reals) != len(s.Reals) || reachedSvcOf(s) != c.reachedSvc {
 		return false
+	}
+	if len(s.Reals) == 0 || &s.Reals[0] == &c.handed[0] {
+		return true
 	}
 	for i := range s.Reals {
 		rl := &s.Reals[i]
@@ -150,7 +178,9 @@ func (c *cached) holds(s *Service) bool {
 
 // reach records that s was written in full. It makes a new slice: Plan's
 // copy of the reconciler shares the old one.
-func (c *cached) reach(s *Service) {
+func (c *cached) reach(s *Service, handed []Real) {
+	c.reachedSvc = reachedSvcOf(s)
+	c.handed = handed
 	c.reached = make([]reachedReal, len(s.Reals))
 	for i := range s.Reals {
 		c.reached[i] = reachedReal{s.Reals[i].Key(), s.Reals[i].spec()}
@@ -251,7 +281,10 @@ func NewReconciler(k Kernel, opts Options) (*Reconciler, error) {
 	return r, nil
 }
 
-// Apply makes the owned part of the kernel match d: see Reconciler.
+// Apply makes the owned part of the kernel match d: see Reconciler. It
+// keeps the Reals slices of d's services: to change a service's reals,
+// hand a new slice, never change one handed before in place (a slice
+// handed again is taken to hold what it held).
 func (r *Reconciler) Apply(ctx context.Context, d Desired) (Result, error) {
 	return r.run(ctx, d.Services, false)
 }
@@ -395,21 +428,38 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 	// Index and check the desired services. A service that fails its
 	// checks is still "wanted", so an owned one is not deleted for it. A
 	// service the kernel holds as the last diff left it goes no further.
+	// When want lists the owned services of the last pass in its order, as
+	// the engine's passes do, each is found in step (r.last) and every
+	// owned service is wanted: no lookup, no set of keys.
+	inStep := !full && len(want) == len(r.last) && len(want) == len(r.owned)
+	for i := 0; inStep && i < len(want); i++ {
+		inStep = r.last[i].svc.Key == want[i].Key
+	}
+	var wanted map[Key]bool
+	if !inStep {
+		wanted = make(map[Key]bool, len(want))
+	}
 	desired := make(map[Key]*Service)
-	wanted := make(map[Key]bool, len(want))
 	var order []Key
 	for i := range want {
-		s := want[i]
-		if wanted[s.Key] {
-			p.fail(fmt.Errorf("service %s: listed twice in the desired state", s.label()))
+		k := want[i].Key
+		var c *cached
+		if inStep {
+			c = r.last[i]
+		} else {
+			if wanted[k] {
+				p.fail(fmt.Errorf("service %s: listed twice in the desired state", want[i].label()))
+				continue
+			}
+			wanted[k] = true
+			c = r.cache[k]
+		}
+		if !full && c != nil && (len(r.draining) == 0 || len(r.draining[k]) == 0) && c.holds(&want[i]) {
 			continue
 		}
-		wanted[s.Key] = true
+		s := want[i]
 		s.Netmask = s.netmask()
 		s.Flags &^= FlagHashed
-		if c := r.cache[s.Key]; !full && c != nil && len(r.draining[s.Key]) == 0 && c.holds(&s) {
-			continue
-		}
 		if err := s.validate(); err != nil {
 			p.fail(fmt.Errorf("service %s: %w", s.label(), err))
 			continue
@@ -457,7 +507,7 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 			n := len(p.errs)
 			p.addService(desired[k], prev[k])
 			if c := r.cache[k]; c != nil && len(p.errs) == n && p.ctxErr == nil {
-				c.reach(desired[k])
+				c.reach(desired[k], desired[k].Reals)
 			}
 		}
 	}
@@ -475,14 +525,17 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 		n := len(p.errs)
 		p.syncService(desired[k], c, now)
 		if len(p.errs) == n && p.ctxErr == nil {
-			c.reach(desired[k])
+			c.reach(desired[k], desired[k].Reals)
 		} else {
 			c.reached = nil
 		}
 	}
 
 	// 3. Services no longer wanted, last.
-	p.deleteUnwanted(wanted)
+	if !inStep {
+		p.deleteUnwanted(wanted)
+		r.last = r.inOrder(want)
+	}
 
 	if p.dirty {
 		if err := r.saveOwned(); err != nil {
@@ -493,6 +546,18 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 		r.valid = false
 	}
 	return p.result(), p.stale, errors.Join(p.errs...)
+}
+
+// inOrder is the cached entry of each service of want, in its order; nil
+// unless the cache holds every one.
+func (r *Reconciler) inOrder(want []Service) []*cached {
+	last := make([]*cached, len(want))
+	for i := range want {
+		if last[i] = r.cache[want[i].Key]; last[i] == nil {
+			return nil
+		}
+	}
+	return last
 }
 
 // deleteUnwanted deletes the owned services that wanted lacks.
@@ -541,6 +606,7 @@ func (r *Reconciler) readAll(p *pass) error {
 		return fmt.Errorf("read ipvs services: %w", err)
 	}
 	r.cache = make(map[Key]*cached, len(r.owned))
+	r.last = nil
 	r.foreign = map[Key]bool{}
 	r.nreals = 0
 	for _, s := range svcs {

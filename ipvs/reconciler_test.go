@@ -522,7 +522,7 @@ func TestStaleCacheRetriesWithFullRead(t *testing.T) {
 	if err := f.DeleteService(svc.Key); err != nil { // behind the cache's back
 		t.Fatal(err)
 	}
-	svc.Reals[0].Weight = 5
+	svc.Reals = []Real{real("10.1.0.1", 80, 5, ForwardNAT)}
 	res, err := rec.Apply(ctx, Desired{Services: []Service{svc}})
 	if err != nil {
 		t.Fatalf("apply over a stale cache: %v", err)

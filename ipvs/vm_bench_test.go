@@ -3,6 +3,7 @@
 package ipvs
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -104,6 +105,7 @@ func BenchmarkWeightChange100k(b *testing.B) {
 	bdst := toMobyDest(bs.Reals[3])
 	for i := range b.N * reps {
 		s := &d.Services[(i*37)%len(d.Services)]
+		s.Reals = slices.Clone(s.Reals)         // Apply keeps the slice it was handed
 		s.Reals[5].Weight = uint16(1 + i%2 + 1) // 2 or 3: always a change
 		t0 := time.Now()
 		res, err := rec.Apply(ctx, d)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -208,6 +209,7 @@ func TestVMDriftRepair(t *testing.T) {
 		Address: net.IP(web.Addr.AsSlice()), Port: web.Port}); err != nil {
 		t.Fatal(err)
 	}
+	d.Services[0].Reals = slices.Clone(d.Services[0].Reals) // Apply keeps the slice it was handed
 	d.Services[0].Reals[0].Weight = 42
 	res, err = rec.Apply(ctx, d)
 	if err != nil || !res.FullRead {
@@ -319,6 +321,7 @@ func TestVMPacketsNAT(t *testing.T) {
 	if got := dialSpread(t, client, vip+":80", 6); got["r1"] != 3 || got["r2"] != 3 {
 		t.Errorf("rr over two NAT reals: %v", got)
 	}
+	svc.Reals = slices.Clone(svc.Reals) // Apply keeps the slice it was handed
 	svc.Reals[0].Weight = 0
 	res, err := rec.Apply(ctx, Desired{Services: []Service{svc}})
 	if err != nil || res.Writes.Total() != 1 {
@@ -376,6 +379,7 @@ func TestVMPacketsTunnel(t *testing.T) {
 	if got := dialSpread(t, client, vip+":80", 6); got["r1"] != 3 || got["r2"] != 3 {
 		t.Errorf("rr over two tunnel reals: %v", got)
 	}
+	svc.Reals = slices.Clone(svc.Reals)
 	svc.Reals[1].Weight = 0
 	if _, err := rec.Apply(ctx, Desired{Services: []Service{svc}}); err != nil {
 		t.Fatal(err)

@@ -139,8 +139,17 @@ func BenchmarkHealthChange(b *testing.B) {
 			b.Error(err)
 		}
 	}()
-	// The first pass is over once the watched real is in the kernel.
+	// The first pass is over once its status is out (the watched real is
+	// written early in it).
 	k.wait(b)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if st, _ := e.Status(); len(st.Services) == services {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the first pass did not end")
+		}
+	}
 	p.mu.Lock()
 	i := slices.IndexFunc(p.targets, func(t health.Target) bool { return t.Real.Addr() == rk.Addr && t.Real.Port() == rk.Port })
 	t := p.targets[i]

@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -197,9 +198,7 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 			}
 			e.reload(ctx, cfg)
 		case chs := <-e.opts.Prober.Changes():
-			if e.forget(e.collect(chs)) {
-				e.reconcile(ctx, kindHealth)
-			}
+			e.verdicts(ctx, e.collect(chs))
 		case <-resync.C:
 			e.reconcile(ctx, kindResync)
 		case <-drain.C:
@@ -379,10 +378,10 @@ func (k passKind) String() string {
 // reconcile computes the whole desired state and hands it to each
 // reconciler: withdraw first, then the data plane, then announce what the
 // data plane now holds. A resync decides every service again from live
-// verdicts and has the ipvs reconciler re-read the kernel; any other pass
-// takes over the decisions still valid (forget drops those a change
-// touches). Each reconciler diffs against its own cache, so a pass that
-// changes one service writes one service.
+// verdicts and has the ipvs and vip reconcilers re-read the kernel; any
+// other pass takes over the decisions still valid. Each reconciler diffs
+// against its own cache, so a pass that changes one service writes one
+// service.
 func (e *Engine) reconcile(ctx context.Context, kind passKind) {
 	start := e.now()
 	if kind == kindResync {
@@ -511,10 +510,23 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 	return err
 }
 
-// forget drops the decisions of the services that use the targets whose
-// verdicts changed, so the next pass decides them again from the new
-// verdicts, and only them. It reports whether any service uses them.
-func (e *Engine) forget(changes []health.Change) bool {
+// verdicts applies verdict changes: the services they touch are decided
+// again (redecide), and the result goes through reconcile's pass.
+func (e *Engine) verdicts(ctx context.Context, changes []health.Change) {
+	start := e.now()
+	if d, ok := e.redecide(changes); ok {
+		e.apply(ctx, d, kindHealth, start)
+	}
+}
+
+// redecide is the desired state after verdict changes: the services that
+// use the changed targets are decided again, every other decision is kept
+// from the last pass as it is, so a verdict among 100k reals costs the
+// decisions of its services rather than a compute of every service (at
+// 10,000 services BenchmarkHealthChange's p50 is several times its 10 ms
+// target with a whole compute). The pass that applies it is reconcile's.
+// It reports false when no service uses the targets.
+func (e *Engine) redecide(changes []health.Change) (Desired, bool) {
 	var affected []int
 	for _, c := range changes {
 		affected = e.plan.servicesOf(c.Key, affected)
@@ -522,10 +534,32 @@ func (e *Engine) forget(changes []health.Change) bool {
 			e.log.Debug("real health changed", "real", c.Key.Real.String(), "check", c.Key.Spec.Type.String(), "state", c.State.String(), "reason", c.Reason)
 		}
 	}
-	for _, i := range affected {
-		e.decided[i] = decision{}
+	if len(affected) == 0 {
+		return Desired{}, false
 	}
-	return len(affected) > 0
+	slices.Sort(affected)
+	affected = slices.Compact(affected)
+	in := e.input()
+	d := e.desired
+	d.Services = slices.Clone(d.Services)
+	d.IPVS.Services = slices.Clone(d.IPVS.Services)
+	d.Qualified = maps.Clone(e.qualified)
+	for _, i := range affected {
+		svc := e.cfg.Services[i]
+		if !svc.Enabled {
+			continue
+		}
+		st, is := in.service(i, svc)
+		d.Qualified[svc.Name] = st.Qualified
+		e.decided[i] = decision{}
+		if j, ok := slices.BinarySearchFunc(d.Services, svc.Name, func(s ServiceStatus, n string) int { return cmp.Compare(s.Name, n) }); ok {
+			d.Services[j] = st
+			d.IPVS.Services[j] = is
+			e.decided[i] = decision{ok: true, qualified: in.Qualified[svc.Name], pos: int32(j)}
+		}
+	}
+	d.VIPStatus, d.Routes = decideAll(e.cfg, d.Services)
+	return d, true
 }
 
 // collect takes the first batch and any others already waiting, so a burst

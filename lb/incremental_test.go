@@ -488,9 +488,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 				break
 			}
 			q := e.qualified
-			if e.forget(pending) {
-				e.reconcile(ctx, kindHealth)
-			}
+			e.verdicts(ctx, pending)
 			pending = nil
 			step := fmt.Sprintf("step %d (%s)", n, what)
 			d, _ := oracle(t, e, prober, q)

@@ -158,9 +158,7 @@ func TestEngineMetrics(t *testing.T) {
 	errBoom := errors.New("boom")
 	verdict := func(st health.State, reals ...string) func() {
 		return func() {
-			if e.forget(prober.verdicts(st, reals...)) {
-				e.reconcile(ctx, kindHealth)
-			}
+			e.verdicts(ctx, prober.verdicts(st, reals...))
 		}
 	}
 	steps := []struct {
