@@ -35,7 +35,8 @@
 // needed for load balancing.
 //
 // The Reconciler reads the kernel once per Apply, diffs, and issues only the
-// writes that differ. The kernel is reached through the small Kernel
+// writes that differ; an Apply of the set the last one reached in full reads
+// nothing until the next Resync, which reads again and repairs drift. The kernel is reached through the small Kernel
 // interface, implemented over rtnetlink by Netlink and in memory by Fake.
 package vip
 
