@@ -204,6 +204,27 @@ func TestSchedulerConcurrencyBound(t *testing.T) {
 	}
 }
 
+// Probes that never wait on the network need no more workers than CPU slots
+// (plus the one a hand-off may race with a worker on its way back): a probe
+// waiting for the CPU waits in the heap, not on a worker's stack.
+func TestSchedulerWorkersFollowCPUSlots(t *testing.T) {
+	h := newHarness(t, 256)
+	var ts []Target
+	for i := range 200 {
+		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
+	}
+	h.s.Update(ts)
+	h.advance(5*time.Second, time.Second) // every target due at once, five times
+	h.stop()
+	<-h.done // Run has returned: its workers count is ours to read
+	if n, slots := h.s.workers, h.s.opts.CPUSlots; n > 2*slots+1 {
+		t.Errorf("%d workers started for %d CPU slots and probes that never wait on the network, want at most %d", n, slots, 2*slots+1)
+	}
+	if calls := h.f.callsOf(netip.MustParseAddrPort(realN(199))); calls < 5 {
+		t.Errorf("last target probed %d times in 5 intervals, want 5", calls)
+	}
+}
+
 func TestSchedulerFirstRoundSpread(t *testing.T) {
 	h := newHarness(t, 4)
 	var ts []Target
