@@ -437,16 +437,17 @@ const rateReport = 30 * time.Second
 // every real is probed less often than its interval (late probes skip their
 // missed turns, so the lag is shared evenly and no backlog builds up).
 func (s *Scheduler) reportRate(ctx context.Context) {
-	t := time.NewTicker(rateReport)
+	t := s.clock.NewTimer(rateReport)
 	defer t.Stop()
-	last := time.Now()
+	last := s.clock.Now()
 	for {
 		select {
-		case <-t.C:
+		case <-t.C():
 		case <-ctx.Done():
 			return
 		}
-		now := time.Now()
+		now := s.clock.Now()
+		t.ResetAt(now.Add(rateReport))
 		s.mu.Lock()
 		want := 0.0
 		for _, e := range s.tab.entries {
@@ -461,9 +462,14 @@ func (s *Scheduler) reportRate(ctx context.Context) {
 			s.met.rate.WithLabelValues("configured").Set(want)
 			s.met.rate.WithLabelValues("managed").Set(got)
 		}
-		if n > 0 && got < 0.9*want {
+		if got < 0.9*want {
+			// n may be 0: not one probe finished (all stuck behind the CPU).
+			meanLag := time.Duration(0)
+			if n > 0 {
+				meanLag = lag / time.Duration(n)
+			}
 			s.log.Warn("health probes cannot keep up: the checks ask for more than this machine gives them, so every real is probed less often than its interval",
-				"configured_per_s", int(want), "managed_per_s", int(got), "mean_lag", (lag / time.Duration(n)).Round(time.Millisecond).String())
+				"configured_per_s", int(want), "managed_per_s", int(got), "mean_lag", meanLag.Round(time.Millisecond).String())
 		}
 	}
 }
