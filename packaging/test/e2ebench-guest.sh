@@ -136,7 +136,7 @@ steady_memory() {
 	curl_get /metrics | grep -E '^(go_|process_)' >"$out/runtime-$2.txt"
 	local p
 	for p in $(cat "/sys/fs/cgroup/system.slice/kglb.service/cgroup.procs"); do
-		cat "/proc/$p/smaps_rollup" "/proc/$p/status"
+		cat "/proc/$p/status" "/proc/$p/smaps_rollup" "/proc/$p/smaps"
 	done >"$out/smaps-$2.txt" 2>&1
 }
 # curl_get PATH: GET from kglb's stats address with bash's /dev/tcp (no curl in the image).
