@@ -50,7 +50,6 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Output == nil {
 		opts.Output = os.Stderr
 	}
-	thpErr := noHugePages() // first: before the heap grows
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -70,9 +69,6 @@ func Run(ctx context.Context, opts Options) error {
 	log := newLogger(opts, cfg.Daemon)
 	watcher.SetLogger(log.Named("reload")) // the config's log format from here on
 	warnTunnelSysctl(cfg, log)
-	if thpErr != nil {
-		log.Warn("transparent huge pages stay on: RSS counts whole 2 MiB pages", "err", thpErr)
-	}
 	startStatus := watcher.Status()
 	if startStatus.LastApplied {
 		log.Error("the config files were rejected at start; running the last applied config until they are fixed",
