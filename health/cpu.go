@@ -14,8 +14,9 @@ import (
 // configured probe rate needs more CPU than the machine has: Go's scheduler
 // has no priorities, and with hundreds of runnable probes the engine waited
 // for a turn most of the time (a profile under qemu at 2,000 probes/s: runnable
-// 82% of the time, running 2%). With the slots, probes queue on a channel in
-// FIFO order instead, each a little late (kglb_health_probe_lag_seconds), and
+// 82% of the time, running 2%). With the slots, due probes wait in the
+// scheduler's heap, oldest first (the dispatcher takes a slot before it hands a
+// probe to a worker), each a little late (kglb_health_probe_lag_seconds), and
 // the engine finds a CPU at once. Waiting for a slot starts the probe's clock
 // only once it has one, so a busy CPU does not eat the probe's timeout.
 type cpuSlots chan struct{}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -28,9 +30,15 @@ type harness struct {
 }
 
 func newHarness(t *testing.T, concurrency int) *harness {
+	return newHarnessWith(t, Options{Concurrency: concurrency})
+}
+
+// newHarnessWith is newHarness with more options: the harness sets the clock,
+// the checker, the registry and MinRecheck.
+func newHarnessWith(t *testing.T, opts Options) *harness {
 	h := &harness{t: t, clk: newFakeClock(), f: newFakeChecker(), reg: prometheus.NewRegistry(), done: make(chan struct{})}
-	s, err := New(Options{Clock: h.clk, NewChecker: h.f.factory, Concurrency: concurrency,
-		MinRecheck: time.Millisecond, Registerer: h.reg})
+	opts.Clock, opts.NewChecker, opts.MinRecheck, opts.Registerer = h.clk, h.f.factory, time.Millisecond, h.reg
+	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,6 +209,87 @@ func TestSchedulerConcurrencyBound(t *testing.T) {
 	}
 	if calls < 10 {
 		t.Errorf("%d probes ran, want all 10", calls)
+	}
+}
+
+// Probes that never wait on the network need no more workers than CPU slots
+// (plus the one a hand-off may race with a worker on its way back): a probe
+// waiting for the CPU waits in the heap, not on a worker's stack.
+func TestSchedulerWorkersFollowCPUSlots(t *testing.T) {
+	h := newHarness(t, 256)
+	var ts []Target
+	for i := range 200 {
+		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
+	}
+	h.s.Update(ts)
+	h.advance(5*time.Second, time.Second) // every target due at once, five times
+	h.stop()
+	<-h.done // Run has returned: its workers count is ours to read
+	if n, slots := h.s.workers, h.s.opts.CPUSlots; n > 2*slots+1 {
+		t.Errorf("%d workers started for %d CPU slots and probes that never wait on the network, want at most %d", n, slots, 2*slots+1)
+	}
+	if calls := h.f.callsOf(netip.MustParseAddrPort(realN(199))); calls < 5 {
+		t.Errorf("last target probed %d times in 5 intervals, want 5", calls)
+	}
+}
+
+// lockedBuffer is a log sink the scheduler's goroutines write to while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// When the probes cannot run at the configured rate, the scheduler says so
+// every rateReport: a warning naming the configured and the managed rate, and
+// kglb_health_probes_per_second; while they keep up it says nothing.
+func TestSchedulerWarnsWhenProbesCannotKeepUp(t *testing.T) {
+	var logs lockedBuffer
+	h := newHarnessWith(t, Options{Concurrency: 1, CPUSlots: 1,
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn})})
+	var ts []Target
+	for i := range 10 {
+		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
+	}
+	h.s.Update(ts)
+	rate := func(kind string) float64 {
+		return testutil.ToFloat64(h.s.met.rate.WithLabelValues(kind))
+	}
+	// Keeping up: 10 probes/s configured, 10 run.
+	// (The report's timer starts with Run's goroutines: step until it fired.)
+	for rate("configured") == 0 {
+		h.advance(time.Second, time.Second)
+		time.Sleep(time.Millisecond)
+	}
+	if got := rate("managed"); got < 9 {
+		t.Errorf("managed %.1f probes/s while every probe ran, want 10", got)
+	}
+	// Stuck: the one worker's probe never ends.
+	h.f.mu.Lock()
+	h.f.block = make(chan struct{})
+	h.f.mu.Unlock()
+	const warn = "health probes cannot keep up"
+	for !strings.Contains(logs.String(), warn) {
+		h.clk.Advance(time.Second)
+		time.Sleep(time.Millisecond)
+	}
+	out := logs.String()
+	if got := rate("managed"); got >= 1 {
+		t.Errorf("managed %.1f probes/s while the only worker was stuck, want about 0", got)
+	}
+	if !strings.Contains(out, "configured_per_s=10") || !strings.Contains(out, "managed_per_s=0") {
+		t.Errorf("the warning does not name the configured (10/s) and managed (0/s) rates:\n%s", out)
 	}
 }
 

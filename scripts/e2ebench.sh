@@ -26,8 +26,10 @@
 #   E2E_ROUNDS   rounds of A B (default 2)
 #   E2E_WINDOW   seconds of the steady-state CPU window (default 20)
 #   E2E_EDITS    weight edits per run (default 3)
-#   E2E_PROFILE=1  kglb runs with KGLB_PPROF=1; a CPU profile and a trace of
-#                its cold start land in .cache/e2ebench/out-N/ with the journals
+#   E2E_PROFILE=1  kglb runs with KGLB_PPROF=1; CPU profiles of its cold start
+#                and of the steady window, a trace of the cold start, a heap
+#                profile, goroutines and smaps after the window (what its RSS
+#                is made of) land in .cache/e2ebench/out-N/ with the journals
 #   E2E_ORDER    the daemons of a round (default "kglb keepalived")
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh

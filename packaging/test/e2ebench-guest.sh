@@ -120,6 +120,25 @@ profile() { # DAEMON ROUND: a CPU profile and a trace of kglb during its cold st
 	) &
 	profpid=$!
 }
+# steady_profile DAEMON ROUND: a CPU profile of kglb over the steady window
+# (where checks per CPU-second are measured; the profile's own cost is in it).
+steady_profile() {
+	profpid=""
+	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
+	curl_get "/debug/pprof/profile?seconds=$((WINDOW - 1))" >"$out/cpu-steady-$2.pprof" &
+	profpid=$!
+}
+# steady_memory DAEMON ROUND: what kglb's RSS is made of, after the window.
+steady_memory() {
+	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
+	curl_get /debug/pprof/heap >"$out/heap-$2.pprof"
+	curl_get "/debug/pprof/goroutine?debug=1" >"$out/goroutine-$2.txt"
+	curl_get /metrics | grep -E '^(go_|process_)' >"$out/runtime-$2.txt"
+	local p
+	for p in $(cat "/sys/fs/cgroup/system.slice/kglb.service/cgroup.procs"); do
+		cat "/proc/$p/status" "/proc/$p/smaps_rollup" "/proc/$p/smaps"
+	done >"$out/smaps-$2.txt" 2>&1
+}
 # curl_get PATH: GET from kglb's stats address with bash's /dev/tcp (no curl in the image).
 curl_get() {
 	timeout 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5678 || exit 1
@@ -150,8 +169,11 @@ run_one() { # DAEMON ROUND
 	sleep 3
 	local cpu0 n0 cpu1 n1
 	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
+	steady_profile "$d" "$r"
 	sleep "$WINDOW"
 	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
+	[ -n "$profpid" ] && wait "$profpid"
+	steady_memory "$d" "$r"
 	metric "$d" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
 	metric "$d" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
 	metric "$d" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
