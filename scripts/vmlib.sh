@@ -225,3 +225,13 @@ vm_console() {
 	set -e
 	return "$rc"
 }
+
+# vm_exit_problem RC TIMEOUT says what vm_console's status RC means, or
+# nothing when the VM powered off by itself.
+vm_exit_problem() {
+	case "$1" in
+	0) ;;
+	124 | 137) echo "the VM did not finish within ${2}s (killed)" ;;
+	*) echo "qemu exited with status $1" ;;
+	esac
+}

@@ -312,11 +312,10 @@ run_vm() {
 	cp "$log" "$cache/last-console.log" 2>/dev/null || true
 
 	local failed=0 p label
-	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-		note "FAIL: the VM did not finish within VM_TIMEOUT=${timeout_s}s (killed)"
-		failed=1
-	elif [ "$rc" != 0 ]; then
-		note "FAIL: qemu exited with status $rc"
+	local problem
+	problem="$(vm_exit_problem "$rc" "$timeout_s")"
+	if [ -n "$problem" ]; then
+		note "FAIL: $problem"
 		failed=1
 	fi
 	if ! grep -q 'KGLB-VM: DONE$' "$log"; then
