@@ -40,8 +40,6 @@ root="$(cd "$here/.." && pwd)"
 vm_name=vmtest
 # shellcheck source=../scripts/vmlib.sh
 . "$root/scripts/vmlib.sh"
-die() { vm_die "$@"; }
-note() { vm_note "$@"; }
 cache="$vm_cache"
 module_path="github.com/kglb/kglb"
 
@@ -64,7 +62,7 @@ esac
 # the kernel (sets vm_kroot, vm_kver).
 deps() {
 	vm_need_tools
-	vm_have "$GO" || die "no go toolchain (looked for '$GO' and /usr/local/go/bin/go)"
+	vm_have "$GO" || vm_die "no go toolchain (looked for '$GO' and /usr/local/go/bin/go)"
 	need_binaries "$@"
 	vm_kernel
 }
@@ -100,7 +98,7 @@ need_binaries() {
 	while read -r path deb _; do
 		[ "$path" = go ] && continue
 		[ -x "$path" ] && continue
-		[ -n "$deb" ] && [ "$deb" != - ] || die "VM program $path is missing and no package is named for it"
+		[ -n "$deb" ] && [ "$deb" != - ] || vm_die "VM program $path is missing and no package is named for it"
 		pkgs+=("$deb")
 	done < <(binaries_list "${ps[@]}" | awk '!seen[$0]++')
 	[ ${#pkgs[@]} -gt 0 ] || return 0
@@ -119,7 +117,7 @@ need_binaries() {
 # and the dynamic loader, each at the path ldd prints (symlinks resolved).
 copy_host_program() {
 	local ir="$1" path="$2" lib out
-	[ -x "$path" ] || die "VM program $path is missing on the host (vmtest/run.sh deps installs it)"
+	[ -x "$path" ] || vm_die "VM program $path is missing on the host (vmtest/run.sh deps installs it)"
 	mkdir -p "$ir$(dirname "$path")"
 	cp -L "$path" "$ir$path"
 	# "not a dynamic executable" (exit 1) for a static program: nothing to add.
@@ -127,7 +125,7 @@ copy_host_program() {
 	for lib in $(echo "$out" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
 		[ -e "$ir$lib" ] && continue
 		mkdir -p "$ir$(dirname "$lib")"
-		cp -L "$lib" "$ir$lib" || die "copy $lib (for $path)"
+		cp -L "$lib" "$ir$lib" || vm_die "copy $lib (for $path)"
 	done
 }
 
@@ -136,12 +134,12 @@ add_programs() {
 	local ir="$1" a b c
 	while read -r a b c; do
 		if [ "$a" = go ]; then
-			[ -n "$b" ] && [ "${c#/}" != "$c" ] || die "vm-binaries: want 'go ./cmd/x /abs/path', got 'go $b $c'"
+			[ -n "$b" ] && [ "${c#/}" != "$c" ] || vm_die "vm-binaries: want 'go ./cmd/x /abs/path', got 'go $b $c'"
 			[ -e "$ir$c" ] && continue
-			note "go build ./${b#./} -> $c"
+			vm_note "go build ./${b#./} -> $c"
 			mkdir -p "$ir$(dirname "$c")"
 			(cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$ir$c" "./${b#./}") ||
-				die "go build $b failed"
+				vm_die "go build $b failed"
 		else
 			copy_host_program "$ir" "$a"
 		fi
@@ -166,7 +164,7 @@ all_pkgs() {
 rel_pkg() {
 	local p="$1"
 	case "$p" in
-	*...*) die "package patterns with ... are not supported: $1" ;;
+	*...*) vm_die "package patterns with ... are not supported: $1" ;;
 	"$root") p=. ;;
 	"$root"/*) p="${p#"$root"/}" ;;
 	"$module_path") p=. ;;
@@ -175,7 +173,7 @@ rel_pkg() {
 	p="${p#./}"
 	p="${p%/}"
 	[ -n "$p" ] || p=.
-	[ -d "$root/$p" ] || die "no package directory $root/$p (from '$1')"
+	[ -d "$root/$p" ] || vm_die "no package directory $root/$p (from '$1')"
 	echo "$p"
 }
 
@@ -202,10 +200,10 @@ module_files() {
 		local out
 		if ! out="$(vm_module_deps "$name" 2>&1)"; then
 			if [ "$optional" = 1 ]; then
-				note "module $name not in this kernel (optional, skipped)"
+				vm_note "module $name not in this kernel (optional, skipped)"
 				continue
 			fi
-			die "module $name: $out"
+			vm_die "module $name: $out"
 		fi
 		# The module itself is the last line; an optional one may fail to
 		# load in the VM (crc32c_intel without SSE4.2 under TCG): mark it "?".
@@ -244,7 +242,7 @@ build_initramfs() {
 	for f in modules.builtin modules.builtin.modinfo modules.order; do
 		[ -f "$vm_kroot/lib/modules/$kver/$f" ] && cp "$vm_kroot/lib/modules/$kver/$f" "$mods/"
 	done
-	depmod -b "$ir" "$kver" || die "depmod on the initramfs failed"
+	depmod -b "$ir" "$kver" || vm_die "depmod on the initramfs failed"
 
 	# The run's settings; the kernel command line carries mode and timeout.
 	{
@@ -257,7 +255,7 @@ build_initramfs() {
 		for kv in ${VM_ENV:-}; do
 			case "$kv" in
 			[A-Za-z_]*=*) printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}" ;;
-			*) die "VM_ENV: want NAME=value words, got '$kv'" ;;
+			*) vm_die "VM_ENV: want NAME=value words, got '$kv'" ;;
 			esac
 		done
 	} >"$ir/etc/kglb-vm/env"
@@ -276,7 +274,7 @@ build_initramfs() {
 	add_programs "$ir"
 
 	(cd "$ir" && find . -print0 | sort -z | cpio --null -o -H newc --quiet) >"$work/initramfs.cpio" ||
-		die "cpio failed"
+		vm_die "cpio failed"
 }
 
 # ---------------------------------------------------------------- run
@@ -300,7 +298,7 @@ run_vm() {
 	vm_qemu_cmd "$work/initramfs.cpio" 2048 "console=ttyS0 quiet panic=-1 kglb.mode=$mode kglb.timeout=$per"
 
 	if [ "$mode" = shell ]; then
-		note "booting a shell; Ctrl-A x quits qemu, 'poweroff -f' powers off"
+		vm_note "booting a shell; Ctrl-A x quits qemu, 'poweroff -f' powers off"
 		"${vm_qemu[@]}"
 		return 0
 	fi
@@ -315,11 +313,11 @@ run_vm() {
 	local problem
 	problem="$(vm_exit_problem "$rc" "$timeout_s")"
 	if [ -n "$problem" ]; then
-		note "FAIL: $problem"
+		vm_note "FAIL: $problem"
 		failed=1
 	fi
 	if ! grep -q 'KGLB-VM: DONE$' "$log"; then
-		note "FAIL: the VM never reached the end of its run (crash, panic or hang); see $cache/last-console.log"
+		vm_note "FAIL: the VM never reached the end of its run (crash, panic or hang); see $cache/last-console.log"
 		failed=1
 	fi
 	if grep -q 'KGLB-VM: FAIL' "$log"; then
@@ -332,23 +330,23 @@ run_vm() {
 		if grep -q "KGLB-VM: PASS $label\$" "$log"; then
 			continue
 		fi
-		note "FAIL: $label has no PASS marker"
+		vm_note "FAIL: $label has no PASS marker"
 		failed=1
 	done
 	for p in "${build_failed[@]}"; do
-		note "FAIL: $p did not build"
+		vm_note "FAIL: $p did not build"
 		failed=1
 	done
 	local boot="?" guest
 	[ -s "$work/boot.at" ] && boot="$(awk -v a="$start" -v b="$(cat "$work/boot.at")" 'BEGIN {printf "%.1f", b - a}')"
 	guest="$(grep -o 'KGLB-VM: BOOT [0-9.]*' "$log" | awk '{print $3; exit}')"
-	note "$(printf 'VM %s run: %.1fs total; /init reached after %ss (guest uptime %ss)' "$mode" \
+	vm_note "$(printf 'VM %s run: %.1fs total; /init reached after %ss (guest uptime %ss)' "$mode" \
 		"$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')" "$boot" "${guest:-?}")"
 	if [ "$failed" != 0 ]; then
-		note "FAILED (console log: $cache/last-console.log)"
+		vm_note "FAILED (console log: $cache/last-console.log)"
 		return 1
 	fi
-	note "all ${#built[@]} test binaries passed"
+	vm_note "all ${#built[@]} test binaries passed"
 }
 
 main() {
@@ -372,14 +370,14 @@ main() {
 		mapfile -t pkgs < <(all_pkgs)
 	fi
 	if [ ${#pkgs[@]} -eq 0 ] && [ "$mode" != shell ]; then
-		die "no packages with //go:build vmtest files"
+		vm_die "no packages with //go:build vmtest files"
 	fi
 	deps "${pkgs[@]}"
 
 	mkdir -p "$cache/tmp"
 	work="$(mktemp -d "$cache/tmp/run.XXXXXX")"
 	if [ -n "${VM_KEEP:-}" ]; then
-		note "keeping $work (VM_KEEP)"
+		vm_note "keeping $work (VM_KEEP)"
 	else
 		trap 'rm -rf "$work"' EXIT
 	fi
@@ -390,14 +388,14 @@ main() {
 	# -vet=off: make lint runs go vet; here it only slowed the build.
 	for p in "${pkgs[@]}"; do
 		mkdir -p "$work/bin/$p"
-		note "go test -c -tags vmtest ./$p"
+		vm_note "go test -c -tags vmtest ./$p"
 		if (cd "$root" && CGO_ENABLED=0 "$GO" test -c -vet=off -tags vmtest -ldflags='-s -w' \
 			-o "$work/bin/$p/pkg.test" "./$p"); then
 			if [ -f "$work/bin/$p/pkg.test" ]; then
 				built+=("$p")
 			else
 				# go test -c writes nothing for a package without tests.
-				note "FAIL: ./$p has no test files"
+				vm_note "FAIL: ./$p has no test files"
 				build_failed+=("$p")
 			fi
 		else
@@ -405,11 +403,11 @@ main() {
 		fi
 	done
 	if [ ${#built[@]} -eq 0 ] && [ "$mode" != shell ]; then
-		die "nothing built: ${build_failed[*]}"
+		vm_die "nothing built: ${build_failed[*]}"
 	fi
 
 	build_initramfs "$work"
-	note "initramfs $(du -h "$work/initramfs.cpio" | cut -f1), kernel $vm_kver, packages: ${built[*]:-none}"
+	vm_note "initramfs $(du -h "$work/initramfs.cpio" | cut -f1), kernel $vm_kver, packages: ${built[*]:-none}"
 	run_vm "$work"
 }
 
