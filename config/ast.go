@@ -193,7 +193,7 @@ func convertExpr(e hclsyntax.Expression, diags *hcl.Diagnostics) value {
 					continue
 				}
 				if kv.kind != kString {
-					*diags = append(*diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid object key", Detail: "An object key must be a string.", Subject: it.KeyExpr.Range().Ptr()})
+					*diags = append(*diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid object key", Detail: "An object key must be a string.", Subject: it.KeyExpr.Range().Ptr(), Extra: hintText(hintObjectKey)})
 					continue
 				}
 				k = kv.str
@@ -216,9 +216,9 @@ func convertExpr(e hclsyntax.Expression, diags *hcl.Diagnostics) value {
 	case *hclsyntax.ParenthesesExpr:
 		*diags = append(*diags, notLiteral(e, "Expression not allowed", "remove the parentheses: write the value itself"))
 	case *hclsyntax.FunctionCallExpr:
-		*diags = append(*diags, notLiteral(e, "Function calls not allowed", ""))
+		*diags = append(*diags, notLiteral(e, "Function calls not allowed", hintFunctions))
 	case *hclsyntax.ScopeTraversalExpr:
-		*diags = append(*diags, notLiteral(e, "Variables not allowed", ""))
+		*diags = append(*diags, notLiteral(e, "Variables not allowed", hintVariables))
 	case *hclsyntax.TemplateWrapExpr:
 		*diags = append(*diags, notLiteral(e, "Template not allowed", `write the value itself: "${...}" is not expanded`))
 	default:
@@ -227,14 +227,9 @@ func convertExpr(e hclsyntax.Expression, diags *hcl.Diagnostics) value {
 	return value{kind: kNull, rng: rng}
 }
 
-// notLiteral is the error for an expression where a literal value must be;
-// an empty hint leaves it to the hint for the summary (see fromHCL).
+// notLiteral is the error for an expression where a literal value must be.
 func notLiteral(e hclsyntax.Expression, summary, hint string) *hcl.Diagnostic {
-	d := &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: "Values are literal: they are not evaluated.", Subject: e.Range().Ptr()}
-	if hint != "" {
-		d.Extra = hintText(hint)
-	}
-	return d
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: "Values are literal: they are not evaluated.", Subject: e.Range().Ptr(), Extra: hintText(hint)}
 }
 
 func convertCty(cv cty.Value, full hcl.Range, diags *hcl.Diagnostics) value {
@@ -268,7 +263,7 @@ func convertCty(cv cty.Value, full hcl.Range, diags *hcl.Diagnostics) value {
 		}
 		return v
 	}
-	*diags = append(*diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unsupported value", Detail: "This value has type " + ty.FriendlyName() + ".", Subject: full.Ptr()})
+	*diags = append(*diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unsupported value", Detail: "This value has type " + ty.FriendlyName() + ".", Subject: full.Ptr(), Extra: hintText(hintSyntax)})
 	return value{kind: kNull, rng: rng}
 }
 

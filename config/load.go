@@ -204,9 +204,12 @@ type source struct {
 	readAt time.Time
 }
 
-// fromHCL turns HCL's own diagnostics into ours, with friendlier text.
-func fromHCL(hd hcl.Diagnostics) []diag {
+// fromHCL turns HCL's own diagnostics about srcs into ours, with friendlier
+// text: a hint the diagnostic carries (ours, made in scan.go and ast.go), or
+// else one chosen from the tokens at the error (syntaxHint).
+func fromHCL(srcs []source, hd hcl.Diagnostics) []diag {
 	out := make([]diag, 0, len(hd))
+	tokens := map[string]hclsyntax.Tokens{}
 	for _, h := range hd {
 		dg := diag{sev: SeverityError, summary: lowerFirst(h.Summary), detail: h.Detail}
 		if h.Severity == hcl.DiagWarning {
@@ -217,42 +220,22 @@ func fromHCL(hd hcl.Diagnostics) []diag {
 		}
 		if hx, ok := h.Extra.(hintText); ok {
 			dg.hint = string(hx)
-		} else {
-			dg.hint = syntaxHints[h.Summary]
+		} else if h.Subject != nil {
+			toks, ok := tokens[h.Subject.Filename]
+			if !ok {
+				if i := slices.IndexFunc(srcs, func(s source) bool { return s.name == h.Subject.Filename }); i >= 0 && srcs[i].data != nil {
+					toks, _ = hclsyntax.LexConfig(srcs[i].data, srcs[i].name, hcl.InitialPos)
+				}
+				tokens[h.Subject.Filename] = toks
+			}
+			dg.hint = syntaxHint(toks, h)
 		}
 		if dg.hint == "" {
-			dg.hint = "see docs/config.md for the syntax: name = value, and blocks as type \"label\" { ... }"
+			dg.hint = hintSyntax
 		}
 		out = append(out, dg)
 	}
 	return out
-}
-
-var syntaxHints = map[string]string{
-	"Argument or block definition required":    `each line is an attribute (name = value) or a block (type "label" { ... })`,
-	"Unclosed configuration block":             "add the missing closing brace }",
-	"Invalid character":                        "remove the character, or quote the value",
-	"Missing newline after argument":           "put each attribute on its own line",
-	"Missing newline after block definition":   "put the closing brace } on its own line",
-	"Unterminated template string":             `close the string with a double quote "`,
-	"Invalid expression":                       `write a literal value: "text", 42, true, [ ... ] or { ... }`,
-	"Attribute redefined":                      "set each attribute once; remove one of them",
-	"Variables not allowed":                    `the configuration has no variables: write the value itself, quoted if it is text ("tcp")`,
-	"Function calls not allowed":               "the configuration has no functions: write the value itself",
-	"Missing item separator":                   "separate list items with commas",
-	"Invalid block definition":                 `write a block as type "label" { on one line, with the body on the next lines`,
-	"Missing attribute value":                  `write a value after =, such as "text" or 42`,
-	"Invalid multi-line string":                "use a heredoc (<<EOT ... EOT) for text on several lines",
-	"Unsupported operator":                     "write the value itself",
-	"Missing key/value separator":              `separate each key from its value with =, such as { "X-Probe" = "kglb" }`,
-	"Invalid argument name":                    "attribute names are bare words such as port",
-	"Invalid single-argument block definition": "close the block on the same line, as in real \"10.1.0.11\" { weight = 2 }, or put the attribute on its own line",
-	"Invalid number literal":                   `quote addresses and other text, as in vip = "198.51.100.10"`,
-	"Unexpected comma after argument":          "remove the comma: an attribute ends at the end of its line",
-	"Missing attribute separator":              `separate the items of an object with commas or newlines, as in { "X-Probe" = "kglb", "X-Env" = "prod" }`,
-	"Invalid escape sequence":                  `write a backslash as \\; the escapes are \n, \r, \t, \", \\ and \uNNNN`,
-	"Invalid operand":                          `write the value itself: strings are not joined with +, and arithmetic needs numbers`,
-	"Invalid object key":                       `quote the key, as in { "X-Probe" = "kglb" }`,
 }
 
 func lowerFirst(s string) string {
@@ -324,7 +307,7 @@ func Format(name string, src []byte) ([]byte, error) {
 		_, diags = hclsyntax.ParseConfig(src, name, hcl.InitialPos)
 	}
 	if diags.HasErrors() {
-		return src, resolve([]source{{name: name, data: src}}, fromHCL(diags))
+		return src, resolve([]source{{name: name, data: src}}, fromHCL([]source{{name: name, data: src}}, diags))
 	}
 	out := hclwrite.Format(src)
 	// What is written must parse as what was read did: a formatter bug

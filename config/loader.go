@@ -367,7 +367,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		parseDiags = append(parseDiags, fd.parse...)
 	}
 	if parseDiags.HasErrors() {
-		return nil, resolve(srcs, fromHCL(parseDiags))
+		return nil, resolve(srcs, fromHCL(srcs, parseDiags))
 	}
 
 	cfg := &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}

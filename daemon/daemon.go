@@ -46,34 +46,20 @@ type Options struct {
 }
 
 // Run runs the daemon until SIGTERM or SIGINT (or ctx ends), then stops it.
+// It starts the parts and routes events between them; what each event does
+// is the function it calls.
 func Run(ctx context.Context, opts Options) error {
 	if opts.Output == nil {
 		opts.Output = os.Stderr
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	// The first load decides what we start with: the files, or, when they
-	// are rejected (invalid, or refused by the delete guard) against the
-	// config the last run applied, that one. Only with neither (a first
-	// install with broken files) does kglb not start, nor touch the kernel.
-	bootLog := newLogger(opts, config.Daemon{LogLevel: config.LogInfo, LogFormat: config.LogText})
 	var bindDropped atomic.Bool // CAP_NET_BIND_SERVICE was dropped at start
-	var last appliedInfo
-	wopts := watchOptions(opts.ConfigDir, config.DefaultDaemon().StateDir, &last, &bindDropped, bootLog.Named("reload"), reg)
-	watcher, err := reload.New(wopts)
+	first, err := loadFirst(opts, &bindDropped, reg)
 	if err != nil {
 		return err
 	}
-	cfg := watcher.Current()
-	log := newLogger(opts, cfg.Daemon)
-	watcher.SetLogger(log.Named("reload")) // the config's log format from here on
-	warnTunnelSysctl(cfg, log)
-	startStatus := watcher.Status()
-	if startStatus.LastApplied {
-		log.Error("the config files were rejected at start; running the last applied config until they are fixed",
-			"dir", opts.ConfigDir, "applied_at", last.Time.Format(time.RFC3339), "err", startStatus.Err.Error())
-	}
+	cfg, log := first.watcher.Current(), first.log
 
 	// Own the addresses before touching the kernel: if someone else
 	// answers on them, kglb does not start.
@@ -85,31 +71,18 @@ func Run(ctx context.Context, opts Options) error {
 	if err := dropUnneededCaps(cfg, statsAddress(opts, cfg), log, &bindDropped); err != nil {
 		return err
 	}
-
-	d, err := start(ctx, opts, cfg, log, reg, wopts.Guard)
+	d, err := start(ctx, opts, cfg, log, reg, first.guard)
 	if err != nil {
 		return err
 	}
 	defer d.close()
 	// After start: the IPVS settings exist once ip_vs is loaded.
 	warnClusterSysctls(cfg, log)
-	d.watcher = watcher
-	d.lastApplied = last
-	// The last applied config is recorded off the reload path, newest
-	// first; a stop waits for the record in progress.
-	records := make(chan *config.Config, 1)
-	recorded := make(chan struct{})
-	go d.recordApplied(records, recorded)
-	defer func() { close(records); <-recorded }()
-	record := func(c *config.Config) {
-		select {
-		case <-records:
-		default:
-		}
-		records <- c
-	}
-	if !startStatus.LastApplied {
-		record(cfg)
+	d.watcher, d.lastApplied = first.watcher, first.last
+	rec := d.startRecorder()
+	defer rec.stop()
+	if !first.fellBack {
+		rec.record(cfg)
 	}
 
 	sigs := make(chan os.Signal, 4)
@@ -121,11 +94,7 @@ func Run(ctx context.Context, opts Options) error {
 	configs := make(chan *config.Config)
 	engineDone := make(chan error, 1)
 	go func() { engineDone <- d.engine.Run(runCtx, configs) }()
-	go func() {
-		if err := watcher.Run(runCtx); err != nil {
-			log.Error("config watch stopped; SIGHUP still reloads", "err", err)
-		}
-	}()
+	go d.watch(runCtx)
 	// The stats server outlives the engine's context, so /metrics and
 	// /status still answer while a stop withdraws and holds; it is shut
 	// down, and its address freed, before Run returns.
@@ -146,49 +115,123 @@ func Run(ctx context.Context, opts Options) error {
 		case err := <-engineDone:
 			return fmt.Errorf("engine stopped: %w", err)
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				d.notify.send("RELOADING=1", monotonicUsec())
-				// systemd holds the unit in "reloading" until READY=1, so
-				// every outcome must answer: an applied config does so
-				// below once the engine has it, the rest here.
-				go func() {
-					o, err := watcher.ReloadWait(runCtx, false)
-					if err == nil && o.Result != reload.Applied {
-						d.notify.send("READY=1", "STATUS=reload "+string(o.Result)+"; "+d.statusLine(watcher.Current()))
-					}
-				}()
-				continue
-			}
-			if sig == restartSignal {
+			switch signalAction(sig) {
+			case reloadFiles:
+				d.reload(runCtx)
+			case plannedRestart:
 				log.Info("stopping for a planned restart", "signal", sig.String())
 				return d.restart(cancel, engineDone)
+			default:
+				log.Info("stopping", "signal", sig.String())
+				return d.stop(cancel, engineDone, false)
 			}
-			log.Info("stopping", "signal", sig.String())
-			return d.stop(cancel, engineDone, false)
-		case c := <-watcher.Updates():
-			warnTunnelSysctl(c, log)
-			warnClusterSysctls(c, log)
-			// The engine gives the speaker the bgp block (announcer.
-			// Configure) as part of the reload, so it logs what that
-			// changed with the rest.
-			if !c.BGP.Enabled && d.speaker != nil {
-				log.Warn("the bgp block was removed: routes are withdrawn; sessions stay until restart")
-			}
-			if c.BGP.Enabled && d.speaker == nil {
-				log.Warn("a bgp block was added: it takes effect at the next restart")
-			}
-			if c.Daemon.LogLevel != cfg.Daemon.LogLevel && opts.LogLevel == "" {
-				log.SetLevel(hclog.LevelFromString(string(c.Daemon.LogLevel)))
-			}
+		case c := <-d.watcher.Updates():
+			d.reconfigure(cfg, c, opts.LogLevel != "")
 			cfg = c
 			select {
 			case configs <- c:
 			case err := <-engineDone:
 				return fmt.Errorf("engine stopped: %w", err)
 			}
-			record(c)
+			rec.record(c)
 			d.notify.send("READY=1", "STATUS="+d.statusLine(c))
 		}
+	}
+}
+
+// firstLoad is what the first load decided: the watcher holding the config
+// kglb starts with, the logger of that config, and whether the files were
+// rejected so that the config the last run applied runs instead.
+type firstLoad struct {
+	watcher  *reload.Watcher[*config.Config]
+	log      hclog.Logger
+	guard    func(old, new *config.Config) error
+	last     appliedInfo
+	fellBack bool
+}
+
+// loadFirst makes the reload watcher and so the first load, which decides
+// what kglb starts with: the files, or, when they are rejected (invalid, or
+// refused by the delete guard) against the config the last run applied,
+// that one. Only with neither (a first install with broken files) does kglb
+// not start, nor touch the kernel.
+func loadFirst(opts Options, bindDropped *atomic.Bool, reg *prometheus.Registry) (firstLoad, error) {
+	bootLog := newLogger(opts, config.Daemon{LogLevel: config.LogInfo, LogFormat: config.LogText})
+	var f firstLoad
+	wopts := watchOptions(opts.ConfigDir, config.DefaultDaemon().StateDir, &f.last, bindDropped, bootLog.Named("reload"), reg)
+	w, err := reload.New(wopts)
+	if err != nil {
+		return f, err
+	}
+	cfg := w.Current()
+	f.watcher, f.guard = w, wopts.Guard
+	f.log = newLogger(opts, cfg.Daemon)
+	w.SetLogger(f.log.Named("reload")) // the config's log format from here on
+	warnTunnelSysctl(cfg, f.log)
+	if st := w.Status(); st.LastApplied {
+		f.fellBack = true
+		f.log.Error("the config files were rejected at start; running the last applied config until they are fixed",
+			"dir", opts.ConfigDir, "applied_at", f.last.Time.Format(time.RFC3339), "err", st.Err.Error())
+	}
+	return f, nil
+}
+
+// watch runs the config watcher until ctx ends; SIGHUP reloads without it.
+func (d *daemon) watch(ctx context.Context) {
+	if err := d.watcher.Run(ctx); err != nil {
+		d.log.Error("config watch stopped; SIGHUP still reloads", "err", err)
+	}
+}
+
+// A signal's action.
+type action int
+
+const (
+	stopDaemon action = iota
+	reloadFiles
+	plannedRestart
+)
+
+func signalAction(sig os.Signal) action {
+	switch sig {
+	case syscall.SIGHUP:
+		return reloadFiles
+	case restartSignal:
+		return plannedRestart
+	}
+	return stopDaemon
+}
+
+// reload reloads the files (SIGHUP). systemd holds the unit in "reloading"
+// until READY=1, so every outcome must answer: an applied config does so in
+// Run once the engine has it, the rest here.
+func (d *daemon) reload(ctx context.Context) {
+	d.notify.send("RELOADING=1", monotonicUsec())
+	go func() {
+		o, err := d.watcher.ReloadWait(ctx, false)
+		if err == nil && o.Result != reload.Applied {
+			d.notify.send("READY=1", "STATUS=reload "+string(o.Result)+"; "+d.statusLine(d.watcher.Current()))
+		}
+	}()
+}
+
+// reconfigure tells what a reloaded config c changes beside what the engine
+// applies: sysctls it needs, a bgp block added or removed (the speaker runs
+// with the block it started with), and the log level unless the command line
+// set it.
+func (d *daemon) reconfigure(old, c *config.Config, levelFromFlag bool) {
+	warnTunnelSysctl(c, d.log)
+	warnClusterSysctls(c, d.log)
+	// The engine gives the speaker the bgp block (announcer.Configure) as
+	// part of the reload, so it logs what that changed with the rest.
+	if !c.BGP.Enabled && d.speaker != nil {
+		d.log.Warn("the bgp block was removed: routes are withdrawn; sessions stay until restart")
+	}
+	if c.BGP.Enabled && d.speaker == nil {
+		d.log.Warn("a bgp block was added: it takes effect at the next restart")
+	}
+	if c.Daemon.LogLevel != old.Daemon.LogLevel && !levelFromFlag {
+		d.log.SetLevel(hclog.LevelFromString(string(c.Daemon.LogLevel)))
 	}
 }
 
@@ -522,6 +565,31 @@ func watchOptions(dir, defaultState string, last *appliedInfo, bindDropped *atom
 		Registerer: reg,
 	}
 }
+
+// recorder records each config the engine took as the last applied one,
+// off the reload path, newest first.
+type recorder struct {
+	records chan *config.Config
+	done    chan struct{}
+}
+
+// startRecorder starts recording; stop waits for the record in progress.
+func (d *daemon) startRecorder() *recorder {
+	r := &recorder{records: make(chan *config.Config, 1), done: make(chan struct{})}
+	go d.recordApplied(r.records, r.done)
+	return r
+}
+
+// record queues c, replacing a config not yet recorded.
+func (r *recorder) record(c *config.Config) {
+	select {
+	case <-r.records:
+	default:
+	}
+	r.records <- c
+}
+
+func (r *recorder) stop() { close(r.records); <-r.done }
 
 // recordApplied records each config from records as the last applied one,
 // until records is closed; then it closes done.

@@ -353,3 +353,24 @@ func BenchmarkMemoryPerReal(b *testing.B) {
 	}
 	b.ReportMetric(per, "B/real")
 }
+
+// BenchmarkHTTPCheck is one HTTP probe of a real on loopback, start to verdict:
+// the cost of the checker itself (net/http's Transport per probe) beside the
+// TCP rows. ns/op is the whole exchange, including the server's side.
+func BenchmarkHTTPCheck(b *testing.B) {
+	hostOnly(b)
+	srv := httpServer(b, nil)
+	tg := Target{Real: srv, Spec: httpSpec(HTTP, "/", time.Second)}
+	c, err := NewChecker(tg.Spec, Dialer{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx := newProbeCtx(context.Background(), time.Now().Add(tg.Spec.Timeout))
+		if r := c.Check(ctx, tg); r.Outcome != OK {
+			b.Fatalf("%s: %s", r.Outcome, r.Reason)
+		}
+		ctx.release()
+	}
+}

@@ -1,7 +1,6 @@
 package health
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -15,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,11 +26,13 @@ const (
 )
 
 // httpChecker sends one HTTP/1.1 request per probe on a fresh connection and judges
-// the status and, optionally, the body. It is a small client of its own rather than
-// net/http's Transport: the connection must go to exactly this real (a Transport may
-// hand a request a connection dialed for another request with the same key, and
-// tunnelled probes of all reals share VIP:port), every read is bounded (a Transport
-// reads headers without limit), and no goroutine outlives the probe.
+// the status and, optionally, the body. Each probe has a net/http Transport of its
+// own whose every connection is dialled by the probe's Dialer to this real (the
+// Transport's address is only a key: tunnelled probes of all reals share VIP:port,
+// and a proxy's address is the real too), so SO_MARK, the source address and the
+// fwmark tunnels apply as to every other check. Every byte read from the real
+// passes one bound, and the probe closes the Transport's connections and dials in
+// progress before it returns.
 type httpChecker struct {
 	d        Dialer
 	p        HTTPParams
@@ -118,170 +120,172 @@ func (c *httpChecker) tlsFor(name string) *tls.Config {
 
 func (c *httpChecker) probe(ctx context.Context, t Target) (int, error) {
 	dst := t.Dest()
-	conn, err := c.d.dial(ctx, "tcp", dst, t.Spec.Mark)
+	host := c.hostFor(dst)
+	// Every byte read from the real passes this limit: headers and body together,
+	// over every connection of the probe.
+	budget := &readBudget{}
+	budget.left.Store(maxHeaderBytes + c.p.MaxBody)
+	dial := func(context.Context, string, string) (net.Conn, error) {
+		// The probe's deadline, not the Transport's context (which outlives a
+		// canceled request): the dial ends with the probe. The Transport's
+		// goroutines do the reads and writes while the probe waits with its
+		// CPU slot handed back (below), so the connection is not a slotted one.
+		conn, stop, err := c.d.dialBounded(unslotted{ctx}, true, t)
+		if err != nil {
+			return nil, err
+		}
+		stop() // the Transport closes the connection when ctx ends
+		return &boundedConn{Conn: conn, budget: budget}, nil
+	}
+	tr := &http.Transport{
+		DialContext:            dial,
+		DisableKeepAlives:      !c.p.FollowRedirects, // redirects are followed on the same connection when the real keeps it
+		DisableCompression:     true,                 // the body is matched as the real sent it
+		MaxResponseHeaderBytes: maxHeaderBytes,
+		TLSClientConfig:        c.tlsConf, // TLS inside a proxy's CONNECT tunnel: verified against the URL's host
+		OnProxyConnectResponse: func(_ context.Context, _ *url.URL, _ *http.Request, resp *http.Response) error {
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("proxy refused CONNECT: HTTP %d", resp.StatusCode)
+			}
+			return nil
+		},
+	}
+	defer tr.CloseIdleConnections()
+	u := &url.URL{Scheme: "http", Host: host, Path: c.p.Path}
+	if c.tls {
+		// TLS with the real itself (https, or a TLS proxy), under SNI's name.
+		name := serverName(c.p.SNI, host)
+		if c.proxyURL != nil {
+			name = serverName(c.p.SNI, dst.String())
+		}
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(conn, c.tlsFor(name))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				conn.Close()
+				return nil, fmt.Errorf("tls handshake: %w", err)
+			}
+			return tc, nil
+		}
+		u.Scheme = "https"
+	}
+	if c.proxyURL != nil {
+		// The real is the proxy: an absolute-URI request for http URLs,
+		// CONNECT and TLS inside the tunnel for https URLs.
+		proxy := &url.URL{Scheme: u.Scheme, Host: dst.String()}
+		tr.Proxy = func(*http.Request) (*url.URL, error) { return proxy, nil }
+		u = c.proxyURL
+	}
+	req, err := c.request(ctx, u)
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	// Every byte read from the real passes this limit: headers and body together.
-	lr := &io.LimitedReader{R: conn, N: maxHeaderBytes + c.p.MaxBody}
-	rw := struct {
-		io.Reader
-		io.Writer
-	}{lr, conn}
-	var stream io.ReadWriter = rw
-	host := c.hostFor(dst)
-
-	if c.proxyURL != nil {
-		if c.tls { // a TLS proxy
-			tc := tls.Client(readWriteConn{conn, rw}, c.tlsFor(serverName(c.p.SNI, dst.String())))
-			if err := tc.HandshakeContext(ctx); err != nil {
-				return 0, fmt.Errorf("tls handshake with proxy: %w", err)
-			}
-			stream = tc
-		}
-		return c.viaProxy(ctx, stream, conn, lr)
-	}
-	if c.tls {
-		tc := tls.Client(readWriteConn{conn, rw}, c.tlsFor(serverName(c.p.SNI, host)))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return 0, fmt.Errorf("tls handshake: %w", err)
-		}
-		stream = tc
-	}
-	scheme := "http"
-	if c.tls {
-		scheme = "https"
-	}
-	u := &url.URL{Scheme: scheme, Host: host, Path: c.p.Path}
-	return c.exchange(stream, lr, u, false)
-}
-
-// viaProxy fetches ProxyURL through the proxy on stream: an absolute-URI request for
-// http URLs, CONNECT and TLS inside the tunnel for https URLs.
-func (c *httpChecker) viaProxy(ctx context.Context, stream io.ReadWriter, conn net.Conn, lr *io.LimitedReader) (int, error) {
-	u := c.proxyURL
-	if u.Scheme == "http" {
-		return c.exchange(stream, lr, u, true)
-	}
-	hostport := u.Host
-	if u.Port() == "" {
-		hostport = net.JoinHostPort(u.Hostname(), "443")
-	}
-	fmt.Fprintf(stream, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n\r\n", hostport, hostport, userAgent)
-	br := bufio.NewReaderSize(stream, 4096)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	client := &http.Client{Transport: tr, CheckRedirect: c.checkRedirect}
+	defer idle(ctx)()
+	resp, err := client.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("read CONNECT reply: %w", err)
+		if budget.read() >= maxHeaderBytes {
+			// No reply in all that: MaxResponseHeaderBytes or the budget ended it.
+			return 0, errors.New("response headers too large")
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL is the configured one: say what went wrong
+		}
+		return 0, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, fmt.Errorf("proxy refused CONNECT: HTTP %d", resp.StatusCode)
-	}
-	if br.Buffered() > 0 {
-		return 0, errors.New("proxy sent data before the tunnel opened")
-	}
-	// The tunnel's far end is the URL's host: verify that name (SNI set the
-	// proxy's own name, if the proxy speaks TLS).
-	tc := tls.Client(readWriteConn{conn, stream}, c.tlsFor(serverName("", u.Hostname())))
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return 0, fmt.Errorf("tls handshake through proxy: %w", err)
-	}
-	return c.exchange(tc, lr, u, false)
+	defer resp.Body.Close()
+	return c.judge(resp)
 }
 
-// exchange sends the request for u and judges the reply. With FollowRedirects it
-// asks for a kept-alive connection and follows same-host redirects on it, against
-// the same real; a redirect elsewhere fails the probe (it would test another server).
-func (c *httpChecker) exchange(stream io.ReadWriter, lr *io.LimitedReader, u *url.URL, absolute bool) (int, error) {
-	br := bufio.NewReaderSize(stream, 4096)
-	for hop := 0; ; hop++ {
-		req := &http.Request{
-			Method:     c.p.Method,
-			URL:        u,
-			Host:       u.Host,
-			Header:     http.Header{"User-Agent": {userAgent}},
-			Proto:      "HTTP/1.1",
-			ProtoMajor: 1, ProtoMinor: 1,
-			Close: !c.p.FollowRedirects,
-		}
-		if !absolute && c.p.Host != "" && hop == 0 {
-			req.Host = c.p.Host
-		}
-		for _, h := range c.headers {
-			if strings.EqualFold(h[0], "Host") {
-				req.Host = h[1]
-				continue
-			}
-			req.Header.Add(h[0], h[1])
-		}
-		var err error
-		if absolute {
-			err = req.WriteProxy(stream)
-		} else {
-			err = req.Write(stream)
-		}
-		if err != nil {
-			return 0, fmt.Errorf("write request: %w", err)
-		}
-		resp, err := http.ReadResponse(br, req)
-		if err != nil {
-			if lr.N <= 0 {
-				return 0, errors.New("response headers too large")
-			}
-			return 0, fmt.Errorf("read response: %w", err)
-		}
-		code := resp.StatusCode
-		if c.p.FollowRedirects && code >= 300 && code < 400 && resp.Header.Get("Location") != "" {
-			if hop >= maxRedirects {
-				return code, fmt.Errorf("more than %d redirects", maxRedirects)
-			}
-			next, err := u.Parse(resp.Header.Get("Location"))
-			if err != nil {
-				return code, fmt.Errorf("bad redirect location: %w", err)
-			}
-			if next.Host != u.Host || next.Scheme != u.Scheme {
-				return code, fmt.Errorf("redirect to another host: %s", next.Redacted())
-			}
-			// Drain this reply's body (bounded) so the next reply can be read.
-			if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, c.p.MaxBody)); err != nil {
-				return code, fmt.Errorf("read redirect body: %w", err)
-			}
-			resp.Body.Close()
-			if resp.Close {
-				return code, fmt.Errorf("HTTP %d redirect, and the server closed the connection", code)
-			}
-			u = next
+// request is the probe's request for u: the configured method, Host and headers.
+func (c *httpChecker) request(ctx context.Context, u *url.URL) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, c.p.Method, u.String(), nil)
+	if err != nil {
+		return nil, errLocal{fmt.Errorf("http request: %w", err)}
+	}
+	req.Header.Set("User-Agent", userAgent)
+	if c.proxyURL == nil && c.p.Host != "" {
+		req.Host = c.p.Host
+	}
+	for _, h := range c.headers {
+		if strings.EqualFold(h[0], "Host") {
+			req.Host = h[1]
 			continue
 		}
-		if !c.p.Status.Has(code) {
-			return code, fmt.Errorf("HTTP %d", code)
-		}
-		if c.p.Body != "" {
-			body, err := io.ReadAll(io.LimitReader(resp.Body, c.p.MaxBody))
-			if err != nil && !bytes.Contains(body, []byte(c.p.Body)) {
-				return code, fmt.Errorf("read body: %w", err)
-			}
-			if !bytes.Contains(body, []byte(c.p.Body)) {
-				return code, fmt.Errorf("HTTP %d, body lacks %q", code, c.p.Body)
-			}
-		}
-		// No need to read the rest: the connection is closed with RST.
-		return code, nil
+		req.Header.Add(h[0], h[1])
 	}
+	return req, nil
 }
 
-// readWriteConn is a net.Conn whose reads and writes go through rw (the bounded
-// reader, or a TLS stream below a second TLS layer), the rest to the socket.
-type readWriteConn struct {
+// checkRedirect follows same-host redirects when FollowRedirects says so (against
+// the same real: every connection is dialled to it); a redirect elsewhere fails the
+// probe, since it would test another server.
+func (c *httpChecker) checkRedirect(req *http.Request, via []*http.Request) error {
+	if !c.p.FollowRedirects {
+		return http.ErrUseLastResponse
+	}
+	if len(via) > maxRedirects {
+		return fmt.Errorf("more than %d redirects", maxRedirects)
+	}
+	if first := via[0].URL; req.URL.Host != first.Host || req.URL.Scheme != first.Scheme {
+		return fmt.Errorf("redirect to another host: %s", req.URL.Redacted())
+	}
+	return nil
+}
+
+// judge is the verdict on the final reply: its status, and its body when one is
+// expected (read up to MaxBody).
+func (c *httpChecker) judge(resp *http.Response) (int, error) {
+	code := resp.StatusCode
+	if !c.p.Status.Has(code) {
+		return code, fmt.Errorf("HTTP %d", code)
+	}
+	if c.p.Body != "" {
+		body, err := io.ReadAll(io.LimitReader(resp.Body, c.p.MaxBody))
+		if err != nil && !bytes.Contains(body, []byte(c.p.Body)) {
+			return code, fmt.Errorf("read body: %w", err)
+		}
+		if !bytes.Contains(body, []byte(c.p.Body)) {
+			return code, fmt.Errorf("HTTP %d, body lacks %q", code, c.p.Body)
+		}
+	}
+	// No need to read the rest: the connection is closed with RST.
+	return code, nil
+}
+
+// readBudget is how many bytes a probe may still read from the real.
+type readBudget struct {
+	left  atomic.Int64
+	total atomic.Int64
+}
+
+func (b *readBudget) read() int64 { return b.total.Load() }
+
+// boundedConn is a probe's connection whose reads all pass its budget.
+type boundedConn struct {
 	net.Conn
-	rw io.ReadWriter
+	budget *readBudget
 }
 
-func (c readWriteConn) Read(p []byte) (int, error)  { return c.rw.Read(p) }
-func (c readWriteConn) Write(p []byte) (int, error) { return c.rw.Write(p) }
+func (c *boundedConn) Read(p []byte) (int, error) {
+	left := c.budget.left.Load()
+	if left <= 0 {
+		return 0, errors.New("read more than the probe's bound")
+	}
+	if int64(len(p)) > left {
+		p = p[:left]
+	}
+	n, err := c.Conn.Read(p)
+	c.budget.left.Add(-int64(n))
+	c.budget.total.Add(int64(n))
+	return n, err
+}
+
+// unslotted is a probe's context for the dial of a connection that the
+// Transport's goroutines use: its deadline and values, without the CPU slot
+// (see idle).
+type unslotted struct{ context.Context }

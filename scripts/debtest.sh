@@ -112,8 +112,8 @@ cp "$log" "$img_cache/last-console.log"
 t_end=$SECONDS
 
 failed=()
-if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then failed+=("the VM did not finish within ${DEBTEST_TIMEOUT:-900}s"); fi
-if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 137 ]; then failed+=("qemu exited with status $rc"); fi
+problem="$(vm_exit_problem "$rc" "${DEBTEST_TIMEOUT:-900}")"
+if [ -n "$problem" ]; then failed+=("$problem"); fi
 grep -q 'KGLB-DEB: DONE' "$log" || failed+=("the guest test never finished (see $img_cache/last-console.log)")
 while IFS= read -r l; do failed+=("${l#*KGLB-DEB: FAIL }"); done < <(grep 'KGLB-DEB: FAIL ' "$log" || true)
 npass="$(grep -c 'KGLB-DEB: PASS ' "$log" || true)"

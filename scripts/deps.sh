@@ -12,6 +12,7 @@ have bird || need_pkgs+=(bird2)
 have bgpctl || need_pkgs+=(openbgpd)
 have ip || need_pkgs+=(iproute2)
 have diff || need_pkgs+=(diffutils)
+have patch || need_pkgs+=(patch) # cmd/kglb applies `kglb fmt -diff` output
 have lintian || need_pkgs+=(lintian)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -6,6 +6,7 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -150,11 +151,33 @@ func TestUnifiedDiff(t *testing.T) {
 		{"two hunks", "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n", "1\nX\n3\n4\n5\n6\n7\n8\n9\nY\n11\n",
 			"--- f\n+++ f\n@@ -1,5 +1,5 @@\n 1\n-2\n+X\n 3\n 4\n 5\n@@ -7,5 +7,5 @@\n 7\n 8\n 9\n-10\n+Y\n 11\n"},
 		{"no newline", "a", "b", "--- f\n+++ f\n@@ -1 +1 @@\n-a\n\\ No newline at end of file\n+b\n\\ No newline at end of file\n"},
+		{"newline added", "a\nb", "a\nb\n", "--- f\n+++ f\n@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+b\n"},
+	}
+	patch, err := exec.LookPath("patch")
+	if err != nil && os.Getenv("CI") == "true" {
+		t.Fatalf("patch(1) is needed to apply the diffs (apt-get install patch): %v", err)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := string(unifiedDiff("f", []byte(tt.a), []byte(tt.b))); got != tt.want {
+			got := string(unifiedDiff("f", []byte(tt.a), []byte(tt.b)))
+			if got != tt.want {
 				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+			if got == "" || patch == "" {
+				return
+			}
+			// What fmt -diff prints must be what patch(1) applies.
+			f := filepath.Join(t.TempDir(), "f")
+			if err := os.WriteFile(f, []byte(tt.a), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(patch, "-s", f)
+			cmd.Stdin = strings.NewReader(got)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("patch: %v\n%s", err, out)
+			}
+			if b, _ := os.ReadFile(f); string(b) != tt.b {
+				t.Errorf("patched file = %q, want %q", b, tt.b)
 			}
 		})
 	}

@@ -1,10 +1,11 @@
 # packaging/test/lib.sh: build and boot a Debian bookworm image with systemd
 # in qemu (TCG), for scripts/debtest.sh and scripts/demo.sh. Sourced, not run.
 #
-# The kernel is the one vmtest/run.sh fetches into .cache/vm/kernel/current.
+# The kernel, the host tools and the qemu launch are scripts/vmlib.sh's,
+# which vmtest/run.sh shares.
 # The debootstrapped base system is cached as a tarball under
 # $DEBTEST_CACHE (default .cache/debtest), keyed by its package list.
-# The caller sets: root (the repository).
+# The caller sets: root (the repository) and img_name (its messages' prefix).
 
 # Packages of the image: systemd and the tools an operator and the tests use.
 IMG_PACKAGES="systemd-sysv,udev,kmod,iproute2,ipvsadm,bird2,busybox,dbus,procps"
@@ -13,51 +14,24 @@ IMG_MIRROR="${DEBTEST_MIRROR:-http://deb.debian.org/debian}"
 
 img_cache="${DEBTEST_CACHE:-$root/.cache/debtest}"
 
-img_die() { echo "${img_name:-vm}: $*" >&2; exit 1; }
-img_note() { echo "${img_name:-vm}: $*" >&2; }
-img_have() { command -v "$1" >/dev/null 2>&1; }
-
-img_static_busybox() {
-	local b
-	for b in /bin/busybox /usr/bin/busybox; do
-		[ -x "$b" ] || continue
-		if ! head -c 4096 "$b" | grep -aq 'ld-linux'; then
-			echo "$b"
-			return 0
-		fi
-	done
-	return 1
-}
+vm_name="${img_name:-vm}"
+# shellcheck source=../../scripts/vmlib.sh
+. "$root/scripts/vmlib.sh"
+img_die() { vm_die "$@"; }
+img_note() { vm_note "$@"; }
+img_have() { vm_have "$@"; }
 
 # img_deps installs the host tools (on a fresh Debian machine, as root).
 img_deps() {
+	[ "$(id -u)" = 0 ] || vm_die "must run as root (debootstrap, chroot, mkfs)"
 	local pkgs=()
-	img_have debootstrap || pkgs+=(debootstrap)
-	img_have qemu-system-x86_64 || pkgs+=(qemu-system-x86)
-	img_have mkfs.ext4 || pkgs+=(e2fsprogs)
-	img_static_busybox >/dev/null || pkgs+=(busybox-static)
-	img_have depmod || pkgs+=(kmod)
-	img_have cpio || pkgs+=(cpio)
-	img_have dpkg-deb || pkgs+=(dpkg)
-	img_have xz || pkgs+=(xz-utils)
-	if [ ${#pkgs[@]} -gt 0 ]; then
-		[ "$(id -u)" = 0 ] || img_die "need root to install: ${pkgs[*]}"
-		img_note "apt-get install ${pkgs[*]}"
-		if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1; then
-			apt-get update -qq >/dev/null 2>&1 || true
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null ||
-				img_die "apt-get install ${pkgs[*]} failed"
-		fi
-	fi
-	[ "$(id -u)" = 0 ] || img_die "must run as root (debootstrap, chroot, mkfs)"
+	vm_have debootstrap || pkgs+=(debootstrap)
+	vm_have mkfs.ext4 || pkgs+=(e2fsprogs)
+	vm_need_tools "${pkgs[@]}"
 }
 
-# img_kernel makes sure the VM harness's kernel is fetched; sets kroot, kver.
-img_kernel() {
-	"$root/vmtest/run.sh" deps >&2 || img_die "vmtest/run.sh deps failed (the kernel)"
-	kroot="$(cd "$root/.cache/vm/kernel/current" && pwd -P)"
-	kver="$(cat "$kroot/.kver")"
-}
+# img_kernel fetches the kernel vmtest/run.sh boots too; sets vm_kroot, vm_kver.
+img_kernel() { vm_kernel >&2; }
 
 # img_base makes $img_cache/base-<key>.tar.zst (debootstrap once) and sets base.
 img_base() {
@@ -109,8 +83,8 @@ img_configure() {
 
 # img_modules copies the kernel modules the image needs into DIR and runs depmod.
 img_modules() {
-	local d="$1" m="$kroot/lib/modules/$kver"
-	local dst="$d/lib/modules/$kver"
+	local d="$1" m="$vm_kroot/lib/modules/$vm_kver"
+	local dst="$d/lib/modules/$vm_kver"
 	mkdir -p "$dst/kernel/drivers"
 	cp -a "$m/kernel/net" "$m/kernel/lib" "$m/kernel/crypto" "$m/kernel/arch" "$m/kernel/fs" "$dst/kernel/"
 	local sub
@@ -122,27 +96,23 @@ img_modules() {
 	for sub in modules.builtin modules.builtin.modinfo modules.order; do
 		[ -f "$m/$sub" ] && cp "$m/$sub" "$dst/"
 	done
-	depmod -b "$d" "$kver" || img_die "depmod in the image failed"
+	depmod -b "$d" "$vm_kver" || img_die "depmod in the image failed"
 }
 
 # img_initramfs WORK writes WORK/initramfs.cpio: busybox, the disk and ext4
 # modules, and an /init that mounts /dev/vda and switch_roots to systemd.
 img_initramfs() {
-	local work="$1" ir="$1/initramfs" m="$kroot/lib/modules/$kver"
+	local work="$1" ir="$1/initramfs"
 	rm -rf "$ir"
 	mkdir -p "$ir"/{bin,dev,proc,sys,newroot,mods}
-	cp "$(img_static_busybox)" "$ir/bin/busybox"
+	cp "$(vm_static_busybox)" "$ir/bin/busybox"
 	local name f i=0
 	: >"$ir/modules"
 	for name in virtio_pci virtio_blk crc32c_generic ext4; do
-		modprobe -d "$kroot" -S "$kver" --show-depends "$name" 2>/dev/null | awk '$1 == "insmod" {print $2}'
+		vm_module_deps "$name" 2>/dev/null
 	done | awk '!seen[$0]++' | while read -r f; do
 		i=$((i + 1))
-		case "$f" in
-		*.xz) xz -dc "$f" >"$ir/mods/$i.ko" ;;
-		*.zst) zstd -qdc "$f" >"$ir/mods/$i.ko" ;;
-		*) cp "$f" "$ir/mods/$i.ko" ;;
-		esac
+		vm_unpack_module "$f" "$ir/mods/$i.ko"
 		echo "/mods/$i.ko" >>"$ir/modules"
 	done
 	[ -s "$ir/modules" ] || img_die "no disk modules found for the initramfs"
@@ -216,22 +186,8 @@ img_mkfs() {
 # img_boot WORK LOG TIMEOUT LINEFUNC: boot the image; every console line
 # (CR and escapes stripped) goes to LOG and to the function LINEFUNC.
 img_boot() {
-	local work="$1" log="$2" timeout_s="$3" fn="$4"
-	local kernel="$kroot/boot/vmlinuz-$kver"
-	[ -s "$kroot/vmlinux" ] && kernel="$kroot/vmlinux"
-	local -a qemu=(qemu-system-x86_64 -accel "${VM_ACCEL:-tcg,thread=multi}" -m "${VM_MEM:-1536}" -smp "${VM_SMP:-2}"
-		-nographic -nic none -no-reboot -kernel "$kernel" -initrd "$work/initramfs.cpio"
+	local work="$1"
+	vm_qemu_cmd "$work/initramfs.cpio" 1536 "console=ttyS0 quiet loglevel=3 panic=-1 systemd.show_status=false rw net.ifnames=0 ${IMG_APPEND:-}" \
 		-drive "file=$work/disk.img,format=raw,if=virtio,cache=unsafe"
-		-append "console=ttyS0 quiet loglevel=3 panic=-1 systemd.show_status=false rw net.ifnames=0 ${IMG_APPEND:-}")
-	: >"$log"
-	set +e
-	timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 |
-		sed -u -e 's/\r$//' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1b[a-zA-Z]//g' |
-		while IFS= read -r line || [ -n "$line" ]; do
-			printf '%s\n' "$line" >>"$log"
-			"$fn" "$line"
-		done
-	local rc=${PIPESTATUS[0]}
-	set -e
-	return "$rc"
+	vm_console "$2" "$3" "$4"
 }
