@@ -52,6 +52,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stages := newStages()
 
 	// The first load decides what we start with: the files, or, when they
 	// are rejected (invalid, or refused by the delete guard) against the
@@ -65,6 +66,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	stages.done("load")
 	cfg := watcher.Current()
 	log := newLogger(opts, cfg.Daemon)
 	watcher.SetLogger(log.Named("reload")) // the config's log format from here on
@@ -86,7 +88,8 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 
-	d, err := start(ctx, opts, cfg, log, reg, wopts.Guard)
+	stages.done("listen")
+	d, err := start(ctx, opts, cfg, log, reg, wopts.Guard, stages)
 	if err != nil {
 		return err
 	}
@@ -134,7 +137,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer func() { httpCancel(); <-httpClosed }()
 
 	d.notify.send("READY=1", "STATUS="+d.statusLine(cfg))
-	log.Info("kglb running", "services", len(cfg.Services), "config", opts.ConfigDir)
+	log.Info("kglb running", append([]any{"services", len(cfg.Services), "config", opts.ConfigDir}, stages.args...)...)
 
 	for {
 		select {
@@ -211,7 +214,7 @@ type daemon struct {
 	stopCh      context.CancelFunc
 }
 
-func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error) (*daemon, error) {
+func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error, stages *stages) (*daemon, error) {
 	d := &daemon{log: log, reg: reg, notify: newNotifier(log.Named("notify")), dir: opts.ConfigDir, guard: guard}
 	var err error
 	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
@@ -223,6 +226,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		d.close()
 		return nil, err
 	}
+	stages.done("ipvs")
 	d.vipLink, err = vip.NewNetlink(vip.NetlinkOptions{Link: cfg.Daemon.VIPInterface, NetNS: opts.NetNS})
 	if err != nil {
 		d.close()
@@ -237,6 +241,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		d.close()
 		return nil, err
 	}
+	stages.done("vip")
 	d.sched, err = health.New(health.Options{
 		Logger:      log.Named("health"),
 		Registerer:  reg,
@@ -255,6 +260,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		}
 	}()
 
+	stages.done("health")
 	var ann lb.Announcer
 	restart := false
 	if cfg.BGP.Enabled {
@@ -268,6 +274,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 			log.Error("bgp neighbors", "err", err)
 		}
 		ann = announcer{d.speaker}
+		stages.done("bgp")
 	}
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
@@ -279,7 +286,24 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		return nil, err
 	}
 	reg.MustRegister(kernelCollector{d.ipvs})
+	stages.done("engine")
 	return d, nil
+}
+
+// stages times the steps of a start for the "kglb running" line: where a
+// slow start spends its time, without a profiler.
+type stages struct {
+	last time.Time
+	args []any
+}
+
+func newStages() *stages { return &stages{last: time.Now()} }
+
+// done ends the step called name, begun when the previous one ended.
+func (s *stages) done(name string) {
+	now := time.Now()
+	s.args = append(s.args, name, now.Sub(s.last).Round(time.Millisecond).String())
+	s.last = now
 }
 
 // stop ends the engine, then withdraws, holds and keeps or cleans the data

@@ -98,6 +98,7 @@ type Engine struct {
 	vipsOK     bool
 	announceOK bool
 	proberOK   bool
+	holdProbes bool // the first pass has not run: the prober waits
 	// The last Apply of the announcer failed: it may hold routes that
 	// announced lacks (the speaker carries on past a route that fails),
 	// so a stop withdraws even when announced is empty.
@@ -180,8 +181,17 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 	if err := e.adopt(ctx); err != nil {
 		return err
 	}
+	// The first pass writes every service and VIP before the first probe
+	// runs: at a cold start of thousands of reals the probes would take the
+	// CPU the pass needs, while every real starts at weight 0 (unknown)
+	// whatever they find. Probing starts right after it.
+	e.holdProbes = true
 	e.setConfig(e.cfg)
+	start := e.now()
 	e.reconcile(ctx, false)
+	e.holdProbes = false
+	e.updateProber()
+	e.log.Info("first pass applied", "services", len(e.cfg.Services), "took", e.now().Sub(start).Round(time.Millisecond).String())
 
 	resync := time.NewTicker(e.cfg.Daemon.ResyncInterval)
 	defer resync.Stop()
@@ -294,12 +304,8 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	if e.recording {
 		e.keptBefore, e.probesChanged = e.keptTargets(plan, c)
 	}
-	if !c.unchanged || !e.proberOK {
-		err := e.opts.Prober.Update(plan.All())
-		if err != nil {
-			e.log.Error("health checks", "err", err)
-		}
-		e.proberOK = err == nil
+	if !c.unchanged {
+		e.proberOK = false
 	}
 
 	if c.unchanged {
@@ -319,9 +325,24 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	e.mu.Lock()
 	e.cfg, e.plan = cfg, plan
 	e.mu.Unlock()
+	if !e.holdProbes {
+		e.updateProber()
+	}
 	if m := e.opts.Metrics; m != nil {
 		m.setConfig(cfg)
 	}
+}
+
+// updateProber hands the prober the plan's targets unless it has them.
+func (e *Engine) updateProber() {
+	if e.proberOK {
+		return
+	}
+	err := e.opts.Prober.Update(e.plan.All())
+	if err != nil {
+		e.log.Error("health checks", "err", err)
+	}
+	e.proberOK = err == nil
 }
 
 // sameMarks reports whether the reals of service i of next have the marks
