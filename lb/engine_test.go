@@ -36,7 +36,17 @@ func (f *fakeProber) Update(ts []health.Target) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Like the scheduler, a new target whose real has a verdict reports it.
+	var news []health.Change
+	for _, t := range ts {
+		if st := f.states[t.Real]; st != health.Unknown && !slices.Contains(f.targets, t) {
+			news = append(news, health.Change{Key: t, State: st})
+		}
+	}
 	f.targets = ts
+	if len(news) > 0 {
+		f.ch <- news
+	}
 	return nil
 }
 
