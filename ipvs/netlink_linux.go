@@ -201,18 +201,6 @@ func fromMobyService(m *mobyipvs.Service) Service {
 	return s
 }
 
-func toMobyDest(r Real) *mobyipvs.Destination {
-	return &mobyipvs.Destination{
-		Address:         ipOf(r.Addr),
-		Port:            r.Port,
-		Weight:          int(r.Weight),
-		ConnectionFlags: uint32(r.Forward),
-		AddressFamily:   uint16(FamilyOf(r.Addr)),
-		UpperThreshold:  r.UpperThreshold,
-		LowerThreshold:  r.LowerThreshold,
-	}
-}
-
 // Services implements Kernel.
 func (n *Netlink) Services() ([]Service, error) {
 	n.mu.Lock()
