@@ -67,12 +67,13 @@ func probe(netnsPath string) (uint16, error) {
 // sequence number it does not expect, so concurrent calls could lose each
 // other's answers: every call holds mu.
 type Netlink struct {
-	mu  sync.Mutex
-	h   *mobyipvs.Handle
-	w   *nl.NetlinkSocket // writes
-	fam uint16            // the IPVS generic netlink family
-	seq uint32            // of the last write sent on w
-	buf []byte            // the message being built, reused
+	mu   sync.Mutex
+	h    *mobyipvs.Handle
+	w    *nl.NetlinkSocket // writes
+	fam  uint16            // the IPVS generic netlink family
+	seq  uint32            // of the last write sent on w
+	buf  []byte            // the message being built, reused
+	rbuf []byte            // acks read, reused
 }
 
 var _ Kernel = (*Netlink)(nil)
@@ -280,8 +281,22 @@ func (n *Netlink) send(ws []Write, errs []error) {
 		return
 	}
 	acked := make([]bool, len(ws))
+	fd := n.w.GetFd()
+	if n.rbuf == nil {
+		n.rbuf = make([]byte, 64<<10)
+	}
 	for left := len(ws); left > 0; {
-		msgs, _, err := n.w.Receive()
+		// The kernel handles the whole message within sendto and queues
+		// every ack before it returns: read them straight off the socket
+		// into one buffer, and wait on the poller only if one is missing.
+		var msgs []syscall.NetlinkMessage
+		nr, _, err := unix.Recvfrom(fd, n.rbuf, unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			msgs, _, err = n.w.Receive()
+		case err == nil:
+			msgs, err = syscall.ParseNetlinkMessage(n.rbuf[:nr])
+		}
 		if err != nil {
 			// The acks not read are lost: their writes' outcome is unknown.
 			for i := range errs {
@@ -292,14 +307,14 @@ func (n *Netlink) send(ws []Write, errs []error) {
 			return
 		}
 		for _, m := range msgs {
-			i := int(m.Header.Seq - first)
-			if m.Header.Type != unix.NLMSG_ERROR || m.Header.Seq < first || i >= len(ws) || acked[i] || len(m.Data) < 4 {
+			d := m.Header.Seq - first // wraps with the sequence numbers
+			if m.Header.Type != unix.NLMSG_ERROR || d >= uint32(len(ws)) || acked[d] || len(m.Data) < 4 {
 				continue
 			}
-			acked[i] = true
+			acked[d] = true
 			left--
 			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				errs[i] = syscall.Errno(-code)
+				errs[d] = syscall.Errno(-code)
 			}
 		}
 	}
