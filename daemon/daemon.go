@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -89,7 +90,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	stages.done("listen")
-	d, err := start(ctx, opts, cfg, log, reg, wopts.Guard, stages)
+	// The record of the applied config waits for the first pass: at 1,000
+	// services it copies 1,001 files with an fsync each and loads the copy
+	// again, which took the CPU that pass needed.
+	firstPass := make(chan struct{})
+	passed := sync.OnceFunc(func() { close(firstPass) })
+	d, err := start(ctx, opts, cfg, log, reg, wopts.Guard, stages, passed)
 	if err != nil {
 		return err
 	}
@@ -102,8 +108,8 @@ func Run(ctx context.Context, opts Options) error {
 	// first; a stop waits for the record in progress.
 	records := make(chan *config.Config, 1)
 	recorded := make(chan struct{})
-	go d.recordApplied(records, recorded)
-	defer func() { close(records); <-recorded }()
+	go func() { <-firstPass; d.recordApplied(records, recorded) }()
+	defer func() { passed(); close(records); <-recorded }()
 	record := func(c *config.Config) {
 		select {
 		case <-records:
@@ -214,7 +220,7 @@ type daemon struct {
 	stopCh      context.CancelFunc
 }
 
-func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error, stages *stages) (*daemon, error) {
+func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error, stages *stages, firstPass func()) (*daemon, error) {
 	d := &daemon{log: log, reg: reg, notify: newNotifier(log.Named("notify")), dir: opts.ConfigDir, guard: guard}
 	var err error
 	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
@@ -279,7 +285,8 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
 		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart,
-		Guard: guard, // a plan is judged as a reload would be, and a reload logs the verdict
+		Guard:     guard, // a plan is judged as a reload would be, and a reload logs the verdict
+		FirstPass: firstPass,
 	}, cfg)
 	if err != nil {
 		d.close()

@@ -61,6 +61,10 @@ type Options struct {
 	// Restarting), and the End-of-RIB it then sends ends the routers'
 	// stale period, so that set must lack no VIP still being checked.
 	FullFirstRound bool
+	// FirstPass, if set, is called once the first pass has written the
+	// data plane; the daemon holds work that would compete with that pass
+	// for the CPU (the record of the applied config) until then.
+	FirstPass func()
 	// Guard is the reload's delete guard; a plan and the plan a reload
 	// logs carry its verdict ("pass", or its refusal: a reload applied
 	// past one was forced). Nil: no verdict.
@@ -191,6 +195,9 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 	e.reconcile(ctx, false)
 	e.holdProbes = false
 	e.updateProber()
+	if e.opts.FirstPass != nil {
+		e.opts.FirstPass()
+	}
 	e.log.Info("first pass applied", "services", len(e.cfg.Services), "took", e.now().Sub(start).Round(time.Millisecond).String())
 
 	resync := time.NewTicker(e.cfg.Daemon.ResyncInterval)

@@ -250,7 +250,12 @@ func TestEngineProbesAfterFirstPass(t *testing.T) {
 		defer mu.Unlock()
 		atUpdate = append(atUpdate, w.kernel.String()+"vips: "+w.links.String())
 	}
+	passed := make(chan string, 2)
+	w.wrap = func(o *Options) { o.FirstPass = func() { passed <- w.kernel.String() } }
 	w.start(t, daemonCfg(svc("web", "192.0.2.1", 2), svc("db", "192.0.2.2", 3)))
+	if k := <-passed; !strings.Contains(k, "-> 10.0.0.3:80") {
+		t.Errorf("FirstPass called before the first pass wrote the kernel:\n%s", k)
+	}
 	eventually(t, "probes started", func() bool {
 		w.prober.mu.Lock()
 		defer w.prober.mu.Unlock()
