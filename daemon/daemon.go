@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -54,11 +55,13 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stages := newStages()
 	var bindDropped atomic.Bool // CAP_NET_BIND_SERVICE was dropped at start
 	first, err := loadFirst(opts, &bindDropped, reg)
 	if err != nil {
 		return err
 	}
+	stages.done("load")
 	cfg, log := first.watcher.Current(), first.log
 
 	// Own the addresses before touching the kernel: if someone else
@@ -71,7 +74,14 @@ func Run(ctx context.Context, opts Options) error {
 	if err := dropUnneededCaps(cfg, statsAddress(opts, cfg), log, &bindDropped); err != nil {
 		return err
 	}
-	d, err := start(ctx, opts, cfg, log, reg, first.guard)
+
+	stages.done("listen")
+	// The record of the applied config waits for the first pass: at 1,000
+	// services it copies 1,001 files with an fsync each and loads the copy
+	// again, which took the CPU that pass needed.
+	firstPass := make(chan struct{})
+	passed := sync.OnceFunc(func() { close(firstPass) })
+	d, err := start(ctx, opts, cfg, log, reg, first.guard, stages, passed)
 	if err != nil {
 		return err
 	}
@@ -79,8 +89,8 @@ func Run(ctx context.Context, opts Options) error {
 	// After start: the IPVS settings exist once ip_vs is loaded.
 	warnClusterSysctls(cfg, log)
 	d.watcher, d.lastApplied = first.watcher, first.last
-	rec := d.startRecorder()
-	defer rec.stop()
+	rec := d.startRecorder(firstPass)
+	defer func() { passed(); rec.stop() }()
 	if !first.fellBack {
 		rec.record(cfg)
 	}
@@ -103,7 +113,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer func() { httpCancel(); <-httpClosed }()
 
 	d.notify.send("READY=1", "STATUS="+d.statusLine(cfg))
-	log.Info("kglb running", "services", len(cfg.Services), "config", opts.ConfigDir)
+	log.Info("kglb running", append([]any{"services", len(cfg.Services), "config", opts.ConfigDir}, stages.args...)...)
 
 	for {
 		select {
@@ -254,7 +264,7 @@ type daemon struct {
 	stopCh      context.CancelFunc
 }
 
-func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error) (*daemon, error) {
+func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error, stages *stages, firstPass func()) (*daemon, error) {
 	d := &daemon{log: log, reg: reg, notify: newNotifier(log.Named("notify")), dir: opts.ConfigDir, guard: guard}
 	var err error
 	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
@@ -266,6 +276,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		d.close()
 		return nil, err
 	}
+	stages.done("ipvs")
 	d.vipLink, err = vip.NewNetlink(vip.NetlinkOptions{Link: cfg.Daemon.VIPInterface, NetNS: opts.NetNS})
 	if err != nil {
 		d.close()
@@ -280,6 +291,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		d.close()
 		return nil, err
 	}
+	stages.done("vip")
 	d.sched, err = health.New(health.Options{
 		Logger:      log.Named("health"),
 		Registerer:  reg,
@@ -298,6 +310,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		}
 	}()
 
+	stages.done("health")
 	var ann lb.Announcer
 	restart := false
 	if cfg.BGP.Enabled {
@@ -311,18 +324,37 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 			log.Error("bgp neighbors", "err", err)
 		}
 		ann = announcer{d.speaker}
+		stages.done("bgp")
 	}
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
 		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart,
-		Guard: guard, // a plan is judged as a reload would be, and a reload logs the verdict
+		Guard:     guard, // a plan is judged as a reload would be, and a reload logs the verdict
+		FirstPass: firstPass,
 	}, cfg)
 	if err != nil {
 		d.close()
 		return nil, err
 	}
 	reg.MustRegister(kernelCollector{d.ipvs})
+	stages.done("engine")
 	return d, nil
+}
+
+// stages times the steps of a start for the "kglb running" line: where a
+// slow start spends its time, without a profiler.
+type stages struct {
+	last time.Time
+	args []any
+}
+
+func newStages() *stages { return &stages{last: time.Now()} }
+
+// done ends the step called name, begun when the previous one ended.
+func (s *stages) done(name string) {
+	now := time.Now()
+	s.args = append(s.args, name, now.Sub(s.last).Round(time.Millisecond).String())
+	s.last = now
 }
 
 // stop ends the engine, then withdraws, holds and keeps or cleans the data
@@ -573,10 +605,11 @@ type recorder struct {
 	done    chan struct{}
 }
 
-// startRecorder starts recording; stop waits for the record in progress.
-func (d *daemon) startRecorder() *recorder {
+// startRecorder starts recording once after is closed; stop waits for the
+// record in progress (close after first).
+func (d *daemon) startRecorder(after <-chan struct{}) *recorder {
 	r := &recorder{records: make(chan *config.Config, 1), done: make(chan struct{})}
-	go d.recordApplied(r.records, r.done)
+	go func() { <-after; d.recordApplied(r.records, r.done) }()
 	return r
 }
 

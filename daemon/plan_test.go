@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -28,19 +29,32 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// upProber says up for every target it was given.
+// upProber says up for every target it was given, and reports each new
+// target's first verdict as the scheduler does.
 type upProber struct {
 	mu      sync.Mutex
 	targets []health.Target
+	ch      chan []health.Change
 }
+
+func newUpProber() *upProber { return &upProber{ch: make(chan []health.Change, 16)} }
 
 func (p *upProber) Update(ts []health.Target) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var news []health.Change
+	for _, t := range ts {
+		if !slices.Contains(p.targets, t) {
+			news = append(news, health.Change{Key: t, State: health.Up})
+		}
+	}
 	p.targets = ts
+	if len(news) > 0 {
+		p.ch <- news
+	}
 	return nil
 }
-func (p *upProber) Changes() <-chan []health.Change { return nil }
+func (p *upProber) Changes() <-chan []health.Change { return p.ch }
 func (p *upProber) Lookup(t health.Target) (health.Status, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -136,7 +150,7 @@ func planDaemonWith(t *testing.T, cfg *config.Config, ann lb.Announcer) (string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: ann, Prober: &upProber{}}, cfg)
+	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: ann, Prober: newUpProber()}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,8 +158,15 @@ func planDaemonWith(t *testing.T, cfg *config.Config, ann lb.Announcer) (string,
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx, make(chan *config.Config)) }()
 	t.Cleanup(func() { cancel(); <-done })
-	if _, err := e.PlanConfig(ctx, cfg); err != nil { // after the first pass
-		t.Fatal(err)
+	// Every real up: the first pass, then the first verdicts.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		st, _ := e.Status()
+		if !slices.ContainsFunc(st.Services, func(s lb.ServiceStatus) bool { return s.Healthy < s.Total }) && len(st.Services) == len(cfg.Services) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never: every real up")
+		}
 	}
 	d := &daemon{reg: prometheus.NewRegistry(), engine: e, dir: "/etc/kglb",
 		guard: func(old, new *config.Config) error { return DeleteGuard(old, new, old.Daemon.MaxDeleteShare) }}

@@ -42,7 +42,7 @@ service "bare" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: &routes{}, Prober: &upProber{}}, cfg)
+	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: &routes{}, Prober: newUpProber()}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,7 @@ type Fake struct {
 	writes   Writes
 	svcReads int
 	rlReads  int
+	batches  int // calls of Write
 
 	// Inject, when set, is called before every write; a non-nil error fails
 	// that write (nothing changes, nothing is counted).
@@ -46,6 +47,45 @@ func (f *Fake) inject(op Op, k Key, r RealKey) error {
 		return f.Inject(op, k, r)
 	}
 	return nil
+}
+
+// Write implements Kernel: each write in turn, as the kernel handles a
+// message of many.
+func (f *Fake) Write(ws []Write) []error {
+	f.mu.Lock()
+	f.batches++
+	f.mu.Unlock()
+	errs := make([]error, len(ws))
+	for i, w := range ws {
+		errs[i] = f.write(w)
+	}
+	return errs
+}
+
+func (f *Fake) write(w Write) error {
+	switch w.Op {
+	case OpAddService:
+		return f.AddService(*w.Svc)
+	case OpUpdateService:
+		return f.UpdateService(*w.Svc)
+	case OpDeleteService:
+		return f.DeleteService(w.Service)
+	case OpAddReal:
+		return f.AddReal(w.Service, *w.Real)
+	case OpUpdateReal:
+		return f.UpdateReal(w.Service, *w.Real)
+	case OpDeleteReal:
+		return f.DeleteReal(w.Service, w.RealKey)
+	}
+	return fmt.Errorf("write %v: %w", w.Op, syscall.EINVAL)
+}
+
+// Batches is how many times Write was called: a pass sends its writes in
+// one call.
+func (f *Fake) Batches() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.batches
 }
 
 // Services implements Kernel.
@@ -115,7 +155,8 @@ func fakeCheckService(s Service) error {
 	return nil
 }
 
-// AddService implements Kernel.
+// AddService adds a service: one write, as Write issues it (tests also call it
+// directly, as another program changing the kernel would).
 func (f *Fake) AddService(s Service) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -139,7 +180,8 @@ func kernelService(s Service) Service {
 		Timeout: s.Timeout.Truncate(time.Second), Netmask: s.Netmask}
 }
 
-// UpdateService implements Kernel.
+// UpdateService overwrites a service's settings: one write, as Write issues it (tests also call it
+// directly, as another program changing the kernel would).
 func (f *Fake) UpdateService(s Service) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -160,7 +202,8 @@ func (f *Fake) UpdateService(s Service) error {
 	return nil
 }
 
-// DeleteService implements Kernel.
+// DeleteService deletes a service: one write, as Write issues it (tests also call it
+// directly, as another program changing the kernel would).
 func (f *Fake) DeleteService(k Key) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -195,7 +238,8 @@ func kernelReal(r Real) Real {
 		UpperThreshold: r.UpperThreshold, LowerThreshold: r.LowerThreshold}
 }
 
-// AddReal implements Kernel.
+// AddReal adds a real: one write, as Write issues it (tests also call it
+// directly, as another program changing the kernel would).
 func (f *Fake) AddReal(k Key, r Real) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -220,7 +264,8 @@ func (f *Fake) AddReal(k Key, r Real) error {
 	return nil
 }
 
-// UpdateReal implements Kernel.
+// UpdateReal updates a real: one write, as Write issues it (tests also call it
+// directly, as another program changing the kernel would).
 func (f *Fake) UpdateReal(k Key, r Real) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -245,7 +290,8 @@ func (f *Fake) UpdateReal(k Key, r Real) error {
 	return nil
 }
 
-// DeleteReal implements Kernel.
+// DeleteReal deletes a real: one write, as Write issues it (tests also call it
+// directly, as another program changing the kernel would).
 func (f *Fake) DeleteReal(k Key, rk RealKey) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -302,7 +348,7 @@ func (f *Fake) ResetCounts() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.writes = Writes{}
-	f.svcReads, f.rlReads = 0, 0
+	f.svcReads, f.rlReads, f.batches = 0, 0, 0
 }
 
 // String prints the table like `ipvsadm -Ln`, sorted by service and real,

@@ -12,15 +12,22 @@ type Kernel interface {
 	// Reals dumps the reals of one service, in one read. Like the kernel,
 	// a missing service gives an empty list.
 	Reals(Key) ([]Real, error)
+	// Write issues ws in order and returns one error per write, nil where
+	// it succeeded. Each write stands alone, as in the kernel, which takes
+	// many in one message and answers each: one that fails stops none of
+	// the others (a real added to a service whose add failed fails too).
+	// An add or update of a service carries its complete value (update
+	// overwrites scheduler, all flags, timeout and netmask).
+	Write(ws []Write) []error
+}
 
-	AddService(Service) error
-	// UpdateService overwrites every setting of the service (scheduler,
-	// all flags, timeout, netmask): always pass the complete value.
-	UpdateService(Service) error
-	DeleteService(Key) error
-	AddReal(Key, Real) error
-	UpdateReal(Key, Real) error
-	DeleteReal(Key, RealKey) error
+// Write is one kernel write.
+type Write struct {
+	Op      Op       `json:"op"`
+	Service Key      `json:"service"`
+	Svc     *Service `json:"svc,omitempty"`  // add_service, update_service: the complete value
+	Real    *Real    `json:"real,omitempty"` // add_real, update_real
+	RealKey RealKey  `json:"real_key"`       // delete_real
 }
 
 // Op is a kind of kernel write.

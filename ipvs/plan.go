@@ -9,15 +9,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Write is one kernel write of a pass, as Plan records it.
-type Write struct {
-	Op      Op       `json:"op"`
-	Service Key      `json:"service"`
-	Svc     *Service `json:"svc,omitempty"`  // add_service, update_service: the complete value
-	Real    *Real    `json:"real,omitempty"` // add_real, update_real
-	RealKey RealKey  `json:"real_key"`       // delete_real
-}
-
 // Planned is what a pass for a desired state would write, and the state it
 // would write over.
 type Planned struct {
@@ -31,7 +22,7 @@ type Planned struct {
 }
 
 // recorder is a Kernel that reads from read and records every write; when
-// pass is set it also issues the write there (tests compare the two).
+// pass is set it also issues the writes there (tests compare the two).
 type recorder struct {
 	read   Kernel
 	pass   bool
@@ -41,31 +32,12 @@ type recorder struct {
 func (k *recorder) Services() ([]Service, error)  { return k.read.Services() }
 func (k *recorder) Reals(key Key) ([]Real, error) { return k.read.Reals(key) }
 
-func (k *recorder) rec(w Write, f func() error) error {
-	k.writes = append(k.writes, w)
+func (k *recorder) Write(ws []Write) []error {
+	k.writes = append(k.writes, ws...)
 	if k.pass {
-		return f()
+		return k.read.Write(ws)
 	}
-	return nil
-}
-
-func (k *recorder) AddService(s Service) error {
-	return k.rec(Write{Op: OpAddService, Service: s.Key, Svc: &s}, func() error { return k.read.AddService(s) })
-}
-func (k *recorder) UpdateService(s Service) error {
-	return k.rec(Write{Op: OpUpdateService, Service: s.Key, Svc: &s}, func() error { return k.read.UpdateService(s) })
-}
-func (k *recorder) DeleteService(key Key) error {
-	return k.rec(Write{Op: OpDeleteService, Service: key}, func() error { return k.read.DeleteService(key) })
-}
-func (k *recorder) AddReal(key Key, r Real) error {
-	return k.rec(Write{Op: OpAddReal, Service: key, Real: &r, RealKey: r.Key()}, func() error { return k.read.AddReal(key, r) })
-}
-func (k *recorder) UpdateReal(key Key, r Real) error {
-	return k.rec(Write{Op: OpUpdateReal, Service: key, Real: &r, RealKey: r.Key()}, func() error { return k.read.UpdateReal(key, r) })
-}
-func (k *recorder) DeleteReal(key Key, rk RealKey) error {
-	return k.rec(Write{Op: OpDeleteReal, Service: key, RealKey: rk}, func() error { return k.read.DeleteReal(key, rk) })
+	return make([]error, len(ws))
 }
 
 // Plan returns the writes Apply(ctx, d) would issue now, without writing:

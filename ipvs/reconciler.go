@@ -52,7 +52,10 @@ type Options struct {
 // reals, because the decision needs live connection counts.
 //
 // Writing. It diffs on Key and RealKey and issues only the writes that
-// differ, in a safe order: new services, each followed by its reals in
+// differ, deciding the whole pass first and handing its writes to the kernel
+// in one Kernel.Write (many per netlink message, each answered on its own;
+// a read in the middle of a pass, for a drain, sends what is decided
+// first), in a safe order: new services, each followed by its reals in
 // sorted order; settings of existing services (an in-place UpdateService
 // with the complete value, so scheduler, flags, timeout and netmask change
 // without dropping connections); added and changed reals; removed reals;
@@ -344,6 +347,17 @@ type pass struct {
 	stale  bool
 	ctxErr error
 	dirty  bool // owned changed
+
+	// The writes decided and not yet sent, and for each the service it
+	// writes to (for its error) and, for an add_service, whether the
+	// service was owned before this pass. flush sends them.
+	queue []Write
+	to    []queued
+}
+
+type queued struct {
+	svc      *Service
+	wasOwned bool
 }
 
 func (p *pass) fail(err error) {
@@ -354,12 +368,14 @@ func (p *pass) fail(err error) {
 	}
 }
 
-// write issues one kernel write unless the context is done: op on service
-// k, with the full service s (add, update), the real rl (add, update) or the
-// real key rk (delete). It returns the kernel's error unwrapped; the caller
-// wraps it with the object. (A switch, not a closure: a closure capturing
-// a Real would be one more allocation per write on a cold apply.)
-func (p *pass) write(op Op, k Key, s *Service, rl *Real, rk RealKey) (bool, error) {
+// write queues one kernel write unless the context is done: op on service
+// s (its complete value for an add or update), with the real rl (add,
+// update) or the real key rk (delete), and reports whether it did. The
+// caller updates the cache as if the write succeeded; flush sends the queue
+// in one Kernel.Write and undoes or reports what failed. Deciding the
+// whole pass before sending lets the kernel take its writes many per
+// message.
+func (p *pass) write(op Op, s *Service, rl *Real, rk RealKey) bool {
 	if p.ctxErr == nil {
 		p.ctxErr = p.ctx.Err()
 		if p.ctxErr != nil {
@@ -367,34 +383,101 @@ func (p *pass) write(op Op, k Key, s *Service, rl *Real, rk RealKey) (bool, erro
 		}
 	}
 	if p.ctxErr != nil {
-		return false, nil
+		return false
 	}
 	p.res.Writes[op]++
 	if p.r.rec != nil {
-		p.r.rec.note(p.r, op, k, s, rl, rk)
+		p.r.rec.note(p.r, op, s.Key, s, rl, rk)
 	}
-	var err error
-	kern := p.r.k
-	switch op {
-	case OpAddService:
-		err = kern.AddService(*s)
-	case OpUpdateService:
-		err = kern.UpdateService(*s)
-	case OpDeleteService:
-		err = kern.DeleteService(k)
-	case OpAddReal:
-		err = kern.AddReal(k, *rl)
-	case OpUpdateReal:
-		err = kern.UpdateReal(k, *rl)
-	case OpDeleteReal:
-		err = kern.DeleteReal(k, rk)
+	w := Write{Op: op, Service: s.Key, RealKey: rk}
+	if op == OpAddService || op == OpUpdateService {
+		w.Svc = s
 	}
-	if err != nil {
-		p.r.m.writes[op][1].Inc()
-		return true, err
+	if rl != nil {
+		w.Real, w.RealKey = rl, rl.Key()
 	}
-	p.r.m.writes[op][0].Inc()
-	return true, nil
+	p.queue = append(p.queue, w)
+	p.to = append(p.to, queued{svc: s})
+	return true
+}
+
+// flush sends the queued writes. The cache already holds their outcome as
+// success; for each that failed it reports the error, naming the operation
+// and the object, and puts things right: a service whose add failed leaves
+// the cache (and ownership, unless it was owned before; an EEXIST makes it
+// foreign), and its reals' adds, which failed with it, say nothing more; a
+// real whose add failed leaves the cache; a service whose delete failed
+// stays owned; any other failure makes the cache unknown, so the next pass
+// reads the kernel in full. An error that shows the cache was wrong (ESRCH,
+// ENOENT, EEXIST) makes the pass run again at once with a full read. A
+// delete of what is already gone (ESRCH for a service, ENOENT for a real)
+// succeeded.
+func (p *pass) flush() {
+	if len(p.queue) == 0 {
+		return
+	}
+	r := p.r
+	errs := r.k.Write(p.queue)
+	var failedAdd map[Key]bool
+	for i, err := range errs {
+		w, q := p.queue[i], p.to[i]
+		if err == nil || w.Op == OpDeleteService && errors.Is(err, syscall.ESRCH) || w.Op == OpDeleteReal && errors.Is(err, syscall.ENOENT) {
+			r.m.writes[w.Op][0].Inc()
+			continue
+		}
+		r.m.writes[w.Op][1].Inc()
+		// The service is not as the pass left it: the next pass diffs it
+		// in full and finds no service in step.
+		if c := r.cache[w.Service]; c != nil {
+			c.reached = nil
+		}
+		r.last = nil
+		if failedAdd[w.Service] {
+			continue
+		}
+		switch w.Op {
+		case OpAddService:
+			if failedAdd == nil {
+				failedAdd = map[Key]bool{}
+			}
+			failedAdd[w.Service] = true
+			if c := r.cache[w.Service]; c != nil {
+				r.nreals -= len(c.reals)
+				delete(r.cache, w.Service)
+			}
+			if !q.wasOwned {
+				// Not ours after all: someone created it since the last
+				// read (EEXIST), or it could not be created.
+				delete(r.owned, w.Service)
+				p.dirty = true
+				if errors.Is(err, syscall.EEXIST) {
+					r.foreign[w.Service] = true
+					err = fmt.Errorf("%w: %w", ErrForeign, err)
+				}
+			}
+			p.svcErr(w.Op, *q.svc, err)
+		case OpDeleteService:
+			r.owned[w.Service] = true
+			p.dirty = true
+			r.valid = false
+			p.svcErr(w.Op, *q.svc, err)
+		case OpUpdateService:
+			r.valid = false
+			p.svcErr(w.Op, *q.svc, err)
+		case OpAddReal:
+			if c := r.cache[w.Service]; c != nil {
+				if _, ok := c.reals[w.RealKey]; ok {
+					delete(c.reals, w.RealKey)
+					r.nreals--
+				}
+			}
+			p.realErr(w.Op, *q.svc, w.RealKey, err)
+		default:
+			r.valid = false
+			p.realErr(w.Op, *q.svc, w.RealKey, err)
+		}
+	}
+	p.queue, p.to = p.queue[:0], p.to[:0]
 }
 
 func (p *pass) realErr(op Op, s Service, rk RealKey, err error) {
@@ -534,9 +617,14 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 	// 3. Services no longer wanted, last.
 	if !inStep {
 		p.deleteUnwanted(wanted)
-		r.last = r.inOrder(want)
 	}
 
+	// flush may take failed adds out of the cache: the services in step
+	// are those it holds after it.
+	p.flush()
+	if !inStep {
+		r.last = r.inOrder(want)
+	}
 	if p.dirty {
 		if err := r.saveOwned(); err != nil {
 			p.fail(fmt.Errorf("record ownership: %w", err))
@@ -578,12 +666,7 @@ func (p *pass) deleteUnwanted(wanted map[Key]bool) {
 			p.dirty = true
 			continue
 		}
-		issued, err := p.write(OpDeleteService, k, nil, nil, RealKey{})
-		if !issued {
-			continue
-		}
-		if err != nil && !errors.Is(err, syscall.ESRCH) {
-			p.svcErr(OpDeleteService, c.svc, err)
+		if !p.write(OpDeleteService, &c.svc, nil, RealKey{}) {
 			continue
 		}
 		if r.log.IsDebug() {
@@ -650,28 +733,14 @@ func (r *Reconciler) load(c *cached, reals []Real) {
 
 func (p *pass) addService(s *Service, wasOwned bool) {
 	r := p.r
-	issued, err := p.write(OpAddService, s.Key, s, nil, RealKey{})
-	if !issued {
+	if !p.write(OpAddService, s, nil, RealKey{}) {
 		if !wasOwned {
 			delete(r.owned, s.Key)
 			p.dirty = true
 		}
 		return
 	}
-	if err != nil {
-		if !wasOwned {
-			// Not ours after all: someone created it since the last read
-			// (EEXIST), or it could not be created.
-			delete(r.owned, s.Key)
-			p.dirty = true
-			if errors.Is(err, syscall.EEXIST) {
-				r.foreign[s.Key] = true
-				err = fmt.Errorf("%w: %w", ErrForeign, err)
-			}
-		}
-		p.svcErr(OpAddService, *s, err)
-		return
-	}
+	p.to[len(p.to)-1].wasOwned = wasOwned
 	if r.log.IsDebug() {
 		r.log.Debug("added service", "service", s.Key.String())
 	}
@@ -693,12 +762,7 @@ func (p *pass) addService(s *Service, wasOwned bool) {
 }
 
 func (p *pass) addReal(s *Service, c *cached, rl Real) {
-	issued, err := p.write(OpAddReal, s.Key, nil, &rl, RealKey{})
-	if !issued {
-		return
-	}
-	if err != nil {
-		p.realErr(OpAddReal, *s, rl.Key(), err)
+	if !p.write(OpAddReal, s, &rl, RealKey{}) {
 		return
 	}
 	p.r.seq++
@@ -712,12 +776,7 @@ func (p *pass) addReal(s *Service, c *cached, rl Real) {
 // there on the add, so those connections keep their real and their counts.
 func (p *pass) readdReal(s *Service, c *cached, rl Real) {
 	rk := rl.Key()
-	issued, err := p.write(OpDeleteReal, s.Key, nil, nil, rk)
-	if !issued {
-		return
-	}
-	if err != nil {
-		p.realErr(OpDeleteReal, *s, rk, err)
+	if !p.write(OpDeleteReal, s, nil, rk) {
 		return
 	}
 	delete(c.reals, rk)
@@ -758,12 +817,7 @@ func mhTail(reals []Real, c *cached) []Real {
 }
 
 func (p *pass) updateReal(s *Service, c *cached, rl Real) bool {
-	issued, err := p.write(OpUpdateReal, s.Key, nil, &rl, RealKey{})
-	if !issued {
-		return false
-	}
-	if err != nil {
-		p.realErr(OpUpdateReal, *s, rl.Key(), err)
+	if !p.write(OpUpdateReal, s, &rl, RealKey{}) {
 		return false
 	}
 	old := c.reals[rl.Key()]
@@ -776,10 +830,7 @@ func (p *pass) updateReal(s *Service, c *cached, rl Real) bool {
 func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 	r := p.r
 	if s.spec() != c.svc.spec() {
-		issued, err := p.write(OpUpdateService, s.Key, s, nil, RealKey{})
-		if issued && err != nil {
-			p.svcErr(OpUpdateService, *s, err)
-		} else if issued {
+		if p.write(OpUpdateService, s, nil, RealKey{}) {
 			stats := c.svc.Stats
 			c.svc = kernelService(*s)
 			c.svc.Stats = stats
@@ -852,6 +903,7 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 	}
 	// Removing reals with a drain time needs live connection counts.
 	if removes && s.Drain > 0 && c.readGen != r.gen {
+		p.flush() // the writes so far first: the read must see them
 		r.m.reads[1].Inc()
 		reals, err := r.k.Reals(s.Key)
 		if err != nil {
@@ -901,12 +953,7 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 			}
 			continue
 		}
-		issued, err := p.write(OpDeleteReal, s.Key, nil, nil, rk)
-		if !issued {
-			continue
-		}
-		if err != nil && !errors.Is(err, syscall.ENOENT) {
-			p.realErr(OpDeleteReal, *s, rk, err)
+		if !p.write(OpDeleteReal, s, nil, rk) {
 			continue
 		}
 		if r.log.IsDebug() {

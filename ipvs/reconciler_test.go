@@ -965,3 +965,48 @@ func TestReadAdoptsWithoutWriting(t *testing.T) {
 		t.Errorf("apply after Read: full read %v, writes %v, err %v", res.FullRead, res.Writes, err)
 	}
 }
+
+// TestPassIsOneWrite: a pass decides every write, then hands them to the
+// kernel in one Write (Netlink sends them many per message): a cold apply
+// of 50 services x 10 reals, and a change touching several services, are
+// one call each. A service whose add fails takes its reals with it, with
+// one error, and the rest is applied.
+func TestPassIsOneWrite(t *testing.T) {
+	f := NewFake()
+	rec := newRec(t, f, "")
+	var d Desired
+	for i := range 50 {
+		s := Service{Key: tcp(fmt.Sprintf("198.51.100.%d", i+1), 80), Name: fmt.Sprintf("s%d", i), Scheduler: "wrr"}
+		for j := range 10 {
+			s.Reals = append(s.Reals, real(fmt.Sprintf("10.1.%d.%d", i, j+1), 80, 1, ForwardNAT))
+		}
+		d.Services = append(d.Services, s)
+	}
+	d.Services[3].Scheduler = "nope"
+	_, err := rec.Apply(ctx, d)
+	if want := `add service "s3" (tcp 198.51.100.4:80): scheduler "nope": no such file or directory (is scheduler module ip_vs_nope loaded?)`; err == nil || err.Error() != want {
+		t.Errorf("error %v, want %s", err, want)
+	}
+	if n := f.Batches(); n != 1 {
+		t.Errorf("cold apply: %d kernel writes calls, want 1", n)
+	}
+	if w := f.Writes(); w[OpAddService] != 49 || w[OpAddReal] != 490 {
+		t.Errorf("cold apply wrote %v", w)
+	}
+	d.Services[3].Scheduler = "wrr"
+	for _, i := range []int{3, 7, 20} {
+		// A new slice: Apply keeps the ones it was handed.
+		d.Services[i].Reals = slices.Clone(d.Services[i].Reals)
+		d.Services[i].Reals[2].Weight = 5
+	}
+	f.ResetCounts()
+	if _, err := rec.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if n, w := f.Batches(), f.Writes(); n != 1 || w[OpAddService] != 1 || w[OpAddReal] != 10 || w[OpUpdateReal] != 2 || w.Total() != 13 {
+		t.Errorf("second pass: %d calls, writes %v", n, w)
+	}
+	if got, want := f.String(), render(t, d); got != want {
+		t.Errorf("kernel\n%s\nwant\n%s", got, want)
+	}
+}

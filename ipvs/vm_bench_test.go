@@ -130,3 +130,16 @@ func BenchmarkWeightChange100k(b *testing.B) {
 		b.Fatal(err)
 	}
 }
+
+// toMobyDest is r for moby/ipvs, for the bare loops.
+func toMobyDest(r Real) *mobyipvs.Destination {
+	return &mobyipvs.Destination{
+		Address:         ipOf(r.Addr),
+		Port:            r.Port,
+		Weight:          int(r.Weight),
+		ConnectionFlags: uint32(r.Forward),
+		AddressFamily:   uint16(FamilyOf(r.Addr)),
+		UpperThreshold:  r.UpperThreshold,
+		LowerThreshold:  r.LowerThreshold,
+	}
+}

@@ -923,7 +923,7 @@ func runCluster(tb testing.TB) clusterFigures {
 	// restart adopts the service and puts the list in order.
 	l.apply(n3, l.service(3))
 	for _, j := range []int{4, 2} {
-		if err := n3.k.AddReal(tcp(clusterVIP, 80), l.reals[j-1]); err != nil {
+		if err := n3.k.Write([]Write{{Op: OpAddReal, Service: tcp(clusterVIP, 80), Real: &l.reals[j-1], RealKey: l.reals[j-1].Key()}})[0]; err != nil {
 			tb.Fatal(err)
 		}
 	}

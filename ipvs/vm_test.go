@@ -448,3 +448,75 @@ func TestVMDrainWithConnections(t *testing.T) {
 		t.Fatalf("after the deadline: writes %v draining %v err %v", res.Writes, res.Draining, err)
 	}
 }
+
+// TestVMWriteBatch sends one list of writes, more than one message holds,
+// with failures among them, to the kernel and to the fake: each write
+// stands alone (a failure stops none after it), each answer is the same
+// errno, and both end with the same table.
+func TestVMWriteBatch(t *testing.T) {
+	_, k := vmKernel(t)
+	f := NewFake()
+	a := Service{Key: tcp("198.51.100.1", 80), Scheduler: "wrr", Netmask: 32}
+	b := Service{Key: tcp("198.51.100.2", 80), Scheduler: "nope", Netmask: 32}
+	m := Service{Key: MarkKey(IPv4, 7), Scheduler: "mh", Netmask: 32}
+	gone := tcp("198.51.100.3", 80)
+	var ws []Write
+	type want struct {
+		i   int
+		err error
+	}
+	var wants []want
+	add := func(w Write, err error) {
+		if err != nil {
+			wants = append(wants, want{len(ws), err})
+		}
+		ws = append(ws, w)
+	}
+	rl := func(i int, weight uint16) *Real {
+		r := real(fmt.Sprintf("10.1.%d.%d", i/200, i%200+1), 80, weight, ForwardNAT)
+		return &r
+	}
+	add(Write{Op: OpAddService, Service: a.Key, Svc: &a}, nil)
+	for i := range 100 { // two messages' worth
+		add(Write{Op: OpAddReal, Service: a.Key, Real: rl(i, 1)}, nil)
+	}
+	add(Write{Op: OpAddReal, Service: a.Key, Real: rl(5, 3)}, unix.EEXIST)
+	add(Write{Op: OpAddReal, Service: gone, Real: rl(1, 1)}, unix.ESRCH)
+	add(Write{Op: OpAddService, Service: b.Key, Svc: &b}, unix.ENOENT)
+	add(Write{Op: OpAddReal, Service: b.Key, Real: rl(1, 1)}, unix.ESRCH)
+	add(Write{Op: OpUpdateReal, Service: a.Key, Real: rl(7, 9)}, nil)
+	add(Write{Op: OpUpdateReal, Service: a.Key, Real: rl(150, 9)}, unix.ENOENT)
+	add(Write{Op: OpDeleteReal, Service: a.Key, RealKey: rl(8, 0).Key()}, nil)
+	add(Write{Op: OpDeleteReal, Service: a.Key, RealKey: rl(8, 0).Key()}, unix.ENOENT)
+	add(Write{Op: OpAddService, Service: m.Key, Svc: &m}, nil)
+	add(Write{Op: OpAddReal, Service: m.Key, Real: rl(2, 5)}, nil)
+	a2 := a
+	a2.Scheduler = "rr"
+	add(Write{Op: OpUpdateService, Service: a.Key, Svc: &a2}, nil)
+	add(Write{Op: OpDeleteService, Service: gone}, unix.ESRCH)
+	for i, w := range ws {
+		if w.Real != nil {
+			ws[i].RealKey = w.Real.Key()
+		}
+	}
+
+	got, fake := k.Write(ws), f.Write(ws)
+	if len(got) != len(ws) || len(fake) != len(ws) {
+		t.Fatalf("%d and %d answers to %d writes", len(got), len(fake), len(ws))
+	}
+	wantErr := make([]error, len(ws))
+	for _, w := range wants {
+		wantErr[w.i] = w.err
+	}
+	for i := range ws {
+		if !errors.Is(got[i], wantErr[i]) || (got[i] == nil) != (wantErr[i] == nil) {
+			t.Errorf("write %d (%v): kernel says %v, want %v", i, ws[i].Op, got[i], wantErr[i])
+		}
+		if !errors.Is(fake[i], wantErr[i]) || (fake[i] == nil) != (wantErr[i] == nil) {
+			t.Errorf("write %d (%v): fake says %v, want %v", i, ws[i].Op, fake[i], wantErr[i])
+		}
+	}
+	if got, want := dump(t, k), dump(t, f); got != want {
+		t.Errorf("kernel\n%s\nfake\n%s", got, want)
+	}
+}

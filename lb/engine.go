@@ -63,6 +63,10 @@ type Options struct {
 	// Restarting), and the End-of-RIB it then sends ends the routers'
 	// stale period, so that set must lack no VIP still being checked.
 	FullFirstRound bool
+	// FirstPass, if set, is called once the first pass has written the
+	// data plane; the daemon holds work that would compete with that pass
+	// for the CPU (the record of the applied config) until then.
+	FirstPass func()
 	// Guard is the reload's delete guard; a plan and the plan a reload
 	// logs carry its verdict ("pass", or its refusal: a reload applied
 	// past one was forced). Nil: no verdict.
@@ -98,6 +102,7 @@ type Engine struct {
 	draining   []ipvs.Key // services with reals draining, as of the last ipvs result
 	announceOK bool
 	proberOK   bool
+	holdProbes bool // the first pass has not run: the prober waits
 	// The last Apply of the announcer failed: it may hold routes that
 	// announced lacks (the speaker carries on past a route that fails),
 	// so a stop withdraws even when announced is empty.
@@ -180,8 +185,20 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 	if err := e.adopt(ctx); err != nil {
 		return err
 	}
+	// The first pass writes every service and VIP before the first probe
+	// runs: at a cold start of thousands of reals the probes would take the
+	// CPU the pass needs, while every real starts at weight 0 (unknown)
+	// whatever they find. Probing starts right after it.
+	e.holdProbes = true
 	e.setConfig(e.cfg)
+	start := e.now()
 	e.reconcile(ctx, kindPass)
+	e.holdProbes = false
+	e.updateProber()
+	if e.opts.FirstPass != nil {
+		e.opts.FirstPass()
+	}
+	e.log.Info("first pass applied", "services", len(e.cfg.Services), "took", e.now().Sub(start).Round(time.Millisecond).String())
 
 	resync := time.NewTicker(e.cfg.Daemon.ResyncInterval)
 	defer resync.Stop()
@@ -294,12 +311,8 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	if e.recording {
 		e.keptBefore, e.probesChanged = e.keptTargets(plan, c)
 	}
-	if !c.unchanged || !e.proberOK {
-		err := e.opts.Prober.Update(plan.All())
-		if err != nil {
-			e.log.Error("health checks", "err", err)
-		}
-		e.proberOK = err == nil
+	if !c.unchanged {
+		e.proberOK = false
 	}
 
 	if c.unchanged {
@@ -319,9 +332,24 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	e.mu.Lock()
 	e.cfg, e.plan = cfg, plan
 	e.mu.Unlock()
+	if !e.holdProbes {
+		e.updateProber()
+	}
 	if m := e.opts.Metrics; m != nil {
 		m.setConfig(cfg)
 	}
+}
+
+// updateProber hands the prober the plan's targets unless it has them.
+func (e *Engine) updateProber() {
+	if e.proberOK {
+		return
+	}
+	err := e.opts.Prober.Update(e.plan.All())
+	if err != nil {
+		e.log.Error("health checks", "err", err)
+	}
+	e.proberOK = err == nil
 }
 
 // sameMarks reports whether the reals of service i of next have the marks

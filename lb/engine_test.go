@@ -22,6 +22,8 @@ type fakeProber struct {
 	states  map[netip.AddrPort]health.State
 	targets []health.Target
 	ch      chan []health.Change
+	// onUpdate, if set, runs at each Update before the targets change.
+	onUpdate func()
 }
 
 func newFakeProber() *fakeProber {
@@ -29,9 +31,22 @@ func newFakeProber() *fakeProber {
 }
 
 func (f *fakeProber) Update(ts []health.Target) error {
+	if f.onUpdate != nil {
+		f.onUpdate()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Like the scheduler, a new target whose real has a verdict reports it.
+	var news []health.Change
+	for _, t := range ts {
+		if st := f.states[t.Real]; st != health.Unknown && !slices.Contains(f.targets, t) {
+			news = append(news, health.Change{Key: t, State: st})
+		}
+	}
 	f.targets = ts
+	if len(news) > 0 {
+		f.ch <- news
+	}
 	return nil
 }
 
@@ -220,6 +235,42 @@ func TestEngineLifecycle(t *testing.T) {
 	cfg2 := daemonCfg(svc("web", "192.0.2.1", 3))
 	r.configs <- cfg2
 	eventually(t, "real added", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.3:80") })
+}
+
+// TestEngineProbesAfterFirstPass: at a cold start the prober gets its
+// targets only once the first pass has written every service, real and VIP:
+// probes would take the CPU that pass needs, and every new real starts at
+// weight 0 whatever they find.
+func TestEngineProbesAfterFirstPass(t *testing.T) {
+	w := newWorld(t)
+	var mu sync.Mutex
+	var atUpdate []string
+	w.prober.onUpdate = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		atUpdate = append(atUpdate, w.kernel.String()+"vips: "+w.links.String())
+	}
+	passed := make(chan string, 2)
+	w.wrap = func(o *Options) { o.FirstPass = func() { passed <- w.kernel.String() } }
+	w.start(t, daemonCfg(svc("web", "192.0.2.1", 2), svc("db", "192.0.2.2", 3)))
+	if k := <-passed; !strings.Contains(k, "-> 10.0.0.3:80") {
+		t.Errorf("FirstPass called before the first pass wrote the kernel:\n%s", k)
+	}
+	eventually(t, "probes started", func() bool {
+		w.prober.mu.Lock()
+		defer w.prober.mu.Unlock()
+		return len(w.prober.targets) > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(atUpdate) != 1 {
+		t.Fatalf("%d prober updates, want 1", len(atUpdate))
+	}
+	for _, want := range []string{"192.0.2.1:80", "192.0.2.2:80", "-> 10.0.0.2:80", "-> 10.0.0.3:80", "192.0.2.1/32", "192.0.2.2/32"} {
+		if !strings.Contains(atUpdate[0], want) {
+			t.Errorf("the prober got its targets before %s was written; kernel then:\n%s", want, atUpdate[0])
+		}
+	}
 }
 
 // TestEngineFullFirstRound: after a planned restart the announcer hears

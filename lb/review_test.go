@@ -46,24 +46,9 @@ func copyKernel(t *testing.T, f *ipvs.Fake) *ipvs.Fake {
 // play issues ws on k.
 func play(t *testing.T, k ipvs.Kernel, ws []ipvs.Write) {
 	t.Helper()
-	for _, w := range ws {
-		var err error
-		switch w.Op {
-		case ipvs.OpAddService:
-			err = k.AddService(*w.Svc)
-		case ipvs.OpUpdateService:
-			err = k.UpdateService(*w.Svc)
-		case ipvs.OpDeleteService:
-			err = k.DeleteService(w.Service)
-		case ipvs.OpAddReal:
-			err = k.AddReal(w.Service, *w.Real)
-		case ipvs.OpUpdateReal:
-			err = k.UpdateReal(w.Service, *w.Real)
-		case ipvs.OpDeleteReal:
-			err = k.DeleteReal(w.Service, w.RealKey)
-		}
+	for i, err := range k.Write(ws) {
 		if err != nil {
-			t.Fatalf("play %v: %v", w.Op, err)
+			t.Fatalf("play %v: %v", ws[i].Op, err)
 		}
 	}
 }

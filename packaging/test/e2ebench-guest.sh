@@ -212,7 +212,7 @@ run_one() { # DAEMON ROUND
 
 	if [ "$d" = kglb ]; then
 		curl_get /metrics >"$out/metrics-$r.txt"
-		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probe)' "$out/metrics-$r.txt" | sed 's/^/  | /'
+		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probes_(per_second|in_flight))' "$out/metrics-$r.txt" | sed 's/^/  | /'
 	fi
 	systemctl stop "$(unit_of "$d")"
 	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$d-$r.txt" 2>&1
