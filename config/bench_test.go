@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,7 +14,10 @@ import (
 
 // genConfig writes services x 10 reals into dir, 100 services per file,
 // each with an http check and an announce block: a large production set.
-func genConfig(tb testing.TB, dir string, services int) {
+func genConfig(tb testing.TB, dir string, services int) { genConfigFiles(tb, dir, services, 100) }
+
+// genConfigFiles is genConfig with perFile services per file.
+func genConfigFiles(tb testing.TB, dir string, services, perFile int) {
 	tb.Helper()
 	var b strings.Builder
 	flush := func(n int) {
@@ -49,19 +53,24 @@ func genConfig(tb testing.TB, dir string, services int) {
 			fmt.Fprintf(&b, "  real \"172.%d.%d.%d\" { weight = %d }\n", 16+i/65536, i/256%256, 10+j, 100+j)
 		}
 		b.WriteString("}\n\n")
-		if (i+1)%100 == 0 {
-			flush(i / 100)
+		if (i+1)%perFile == 0 {
+			flush(i / perFile)
 		}
 	}
-	flush(services / 100)
+	flush(services / perFile)
 }
 
-func benchLoad(b *testing.B, services int) {
+func benchLoad(b *testing.B, services int) { benchLoadFiles(b, services, 100) }
+
+func benchLoadFiles(b *testing.B, services, perFile int) {
 	dir := b.TempDir()
-	genConfig(b, dir, services)
+	genConfigFiles(b, dir, services, perFile)
 	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := cpuTime()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	alloc0 := ms.TotalAlloc
 	for b.Loop() {
 		cfg, err := Load(dir)
 		if err != nil {
@@ -74,6 +83,8 @@ func benchLoad(b *testing.B, services int) {
 	// The machine is shared: CPU time (this process, GC included) is a
 	// steadier figure than wall time.
 	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.TotalAlloc-alloc0)/float64(b.N)/float64(services), "B/service")
 }
 
 func cpuTime() time.Duration {
@@ -86,6 +97,13 @@ func cpuTime() time.Duration {
 
 // BenchmarkLoad100 is load + validate of 100 services x 10 reals.
 func BenchmarkLoad100(b *testing.B) { benchLoad(b, 100) }
+
+// BenchmarkLoadFiles1000 is load + validate of 1,000 services x 10 reals,
+// one service per file, the layout of issue 11's end-to-end benchmark. Its
+// bytes per service are what the parser's slabs cost for small files: the
+// allocation a daemon's cold start pays before its first write, and its
+// heap's high-water mark.
+func BenchmarkLoadFiles1000(b *testing.B) { benchLoadFiles(b, 1000, 1) }
 
 // BenchmarkLoad10000 is load + validate of 10,000 services x 10 reals.
 func BenchmarkLoad10000(b *testing.B) { benchLoad(b, 10000) }

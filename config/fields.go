@@ -24,7 +24,8 @@ type diag struct {
 type decoder struct {
 	file  string // the file being decoded: spans are in it
 	diags []diag
-	slab  []fields // fields are carved from here: one allocation per 256
+	slab  []fields // fields are carved from here (see slabSize)
+	slabN int      // the last slab's length
 }
 
 func (d *decoder) errorf(rng span, hint, format string, args ...any) {
@@ -105,7 +106,7 @@ func (f *fields) attr(name string) *attr {
 // repeated single blocks, are reported here. label is the block's label.
 func (d *decoder) open(b *body, spec *blockSpec, label string) *fields {
 	if len(d.slab) == 0 {
-		d.slab = make([]fields, 256)
+		d.slab = make([]fields, slabSize(&d.slabN))
 	}
 	f := &d.slab[0]
 	d.slab = d.slab[1:]
