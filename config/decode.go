@@ -279,16 +279,31 @@ var schedFlags = map[Scheduler][]Flag{
 
 var schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"}
 
+// decodeService decodes one service block: its endpoint and family, its
+// settings, its reals, persistence, checks and announce block, in that
+// order (each step may use what the one before it found).
 func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 	s := Service{Name: bl.labels[0], Source: d.source(bl.typeRange)}
 	m := serviceMeta{nameRange: d.full(bl.labelRanges[0]), endpointRange: d.full(bl.defRange)}
 	f := d.open(bl.body, serviceSpec, s.Name)
-	what := f.what
 	if !nameRE.MatchString(s.Name) {
 		d.errorf(bl.labelRanges[0], `use 1 to 63 letters, digits, '-', '_' and '.', starting with a letter or digit, such as service "web"`, "service name %s is not valid", quote(s.Name))
 	}
+	d.serviceEndpoint(bl, f, &s, &m)
+	fam := d.serviceFamily(f, &s)
+	weight := d.serviceSettings(f, &s)
+	fam, enabled := d.serviceReals(bl, f, &s, fam, weight)
+	if pb := f.blocksOf("persistence"); len(pb) > 0 {
+		s.Persistence = d.decodePersistence(pb[0], fam)
+	}
+	d.serviceChecks(f, &s, &m)
+	d.serviceAnnounce(f, &s, &m, fam, enabled)
+	return s, m
+}
 
-	// Identity: vip + port + protocol, or an fwmark.
+// serviceEndpoint decodes the service's identity: vip + port + protocol,
+// or an fwmark.
+func (d *decoder) serviceEndpoint(bl *block, f *fields, s *Service, m *serviceMeta) {
 	vip, vipAttr := f.addr("vip")
 	if vipAttr != nil {
 		s.VIP = vip
@@ -301,35 +316,67 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 		m.endpointRange = m.fwmarkRange
 		for _, name := range []string{"port", "protocol"} {
 			if a := f.attr(name); a != nil {
-				d.errorf(a.nameRange, "remove "+name+": an fwmark service matches packets by their mark, whatever their port and protocol", "%s: fwmark and %s cannot be combined", what(), name)
+				d.errorf(a.nameRange, "remove "+name+": an fwmark service matches packets by their mark, whatever their port and protocol", "%s: fwmark and %s cannot be combined", f.what(), name)
 			}
 		}
-	} else {
-		if !f.has("vip") {
-			d.errorf(bl.defRange, `add vip = "198.51.100.10" (or fwmark = 10 for an fwmark service)`, "%s needs a vip", what())
-		}
-		if !f.has("port") {
-			d.errorf(bl.defRange, "add port = 443", "%s needs a port", what())
-		} else {
-			s.Port = uint16(f.integer("port", 1, 65535, 0))
-		}
-		s.Protocol = Protocol(f.enum("protocol", []string{"tcp", "udp", "sctp"}, "tcp"))
+		return
 	}
+	if !f.has("vip") {
+		d.errorf(bl.defRange, `add vip = "198.51.100.10" (or fwmark = 10 for an fwmark service)`, "%s needs a vip", f.what())
+	}
+	if !f.has("port") {
+		d.errorf(bl.defRange, "add port = 443", "%s needs a port", f.what())
+	} else {
+		s.Port = uint16(f.integer("port", 1, 65535, 0))
+	}
+	s.Protocol = Protocol(f.enum("protocol", []string{"tcp", "udp", "sctp"}, "tcp"))
+}
 
-	// Family follows the vip, else the family attribute, else the reals.
+// serviceFamily is the service's address family as far as its endpoint
+// says: the vip's, else the family attribute's (fwmark services only),
+// else "" for the reals to decide.
+func (d *decoder) serviceFamily(f *fields, s *Service) Family {
 	famAttr := f.attr("family")
 	fam := Family(f.enum("family", []string{"ipv4", "ipv6"}, ""))
 	if famAttr != nil && !f.has("fwmark") { // a bad fwmark is reported on its own
-		d.errorf(famAttr.nameRange, "remove family: it follows the vip", "%s: family applies only to fwmark services", what())
+		d.errorf(famAttr.nameRange, "remove family: it follows the vip", "%s: family applies only to fwmark services", f.what())
 	}
-	if s.VIP.IsValid() {
-		if fam != "" && fam != FamilyOf(s.VIP) && s.FWMark != 0 {
-			d.errorf(famAttr.val.rng, fmt.Sprintf("write family = %q or use a vip of the other family", FamilyOf(s.VIP)), "family %q does not match vip %s", fam, s.VIP)
-		}
-		fam = FamilyOf(s.VIP)
+	if !s.VIP.IsValid() {
+		return fam
 	}
+	if fam != "" && fam != FamilyOf(s.VIP) && s.FWMark != 0 {
+		d.errorf(famAttr.val.rng, fmt.Sprintf("write family = %q or use a vip of the other family", FamilyOf(s.VIP)), "family %q does not match vip %s", fam, s.VIP)
+	}
+	return FamilyOf(s.VIP)
+}
 
+// serviceSettings decodes the service's own attributes and returns the
+// default weight of its reals.
+func (d *decoder) serviceSettings(f *fields, s *Service) (weight int64) {
 	s.Scheduler = Scheduler(f.enum("scheduler", schedulers, "wrr"))
+	d.serviceFlags(f, s)
+	s.Forward = Forward(f.enum("forward", []string{"tunnel", "dr", "nat"}, "tunnel"))
+	s.OnePacket = f.boolean("one_packet", false)
+	if s.OnePacket && s.FWMark == 0 && s.Protocol != UDP {
+		d.errorf(f.attr("one_packet").nameRange, "remove one_packet, or use protocol = \"udp\"", "one_packet applies only to udp services, and this one is %s", s.Protocol)
+	}
+	s.Drain = f.duration("drain", 30*time.Second, 0)
+	weight = f.integer("weight", 0, 65535, 100)
+	s.WhenAllDown = AllDownPolicy(f.enum("when_all_down", []string{"fail_open", "withdraw"}, "fail_open"))
+	s.Enabled = f.boolean("enabled", true)
+	if a, ok := f.get("description", kString); ok {
+		if len(a.val.str) > MaxDescription || strings.ContainsFunc(a.val.str, lineBreaking) {
+			d.errorf(a.val.rng, fmt.Sprintf("write one line of at most %d bytes", MaxDescription), "description is not one line of at most %d bytes", MaxDescription)
+		} else {
+			s.Description = a.val.str
+		}
+	}
+	return weight
+}
+
+// serviceFlags decodes the scheduler flags, each of which must belong to
+// the service's scheduler, into s.Flags, sorted.
+func (d *decoder) serviceFlags(f *fields, s *Service) {
 	flags, _ := f.list("flags", kString, false)
 	for _, v := range flags {
 		fl := Flag(v.str)
@@ -355,33 +402,22 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 		}
 	}
 	slices.Sort(s.Flags)
-	s.Forward = Forward(f.enum("forward", []string{"tunnel", "dr", "nat"}, "tunnel"))
-	s.OnePacket = f.boolean("one_packet", false)
-	if s.OnePacket && s.FWMark == 0 && s.Protocol != UDP {
-		d.errorf(f.attr("one_packet").nameRange, "remove one_packet, or use protocol = \"udp\"", "one_packet applies only to udp services, and this one is %s", s.Protocol)
-	}
-	s.Drain = f.duration("drain", 30*time.Second, 0)
-	weight := f.integer("weight", 0, 65535, 100)
-	s.WhenAllDown = AllDownPolicy(f.enum("when_all_down", []string{"fail_open", "withdraw"}, "fail_open"))
-	s.Enabled = f.boolean("enabled", true)
-	if a, ok := f.get("description", kString); ok {
-		if len(a.val.str) > MaxDescription || strings.ContainsFunc(a.val.str, lineBreaking) {
-			d.errorf(a.val.rng, fmt.Sprintf("write one line of at most %d bytes", MaxDescription), "description is not one line of at most %d bytes", MaxDescription)
-		} else {
-			s.Description = a.val.str
-		}
-	}
+}
 
-	// Reals. Duplicates are found after sorting (stable, so the first in
-	// the file is the one cited), without a map per service.
-	type realAt struct {
-		r   Real
-		rng span
-	}
+// realAt is a decoded real and the range of its label, for errors.
+type realAt struct {
+	r   Real
+	rng span
+}
+
+// serviceReals decodes the reals into s.Reals, sorted, and sets s.Family:
+// fam, else the first real's. It returns the family and the number of
+// enabled reals.
+func (d *decoder) serviceReals(bl *block, f *fields, s *Service, fam Family, weight int64) (Family, int) {
 	rbs := f.blocksOf("real")
 	reals := make([]realAt, 0, len(rbs))
 	for _, rb := range rbs {
-		r, ok := d.decodeReal(rb, &s, fam, weight)
+		r, ok := d.decodeReal(rb, s, fam, weight)
 		if !ok {
 			continue
 		}
@@ -399,9 +435,17 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 		reals = append(reals, realAt{r, rb.labelRanges[0]})
 	}
 	if s.FWMark != 0 && fam == "" {
-		d.errorf(bl.defRange, `add family = "ipv4" (or "ipv6"), or a vip, or a real`, "%s: the address family of an fwmark service cannot be derived", what())
+		d.errorf(bl.defRange, `add family = "ipv4" (or "ipv6"), or a vip, or a real`, "%s: the address family of an fwmark service cannot be derived", f.what())
 	}
 	s.Family = fam
+	return fam, d.uniqueReals(f, s, reals)
+}
+
+// uniqueReals sorts reals into s.Reals, reporting each duplicate and
+// leaving it out, and returns the number of enabled reals. Duplicates are
+// found after sorting (stable, so the first in the file is the one cited),
+// without a map per service.
+func (d *decoder) uniqueReals(f *fields, s *Service, reals []realAt) int {
 	slices.SortStableFunc(reals, func(a, b realAt) int {
 		if c := a.r.Addr.Compare(b.r.Addr); c != 0 {
 			return c
@@ -416,7 +460,7 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 			for j := i - 1; j > 0 && reals[j-1].r.AddrPort() == r.r.AddrPort(); j-- {
 				first = reals[j-1].rng
 			}
-			d.errorAlso(r.rng, first, "remove one of them, or give them different ports", "duplicate real %s in %s", r.r.AddrPort(), what())
+			d.errorAlso(r.rng, first, "remove one of them, or give them different ports", "duplicate real %s in %s", r.r.AddrPort(), f.what())
 			continue
 		}
 		s.Reals = append(s.Reals, r.r)
@@ -424,42 +468,49 @@ func (d *decoder) decodeService(bl *block) (Service, serviceMeta) {
 			enabled++
 		}
 	}
+	return enabled
+}
 
-	if pb := f.blocksOf("persistence"); len(pb) > 0 {
-		s.Persistence = d.decodePersistence(pb[0], fam)
-	}
+// serviceChecks decodes the health checks into s.Checks, reporting a
+// check that repeats another.
+func (d *decoder) serviceChecks(f *fields, s *Service, m *serviceMeta) {
+	cbs := f.blocksOf("check")
 	var checkKeys map[string]span
-	if len(f.blocksOf("check")) > 1 {
+	if len(cbs) > 1 {
 		checkKeys = map[string]span{}
 	}
-	for _, cb := range f.blocksOf("check") {
-		c, ok := d.decodeCheck(cb, &s, &m)
+	for _, cb := range cbs {
+		c, ok := d.decodeCheck(cb, s, m)
 		if !ok {
 			continue
 		}
-		if len(f.blocksOf("check")) > 1 {
+		if checkKeys != nil {
 			k := c.Key()
 			if first, dup := checkKeys[k]; dup {
-				d.errorAlso(cb.typeRange, first, "remove one of the two checks", "%s has the same %s check twice", what(), c.Type)
+				d.errorAlso(cb.typeRange, first, "remove one of the two checks", "%s has the same %s check twice", f.what(), c.Type)
 				continue
 			}
 			checkKeys[k] = cb.typeRange
 		}
 		s.Checks = append(s.Checks, c)
 	}
+}
+
+// serviceAnnounce decodes the announce block, or the defaults without
+// one; an fwmark service without a vip has nothing to announce.
+func (d *decoder) serviceAnnounce(f *fields, s *Service, m *serviceMeta, fam Family, enabled int) {
 	var ab *block
 	if abs := f.blocksOf("announce"); len(abs) > 0 {
 		ab = abs[0]
 		m.announceRange = d.full(ab.typeRange)
 		if !s.VIP.IsValid() && s.FWMark != 0 {
-			d.errorf(ab.typeRange, `add vip = "198.51.100.10" to announce it, or remove the announce block`, "%s has no vip to announce", what())
+			d.errorf(ab.typeRange, `add vip = "198.51.100.10" to announce it, or remove the announce block`, "%s has no vip to announce", f.what())
 		}
 	}
 	s.Announce = d.decodeAnnounce(ab, fam, enabled)
 	if ab == nil && s.FWMark != 0 && !s.VIP.IsValid() {
 		s.Announce.Enabled = false // nothing to announce
 	}
-	return s, m
 }
 
 func famName(f Family) string {
