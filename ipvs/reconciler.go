@@ -502,39 +502,78 @@ func (p *pass) svcErr(op Op, s Service, err error) {
 	p.fail(fmt.Errorf("%s service %s: %w", op.verb(), s.label(), err))
 }
 
+// pass runs one reconcile pass, step by step: index and check the desired
+// services, read the kernel (full passes), add the new services, sync the
+// existing ones, delete the unwanted ones, send the writes, then record
+// what the pass reached and owns. Writes are queued in that order and sent
+// by flush in one Kernel.Write.
 func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Result, bool, error) {
 	r.gen++
 	p := &pass{r: r, ctx: ctx}
 	p.res.FullRead = full
 	now := r.now()
 
-	// Index and check the desired services. A service that fails its
-	// checks is still "wanted", so an owned one is not deleted for it. A
-	// service the kernel holds as the last diff left it goes no further.
-	// When want lists the owned services of the last pass in its order, as
-	// the engine's passes do, each is found in step (r.last) and every
-	// owned service is wanted: no lookup, no set of keys.
+	inStep := r.inStep(want, full)
+	d := p.index(want, full, inStep)
+	if full {
+		if err := r.readAll(p); err != nil {
+			return p.result(), false, errors.Join(append(p.errs, err)...)
+		}
+	}
+	added := p.addNew(&d)
+	p.syncExisting(&d, added, now)
+	if !inStep {
+		p.deleteUnwanted(d.wanted)
+	}
+	// flush may take failed adds out of the cache: the services in step
+	// are those it holds after it.
+	p.flush()
+	p.record(want, inStep)
+	return p.result(), p.stale, errors.Join(p.errs...)
+}
+
+// desiredSet is what index found in want: the services that need work
+// this pass, checked and in want's order, and (unless want is in step)
+// the key of every service wanted.
+type desiredSet struct {
+	wanted map[Key]bool // nil when in step: every owned service is wanted
+	svcs   map[Key]*Service
+	order  []Key
+}
+
+// inStep reports whether want lists the owned services of the last pass
+// in its order, as the engine's passes do: then each is found in step
+// (r.last) and every owned service is wanted, with no lookup and no set of
+// keys.
+func (r *Reconciler) inStep(want []Service, full bool) bool {
 	inStep := !full && len(want) == len(r.last) && len(want) == len(r.owned)
 	for i := 0; inStep && i < len(want); i++ {
 		inStep = r.last[i].svc.Key == want[i].Key
 	}
-	var wanted map[Key]bool
+	return inStep
+}
+
+// index indexes and checks the desired services. A service that fails its
+// checks is still "wanted", so an owned one is not deleted for it. A
+// service the kernel holds as the last diff left it goes no further.
+func (p *pass) index(want []Service, full, inStep bool) desiredSet {
+	r := p.r
+	var d desiredSet
 	if !inStep {
-		wanted = make(map[Key]bool, len(want))
+		d.wanted = make(map[Key]bool, len(want))
 	}
-	desired := make(map[Key]*Service)
-	var order []Key
+	d.svcs = make(map[Key]*Service)
 	for i := range want {
 		k := want[i].Key
 		var c *cached
 		if inStep {
 			c = r.last[i]
 		} else {
-			if wanted[k] {
+			if d.wanted[k] {
 				p.fail(fmt.Errorf("service %s: listed twice in the desired state", want[i].label()))
 				continue
 			}
-			wanted[k] = true
+			d.wanted[k] = true
 			c = r.cache[k]
 		}
 		if !full && c != nil && (len(r.draining) == 0 || len(r.draining[k]) == 0) && c.holds(&want[i]) {
@@ -547,50 +586,38 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 			p.fail(fmt.Errorf("service %s: %w", s.label(), err))
 			continue
 		}
-		desired[s.Key] = &s
-		order = append(order, s.Key)
+		d.svcs[s.Key] = &s
+		d.order = append(d.order, s.Key)
 	}
+	return d
+}
 
-	if full {
-		if err := r.readAll(p); err != nil {
-			return p.result(), false, errors.Join(append(p.errs, err)...)
-		}
-	}
-
-	// 1. New services, each followed by its reals in canonical order.
+// addNew adds the desired services the cache lacks (not foreign ones),
+// each followed by its reals in canonical order, and returns the set it
+// added.
+func (p *pass) addNew(d *desiredSet) map[Key]bool {
+	r := p.r
 	var adds []Key
-	for _, k := range order {
+	for _, k := range d.order {
 		if r.cache[k] != nil {
 			continue
 		}
 		if r.foreign[k] {
-			p.fail(fmt.Errorf("add service %s: %w", desired[k].label(), ErrForeign))
+			p.fail(fmt.Errorf("add service %s: %w", d.svcs[k].label(), ErrForeign))
 			continue
 		}
 		adds = append(adds, k)
 	}
 	if len(adds) > 0 {
-		// Record ownership before creating, so a crash in between leaves a
-		// service kglb will adopt, not one it will call foreign forever.
-		prev := make(map[Key]bool, len(adds))
-		for _, k := range adds {
-			prev[k] = r.owned[k]
-			r.owned[k] = true
-		}
-		if err := r.saveOwned(); err != nil {
-			for _, k := range adds {
-				if !prev[k] {
-					delete(r.owned, k)
-				}
-			}
-			p.fail(fmt.Errorf("record ownership of %d new services (none added): %w", len(adds), err))
+		prev, ok := p.claim(adds)
+		if !ok {
 			adds = nil
 		}
 		for _, k := range adds {
 			n := len(p.errs)
-			p.addService(desired[k], prev[k])
+			p.addService(d.svcs[k], prev[k])
 			if c := r.cache[k]; c != nil && len(p.errs) == n && p.ctxErr == nil {
-				c.reach(desired[k], desired[k].Reals)
+				c.reach(d.svcs[k], d.svcs[k].Reals)
 			}
 		}
 	}
@@ -598,30 +625,54 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 	for _, k := range adds {
 		added[k] = true
 	}
+	return added
+}
 
-	// 2. Existing services: settings in place, then reals.
-	for _, k := range order {
-		c := r.cache[k]
+// claim records ownership of the services about to be added, before they
+// are created, so a crash in between leaves a service kglb will adopt, not
+// one it will call foreign forever. It returns whether each was owned
+// before, and false (undoing the claim) if the record could not be saved.
+func (p *pass) claim(adds []Key) (map[Key]bool, bool) {
+	r := p.r
+	prev := make(map[Key]bool, len(adds))
+	for _, k := range adds {
+		prev[k] = r.owned[k]
+		r.owned[k] = true
+	}
+	if err := r.saveOwned(); err != nil {
+		for _, k := range adds {
+			if !prev[k] {
+				delete(r.owned, k)
+			}
+		}
+		p.fail(fmt.Errorf("record ownership of %d new services (none added): %w", len(adds), err))
+		return nil, false
+	}
+	return prev, true
+}
+
+// syncExisting brings each desired service the cache holds, and this pass
+// did not add, to its desired value: settings in place, then reals.
+func (p *pass) syncExisting(d *desiredSet, added map[Key]bool, now time.Time) {
+	for _, k := range d.order {
+		c := p.r.cache[k]
 		if c == nil || added[k] {
 			continue
 		}
 		n := len(p.errs)
-		p.syncService(desired[k], c, now)
+		p.syncService(d.svcs[k], c, now)
 		if len(p.errs) == n && p.ctxErr == nil {
-			c.reach(desired[k], desired[k].Reals)
+			c.reach(d.svcs[k], d.svcs[k].Reals)
 		} else {
 			c.reached = nil
 		}
 	}
+}
 
-	// 3. Services no longer wanted, last.
-	if !inStep {
-		p.deleteUnwanted(wanted)
-	}
-
-	// flush may take failed adds out of the cache: the services in step
-	// are those it holds after it.
-	p.flush()
+// record notes, after flush, the services in step for the next pass and
+// the ownership this pass changed; a stale cache is read in full next.
+func (p *pass) record(want []Service, inStep bool) {
+	r := p.r
 	if !inStep {
 		r.last = r.inOrder(want)
 	}
@@ -633,7 +684,6 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 	if p.stale {
 		r.valid = false
 	}
-	return p.result(), p.stale, errors.Join(p.errs...)
 }
 
 // inOrder is the cached entry of each service of want, in its order; nil
