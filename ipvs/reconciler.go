@@ -514,14 +514,19 @@ func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Resul
 	now := r.now()
 
 	inStep := r.inStep(want, full)
-	d := p.index(want, full, inStep)
+	// The sets live here, not in the steps, so they stay on the stack.
+	d := desiredSet{svcs: make(map[Key]*Service)}
+	if !inStep {
+		d.wanted = make(map[Key]bool, len(want))
+	}
+	d.order = p.index(d, want, full, inStep)
 	if full {
 		if err := r.readAll(p); err != nil {
 			return p.result(), false, errors.Join(append(p.errs, err)...)
 		}
 	}
-	added := p.addNew(&d)
-	p.syncExisting(&d, added, now)
+	adds := p.addNew(&d)
+	p.syncExisting(&d, adds, now)
 	if !inStep {
 		p.deleteUnwanted(d.wanted)
 	}
@@ -553,16 +558,13 @@ func (r *Reconciler) inStep(want []Service, full bool) bool {
 	return inStep
 }
 
-// index indexes and checks the desired services. A service that fails its
-// checks is still "wanted", so an owned one is not deleted for it. A
-// service the kernel holds as the last diff left it goes no further.
-func (p *pass) index(want []Service, full, inStep bool) desiredSet {
+// index indexes and checks the desired services into d's sets and returns
+// their order. A service that fails its checks is still "wanted", so an
+// owned one is not deleted for it. A service the kernel holds as the last
+// diff left it goes no further.
+func (p *pass) index(d desiredSet, want []Service, full, inStep bool) []Key {
 	r := p.r
-	var d desiredSet
-	if !inStep {
-		d.wanted = make(map[Key]bool, len(want))
-	}
-	d.svcs = make(map[Key]*Service)
+	var order []Key
 	for i := range want {
 		k := want[i].Key
 		var c *cached
@@ -587,15 +589,15 @@ func (p *pass) index(want []Service, full, inStep bool) desiredSet {
 			continue
 		}
 		d.svcs[s.Key] = &s
-		d.order = append(d.order, s.Key)
+		order = append(order, s.Key)
 	}
-	return d
+	return order
 }
 
 // addNew adds the desired services the cache lacks (not foreign ones),
-// each followed by its reals in canonical order, and returns the set it
+// each followed by its reals in canonical order, and returns the keys it
 // added.
-func (p *pass) addNew(d *desiredSet) map[Key]bool {
+func (p *pass) addNew(d *desiredSet) []Key {
 	r := p.r
 	var adds []Key
 	for _, k := range d.order {
@@ -609,8 +611,8 @@ func (p *pass) addNew(d *desiredSet) map[Key]bool {
 		adds = append(adds, k)
 	}
 	if len(adds) > 0 {
-		prev, ok := p.claim(adds)
-		if !ok {
+		prev := make(map[Key]bool, len(adds))
+		if !p.claim(adds, prev) {
 			adds = nil
 		}
 		for _, k := range adds {
@@ -621,20 +623,16 @@ func (p *pass) addNew(d *desiredSet) map[Key]bool {
 			}
 		}
 	}
-	added := make(map[Key]bool, len(adds))
-	for _, k := range adds {
-		added[k] = true
-	}
-	return added
+	return adds
 }
 
 // claim records ownership of the services about to be added, before they
 // are created, so a crash in between leaves a service kglb will adopt, not
-// one it will call foreign forever. It returns whether each was owned
-// before, and false (undoing the claim) if the record could not be saved.
-func (p *pass) claim(adds []Key) (map[Key]bool, bool) {
+// one it will call foreign forever. It notes in prev whether each was
+// owned before, and returns false (undoing the claim) if the record could
+// not be saved.
+func (p *pass) claim(adds []Key, prev map[Key]bool) bool {
 	r := p.r
-	prev := make(map[Key]bool, len(adds))
 	for _, k := range adds {
 		prev[k] = r.owned[k]
 		r.owned[k] = true
@@ -646,14 +644,18 @@ func (p *pass) claim(adds []Key) (map[Key]bool, bool) {
 			}
 		}
 		p.fail(fmt.Errorf("record ownership of %d new services (none added): %w", len(adds), err))
-		return nil, false
+		return false
 	}
-	return prev, true
+	return true
 }
 
 // syncExisting brings each desired service the cache holds, and this pass
-// did not add, to its desired value: settings in place, then reals.
-func (p *pass) syncExisting(d *desiredSet, added map[Key]bool, now time.Time) {
+// did not add (adds), to its desired value: settings in place, then reals.
+func (p *pass) syncExisting(d *desiredSet, adds []Key, now time.Time) {
+	added := make(map[Key]bool, len(adds))
+	for _, k := range adds {
+		added[k] = true
+	}
 	for _, k := range d.order {
 		c := p.r.cache[k]
 		if c == nil || added[k] {
