@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/kglb/kglb/ipvs"
-	"github.com/kglb/kglb/vip"
 )
 
 // BenchmarkEditBudget is issue 12's host budget for an edit: a one-line
@@ -33,14 +32,7 @@ func BenchmarkEditBudget(b *testing.B) {
 	}
 	l, cfg := settledLoader(b, dir)
 	k := ipvs.NewFake()
-	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ir, vr := fakeReconcilers(b, k)
 	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}, Metrics: NewMetrics(nil)}, cfg)
 	if err != nil {
 		b.Fatal(err)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/ipvs"
-	"github.com/kglb/kglb/vip"
 )
 
 // nopAnnouncer takes routes and does nothing with them.
@@ -37,14 +36,7 @@ func editEngine(b *testing.B, services int) (*Engine, *ipvs.Fake, [2]*config.Con
 		cfgs[i] = cfg
 	}
 	k := ipvs.NewFake()
-	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ir, vr := fakeReconcilers(b, k)
 	log := hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Info})
 	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}, Metrics: NewMetrics(nil), Logger: log}, cfgs[0])
 	if err != nil {

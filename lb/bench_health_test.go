@@ -10,7 +10,6 @@ import (
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/health"
 	"github.com/kglb/kglb/ipvs"
-	"github.com/kglb/kglb/vip"
 )
 
 // flipProber is a prober whose verdicts a benchmark flips: every target is
@@ -117,14 +116,7 @@ func BenchmarkHealthChange(b *testing.B) {
 	key := ipvs.AddrKey(ipvs.TCP, svc.VIP, svc.Port)
 	rk := ipvs.RealKey{Addr: svc.Reals[0].Addr, Port: svc.Port}
 	k := &watchedKernel{Fake: ipvs.NewFake(), svc: key, real: rk, hit: make(chan struct{}, 1)}
-	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ir, vr := fakeReconcilers(b, k)
 	p := &flipProber{ch: make(chan []health.Change), down: map[health.Target]bool{}}
 	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: p, Metrics: NewMetrics(nil)}, cfg)
 	if err != nil {

@@ -77,14 +77,7 @@ func (upProber) Lookup(t health.Target) (health.Status, bool) {
 func benchEngine(tb testing.TB, cfg *config.Config) (*Engine, *ipvs.Fake) {
 	tb.Helper()
 	k := ipvs.NewFake()
-	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: tb.TempDir()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	ir, vr := fakeReconcilers(tb, k)
 	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Prober: upProber{}}, cfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -328,4 +321,20 @@ func BenchmarkIdleCPU(b *testing.B) {
 		<-done
 		b.ReportMetric(100*used.Seconds()/wall.Seconds(), "cpu-%")
 	}
+}
+
+// fakeReconcilers is an ipvs reconciler over k (state in a temporary
+// directory) and a vip reconciler over a fake link: the data plane of the
+// engines in tests and benchmarks.
+func fakeReconcilers(tb testing.TB, k ipvs.Kernel) (*ipvs.Reconciler, *vip.Reconciler) {
+	tb.Helper()
+	ir, err := ipvs.NewReconciler(k, ipvs.Options{StateDir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ir, vr
 }

@@ -850,14 +850,7 @@ func TestIncrementalMarkHandedOver(t *testing.T) {
 		return c
 	}
 	kernel, prober := ipvs.NewFake(), &tableProber{}
-	ir, err := ipvs.NewReconciler(kernel, ipvs.Options{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ir, vr := fakeReconcilers(t, kernel)
 	cfg := cfgOf(a, b)
 	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Prober: prober}, cfg)
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/health"
 	"github.com/kglb/kglb/ipvs"
-	"github.com/kglb/kglb/vip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -132,14 +131,7 @@ func TestEngineMetrics(t *testing.T) {
 	reduced := daemonCfg(old, web)
 
 	now := time.Unix(1e9, 0)
-	ir, err := ipvs.NewReconciler(ipvs.NewFake(), ipvs.Options{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ir, vr := fakeReconcilers(t, ipvs.NewFake())
 	vips := &flakyVIPs{VIPs: vr}
 	prober := &tableProber{}
 	reg := prometheus.NewRegistry()
