@@ -98,14 +98,7 @@ func randomConfig(rng *rand.Rand) *config.Config {
 // changes nothing.
 func TestPlanEqualsReload(t *testing.T) {
 	w := newWorld(t)
-	// Reals .1 to .3 up, .4 down, .5 unknown.
-	for i := 1; i <= 4; i++ {
-		st := health.Up
-		if i == 4 {
-			st = health.Down
-		}
-		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = st
-	}
+	w.mixedHealth()
 	rng := rand.New(rand.NewPCG(1, 2))
 	cfg := randomConfig(rng)
 	r := w.start(t, cfg)
@@ -171,13 +164,7 @@ func TestPlanEqualsReload(t *testing.T) {
 // compact) equals, field by field, the one PlanConfig returned.
 func TestReloadLogsItsPlan(t *testing.T) {
 	w := newWorld(t)
-	for i := 1; i <= 4; i++ {
-		st := health.Up
-		if i == 4 {
-			st = health.Down
-		}
-		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = st
-	}
+	w.mixedHealth()
 	// A speaker's plan: one neighbor, sent what the announcer is handed.
 	// And a delete guard, whose verdict both carry.
 	w.wrap = func(o *Options) {
@@ -450,5 +437,17 @@ func TestCompactBounded(t *testing.T) {
 			Routes: []RouteChange{{Prefix: "192.0.2.1/32", Action: ActAdd, Fields: []Field{{Name: "next_hop", To: "self"}}}}}}}
 	if got, want := small.Compact(MaxLoggedPlan), "vips [+ 192.0.2.1 (made local)] | neighbor tor-a (192.0.2.254, ebgp) [+ 192.0.2.1/32: next_hop self]"; got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+// mixedHealth sets the random configs' reals 10.0.0.1 to .3 up, .4 down;
+// .5 stays unknown.
+func (w *world) mixedHealth() {
+	for i := 1; i <= 4; i++ {
+		st := health.Up
+		if i == 4 {
+			st = health.Down
+		}
+		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = st
 	}
 }
