@@ -451,3 +451,56 @@ func (w *world) mixedHealth() {
 		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = st
 	}
 }
+
+// TestReviewHealthAndOrder checks the changes TestReviewKinds does not
+// make: reals of an mh service deleted and re-added to keep their order,
+// a service no write touches whose reals start unknown (a new check),
+// and disabled services and reals, which are not counted for health.
+func TestReviewHealthAndOrder(t *testing.T) {
+	w := newWorld(t)
+	for i := 1; i <= 3; i++ {
+		w.prober.states[netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 80)] = health.Up
+	}
+	mh := func(s *config.Service) {
+		s.Scheduler = config.SchedMH
+		s.Reals = s.Reals[1:] // 10.0.0.2 and .3
+	}
+	offThird := func(s *config.Service) { s.Reals[2].Enabled = false }
+	cfg := daemonCfg(svc("web", "192.0.2.1", 3, mh), svc("lone", "192.0.2.2", 3, offThird), svc("idle", "192.0.2.3", 1))
+	cfg.Daemon.StopHold = time.Hour
+	r := w.start(t, cfg)
+	ctx := context.Background()
+	if _, err := r.e.PlanConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32,192.0.2.2/32,192.0.2.3/32" })
+	eventually(t, "weights up", func() bool { return tunnels100(w.kernel) == 5 })
+
+	next := daemonCfg(
+		svc("web", "192.0.2.1", 3, func(s *config.Service) { s.Scheduler = config.SchedMH }), // 10.0.0.1 sorts first
+		svc("lone", "192.0.2.2", 3, offThird, func(s *config.Service) { s.Checks[0].Interval = 5 * time.Second }),
+		svc("idle", "192.0.2.3", 1, func(s *config.Service) {
+			s.Enabled = false
+			s.Checks[0].Interval = 5 * time.Second
+		}),
+	)
+	next.Daemon.StopHold = time.Hour
+	rv, err := r.e.PlanConfig(ctx, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, s := range rv.Services {
+		fmt.Fprintf(&b, "%q %s %s %v", s.Action, s.Name, s.Endpoint, s.Fields)
+		for _, rl := range s.Reals {
+			fmt.Fprintf(&b, " [%s %s %v drain=%s health=%s]", rl.Action, rl.Real, rl.Fields, rl.Drain, rl.Health)
+		}
+		fmt.Fprintf(&b, " kept=%d unknown=%v\n", s.HealthKept, s.HealthUnknown)
+	}
+	want := `"~" web tcp/192.0.2.1:80 [] [+ 10.0.0.1:80 [{weight  100}] drain= health=up] [~ 10.0.0.2:80 [{position  re-added for mh order}] drain= health=up] [~ 10.0.0.3:80 [{position  re-added for mh order}] drain= health=up] kept=3 unknown=[]
+" " lone tcp/192.0.2.2:80 [] kept=0 unknown=[10.0.0.1:80 10.0.0.2:80]
+`
+	if d := cmp.Diff(want, b.String()); d != "" {
+		t.Errorf("plan (-want +got):\n%s", d)
+	}
+}
