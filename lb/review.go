@@ -459,53 +459,102 @@ func vipChanges(vw []vip.Write, before, after map[netip.Addr]leaving, now time.T
 
 // serviceChanges turns the planned IPVS writes into changes per service:
 // the state before, with the writes played over it in order, against the
-// state after.
+// state after; then the health each enabled service's reals keep.
 //
 // Its cost follows the services written to (and, for health, those that
 // only(i) selects; nil selects every one), not the whole table, so that a
 // reload can describe itself (Engine.reload).
 func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want ipvs.Desired, d Desired, kept func(health.Target) bool, only func(int) bool, now time.Time) []ServiceChange {
-	type svcState struct {
-		svc   ipvs.Service
-		reals map[ipvs.RealKey]ipvs.Real
-		there bool
+	tables := replayWrites(ipl)
+	ix := realIndex{
+		rewritten: tables.rewritten,
+		draining:  drainingReals(ipl.Result.Draining),
+		wanted:    wantedReals(tables.after, want),
+		states:    realStates(tables.after, cfg, d),
+		now:       now,
 	}
-	mk := func(s ipvs.Service) *svcState {
-		st := &svcState{svc: s, reals: map[ipvs.RealKey]ipvs.Real{}, there: true}
-		for _, r := range s.Reals {
-			st.reals[r.Key()] = r
+	names := serviceNames(tables.after, old, cfg)
+	var out []ServiceChange
+	byKey := map[ipvs.Key]int{}
+	for k, a := range tables.after {
+		if sc, ok := ix.serviceChange(k, names[k], tables.before[k], a); ok {
+			byKey[k] = len(out)
+			out = append(out, sc)
 		}
-		return st
 	}
-	before := map[ipvs.Key]*svcState{}
-	after := map[ipvs.Key]*svcState{}
+	out = withHealth(out, byKey, cfg, plan, kept, only)
+	slices.SortFunc(out, func(a, b ServiceChange) int {
+		return cmp.Or(cmp.Compare(a.VIP, b.VIP), cmp.Compare(a.Endpoint, b.Endpoint))
+	})
+	return out
+}
+
+// svcState is one IPVS service as a point of the planned writes leaves it.
+type svcState struct {
+	svc   ipvs.Service
+	reals map[ipvs.RealKey]ipvs.Real
+	there bool // false: deleted (or never added)
+}
+
+func newSvcState(s ipvs.Service) *svcState {
+	st := &svcState{svc: s, reals: make(map[ipvs.RealKey]ipvs.Real, len(s.Reals)), there: true}
+	for _, r := range s.Reals {
+		st.reals[r.Key()] = r
+	}
+	return st
+}
+
+// replayed is the IPVS table the planned writes touch, before and after
+// them, and which reals of each service the writes touch.
+type replayed struct {
+	before, after map[ipvs.Key]*svcState
+	rewritten     map[ipvs.Key]map[ipvs.RealKey]bool
+}
+
+// replayWrites plays ipl's writes, in order, over the services they touch.
+func replayWrites(ipl ipvs.Planned) replayed {
+	t := replayed{
+		before:    map[ipvs.Key]*svcState{},
+		after:     map[ipvs.Key]*svcState{},
+		rewritten: map[ipvs.Key]map[ipvs.RealKey]bool{},
+	}
 	for _, s := range ipl.Before {
-		before[s.Key] = mk(s)
-		after[s.Key] = mk(s)
+		t.before[s.Key] = newSvcState(s)
+		t.after[s.Key] = newSvcState(s)
 	}
-	rewritten := map[ipvs.Key]map[ipvs.RealKey]bool{}
 	for _, w := range ipl.Writes {
-		st := after[w.Service]
-		if st == nil {
-			st = &svcState{reals: map[ipvs.RealKey]ipvs.Real{}}
-			after[w.Service] = st
-		}
-		if rewritten[w.Service] == nil {
-			rewritten[w.Service] = map[ipvs.RealKey]bool{}
-		}
-		switch w.Op {
-		case ipvs.OpAddService, ipvs.OpUpdateService:
-			st.svc, st.there = *w.Svc, true
-		case ipvs.OpDeleteService:
-			st.there = false
-		case ipvs.OpAddReal, ipvs.OpUpdateReal:
-			st.reals[w.RealKey] = *w.Real
-			rewritten[w.Service][w.RealKey] = true
-		case ipvs.OpDeleteReal:
-			delete(st.reals, w.RealKey)
-			rewritten[w.Service][w.RealKey] = true
-		}
+		t.play(w)
 	}
+	return t
+}
+
+// play applies one write to the after table.
+func (t replayed) play(w ipvs.Write) {
+	st := t.after[w.Service]
+	if st == nil {
+		st = &svcState{reals: map[ipvs.RealKey]ipvs.Real{}}
+		t.after[w.Service] = st
+	}
+	if t.rewritten[w.Service] == nil {
+		t.rewritten[w.Service] = map[ipvs.RealKey]bool{}
+	}
+	switch w.Op {
+	case ipvs.OpAddService, ipvs.OpUpdateService:
+		st.svc, st.there = *w.Svc, true
+	case ipvs.OpDeleteService:
+		st.there = false
+	case ipvs.OpAddReal, ipvs.OpUpdateReal:
+		st.reals[w.RealKey] = *w.Real
+		t.rewritten[w.Service][w.RealKey] = true
+	case ipvs.OpDeleteReal:
+		delete(st.reals, w.RealKey)
+		t.rewritten[w.Service][w.RealKey] = true
+	}
+}
+
+// serviceNames are the configured services (of old, then cfg) of the
+// services written to.
+func serviceNames(after map[ipvs.Key]*svcState, old, cfg *config.Config) map[ipvs.Key]*config.Service {
 	names := map[ipvs.Key]*config.Service{}
 	for _, c := range []*config.Config{old, cfg} {
 		if c == nil {
@@ -517,13 +566,33 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 			}
 		}
 	}
+	return names
+}
+
+// realIndex says, per service and real, what a real's change needs beyond
+// its state before and after: whether the writes touched it, when it
+// drains, whether the desired state keeps it and the verdict it follows.
+type realIndex struct {
+	rewritten map[ipvs.Key]map[ipvs.RealKey]bool
+	draining  map[ipvs.Key]map[ipvs.RealKey]time.Time
+	wanted    map[ipvs.Key]map[ipvs.RealKey]bool
+	states    map[ipvs.Key]map[ipvs.RealKey]health.State
+	now       time.Time
+}
+
+func drainingReals(ds []ipvs.Draining) map[ipvs.Key]map[ipvs.RealKey]time.Time {
 	draining := map[ipvs.Key]map[ipvs.RealKey]time.Time{}
-	for _, dr := range ipl.Result.Draining {
+	for _, dr := range ds {
 		if draining[dr.Service] == nil {
 			draining[dr.Service] = map[ipvs.RealKey]time.Time{}
 		}
 		draining[dr.Service][dr.Real] = dr.Deadline
 	}
+	return draining
+}
+
+// wantedReals are the reals want keeps, of the services written to.
+func wantedReals(after map[ipvs.Key]*svcState, want ipvs.Desired) map[ipvs.Key]map[ipvs.RealKey]bool {
 	wanted := map[ipvs.Key]map[ipvs.RealKey]bool{}
 	for _, s := range want.Services {
 		if after[s.Key] == nil {
@@ -535,6 +604,11 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 		}
 		wanted[s.Key] = m
 	}
+	return wanted
+}
+
+// realStates are the verdicts of the reals of the services written to.
+func realStates(after map[ipvs.Key]*svcState, cfg *config.Config, d Desired) map[ipvs.Key]map[ipvs.RealKey]health.State {
 	states := map[ipvs.Key]map[ipvs.RealKey]health.State{}
 	for i, st := range d.Services {
 		if after[serviceKey(cfg.Services[i])] == nil {
@@ -546,99 +620,103 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 		}
 		states[serviceKey(cfg.Services[i])] = m
 	}
+	return states
+}
 
-	var out []ServiceChange
-	byKey := map[ipvs.Key]int{}
-	for k, a := range after {
-		b := before[k]
-		sc := ServiceChange{Endpoint: k.String(), Action: ActChange}
-		if s := names[k]; s != nil {
-			sc.Name, sc.Endpoint = s.Name, s.Endpoint()
-		}
-		if k.Addr.IsValid() {
-			sc.VIP = k.Addr.String()
-		}
-		switch {
-		case (b == nil || !b.there) && a.there:
-			sc.Action = ActAdd
-			b = &svcState{reals: map[ipvs.RealKey]ipvs.Real{}}
-		case b != nil && b.there && !a.there:
-			sc.Action = ActRemove
-			a = &svcState{reals: map[ipvs.RealKey]ipvs.Real{}}
-		case b == nil || !a.there:
-			continue
-		default:
-			sc.Fields = serviceFields(b.svc, a.svc)
-		}
-		keys := map[ipvs.RealKey]bool{}
-		for rk := range b.reals {
-			keys[rk] = true
-		}
-		for rk := range a.reals {
-			keys[rk] = true
-		}
-		for rk := range keys {
-			rb, inB := b.reals[rk]
-			ra, inA := a.reals[rk]
-			rc := RealChange{Real: rk.String()}
-			switch {
-			case !inB:
-				rc.Action = ActAdd
-				rc.Fields = []Field{{Name: "weight", To: strconv.Itoa(int(ra.Weight))}}
-			case !inA:
-				rc.Action = ActRemove
-			default:
-				rc.Action = ActChange
-				rc.Fields = realFields(rb, ra)
-				if dl, ok := draining[k][rk]; ok && !wanted[k][rk] {
-					rc.Drain = dl.Sub(now).Round(time.Second).String()
-				} else if len(rc.Fields) == 0 {
-					if sc.Action != ActChange || !rewritten[k][rk] {
-						continue
-					}
-					rc.Fields = []Field{{Name: "position", From: "", To: "re-added for mh order"}}
-				}
-			}
-			if st, ok := states[k][rk]; ok && rc.Action != ActRemove && rc.Drain == "" {
-				rc.Health = st.String()
-			}
-			sc.Reals = append(sc.Reals, rc)
-		}
-		slices.SortFunc(sc.Reals, func(x, y RealChange) int { return cmp.Compare(x.Real, y.Real) })
-		if sc.Action == ActChange && len(sc.Fields) == 0 && len(sc.Reals) == 0 {
-			continue
-		}
-		byKey[k] = len(out)
-		out = append(out, sc)
+// serviceChange is the change of service k (configured as s, nil if
+// not) from b to a; false when there is none to list.
+func (ix realIndex) serviceChange(k ipvs.Key, s *config.Service, b, a *svcState) (ServiceChange, bool) {
+	sc := ServiceChange{Endpoint: k.String(), Action: ActChange}
+	if s != nil {
+		sc.Name, sc.Endpoint = s.Name, s.Endpoint()
 	}
-	// Health: a real keeps its verdict when each of its targets has one.
+	if k.Addr.IsValid() {
+		sc.VIP = k.Addr.String()
+	}
+	var before, after map[ipvs.RealKey]ipvs.Real // nil: none
+	switch {
+	case (b == nil || !b.there) && a.there:
+		sc.Action = ActAdd
+		after = a.reals
+	case b != nil && b.there && !a.there:
+		sc.Action = ActRemove
+		before = b.reals
+	case b == nil || !a.there:
+		return ServiceChange{}, false // added and deleted by the same writes
+	default:
+		sc.Fields = serviceFields(b.svc, a.svc)
+		before, after = b.reals, a.reals
+	}
+	sc.Reals = ix.realChanges(k, sc.Action, before, after)
+	if sc.Action == ActChange && len(sc.Fields) == 0 && len(sc.Reals) == 0 {
+		return ServiceChange{}, false
+	}
+	return sc, true
+}
+
+// realChanges are the changes of service k's reals, sorted by real.
+func (ix realIndex) realChanges(k ipvs.Key, svcAction string, before, after map[ipvs.RealKey]ipvs.Real) []RealChange {
+	keys := map[ipvs.RealKey]bool{}
+	for rk := range before {
+		keys[rk] = true
+	}
+	for rk := range after {
+		keys[rk] = true
+	}
+	var out []RealChange
+	for rk := range keys {
+		if rc, ok := ix.realChange(k, rk, svcAction, before, after); ok {
+			out = append(out, rc)
+		}
+	}
+	slices.SortFunc(out, func(x, y RealChange) int { return cmp.Compare(x.Real, y.Real) })
+	return out
+}
+
+// realChange is the change of real rk of service k; false when there is
+// none to list.
+func (ix realIndex) realChange(k ipvs.Key, rk ipvs.RealKey, svcAction string, before, after map[ipvs.RealKey]ipvs.Real) (RealChange, bool) {
+	rb, inB := before[rk]
+	ra, inA := after[rk]
+	rc := RealChange{Real: rk.String()}
+	switch {
+	case !inB:
+		rc.Action = ActAdd
+		rc.Fields = []Field{{Name: "weight", To: strconv.Itoa(int(ra.Weight))}}
+	case !inA:
+		rc.Action = ActRemove
+	default:
+		rc.Action = ActChange
+		rc.Fields = realFields(rb, ra)
+		if dl, ok := ix.draining[k][rk]; ok && !ix.wanted[k][rk] {
+			rc.Drain = dl.Sub(ix.now).Round(time.Second).String()
+		} else if len(rc.Fields) == 0 {
+			// Unchanged, unless the writes deleted and re-added it.
+			if svcAction != ActChange || !ix.rewritten[k][rk] {
+				return RealChange{}, false
+			}
+			rc.Fields = []Field{{Name: "position", From: "", To: "re-added for mh order"}}
+		}
+	}
+	if st, ok := ix.states[k][rk]; ok && rc.Action != ActRemove && rc.Drain == "" {
+		rc.Health = st.String()
+	}
+	return rc, true
+}
+
+// withHealth sets, on each enabled service listed or selected by only,
+// which reals keep their verdict, listing (ActKeep) a service that no
+// write touches but has reals starting unknown.
+func withHealth(out []ServiceChange, byKey map[ipvs.Key]int, cfg *config.Config, plan *Plan, kept func(health.Target) bool, only func(int) bool) []ServiceChange {
 	for i, s := range cfg.Services {
 		if !s.Enabled || i >= len(plan.services) {
 			continue
 		}
-		k := serviceKey(s)
-		if _, listed := byKey[k]; !listed && only != nil && !only(i) {
+		j, listed := byKey[serviceKey(s)]
+		if !listed && only != nil && !only(i) {
 			continue
 		}
-		var nkept int
-		var unknown []string
-		for j := range s.Reals {
-			r := &s.Reals[j]
-			if !r.Enabled {
-				continue
-			}
-			ok := true
-			for n := range plan.services[i].specs {
-				t, marked := plan.target(i, n, r)
-				ok = ok && marked && kept(t)
-			}
-			if ok {
-				nkept++
-			} else {
-				unknown = append(unknown, r.AddrPort().String())
-			}
-		}
-		j, listed := byKey[k]
+		nkept, unknown := realHealth(plan, i, s, kept)
 		if !listed {
 			if len(unknown) == 0 {
 				continue
@@ -652,10 +730,29 @@ func serviceChanges(old, cfg *config.Config, plan *Plan, ipl ipvs.Planned, want 
 		}
 		out[j].HealthKept, out[j].HealthUnknown = nkept, unknown
 	}
-	slices.SortFunc(out, func(a, b ServiceChange) int {
-		return cmp.Or(cmp.Compare(a.VIP, b.VIP), cmp.Compare(a.Endpoint, b.Endpoint))
-	})
 	return out
+}
+
+// realHealth counts the enabled reals of service i (s) that keep their
+// verdict, those each of whose targets has one, and lists the others.
+func realHealth(plan *Plan, i int, s *config.Service, kept func(health.Target) bool) (nkept int, unknown []string) {
+	for j := range s.Reals {
+		r := &s.Reals[j]
+		if !r.Enabled {
+			continue
+		}
+		ok := true
+		for n := range plan.services[i].specs {
+			t, marked := plan.target(i, n, r)
+			ok = ok && marked && kept(t)
+		}
+		if ok {
+			nkept++
+		} else {
+			unknown = append(unknown, r.AddrPort().String())
+		}
+	}
+	return nkept, unknown
 }
 
 func serviceFields(b, a ipvs.Service) []Field {
