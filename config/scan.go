@@ -141,80 +141,102 @@ func (s *scanner) pop(kinds string) {
 
 func isIdentByte(c byte) bool { return isLetter(c) || isDigit(c) || c == '_' || c == '-' }
 
+// run scans src from s.i: newlines, and between them stretches of code and
+// of text (in strings and heredocs), each scanned in one call that ends at
+// a newline or where the other begins. The first problem ends the scan.
 func (s *scanner) run(name string) hcl.Diagnostics {
-	src := s.src
-	push := func(k byte) bool {
-		if len(s.stack) >= MaxNesting {
-			return false
+	for s.i < len(s.src) {
+		if s.src[s.i] == '\n' {
+			s.newline()
+			continue
 		}
-		s.stack = append(s.stack, k)
-		return true
+		var diags hcl.Diagnostics
+		if top := s.top(); top == '"' || top == 'h' {
+			diags = s.text(name, top)
+		} else {
+			diags = s.code(name)
+		}
+		if diags != nil {
+			return diags
+		}
 	}
-	tooDeep := func(i int) hcl.Diagnostics {
-		return s.fail(i, fmt.Sprintf("nesting deeper than the limit of %d levels", MaxNesting), "write literal values: a configuration's blocks, lists and objects nest a few levels deep (see docs/config.md)", name)
+	return nil
+}
+
+// newline steps over a newline, which ends an unterminated string (HCL
+// ends it there too), the operators of an attribute, and a heredoc whose
+// marker is the next line.
+func (s *scanner) newline() {
+	switch s.top() {
+	case '"':
+		s.pop(`"`)
+	case 0, '{':
+		s.popOps()
 	}
-	for s.i < len(src) {
+	s.i++
+	s.line, s.lineStart = s.line+1, s.i
+	if s.top() == 'h' && s.heredocEnds() {
+		s.pop("h")
+		s.markers = s.markers[:len(s.markers)-1]
+	}
+}
+
+// text scans the text of a string (top '"') or heredoc ('h') up to a
+// newline, its closing quote or a template's ${ or %{. Plain text, the
+// bulk of a string, goes in one step.
+func (s *scanner) text(name string, top byte) hcl.Diagnostics {
+	src := s.src
+	for s.i < len(src) && src[s.i] != '\n' {
+		i := s.i
+		j := i
+		for j < len(src) && !textSpecial[src[j]] {
+			j++
+		}
+		if j > i {
+			if j-s.strStart > MaxStringLength {
+				return s.stringTooLong(name)
+			}
+			s.i = j
+			continue
+		}
+		switch c := src[i]; {
+		case c == '\\' && top == '"':
+			s.i++
+			if s.i < len(src) && src[s.i] != '\n' { // a newline ends the string all the same
+				s.i++
+			}
+			continue
+		case (c == '$' || c == '%') && i+1 < len(src) && src[i+1] == c:
+			s.i += 2 // $$ and %% escape a template
+			continue
+		case (c == '$' || c == '%') && i+1 < len(src) && src[i+1] == '{':
+			if !s.push('t') {
+				return s.tooDeep(i, name)
+			}
+			s.i += 2
+			return nil
+		case c == '"' && top == '"':
+			s.pop(`"`)
+			s.i++
+			return nil
+		}
+		if i-s.strStart >= MaxStringLength {
+			return s.stringTooLong(name)
+		}
+		s.i++
+	}
+	return nil
+}
+
+// code scans code up to a newline, a string or heredoc, or a } (which may
+// end a template): top level, a block body, a list, an object,
+// parentheses or a template's expression. Names, spaces and = go in one
+// step.
+func (s *scanner) code(name string) hcl.Diagnostics {
+	src := s.src
+	for s.i < len(src) && src[s.i] != '\n' {
 		i := s.i
 		c := src[i]
-		if c == '\n' {
-			switch s.top() {
-			case '"':
-				s.pop(`"`) // an unterminated string: HCL ends it here too
-			case 0, '{':
-				s.popOps() // the end of an attribute
-			}
-			s.i++
-			s.line, s.lineStart = s.line+1, s.i
-			if s.top() == 'h' && s.heredocEnds() {
-				s.pop("h")
-				s.markers = s.markers[:len(s.markers)-1]
-			}
-			continue
-		}
-		top := s.top()
-		switch top {
-		case '"', 'h':
-			// Plain text, the bulk of a string, in one step.
-			j := i
-			for j < len(src) && !textSpecial[src[j]] {
-				j++
-			}
-			if j > i {
-				if j-s.strStart > MaxStringLength {
-					return s.failAt(s.strOpen, fmt.Sprintf("string longer than the limit of %d bytes", MaxStringLength), "shorten the value: no attribute takes text this long", name)
-				}
-				s.i = j
-				continue
-			}
-			switch {
-			case c == '\\' && s.top() == '"':
-				s.i++
-				if s.i < len(src) && src[s.i] != '\n' { // a newline ends the string all the same
-					s.i++
-				}
-				continue
-			case (c == '$' || c == '%') && i+1 < len(src) && src[i+1] == c:
-				s.i += 2 // $$ and %% escape a template
-				continue
-			case (c == '$' || c == '%') && i+1 < len(src) && src[i+1] == '{':
-				if !push('t') {
-					return tooDeep(i)
-				}
-				s.i += 2
-				continue
-			case c == '"' && s.top() == '"':
-				s.pop(`"`)
-				s.i++
-				continue
-			}
-			if i-s.strStart >= MaxStringLength {
-				return s.failAt(s.strOpen, fmt.Sprintf("string longer than the limit of %d bytes", MaxStringLength), "shorten the value: no attribute takes text this long", name)
-			}
-			s.i++
-			continue
-		}
-		// Code: top level, a block body, a list, an object, parentheses or
-		// a template's expression. Names, spaces and = in one step.
 		if !codeSpecial[c] {
 			j := i + 1
 			for j < len(src) && !codeSpecial[src[j]] {
@@ -225,26 +247,19 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 		}
 		switch {
 		case c == '#' || c == '/' && i+1 < len(src) && src[i+1] == '/':
-			for s.i < len(src) && src[s.i] != '\n' {
-				s.i++
-			}
+			s.lineComment()
 			continue
 		case c == '/' && i+1 < len(src) && src[i+1] == '*':
-			s.i += 2
-			for s.i < len(src) && !(src[s.i] == '*' && s.i+1 < len(src) && src[s.i+1] == '/') {
-				if src[s.i] == '\n' {
-					s.line, s.lineStart = s.line+1, s.i+1
-				}
-				s.i++
-			}
-			s.i += 2
+			s.blockComment()
 			continue
 		case c == '{' || c == '[' || c == '(':
-			if !push(c) {
-				return tooDeep(i)
+			if !s.push(c) {
+				return s.tooDeep(i, name)
 			}
 		case c == '}':
 			s.pop("{t")
+			s.i++
+			return nil
 		case c == ']':
 			s.pop("[")
 		case c == ')':
@@ -252,52 +267,112 @@ func (s *scanner) run(name string) hcl.Diagnostics {
 		case c == ',':
 			s.popOps()
 		case c == '!' || c == '-' || c == '?':
-			if !push('o') {
-				return tooDeep(i)
+			if !s.push('o') {
+				return s.tooDeep(i, name)
 			}
 		case c == '"':
-			if !push('"') {
-				return tooDeep(i)
+			if !s.push('"') {
+				return s.tooDeep(i, name)
 			}
 			s.strStart, s.strOpen = i+1, s.raw(i)
+			s.i++
+			return nil
 		case c == '<' && i+1 < len(src) && src[i+1] == '<':
-			// A heredoc: <<EOT or <<-EOT, then a newline.
-			j := i + 2
-			if j < len(src) && src[j] == '-' {
-				j++
+			if diags := s.heredoc(name); diags != nil {
+				return diags
 			}
-			k := j
-			for k < len(src) && isIdentByte(src[k]) {
-				k++
-			}
-			if k > j && k < len(src) && src[k] == '\n' {
-				if !push('h') {
-					return tooDeep(i)
-				}
-				s.markers = append(s.markers, src[j:k])
-				s.strStart, s.strOpen = k+1, s.raw(i)
-				s.i = k
-				continue
-			}
+			continue
 		case isDigit(c) && numberStart(src, i):
-			j := i
-			for j < len(src) && isDigit(src[j]) {
-				j++
+			if diags := s.number(name); diags != nil {
+				return diags
 			}
-			if c == '0' && j > i+1 {
-				k := i + 1
-				for k < j-1 && src[k] == '0' {
-					k++
-				}
-				p := s.pos(i)
-				return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: fmt.Sprintf("number %s has a leading zero", src[i:j]), Subject: &hcl.Range{Filename: name, Start: p, End: hcl.Pos{Line: p.Line, Column: p.Column + j - i, Byte: j}},
-					Extra: hintText(fmt.Sprintf("write the number without leading zeros, as %s: numbers are decimal", src[k:j]))}}
-			}
-			s.i = j
 			continue
 		}
 		s.i++
 	}
+	return nil
+}
+
+// push opens a level of kind k; false when MaxNesting are open.
+func (s *scanner) push(k byte) bool {
+	if len(s.stack) >= MaxNesting {
+		return false
+	}
+	s.stack = append(s.stack, k)
+	return true
+}
+
+func (s *scanner) tooDeep(i int, name string) hcl.Diagnostics {
+	return s.fail(i, fmt.Sprintf("nesting deeper than the limit of %d levels", MaxNesting), "write literal values: a configuration's blocks, lists and objects nest a few levels deep (see docs/config.md)", name)
+}
+
+func (s *scanner) stringTooLong(name string) hcl.Diagnostics {
+	return s.failAt(s.strOpen, fmt.Sprintf("string longer than the limit of %d bytes", MaxStringLength), "shorten the value: no attribute takes text this long", name)
+}
+
+// lineComment steps to the end of a # or // comment.
+func (s *scanner) lineComment() {
+	for s.i < len(s.src) && s.src[s.i] != '\n' {
+		s.i++
+	}
+}
+
+// blockComment steps over a /* */ comment, counting its lines.
+func (s *scanner) blockComment() {
+	src := s.src
+	s.i += 2
+	for s.i < len(src) && !(src[s.i] == '*' && s.i+1 < len(src) && src[s.i+1] == '/') {
+		if src[s.i] == '\n' {
+			s.line, s.lineStart = s.line+1, s.i+1
+		}
+		s.i++
+	}
+	s.i += 2
+}
+
+// heredoc opens the heredoc that starts at s.i: <<EOT or <<-EOT, then a
+// newline. Anything else is a << that the parsers report.
+func (s *scanner) heredoc(name string) hcl.Diagnostics {
+	src, i := s.src, s.i
+	j := i + 2
+	if j < len(src) && src[j] == '-' {
+		j++
+	}
+	k := j
+	for k < len(src) && isIdentByte(src[k]) {
+		k++
+	}
+	if k == j || k >= len(src) || src[k] != '\n' {
+		s.i++
+		return nil
+	}
+	if !s.push('h') {
+		return s.tooDeep(i, name)
+	}
+	s.markers = append(s.markers, src[j:k])
+	s.strStart, s.strOpen = k+1, s.raw(i)
+	s.i = k
+	return nil
+}
+
+// number steps over the digits of the number that starts at s.i, which
+// are refused with a leading zero.
+func (s *scanner) number(name string) hcl.Diagnostics {
+	src, i := s.src, s.i
+	j := i
+	for j < len(src) && isDigit(src[j]) {
+		j++
+	}
+	if src[i] == '0' && j > i+1 {
+		k := i + 1
+		for k < j-1 && src[k] == '0' {
+			k++
+		}
+		p := s.pos(i)
+		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: fmt.Sprintf("number %s has a leading zero", src[i:j]), Subject: &hcl.Range{Filename: name, Start: p, End: hcl.Pos{Line: p.Line, Column: p.Column + j - i, Byte: j}},
+			Extra: hintText(fmt.Sprintf("write the number without leading zeros, as %s: numbers are decimal", src[k:j]))}}
+	}
+	s.i = j
 	return nil
 }
 
