@@ -878,36 +878,71 @@ func (p *pass) updateReal(s *Service, c *cached, rl Real) bool {
 	return true
 }
 
-// syncService brings one existing owned service in line.
+// syncService brings one existing owned service in line: its settings,
+// its reals (syncReals), then the reals it no longer has (removeReals),
+// after reading their connection counts when they may drain. All but that
+// read only queue writes (pass.write) and update the cache as if they
+// succeed.
 func (p *pass) syncService(s *Service, c *cached, now time.Time) {
-	r := p.r
 	if s.spec() != c.svc.spec() {
-		if p.write(OpUpdateService, s, nil, RealKey{}) {
-			stats := c.svc.Stats
-			c.svc = kernelService(*s)
-			c.svc.Stats = stats
-		}
+		p.updateService(s, c)
 	}
+	drains := p.r.draining[s.Key]
+	if !p.syncReals(s, c, drains) {
+		if len(drains) == 0 {
+			delete(p.r.draining, s.Key)
+		}
+		return
+	}
+	// Removing reals with a drain time needs live connection counts.
+	if s.Drain > 0 && c.readGen != p.r.gen && !p.readConns(s, c) {
+		return
+	}
+	p.removeReals(s, c, drains, now)
+}
 
-	// One pass over the desired reals diffs them against the cache and
-	// counts the matches: desired reals are unique (validated), so the
-	// kernel has reals to remove exactly when it holds more than matched.
-	// No set is built on the path of a single weight change.
-	drains := r.draining[s.Key]
+func (p *pass) updateService(s *Service, c *cached) {
+	if p.write(OpUpdateService, s, nil, RealKey{}) {
+		stats := c.svc.Stats
+		c.svc = kernelService(*s)
+		c.svc.Stats = stats
+	}
+}
+
+// syncReals queues the updates and adds that give the kernel s's reals,
+// ends the drain of each real back in s (drains: the service's), and
+// reports whether the kernel holds reals s does not.
+func (p *pass) syncReals(s *Service, c *cached, drains map[RealKey]time.Time) (removes bool) {
 	// For mh, new reals and reals out of canonical order are (re-)added in
 	// tail; its reals get no separate update (the add carries the spec).
 	var tail []Real
-	var inTail map[RealKey]bool
 	if s.Scheduler == schedMH {
-		if tail = mhTail(s.Reals, c); len(tail) > 0 {
-			inTail = make(map[RealKey]bool, len(tail))
-			for _, rl := range tail {
-				inTail[rl.Key()] = true
-			}
+		tail = mhTail(s.Reals, c)
+	}
+	adds, matched := p.updateReals(s, c, drains, tail)
+	removes = matched < len(c.reals)
+	slices.SortFunc(adds, func(a, b Real) int { return a.Key().compare(b.Key()) })
+	for _, rl := range adds {
+		p.addReal(s, c, rl)
+	}
+	p.addTail(s, c, tail)
+	return removes
+}
+
+// updateReals diffs s's reals against the cache in one pass, queuing the
+// update of each that changed and is not in tail, and returns those to add
+// (none when there is a tail: it holds them) and how many the cache holds.
+// Desired reals are unique (validated), so the kernel has reals to remove
+// exactly when it holds more than matched: no set is built on the path of
+// a single weight change.
+func (p *pass) updateReals(s *Service, c *cached, drains map[RealKey]time.Time, tail []Real) (adds []Real, matched int) {
+	var inTail map[RealKey]bool
+	if len(tail) > 0 {
+		inTail = make(map[RealKey]bool, len(tail))
+		for _, rl := range tail {
+			inTail[rl.Key()] = true
 		}
 	}
-	var adds []Real
-	matched := 0
 	for _, rl := range s.Reals {
 		cur, ok := c.reals[rl.Key()]
 		if drains != nil {
@@ -924,18 +959,19 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 			p.updateReal(s, c, rl)
 		}
 	}
-	removes := matched < len(c.reals)
-	slices.SortFunc(adds, func(a, b Real) int { return a.Key().compare(b.Key()) })
-	for _, rl := range adds {
-		p.addReal(s, c, rl)
-	}
-	// A new real with reals re-added after it goes in at weight 0, which
-	// keeps it out of the table (weight 0 from the start gives it no
-	// turns), and gets its weight last: until then every table the kernel
-	// builds is the old one. With net.ipv4.vs.expire_nodest_conn=1 (the
-	// package sets 0) the kernel expires the connections of a real caught
-	// between its delete and its add; while the table is the old one, the
-	// next packet of such a connection (sloppy_tcp) finds the same real.
+	return adds, matched
+}
+
+// addTail queues the (re-)adds of an mh service's tail, in order.
+//
+// A new real with reals re-added after it goes in at weight 0, which
+// keeps it out of the table (weight 0 from the start gives it no turns),
+// and gets its weight last: until then every table the kernel builds is
+// the old one. With net.ipv4.vs.expire_nodest_conn=1 (the package sets 0)
+// the kernel expires the connections of a real caught between its delete
+// and its add; while the table is the old one, the next packet of such a
+// connection (sloppy_tcp) finds the same real.
+func (p *pass) addTail(s *Service, c *cached, tail []Real) {
 	var raise []Real
 	for i, rl := range tail {
 		if _, ok := c.reals[rl.Key()]; ok {
@@ -953,26 +989,59 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 			p.updateReal(s, c, rl)
 		}
 	}
-	// Removing reals with a drain time needs live connection counts.
-	if removes && s.Drain > 0 && c.readGen != r.gen {
-		p.flush() // the writes so far first: the read must see them
-		r.m.reads[1].Inc()
-		reals, err := r.k.Reals(s.Key)
-		if err != nil {
-			p.fail(fmt.Errorf("read reals of service %s: %w", s.label(), err))
-			return
-		}
-		r.nreals -= len(c.reals)
-		r.load(c, reals)
-		c.readGen = r.gen
-	}
+}
 
-	if !removes {
-		if len(drains) == 0 {
-			delete(r.draining, s.Key)
-		}
-		return
+// readConns reloads the cache of s from the kernel, for its reals' live
+// connection counts, after sending the writes queued so far (the read must
+// see them). It reports whether the read succeeded (else it failed the
+// pass).
+func (p *pass) readConns(s *Service, c *cached) bool {
+	r := p.r
+	p.flush()
+	r.m.reads[1].Inc()
+	reals, err := r.k.Reals(s.Key)
+	if err != nil {
+		p.fail(fmt.Errorf("read reals of service %s: %w", s.label(), err))
+		return false
 	}
+	r.nreals -= len(c.reals)
+	r.load(c, reals)
+	c.readGen = r.gen
+	return true
+}
+
+// removeReals queues the removal of the reals the cache holds and s does
+// not, in order: one with connections and a drain time stays at weight 0
+// until it has none or its deadline (in drains, the service's) passes.
+func (p *pass) removeReals(s *Service, c *cached, drains map[RealKey]time.Time, now time.Time) {
+	for _, rk := range goneReals(s, c) {
+		cur := c.reals[rk]
+		deadline, draining := drains[rk]
+		if s.Drain > 0 && cur.inUse(s.Key) > 0 && (!draining || now.Before(deadline)) {
+			if !draining {
+				drains = p.startDrain(s, drains, rk, cur, now)
+			}
+			if cur.spec.Weight != 0 {
+				zero := cur.real(rk)
+				zero.Weight = 0
+				p.updateReal(s, c, zero)
+			}
+			continue
+		}
+		p.deleteReal(s, c, drains, rk)
+	}
+	for rk := range drains {
+		if _, ok := c.reals[rk]; !ok { // gone by someone else's hand
+			delete(drains, rk)
+		}
+	}
+	if len(drains) == 0 {
+		delete(p.r.draining, s.Key)
+	}
+}
+
+// goneReals are the reals the cache of s holds and s does not, sorted.
+func goneReals(s *Service, c *cached) []RealKey {
 	want := make(map[RealKey]bool, len(s.Reals))
 	for _, rl := range s.Reals {
 		want[rl.Key()] = true
@@ -984,47 +1053,35 @@ func (p *pass) syncService(s *Service, c *cached, now time.Time) {
 		}
 	}
 	slices.SortFunc(gone, RealKey.compare)
-	for _, rk := range gone {
-		cur := c.reals[rk]
-		deadline, draining := drains[rk]
-		if s.Drain > 0 && cur.inUse(s.Key) > 0 && (!draining || now.Before(deadline)) {
-			if !draining {
-				deadline = now.Add(s.Drain)
-				if drains == nil {
-					drains = map[RealKey]time.Time{}
-					r.draining[s.Key] = drains
-				}
-				drains[rk] = deadline
-				r.log.Info("draining real", "service", s.Key.String(), "real", rk.String(),
-					"active_conns", cur.active, "until", deadline.Format(time.RFC3339))
-			}
-			if cur.spec.Weight != 0 {
-				zero := cur.real(rk)
-				zero.Weight = 0
-				p.updateReal(s, c, zero)
-			}
-			continue
-		}
-		if !p.write(OpDeleteReal, s, nil, rk) {
-			continue
-		}
-		if r.log.IsDebug() {
-			r.log.Debug("deleted real", "service", s.Key.String(), "real", rk.String())
-		}
-		if _, ok := c.reals[rk]; ok {
-			delete(c.reals, rk)
-			r.nreals--
-		}
-		delete(drains, rk)
+	return gone
+}
+
+// startDrain notes that real rk of s (cur) drains until now plus its drain
+// time, in drains, which it creates if nil and returns.
+func (p *pass) startDrain(s *Service, drains map[RealKey]time.Time, rk RealKey, cur cachedReal, now time.Time) map[RealKey]time.Time {
+	deadline := now.Add(s.Drain)
+	if drains == nil {
+		drains = map[RealKey]time.Time{}
+		p.r.draining[s.Key] = drains
 	}
-	for rk := range drains {
-		if _, ok := c.reals[rk]; !ok { // gone by someone else's hand
-			delete(drains, rk)
-		}
+	drains[rk] = deadline
+	p.r.log.Info("draining real", "service", s.Key.String(), "real", rk.String(),
+		"active_conns", cur.active, "until", deadline.Format(time.RFC3339))
+	return drains
+}
+
+func (p *pass) deleteReal(s *Service, c *cached, drains map[RealKey]time.Time, rk RealKey) {
+	if !p.write(OpDeleteReal, s, nil, rk) {
+		return
 	}
-	if len(drains) == 0 {
-		delete(r.draining, s.Key)
+	if p.r.log.IsDebug() {
+		p.r.log.Debug("deleted real", "service", s.Key.String(), "real", rk.String())
 	}
+	if _, ok := c.reals[rk]; ok {
+		delete(c.reals, rk)
+		p.r.nreals--
+	}
+	delete(drains, rk)
 }
 
 func (p *pass) result() Result {
