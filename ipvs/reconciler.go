@@ -850,7 +850,7 @@ func (p *pass) readdReal(s *Service, c *cached, rl Real) {
 // every real is added again, in ascending order. A new real x thus costs 1
 // add plus a delete and an add for every real with a key above x (and one
 // update when there are such reals and x's weight is not 0: see
-// syncService).
+// addTail).
 func mhTail(reals []Real, c *cached) []Real {
 	cmp := func(a, b Real) int { return a.Key().compare(b.Key()) }
 	if !slices.IsSortedFunc(reals, cmp) {
