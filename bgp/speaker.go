@@ -88,6 +88,7 @@ type Speaker struct {
 	closed   bool
 	peers    map[netip.Addr]peer
 	routes   map[netip.Prefix]Route // what GoBGP's RIB holds, normalized
+	want     map[netip.Prefix]int   // Apply's scratch set, empty between calls
 	// export is the export policy GoBGP has (see export.go).
 	export    exportView
 	exportSet bool
@@ -131,6 +132,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
 		log:        lg,
 		peers:      map[netip.Addr]peer{},
 		routes:     map[netip.Prefix]Route{},
+		want:       map[netip.Prefix]int{},
 		live:       map[string]*liveState{},
 		deferred:   opts.Restarting,
 		restarting: opts.Restarting,
@@ -479,44 +481,53 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 		return ErrStopped
 	}
 	var errs []error
-	want := make(map[netip.Prefix]Route, len(routes))
-	order := make([]netip.Prefix, 0, len(routes))
-	for _, r := range routes {
+	// want maps each prefix listed to its first entry in routes. It is a
+	// scratch set, kept between calls and emptied after each, so that an
+	// Apply of routes already held allocates nothing.
+	want := s.want
+	defer clear(want)
+	var changed []change
+	added := 0
+	for i, r := range routes {
 		n, err := normalize(r)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
 			continue
 		}
-		if prev, ok := want[n.Prefix]; ok {
-			if !equal(prev, n) {
+		if first, ok := want[n.Prefix]; ok {
+			if prev, _ := normalize(routes[first]); !equal(prev, n) {
 				errs = append(errs, fmt.Errorf("announce %s: listed twice with different attributes", n.Prefix))
 			}
 			continue
 		}
-		want[n.Prefix] = n
-		order = append(order, n.Prefix)
-	}
-
-	var changed []change
-	for _, p := range order {
-		r := want[p]
-		if cur, ok := s.routes[p]; ok && equal(cur, r) {
-			continue
+		want[n.Prefix] = i
+		cur, held := s.routes[n.Prefix]
+		if !held {
+			added++
 		}
-		changed = append(changed, change{route: r, replace: s.routes[p].Prefix.IsValid()})
+		if !held || !equal(cur, n) {
+			changed = append(changed, change{route: n, replace: held})
+		}
 	}
 	var gone []netip.Prefix
-	for p := range s.routes {
-		if _, ok := want[p]; !ok {
-			gone = append(gone, p)
+	if len(want)-added < len(s.routes) { // some route held is not wanted
+		for p := range s.routes {
+			if _, ok := want[p]; !ok {
+				gone = append(gone, p)
+			}
 		}
+		slices.SortFunc(gone, comparePrefix)
 	}
-	slices.SortFunc(gone, comparePrefix)
 
 	// The prepend statements for the counts the new routes use, and for
 	// those the old ones still carry until they are replaced.
-	both := maps.Clone(s.routes)
-	maps.Copy(both, want)
+	both := s.routes
+	if len(changed) > 0 {
+		both = maps.Clone(s.routes)
+		for _, c := range changed {
+			both[c.route.Prefix] = c.route
+		}
+	}
 	if err := s.syncExport(ctx, s.withPrepends(both)); err != nil {
 		errs = append(errs, err)
 	}
