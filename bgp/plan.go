@@ -43,25 +43,11 @@ func (s *Speaker) planSessions(cfg Config) ([]SessionChange, map[netip.Addr]peer
 	peers := s.currentPeers()
 	restart := !s.deferred && (g != s.global || !s.running)
 	var out []SessionChange
-	var errs []error
-	want := map[netip.Addr]peer{}
-	seen := map[netip.Addr]bool{}
-	for _, n := range cfg.Neighbors {
-		name := cmpName(n)
-		if seen[n.Address] {
-			errs = append(errs, errListedTwice(n.Address))
-			continue
-		}
-		seen[n.Address] = true
-		sess, err := resolveNeighbor(n)
-		if err == nil {
-			err = neighborFits(g, sess)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
-			continue
-		}
-		want[n.Address] = peer{name: name, session: sess}
+	next, errs := resolveNeighbors(g, cfg.Neighbors)
+	want := make(map[netip.Addr]peer, len(next))
+	for _, p := range next {
+		name, sess := p.name, p.session
+		want[sess.address] = p
 		cur, ok := peers[sess.address]
 		switch {
 		case !ok:
@@ -169,11 +155,11 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 	if s.deferred {
 		oldG, _ = resolveGlobal(s.cfg)
 	}
-	oldView := viewOf(oldG, oldPeers, s.withPrepends(s.routes).prepends)
+	oldView, _ := viewOf(oldG, slices.Collect(maps.Values(oldPeers)), s.withPrepends(s.routes).prepends)
 	if s.exportSet {
 		oldView.nextHops = s.export.nextHops // what GoBGP has
 	}
-	newView := viewOf(g, want, s.withPrepends(next).prepends)
+	newView, _ := viewOf(g, slices.Collect(maps.Values(want)), s.withPrepends(next).prepends)
 	oldPol, newPol := oldView.policy(), newView.policy()
 
 	// The prefixes whose route changes, for neighbors whose export stays.
@@ -200,9 +186,6 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 		}
 		return all
 	}
-	rulesOf := func(v exportView, a netip.Addr) []nextHopRule {
-		return slices.DeleteFunc(slices.Clone(v.nextHops), func(r nextHopRule) bool { return r.peer != a })
-	}
 	act := map[netip.Addr]SessionChange{}
 	for _, c := range sessions {
 		act[c.Address] = c
@@ -218,7 +201,7 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 		old, had := oldPeers[addr]
 		oldPeer := exportPeerOf(oldG, old.session)
 		prefixes := changed
-		if !had || oldPeer != newPeer || oldG.asn != g.asn || !slices.Equal(rulesOf(oldView, addr), rulesOf(newView, addr)) {
+		if !had || oldPeer != newPeer || oldG.asn != g.asn || !slices.Equal(rulesOf(oldView.nextHops, addr), rulesOf(newView.nextHops, addr)) {
 			prefixes = allPrefixes()
 		}
 		for _, pf := range prefixes {
@@ -262,18 +245,28 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 }
 
 // viewOf is the export view of the neighbors peers under the global
-// settings g, as SetConfig builds it (peerExport), with prepends.
-func viewOf(g globalState, peers map[netip.Addr]peer, prepends []int) exportView {
+// settings g (peerExport), with prepends, and per neighbor that carries a
+// family it cannot be given a next hop of, why.
+func viewOf(g globalState, peers []peer, prepends []int) (exportView, []error) {
 	v := exportView{asn: g.asn, prepends: prepends}
+	var errs []error
 	for _, p := range peers {
-		ebgp, rules, _ := peerExport(g, p.session)
+		sess := p.session
+		ebgp, rules, nhErrs := peerExport(g, sess)
+		for i, err := range nhErrs {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("neighbor %q (%s): %s over an %s session needs a next hop of its family: %w; "+
+					"only routes with an explicit next_hop are sent (add such an address to the link, or set next_hop)",
+					p.name, sess.address, rules[i].family, sessionFamily(sess.address), err))
+			}
+		}
 		if ebgp {
-			v.ebgp = append(v.ebgp, p.session.address)
+			v.ebgp = append(v.ebgp, sess.address)
 		}
 		v.nextHops = append(v.nextHops, rules...)
 	}
 	v.sort()
-	return v
+	return v, errs
 }
 
 func cmpName(n Neighbor) string {
