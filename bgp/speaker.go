@@ -502,6 +502,44 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	if s.stopping || s.closed {
 		return ErrStopped
 	}
+	changed, gone, errs := s.diff(routes)
+	// The prepend statements for the counts the new routes use, and for
+	// those the old ones still carry until they are replaced.
+	both := s.routes
+	if len(changed) > 0 {
+		both = maps.Clone(s.routes)
+		for _, c := range changed {
+			both[c.route.Prefix] = c.route
+		}
+	}
+	if err := s.syncExport(ctx, s.withPrepends(both)); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, s.write(ctx, changed, gone)...)
+	if err := s.syncExport(ctx, s.withPrepends(s.routes)); err != nil {
+		errs = append(errs, err)
+	}
+	if s.deferred {
+		// A planned restart: the routes are in the RIB, so the End-of-RIB
+		// each neighbor gets after them ends the routers' stale period
+		// with nothing lost.
+		s.deferred = false
+		if err := s.setConfig(ctx, s.cfg); err != nil {
+			errs = append(errs, err)
+		}
+		s.restarting = false
+		s.log.Info("planned restart: neighbors connected", "neighbors", len(s.peers), "routes", len(s.routes))
+	}
+	if n := len(errs); n > 0 {
+		s.metrics.applyErrors.Add(float64(n))
+	}
+	return errors.Join(errs...)
+}
+
+// diff is Apply's plan: the routes to announce or re-announce, in the
+// order listed, the prefixes to withdraw, sorted, and the routes refused.
+// It changes nothing. Called with mu held.
+func (s *Speaker) diff(routes []Route) ([]change, []netip.Prefix, []error) {
 	var errs []error
 	// want maps each prefix listed to its first entry in routes. It is a
 	// scratch set, kept between calls and emptied after each, so that an
@@ -540,19 +578,13 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 		}
 		slices.SortFunc(gone, comparePrefix)
 	}
+	return changed, gone, errs
+}
 
-	// The prepend statements for the counts the new routes use, and for
-	// those the old ones still carry until they are replaced.
-	both := s.routes
-	if len(changed) > 0 {
-		both = maps.Clone(s.routes)
-		for _, c := range changed {
-			both[c.route.Prefix] = c.route
-		}
-	}
-	if err := s.syncExport(ctx, s.withPrepends(both)); err != nil {
-		errs = append(errs, err)
-	}
+// write announces changed, then withdraws gone, until ctx ends. Called
+// with mu held.
+func (s *Speaker) write(ctx context.Context, changed []change, gone []netip.Prefix) []error {
+	var errs []error
 	// Per-route lines at Info are state changes; a cold start of thousands
 	// of VIPs logs them at Debug under one summary instead.
 	verbose := len(changed)+len(gone) <= 100
@@ -581,24 +613,7 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	if !verbose {
 		s.log.Info("routes converged", "changed", len(changed), "withdrawn", len(gone), "announced", len(s.routes))
 	}
-	if err := s.syncExport(ctx, s.withPrepends(s.routes)); err != nil {
-		errs = append(errs, err)
-	}
-	if s.deferred {
-		// A planned restart: the routes are in the RIB, so the End-of-RIB
-		// each neighbor gets after them ends the routers' stale period
-		// with nothing lost.
-		s.deferred = false
-		if err := s.setConfig(ctx, s.cfg); err != nil {
-			errs = append(errs, err)
-		}
-		s.restarting = false
-		s.log.Info("planned restart: neighbors connected", "neighbors", len(s.peers), "routes", len(s.routes))
-	}
-	if n := len(errs); n > 0 {
-		s.metrics.applyErrors.Add(float64(n))
-	}
-	return errors.Join(errs...)
+	return errs
 }
 
 type change struct {
