@@ -271,167 +271,212 @@ func sentTo(pol *api.SetPoliciesRequest, asn uint32, p exportPeer, r Route) (sen
 	if r.Prefix.Addr().Is4() && !p.ipv4 || r.Prefix.Addr().Is6() && !p.ipv6 {
 		return sent{}, false, nil
 	}
-	fam := IPv4Unicast
+	x := exporting{peer: p.addr, family: IPv4Unicast, nextHop: r.NextHop, self: !r.NextHop.IsValid(),
+		large: slices.Clone(r.LargeCommunities)}
 	if r.Prefix.Addr().Is6() {
-		fam = IPv6Unicast
+		x.family = IPv6Unicast
 	}
-	// The next hop as the policy sees it: GoBGP has already put the
-	// session's local address in place of an unset one.
-	nh, self := r.NextHop, !r.NextHop.IsValid()
-	selfIs4 := p.addr.Is4()
-	lcs := slices.Clone(r.LargeCommunities)
 	if r.Prepend > 0 {
-		lcs = append(lcs, markerOf(asn, r.Prepend))
+		x.large = append(x.large, markerOf(asn, r.Prepend))
 	}
 	sets := map[string]*api.DefinedSet{}
 	for _, ds := range pol.DefinedSets {
 		sets[ds.Name] = ds
 	}
-	inSet := func(name string, match func(string) (bool, error)) (bool, error) {
-		ds := sets[name]
-		if ds == nil {
-			return false, fmt.Errorf("export statement names set %q, which the policy lacks", name)
-		}
-		for _, e := range ds.List {
-			ok, err := match(e)
-			if ok || err != nil {
-				return ok, err
-			}
-		}
-		return false, nil
-	}
-	matchLarge := func(re string) (bool, error) {
-		x, err := regexp.Compile(re)
-		if err != nil {
-			return false, err
-		}
-		for _, c := range lcs {
-			if x.MatchString(c.String()) {
-				return true, nil
-			}
-		}
-		return false, nil
-	}
-	prepend := 0
-	var stmts []*api.Statement
 	for _, pl := range pol.Policies {
-		stmts = append(stmts, pl.Statements...)
-	}
-statements:
-	for _, st := range stmts {
-		// Every statement is read, matching or not: one the plan cannot
-		// follow fails every plan, not only those it would apply to.
-		if a := st.Actions; a != nil {
-			rest := proto.Clone(a).(*api.Actions)
-			rest.AsPrepend, rest.LargeCommunity, rest.Nexthop, rest.RouteAction = nil, nil, nil, api.RouteAction_NONE
-			if proto.Size(rest) != 0 {
-				return sent{}, false, fmt.Errorf("export statement %s: an action the plan cannot read: %v", st.Name, rest)
+		for _, st := range pl.Statements {
+			// Every statement is read, matching or not: one the plan
+			// cannot follow fails every plan, not only those it would
+			// apply to.
+			if err := readable(st); err != nil {
+				return sent{}, false, err
 			}
-		}
-		if c := st.Conditions; c != nil {
-			rest := proto.Clone(c).(*api.Conditions)
-			rest.NeighborSet, rest.LargeCommunitySet, rest.AfiSafiIn, rest.NextHopInList = nil, nil, nil, nil
-			if proto.Size(rest) != 0 {
-				return sent{}, false, fmt.Errorf("export statement %s: a condition the plan cannot read: %v", st.Name, rest)
+			match, err := x.matches(st, sets)
+			if err != nil {
+				return sent{}, false, err
 			}
-			if c.NeighborSet != nil {
-				ok, err := inSet(c.NeighborSet.Name, func(e string) (bool, error) {
-					pf, err := netip.ParsePrefix(e)
-					return err == nil && pf.Contains(p.addr), err
-				})
-				if err != nil {
-					return sent{}, false, err
-				}
-				if ok == (c.NeighborSet.Type == api.MatchSet_INVERT) {
-					continue
-				}
-			}
-			if c.LargeCommunitySet != nil {
-				if c.LargeCommunitySet.Type != api.MatchSet_ANY {
-					return sent{}, false, fmt.Errorf("export statement %s: large community match %v", st.Name, c.LargeCommunitySet.Type)
-				}
-				ok, err := inSet(c.LargeCommunitySet.Name, matchLarge)
-				if err != nil {
-					return sent{}, false, err
-				}
-				if !ok {
-					continue
-				}
-			}
-			if len(c.AfiSafiIn) > 0 && !slices.ContainsFunc(c.AfiSafiIn, func(f *api.Family) bool { return proto.Equal(f, apiFamily(fam)) }) {
+			if !match || st.Actions == nil {
 				continue
 			}
-			if len(c.NextHopInList) > 0 {
-				hit := false
-				for _, e := range c.NextHopInList {
-					pf, err := netip.ParsePrefix(e)
-					if err != nil {
-						return sent{}, false, fmt.Errorf("export statement %s: next hop %q: %w", st.Name, e, err)
-					}
-					if self {
-						// Only the session's address of either family is
-						// known here, not its value.
-						if pf.Bits() != 0 {
-							return sent{}, false, fmt.Errorf("export statement %s: next hop %s needs the session's address", st.Name, e)
-						}
-						hit = hit || pf.Addr().Is4() == selfIs4
-					} else {
-						hit = hit || pf.Contains(nh)
-					}
-				}
-				if !hit {
-					continue
-				}
+			switch verdict, err := x.act(st.Name, st.Actions); {
+			case err != nil:
+				return sent{}, false, err
+			case verdict == api.RouteAction_REJECT:
+				return sent{}, false, nil
+			case verdict == api.RouteAction_ACCEPT:
+				return x.received(asn, p.ebgp, r), true, nil
 			}
-		}
-		a := st.Actions
-		if a == nil {
-			continue
-		}
-		if a.AsPrepend != nil {
-			prepend += int(a.AsPrepend.Repeat)
-		}
-		if lc := a.LargeCommunity; lc != nil {
-			if lc.Type != api.CommunityAction_REMOVE {
-				return sent{}, false, fmt.Errorf("export statement %s: large community action %v", st.Name, lc.Type)
-			}
-			for _, re := range lc.Communities {
-				x, err := regexp.Compile(re)
-				if err != nil {
-					return sent{}, false, err
-				}
-				lcs = slices.DeleteFunc(lcs, func(c LargeCommunity) bool { return x.MatchString(c.String()) })
-			}
-		}
-		if a.Nexthop != nil {
-			addr, err := netip.ParseAddr(a.Nexthop.Address)
-			if err != nil {
-				return sent{}, false, fmt.Errorf("export statement %s: next hop %q: %w", st.Name, a.Nexthop.Address, err)
-			}
-			nh, self = addr, false
-		}
-		switch a.RouteAction {
-		case api.RouteAction_REJECT:
-			return sent{}, false, nil
-		case api.RouteAction_ACCEPT:
-			break statements
 		}
 	}
+	return x.received(asn, p.ebgp, r), true, nil
+}
 
+// exporting is a route on its way to one neighbor through the export
+// policy, as the policy's statements see and change it.
+type exporting struct {
+	peer    netip.Addr // the neighbor's session address
+	family  Family
+	nextHop netip.Addr
+	// self: no next hop of its own; GoBGP has already put the session's
+	// local address in its place, of the session's family.
+	self    bool
+	large   []LargeCommunity // the markers included
+	prepend int              // AS-path prepends the statements added
+}
+
+// readable is an error when statement st has a condition or an action the
+// plan cannot follow.
+func readable(st *api.Statement) error {
+	if a := st.Actions; a != nil {
+		rest := proto.Clone(a).(*api.Actions)
+		rest.AsPrepend, rest.LargeCommunity, rest.Nexthop, rest.RouteAction = nil, nil, nil, api.RouteAction_NONE
+		if proto.Size(rest) != 0 {
+			return fmt.Errorf("export statement %s: an action the plan cannot read: %v", st.Name, rest)
+		}
+	}
+	if c := st.Conditions; c != nil {
+		rest := proto.Clone(c).(*api.Conditions)
+		rest.NeighborSet, rest.LargeCommunitySet, rest.AfiSafiIn, rest.NextHopInList = nil, nil, nil, nil
+		if proto.Size(rest) != 0 {
+			return fmt.Errorf("export statement %s: a condition the plan cannot read: %v", st.Name, rest)
+		}
+	}
+	return nil
+}
+
+// matches reports whether every condition of statement st holds for x;
+// sets are the policy's defined sets by name.
+func (x *exporting) matches(st *api.Statement, sets map[string]*api.DefinedSet) (bool, error) {
+	c := st.Conditions
+	if c == nil {
+		return true, nil
+	}
+	if c.NeighborSet != nil {
+		ok, err := inSet(sets, c.NeighborSet.Name, func(e string) (bool, error) {
+			pf, err := netip.ParsePrefix(e)
+			return err == nil && pf.Contains(x.peer), err
+		})
+		if err != nil || ok == (c.NeighborSet.Type == api.MatchSet_INVERT) {
+			return false, err
+		}
+	}
+	if c.LargeCommunitySet != nil {
+		if c.LargeCommunitySet.Type != api.MatchSet_ANY {
+			return false, fmt.Errorf("export statement %s: large community match %v", st.Name, c.LargeCommunitySet.Type)
+		}
+		if ok, err := inSet(sets, c.LargeCommunitySet.Name, x.hasLarge); err != nil || !ok {
+			return false, err
+		}
+	}
+	if len(c.AfiSafiIn) > 0 && !slices.ContainsFunc(c.AfiSafiIn, func(f *api.Family) bool { return proto.Equal(f, apiFamily(x.family)) }) {
+		return false, nil
+	}
+	if len(c.NextHopInList) > 0 {
+		return x.nextHopIn(st.Name, c.NextHopInList)
+	}
+	return true, nil
+}
+
+// inSet reports whether an entry of the defined set name matches.
+func inSet(sets map[string]*api.DefinedSet, name string, match func(string) (bool, error)) (bool, error) {
+	ds := sets[name]
+	if ds == nil {
+		return false, fmt.Errorf("export statement names set %q, which the policy lacks", name)
+	}
+	for _, e := range ds.List {
+		ok, err := match(e)
+		if ok || err != nil {
+			return ok, err
+		}
+	}
+	return false, nil
+}
+
+// hasLarge reports whether a large community of x matches the regular
+// expression re.
+func (x *exporting) hasLarge(re string) (bool, error) {
+	m, err := regexp.Compile(re)
+	if err != nil {
+		return false, err
+	}
+	for _, c := range x.large {
+		if m.MatchString(c.String()) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// nextHopIn reports whether x's next hop is in one of the prefixes of
+// list (the condition of statement name).
+func (x *exporting) nextHopIn(name string, list []string) (bool, error) {
+	hit := false
+	for _, e := range list {
+		pf, err := netip.ParsePrefix(e)
+		if err != nil {
+			return false, fmt.Errorf("export statement %s: next hop %q: %w", name, e, err)
+		}
+		if x.self {
+			// Only the session's address of either family is known
+			// here, not its value.
+			if pf.Bits() != 0 {
+				return false, fmt.Errorf("export statement %s: next hop %s needs the session's address", name, e)
+			}
+			hit = hit || pf.Addr().Is4() == x.peer.Is4()
+		} else {
+			hit = hit || pf.Contains(x.nextHop)
+		}
+	}
+	return hit, nil
+}
+
+// act applies the actions a of statement name to x and returns its route
+// action: REJECT (not sent), ACCEPT (sent, no later statement runs) or
+// NONE (the next statement runs).
+func (x *exporting) act(name string, a *api.Actions) (api.RouteAction, error) {
+	if a.AsPrepend != nil {
+		x.prepend += int(a.AsPrepend.Repeat)
+	}
+	if lc := a.LargeCommunity; lc != nil {
+		if lc.Type != api.CommunityAction_REMOVE {
+			return 0, fmt.Errorf("export statement %s: large community action %v", name, lc.Type)
+		}
+		for _, re := range lc.Communities {
+			m, err := regexp.Compile(re)
+			if err != nil {
+				return 0, err
+			}
+			x.large = slices.DeleteFunc(x.large, func(c LargeCommunity) bool { return m.MatchString(c.String()) })
+		}
+	}
+	if a.Nexthop != nil {
+		addr, err := netip.ParseAddr(a.Nexthop.Address)
+		if err != nil {
+			return 0, fmt.Errorf("export statement %s: next hop %q: %w", name, a.Nexthop.Address, err)
+		}
+		x.nextHop, x.self = addr, false
+	}
+	return a.RouteAction, nil
+}
+
+// received is r as the neighbor receives it: as x leaves the policy, then
+// with what GoBGP itself does towards an eBGP or an iBGP neighbor of a
+// speaker of AS asn.
+func (x *exporting) received(asn uint32, ebgp bool, r Route) sent {
 	var out sent
 	out.nextHop = "self"
-	if !self {
-		out.nextHop = nh.String()
+	if !x.self {
+		out.nextHop = x.nextHop.String()
 	}
-	path := make([]string, 0, 1+prepend)
-	if p.ebgp {
+	path := make([]string, 0, 1+x.prepend)
+	if ebgp {
 		path = append(path, strconv.FormatUint(uint64(asn), 10))
 	} else if r.LocalPref != 0 {
 		out.localPref = strconv.FormatUint(uint64(r.LocalPref), 10)
 	} else {
 		out.localPref = "100"
 	}
-	for range prepend {
+	for range x.prepend {
 		path = append(path, strconv.FormatUint(uint64(asn), 10))
 	}
 	out.asPath = strings.Join(path, " ")
@@ -443,10 +488,10 @@ statements:
 		cs[i] = c.String()
 	}
 	out.communities = strings.Join(cs, " ")
-	ls := make([]string, len(lcs))
-	for i, c := range lcs {
+	ls := make([]string, len(x.large))
+	for i, c := range x.large {
 		ls[i] = c.String()
 	}
 	out.largeCommunities = strings.Join(ls, " ")
-	return out, true, nil
+	return out
 }

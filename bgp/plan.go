@@ -6,6 +6,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+
+	api "github.com/osrg/gobgp/v3/api"
 )
 
 // SessionChange is a neighbor session that SetConfig would add (+), remove
@@ -43,25 +45,11 @@ func (s *Speaker) planSessions(cfg Config) ([]SessionChange, map[netip.Addr]peer
 	peers := s.currentPeers()
 	restart := !s.deferred && (g != s.global || !s.running)
 	var out []SessionChange
-	var errs []error
-	want := map[netip.Addr]peer{}
-	seen := map[netip.Addr]bool{}
-	for _, n := range cfg.Neighbors {
-		name := cmpName(n)
-		if seen[n.Address] {
-			errs = append(errs, errListedTwice(n.Address))
-			continue
-		}
-		seen[n.Address] = true
-		sess, err := resolveNeighbor(n)
-		if err == nil {
-			err = neighborFits(g, sess)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
-			continue
-		}
-		want[n.Address] = peer{name: name, session: sess}
+	next, errs := resolveNeighbors(g, cfg.Neighbors)
+	want := make(map[netip.Addr]peer, len(next))
+	for _, p := range next {
+		name, sess := p.name, p.session
+		want[sess.address] = p
 		cur, ok := peers[sess.address]
 		switch {
 		case !ok:
@@ -150,8 +138,68 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 	}
 	errs := []error{err}
 	g, _ := resolveGlobal(cfg)
+	next, nerrs := normalizeAll(routes)
+	errs = append(errs, nerrs...)
+	before, after := s.exportNow(), exportSide{g: g, peers: want, routes: next}
+	after.view, _ = viewOf(g, slices.Collect(maps.Values(want)), s.withPrepends(next).prepends)
+	after.pol = after.view.policy()
 
-	// The routes after: normalized as Apply does.
+	// The prefixes whose route changes, for neighbors whose export stays;
+	// every prefix, for the others.
+	changed, all := prefixesOf(before.routes, next)
+	act := map[netip.Addr]SessionChange{}
+	for _, c := range sessions {
+		act[c.Address] = c
+	}
+	var out []NeighborPlan
+	for _, addr := range sortedAddrs(want) {
+		np, err := planNeighbor(addr, before, after, act, changed, all)
+		if err != nil {
+			return Plan{}, err
+		}
+		if np.Session != " " || len(np.Routes) > 0 {
+			out = append(out, np)
+		}
+	}
+	for _, c := range sessions {
+		if c.Action == "-" {
+			out = append(out, NeighborPlan{Neighbor: c.Neighbor, Address: c.Address, EBGP: before.peers[c.Address].session.asn != before.g.asn, Session: "-"})
+		}
+	}
+	slices.SortFunc(out, func(a, b NeighborPlan) int { return a.Address.Compare(b.Address) })
+	return Plan{Sessions: sessions, Neighbors: out}, errors.Join(errs...)
+}
+
+// exportSide is one side of a plan: the global settings, the neighbors,
+// the routes and the export policy they make.
+type exportSide struct {
+	g      globalState
+	peers  map[netip.Addr]peer
+	routes map[netip.Prefix]Route
+	view   exportView
+	pol    *api.SetPoliciesRequest
+}
+
+// exportNow is the side before a plan: what the speaker has, its view as
+// SetConfig builds it, with the next hop rules GoBGP has. Called with mu
+// held.
+func (s *Speaker) exportNow() exportSide {
+	x := exportSide{g: s.global, peers: s.currentPeers(), routes: s.routes}
+	if s.deferred {
+		x.g, _ = resolveGlobal(s.cfg)
+	}
+	x.view, _ = viewOf(x.g, slices.Collect(maps.Values(x.peers)), s.withPrepends(s.routes).prepends)
+	if s.exportSet {
+		x.view.nextHops = s.export.nextHops // what GoBGP has
+	}
+	x.pol = x.view.policy()
+	return x
+}
+
+// normalizeAll is routes normalized as Apply does, the first entry of a
+// prefix listed twice kept, and why those left out were.
+func normalizeAll(routes []Route) (map[netip.Prefix]Route, []error) {
+	var errs []error
 	next := make(map[netip.Prefix]Route, len(routes))
 	for _, r := range routes {
 		n, err := normalize(r)
@@ -163,117 +211,108 @@ func (s *Speaker) Plan(cfg Config, routes []Route) (Plan, error) {
 			next[n.Prefix] = n
 		}
 	}
-	// The views before and after, each as SetConfig builds it.
-	oldPeers := s.currentPeers()
-	oldG := s.global
-	if s.deferred {
-		oldG, _ = resolveGlobal(s.cfg)
-	}
-	oldView := viewOf(oldG, oldPeers, s.withPrepends(s.routes).prepends)
-	if s.exportSet {
-		oldView.nextHops = s.export.nextHops // what GoBGP has
-	}
-	newView := viewOf(g, want, s.withPrepends(next).prepends)
-	oldPol, newPol := oldView.policy(), newView.policy()
+	return next, errs
+}
 
-	// The prefixes whose route changes, for neighbors whose export stays.
-	var changed []netip.Prefix
+// prefixesOf is the prefixes whose route differs between have and next,
+// and a function that lists every prefix of either, made at its first
+// call.
+func prefixesOf(have, next map[netip.Prefix]Route) (changed []netip.Prefix, all func() []netip.Prefix) {
 	for p, r := range next {
-		if cur, ok := s.routes[p]; !ok || !equal(cur, r) {
+		if cur, ok := have[p]; !ok || !equal(cur, r) {
 			changed = append(changed, p)
 		}
 	}
-	for p := range s.routes {
+	for p := range have {
 		if _, ok := next[p]; !ok {
 			changed = append(changed, p)
 		}
 	}
-	var all []netip.Prefix // made for the first neighbor that needs it
-	allPrefixes := func() []netip.Prefix {
-		if all == nil {
-			all = slices.Collect(maps.Keys(next))
-			for p := range s.routes {
+	var every []netip.Prefix
+	return changed, func() []netip.Prefix {
+		if every == nil {
+			every = slices.Collect(maps.Keys(next))
+			for p := range have {
 				if _, ok := next[p]; !ok {
-					all = append(all, p)
+					every = append(every, p)
 				}
 			}
 		}
-		return all
+		return every
 	}
-	rulesOf := func(v exportView, a netip.Addr) []nextHopRule {
-		return slices.DeleteFunc(slices.Clone(v.nextHops), func(r nextHopRule) bool { return r.peer != a })
+}
+
+// planNeighbor is what the neighbor at addr (one of after's) gets: its
+// session change from act, and its routes as it receives them before and
+// after. A neighbor whose export stays is compared on the prefixes
+// changed only; a new one, or one whose export changes, on all.
+func planNeighbor(addr netip.Addr, before, after exportSide, act map[netip.Addr]SessionChange,
+	changed []netip.Prefix, all func() []netip.Prefix) (NeighborPlan, error) {
+	p := after.peers[addr]
+	np := NeighborPlan{Neighbor: p.name, Address: addr, EBGP: p.session.asn != after.g.asn, Session: " "}
+	if c, ok := act[addr]; ok {
+		np.Session, np.Changed = c.Action, c.Changed
 	}
-	act := map[netip.Addr]SessionChange{}
-	for _, c := range sessions {
-		act[c.Address] = c
+	newPeer := exportPeerOf(after.g, p.session)
+	old, had := before.peers[addr]
+	oldPeer := exportPeerOf(before.g, old.session)
+	prefixes := changed
+	if !had || oldPeer != newPeer || before.g.asn != after.g.asn ||
+		!slices.Equal(rulesOf(before.view.nextHops, addr), rulesOf(after.view.nextHops, addr)) {
+		prefixes = all()
 	}
-	var out []NeighborPlan
-	for _, addr := range sortedAddrs(want) {
-		p := want[addr]
-		np := NeighborPlan{Neighbor: p.name, Address: addr, EBGP: p.session.asn != g.asn, Session: " "}
-		if c, ok := act[addr]; ok {
-			np.Session, np.Changed = c.Action, c.Changed
-		}
-		newPeer := exportPeerOf(g, p.session)
-		old, had := oldPeers[addr]
-		oldPeer := exportPeerOf(oldG, old.session)
-		prefixes := changed
-		if !had || oldPeer != newPeer || oldG.asn != g.asn || !slices.Equal(rulesOf(oldView, addr), rulesOf(newView, addr)) {
-			prefixes = allPrefixes()
-		}
-		for _, pf := range prefixes {
-			var b, a sent
-			var okB, okA bool
-			var err error
-			if r, ok := s.routes[pf]; ok && had {
-				if b, okB, err = sentTo(oldPol, oldG.asn, oldPeer, r); err != nil {
-					return Plan{}, err
-				}
-			}
-			if r, ok := next[pf]; ok {
-				if a, okA, err = sentTo(newPol, g.asn, newPeer, r); err != nil {
-					return Plan{}, err
-				}
-			}
-			switch {
-			case okA && !okB:
-				np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "+", Fields: sent{}.fields(a)})
-			case okB && !okA:
-				np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "-"})
-			case okA && okB:
-				if f := b.fields(a); len(f) > 0 {
-					np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "~", Fields: f})
-				}
+	for _, pf := range prefixes {
+		var b, a sent
+		var okB, okA bool
+		var err error
+		if r, ok := before.routes[pf]; ok && had {
+			if b, okB, err = sentTo(before.pol, before.g.asn, oldPeer, r); err != nil {
+				return NeighborPlan{}, err
 			}
 		}
-		if np.Session == " " && len(np.Routes) == 0 {
-			continue
+		if r, ok := after.routes[pf]; ok {
+			if a, okA, err = sentTo(after.pol, after.g.asn, newPeer, r); err != nil {
+				return NeighborPlan{}, err
+			}
 		}
-		slices.SortFunc(np.Routes, func(a, b RoutePlan) int { return comparePrefix(a.Prefix, b.Prefix) })
-		out = append(out, np)
-	}
-	for _, c := range sessions {
-		if c.Action == "-" {
-			out = append(out, NeighborPlan{Neighbor: c.Neighbor, Address: c.Address, EBGP: oldPeers[c.Address].session.asn != oldG.asn, Session: "-"})
+		switch {
+		case okA && !okB:
+			np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "+", Fields: sent{}.fields(a)})
+		case okB && !okA:
+			np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "-"})
+		case okA && okB:
+			if f := b.fields(a); len(f) > 0 {
+				np.Routes = append(np.Routes, RoutePlan{Prefix: pf, Action: "~", Fields: f})
+			}
 		}
 	}
-	slices.SortFunc(out, func(a, b NeighborPlan) int { return a.Address.Compare(b.Address) })
-	return Plan{Sessions: sessions, Neighbors: out}, errors.Join(errs...)
+	slices.SortFunc(np.Routes, func(a, b RoutePlan) int { return comparePrefix(a.Prefix, b.Prefix) })
+	return np, nil
 }
 
 // viewOf is the export view of the neighbors peers under the global
-// settings g, as SetConfig builds it (peerExport), with prepends.
-func viewOf(g globalState, peers map[netip.Addr]peer, prepends []int) exportView {
+// settings g (peerExport), with prepends, and per neighbor that carries a
+// family it cannot be given a next hop of, why.
+func viewOf(g globalState, peers []peer, prepends []int) (exportView, []error) {
 	v := exportView{asn: g.asn, prepends: prepends}
+	var errs []error
 	for _, p := range peers {
-		ebgp, rules, _ := peerExport(g, p.session)
+		sess := p.session
+		ebgp, rules, nhErrs := peerExport(g, sess)
+		for i, err := range nhErrs {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("neighbor %q (%s): %s over an %s session needs a next hop of its family: %w; "+
+					"only routes with an explicit next_hop are sent (add such an address to the link, or set next_hop)",
+					p.name, sess.address, rules[i].family, sessionFamily(sess.address), err))
+			}
+		}
 		if ebgp {
-			v.ebgp = append(v.ebgp, p.session.address)
+			v.ebgp = append(v.ebgp, sess.address)
 		}
 		v.nextHops = append(v.nextHops, rules...)
 	}
 	v.sort()
-	return v
+	return v, errs
 }
 
 func cmpName(n Neighbor) string {

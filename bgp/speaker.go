@@ -88,6 +88,7 @@ type Speaker struct {
 	closed   bool
 	peers    map[netip.Addr]peer
 	routes   map[netip.Prefix]Route // what GoBGP's RIB holds, normalized
+	want     map[netip.Prefix]int   // Apply's scratch set, empty between calls
 	// export is the export policy GoBGP has (see export.go).
 	export    exportView
 	exportSet bool
@@ -131,6 +132,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
 		log:        lg,
 		peers:      map[netip.Addr]peer{},
 		routes:     map[netip.Prefix]Route{},
+		want:       map[netip.Prefix]int{},
 		live:       map[string]*liveState{},
 		deferred:   opts.Restarting,
 		restarting: opts.Restarting,
@@ -240,133 +242,155 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	// below, those re-announced once this call ends.
 	viewRoutes := s.routes
 	if g != s.global || !s.running {
-		s.log.Warn("bgp global settings changed, restarting the server: every session resets",
-			"asn", g.asn, "router_id", g.routerID.String(), "listen_port", g.port)
-		if err := s.stop(ctx); err != nil {
+		held, err := s.restartServer(ctx, g, cfg)
+		if err != nil {
 			return err
 		}
-		s.cfg = cfg
-		if err := s.start(ctx, g); err != nil {
-			return err
-		}
-		// The old server's peers, RIB and policies are gone.
-		s.exportSet = false
-		old := s.peers
-		s.peers = map[netip.Addr]peer{}
-		for addr, p := range old {
-			if !slices.ContainsFunc(cfg.Neighbors, func(n Neighbor) bool { return n.Address == addr }) {
-				s.forgetPeer(addr, p.name)
-			}
-		}
-		routes := s.routes
-		s.routes = map[netip.Prefix]Route{}
-		defer func() {
-			for _, r := range sortedRoutes(routes) {
-				if err := s.announce(r); err != nil {
-					s.log.Error("re-announce after restart failed", "vip", r.Prefix.String(), "err", err)
-				}
-			}
-		}()
+		defer s.reannounce(held)
 	}
 	s.cfg = cfg
 
-	var errs []error
-	want := map[netip.Addr]bool{}
-	type resolved struct {
-		name string
-		sess session
-	}
-	var next []resolved
-	view := s.withPrepends(viewRoutes)
-	view.ebgp, view.nextHops = nil, nil
-	for _, n := range cfg.Neighbors {
-		name := n.Name
-		if name == "" {
-			name = n.Address.String()
-		}
-		if want[n.Address] {
-			errs = append(errs, errListedTwice(n.Address))
-			continue
-		}
-		want[n.Address] = true
-		sess, err := resolveNeighbor(n)
-		if err == nil {
-			err = neighborFits(g, sess)
-		}
-		if err == nil && sess.password != "" && g.port > 0 && listenersUseMPTCP() {
-			s.log.Warn("TCP-MD5 is not set on the listener (MPTCP socket): the session works only when kglb connects out",
-				"peer", name)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", name, n.Address, err))
-			continue
-		}
-		ebgp, rules, nhErrs := peerExport(g, sess)
-		for i, f := range nhErrs {
-			if f != nil {
-				errs = append(errs, fmt.Errorf("neighbor %q (%s): %s over an %s session needs a next hop of its family: %w; "+
-					"only routes with an explicit next_hop are sent (add such an address to the link, or set next_hop)",
-					name, n.Address, rules[i].family, sessionFamily(sess.address), f))
+	next, errs := resolveNeighbors(g, cfg.Neighbors)
+	if g.port > 0 && listenersUseMPTCP() {
+		for _, p := range next {
+			if p.session.password != "" {
+				s.log.Warn("TCP-MD5 is not set on the listener (MPTCP socket): the session works only when kglb connects out",
+					"peer", p.name)
 			}
 		}
-		view.nextHops = append(view.nextHops, rules...)
-		if ebgp {
-			view.ebgp = append(view.ebgp, sess.address)
-		}
-		next = append(next, resolved{name, sess})
 	}
-	view.sort()
+	view, viewErrs := viewOf(g, next, s.withPrepends(viewRoutes).prepends)
+	errs = append(errs, viewErrs...)
 	// The policy before the peers: a new session's first UPDATEs already
 	// carry its attributes.
 	oldRules := s.export.nextHops
 	if err := s.syncExport(ctx, view); err != nil {
 		errs = append(errs, err)
 	}
-	rulesOf := func(rules []nextHopRule, a netip.Addr) []nextHopRule {
-		return slices.DeleteFunc(slices.Clone(rules), func(r nextHopRule) bool { return r.peer != a })
-	}
-	for _, r := range next {
-		name, sess := r.name, r.sess
-		cur, ok := s.peers[sess.address]
-		switch {
-		case !ok:
-			if err := s.addPeer(ctx, name, sess); err != nil {
-				errs = append(errs, err)
-			}
-			continue
-		case cur.session != sess:
-			s.log.Info("neighbor settings changed, resetting its session", "peer", name, "changed", cur.session.changed(sess))
-			s.closeQuietly(ctx, cur, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
-			if err := s.deletePeer(ctx, sess.address, cur.name); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := s.addPeer(ctx, name, sess); err != nil {
-				errs = append(errs, err)
-			}
-			continue
-		case cur.name != name:
-			s.renamePeer(sess.address, cur.name, name)
-			s.peers[sess.address] = peer{name: name, session: sess}
-		}
-		if !slices.Equal(rulesOf(oldRules, sess.address), rulesOf(view.nextHops, sess.address)) {
-			// Same session, another derived next hop: send the routes
-			// again through the new policy, without a reset.
-			s.log.Info("next hop of the other family changed, sending the routes again", "peer", name)
-			if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: sess.address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
-				errs = append(errs, fmt.Errorf("neighbor %q (%s): resend routes: %w", name, sess.address, err))
-			}
+	for _, p := range next {
+		a := p.session.address
+		resend := !slices.Equal(rulesOf(oldRules, a), rulesOf(view.nextHops, a))
+		if err := s.syncPeer(ctx, p, resend); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	for _, addr := range sortedAddrs(s.peers) {
-		if !want[addr] {
-			s.shutdownPeers(ctx, []netip.Addr{addr}, "kglb: neighbor removed from the configuration")
-			if err := s.deletePeer(ctx, addr, s.peers[addr].name); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
+	errs = append(errs, s.removePeers(ctx, cfg.Neighbors)...)
 	return errors.Join(errs...)
+}
+
+// restartServer restarts GoBGP's server with the global settings g: its
+// peers, RIB and policies are gone. It keeps the peers cfg still lists
+// (the caller adds them again) and returns the routes the RIB held, for
+// the caller to announce again once the neighbors are configured.
+func (s *Speaker) restartServer(ctx context.Context, g globalState, cfg Config) (map[netip.Prefix]Route, error) {
+	s.log.Warn("bgp global settings changed, restarting the server: every session resets",
+		"asn", g.asn, "router_id", g.routerID.String(), "listen_port", g.port)
+	if err := s.stop(ctx); err != nil {
+		return nil, err
+	}
+	s.cfg = cfg
+	if err := s.start(ctx, g); err != nil {
+		return nil, err
+	}
+	s.exportSet = false
+	old := s.peers
+	s.peers = map[netip.Addr]peer{}
+	for addr, p := range old {
+		if !slices.ContainsFunc(cfg.Neighbors, func(n Neighbor) bool { return n.Address == addr }) {
+			s.forgetPeer(addr, p.name)
+		}
+	}
+	held := s.routes
+	s.routes = map[netip.Prefix]Route{}
+	return held, nil
+}
+
+// reannounce announces routes again after a server restart.
+func (s *Speaker) reannounce(routes map[netip.Prefix]Route) {
+	for _, r := range sortedRoutes(routes) {
+		if err := s.announce(r); err != nil {
+			s.log.Error("re-announce after restart failed", "vip", r.Prefix.String(), "err", err)
+		}
+	}
+}
+
+// resolveNeighbors is the sessions of the neighbors ns under the global
+// settings g, in their order, and why those left out were: listed twice,
+// unresolvable (an unreadable password file) or unfit for g. SetConfig
+// and Plan both decide with it.
+func resolveNeighbors(g globalState, ns []Neighbor) ([]peer, []error) {
+	var out []peer
+	var errs []error
+	seen := map[netip.Addr]bool{}
+	for _, n := range ns {
+		if seen[n.Address] {
+			errs = append(errs, errListedTwice(n.Address))
+			continue
+		}
+		seen[n.Address] = true
+		sess, err := resolveNeighbor(n)
+		if err == nil {
+			err = neighborFits(g, sess)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("neighbor %q (%s): %w", cmpName(n), n.Address, err))
+			continue
+		}
+		out = append(out, peer{name: cmpName(n), session: sess})
+	}
+	return out, errs
+}
+
+// rulesOf is the next hop rules towards the neighbor at a.
+func rulesOf(rules []nextHopRule, a netip.Addr) []nextHopRule {
+	return slices.DeleteFunc(slices.Clone(rules), func(r nextHopRule) bool { return r.peer != a })
+}
+
+// syncPeer converges GoBGP's neighbor p.session.address to p: added when
+// new, re-created (its session reset) when its session settings changed,
+// renamed when only its name did; with resend, an unchanged session is
+// sent its routes again through the new export policy, without a reset.
+func (s *Speaker) syncPeer(ctx context.Context, p peer, resend bool) error {
+	name, sess := p.name, p.session
+	cur, ok := s.peers[sess.address]
+	switch {
+	case !ok:
+		return s.addPeer(ctx, name, sess)
+	case cur.session != sess:
+		s.log.Info("neighbor settings changed, resetting its session", "peer", name, "changed", cur.session.changed(sess))
+		s.closeQuietly(ctx, cur, "kglb: neighbor settings changed ("+cur.session.changed(sess)+")")
+		if err := s.deletePeer(ctx, sess.address, cur.name); err != nil {
+			return err
+		}
+		return s.addPeer(ctx, name, sess)
+	case cur.name != name:
+		s.renamePeer(sess.address, cur.name, name)
+		s.peers[sess.address] = p
+	}
+	if resend {
+		// Same session, another derived next hop.
+		s.log.Info("next hop of the other family changed, sending the routes again", "peer", name)
+		if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: sess.address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
+			return fmt.Errorf("neighbor %q (%s): resend routes: %w", name, sess.address, err)
+		}
+	}
+	return nil
+}
+
+// removePeers ends the sessions of the neighbors ns no longer lists. One
+// listed but left out by resolveNeighbors keeps its session and settings.
+func (s *Speaker) removePeers(ctx context.Context, ns []Neighbor) []error {
+	var errs []error
+	for _, addr := range sortedAddrs(s.peers) {
+		if slices.ContainsFunc(ns, func(n Neighbor) bool { return n.Address == addr }) {
+			continue
+		}
+		s.shutdownPeers(ctx, []netip.Addr{addr}, "kglb: neighbor removed from the configuration")
+		if err := s.deletePeer(ctx, addr, s.peers[addr].name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 func (s *Speaker) addPeer(ctx context.Context, name string, sess session) error {
@@ -478,48 +502,89 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	if s.stopping || s.closed {
 		return ErrStopped
 	}
+	changed, gone, errs := s.diff(routes)
+	// The prepend statements for the counts the new routes use, and for
+	// those the old ones still carry until they are replaced.
+	both := s.routes
+	if len(changed) > 0 {
+		both = maps.Clone(s.routes)
+		for _, c := range changed {
+			both[c.route.Prefix] = c.route
+		}
+	}
+	if err := s.syncExport(ctx, s.withPrepends(both)); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, s.write(ctx, changed, gone)...)
+	if err := s.syncExport(ctx, s.withPrepends(s.routes)); err != nil {
+		errs = append(errs, err)
+	}
+	if s.deferred {
+		// A planned restart: the routes are in the RIB, so the End-of-RIB
+		// each neighbor gets after them ends the routers' stale period
+		// with nothing lost.
+		s.deferred = false
+		if err := s.setConfig(ctx, s.cfg); err != nil {
+			errs = append(errs, err)
+		}
+		s.restarting = false
+		s.log.Info("planned restart: neighbors connected", "neighbors", len(s.peers), "routes", len(s.routes))
+	}
+	if n := len(errs); n > 0 {
+		s.metrics.applyErrors.Add(float64(n))
+	}
+	return errors.Join(errs...)
+}
+
+// diff is Apply's plan: the routes to announce or re-announce, in the
+// order listed, the prefixes to withdraw, sorted, and the routes refused.
+// It changes nothing. Called with mu held.
+func (s *Speaker) diff(routes []Route) ([]change, []netip.Prefix, []error) {
 	var errs []error
-	want := make(map[netip.Prefix]Route, len(routes))
-	order := make([]netip.Prefix, 0, len(routes))
-	for _, r := range routes {
+	// want maps each prefix listed to its first entry in routes. It is a
+	// scratch set, kept between calls and emptied after each, so that an
+	// Apply of routes already held allocates nothing.
+	want := s.want
+	defer clear(want)
+	var changed []change
+	added := 0
+	for i, r := range routes {
 		n, err := normalize(r)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
 			continue
 		}
-		if prev, ok := want[n.Prefix]; ok {
-			if !equal(prev, n) {
+		if first, ok := want[n.Prefix]; ok {
+			if prev, _ := normalize(routes[first]); !equal(prev, n) {
 				errs = append(errs, fmt.Errorf("announce %s: listed twice with different attributes", n.Prefix))
 			}
 			continue
 		}
-		want[n.Prefix] = n
-		order = append(order, n.Prefix)
-	}
-
-	var changed []change
-	for _, p := range order {
-		r := want[p]
-		if cur, ok := s.routes[p]; ok && equal(cur, r) {
-			continue
+		want[n.Prefix] = i
+		cur, held := s.routes[n.Prefix]
+		if !held {
+			added++
 		}
-		changed = append(changed, change{route: r, replace: s.routes[p].Prefix.IsValid()})
+		if !held || !equal(cur, n) {
+			changed = append(changed, change{route: n, replace: held})
+		}
 	}
 	var gone []netip.Prefix
-	for p := range s.routes {
-		if _, ok := want[p]; !ok {
-			gone = append(gone, p)
+	if len(want)-added < len(s.routes) { // some route held is not wanted
+		for p := range s.routes {
+			if _, ok := want[p]; !ok {
+				gone = append(gone, p)
+			}
 		}
+		slices.SortFunc(gone, comparePrefix)
 	}
-	slices.SortFunc(gone, comparePrefix)
+	return changed, gone, errs
+}
 
-	// The prepend statements for the counts the new routes use, and for
-	// those the old ones still carry until they are replaced.
-	both := maps.Clone(s.routes)
-	maps.Copy(both, want)
-	if err := s.syncExport(ctx, s.withPrepends(both)); err != nil {
-		errs = append(errs, err)
-	}
+// write announces changed, then withdraws gone, until ctx ends. Called
+// with mu held.
+func (s *Speaker) write(ctx context.Context, changed []change, gone []netip.Prefix) []error {
+	var errs []error
 	// Per-route lines at Info are state changes; a cold start of thousands
 	// of VIPs logs them at Debug under one summary instead.
 	verbose := len(changed)+len(gone) <= 100
@@ -548,24 +613,7 @@ func (s *Speaker) Apply(ctx context.Context, routes []Route) error {
 	if !verbose {
 		s.log.Info("routes converged", "changed", len(changed), "withdrawn", len(gone), "announced", len(s.routes))
 	}
-	if err := s.syncExport(ctx, s.withPrepends(s.routes)); err != nil {
-		errs = append(errs, err)
-	}
-	if s.deferred {
-		// A planned restart: the routes are in the RIB, so the End-of-RIB
-		// each neighbor gets after them ends the routers' stale period
-		// with nothing lost.
-		s.deferred = false
-		if err := s.setConfig(ctx, s.cfg); err != nil {
-			errs = append(errs, err)
-		}
-		s.restarting = false
-		s.log.Info("planned restart: neighbors connected", "neighbors", len(s.peers), "routes", len(s.routes))
-	}
-	if n := len(errs); n > 0 {
-		s.metrics.applyErrors.Add(float64(n))
-	}
-	return errors.Join(errs...)
+	return errs
 }
 
 type change struct {

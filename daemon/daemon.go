@@ -444,6 +444,16 @@ func (a announcer) PlanBGP(cfg *config.Config, routes []lb.Route) (lb.BGPPlan, e
 
 // bgpRoutes maps the engine's routes onto the speaker's.
 func bgpRoutes(routes []lb.Route) []bgp.Route {
+	// The engine hands every route on every pass: the communities of all
+	// routes share one array of each kind, so a pass costs three
+	// allocations however many routes it carries.
+	nc, nl := 0, 0
+	for _, r := range routes {
+		nc += len(r.Communities)
+		nl += len(r.LargeCommunities)
+	}
+	comms := make([]bgp.Community, 0, nc)
+	larges := make([]bgp.LargeCommunity, 0, nl)
 	out := make([]bgp.Route, 0, len(routes))
 	for _, r := range routes {
 		br := bgp.Route{
@@ -454,11 +464,19 @@ func bgpRoutes(routes []lb.Route) []bgp.Route {
 			LocalPref: r.LocalPref,
 			Prepend:   r.Prepend,
 		}
-		for _, c := range r.Communities {
-			br.Communities = append(br.Communities, bgp.Community(c))
+		if len(r.Communities) > 0 {
+			from := len(comms)
+			for _, c := range r.Communities {
+				comms = append(comms, bgp.Community(c))
+			}
+			br.Communities = comms[from:len(comms):len(comms)]
 		}
-		for _, c := range r.LargeCommunities {
-			br.LargeCommunities = append(br.LargeCommunities, bgp.LargeCommunity{GlobalAdmin: c.Global, LocalData1: c.Local1, LocalData2: c.Local2})
+		if len(r.LargeCommunities) > 0 {
+			from := len(larges)
+			for _, c := range r.LargeCommunities {
+				larges = append(larges, bgp.LargeCommunity{GlobalAdmin: c.Global, LocalData1: c.Local1, LocalData2: c.Local2})
+			}
+			br.LargeCommunities = larges[from:len(larges):len(larges)]
 		}
 		out = append(out, br)
 	}

@@ -89,6 +89,9 @@ type Engine struct {
 	qualified map[string]bool
 	decided   decisions // per service of cfg, where in desired, while still valid
 	desired   Desired
+	// announced is what the announcer holds after its last Apply that
+	// succeeded: the withdrawal step keeps its routes that stay, Stop
+	// withdraws when it is not empty, and a reload's plan compares with it.
 	announced []Route
 	leaving   map[netip.Addr]leaving // VIPs withdrawn, held in the data plane
 	nextDrain time.Time
@@ -96,13 +99,15 @@ type Engine struct {
 	// Each reconciler diffs what it is handed against its own cache; the
 	// engine keeps only what it needs to decide: the IPVS services last
 	// handed (those of a VIP that leaves are held), the services with reals
-	// draining (to wake for them), and whether the prober holds the plan's
-	// targets.
+	// draining (to wake for them), whether the prober holds the plan's
+	// targets, and whether the announcer has been handed routes yet.
 	ipvsWant   ipvs.Desired
 	draining   []ipvs.Key // services with reals draining, as of the last ipvs result
-	announceOK bool
 	proberOK   bool
 	holdProbes bool // the first pass has not run: the prober waits
+	// The announcer has been handed routes at least once, so
+	// Options.FullFirstRound holds no more.
+	announceStarted bool
 	// The last Apply of the announcer failed: it may hold routes that
 	// announced lacks (the speaker carries on past a route that fails),
 	// so a stop withdraws even when announced is empty.
@@ -428,7 +433,9 @@ func (e *Engine) apply(ctx context.Context, d Desired, kind passKind, start time
 	want, vips := e.withHeld(d)
 
 	var errs []error
-	// 1. Withdraw what must go, keeping what stays.
+	// 1. Withdraw what must go, keeping what stays, before the data plane
+	// changes under it; a pass where no route goes or changes has no such
+	// step (the announcer gets every route in step 3 anyway).
 	keep := routesWithin(e.announced, d.Routes)
 	if !sameRoutes(keep, e.announced) {
 		if err := e.announce(ctx, keep, d.VIPStatus); err != nil {
@@ -604,22 +611,24 @@ func (e *Engine) collect(first []health.Change) []health.Change {
 	}
 }
 
-// announce hands the announcer routes, unless it already holds exactly
-// those from the last call. With Options.FullFirstRound the first call
+// announce hands the announcer routes, on every pass: the announcer diffs
+// them against what it holds, and routes it already holds cost it a
+// comparison and send nothing. With Options.FullFirstRound the first call
 // waits until no VIP (vips) is in its initial health round.
 func (e *Engine) announce(ctx context.Context, routes []Route, vips []VIPStatus) error {
-	if e.opts.Announcer == nil || e.announceOK && sameRoutes(routes, e.announced) {
+	if e.opts.Announcer == nil {
 		return nil
 	}
-	if e.opts.FullFirstRound && !e.announceOK && !e.announceFailed &&
+	if e.opts.FullFirstRound && !e.announceStarted &&
 		slices.ContainsFunc(vips, func(v VIPStatus) bool { return v.Reason == ReasonInitialRound }) {
 		return nil
 	}
+	e.announceStarted = true
 	if err := e.opts.Announcer.Apply(ctx, routes); err != nil {
-		e.announceOK, e.announceFailed = false, true
+		e.announceFailed = true
 		return fmt.Errorf("announce routes: %w", err)
 	}
-	e.announced, e.announceOK, e.announceFailed = routes, true, false
+	e.announced, e.announceFailed = routes, false
 	return nil
 }
 

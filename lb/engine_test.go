@@ -306,6 +306,35 @@ func TestEngineFullFirstRound(t *testing.T) {
 	}
 }
 
+// TestEngineAnnouncesEveryPass: a pass that changes no route still hands
+// the announcer every route; the speaker alone decides that nothing is to
+// be sent (bgp's TestApplyStates shows it sends nothing).
+func TestEngineAnnouncesEveryPass(t *testing.T) {
+	w := newWorld(t)
+	w.start(t, daemonCfg(svc("web", "192.0.2.1", 2)))
+	w.prober.set("10.0.0.1:80", health.Up)
+	w.prober.set("10.0.0.2:80", health.Up)
+	eventually(t, "route announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+	eventually(t, "weights up", func() bool { return tunnels100(w.kernel) == 2 })
+	w.ann.mu.Lock()
+	n := len(w.ann.log)
+	w.ann.mu.Unlock()
+	// One real of two down: its weight goes to 0, the VIP stays announced
+	// (half the reals are healthy, the minimum).
+	w.prober.set("10.0.0.2:80", health.Down)
+	eventually(t, "weight down", func() bool { return tunnels100(w.kernel) == 1 })
+	eventually(t, "the same route handed again", func() bool {
+		w.ann.mu.Lock()
+		defer w.ann.mu.Unlock()
+		return len(w.ann.log) > n
+	})
+	w.ann.mu.Lock()
+	defer w.ann.mu.Unlock()
+	if got := w.ann.log[n:]; !slices.Equal(got, []string{"apply 192.0.2.1/32"}) {
+		t.Errorf("announcer calls of the health pass %q, want the one route once", got)
+	}
+}
+
 func TestEngineRestartWritesNothing(t *testing.T) {
 	w := newWorld(t)
 	cfg := daemonCfg(svc("web", "192.0.2.1", 2, func(s *config.Service) { s.Checks[0].Tunnel = true }))
