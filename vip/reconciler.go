@@ -119,8 +119,9 @@ func New(opts Options) (*Reconciler, error) {
 //
 // It looks the link up (creating kglb's own dummy link if needed), reads the
 // link's entries in one dump, diffs them against desired, and issues only
-// the writes that differ, one netlink request each: adds first, then
-// deletes, each in address order. Adds go first so that a cancelled or failing Apply errs on the side
+// the writes that differ, in batches of requests (one sendmsg for up to 64
+// writes, each acked on its own): adds first, then deletes, each in address
+// order. Adds go first so that a cancelled or failing Apply errs on the side
 // of serving a VIP rather than dropping one. A desired VIP the link already
 // holds through a foreign entry is left as it is; an entry kglb does not own
 // is never removed. An entry someone deleted is added again by the next
@@ -130,7 +131,7 @@ func New(opts Options) (*Reconciler, error) {
 //
 // Apply carries on past an item that fails and returns what it reached
 // together with errors.Join of every failure, each naming its VIP. A
-// cancelled ctx stops further writes. Apply(ctx, nil) removes every entry
+// ctx cancelled before the writes stops them. Apply(ctx, nil) removes every entry
 // kglb owns and leaves the link itself in place.
 func (r *Reconciler) Apply(ctx context.Context, desired []netip.Addr) (Result, error) {
 	r.mu.Lock()
@@ -272,10 +273,10 @@ func planWrites(mode Mode, owned, want map[netip.Addr]bool, entries []Entry) pla
 	slices.SortFunc(del, netip.Addr.Compare)
 	slices.SortFunc(p.foreign, netip.Addr.Compare)
 	for _, a := range add {
-		p.writes = append(p.writes, Write{Op: opAdd, VIP: a})
+		p.writes = append(p.writes, Write{Op: OpAdd, VIP: a})
 	}
 	for _, a := range del {
-		p.writes = append(p.writes, Write{Op: opDel, VIP: a})
+		p.writes = append(p.writes, Write{Op: OpDel, VIP: a})
 	}
 	return p
 }
@@ -285,7 +286,7 @@ func (p plan) predict() Result {
 	res := Result{Foreign: p.foreign, Writes: len(p.writes)}
 	held := maps.Clone(p.ours)
 	for _, w := range p.writes {
-		if w.Op == opAdd {
+		if w.Op == OpAdd {
 			held[w.VIP] = true
 			res.Added = append(res.Added, w.VIP)
 		} else {
@@ -297,8 +298,8 @@ func (p plan) predict() Result {
 	return res
 }
 
-// execute issues p's writes, one netlink request each, carrying on past a
-// write that fails, until ctx is cancelled. In address mode it records the
+// execute issues p's writes in one Kernel.Write, carrying on past a write
+// that fails; a ctx cancelled before it writes nothing. In address mode it records the
 // intent before adding, and what kglb owns afterwards. It returns what it
 // reached and every failure, each naming its VIP.
 func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
@@ -314,7 +315,7 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 		// foreign forever.
 		intent := maps.Clone(ours)
 		for _, w := range p.writes {
-			if w.Op == opAdd {
+			if w.Op == OpAdd {
 				intent[w.VIP] = true
 			}
 		}
@@ -330,19 +331,29 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	if r.mode == ModeRoute {
 		proto = ProtoKGLB
 	}
+	// A ctx cancelled before the writes stops them all; once begun they
+	// go through, in batches (Kernel.Write): 1,000 VIPs are 16 syscalls.
+	ws := p.writes
+	if err := ctx.Err(); err != nil {
+		errs = append(errs, err)
+		ws = nil
+	}
+	changes := make([]Change, len(ws))
+	for i, w := range ws {
+		changes[i] = Change{Op: w.Op, Entry: Entry{Prefix: hostPrefix(w.VIP), Proto: proto}}
+	}
+	var werrs []error
+	if len(changes) > 0 {
+		werrs = r.k.Write(r.mode, changes)
+	}
+	res.Writes = len(changes)
 	logInfo := r.log.IsInfo() // not worth boxing the arguments for a silent logger
-	for _, w := range p.writes {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
-			break
-		}
-		res.Writes++
-		e := Entry{Prefix: hostPrefix(w.VIP), Proto: proto}
-		if w.Op == opAdd {
-			err := r.k.Add(r.mode, e)
+	for i, w := range ws {
+		err := werrs[i]
+		if w.Op == OpAdd {
 			switch {
 			case err == nil:
-				r.metrics.write(opAdd, outcomeOK)
+				r.metrics.write(OpAdd, outcomeOK)
 				ours[w.VIP] = true
 				res.Added = append(res.Added, w.VIP)
 				if logInfo {
@@ -350,28 +361,27 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 				}
 			case isExist(err):
 				// Someone added it since the dump: it is held, but not by us.
-				r.metrics.write(opAdd, outcomeExists)
+				r.metrics.write(OpAdd, outcomeExists)
 				foreign = append(foreign, w.VIP)
 			default:
-				r.metrics.write(opAdd, outcomeError)
+				r.metrics.write(OpAdd, outcomeError)
 				errs = append(errs, fmt.Errorf("add vip %s (%s on %s): %w", w.VIP, r.mode, link, err))
 			}
 			continue
 		}
-		err := r.k.Del(r.mode, e)
 		switch {
 		case err == nil:
-			r.metrics.write(opDel, outcomeOK)
+			r.metrics.write(OpDel, outcomeOK)
 			delete(ours, w.VIP)
 			res.Removed = append(res.Removed, w.VIP)
 			if logInfo {
 				r.log.Info("removed vip", "vip", w.VIP, "link", link, "mode", r.mode)
 			}
 		case isNotExist(err):
-			r.metrics.write(opDel, outcomeGone)
+			r.metrics.write(OpDel, outcomeGone)
 			delete(ours, w.VIP)
 		default:
-			r.metrics.write(opDel, outcomeError)
+			r.metrics.write(OpDel, outcomeError)
 			errs = append(errs, fmt.Errorf("remove vip %s (%s on %s): %w", w.VIP, r.mode, link, err))
 		}
 	}
