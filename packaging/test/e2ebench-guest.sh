@@ -164,6 +164,8 @@ run_one() { # DAEMON ROUND
 		sleep 0.25
 	done
 	[ -n "$profpid" ] && wait "$profpid" # the profile, if any
+	# Where kglb's start went: its steps and its first pass.
+	[ "$d" = kglb ] && journalctl -u kglb.service -o cat --no-pager | grep -E 'kglb running|first pass applied' | sed 's/^/  | /'
 
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
