@@ -152,3 +152,30 @@ func TestPlanWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestVIPSample: the "vips applied" line names the first few VIPs added
+// and removed, and counts the rest.
+func TestVIPSample(t *testing.T) {
+	a := func(n int) []netip.Addr {
+		var out []netip.Addr
+		for i := range n {
+			out = append(out, netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)}))
+		}
+		return out
+	}
+	tests := []struct {
+		name           string
+		added, removed []netip.Addr
+		want           string
+	}{
+		{"one added", a(1), nil, "+198.51.100.1"},
+		{"one removed", nil, a(1), "-198.51.100.1"},
+		{"both", a(2), a(1), "+198.51.100.1 +198.51.100.2 -198.51.100.1"},
+		{"many", a(1000), nil, "+198.51.100.1 +198.51.100.2 +198.51.100.3 +198.51.100.4 (+996 more)"},
+	}
+	for _, tt := range tests {
+		if got := vipSample(tt.added, tt.removed); got != tt.want {
+			t.Errorf("%s: vipSample = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}

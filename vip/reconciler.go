@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -347,7 +348,7 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 		werrs = r.k.Write(r.mode, changes)
 	}
 	res.Writes = len(changes)
-	logInfo := r.log.IsInfo() // not worth boxing the arguments for a silent logger
+	logEach := r.log.IsDebug() // not worth boxing the arguments for a silent logger
 	for i, w := range ws {
 		err := werrs[i]
 		if w.Op == OpAdd {
@@ -356,8 +357,8 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 				r.metrics.write(OpAdd, outcomeOK)
 				ours[w.VIP] = true
 				res.Added = append(res.Added, w.VIP)
-				if logInfo {
-					r.log.Info("added vip", "vip", w.VIP, "link", link, "mode", r.mode)
+				if logEach {
+					r.log.Debug("added vip", "vip", w.VIP, "link", link, "mode", r.mode)
 				}
 			case isExist(err):
 				// Someone added it since the dump: it is held, but not by us.
@@ -374,8 +375,8 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 			r.metrics.write(OpDel, outcomeOK)
 			delete(ours, w.VIP)
 			res.Removed = append(res.Removed, w.VIP)
-			if logInfo {
-				r.log.Info("removed vip", "vip", w.VIP, "link", link, "mode", r.mode)
+			if logEach {
+				r.log.Debug("removed vip", "vip", w.VIP, "link", link, "mode", r.mode)
 			}
 		case isNotExist(err):
 			r.metrics.write(OpDel, outcomeGone)
@@ -400,7 +401,14 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	res.Foreign = foreign
 	r.metrics.held.Set(float64(len(res.Held)))
 	r.metrics.foreign.Set(float64(len(res.Foreign)))
-	if res.Writes == 0 {
+	// One line per Apply that wrote, as ipvs does: a cold start of 1,000
+	// VIPs is one line, not 1,000 for journald to take while the start
+	// goes on. Each VIP is named at Debug, and the first few here.
+	if res.Writes > 0 && r.log.IsInfo() {
+		r.log.Info("vips applied", "added", len(res.Added), "removed", len(res.Removed),
+			"vips", vipSample(res.Added, res.Removed), "link", link, "mode", r.mode,
+			"held", len(res.Held), "foreign", len(res.Foreign), "errors", len(errs))
+	} else if res.Writes == 0 {
 		r.log.Debug("vips in sync", "link", link, "held", len(res.Held), "foreign", len(res.Foreign))
 	}
 	return res, errs
@@ -416,4 +424,27 @@ func (r *Reconciler) save(owned map[netip.Addr]bool) error {
 	}
 	r.saved = maps.Clone(owned)
 	return nil
+}
+
+// vipSample names the VIPs an Apply added (+) and removed (-), the first
+// few of each, and how many more: what a reload changed, in one short field.
+func vipSample(added, removed []netip.Addr) string {
+	const few = 4
+	var b strings.Builder
+	for _, l := range []struct {
+		sign  string
+		addrs []netip.Addr
+	}{{"+", added}, {"-", removed}} {
+		for i, a := range l.addrs {
+			if i == few {
+				fmt.Fprintf(&b, " (%s%d more)", l.sign, len(l.addrs)-few)
+				break
+			}
+			if b.Len() > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(l.sign + a.String())
+		}
+	}
+	return b.String()
 }
