@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -165,8 +167,7 @@ func (l *Loader) LoadChanged(dir string, changed []string) (*Config, error) {
 // were, and the others are stat'ed now only when their last read was racy.
 func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, error) {
 	srcs := make([]source, len(files))
-	var ds Diagnostics
-	l.read = 0
+	var toRead []int
 	for i, f := range files {
 		fd := l.files[f.name]
 		if fresh != nil && !fresh[f.name] && fd != nil && !fd.readAt.IsZero() {
@@ -183,19 +184,30 @@ func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, er
 			continue
 		}
 		srcs[i].readAt = l.now()
-		b, err := readFile(f.name, &l.Reader)
-		if err != nil {
-			ds = append(ds, fileProblem(f.name, err))
-			continue
-		}
-		srcs[i].data = b
-		l.read++
+		toRead = append(toRead, i)
 	}
+	// A cold load reads every file: several reads in flight at once
+	// overlap their waits on the disk (and their syscalls on the CPUs).
+	errs := make([]error, len(srcs))
+	each(len(toRead), min(readWorkers, len(toRead)/parallelMin), func(k int) {
+		i := toRead[k]
+		srcs[i].data, errs[i] = readFile(srcs[i].name, &l.Reader)
+	})
+	var ds Diagnostics
+	for _, i := range toRead {
+		if errs[i] != nil {
+			ds = append(ds, fileProblem(srcs[i].name, errs[i]))
+		}
+	}
+	l.read = len(toRead) - len(ds)
 	if len(ds) > 0 {
 		return nil, ds
 	}
 	return l.load(srcs)
 }
+
+// readWorkers bounds the files a load reads at once.
+const readWorkers = 8
 
 // fileDecode is what one file contributes to a load, everything that does
 // not depend on the other files. It is kept while the file's content stays
@@ -303,6 +315,43 @@ func decodeFile(name string, data []byte) *fileDecode {
 	return fd
 }
 
+// decodeFiles sets fds[i] to decodeFile of srcs[i] for each i in todo. A
+// file decodes on its own, so a cold load of many files decodes them on
+// every CPU the process has (at a start nothing else is running yet); a
+// reload of a few decodes them in place.
+func decodeFiles(srcs []source, todo []int, fds []*fileDecode) {
+	each(len(todo), min(runtime.GOMAXPROCS(0), len(todo)/parallelMin), func(k int) {
+		i := todo[k]
+		fds[i] = decodeFile(srcs[i].name, srcs[i].data)
+	})
+}
+
+// parallelMin is the fewest files per goroutine worth starting one: a
+// one-line edit reads and decodes its one file on the caller's.
+const parallelMin = 16
+
+// each calls f(k) for every k in [0, n), on workers goroutines, or on the
+// caller's alone when workers < 2. Calls for different k must not share
+// what they write.
+func each(n, workers int, f func(k int)) {
+	if workers < 2 {
+		for k := range n {
+			f(k)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for k := int(next.Add(1)) - 1; k < n; k = int(next.Add(1)) - 1 {
+				f(k)
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // parse parses src with hclsyntax into the decoder's tree, for a file
 // fastParse declines: the body, or nil when it has syntax errors, and what
 // the parse reported.
@@ -333,24 +382,32 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	if l.files == nil {
 		l.files = make(map[string]*fileDecode, len(srcs))
 	}
-	l.decoded = 0
-	nServices, known, before := 0, 0, len(l.files)
+	var todo []int // the files to decode
+	known, before := 0, len(l.files)
 	for i, s := range srcs {
 		fd := l.files[s.name]
 		if fd != nil {
 			known++
 		}
 		if s.data != nil || fd == nil {
-			if fd != nil && fd.sum == sha256.Sum256(s.data) {
-				fd = fd.clone() // the same content: the same decode
-			} else {
-				fd = decodeFile(s.name, s.data)
-				l.decoded++
+			if fd == nil || fd.sum != sha256.Sum256(s.data) {
+				todo = append(todo, i)
+				continue
 			}
+			fd = fd.clone() // the same content: the same decode
 			fd.stat, fd.readAt = s.stat, s.readAt
 			l.files[s.name] = fd
 		}
 		fds[i] = fd
+	}
+	decodeFiles(srcs, todo, fds)
+	l.decoded = len(todo)
+	for _, i := range todo {
+		fds[i].stat, fds[i].readAt = srcs[i].stat, srcs[i].readAt
+		l.files[srcs[i].name] = fds[i]
+	}
+	nServices := 0
+	for _, fd := range fds {
 		nServices += len(fd.services)
 	}
 	if known < before { // some files of the last load are gone

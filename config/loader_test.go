@@ -476,3 +476,40 @@ func TestDirStamp(t *testing.T) {
 		t.Errorf("a missing directory: %q", s)
 	}
 }
+
+// TestLoaderManyFiles: a directory of many files, decoded on every CPU,
+// loads as its files loaded one by one in order would, with every
+// problem, and a later one-file edit decodes that file alone; run with
+// -race.
+func TestLoaderManyFiles(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "daemon.hcl", loaderDaemon)
+	const n = 4 * parallelMin
+	for i := range n {
+		write(t, dir, fmt.Sprintf("s%03d.hcl", i), fmt.Sprintf("service \"s%03d\" {\n  vip = \"198.51.100.%d\"\n  port = 80\n  real \"10.0.%d.1\" {}\n}\n", i, i+1, i))
+	}
+	l := NewLoader()
+	cfg, err := l.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Services) != n || l.decoded != n+1 {
+		t.Fatalf("%d services from %d decoded files, want %d from %d", len(cfg.Services), l.decoded, n, n+1)
+	}
+	for i, s := range cfg.Services {
+		if want := fmt.Sprintf("s%03d", i); s.Name != want {
+			t.Fatalf("service %d is %s, want %s", i, s.Name, want)
+		}
+	}
+	// Two broken files: both reported, in file order.
+	write(t, dir, "s010.hcl", "service \"s010\" {\n  vip = \"nope\"\n  port = 80\n}\n")
+	write(t, dir, "s050.hcl", "service \"s050\" {\n  vip = \"198.51.100.51\"\n  port = 99999\n}\n")
+	_, err = l.Load(dir)
+	if err == nil || !strings.Contains(err.Error(), "s010.hcl:2") || !strings.Contains(err.Error(), "s050.hcl:3") ||
+		strings.Index(err.Error(), "s010.hcl") > strings.Index(err.Error(), "s050.hcl") {
+		t.Fatalf("load with two broken files: %v; want both, s010.hcl first", err)
+	}
+	if l.decoded != 2 {
+		t.Errorf("decoded %d files after two edits, want 2", l.decoded)
+	}
+}

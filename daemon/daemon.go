@@ -5,6 +5,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +30,7 @@ import (
 	"github.com/kglb/kglb/vip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sys/unix"
 )
 
 // Options are the command-line settings of `kglb run`. Empty values take
@@ -348,7 +351,47 @@ type stages struct {
 	args []any
 }
 
-func newStages() *stages { return &stages{last: time.Now()} }
+// newStages begins with the step "init": from the fork of this process to
+// Run, the time a start spends before kglb's code runs (systemd's sandbox,
+// the exec, Go's and the packages' init), as the kernel counts it.
+func newStages() *stages {
+	s := &stages{last: time.Now()}
+	if d, ok := sinceFork(); ok {
+		s.args = append(s.args, "init", d.Round(time.Millisecond).String())
+	}
+	return s
+}
+
+// sinceFork is how long ago this process was forked: now on the boot clock
+// less its start time in /proc/self/stat (field 22, in clock ticks of
+// USER_HZ, 100 on Linux). ok is false if /proc does not say.
+func sinceFork() (time.Duration, bool) {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) may hold spaces and parentheses: count
+	// from the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:])) // fields 3 onward
+	if len(f) < 20 {
+		return 0, false
+	}
+	ticks, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &now); err != nil {
+		return 0, false
+	}
+	const userHZ = 100
+	d := time.Duration(now.Nano()) - time.Duration(ticks)*time.Second/userHZ
+	return d, d >= 0
+}
 
 // done ends the step called name, begun when the previous one ended.
 func (s *stages) done(name string) {

@@ -138,3 +138,15 @@ func TestTunnelSysctlProblem(t *testing.T) {
 		})
 	}
 }
+
+// TestSinceFork: the kernel tells how long ago this process began, which
+// the start line reports as its "init" step.
+func TestSinceFork(t *testing.T) {
+	d, ok := sinceFork()
+	if !ok || d < 0 {
+		t.Fatalf("sinceFork() = %v, %v; want a duration >= 0 from /proc/self/stat", d, ok)
+	}
+	if args := newStages().args; len(args) != 2 || args[0] != "init" {
+		t.Errorf("stages begin with %v, want [init <duration>]", args)
+	}
+}

@@ -9,13 +9,12 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/kglb/kglb/internal/nlbatch"
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -67,13 +66,10 @@ func probe(netnsPath string) (uint16, error) {
 // sequence number it does not expect, so concurrent calls could lose each
 // other's answers: every call holds mu.
 type Netlink struct {
-	mu   sync.Mutex
-	h    *mobyipvs.Handle
-	w    *nl.NetlinkSocket // writes
-	fam  uint16            // the IPVS generic netlink family
-	seq  uint32            // of the last write sent on w
-	buf  []byte            // the message being built, reused
-	rbuf []byte            // acks read, reused
+	mu  sync.Mutex
+	h   *mobyipvs.Handle
+	w   *nlbatch.Socket // writes
+	fam uint16          // the IPVS generic netlink family
 }
 
 var _ Kernel = (*Netlink)(nil)
@@ -101,7 +97,7 @@ func NewNetlink(netnsPath string) (*Netlink, error) {
 		}
 		defer ns.Close()
 	}
-	w, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_GENERIC)
+	w, err := nlbatch.Open(ns, unix.NETLINK_GENERIC)
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("open ipvs write socket: %w", err)
@@ -243,81 +239,17 @@ func (n *Netlink) Reals(k Key) ([]Real, error) {
 	return out, nil
 }
 
-// Write implements Kernel. It sends up to writeBatch writes in one
-// sendmsg, each its own request with its own sequence number and
-// NLM_F_ACK, and reads their acks together: the kernel handles the requests
-// of a message in order, each on its own, and acks each (an error, or 0).
-// Under TCG a syscall costs more than the kernel's work for one write; a
-// cold start of 1,000 services x 10 reals is 11,000 writes.
+// Write implements Kernel. It sends up to 64 writes in one sendmsg, each
+// its own request with its own sequence number and NLM_F_ACK, and reads
+// their acks together (internal/nlbatch). Under TCG a syscall costs more
+// than the kernel's work for one write; a cold start of 1,000 services x 10
+// reals is 11,000 writes.
 func (n *Netlink) Write(ws []Write) []error {
-	errs := make([]error, len(ws))
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for i := 0; i < len(ws); i += writeBatch {
-		j := min(i+writeBatch, len(ws))
-		n.send(ws[i:j], errs[i:j])
-	}
-	return errs
-}
-
-// writeBatch bounds the writes of one message: their acks (an error ack
-// carries the request back) must fit the socket's receive buffer, or the
-// kernel drops them and their outcome is unknown.
-const writeBatch = 64
-
-// send writes ws in one message and fills errs from the acks.
-func (n *Netlink) send(ws []Write, errs []error) {
-	first := n.seq + 1
-	b := n.buf[:0]
-	for _, w := range ws {
-		n.seq++
-		b = n.appendWrite(b, w, n.seq)
-	}
-	n.buf = b
-	if err := unix.Sendto(n.w.GetFd(), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		for i := range errs {
-			errs[i] = fmt.Errorf("send: %w", err)
-		}
-		return
-	}
-	acked := make([]bool, len(ws))
-	fd := n.w.GetFd()
-	if n.rbuf == nil {
-		n.rbuf = make([]byte, 64<<10)
-	}
-	for left := len(ws); left > 0; {
-		// The kernel handles the whole message within sendto and queues
-		// every ack before it returns: read them straight off the socket
-		// into one buffer, and wait on the poller only if one is missing.
-		var msgs []syscall.NetlinkMessage
-		nr, _, err := unix.Recvfrom(fd, n.rbuf, unix.MSG_DONTWAIT)
-		switch {
-		case err == unix.EAGAIN || err == unix.EINTR:
-			msgs, _, err = n.w.Receive()
-		case err == nil:
-			msgs, err = syscall.ParseNetlinkMessage(n.rbuf[:nr])
-		}
-		if err != nil {
-			// The acks not read are lost: their writes' outcome is unknown.
-			for i := range errs {
-				if !acked[i] {
-					errs[i] = fmt.Errorf("read ack: %w", err)
-				}
-			}
-			return
-		}
-		for _, m := range msgs {
-			d := m.Header.Seq - first // wraps with the sequence numbers
-			if m.Header.Type != unix.NLMSG_ERROR || d >= uint32(len(ws)) || acked[d] || len(m.Data) < 4 {
-				continue
-			}
-			acked[d] = true
-			left--
-			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				errs[d] = syscall.Errno(-code)
-			}
-		}
-	}
+	return n.w.Write(len(ws), func(b []byte, i int) ([]byte, uint16, uint16) {
+		return appendWrite(b, ws[i]), n.fam, 0
+	})
 }
 
 // The IPVS generic netlink commands and attributes (include/uapi/linux/ip_vs.h).
@@ -355,18 +287,12 @@ var writeCmds = [numOps]uint8{
 	OpAddReal: ipvsCmdNewDest, OpUpdateReal: ipvsCmdSetDest, OpDeleteReal: ipvsCmdDelDest,
 }
 
-// appendWrite appends w as one request with sequence number seq: the
-// attributes moby/ipvs sends, the service's key alone where the kernel
+// appendWrite appends w's generic netlink header and the attributes
+// moby/ipvs sends, the service's key alone where the kernel
 // reads only the key (every command but an add or update of a service), a
 // real's key alone for a delete.
-func (n *Netlink) appendWrite(b []byte, w Write, seq uint32) []byte {
-	start := len(b)
-	b = binary.NativeEndian.AppendUint32(b, 0) // length, set below
-	b = binary.NativeEndian.AppendUint16(b, n.fam)
-	b = binary.NativeEndian.AppendUint16(b, unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	b = binary.NativeEndian.AppendUint32(b, seq)
-	b = binary.NativeEndian.AppendUint32(b, 0) // port id: the kernel fills it in
-	b = append(b, writeCmds[w.Op], 1, 0, 0)    // genlmsghdr: cmd, version 1
+func appendWrite(b []byte, w Write) []byte {
+	b = append(b, writeCmds[w.Op], 1, 0, 0) // genlmsghdr: cmd, version 1
 
 	svc := Service{Key: w.Service}
 	full := w.Op == OpAddService || w.Op == OpUpdateService
@@ -409,20 +335,11 @@ func (n *Netlink) appendWrite(b []byte, w Write, seq uint32) []byte {
 		}
 		binary.NativeEndian.PutUint16(b[nest:], uint16(len(b)-nest))
 	}
-	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
 	return b
 }
 
-// appendAttr appends one netlink attribute, padded to 4 bytes. A nest is
+// appendAttr appends one netlink attribute (nlbatch.AppendAttr). A nest is
 // an attribute with no data whose length the caller sets once its children
 // follow (as moby/ipvs sends them, without NLA_F_NESTED, which IPVS does not
 // require).
-func appendAttr(b []byte, typ uint16, data []byte) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(data)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, data...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
+var appendAttr = nlbatch.AppendAttr

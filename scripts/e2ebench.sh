@@ -29,7 +29,11 @@
 #   E2E_PROFILE=1  kglb runs with KGLB_PPROF=1; CPU profiles of its cold start
 #                and of the steady window, a trace of the cold start, a heap
 #                profile, goroutines and smaps after the window (what its RSS
-#                is made of) land in .cache/e2ebench/out-N/ with the journals
+#                is made of) land in .cache/e2ebench/out-N/ with the journals.
+#                Not for the rows: the guest's polling for the profiler and
+#                the profiles take the VM's CPUs from kglb's cold start alone
+#                (at N=1000, on a shared host: 27.7 s to every real present
+#                in one run with it, 6.7 s in one without)
 #   E2E_ORDER    the daemons of a round (default "kglb keepalived")
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh

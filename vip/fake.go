@@ -35,13 +35,14 @@ type Fake struct {
 	// prefixRoutes counts the routes per prefix, whatever their protocol.
 	prefixRoutes map[netip.Prefix]int
 
-	// Writes counts the write calls, failed ones included (EnsureLink counts
+	// Writes counts the writes, failed ones included (EnsureLink counts
 	// only when it changes the link).
 	Writes int
 	// Dumps counts the List calls.
 	Dumps int
-	// Fail, when set, is asked before each Add and Del; a non-nil error is
-	// returned instead of doing the write (the write is still counted).
+	// Fail, when set, is asked before each write (op OpAdd or OpDel); a
+	// non-nil error is its answer instead of doing it (it is still
+	// counted).
 	Fail func(op string, m Mode, e Entry) error
 }
 
@@ -115,14 +116,29 @@ func (f *Fake) List(m Mode) ([]Entry, error) {
 	return out, nil
 }
 
-// Add adds a host route or address.
-func (f *Fake) Add(m Mode, e Entry) error {
+// Write issues ws in order, as the kernel takes a batch of requests: each
+// on its own, one error per write.
+func (f *Fake) Write(m Mode, ws []Change) []error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.Writes++
-	if err := f.check("add", m, e); err != nil {
-		return err
+	errs := make([]error, len(ws))
+	for i, w := range ws {
+		f.Writes++
+		if err := f.check(w.Op, m, w.Entry); err != nil {
+			errs[i] = err
+			continue
+		}
+		if w.Op == OpAdd {
+			errs[i] = f.add(m, w.Entry)
+		} else {
+			errs[i] = f.del(m, w.Entry)
+		}
 	}
+	return errs
+}
+
+// add adds a host route or address.
+func (f *Fake) add(m Mode, e Entry) error {
 	switch m {
 	case ModeRoute:
 		if f.routeClash(e) {
@@ -143,14 +159,8 @@ func (f *Fake) Add(m Mode, e Entry) error {
 	return nil
 }
 
-// Del deletes a host route (matching its protocol) or address.
-func (f *Fake) Del(m Mode, e Entry) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.Writes++
-	if err := f.check("del", m, e); err != nil {
-		return err
-	}
+// del deletes a host route (matching its protocol) or address.
+func (f *Fake) del(m Mode, e Entry) error {
 	switch m {
 	case ModeRoute:
 		if !f.routes[e] {

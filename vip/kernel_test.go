@@ -157,7 +157,7 @@ func addForeign(t testing.TB, k vip.Kernel) {
 		{vip.ModeAddress, entry("203.0.113.1/32", 0)},
 		{vip.ModeAddress, entry("2001:db8::99/128", 0)},
 	} {
-		if err := k.Add(step.m, step.e); err != nil {
+		if err := write1(k, step.m, vip.OpAdd, step.e); err != nil {
 			t.Fatalf("add foreign %s %s: %v", step.m, step.e, err)
 		}
 	}
@@ -330,7 +330,7 @@ func TestKernelMissingLink(t *testing.T) {
 func TestKernelErrors(t *testing.T) {
 	ns := nstest.New(t)
 	nstest.Veth(t, nstest.End{NS: ns, Name: "vip0"}, nstest.End{NS: ns, Name: "vip1"})
-	k, err := vip.NewNetlink(vip.NetlinkOptions{Handle: ns.Netlink(t), Link: "vip0"})
+	k, err := vip.NewNetlink(vip.NetlinkOptions{NetNS: ns.Path, Link: "vip0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,12 +368,7 @@ func TestKernelErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, kk := range []vip.Kernel{k, f} {
-				var err error
-				if tt.op == "add" {
-					err = kk.Add(tt.mode, tt.e)
-				} else {
-					err = kk.Del(tt.mode, tt.e)
-				}
+				err := write1(kk, tt.mode, tt.op, tt.e)
 				if (tt.want == nil && err != nil) || (tt.want != nil && !errors.Is(err, tt.want)) {
 					t.Errorf("%T: %s %s %s: %v, want %v", kk, tt.op, tt.mode, tt.e, err, tt.want)
 				}
@@ -382,6 +377,91 @@ func TestKernelErrors(t *testing.T) {
 				t.Errorf("kernel and fake differ; kernel:\n%s\nfake:\n%s", got, want)
 			}
 		})
+	}
+}
+
+// TestKernelBatch: one Write of many mixed writes, across the batches of a
+// message (64 requests), answers write by write exactly as the fake does
+// (EEXIST, ESRCH, EADDRNOTAVAIL in the middle of a batch do not stop the
+// rest), and leaves the kernel where it leaves the fake.
+func TestKernelBatch(t *testing.T) {
+	ns := nstest.New(t)
+	nstest.Veth(t, nstest.End{NS: ns, Name: "vip0"}, nstest.End{NS: ns, Name: "vip1"})
+	k, err := vip.NewNetlink(vip.NetlinkOptions{NetNS: ns.Path, Link: "vip0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	f := vip.NewFake("vip0")
+	for _, kk := range []vip.Kernel{k, f} {
+		if _, err := kk.EnsureLink(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// batch is 150 writes: adds of 198.51.100.0-99 and 2001:db8::0-49,
+	// with every tenth one repeated (EEXIST) and deletes of entries that
+	// are not there (ESRCH or EADDRNOTAVAIL) between them.
+	batch := func(mode vip.Mode, proto uint8) []vip.Change {
+		var ws []vip.Change
+		for i := range 100 {
+			a := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
+			if i >= 50 {
+				a = netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i-50))
+			}
+			e := vip.Entry{Prefix: netip.PrefixFrom(a, a.BitLen()), Proto: proto}
+			ws = append(ws, vip.Change{Op: vip.OpAdd, Entry: e})
+			if i%10 == 0 {
+				ws = append(ws, vip.Change{Op: vip.OpAdd, Entry: e})
+			}
+			if i%3 == 0 {
+				gone := vip.Entry{Prefix: netip.MustParsePrefix(fmt.Sprintf("203.0.113.%d/32", i)), Proto: proto}
+				ws = append(ws, vip.Change{Op: vip.OpDel, Entry: gone})
+			}
+		}
+		return ws
+	}
+	// undo deletes every entry a batch added, and two twice.
+	undo := func(ws []vip.Change) []vip.Change {
+		var out []vip.Change
+		for i, w := range ws {
+			if w.Op == vip.OpAdd && (i == 0 || ws[i-1] != w) {
+				out = append(out, vip.Change{Op: vip.OpDel, Entry: w.Entry})
+			}
+		}
+		return append(out, out[0], out[len(out)-1])
+	}
+	h := ns.Netlink(t)
+	for _, tc := range []struct {
+		mode  vip.Mode
+		proto uint8
+	}{{vip.ModeRoute, vip.ProtoKGLB}, {vip.ModeAddress, 0}} {
+		add := batch(tc.mode, tc.proto)
+		for _, step := range []struct {
+			name string
+			ws   []vip.Change
+		}{{"add", add}, {"delete", undo(add)}} {
+			t.Run(string(tc.mode)+"/"+step.name, func(t *testing.T) {
+				got, want := k.Write(tc.mode, step.ws), f.Write(tc.mode, step.ws)
+				if len(got) != len(step.ws) || len(want) != len(step.ws) {
+					t.Fatalf("%d writes: kernel answered %d, fake %d", len(step.ws), len(got), len(want))
+				}
+				failed := 0
+				for i, w := range step.ws {
+					if !errors.Is(got[i], want[i]) {
+						t.Errorf("write %d (%s %s): kernel %v, fake %v", i, w.Op, w.Entry, got[i], want[i])
+					}
+					if want[i] != nil {
+						failed++
+					}
+				}
+				if failed == 0 {
+					t.Errorf("no write failed: the batch does not test errors amid a batch")
+				}
+				if got, want := kernelState(t, h, "vip0"), f.String(); got != want {
+					t.Errorf("kernel and fake differ; kernel:\n%s\nfake:\n%s", got, want)
+				}
+			})
+		}
 	}
 }
 

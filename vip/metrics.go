@@ -2,11 +2,10 @@ package vip
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Write operations and their outcomes, the label values of
-// kglb_vip_writes_total. The set is fixed so the series are bounded.
+// Write operations (OpAdd, OpDel and opLink) and their outcomes, the label
+// values of kglb_vip_writes_total. The set is fixed so the series are
+// bounded.
 const (
-	opAdd  = "add"
-	opDel  = "del"
 	opLink = "link"
 
 	outcomeOK     = "ok"
@@ -49,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 		}),
 	}
-	for _, op := range []string{opAdd, opDel, opLink} {
+	for _, op := range []string{OpAdd, OpDel, opLink} {
 		for _, o := range []string{outcomeOK, outcomeError, outcomeExists, outcomeGone} {
 			if op == opLink && (o == outcomeExists || o == outcomeGone) {
 				continue

@@ -1,12 +1,14 @@
 package vip
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 
+	"github.com/kglb/kglb/internal/nlbatch"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -20,16 +22,14 @@ type NetlinkOptions struct {
 	// NetNS is the path of the network namespace to work in (for example
 	// /var/run/netns/lb or /proc/1234/ns/net); "" is the caller's.
 	NetNS string
-	// Handle, when set, is used instead of opening one (NetNS is then
-	// ignored); the caller keeps ownership and Close leaves it open.
-	Handle *netlink.Handle
 }
 
 // Netlink is the Kernel over rtnetlink, for one link in one network
-// namespace. One dump per List, one request and ACK per Add or Del.
+// namespace. One dump per List; Write sends up to 64 requests per sendmsg,
+// each acked on its own (internal/nlbatch).
 type Netlink struct {
 	h       *netlink.Handle
-	ownH    bool
+	w       *nlbatch.Socket // writes
 	link    string
 	mu      sync.Mutex
 	linkIdx int
@@ -42,12 +42,9 @@ var _ Kernel = (*Netlink)(nil)
 // link is looked up (and created) by EnsureLink, not here, so a daemon can
 // start before its link appears.
 func NewNetlink(opts NetlinkOptions) (*Netlink, error) {
-	n := &Netlink{h: opts.Handle, link: opts.Link}
+	n := &Netlink{link: opts.Link}
 	if n.link == "" {
 		n.link = DefaultLink
-	}
-	if n.h != nil {
-		return n, nil
 	}
 	ns := netns.None()
 	if opts.NetNS != "" {
@@ -77,7 +74,12 @@ func NewNetlink(opts NetlinkOptions) (*Netlink, error) {
 	// routes rather than every route of the host (a router's full table).
 	// Kernels before 4.20 lack it; the library filters the same way.
 	_ = h.SetStrictCheck(true)
-	n.h, n.ownH = h, true
+	w, err := nlbatch.Open(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open route netlink write socket: %w", err)
+	}
+	n.h, n.w = h, w
 	return n, nil
 }
 
@@ -85,13 +87,13 @@ func NewNetlink(opts NetlinkOptions) (*Netlink, error) {
 // silently falls back to the caller's namespace.
 var errClosed = errors.New("vip netlink kernel is closed")
 
-// Close releases the netlink socket if NewNetlink opened it. Every call
-// after Close fails.
+// Close releases the netlink sockets. Every call after Close fails.
 func (n *Netlink) Close() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.ownH && !n.closed {
+	if !n.closed {
 		n.h.Close()
+		n.w.Close()
 	}
 	n.closed = true
 	return nil
@@ -234,66 +236,84 @@ func (n *Netlink) listAddrs(idx int) ([]Entry, error) {
 	return out, nil
 }
 
-// Add adds a local route tagged ProtoKGLB or a host address (IPv6 nodad).
-// Both are one request with NLM_F_EXCL, so an existing entry is EEXIST.
-func (n *Netlink) Add(m Mode, e Entry) error {
+// Write sends ws as `ip route add|del local <prefix> dev <link> table local
+// proto <e.Proto> scope host` (route mode) or `ip addr add|del <prefix> dev
+// <link>` (address mode, IPv6 nodad), the requests the netlink library
+// would send one at a time, up to 64 per sendmsg. An add carries
+// NLM_F_EXCL, so an existing entry is EEXIST; a route delete matches the
+// protocol, so only a route carrying e.Proto goes.
+func (n *Netlink) Write(m Mode, ws []Change) []error {
 	idx, err := n.index()
+	if err == nil && m != ModeRoute && m != ModeAddress {
+		err = fmt.Errorf("unknown mode %q", m)
+	}
 	if err != nil {
-		return err
+		errs := make([]error, len(ws))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
 	}
-	switch m {
-	case ModeRoute:
-		return n.h.RouteAdd(localRoute(idx, e))
-	case ModeAddress:
-		return n.h.AddrAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: idx}}, hostAddr(idx, e))
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		errs := make([]error, len(ws))
+		for i := range errs {
+			errs[i] = errClosed
+		}
+		return errs
 	}
-	return fmt.Errorf("unknown mode %q", m)
+	return n.w.Write(len(ws), func(b []byte, i int) ([]byte, uint16, uint16) {
+		w := ws[i]
+		switch {
+		case m == ModeRoute && w.Op == OpAdd:
+			return appendRoute(b, idx, w), unix.RTM_NEWROUTE, unix.NLM_F_CREATE | unix.NLM_F_EXCL
+		case m == ModeRoute:
+			return appendRoute(b, idx, w), unix.RTM_DELROUTE, 0
+		case w.Op == OpAdd:
+			return appendAddr(b, idx, w), unix.RTM_NEWADDR, unix.NLM_F_CREATE | unix.NLM_F_EXCL
+		}
+		return appendAddr(b, idx, w), unix.RTM_DELADDR, 0
+	})
 }
 
-// Del deletes a local route (the kernel matches its protocol, so only a
-// route carrying e.Proto goes) or an address.
-func (n *Netlink) Del(m Mode, e Entry) error {
-	idx, err := n.index()
-	if err != nil {
-		return err
-	}
-	switch m {
-	case ModeRoute:
-		return n.h.RouteDel(localRoute(idx, e))
-	case ModeAddress:
-		return n.h.AddrDel(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: idx}}, hostAddr(idx, e))
-	}
-	return fmt.Errorf("unknown mode %q", m)
+// appendRoute appends the rtmsg and attributes of `local <prefix> dev
+// <link> table local proto <e.Proto> scope host`. The scope is sent on
+// delete too: IPv4 matches it (zero would mean universe, and local routes
+// are host).
+func appendRoute(b []byte, idx int, w Change) []byte {
+	p := w.Entry.Prefix
+	b = append(b,
+		family(p), uint8(p.Bits()), 0, 0, // family, dst_len, src_len, tos
+		unix.RT_TABLE_LOCAL, w.Entry.Proto, unix.RT_SCOPE_HOST, unix.RTN_LOCAL)
+	b = binary.NativeEndian.AppendUint32(b, 0) // rtm_flags
+	b = nlbatch.AppendAttr(b, unix.RTA_DST, p.Addr().AsSlice())
+	return nlbatch.AppendAttr(b, unix.RTA_OIF, binary.NativeEndian.AppendUint32(nil, uint32(idx)))
 }
 
-// localRoute is `local <prefix> dev <link> table local proto <e.Proto>
-// scope host`. The scope must be sent on delete too: the library sends the
-// route's Scope field, and IPv4 matches it (zero would mean universe, and
-// local routes are host).
-func localRoute(idx int, e Entry) *netlink.Route {
-	return &netlink.Route{
-		LinkIndex: idx,
-		Dst:       ipNet(e.Prefix),
-		Table:     unix.RT_TABLE_LOCAL,
-		Type:      unix.RTN_LOCAL,
-		Scope:     netlink.SCOPE_HOST,
-		Protocol:  netlink.RouteProtocol(e.Proto),
+// appendAddr appends the ifaddrmsg and attributes of a host address: its
+// local and peer address the same, no broadcast (a host prefix has none).
+// IPv6 addresses skip duplicate address detection, which would keep them
+// tentative (unusable) for a second or more, and for a VIP that many LBs
+// share would always fail.
+func appendAddr(b []byte, idx int, w Change) []byte {
+	p := w.Entry.Prefix
+	var flags uint8
+	if p.Addr().Is6() {
+		flags = unix.IFA_F_NODAD
 	}
+	b = append(b, family(p), uint8(p.Bits()), flags, 0) // family, prefixlen, flags, scope
+	b = binary.NativeEndian.AppendUint32(b, uint32(idx))
+	a := p.Addr().AsSlice()
+	b = nlbatch.AppendAttr(b, unix.IFA_LOCAL, a)
+	return nlbatch.AppendAttr(b, unix.IFA_ADDRESS, a)
 }
 
-// hostAddr is the address for e; IPv6 addresses skip duplicate address
-// detection, which would keep them tentative (unusable) for a second or
-// more, and for a VIP that many LBs share would always fail.
-func hostAddr(idx int, e Entry) *netlink.Addr {
-	a := &netlink.Addr{IPNet: ipNet(e.Prefix), LinkIndex: idx}
-	if e.Prefix.Addr().Is6() {
-		a.Flags = unix.IFA_F_NODAD
+func family(p netip.Prefix) uint8 {
+	if p.Addr().Is4() {
+		return unix.AF_INET
 	}
-	return a
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	return unix.AF_INET6
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {

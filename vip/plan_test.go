@@ -27,10 +27,10 @@ func TestPlanEqualsApply(t *testing.T) {
 			if _, err := f.EnsureLink(); err != nil {
 				t.Fatal(err)
 			}
-			if err := f.Add(ModeRoute, Entry{Prefix: netip.MustParsePrefix("198.51.100.3/32"), Proto: unix.RTPROT_STATIC}); err != nil {
+			if err := write1(f, ModeRoute, OpAdd, Entry{Prefix: netip.MustParsePrefix("198.51.100.3/32"), Proto: unix.RTPROT_STATIC}); err != nil {
 				t.Fatal(err)
 			}
-			if err := f.Add(ModeAddress, Entry{Prefix: netip.MustParsePrefix("198.51.100.4/32")}); err != nil {
+			if err := write1(f, ModeAddress, OpAdd, Entry{Prefix: netip.MustParsePrefix("198.51.100.4/32")}); err != nil {
 				t.Fatal(err)
 			}
 			live := &recorder{read: f}
@@ -47,7 +47,7 @@ func TestPlanEqualsApply(t *testing.T) {
 					}
 				}
 				if rng.IntN(5) == 0 { // drift: someone removes an entry
-					_ = f.Del(mode, Entry{Prefix: netip.MustParsePrefix("198.51.100.1/32"), Proto: ProtoKGLB * boolByte(mode == ModeRoute)})
+					_ = write1(f, mode, OpDel, Entry{Prefix: netip.MustParsePrefix("198.51.100.1/32"), Proto: ProtoKGLB * boolByte(mode == ModeRoute)})
 				}
 				kernel := f.String()
 				record, _ := os.ReadFile(filepath.Join(dir, stateFile))
@@ -84,13 +84,16 @@ type recorder struct {
 func (k *recorder) Link() string                 { return k.read.Link() }
 func (k *recorder) EnsureLink() (bool, error)    { return k.read.EnsureLink() }
 func (k *recorder) List(m Mode) ([]Entry, error) { return k.read.List(m) }
-func (k *recorder) Add(m Mode, e Entry) error {
-	k.writes = append(k.writes, Write{Op: opAdd, VIP: e.Prefix.Addr()})
-	return k.read.Add(m, e)
+func (k *recorder) Write(m Mode, ws []Change) []error {
+	for _, w := range ws {
+		k.writes = append(k.writes, Write{Op: w.Op, VIP: w.Entry.Prefix.Addr()})
+	}
+	return k.read.Write(m, ws)
 }
-func (k *recorder) Del(m Mode, e Entry) error {
-	k.writes = append(k.writes, Write{Op: opDel, VIP: e.Prefix.Addr()})
-	return k.read.Del(m, e)
+
+// write1 is one write of op on k.
+func write1(k Kernel, m Mode, op string, e Entry) error {
+	return k.Write(m, []Change{{Op: op, Entry: e}})[0]
 }
 
 func boolByte(b bool) uint8 {
@@ -123,7 +126,7 @@ func TestPlanWrites(t *testing.T) {
 		foreign []netip.Addr
 	}{
 		{name: "empty link", mode: ModeRoute, want: set("2001:db8::1", "192.0.2.2", "192.0.2.1"),
-			writes: []Write{{opAdd, a("192.0.2.1")}, {opAdd, a("192.0.2.2")}, {opAdd, a("2001:db8::1")}}},
+			writes: []Write{{OpAdd, a("192.0.2.1")}, {OpAdd, a("192.0.2.2")}, {OpAdd, a("2001:db8::1")}}},
 		{name: "route mode", mode: ModeRoute, want: set("192.0.2.1", "192.0.2.3", "198.51.100.7"),
 			entries: []Entry{
 				entry("192.0.2.1/32", ProtoKGLB),        // kept
@@ -132,11 +135,11 @@ func TestPlanWrites(t *testing.T) {
 				entry("198.51.100.0/24", ProtoKGLB),     // a wide route: not a VIP
 				entry("192.0.2.9/32", unix.RTPROT_BOOT), // foreign, not desired: left alone
 			},
-			writes:  []Write{{opAdd, a("198.51.100.7")}, {opDel, a("192.0.2.2")}},
+			writes:  []Write{{OpAdd, a("198.51.100.7")}, {OpDel, a("192.0.2.2")}},
 			foreign: []netip.Addr{a("192.0.2.3")}},
 		{name: "address mode", mode: ModeAddress, owned: set("192.0.2.1", "192.0.2.2"), want: set("192.0.2.3"),
 			entries: []Entry{entry("192.0.2.1/32", 0), entry("192.0.2.3/32", 0), entry("192.0.2.4/32", 0)},
-			writes:  []Write{{opDel, a("192.0.2.1")}},
+			writes:  []Write{{OpDel, a("192.0.2.1")}},
 			foreign: []netip.Addr{a("192.0.2.3")}},
 	}
 	for _, tt := range tests {
@@ -146,6 +149,33 @@ func TestPlanWrites(t *testing.T) {
 		}
 		if d := cmp.Diff(tt.foreign, p.foreign, equateAddrs); d != "" {
 			t.Errorf("%s: foreign (-want +got):\n%s", tt.name, d)
+		}
+	}
+}
+
+// TestVIPSample: the "vips applied" line names the first few VIPs added
+// and removed, and counts the rest.
+func TestVIPSample(t *testing.T) {
+	a := func(n int) []netip.Addr {
+		var out []netip.Addr
+		for i := range n {
+			out = append(out, netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)}))
+		}
+		return out
+	}
+	tests := []struct {
+		name           string
+		added, removed []netip.Addr
+		want           string
+	}{
+		{"one added", a(1), nil, "+198.51.100.1"},
+		{"one removed", nil, a(1), "-198.51.100.1"},
+		{"both", a(2), a(1), "+198.51.100.1 +198.51.100.2 -198.51.100.1"},
+		{"many", a(1000), nil, "+198.51.100.1 +198.51.100.2 +198.51.100.3 +198.51.100.4 (+996 more)"},
+	}
+	for _, tt := range tests {
+		if got := vipSample(tt.added, tt.removed); got != tt.want {
+			t.Errorf("%s: vipSample = %q, want %q", tt.name, got, tt.want)
 		}
 	}
 }

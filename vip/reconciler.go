@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,8 +120,9 @@ func New(opts Options) (*Reconciler, error) {
 //
 // It looks the link up (creating kglb's own dummy link if needed), reads the
 // link's entries in one dump, diffs them against desired, and issues only
-// the writes that differ, one netlink request each: adds first, then
-// deletes, each in address order. Adds go first so that a cancelled or failing Apply errs on the side
+// the writes that differ, in batches of requests (one sendmsg for up to 64
+// writes, each acked on its own): adds first, then deletes, each in address
+// order. Adds go first so that a cancelled or failing Apply errs on the side
 // of serving a VIP rather than dropping one. A desired VIP the link already
 // holds through a foreign entry is left as it is; an entry kglb does not own
 // is never removed. An entry someone deleted is added again by the next
@@ -130,7 +132,7 @@ func New(opts Options) (*Reconciler, error) {
 //
 // Apply carries on past an item that fails and returns what it reached
 // together with errors.Join of every failure, each naming its VIP. A
-// cancelled ctx stops further writes. Apply(ctx, nil) removes every entry
+// ctx cancelled before the writes stops them. Apply(ctx, nil) removes every entry
 // kglb owns and leaves the link itself in place.
 func (r *Reconciler) Apply(ctx context.Context, desired []netip.Addr) (Result, error) {
 	r.mu.Lock()
@@ -272,10 +274,10 @@ func planWrites(mode Mode, owned, want map[netip.Addr]bool, entries []Entry) pla
 	slices.SortFunc(del, netip.Addr.Compare)
 	slices.SortFunc(p.foreign, netip.Addr.Compare)
 	for _, a := range add {
-		p.writes = append(p.writes, Write{Op: opAdd, VIP: a})
+		p.writes = append(p.writes, Write{Op: OpAdd, VIP: a})
 	}
 	for _, a := range del {
-		p.writes = append(p.writes, Write{Op: opDel, VIP: a})
+		p.writes = append(p.writes, Write{Op: OpDel, VIP: a})
 	}
 	return p
 }
@@ -285,7 +287,7 @@ func (p plan) predict() Result {
 	res := Result{Foreign: p.foreign, Writes: len(p.writes)}
 	held := maps.Clone(p.ours)
 	for _, w := range p.writes {
-		if w.Op == opAdd {
+		if w.Op == OpAdd {
 			held[w.VIP] = true
 			res.Added = append(res.Added, w.VIP)
 		} else {
@@ -297,8 +299,8 @@ func (p plan) predict() Result {
 	return res
 }
 
-// execute issues p's writes, one netlink request each, carrying on past a
-// write that fails, until ctx is cancelled. In address mode it records the
+// execute issues p's writes in one Kernel.Write, carrying on past a write
+// that fails; a ctx cancelled before it writes nothing. In address mode it records the
 // intent before adding, and what kglb owns afterwards. It returns what it
 // reached and every failure, each naming its VIP.
 func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
@@ -314,7 +316,7 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 		// foreign forever.
 		intent := maps.Clone(ours)
 		for _, w := range p.writes {
-			if w.Op == opAdd {
+			if w.Op == OpAdd {
 				intent[w.VIP] = true
 			}
 		}
@@ -330,48 +332,57 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	if r.mode == ModeRoute {
 		proto = ProtoKGLB
 	}
-	logInfo := r.log.IsInfo() // not worth boxing the arguments for a silent logger
-	for _, w := range p.writes {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
-			break
-		}
-		res.Writes++
-		e := Entry{Prefix: hostPrefix(w.VIP), Proto: proto}
-		if w.Op == opAdd {
-			err := r.k.Add(r.mode, e)
+	// A ctx cancelled before the writes stops them all; once begun they
+	// go through, in batches (Kernel.Write): 1,000 VIPs are 16 syscalls.
+	ws := p.writes
+	if err := ctx.Err(); err != nil {
+		errs = append(errs, err)
+		ws = nil
+	}
+	changes := make([]Change, len(ws))
+	for i, w := range ws {
+		changes[i] = Change{Op: w.Op, Entry: Entry{Prefix: hostPrefix(w.VIP), Proto: proto}}
+	}
+	var werrs []error
+	if len(changes) > 0 {
+		werrs = r.k.Write(r.mode, changes)
+	}
+	res.Writes = len(changes)
+	logEach := r.log.IsDebug() // not worth boxing the arguments for a silent logger
+	for i, w := range ws {
+		err := werrs[i]
+		if w.Op == OpAdd {
 			switch {
 			case err == nil:
-				r.metrics.write(opAdd, outcomeOK)
+				r.metrics.write(OpAdd, outcomeOK)
 				ours[w.VIP] = true
 				res.Added = append(res.Added, w.VIP)
-				if logInfo {
-					r.log.Info("added vip", "vip", w.VIP, "link", link, "mode", r.mode)
+				if logEach {
+					r.log.Debug("added vip", "vip", w.VIP, "link", link, "mode", r.mode)
 				}
 			case isExist(err):
 				// Someone added it since the dump: it is held, but not by us.
-				r.metrics.write(opAdd, outcomeExists)
+				r.metrics.write(OpAdd, outcomeExists)
 				foreign = append(foreign, w.VIP)
 			default:
-				r.metrics.write(opAdd, outcomeError)
+				r.metrics.write(OpAdd, outcomeError)
 				errs = append(errs, fmt.Errorf("add vip %s (%s on %s): %w", w.VIP, r.mode, link, err))
 			}
 			continue
 		}
-		err := r.k.Del(r.mode, e)
 		switch {
 		case err == nil:
-			r.metrics.write(opDel, outcomeOK)
+			r.metrics.write(OpDel, outcomeOK)
 			delete(ours, w.VIP)
 			res.Removed = append(res.Removed, w.VIP)
-			if logInfo {
-				r.log.Info("removed vip", "vip", w.VIP, "link", link, "mode", r.mode)
+			if logEach {
+				r.log.Debug("removed vip", "vip", w.VIP, "link", link, "mode", r.mode)
 			}
 		case isNotExist(err):
-			r.metrics.write(opDel, outcomeGone)
+			r.metrics.write(OpDel, outcomeGone)
 			delete(ours, w.VIP)
 		default:
-			r.metrics.write(opDel, outcomeError)
+			r.metrics.write(OpDel, outcomeError)
 			errs = append(errs, fmt.Errorf("remove vip %s (%s on %s): %w", w.VIP, r.mode, link, err))
 		}
 	}
@@ -390,7 +401,14 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	res.Foreign = foreign
 	r.metrics.held.Set(float64(len(res.Held)))
 	r.metrics.foreign.Set(float64(len(res.Foreign)))
-	if res.Writes == 0 {
+	// One line per Apply that wrote, as ipvs does: a cold start of 1,000
+	// VIPs is one line, not 1,000 for journald to take while the start
+	// goes on. Each VIP is named at Debug, and the first few here.
+	if res.Writes > 0 && r.log.IsInfo() {
+		r.log.Info("vips applied", "added", len(res.Added), "removed", len(res.Removed),
+			"vips", vipSample(res.Added, res.Removed), "link", link, "mode", r.mode,
+			"held", len(res.Held), "foreign", len(res.Foreign), "errors", len(errs))
+	} else if res.Writes == 0 {
 		r.log.Debug("vips in sync", "link", link, "held", len(res.Held), "foreign", len(res.Foreign))
 	}
 	return res, errs
@@ -406,4 +424,27 @@ func (r *Reconciler) save(owned map[netip.Addr]bool) error {
 	}
 	r.saved = maps.Clone(owned)
 	return nil
+}
+
+// vipSample names the VIPs an Apply added (+) and removed (-), the first
+// few of each, and how many more: what a reload changed, in one short field.
+func vipSample(added, removed []netip.Addr) string {
+	const few = 4
+	var b strings.Builder
+	for _, l := range []struct {
+		sign  string
+		addrs []netip.Addr
+	}{{"+", added}, {"-", removed}} {
+		for i, a := range l.addrs {
+			if i == few {
+				fmt.Fprintf(&b, " (%s%d more)", l.sign, len(l.addrs)-few)
+				break
+			}
+			if b.Len() > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(l.sign + a.String())
+		}
+	}
+	return b.String()
 }

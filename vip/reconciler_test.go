@@ -39,14 +39,19 @@ func setup(t *testing.T, mode vip.Mode) (*vip.Fake, *vip.Reconciler) {
 	if _, err := f.EnsureLink(); err != nil {
 		t.Fatal(err)
 	}
-	must(t, f.Add(vip.ModeRoute, entry("198.51.100.99/32", unix.RTPROT_STATIC)))
-	must(t, f.Add(vip.ModeAddress, entry("203.0.113.1/32", 0)))
-	must(t, f.Add(vip.ModeAddress, entry("2001:db8::99/128", 0)))
+	must(t, write1(f, vip.ModeRoute, vip.OpAdd, entry("198.51.100.99/32", unix.RTPROT_STATIC)))
+	must(t, write1(f, vip.ModeAddress, vip.OpAdd, entry("203.0.113.1/32", 0)))
+	must(t, write1(f, vip.ModeAddress, vip.OpAdd, entry("2001:db8::99/128", 0)))
 	r, err := vip.New(vip.Options{Kernel: f, Mode: mode, StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return f, r
+}
+
+// write1 is one write of op on k.
+func write1(k vip.Kernel, m vip.Mode, op string, e vip.Entry) error {
+	return k.Write(m, []vip.Change{{Op: op, Entry: e}})[0]
 }
 
 func must(t *testing.T, err error) {
@@ -278,7 +283,7 @@ func TestOwnership(t *testing.T) {
 		f, r := setup(t, vip.ModeRoute)
 		_, err := r.Apply(context.Background(), addrs("2001:db8::50"))
 		must(t, err)
-		must(t, f.Add(vip.ModeAddress, entry("2001:db8::50/128", 0)))
+		must(t, write1(f, vip.ModeAddress, vip.OpAdd, entry("2001:db8::50/128", 0)))
 		res, err := r.Apply(context.Background(), nil)
 		must(t, err)
 		if !slices.Equal(res.Removed, addrs("2001:db8::50")) {
@@ -355,7 +360,7 @@ func TestDrift(t *testing.T) {
 			if mode == vip.ModeRoute {
 				proto = vip.ProtoKGLB
 			}
-			must(t, f.Del(mode, entry("198.51.100.2/32", proto)))
+			must(t, write1(f, mode, vip.OpDel, entry("198.51.100.2/32", proto)))
 			res, err := r.Apply(context.Background(), desired)
 			must(t, err)
 			if res.Writes != 0 {

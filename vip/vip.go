@@ -118,11 +118,24 @@ type Kernel interface {
 	// routes of the local table whose device is the link, or the link's
 	// addresses.
 	List(m Mode) ([]Entry, error)
-	// Add adds a host entry; EEXIST if the kernel already has it.
-	Add(m Mode, e Entry) error
-	// Del deletes a host entry (a route only when its protocol matches);
+	// Write issues ws in order, each on its own, and returns one error per
+	// write (nil: done). An add is EEXIST if the kernel already has the
+	// entry; a delete removes a route only when its protocol matches and is
 	// ESRCH (route) or EADDRNOTAVAIL (address) if there is none.
-	Del(m Mode, e Entry) error
+	Write(m Mode, ws []Change) []error
+}
+
+// The operations of a Change (and of a Write in a plan).
+const (
+	OpAdd = "add"
+	OpDel = "del"
+)
+
+// Change is one kernel write: Op (OpAdd; anything else deletes) of a host
+// entry.
+type Change struct {
+	Op    string
+	Entry Entry
 }
 
 // isExist reports whether err says the entry is already there.

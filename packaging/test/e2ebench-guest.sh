@@ -44,9 +44,13 @@ setup_net() {
 	sleep 1
 }
 
-# kernel_count: "<reals> <reals with weight > 0>" in IPVS.
+# kernel_count: "<reals> <reals with weight > 0>" in IPVS (the reals are
+# 10.1.0.0/16, 0A01 in hex), polled during a cold start. It reads
+# /proc/net/ip_vs, which the kernel fills under RCU: `ipvsadm -Ln` would
+# dump each of the N services' reals under the IPVS mutex that every write
+# of the daemon being measured takes too, and exec a program per poll.
 kernel_count() {
-	ipvsadm -Ln 2>/dev/null | awk '$1 == "->" && $2 ~ /^10\.1\./ {n++; if ($4 > 0) u++} END {print n + 0, u + 0}'
+	awk '$1 == "->" && $2 ~ /^0A01/ {n++; if ($4 > 0) u++} END {print n + 0, u + 0}' /proc/net/ip_vs 2>/dev/null
 }
 # svc_weights VIP: the weights of the service's reals, in address order.
 svc_weights() { ipvsadm -Ln -t "$1:80" 2>/dev/null | awk '$1 == "->" && $2 ~ /^10\.1\./ {print $2, $4}' | sort; }
@@ -164,6 +168,8 @@ run_one() { # DAEMON ROUND
 		sleep 0.25
 	done
 	[ -n "$profpid" ] && wait "$profpid" # the profile, if any
+	# Where kglb's start went: its steps and its first pass.
+	[ "$d" = kglb ] && journalctl -u kglb.service -o cat --no-pager | grep -E 'kglb running|first pass applied' | sed 's/^/  | /'
 
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
