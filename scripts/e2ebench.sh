@@ -32,6 +32,8 @@
 #                is made of) land in .cache/e2ebench/out-N/ with the journals
 #   E2E_ORDER    the daemons of a round (default "kglb keepalived")
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
+#   E2E_KGLB_ENV  experiments only: VAR=value words set in kglb's unit by a
+#                drop-in (e.g. "GOMAXPROCS=1 GODEBUG=gctrace=1")
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh
 # Console logs: $E2E_OUT/console-N.log.
 set -euo pipefail
@@ -140,6 +142,13 @@ ENV
 	if [ "${E2E_PROFILE:-0}" = 1 ]; then
 		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"
 		printf '[Service]\nEnvironment=KGLB_PPROF=1\n' >"$work/root/etc/systemd/system/kglb.service.d/pprof.conf"
+	fi
+	if [ -n "${E2E_KGLB_ENV:-}" ]; then
+		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"
+		{
+			echo '[Service]'
+			for kv in $E2E_KGLB_ENV; do echo "Environment=$kv"; done
+		} >"$work/root/etc/systemd/system/kglb.service.d/e2e-env.conf"
 	fi
 	img_initramfs "$work"
 	img_mkfs "$work"

@@ -41,7 +41,10 @@ setup_net() {
 	awk '{print "address add " $1 "/32 dev r0"}' /etc/e2ebench/reals | ip -n reals -batch - ||
 		{ say "FAIL adding the real addresses"; return 1; }
 	ip netns exec reals /usr/local/sbin/e2ereal -listen 0.0.0.0:80 -count /run/e2ereal.count &
+	realpid=$!
 	sleep 1
+	# ip netns exec runs e2ereal in its place: $! is e2ereal itself.
+	say "guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) kernel $(uname -r) cpus $(nproc)"
 }
 
 # kernel_count: "<reals> <reals with weight > 0>" in IPVS.
@@ -106,6 +109,7 @@ wait_all() {
 }
 
 profpid=""
+realpid=""
 profile() { # DAEMON ROUND: a CPU profile and a trace of kglb during its cold start
 	profpid=""
 	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
@@ -139,6 +143,72 @@ steady_memory() {
 		cat "/proc/$p/status" "/proc/$p/smaps_rollup" "/proc/$p/smaps"
 	done >"$out/smaps-$2.txt" 2>&1
 }
+# counters DAEMON: "name value" lines of what the steady window's CPU is made
+# of, for diag to subtract: the daemon's cgroup (usage, user, system, in us),
+# its processes' and threads' clock ticks, context switches and schedstat
+# (run and run-queue wait, ns; timeslices), the machine's /proc/stat ticks and
+# softirqs, the TCP counters of the root namespace (the probes' side) and of
+# the reals' namespace (the reals' side), the reals' server's own CPU ticks
+# and the connections it accepted.
+counters() {
+	local d="$1" cg p t
+	cg="/sys/fs/cgroup/system.slice/$(unit_of "$d")"
+	awk '{print "cg." $1, $2}' "$cg/cpu.stat" 2>/dev/null
+	for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do
+		awk '{sub(/^.*\) /, ""); print "proc.utime", $12; print "proc.stime", $13}' "/proc/$p/stat" 2>/dev/null
+		for t in /proc/"$p"/task/*; do
+			awk '$1 == "voluntary_ctxt_switches:" {print "ctx.voluntary", $2} $1 == "nonvoluntary_ctxt_switches:" {print "ctx.nonvoluntary", $2}' "$t/status" 2>/dev/null
+			awk '{print "sched.run-ns", $1; print "sched.wait-ns", $2; print "sched.slices", $3}' "$t/schedstat" 2>/dev/null
+			echo "threads 1"
+		done
+	done
+	awk '$1 == "cpu" {print "stat.user", $2 + $3; print "stat.system", $4; print "stat.idle", $5 + $6; print "stat.irq", $7; print "stat.softirq", $8}' /proc/stat
+	awk 'NR > 1 {s = 0; for (i = 2; i <= NF; i++) s += $i; print "softirq." $1, s}' /proc/softirqs | tr -d :
+	nstat -asz 2>/dev/null | awk '$1 ~ /^(TcpActiveOpens|TcpAttemptFails|TcpOutRsts|TcpEstabResets|TcpRetransSegs|TcpOutSegs|TcpExtTCPAbortOnClose|TcpExtTCPAbortOnLinger|TcpExtTCPTimeouts)$/ {print "root." $1, $2}'
+	ip netns exec reals nstat -asz 2>/dev/null | awk '$1 ~ /^(TcpPassiveOpens|TcpInSegs|TcpOutRsts|TcpEstabResets|TcpExtListenDrops|TcpExtListenOverflows|TcpExtTCPReqQFullDrop|TcpExtTCPReqQFullDoCookies|TcpExtSyncookiesSent)$/ {print "reals." $1, $2}'
+	[ -n "$realpid" ] && awk '{sub(/^.*\) /, ""); print "e2ereal.ticks", $12 + $13}' "/proc/$realpid/stat" 2>/dev/null
+	echo "accepted $(accepted)"
+}
+# kglb_counters: the aggregate health and engine counters of kglb's /metrics
+# (a scrape renders every real's series: take it outside the CPU window).
+kglb_counters() {
+	curl_get /metrics | awk '
+		/^kglb_health_results_total/ {match($0, /outcome="[a-z]+"/); o = substr($0, RSTART + 9, RLENGTH - 10); r[o] += $NF}
+		/^kglb_health_probe_lag_seconds_count/ {print "kglb.probes-started", $NF}
+		/^kglb_health_changes_total/ {print "kglb.changes", $NF}
+		/^kglb_reconcile_duration_seconds_count/ {print "kglb.engine-passes", $NF}
+		/^kglb_health_probes_per_second/ {print "kglb.rate-" ($0 ~ /configured/ ? "configured" : "managed"), $NF}
+		/^go_goroutines / {print "kglb.goroutines", $NF}
+		/^go_threads / {print "kglb.go-threads", $NF}
+		/^go_gc_duration_seconds_count / {print "kglb.gc-cycles", $NF}
+		END {for (o in r) print "kglb.results-" o, r[o]}'
+}
+# diag DAEMON ROUND SECONDS BEFORE AFTER: one "E2E: D" line per counter that
+# moved over the window (delta; the gauges kglb.rate-*, kglb.goroutines,
+# kglb.go-threads and threads as they are after), and derived per-check
+# figures: a check is a connection the reals accepted.
+diag() {
+	local d="$1" r="$2" w="$3" b="$4" a="$5"
+	awk -v d="$d" -v r="$r" -v w="$w" '
+		FNR == NR {x[$1] += $2; next}
+		{y[$1] += $2}
+		END {
+			for (k in y) {
+				v = (k ~ /^(kglb\.rate-|kglb\.go|threads)/) ? y[k] : y[k] - x[k]
+				if (v != 0) printf "E2E: D %s %s %s %s\n", d, r, k, v
+			}
+			n = y["accepted"] - x["accepted"]
+			if (n <= 0) n = 1
+			cg = (y["cg.usage_usec"] - x["cg.usage_usec"])
+			busy = 0; for (k in y) if (k ~ /^stat\.(user|system|irq|softirq)$/) busy += (y[k] - x[k]) * 10000
+			tick = 10000 # USER_HZ 100: us per tick
+			printf "E2E: D %s %s per-check cgroup-us %.0f user-us %.0f system-us %.0f\n", d, r, cg / n, (y["cg.user_usec"] - x["cg.user_usec"]) / n, (y["cg.system_usec"] - x["cg.system_usec"]) / n
+			printf "E2E: D %s %s per-check machine-busy-us %.0f softirq-us %.0f e2ereal-us %.0f\n", d, r, busy / n, (y["stat.softirq"] - x["stat.softirq"]) * tick / n, (y["e2ereal.ticks"] - x["e2ereal.ticks"]) * tick / n
+			printf "E2E: D %s %s per-check connects %.3f attempt-fails %.3f passive-opens %.3f ctx-switches %.2f\n", d, r, (y["root.TcpActiveOpens"] - x["root.TcpActiveOpens"]) / n, (y["root.TcpAttemptFails"] - x["root.TcpAttemptFails"]) / n, (y["reals.TcpPassiveOpens"] - x["reals.TcpPassiveOpens"]) / n, (y["ctx.voluntary"] + y["ctx.nonvoluntary"] - x["ctx.voluntary"] - x["ctx.nonvoluntary"]) / n
+			printf "E2E: D %s %s window accepted %d in %ss; cgroup %.2f CPUs, machine busy %.2f CPUs\n", d, r, n, w, cg / 1e6 / w, busy / 1e6 / w
+		}' "$b" "$a" | sort
+}
+
 # curl_get PATH: GET from kglb's stats address with bash's /dev/tcp (no curl in the image).
 curl_get() {
 	timeout 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5678 || exit 1
@@ -168,11 +238,16 @@ run_one() { # DAEMON ROUND
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
 	local cpu0 n0 cpu1 n1
+	counters "$d" >"$out/before-$d-$r.txt"
+	[ "$d" = kglb ] && kglb_counters >>"$out/before-$d-$r.txt"
 	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
 	steady_profile "$d" "$r"
 	sleep "$WINDOW"
 	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
+	counters "$d" >"$out/after-$d-$r.txt"
 	[ -n "$profpid" ] && wait "$profpid"
+	[ "$d" = kglb ] && kglb_counters >>"$out/after-$d-$r.txt"
+	diag "$d" "$r" "$WINDOW" "$out/before-$d-$r.txt" "$out/after-$d-$r.txt"
 	steady_memory "$d" "$r"
 	metric "$d" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
 	metric "$d" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
