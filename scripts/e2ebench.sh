@@ -34,6 +34,10 @@
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   E2E_KGLB_ENV  experiments only: VAR=value words set in kglb's unit by a
 #                drop-in (e.g. "GOMAXPROCS=1 GODEBUG=gctrace=1")
+#   E2E_PERF=1   a system-wide `perf record -e cpu-clock -a -g` over each
+#                daemon's steady window (the host's perf and its libraries
+#                copied into the image); its report by command, library and
+#                symbol lands in $E2E_OUT/out-N/e2e-out/perf-DAEMON-ROUND.txt
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh
 # Console logs: $E2E_OUT/console-N.log.
 set -euo pipefail
@@ -137,11 +141,19 @@ WINDOW=${E2E_WINDOW:-20}
 EDITS=${E2E_EDITS:-3}
 COLD_TIMEOUT=$((n < 500 ? 600 : 1200))
 PROFILE=${E2E_PROFILE:-0}
+PERF=${E2E_PERF:-0}
 ORDER="${E2E_ORDER:-kglb keepalived}"
 ENV
 	if [ "${E2E_PROFILE:-0}" = 1 ]; then
 		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"
 		printf '[Service]\nEnvironment=KGLB_PPROF=1\n' >"$work/root/etc/systemd/system/kglb.service.d/pprof.conf"
+	fi
+	if [ "${E2E_PERF:-0}" = 1 ]; then
+		p="$(command -v perf)" || img_die "E2E_PERF=1 needs perf on the host (apt-get install linux-perf)"
+		mkdir -p "$work/root/usr/local/lib/e2eperf"
+		cp -L "$p" $(ldd "$p" | awk '$3 ~ /^\// {print $3}') "$work/root/usr/local/lib/e2eperf/"
+		printf '#!/bin/sh\nexec env LD_LIBRARY_PATH=/usr/local/lib/e2eperf /usr/local/lib/e2eperf/perf "$@"\n' >"$work/root/usr/local/bin/perf"
+		chmod 0755 "$work/root/usr/local/bin/perf"
 	fi
 	if [ -n "${E2E_KGLB_ENV:-}" ]; then
 		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"

@@ -12,7 +12,8 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export SYSTEMD_PAGER='' SYSTEMD_COLORS=0
 # shellcheck source=/dev/null
-. /etc/e2ebench/env # N ROUNDS WINDOW EDITS COLD_TIMEOUT PROFILE
+. /etc/e2ebench/env # N ROUNDS WINDOW EDITS COLD_TIMEOUT PROFILE PERF
+PERF="${PERF:-0}"
 REALS=$((N * 10))
 out=/root/e2e-out
 mkdir -p "$out"
@@ -132,6 +133,28 @@ steady_profile() {
 	curl_get "/debug/pprof/profile?seconds=$((WINDOW - 1))" >"$out/cpu-steady-$2.pprof" &
 	profpid=$!
 }
+# steady_perf DAEMON ROUND: with PERF=1, a system-wide perf profile of the
+# steady window (every process and the softirqs, kernel stacks included).
+perfpid=""
+steady_perf() {
+	perfpid=""
+	[ "$PERF" = 1 ] || return 0
+	sysctl -qw kernel.kptr_restrict=0 kernel.perf_event_paranoid=-1
+	perf record -q -e cpu-clock -F 97 -a -g -o "$out/perf-$1-$2.data" -- sleep "$((WINDOW - 1))" >/dev/null 2>&1 &
+	perfpid=$!
+}
+perf_report() {
+	[ "$PERF" = 1 ] || return 0
+	local f="$out/perf-$1-$2"
+	{
+		perf report -i "$f.data" --stdio --no-children --sort comm -g none 2>&1 | grep -v '^$' | head -40
+		perf report -i "$f.data" --stdio --no-children --sort comm,dso,sym -g none 2>&1 | grep -v '^$' | head -150
+		perf report -i "$f.data" --stdio --no-children --sort comm,sym -g caller,0.5,callee,function,percent --percent-limit 2 2>&1 | head -600
+	} >"$f.txt"
+	rm -f "$f.data"
+	grep -v '^#' "$f.txt" | head -12 | sed 's/^/  | perf: /'
+}
+
 # steady_memory DAEMON ROUND: what kglb's RSS is made of, after the window.
 steady_memory() {
 	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
@@ -242,10 +265,12 @@ run_one() { # DAEMON ROUND
 	[ "$d" = kglb ] && kglb_counters >>"$out/before-$d-$r.txt"
 	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
 	steady_profile "$d" "$r"
+	steady_perf "$d" "$r"
 	sleep "$WINDOW"
 	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
 	counters "$d" >"$out/after-$d-$r.txt"
 	[ -n "$profpid" ] && wait "$profpid"
+	[ -n "$perfpid" ] && wait "$perfpid" && perf_report "$d" "$r"
 	[ "$d" = kglb ] && kglb_counters >>"$out/after-$d-$r.txt"
 	diag "$d" "$r" "$WINDOW" "$out/before-$d-$r.txt" "$out/after-$d-$r.txt"
 	steady_memory "$d" "$r"
