@@ -30,7 +30,10 @@
 #                and of the steady window, a trace of the cold start, a heap
 #                profile, goroutines and smaps after the window (what its RSS
 #                is made of) land in .cache/e2ebench/out-N/ with the journals
-#   E2E_ORDER    the daemons of a round (default "kglb keepalived")
+#   E2E_ORDER    the daemons of a round (default "kglb keepalived"); for an
+#                experiment, kglb@VAR=value[,VAR=value] runs kglb with that
+#                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"):
+#                its lines carry that label and stay out of the rows
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   E2E_KGLB_ENV  experiments only: VAR=value words set in kglb's unit by a
 #                drop-in (e.g. "GOMAXPROCS=1 GODEBUG=gctrace=1")

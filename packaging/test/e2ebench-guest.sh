@@ -239,19 +239,31 @@ curl_get() {
 		sed "1,/^\r\{0,1\}$/d" <&3' _ "$1"
 }
 
-run_one() { # DAEMON ROUND
-	local d="$1" r="$2" t0 c u tp="" tu="" w
+# run_one DAEMON ROUND: DAEMON is kglb or keepalived, or, for an experiment,
+# kglb@VAR=value[,VAR=value]: kglb with that environment (a runtime drop-in),
+# its lines labelled with the whole word (the host's rows take plain kglb only).
+run_one() {
+	local v="$1" d="${1%%@*}" r="$2" t0 c u tp="" tu="" w kv
+	rm -rf /run/systemd/system/kglb.service.d
+	if [ "$v" != "$d" ]; then
+		mkdir -p /run/systemd/system/kglb.service.d
+		{
+			echo '[Service]'
+			for kv in $(echo "${v#*@}" | tr , ' '); do echo "Environment=$kv"; done
+		} >/run/systemd/system/kglb.service.d/e2e-variant.conf
+	fi
+	systemctl daemon-reload
 	clean_kernel
-	info "round $r: $d: cold start"
+	info "round $r: $v: cold start"
 	t0="$(now)"
 	systemctl start --no-block "$(unit_of "$d")"
 	profile "$d" "$r"
 	while :; do
 		read -r c u < <(kernel_count)
-		[ -z "$tp" ] && [ "$c" -ge "$REALS" ] && tp="$(since "$t0")" && metric "$d" "$r" cold-present-s "$tp"
-		[ "$u" -ge "$REALS" ] && tu="$(since "$t0")" && metric "$d" "$r" cold-up-s "$tu" && break
+		[ -z "$tp" ] && [ "$c" -ge "$REALS" ] && tp="$(since "$t0")" && metric "$v" "$r" cold-present-s "$tp"
+		[ "$u" -ge "$REALS" ] && tu="$(since "$t0")" && metric "$v" "$r" cold-up-s "$tu" && break
 		if [ "$(since "$t0" | cut -d. -f1)" -ge "$COLD_TIMEOUT" ]; then
-			say "FAIL $d round $r: cold start: $c reals, $u up after ${COLD_TIMEOUT}s"
+			say "FAIL $v round $r: cold start: $c reals, $u up after ${COLD_TIMEOUT}s"
 			break
 		fi
 		sleep 0.25
@@ -261,23 +273,23 @@ run_one() { # DAEMON ROUND
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
 	local cpu0 n0 cpu1 n1
-	counters "$d" >"$out/before-$d-$r.txt"
-	[ "$d" = kglb ] && kglb_counters >>"$out/before-$d-$r.txt"
+	counters "$d" >"$out/before-$v-$r.txt"
+	[ "$d" = kglb ] && kglb_counters >>"$out/before-$v-$r.txt"
 	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
 	steady_profile "$d" "$r"
-	steady_perf "$d" "$r"
+	steady_perf "$v" "$r"
 	sleep "$WINDOW"
 	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
-	counters "$d" >"$out/after-$d-$r.txt"
+	counters "$d" >"$out/after-$v-$r.txt"
 	[ -n "$profpid" ] && wait "$profpid"
-	[ -n "$perfpid" ] && wait "$perfpid" && perf_report "$d" "$r"
-	[ "$d" = kglb ] && kglb_counters >>"$out/after-$d-$r.txt"
-	diag "$d" "$r" "$WINDOW" "$out/before-$d-$r.txt" "$out/after-$d-$r.txt"
+	[ -n "$perfpid" ] && wait "$perfpid" && perf_report "$v" "$r"
+	[ "$d" = kglb ] && kglb_counters >>"$out/after-$v-$r.txt"
+	diag "$v" "$r" "$WINDOW" "$out/before-$v-$r.txt" "$out/after-$v-$r.txt"
 	steady_memory "$d" "$r"
-	metric "$d" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
-	metric "$d" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
-	metric "$d" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
-	metric "$d" "$r" rss-mb "$(awk -v k="$(cg_rss_kb "$d")" 'BEGIN {printf "%.1f", k / 1024}')"
+	metric "$v" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
+	metric "$v" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
+	metric "$v" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
+	metric "$v" "$r" rss-mb "$(awk -v k="$(cg_rss_kb "$d")" 'BEGIN {printf "%.1f", k / 1024}')"
 
 	# One-line weight edits while the checks run.
 	local i svc rl vip
@@ -287,9 +299,9 @@ run_one() { # DAEMON ROUND
 		t0="$(now)"
 		set_weight "$d" "$(printf %04d "$svc")" "$rl" "$w"
 		if waitw "$vip" "$rl" "$w" 60; then
-			metric "$d" "$r" edit-s "$(since "$t0")"
+			metric "$v" "$r" edit-s "$(since "$t0")"
 		else
-			say "FAIL $d round $r: edit of $rl in service $svc to weight $w not in the kernel after 60s"
+			say "FAIL $v round $r: edit of $rl in service $svc to weight $w not in the kernel after 60s"
 		fi
 		set_weight "$d" "$(printf %04d "$svc")" "$rl" 1
 		waitw "$vip" "$rl" 1 60 >/dev/null
@@ -305,18 +317,18 @@ run_one() { # DAEMON ROUND
 	addrs="$(sed -n "$((svc * 10 + 1)),$((svc * 10 + 5))p" /etc/e2ebench/reals | tr '\n' ' ')"
 	t0="$(now)"
 	for a in $addrs; do ip -n reals addr del "$a/32" dev r0; done
-	if wait_all "$vip" down 120 $addrs; then metric "$d" "$r" detect-s "$(since "$t0")"; else say "FAIL $d round $r: detection over 120s"; fi
+	if wait_all "$vip" down 120 $addrs; then metric "$v" "$r" detect-s "$(since "$t0")"; else say "FAIL $v round $r: detection over 120s"; fi
 	t0="$(now)"
 	for a in $addrs; do ip -n reals addr add "$a/32" dev r0; done
-	if wait_all "$vip" up 120 $addrs; then metric "$d" "$r" recover-s "$(since "$t0")"; else say "FAIL $d round $r: recovery over 120s"; fi
+	if wait_all "$vip" up 120 $addrs; then metric "$v" "$r" recover-s "$(since "$t0")"; else say "FAIL $v round $r: recovery over 120s"; fi
 
 	if [ "$d" = kglb ]; then
 		curl_get /metrics >"$out/metrics-$r.txt"
 		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probes_(per_second|in_flight))' "$out/metrics-$r.txt" | sed 's/^/  | /'
 	fi
 	systemctl stop "$(unit_of "$d")"
-	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$d-$r.txt" 2>&1
-	info "$d round $r done; $(wc -l <"$out/journal-$d-$r.txt") journal lines"
+	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$v-$r.txt" 2>&1
+	info "$v round $r done; $(wc -l <"$out/journal-$v-$r.txt") journal lines"
 }
 
 setup_net || { say DONE; exit 1; }
