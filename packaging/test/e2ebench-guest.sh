@@ -192,9 +192,12 @@ counters() {
 	[ -n "$realpid" ] && awk '{sub(/^.*\) /, ""); print "e2ereal.ticks", $12 + $13}' "/proc/$realpid/stat" 2>/dev/null
 	echo "accepted $(accepted)"
 }
-# kglb_counters: the aggregate health and engine counters of kglb's /metrics
-# (a scrape renders every real's series: take it outside the CPU window).
+# kglb_counters: the aggregate health and engine counters of kglb's /metrics,
+# with PERF=1 only: a scrape renders every real's series, which at N=1000 cost
+# seconds of CPU and grew kglb's RSS from 70 to 211 MB (so it stays outside
+# the CPU window, and out of the runs whose rows count).
 kglb_counters() {
+	[ "$PERF" = 1 ] || return 0
 	curl_get /metrics | awk '
 		/^kglb_health_results_total/ {match($0, /outcome="[a-z]+"/); o = substr($0, RSTART + 9, RLENGTH - 10); r[o] += $NF}
 		/^kglb_health_probe_lag_seconds_count/ {print "kglb.probes-started", $NF}
