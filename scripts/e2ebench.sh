@@ -35,8 +35,6 @@
 #                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"):
 #                its lines carry that label and stay out of the rows
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
-#   E2E_KGLB_ENV  experiments only: VAR=value words set in kglb's unit by a
-#                drop-in (e.g. "GOMAXPROCS=1 GODEBUG=gctrace=1")
 #   E2E_PERF=1   a system-wide `perf record -e cpu-clock -a -g` over each
 #                daemon's steady window (the host's perf and its libraries
 #                copied into the image); its report by command, library and
@@ -160,13 +158,6 @@ ENV
 		cp -L "$p" $(ldd "$p" | awk '$3 ~ /^\// {print $3}') "$work/root/usr/local/lib/e2eperf/"
 		printf '#!/bin/sh\nexec env LD_LIBRARY_PATH=/usr/local/lib/e2eperf /usr/local/lib/e2eperf/perf "$@"\n' >"$work/root/usr/local/bin/perf"
 		chmod 0755 "$work/root/usr/local/bin/perf"
-	fi
-	if [ -n "${E2E_KGLB_ENV:-}" ]; then
-		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"
-		{
-			echo '[Service]'
-			for kv in $E2E_KGLB_ENV; do echo "Environment=$kv"; done
-		} >"$work/root/etc/systemd/system/kglb.service.d/e2e-env.conf"
 	fi
 	img_initramfs "$work"
 	img_mkfs "$work"
