@@ -71,22 +71,22 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 	}
 	src := d.source(dst.Addr())
 	if err := sockopts(fd, true, src.IsValid(), mark); err != nil {
-		unix.Close(fd)
+		closeRaw(fd)
 		return err
 	}
 	if src.IsValid() {
 		if src.Is4() != (family == unix.AF_INET) {
-			unix.Close(fd)
+			closeRaw(fd)
 			return errLocal{fmt.Errorf("source %s and destination %s differ in family", src, dst)}
 		}
 		bindAddr, _ := sockaddr(netip.AddrPortFrom(src, 0))
 		if err := unix.Bind(fd, bindAddr); err != nil {
-			unix.Close(fd)
+			closeRaw(fd)
 			return errLocal{fmt.Errorf("bind %s: %w", src, err)}
 		}
 	}
 	connect := func() error {
-		_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), salen)
+		_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), salen)
 		if errno != 0 {
 			return errno
 		}
@@ -94,12 +94,12 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 	}
 	err = connect()
 	if err == nil {
-		unix.Close(fd)
+		closeRaw(fd)
 		return nil
 	}
 	// EINTR: the connect goes on asynchronously, as with EINPROGRESS.
 	if err != unix.EINPROGRESS && err != unix.EINTR {
-		unix.Close(fd)
+		closeRaw(fd)
 		return fmt.Errorf("connect: %w", err)
 	}
 	// Ask again: a second connect() on a non-blocking socket reports the outcome
@@ -110,11 +110,11 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 		// ECONNRESET (EPIPE after a FIN) is only reported for a connection that
 		// got past the handshake: a reset of a SYN is ECONNREFUSED. The peer
 		// accepted and closed first, which proves what a connect check checks.
-		unix.Close(fd)
+		closeRaw(fd)
 		return nil
 	case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
 	default:
-		unix.Close(fd)
+		closeRaw(fd)
 		return fmt.Errorf("connect: %w", err)
 	}
 	return waitConnect(ctx, fd)

@@ -34,8 +34,18 @@
 #                the profiles take the VM's CPUs from kglb's cold start alone
 #                (at N=1000, on a shared host: 27.7 s to every real present
 #                in one run with it, 6.7 s in one without)
-#   E2E_ORDER    the daemons of a round (default "kglb keepalived")
+#   E2E_ORDER    the daemons of a round (default "kglb keepalived"); for an
+#                experiment, kglb@VAR=value[,VAR=value] runs kglb with that
+#                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"):
+#                its lines carry that label and stay out of the rows
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
+#   E2E_PERF=1   a system-wide `perf record -e cpu-clock -a -g` over each
+#                daemon's steady window (the host's perf and its libraries
+#                copied into the image); its report by command, library and
+#                symbol lands in $E2E_OUT/out-N/e2e-out/perf-DAEMON-ROUND.txt,
+#                and kglb's /metrics is scraped around the window for its
+#                probe and engine counters: a diagnostic run (perf costs CPU,
+#                the scrape grows kglb's RSS), not one whose rows count
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh
 # Console logs: $E2E_OUT/console-N.log.
 set -euo pipefail
@@ -139,11 +149,19 @@ WINDOW=${E2E_WINDOW:-20}
 EDITS=${E2E_EDITS:-3}
 COLD_TIMEOUT=$((n < 500 ? 600 : 1200))
 PROFILE=${E2E_PROFILE:-0}
+PERF=${E2E_PERF:-0}
 ORDER="${E2E_ORDER:-kglb keepalived}"
 ENV
 	if [ "${E2E_PROFILE:-0}" = 1 ]; then
 		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"
 		printf '[Service]\nEnvironment=KGLB_PPROF=1\n' >"$work/root/etc/systemd/system/kglb.service.d/pprof.conf"
+	fi
+	if [ "${E2E_PERF:-0}" = 1 ]; then
+		p="$(command -v perf)" || img_die "E2E_PERF=1 needs perf on the host (apt-get install linux-perf)"
+		mkdir -p "$work/root/usr/local/lib/e2eperf"
+		cp -L "$p" $(ldd "$p" | awk '$3 ~ /^\// {print $3}') "$work/root/usr/local/lib/e2eperf/"
+		printf '#!/bin/sh\nexec env LD_LIBRARY_PATH=/usr/local/lib/e2eperf /usr/local/lib/e2eperf/perf "$@"\n' >"$work/root/usr/local/bin/perf"
+		chmod 0755 "$work/root/usr/local/bin/perf"
 	fi
 	img_initramfs "$work"
 	img_mkfs "$work"

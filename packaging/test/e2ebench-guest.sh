@@ -12,7 +12,8 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export SYSTEMD_PAGER='' SYSTEMD_COLORS=0
 # shellcheck source=/dev/null
-. /etc/e2ebench/env # N ROUNDS WINDOW EDITS COLD_TIMEOUT PROFILE
+. /etc/e2ebench/env # N ROUNDS WINDOW EDITS COLD_TIMEOUT PROFILE PERF
+PERF="${PERF:-0}"
 REALS=$((N * 10))
 out=/root/e2e-out
 mkdir -p "$out"
@@ -41,7 +42,10 @@ setup_net() {
 	awk '{print "address add " $1 "/32 dev r0"}' /etc/e2ebench/reals | ip -n reals -batch - ||
 		{ say "FAIL adding the real addresses"; return 1; }
 	ip netns exec reals /usr/local/sbin/e2ereal -listen 0.0.0.0:80 -count /run/e2ereal.count &
+	realpid=$!
 	sleep 1
+	# ip netns exec runs e2ereal in its place: $! is e2ereal itself.
+	say "guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) kernel $(uname -r) cpus $(nproc)"
 }
 
 # kernel_count: "<reals> <reals with weight > 0>" in IPVS (the reals are
@@ -110,6 +114,7 @@ wait_all() {
 }
 
 profpid=""
+realpid=""
 profile() { # DAEMON ROUND: a CPU profile and a trace of kglb during its cold start
 	profpid=""
 	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
@@ -132,6 +137,28 @@ steady_profile() {
 	curl_get "/debug/pprof/profile?seconds=$((WINDOW - 1))" >"$out/cpu-steady-$2.pprof" &
 	profpid=$!
 }
+# steady_perf DAEMON ROUND: with PERF=1, a system-wide perf profile of the
+# steady window (every process and the softirqs, kernel stacks included).
+perfpid=""
+steady_perf() {
+	perfpid=""
+	[ "$PERF" = 1 ] || return 0
+	sysctl -qw kernel.kptr_restrict=0 kernel.perf_event_paranoid=-1
+	perf record -q -e cpu-clock -F 97 -a -g -o "$out/perf-$1-$2.data" -- sleep "$((WINDOW - 1))" >/dev/null 2>&1 &
+	perfpid=$!
+}
+perf_report() {
+	[ "$PERF" = 1 ] || return 0
+	local f="$out/perf-$1-$2"
+	{
+		perf report -i "$f.data" --stdio --no-children --sort comm -g none 2>&1 | grep -v '^$' | head -40
+		perf report -i "$f.data" --stdio --no-children --sort comm,dso,sym -g none 2>&1 | grep -v '^$' | head -150
+		perf report -i "$f.data" --stdio --no-children --sort comm,sym -g caller,0.5,callee,function,percent --percent-limit 2 2>&1 | head -600
+	} >"$f.txt"
+	rm -f "$f.data"
+	grep -v '^#' "$f.txt" | head -12 | sed 's/^/  | perf: /'
+}
+
 # steady_memory DAEMON ROUND: what kglb's RSS is made of, after the window.
 steady_memory() {
 	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
@@ -143,6 +170,75 @@ steady_memory() {
 		cat "/proc/$p/status" "/proc/$p/smaps_rollup" "/proc/$p/smaps"
 	done >"$out/smaps-$2.txt" 2>&1
 }
+# counters DAEMON: "name value" lines of what the steady window's CPU is made
+# of, for diag to subtract: the daemon's cgroup (usage, user, system, in us),
+# its processes' and threads' clock ticks, context switches and schedstat
+# (run and run-queue wait, ns; timeslices), the machine's /proc/stat ticks and
+# softirqs, the TCP counters of the root namespace (the probes' side) and of
+# the reals' namespace (the reals' side), the reals' server's own CPU ticks
+# and the connections it accepted.
+counters() {
+	local d="$1" cg p t
+	cg="/sys/fs/cgroup/system.slice/$(unit_of "$d")"
+	awk '{print "cg." $1, $2}' "$cg/cpu.stat" 2>/dev/null
+	for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do
+		awk '{sub(/^.*\) /, ""); print "proc.utime", $12; print "proc.stime", $13}' "/proc/$p/stat" 2>/dev/null
+		for t in /proc/"$p"/task/*; do
+			awk '$1 == "voluntary_ctxt_switches:" {print "ctx.voluntary", $2} $1 == "nonvoluntary_ctxt_switches:" {print "ctx.nonvoluntary", $2}' "$t/status" 2>/dev/null
+			awk '{print "sched.run-ns", $1; print "sched.wait-ns", $2; print "sched.slices", $3}' "$t/schedstat" 2>/dev/null
+			echo "threads 1"
+		done
+	done
+	awk '$1 == "cpu" {print "stat.user", $2 + $3; print "stat.system", $4; print "stat.idle", $5 + $6; print "stat.irq", $7; print "stat.softirq", $8}' /proc/stat
+	awk 'NR > 1 {s = 0; for (i = 2; i <= NF; i++) s += $i; print "softirq." $1, s}' /proc/softirqs | tr -d :
+	nstat -asz 2>/dev/null | awk '$1 ~ /^(TcpActiveOpens|TcpAttemptFails|TcpOutRsts|TcpEstabResets|TcpRetransSegs|TcpOutSegs|TcpExtTCPAbortOnClose|TcpExtTCPAbortOnLinger|TcpExtTCPTimeouts)$/ {print "root." $1, $2}'
+	ip netns exec reals nstat -asz 2>/dev/null | awk '$1 ~ /^(TcpPassiveOpens|TcpInSegs|TcpOutRsts|TcpEstabResets|TcpExtListenDrops|TcpExtListenOverflows|TcpExtTCPReqQFullDrop|TcpExtTCPReqQFullDoCookies|TcpExtSyncookiesSent)$/ {print "reals." $1, $2}'
+	[ -n "$realpid" ] && awk '{sub(/^.*\) /, ""); print "e2ereal.ticks", $12 + $13}' "/proc/$realpid/stat" 2>/dev/null
+	echo "accepted $(accepted)"
+}
+# kglb_counters: the aggregate health and engine counters of kglb's /metrics,
+# with PERF=1 only: a scrape renders every real's series, which at N=1000 cost
+# seconds of CPU and grew kglb's RSS from 70 to 211 MB (so it stays outside
+# the CPU window, and out of the runs whose rows count).
+kglb_counters() {
+	[ "$PERF" = 1 ] || return 0
+	curl_get /metrics | awk '
+		/^kglb_health_results_total/ {match($0, /outcome="[a-z]+"/); o = substr($0, RSTART + 9, RLENGTH - 10); r[o] += $NF}
+		/^kglb_health_probe_lag_seconds_count/ {print "kglb.probes-started", $NF}
+		/^kglb_health_changes_total/ {print "kglb.changes", $NF}
+		/^kglb_reconcile_duration_seconds_count/ {print "kglb.engine-passes", $NF}
+		/^kglb_health_probes_per_second/ {print "kglb.rate-" ($0 ~ /configured/ ? "configured" : "managed"), $NF}
+		/^go_goroutines / {print "kglb.goroutines", $NF}
+		/^go_threads / {print "kglb.go-threads", $NF}
+		/^go_gc_duration_seconds_count / {print "kglb.gc-cycles", $NF}
+		END {for (o in r) print "kglb.results-" o, r[o]}'
+}
+# diag DAEMON ROUND SECONDS BEFORE AFTER: one "E2E: D" line per counter that
+# moved over the window (delta; the gauges kglb.rate-*, kglb.goroutines,
+# kglb.go-threads and threads as they are after), and derived per-check
+# figures: a check is a connection the reals accepted.
+diag() {
+	local d="$1" r="$2" w="$3" b="$4" a="$5"
+	awk -v d="$d" -v r="$r" -v w="$w" '
+		FNR == NR {x[$1] += $2; next}
+		{y[$1] += $2}
+		END {
+			for (k in y) {
+				v = (k ~ /^(kglb\.rate-|kglb\.go|threads)/) ? y[k] : y[k] - x[k]
+				if (v != 0) printf "E2E: D %s %s %s %s\n", d, r, k, v
+			}
+			n = y["accepted"] - x["accepted"]
+			if (n <= 0) n = 1
+			cg = (y["cg.usage_usec"] - x["cg.usage_usec"])
+			busy = 0; for (k in y) if (k ~ /^stat\.(user|system|irq|softirq)$/) busy += (y[k] - x[k]) * 10000
+			tick = 10000 # USER_HZ 100: us per tick
+			printf "E2E: D %s %s per-check cgroup-us %.0f user-us %.0f system-us %.0f\n", d, r, cg / n, (y["cg.user_usec"] - x["cg.user_usec"]) / n, (y["cg.system_usec"] - x["cg.system_usec"]) / n
+			printf "E2E: D %s %s per-check machine-busy-us %.0f softirq-us %.0f e2ereal-us %.0f\n", d, r, busy / n, (y["stat.softirq"] - x["stat.softirq"]) * tick / n, (y["e2ereal.ticks"] - x["e2ereal.ticks"]) * tick / n
+			printf "E2E: D %s %s per-check connects %.3f attempt-fails %.3f passive-opens %.3f ctx-switches %.2f\n", d, r, (y["root.TcpActiveOpens"] - x["root.TcpActiveOpens"]) / n, (y["root.TcpAttemptFails"] - x["root.TcpAttemptFails"]) / n, (y["reals.TcpPassiveOpens"] - x["reals.TcpPassiveOpens"]) / n, (y["ctx.voluntary"] + y["ctx.nonvoluntary"] - x["ctx.voluntary"] - x["ctx.nonvoluntary"]) / n
+			printf "E2E: D %s %s window accepted %d in %ss; cgroup %.2f CPUs, machine busy %.2f CPUs\n", d, r, n, w, cg / 1e6 / w, busy / 1e6 / w
+		}' "$b" "$a" | sort
+}
+
 # curl_get PATH: GET from kglb's stats address with bash's /dev/tcp (no curl in the image).
 curl_get() {
 	timeout 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5678 || exit 1
@@ -150,19 +246,31 @@ curl_get() {
 		sed "1,/^\r\{0,1\}$/d" <&3' _ "$1"
 }
 
-run_one() { # DAEMON ROUND
-	local d="$1" r="$2" t0 c u tp="" tu="" w
+# run_one DAEMON ROUND: DAEMON is kglb or keepalived, or, for an experiment,
+# kglb@VAR=value[,VAR=value]: kglb with that environment (a runtime drop-in),
+# its lines labelled with the whole word (the host's rows take plain kglb only).
+run_one() {
+	local v="$1" d="${1%%@*}" r="$2" t0 c u tp="" tu="" w kv
+	rm -rf /run/systemd/system/kglb.service.d
+	if [ "$v" != "$d" ]; then
+		mkdir -p /run/systemd/system/kglb.service.d
+		{
+			echo '[Service]'
+			for kv in $(echo "${v#*@}" | tr , ' '); do echo "Environment=$kv"; done
+		} >/run/systemd/system/kglb.service.d/e2e-variant.conf
+	fi
+	systemctl daemon-reload
 	clean_kernel
-	info "round $r: $d: cold start"
+	info "round $r: $v: cold start"
 	t0="$(now)"
 	systemctl start --no-block "$(unit_of "$d")"
 	profile "$d" "$r"
 	while :; do
 		read -r c u < <(kernel_count)
-		[ -z "$tp" ] && [ "$c" -ge "$REALS" ] && tp="$(since "$t0")" && metric "$d" "$r" cold-present-s "$tp"
-		[ "$u" -ge "$REALS" ] && tu="$(since "$t0")" && metric "$d" "$r" cold-up-s "$tu" && break
+		[ -z "$tp" ] && [ "$c" -ge "$REALS" ] && tp="$(since "$t0")" && metric "$v" "$r" cold-present-s "$tp"
+		[ "$u" -ge "$REALS" ] && tu="$(since "$t0")" && metric "$v" "$r" cold-up-s "$tu" && break
 		if [ "$(since "$t0" | cut -d. -f1)" -ge "$COLD_TIMEOUT" ]; then
-			say "FAIL $d round $r: cold start: $c reals, $u up after ${COLD_TIMEOUT}s"
+			say "FAIL $v round $r: cold start: $c reals, $u up after ${COLD_TIMEOUT}s"
 			break
 		fi
 		sleep 0.25
@@ -174,16 +282,26 @@ run_one() { # DAEMON ROUND
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
 	local cpu0 n0 cpu1 n1
+	# kglb's /metrics first: rendering every real's series costs seconds of
+	# CPU at N=1000, which must stay out of the counters' window.
+	: >"$out/before-$v-$r.txt"
+	[ "$d" = kglb ] && kglb_counters >"$out/before-$v-$r.txt"
+	counters "$d" >>"$out/before-$v-$r.txt"
 	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
 	steady_profile "$d" "$r"
+	steady_perf "$v" "$r"
 	sleep "$WINDOW"
 	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
+	counters "$d" >"$out/after-$v-$r.txt"
 	[ -n "$profpid" ] && wait "$profpid"
+	[ -n "$perfpid" ] && wait "$perfpid" && perf_report "$v" "$r"
+	[ "$d" = kglb ] && kglb_counters >>"$out/after-$v-$r.txt"
+	diag "$v" "$r" "$WINDOW" "$out/before-$v-$r.txt" "$out/after-$v-$r.txt"
 	steady_memory "$d" "$r"
-	metric "$d" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
-	metric "$d" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
-	metric "$d" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
-	metric "$d" "$r" rss-mb "$(awk -v k="$(cg_rss_kb "$d")" 'BEGIN {printf "%.1f", k / 1024}')"
+	metric "$v" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
+	metric "$v" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
+	metric "$v" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
+	metric "$v" "$r" rss-mb "$(awk -v k="$(cg_rss_kb "$d")" 'BEGIN {printf "%.1f", k / 1024}')"
 
 	# One-line weight edits while the checks run.
 	local i svc rl vip
@@ -193,9 +311,9 @@ run_one() { # DAEMON ROUND
 		t0="$(now)"
 		set_weight "$d" "$(printf %04d "$svc")" "$rl" "$w"
 		if waitw "$vip" "$rl" "$w" 60; then
-			metric "$d" "$r" edit-s "$(since "$t0")"
+			metric "$v" "$r" edit-s "$(since "$t0")"
 		else
-			say "FAIL $d round $r: edit of $rl in service $svc to weight $w not in the kernel after 60s"
+			say "FAIL $v round $r: edit of $rl in service $svc to weight $w not in the kernel after 60s"
 		fi
 		set_weight "$d" "$(printf %04d "$svc")" "$rl" 1
 		waitw "$vip" "$rl" 1 60 >/dev/null
@@ -211,18 +329,18 @@ run_one() { # DAEMON ROUND
 	addrs="$(sed -n "$((svc * 10 + 1)),$((svc * 10 + 5))p" /etc/e2ebench/reals | tr '\n' ' ')"
 	t0="$(now)"
 	for a in $addrs; do ip -n reals addr del "$a/32" dev r0; done
-	if wait_all "$vip" down 120 $addrs; then metric "$d" "$r" detect-s "$(since "$t0")"; else say "FAIL $d round $r: detection over 120s"; fi
+	if wait_all "$vip" down 120 $addrs; then metric "$v" "$r" detect-s "$(since "$t0")"; else say "FAIL $v round $r: detection over 120s"; fi
 	t0="$(now)"
 	for a in $addrs; do ip -n reals addr add "$a/32" dev r0; done
-	if wait_all "$vip" up 120 $addrs; then metric "$d" "$r" recover-s "$(since "$t0")"; else say "FAIL $d round $r: recovery over 120s"; fi
+	if wait_all "$vip" up 120 $addrs; then metric "$v" "$r" recover-s "$(since "$t0")"; else say "FAIL $v round $r: recovery over 120s"; fi
 
 	if [ "$d" = kglb ]; then
 		curl_get /metrics >"$out/metrics-$r.txt"
 		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probes_(per_second|in_flight))' "$out/metrics-$r.txt" | sed 's/^/  | /'
 	fi
 	systemctl stop "$(unit_of "$d")"
-	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$d-$r.txt" 2>&1
-	info "$d round $r done; $(wc -l <"$out/journal-$d-$r.txt") journal lines"
+	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$v-$r.txt" 2>&1
+	info "$v round $r done; $(wc -l <"$out/journal-$v-$r.txt") journal lines"
 }
 
 setup_net || { say DONE; exit 1; }
