@@ -764,7 +764,11 @@ func TestBIRDTwoSpeakers(t *testing.T) {
 	// route to the VIP, as BIRD's kernel protocol installed it.
 	kernelRoute := func() string {
 		dst := &net.IPNet{IP: net.IPv4(203, 0, 113, 20).To4(), Mask: net.CIDRMask(32, 32)}
-		rs, err := l.router.Netlink(t).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+		var rs []netlink.Route
+		err := nstest.Redump(func() (err error) {
+			rs, err = l.router.Netlink(t).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+			return err
+		})
 		if err != nil {
 			t.Fatalf("list routes: %v", err)
 		}
@@ -916,7 +920,11 @@ func (l *lab) kernelHops(prefix netip.Prefix) string {
 		fam = netlink.FAMILY_V6
 	}
 	dst := &net.IPNet{IP: prefix.Addr().AsSlice(), Mask: net.CIDRMask(prefix.Bits(), prefix.Addr().BitLen())}
-	rs, err := l.router.Netlink(l.t).RouteListFiltered(fam, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	var rs []netlink.Route
+	err := nstest.Redump(func() (err error) {
+		rs, err = l.router.Netlink(l.t).RouteListFiltered(fam, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+		return err
+	})
 	if err != nil {
 		l.t.Fatalf("list routes: %v", err)
 	}

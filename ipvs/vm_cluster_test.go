@@ -507,7 +507,11 @@ func (l *clusterLab) routerView() (bird, kernel []string) {
 		bird = append(bird, m[1])
 	}
 	dst := &net.IPNet{IP: net.ParseIP(clusterVIP).To4(), Mask: net.CIDRMask(32, 32)}
-	rs, err := l.router.Netlink(l.tb).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	var rs []netlink.Route
+	err = nstest.Redump(func() (err error) {
+		rs, err = l.router.Netlink(l.tb).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+		return err
+	})
 	if err != nil {
 		l.tb.Fatalf("router: list routes to %s: %v", clusterVIP, err)
 	}

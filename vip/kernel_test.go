@@ -86,7 +86,8 @@ func kernelStateOnce(t testing.TB, h *netlink.Handle, name string) string {
 		state = "up"
 	}
 	fmt.Fprintf(&b, "link %s %s\n", name, state)
-	as, err := h.AddrList(l, netlink.FAMILY_ALL)
+	var as []netlink.Addr
+	err = nstest.Redump(func() (err error) { as, err = h.AddrList(l, netlink.FAMILY_ALL); return err })
 	if err != nil {
 		t.Fatalf("list addresses: %v", err)
 	}
@@ -104,9 +105,13 @@ func kernelStateOnce(t testing.TB, h *netlink.Handle, name string) string {
 	for _, p := range prefixes {
 		fmt.Fprintf(&b, "addr %s\n", p)
 	}
-	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL,
-		&netlink.Route{Table: unix.RT_TABLE_LOCAL, LinkIndex: l.Attrs().Index, Type: unix.RTN_LOCAL},
-		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF|netlink.RT_FILTER_TYPE)
+	var rs []netlink.Route
+	err = nstest.Redump(func() (err error) {
+		rs, err = h.RouteListFiltered(netlink.FAMILY_ALL,
+			&netlink.Route{Table: unix.RT_TABLE_LOCAL, LinkIndex: l.Attrs().Index, Type: unix.RTN_LOCAL},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF|netlink.RT_FILTER_TYPE)
+		return err
+	})
 	if err != nil {
 		t.Fatalf("list routes: %v", err)
 	}

@@ -587,3 +587,18 @@ func (n *NS) TunnelUp(t testing.TB) {
 	n.Sysctl(t, "net.ipv4.conf.tunl0.rp_filter", "0")
 	n.Sysctl(t, "net.ipv4.conf.all.rp_filter", "0")
 }
+
+// Redump runs a netlink dump (a list of routes, addresses, links) again
+// while the kernel reports it interrupted by a change made during it
+// (NLM_F_DUMP_INTR: the library returns netlink.ErrDumpInterrupted with
+// partial results), up to 5 times, as the daemon's own reads do. A test
+// that polls a table a router or the kernel is still writing (BIRD
+// installing routes, an IPv6 address getting its local route) needs it.
+func Redump(dump func() error) error {
+	for try := 0; ; try++ {
+		err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || try == 5 {
+			return err
+		}
+	}
+}
