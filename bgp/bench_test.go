@@ -133,13 +133,7 @@ func BenchmarkAnnounce10k(b *testing.B) {
 // is not counted; GoBGP keeps no per-peer copy of the paths it sends.
 func BenchmarkMemoryPerRoute(b *testing.B) {
 	const n = 10000
-	s, err := New(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
-		Neighbors: []Neighbor{filled(Neighbor{Address: addr("127.0.0.1"), ASN: routerASN, Port: 9, LocalAddress: nextLoopback(), ConnectRetry: time.Hour})},
-	}, Options{Logger: hclog.NewNullLogger()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := idleSpeaker(b)
 	routes := vips(n)
 	ctx := context.Background()
 	heap := func() uint64 {
@@ -177,13 +171,7 @@ func BenchmarkMemoryPerRoute(b *testing.B) {
 // never connects; TestApplyStates shows such an Apply sends no UPDATE.
 func BenchmarkApplyUnchanged(b *testing.B) {
 	const n = 1000
-	s, err := New(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
-		Neighbors: []Neighbor{filled(Neighbor{Address: addr("127.0.0.1"), ASN: routerASN, Port: 9, LocalAddress: nextLoopback(), ConnectRetry: time.Hour})},
-	}, Options{Logger: hclog.NewNullLogger()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := idleSpeaker(b)
 	routes := vips(n)
 	ctx := context.Background()
 	if err := s.Apply(ctx, routes); err != nil {
@@ -205,4 +193,19 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	}
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
+}
+
+// idleSpeaker is a speaker with one neighbor configured that never
+// connects (port 9 on loopback, retried hourly): what its own Apply costs,
+// with no session to send to.
+func idleSpeaker(b *testing.B) *Speaker {
+	b.Helper()
+	s, err := New(context.Background(), Config{ASN: localASN, RouterID: addr("10.255.255.2"),
+		Neighbors: []Neighbor{filled(Neighbor{Address: addr("127.0.0.1"), ASN: routerASN, Port: 9, LocalAddress: nextLoopback(), ConnectRetry: time.Hour})},
+	}, Options{Logger: hclog.NewNullLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
 }

@@ -284,13 +284,7 @@ func TestReviewKinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	var b strings.Builder
-	for _, s := range rv.Services {
-		fmt.Fprintf(&b, "%s %s %s %v", s.Action, s.Name, s.Endpoint, s.Fields)
-		for _, rl := range s.Reals {
-			fmt.Fprintf(&b, " [%s %s %v drain=%s health=%s]", rl.Action, rl.Real, rl.Fields, rl.Drain, rl.Health)
-		}
-		fmt.Fprintf(&b, " kept=%d unknown=%v\n", s.HealthKept, s.HealthUnknown)
-	}
+	printServiceChanges(&b, rv.Services, "%s")
 	for _, v := range rv.VIPs {
 		fmt.Fprintf(&b, "vip %s %s hold=%s\n", v.Action, v.VIP, v.Hold)
 	}
@@ -490,17 +484,24 @@ func TestReviewHealthAndOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	var b strings.Builder
-	for _, s := range rv.Services {
-		fmt.Fprintf(&b, "%q %s %s %v", s.Action, s.Name, s.Endpoint, s.Fields)
-		for _, rl := range s.Reals {
-			fmt.Fprintf(&b, " [%s %s %v drain=%s health=%s]", rl.Action, rl.Real, rl.Fields, rl.Drain, rl.Health)
-		}
-		fmt.Fprintf(&b, " kept=%d unknown=%v\n", s.HealthKept, s.HealthUnknown)
-	}
+	printServiceChanges(&b, rv.Services, "%q")
 	want := `"~" web tcp/192.0.2.1:80 [] [+ 10.0.0.1:80 [{weight  100}] drain= health=up] [~ 10.0.0.2:80 [{position  re-added for mh order}] drain= health=up] [~ 10.0.0.3:80 [{position  re-added for mh order}] drain= health=up] kept=3 unknown=[]
 " " lone tcp/192.0.2.2:80 [] kept=0 unknown=[10.0.0.1:80 10.0.0.2:80]
 `
 	if d := cmp.Diff(want, b.String()); d != "" {
 		t.Errorf("plan (-want +got):\n%s", d)
+	}
+}
+
+// printServiceChanges prints a review's services one per line, their reals
+// inline, the action in actionVerb ("%q" shows the blank of a service
+// listed for its health alone).
+func printServiceChanges(b *strings.Builder, services []ServiceChange, actionVerb string) {
+	for _, s := range services {
+		fmt.Fprintf(b, actionVerb+" %s %s %v", s.Action, s.Name, s.Endpoint, s.Fields)
+		for _, rl := range s.Reals {
+			fmt.Fprintf(b, " [%s %s %v drain=%s health=%s]", rl.Action, rl.Real, rl.Fields, rl.Drain, rl.Health)
+		}
+		fmt.Fprintf(b, " kept=%d unknown=%v\n", s.HealthKept, s.HealthUnknown)
 	}
 }

@@ -330,21 +330,31 @@ func TestKernelMissingLink(t *testing.T) {
 	}
 }
 
-// TestKernelErrors: the netlink kernel answers with the errors the fake
-// imitates, so the reconciler's handling of them is tested for real.
-func TestKernelErrors(t *testing.T) {
+// kernelAndFake returns the netlink kernel on link vip0 of a new namespace
+// (a veth end) and a fake of the same link, both with the link ensured: the
+// pair the error and batch tests hold to the same answers.
+func kernelAndFake(t *testing.T) (*nstest.NS, *vip.Netlink, *vip.Fake) {
+	t.Helper()
 	ns := nstest.New(t)
 	nstest.Veth(t, nstest.End{NS: ns, Name: "vip0"}, nstest.End{NS: ns, Name: "vip1"})
 	k, err := vip.NewNetlink(vip.NetlinkOptions{NetNS: ns.Path, Link: "vip0"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { k.Close() })
 	f := vip.NewFake("vip0")
 	for _, kk := range []vip.Kernel{k, f} {
 		if _, err := kk.EnsureLink(); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return ns, k, f
+}
+
+// TestKernelErrors: the netlink kernel answers with the errors the fake
+// imitates, so the reconciler's handling of them is tested for real.
+func TestKernelErrors(t *testing.T) {
+	ns, k, f := kernelAndFake(t)
 	tests := []struct {
 		name string
 		op   string
@@ -390,19 +400,7 @@ func TestKernelErrors(t *testing.T) {
 // (EEXIST, ESRCH, EADDRNOTAVAIL in the middle of a batch do not stop the
 // rest), and leaves the kernel where it leaves the fake.
 func TestKernelBatch(t *testing.T) {
-	ns := nstest.New(t)
-	nstest.Veth(t, nstest.End{NS: ns, Name: "vip0"}, nstest.End{NS: ns, Name: "vip1"})
-	k, err := vip.NewNetlink(vip.NetlinkOptions{NetNS: ns.Path, Link: "vip0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	f := vip.NewFake("vip0")
-	for _, kk := range []vip.Kernel{k, f} {
-		if _, err := kk.EnsureLink(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ns, k, f := kernelAndFake(t)
 	// batch is 150 writes: adds of 198.51.100.0-99 and 2001:db8::0-49,
 	// with every tenth one repeated (EEXIST) and deletes of entries that
 	// are not there (ESRCH or EADDRNOTAVAIL) between them.
