@@ -2,9 +2,9 @@ package daemon
 
 import (
 	"net/netip"
-	"reflect"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/kglb/kglb/bgp"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/lb"
@@ -29,8 +29,8 @@ func TestBGPRoutes(t *testing.T) {
 		{Prefix: netip.MustParsePrefix("192.0.2.3/32"), Communities: []bgp.Community{3}},
 	}
 	got := bgpRoutes(in)
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("bgpRoutes:\n got %+v\nwant %+v", got, want)
+	if d := cmp.Diff(want, got, equateAddrs); d != "" {
+		t.Fatalf("bgpRoutes (-want +got):\n%s", d)
 	}
 	// A route's communities do not reach into the next route's.
 	if c := got[0].Communities; cap(c) != len(c) {

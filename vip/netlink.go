@@ -248,20 +248,12 @@ func (n *Netlink) Write(m Mode, ws []Change) []error {
 		err = fmt.Errorf("unknown mode %q", m)
 	}
 	if err != nil {
-		errs := make([]error, len(ws))
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
+		return nlbatch.Fail(len(ws), err)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		errs := make([]error, len(ws))
-		for i := range errs {
-			errs[i] = errClosed
-		}
-		return errs
+		return nlbatch.Fail(len(ws), errClosed)
 	}
 	return n.w.Write(len(ws), func(b []byte, i int) ([]byte, uint16, uint16) {
 		w := ws[i]

@@ -88,9 +88,7 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 	s.buf = b
 	fd := s.s.GetFd()
 	if err := unix.Sendto(fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		for i := range errs {
-			errs[i] = fmt.Errorf("send: %w", err)
-		}
+		copy(errs, Fail(len(errs), fmt.Errorf("send: %w", err)))
 		return
 	}
 	acked := make([]bool, len(errs))
@@ -130,6 +128,16 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 			}
 		}
 	}
+}
+
+// Fail is the answer to n writes that all failed with err before any was
+// sent (the socket closed, the link not known).
+func Fail(n int, err error) []error {
+	errs := make([]error, n)
+	for i := range errs {
+		errs[i] = err
+	}
+	return errs
 }
 
 // AppendAttr appends one netlink attribute, padded to 4 bytes.
