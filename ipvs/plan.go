@@ -62,7 +62,7 @@ func (r *Reconciler) Plan(ctx context.Context, d Desired) (Planned, error) {
 		c.gen--
 	}
 	before := c.snapshotServices()
-	res, _, err := c.pass(ctx, d.Services, false)
+	res, _, err := c.pass(ctx, d.Services, nil, false)
 	pl := Planned{Writes: rec.writes, Result: res}
 	touched := map[Key]bool{}
 	for _, w := range rec.writes {

@@ -289,17 +289,18 @@ func NewReconciler(k Kernel, opts Options) (*Reconciler, error) {
 // hand a new slice, never change one handed before in place (a slice
 // handed again is taken to hold what it held).
 func (r *Reconciler) Apply(ctx context.Context, d Desired) (Result, error) {
-	return r.run(ctx, d.Services, false)
+	return r.run(ctx, d, false)
 }
 
 // Resync is Apply after a full read of the kernel, repairing drift that
 // someone else made (a deleted service, a changed weight). The daemon calls
 // it every resync_interval.
 func (r *Reconciler) Resync(ctx context.Context, d Desired) (Result, error) {
-	return r.run(ctx, d.Services, true)
+	return r.run(ctx, d, true)
 }
 
-func (r *Reconciler) run(ctx context.Context, want []Service, full bool) (Result, error) {
+func (r *Reconciler) run(ctx context.Context, d Desired, full bool) (Result, error) {
+	want := d.Services
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
@@ -307,13 +308,13 @@ func (r *Reconciler) run(ctx context.Context, want []Service, full bool) (Result
 		r.valid = false
 	}
 	full = !r.valid
-	res, stale, err := r.pass(ctx, want, full)
+	res, stale, err := r.pass(ctx, want, d.Changed, full)
 	if stale && !full {
 		// The cache was wrong (someone changed the kernel): read it all and
 		// try once more.
 		r.valid = false
 		writes := res.Writes
-		res, _, err = r.pass(ctx, want, true)
+		res, _, err = r.pass(ctx, want, nil, true)
 		for i := range writes {
 			res.Writes[i] += writes[i]
 		}
@@ -506,20 +507,25 @@ func (p *pass) svcErr(op Op, s Service, err error) {
 // services, read the kernel (full passes), add the new services, sync the
 // existing ones, delete the unwanted ones, send the writes, then record
 // what the pass reached and owns. Writes are queued in that order and sent
-// by flush in one Kernel.Write.
-func (r *Reconciler) pass(ctx context.Context, want []Service, full bool) (Result, bool, error) {
+// by flush in one Kernel.Write. changed is Desired.Changed.
+func (r *Reconciler) pass(ctx context.Context, want []Service, changed []int, full bool) (Result, bool, error) {
 	r.gen++
 	p := &pass{r: r, ctx: ctx}
 	p.res.FullRead = full
 	now := r.now()
 
-	inStep := r.inStep(want, full)
+	inStep := r.inStep(want, changed, full)
 	// The sets live here, not in the steps, so they stay on the stack.
 	d := desiredSet{svcs: make(map[Key]*Service)}
 	if !inStep {
 		d.wanted = make(map[Key]bool, len(want))
 	}
-	d.order = p.index(d, want, full, inStep)
+	// In step, with no real draining (a draining service is looked at on
+	// every pass), only the services that may have changed need a look.
+	if !inStep || len(r.draining) > 0 {
+		changed = nil
+	}
+	d.order = p.index(d, want, changed, full, inStep)
 	if full {
 		if err := r.readAll(p); err != nil {
 			return p.result(), false, errors.Join(append(p.errs, err)...)
@@ -549,9 +555,19 @@ type desiredSet struct {
 // inStep reports whether want lists the owned services of the last pass
 // in its order, as the engine's passes do: then each is found in step
 // (r.last) and every owned service is wanted, with no lookup and no set of
-// keys.
-func (r *Reconciler) inStep(want []Service, full bool) bool {
+// keys. With changed (Desired.Changed) only the services it lists can have
+// moved, and only theirs are compared.
+func (r *Reconciler) inStep(want []Service, changed []int, full bool) bool {
 	inStep := !full && len(want) == len(r.last) && len(want) == len(r.owned)
+	if changed != nil {
+		for _, i := range changed {
+			if !inStep || i < 0 || i >= len(want) {
+				return false
+			}
+			inStep = r.last[i].svc.Key == want[i].Key
+		}
+		return inStep
+	}
 	for i := 0; inStep && i < len(want); i++ {
 		inStep = r.last[i].svc.Key == want[i].Key
 	}
@@ -559,13 +575,23 @@ func (r *Reconciler) inStep(want []Service, full bool) bool {
 }
 
 // index indexes and checks the desired services into d's sets and returns
-// their order. A service that fails its checks is still "wanted", so an
-// owned one is not deleted for it. A service the kernel holds as the last
-// diff left it goes no further.
-func (p *pass) index(d desiredSet, want []Service, full, inStep bool) []Key {
+// their order: those at the indexes in changed when it is not nil (in
+// step: every other service is as the last pass left it), else every one.
+// A service that fails its checks is still "wanted", so an owned one is
+// not deleted for it. A service the kernel holds as the last diff left it
+// goes no further.
+func (p *pass) index(d desiredSet, want []Service, changed []int, full, inStep bool) []Key {
 	r := p.r
 	var order []Key
-	for i := range want {
+	n := len(want)
+	if changed != nil {
+		n = len(changed)
+	}
+	for x := range n {
+		i := x
+		if changed != nil {
+			i = changed[x]
+		}
 		k := want[i].Key
 		var c *cached
 		if inStep {
