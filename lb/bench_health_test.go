@@ -2,7 +2,11 @@ package lb
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -158,4 +162,100 @@ func BenchmarkHealthChange(b *testing.B) {
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	b.ReportMetric(ms(took[len(took)/2]), "p50-ms")
 	b.ReportMetric(ms(took[len(took)*9/10]), "p90-ms")
+}
+
+// verdictRig is an engine over fake kernels whose passes a benchmark
+// drives itself: services x 10 reals, each real in one service only, so a
+// verdict touches one service whatever the size.
+type verdictRig struct {
+	e      *Engine
+	p      *flipProber
+	target health.Target
+	down   bool
+}
+
+func newVerdictRig(b *testing.B, services int) *verdictRig {
+	b.Helper()
+	const reals = 10
+	dir := b.TempDir()
+	for first := 0; first < services; first += 100 {
+		var s strings.Builder
+		for i := first; i < min(first+100, services); i++ {
+			fmt.Fprintf(&s, "service \"svc-%05d\" {\n  vip = \"10.%d.%d.%d\"\n  port = 443\n  scheduler = \"wrr\"\n  forward = \"nat\"\n\n  check \"tcp\" {\n    interval = \"1s\"\n    timeout = \"500ms\"\n  }\n",
+				i, 100+i/65536, i/256%256, i%256)
+			for j := range reals {
+				n := i*reals + j + 1
+				fmt.Fprintf(&s, "  real \"172.%d.%d.%d\" {}\n", 16+n/65536, n/256%256, n%256)
+			}
+			s.WriteString("}\n\n")
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("svc-%05d.hcl", first/100)), []byte(s.String()), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cfg, err := config.Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ir, vr := fakeReconcilers(b, ipvs.NewFake())
+	p := &flipProber{down: map[health.Target]bool{}}
+	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Prober: p, Metrics: NewMetrics(nil)}, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := e.adopt(ctx); err != nil {
+		b.Fatal(err)
+	}
+	e.setConfig(cfg)
+	e.reconcile(ctx, kindPass)
+	// The real in the middle: its service is neither first nor last.
+	mid := cfg.Services[services/2]
+	i := slices.IndexFunc(p.targets, func(t health.Target) bool { return t.Real.Addr() == mid.Reals[0].Addr })
+	if i < 0 {
+		b.Fatal("no target for the real")
+	}
+	return &verdictRig{e: e, p: p, target: p.targets[i]}
+}
+
+// flip turns the real down or up again and returns what the engine's pass
+// for that one verdict took, from the batch to the end of the pass.
+func (r *verdictRig) flip() time.Duration {
+	r.down = !r.down
+	st := health.Up
+	if r.down {
+		st = health.Down
+	}
+	r.p.mu.Lock()
+	r.p.down[r.target] = r.down
+	r.p.mu.Unlock()
+	start := time.Now()
+	r.e.verdicts(context.Background(), []health.Change{{Key: r.target, State: st}})
+	return time.Since(start)
+}
+
+// BenchmarkVerdictScale is issue 11's row for the engine's share of a
+// cold start: the cost of one health pass for one verdict (one real of one
+// service), at 1,000 and at 10,000 services x 10 reals, taken in turn. A
+// pass costs the services its verdicts touch, so the ratio stays near 1;
+// when a pass walked every service (a decision of every VIP, copies of the
+// whole desired state, every real counted for the metrics, the ipvs
+// reconciler's look at every service), at 1,000 services a cold start's
+// passes took more CPU than the probes did.
+//
+// Target (tools/benchtab/targets.txt): ratio (10,000 / 1,000, p50) under 2.
+func BenchmarkVerdictScale(b *testing.B) {
+	small, large := newVerdictRig(b, 1000), newVerdictRig(b, 10000)
+	var ts, tl []time.Duration
+	for b.Loop() {
+		ts = append(ts, small.flip())
+		tl = append(tl, large.flip())
+	}
+	slices.Sort(ts)
+	slices.Sort(tl)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+	p50s, p50l := ts[len(ts)/2], tl[len(tl)/2]
+	b.ReportMetric(us(p50s), "us-1k")
+	b.ReportMetric(us(p50l), "us-10k")
+	b.ReportMetric(float64(p50l)/float64(p50s), "ratio")
 }

@@ -371,6 +371,52 @@ func decideAll(cfg *config.Config, sts []ServiceStatus) ([]VIPStatus, []Route) {
 	return out, routes
 }
 
+// redecideVIPs decides again the VIPs vips (sorted, distinct) of d, whose
+// services' statuses changed, in place, and returns d's routes: the same
+// slice when no route changed, else a copy with the changes (the announcer
+// may hold the old one). Each VIP costs its own services.
+func redecideVIPs(cfg *config.Config, d *Desired, vips []netip.Addr) []Route {
+	routes, copied := d.Routes, false
+	byName := func(s ServiceStatus, n string) int { return cmp.Compare(s.Name, n) }
+	for _, v := range vips {
+		k, ok := slices.BinarySearchFunc(d.VIPStatus, v, func(vs VIPStatus, a netip.Addr) int { return vs.VIP.Compare(a) })
+		if !ok {
+			continue
+		}
+		names := d.VIPStatus[k].Services
+		refs := make([]vipRef, 0, len(names))
+		for _, n := range names {
+			st, ok1 := slices.BinarySearchFunc(d.Services, n, byName)
+			svc, ok2 := serviceIndex(cfg, n)
+			if ok1 && ok2 {
+				refs = append(refs, vipRef{vip: v, st: int32(st), svc: int32(svc)})
+			}
+		}
+		if len(refs) != len(names) {
+			continue // not d's configuration: left as it is
+		}
+		vs, r := decideVIP(cfg, refs, d.Services, names)
+		d.VIPStatus[k] = vs
+		// Routes are host prefixes, sorted: in the order of their VIPs.
+		at, had := slices.BinarySearchFunc(routes, v, func(x Route, a netip.Addr) int { return x.Prefix.Addr().Compare(a) })
+		if vs.Announced == had && (!had || sameRoute(routes[at], r)) {
+			continue
+		}
+		if !copied {
+			routes, copied = slices.Clone(routes), true
+		}
+		switch {
+		case !vs.Announced:
+			routes = slices.Delete(routes, at, at+1)
+		case had:
+			routes[at] = r
+		default:
+			routes = slices.Insert(routes, at, r)
+		}
+	}
+	return routes
+}
+
 // vipRef is one service on a VIP: its index in the statuses and in the
 // configuration.
 type vipRef struct {

@@ -3,6 +3,7 @@ package lb
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -412,7 +413,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 	}
 
 	// The first pass, from nothing.
-	q := e.qualified
+	q := maps.Clone(e.qualified) // the pass changes the engine's in place
 	e.setConfig(cfg)
 	e.reconcile(ctx, kindPass)
 	d, _ := oracle(t, e, prober, q)
@@ -449,7 +450,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 		case k < 4: // a reload
 			var next *config.Config
 			next, what = g.edit(e.cfg)
-			q := e.qualified
+			q := maps.Clone(e.qualified) // the pass changes the engine's in place
 			e.setConfig(next)
 			e.reconcile(ctx, kindPass)
 			step := fmt.Sprintf("step %d (%s)", n, what)
@@ -487,7 +488,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 				dropConns(t, kernel, refKernel)
 				break
 			}
-			q := e.qualified
+			q := maps.Clone(e.qualified) // the pass changes the engine's in place
 			e.verdicts(ctx, pending)
 			pending = nil
 			step := fmt.Sprintf("step %d (%s)", n, what)
@@ -506,7 +507,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 			if len(pending) > 0 {
 				break
 			}
-			q := e.qualified
+			q := maps.Clone(e.qualified) // the pass changes the engine's in place
 			e.reconcile(ctx, kindResync)
 			lost = false
 			step := fmt.Sprintf("step %d (%s)", n, what)
@@ -521,7 +522,7 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 			if !lost { // the reference starts its drains late: keep its deadlines in step
 				now = now.Add(10 * time.Second)
 			}
-			q := e.qualified
+			q := maps.Clone(e.qualified) // the pass changes the engine's in place
 			e.reconcile(ctx, kindPass)
 			step := fmt.Sprintf("step %d (%s)", n, what)
 			d, _ := oracle(t, e, prober, q)
@@ -533,9 +534,10 @@ func testIncremental(t *testing.T, seed uint64, steps int) {
 			if !sameRoutes(ann.routes, d.Routes) {
 				t.Fatalf("%s: announced %v, want %v", step, ann.routes, d.Routes)
 			}
-			// Metrics that skip unchanged VIPs export what fresh ones do.
+			// The engine's metrics, read from its status at scrape time,
+			// export what those of a fresh Compute do.
 			fresh := prometheus.NewRegistry()
-			NewMetrics(fresh).observe(e.desired, "full", nil, 0)
+			NewMetrics(fresh).watch(func(f func(*Desired)) { f(&d) })
 			if got, want := vipMetrics(t, reg), vipMetrics(t, fresh); got != want {
 				t.Fatalf("%s: VIP metrics:\n%s\nwant:\n%s", step, got, want)
 			}

@@ -68,7 +68,7 @@ func (e *Engine) reload(ctx context.Context, cfg *config.Config) {
 		}
 	}
 	e.lastWrites, e.lastDrain, e.lastVIPs = ipvs.Writes{}, nil, vip.Result{}
-	e.apply(ctx, d, kindPass, start)
+	e.apply(ctx, d, nil, kindPass, start)
 	var ipl ipvs.Planned
 	if rec != nil {
 		ipl = rec.StopRecord()
