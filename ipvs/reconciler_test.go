@@ -855,6 +855,60 @@ func TestApplyOneChange(t *testing.T) {
 	}
 }
 
+// TestApplyChanged hands the reconciler the services that changed
+// (Desired.Changed): only those are looked at, whatever the others hold;
+// a list that does not fit the last pass (another service at the index,
+// another length) is ignored and every service is diffed.
+func TestApplyChanged(t *testing.T) {
+	f := NewFake()
+	rec := newRec(t, f, "")
+	d := states()[5].d
+	if _, err := rec.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	withWeight := func(d Desired, i int, w uint16) Desired {
+		s := d.Services[i]
+		s.Reals = slices.Clone(s.Reals)
+		s.Reals[0].Weight = w
+		d.Services = slices.Clone(d.Services)
+		d.Services[i] = s
+		return d
+	}
+	// Service 3 changed and is listed; service 1 changed too but is not:
+	// the caller said it had not, and it is not looked at.
+	next := withWeight(withWeight(d, 3, 0), 1, 0)
+	next.Changed = []int{3}
+	f.ResetCounts()
+	if _, err := rec.Apply(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	if w := f.Writes(); w[OpUpdateReal] != 1 || w.Total() != 1 {
+		t.Errorf("listed: writes %v, want the one update of service 3", w)
+	}
+	// The same list with another service at its index: not in step, every
+	// service is diffed (service 1's change is written now).
+	other := next
+	other.Services = slices.Clone(next.Services)
+	other.Services[3], other.Services[4] = other.Services[4], other.Services[3]
+	other.Changed = []int{3}
+	f.ResetCounts()
+	if _, err := rec.Apply(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.String(), render(t, other); got != want {
+		t.Errorf("kernel after a list that does not fit\n%s\nwant\n%s", got, want)
+	}
+	// Nothing changed: nothing looked at, nothing written.
+	other.Changed = []int{}
+	f.ResetCounts()
+	if _, err := rec.Apply(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if w := f.Writes(); w.Total() != 0 {
+		t.Errorf("empty list: writes %v", w)
+	}
+}
+
 func TestCanonicalRealOrder(t *testing.T) {
 	// Two nodes given the same reals in different orders add them in the
 	// same order, so mh builds the same table on both.

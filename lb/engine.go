@@ -112,6 +112,12 @@ type Engine struct {
 	// announced lacks (the speaker carries on past a route that fails),
 	// so a stop withdraws even when announced is empty.
 	announceFailed bool
+	// The routes of the pass whose announce step the announcer last took
+	// in full, and the VIPs that were in place then (vip.Result.Held): a
+	// pass with the same two slices has nothing to withdraw or announce,
+	// and no VIP announced outside its configuration (see settled).
+	routesIn []Route
+	heldIn   []netip.Addr
 
 	plans      chan planReq // PlanConfig's requests, served by Run
 	lastWrites ipvs.Writes  // of the last applyIPVS, for the reload's log line
@@ -449,7 +455,8 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 	now := e.now()
 	e.passNow = now
 
-	e.leaving = e.leavingAfter(d, now)
+	settled := e.settled(d)
+	e.leaving = e.leavingAfter(d, now, settled)
 	want, vips := e.withHeld(d)
 	if len(e.leaving) == 0 {
 		// want is d.IPVS, which the last pass handed too when it held no
@@ -461,10 +468,11 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 	// 1. Withdraw what must go, keeping what stays, before the data plane
 	// changes under it; a pass where no route goes or changes has no such
 	// step (the announcer gets every route in step 3 anyway).
-	keep := routesWithin(e.announced, d.Routes)
-	if !sameRoutes(keep, e.announced) {
-		if err := e.announce(ctx, keep, d.VIPStatus); err != nil {
-			errs = append(errs, err)
+	if !settled {
+		if keep := routesWithin(e.announced, d.Routes); !sameRoutes(keep, e.announced) {
+			if err := e.announce(ctx, keep, d.VIPStatus); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	// 2. The data plane.
@@ -480,26 +488,48 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 		errs = append(errs, err)
 	}
 	e.lastVIPs = vr
-	// 3. Announce only VIPs whose address is in place.
-	var routes []Route
-	for _, r := range d.Routes {
-		if vr.Holds(r.Prefix.Addr()) {
-			if routes == nil {
-				routes = make([]Route, 0, len(d.Routes))
+	// 3. Announce only VIPs whose address is in place. The announcer gets
+	// every route on every pass and diffs them itself; with the routes and
+	// the VIPs in place that it took last, they are the routes it took.
+	routes := e.announced
+	if !settled || !sameSlice(vr.Held, e.heldIn) {
+		routes = nil
+		for _, r := range d.Routes {
+			if vr.Holds(r.Prefix.Addr()) {
+				if routes == nil {
+					routes = make([]Route, 0, len(d.Routes))
+				}
+				routes = append(routes, r)
 			}
-			routes = append(routes, r)
 		}
 	}
+	e.routesIn, e.heldIn = nil, nil
 	if err := e.announce(ctx, routes, d.VIPStatus); err != nil {
 		errs = append(errs, err)
+	} else if e.announceStarted {
+		e.routesIn, e.heldIn = d.Routes, vr.Held
 	}
 	e.finish(d, errors.Join(errs...), kind.String(), start)
 }
 
+// settled reports whether d's routes are those of the last pass whose
+// routes the announcer took in full (the same slice: a health pass that
+// changes no route hands them on as they are, and a compute makes a new
+// one). Then announced is every route of d whose VIP was in place, with
+// nothing to withdraw, and no route outside d's configuration: a health
+// pass costs its services, not a walk of every route.
+func (e *Engine) settled(d Desired) bool {
+	return !e.announceFailed && sameSlice(d.Routes, e.routesIn)
+}
+
+// sameSlice reports whether a and b are the same non-empty slice.
+func sameSlice[T any](a, b []T) bool { return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0] }
+
 // leavingAfter is e.leaving as a pass for d at now leaves it: a VIP no
 // longer configured that was announced is withdrawn now and its data plane
-// removed after the hold time. It does not change e.
-func (e *Engine) leavingAfter(d Desired, now time.Time) map[netip.Addr]leaving {
+// removed after the hold time; when the announcer is settled on d's routes
+// (settled) none is. It does not change e.
+func (e *Engine) leavingAfter(d Desired, now time.Time, settled bool) map[netip.Addr]leaving {
 	out := maps.Clone(e.leaving)
 	if out == nil {
 		out = map[netip.Addr]leaving{}
@@ -508,7 +538,11 @@ func (e *Engine) leavingAfter(d Desired, now time.Time) map[netip.Addr]leaving {
 		_, ok := slices.BinarySearchFunc(d.VIPs, v, netip.Addr.Compare)
 		return ok
 	}
-	for _, r := range e.announced {
+	announced := e.announced
+	if settled {
+		announced = nil
+	}
+	for _, r := range announced {
 		v := r.Prefix.Addr()
 		if _, held := out[v]; !held && !inConfig(v) {
 			var svcs []ipvs.Service

@@ -389,7 +389,7 @@ func (e *Engine) review(ctx context.Context, cfg *config.Config) (Review, error)
 	in := Input{Config: cfg, Plan: plan, Health: e.health, Adopted: e.adopted, Qualified: e.qualified}
 	d := Compute(in)
 	now := e.now()
-	left := e.leavingAfter(d, now)
+	left := e.leavingAfter(d, now, false)
 	want, vips := withHeld(d, left)
 	var errs []string
 	ipl, err := ip.Plan(ctx, want)
