@@ -642,13 +642,13 @@ func (e *Engine) redecide(changes []health.Change) (d Desired, changed []int, ok
 	affected = slices.Compact(affected)
 	in := e.input()
 	d = e.desired
-	type decided struct {
+	type redecided struct {
 		pos int
 		st  ServiceStatus
 		is  ipvs.Service
 	}
 	// Decide first, then write under the lock: deciding asks the prober.
-	news := make([]decided, 0, len(affected))
+	news := make([]redecided, 0, len(affected))
 	var vips []netip.Addr
 	for _, i := range affected {
 		svc := e.cfg.Services[i]
@@ -661,7 +661,7 @@ func (e *Engine) redecide(changes []health.Change) (d Desired, changed []int, ok
 			continue
 		}
 		st, is := in.service(i, svc)
-		news = append(news, decided{j, st, is})
+		news = append(news, redecided{j, st, is})
 		e.decided[i] = decision{ok: true, qualified: in.Qualified[svc.Name], pos: int32(j)}
 		if svc.VIP.IsValid() {
 			vips = append(vips, svc.VIP)
