@@ -241,3 +241,76 @@ func TestEngineMetrics(t *testing.T) {
 		t.Errorf("kglb_reconciles_total has %d series, want %d (%v)", got, len(passes), passes)
 	}
 }
+
+// TestStatusReadDuringHealthPasses reads the status and scrapes the
+// metrics while health passes decide services again in place, for the race
+// detector: every read is a whole state, and the last one is the last
+// verdict's.
+func TestStatusReadDuringHealthPasses(t *testing.T) {
+	web := svc("web", "192.0.2.1", 2)
+	api := svc("api", "192.0.2.2", 2, func(s *config.Service) {
+		s.Reals[0].Addr, s.Reals[1].Addr = netip.MustParseAddr("10.0.1.1"), netip.MustParseAddr("10.0.1.2")
+	})
+	ir, vr := fakeReconcilers(t, ipvs.NewFake())
+	p := &flipProber{ch: make(chan []health.Change), down: map[health.Target]bool{}}
+	reg := prometheus.NewRegistry()
+	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: &fakeAnnouncer{}, Prober: p, Metrics: NewMetrics(reg)}, daemonCfg(api, web))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx, nil) }()
+	var target health.Target
+	eventually(t, "the prober has its targets", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if len(p.targets) == 0 {
+			return false
+		}
+		target = p.targets[0]
+		return true
+	})
+
+	stop := make(chan struct{})
+	read := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				read <- nil
+				return
+			default:
+			}
+			d, _ := e.Status()
+			for _, s := range d.Services {
+				if len(s.Reals) != 2 || s.Healthy+s.Down > s.Total {
+					read <- fmt.Errorf("torn status of %s: %+v", s.Name, s)
+					return
+				}
+			}
+			if _, err := reg.Gather(); err != nil {
+				read <- err
+				return
+			}
+		}
+	}()
+	down := false
+	for range 201 {
+		down = !down
+		p.flip(target, down)
+	}
+	close(stop)
+	if err := <-read; err != nil {
+		t.Error(err)
+	}
+	// The last verdict (down) is in the status once its pass is over.
+	eventually(t, "the last verdict's status", func() bool {
+		d, _ := e.Status()
+		return len(d.Services) == 2 && d.Services[0].Down+d.Services[1].Down == 1
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Error(err)
+	}
+}
