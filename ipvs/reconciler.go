@@ -44,11 +44,13 @@ type Options struct {
 // the whole Desired value every time; what keeps it cheap when one service
 // changed is that each service the last diff left in place (the same reals,
 // specs and settings, compared by value) is skipped without a lookup per
-// real. Drift made by
-// someone else is repaired by the next full read: the daemon calls Resync
-// every resync_interval. A write that fails in a way that shows the cache was
-// wrong (ESRCH, ENOENT, EEXIST) makes the pass run again at once with a full
-// read. Removing a real with a drain time also re-reads that one service's
+// real; a caller that says which services may have changed since its last
+// Apply (Desired.Changed, as the engine's health passes do) has only those
+// looked at, so one weight change among 10,000 services costs that service.
+// Drift made by someone else is repaired by the next full read: the daemon
+// calls Resync every resync_interval. A write that fails in a way that shows
+// the cache was wrong (ESRCH, ENOENT, EEXIST) makes the pass run again at
+// once with a full read. Removing a real with a drain time also re-reads that one service's
 // reals, because the decision needs live connection counts.
 //
 // Writing. It diffs on Key and RealKey and issues only the writes that
