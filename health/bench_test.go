@@ -3,7 +3,6 @@ package health
 import (
 	"context"
 	"net"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"runtime"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // countingChecker counts results of the wrapped checker.
@@ -355,52 +353,6 @@ func BenchmarkMemoryPerReal(b *testing.B) {
 		runtime.KeepAlive(targets) // measured in m0: freed before m1, it hid the entries' cost
 	}
 	b.ReportMetric(per, "B/real")
-}
-
-// BenchmarkScrape is one /metrics scrape of the health metrics at 10,000
-// reals (1,000 services x 10, one TCP check each), every real with results
-// (ok and timeouts), through the registry and promhttp's text encoder as
-// the daemon serves them: series and bytes per scrape, and the scrape's
-// CPU (ns/op) and garbage (B/op), which is what grows the daemon's heap
-// goal and so its RSS when an operator scrapes.
-func BenchmarkScrape(b *testing.B) {
-	const n = 10000
-	reg := prometheus.NewRegistry()
-	s, err := New(Options{Registerer: reg})
-	if err != nil {
-		b.Fatal(err)
-	}
-	targets := make([]Target, n)
-	for i := range targets {
-		ip := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
-		targets[i] = Target{Real: netip.AddrPortFrom(ip, uint16(8000+i/10)),
-			Spec: Spec{Type: TCP, Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: 1, Fall: 3}}
-	}
-	if err := s.Update(targets); err != nil {
-		b.Fatal(err)
-	}
-	now := time.Now()
-	s.mu.Lock()
-	for _, e := range s.tab.entries {
-		s.tab.complete(e, Result{Outcome: OK, Duration: 3 * time.Millisecond}, now)
-		s.tab.complete(e, Result{Outcome: Timeout, Reason: "timeout after 500ms", Duration: 500 * time.Millisecond}, now)
-	}
-	s.mu.Unlock()
-	h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-	var bytes, series int
-	b.ReportAllocs()
-	for b.Loop() {
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
-		bytes, series = w.Body.Len(), 0
-		for _, c := range w.Body.Bytes() {
-			if c == '\n' {
-				series++
-			}
-		}
-	}
-	b.ReportMetric(float64(bytes), "bytes/scrape")
-	b.ReportMetric(float64(series), "lines/scrape")
 }
 
 // BenchmarkHTTPCheck is one HTTP probe of a real on loopback, start to verdict:
