@@ -39,7 +39,10 @@ import (
 // one, never half. One syncfs, not an fsync per file: at 1,000 files the
 // fsyncs and their journal commits cost the first seconds of a cold start
 // (0.76 s of CPU of the 1.97 s the record took), competing with the first
-// health round.
+// health round; see BenchmarkAppliedSave. syncfs also writes back what other
+// programs left dirty on that file system, which can make it slower on a
+// busy /var, but never holds up the engine: records are made on their own
+// goroutine (recordApplied), each replacing any still waiting.
 const (
 	appliedName = "applied"
 	appliedMeta = "applied.json"
