@@ -91,7 +91,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, e := range m.s.tab.entries {
 		snap = append(snap, entryMetrics{real: e.real, spec: e.spec, id: e.id, state: e.state, counts: e.counts})
 	}
-	durs := m.s.tab.durations
+	durs := make(map[Type]durations, len(m.s.tab.durations))
+	for t, d := range m.s.tab.durations {
+		durs[t] = *d
+	}
 	m.s.mu.Unlock()
 
 	var byState [3]int
@@ -115,16 +118,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for t, d := range durs {
-		if d.count == 0 {
-			continue
-		}
 		buckets := make(map[float64]uint64, len(durationBuckets))
 		var cum uint64
 		for i, ub := range durationBuckets {
 			cum += d.buckets[i]
 			buckets[ub] = cum
 		}
-		ch <- prometheus.MustNewConstHistogram(m.duration, d.count, d.sum, buckets, Type(t).String())
+		ch <- prometheus.MustNewConstHistogram(m.duration, d.count, d.sum, buckets, t.String())
 	}
 	for st, n := range byState {
 		ch <- prometheus.MustNewConstMetric(m.targets, prometheus.GaugeValue, float64(n), State(st).String())

@@ -70,7 +70,7 @@ type table struct {
 	checkers   map[Spec]Checker // by checkerKey: one per distinct probe kind
 	newChecker func(Spec) (Checker, error)
 	validate   func(Target) error
-	durations  [Syslog + 1]durations // by Type
+	durations  map[Type]*durations // by check type, as probes of it complete
 }
 
 func newTable(minRecheck time.Duration, newChecker func(Spec) (Checker, error), validate func(Target) error) *table {
@@ -80,6 +80,7 @@ func newTable(minRecheck time.Duration, newChecker func(Spec) (Checker, error), 
 		ids:        map[*Spec]string{},
 		minRecheck: minRecheck,
 		checkers:   map[Spec]Checker{},
+		durations:  map[Type]*durations{},
 		newChecker: newChecker,
 		validate:   validate,
 	}
@@ -304,12 +305,15 @@ func (t *table) complete(e *entry, r Result, now time.Time) (Change, bool) {
 		return Change{}, false
 	}
 	e.counts[r.Outcome]++
-	if int(e.spec.Type) < len(t.durations) {
-		d, sec := &t.durations[e.spec.Type], r.Duration.Seconds()
-		d.buckets[sort.SearchFloat64s(durationBuckets[:], sec)]++
-		d.count++
-		d.sum += sec
+	d := t.durations[e.spec.Type]
+	if d == nil {
+		d = &durations{}
+		t.durations[e.spec.Type] = d
 	}
+	sec := r.Duration.Seconds()
+	d.buckets[sort.SearchFloat64s(durationBuckets[:], sec)]++
+	d.count++
+	d.sum += sec
 	e.last, e.lastAt = r, now
 
 	spec := e.spec
