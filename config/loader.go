@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -469,19 +470,38 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	return cfg, nil
 }
 
-// digest is Config.Digest: each base name and content's sum, so that moving
-// text from one file to the next changes it.
+// digest is Config.Digest of the loaded files.
 func digest(srcs []source, fds []*fileDecode) [32]byte {
-	sum := sha256.New()
+	d := NewDigester()
 	for i, s := range srcs {
-		base := filepath.Base(s.name)
-		var lenBuf [8]byte
-		binary.BigEndian.PutUint64(lenBuf[:], uint64(len(base)))
-		sum.Write(lenBuf[:])
-		sum.Write([]byte(base))
-		sum.Write(fds[i].sum[:])
+		d.Add(s.name, fds[i].sum)
 	}
+	return d.Sum()
+}
+
+// Digester computes Config.Digest from files given in the order a load reads
+// them (sorted by path): each base name and the sha256 of its content, so that
+// moving text from one file to the next changes it. Whoever copies the files
+// checks the copy against the Config with it, without decoding them again.
+type Digester struct{ h hash.Hash }
+
+// NewDigester starts a digest.
+func NewDigester() *Digester { return &Digester{h: sha256.New()} }
+
+// Add adds the file named name (its base name counts) whose content has the
+// sha256 sum.
+func (d *Digester) Add(name string, sum [32]byte) {
+	base := filepath.Base(name)
+	var lenBuf [8]byte
+	binary.BigEndian.PutUint64(lenBuf[:], uint64(len(base)))
+	d.h.Write(lenBuf[:])
+	d.h.Write([]byte(base))
+	d.h.Write(sum[:])
+}
+
+// Sum is the digest of the files added.
+func (d *Digester) Sum() [32]byte {
 	var out [32]byte
-	sum.Sum(out[:0])
+	d.h.Sum(out[:0])
 	return out
 }

@@ -55,7 +55,7 @@ func record(t *testing.T, dir, state string) *config.Config {
 		t.Fatal(err)
 	}
 	cfg.Daemon.StateDir = state
-	if err := newAppliedStore().save(cfg, dir, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)); err != nil {
+	if err := saveApplied(cfg, dir, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
 	return cfg
@@ -105,11 +105,11 @@ func TestAppliedNotRecordedWhenFilesDiffer(t *testing.T) {
 	}
 	cfg.Daemon.StateDir = state
 	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11, 12)})
-	if err := newAppliedStore().save(cfg, dir, time.Now()); !errors.Is(err, errNotRecorded) {
+	if err := saveApplied(cfg, dir, time.Now()); !errors.Is(err, errNotRecorded) {
 		t.Errorf("save = %v, want errNotRecorded", err)
 	}
 	held, _ := Hold(first, cfg)
-	if err := newAppliedStore().save(held, dir, time.Now()); !errors.Is(err, errNotRecorded) {
+	if err := saveApplied(held, dir, time.Now()); !errors.Is(err, errNotRecorded) {
 		t.Errorf("save of a held config = %v, want errNotRecorded", err)
 	}
 	got, _, _, err := loadApplied(state)

@@ -689,9 +689,8 @@ func (r *recorder) stop() { close(r.records); <-r.done }
 // until records is closed; then it closes done.
 func (d *daemon) recordApplied(records <-chan *config.Config, done chan<- struct{}) {
 	defer close(done)
-	store := newAppliedStore()
 	for c := range records {
-		err := store.save(c, d.dir, time.Now())
+		err := saveApplied(c, d.dir, time.Now())
 		switch {
 		case errors.Is(err, errNotRecorded):
 			d.log.Debug("applied config not recorded; the next load records it", "err", err)

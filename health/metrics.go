@@ -15,8 +15,9 @@ import (
 // Labels of the per-Target series: real (address:port of the real), check (type) and
 // id (Spec.ID, 8 hex digits); results_total adds outcome (4 values). They name the
 // probe, not the services using it, so the series count is bounded by the number of
-// distinct Targets T: T state series, at most 4T result series, and (len(buckets)+3)T
-// = 17T histogram series.
+// distinct Targets T: T state series and at most 4T result series. The probe
+// duration histogram is per check type (check label only): 17 series per type
+// in use, whatever T (see durations).
 type metrics struct {
 	s *Scheduler
 
@@ -41,7 +42,8 @@ func newMetrics(s *Scheduler, reg prometheus.Registerer) (*metrics, error) {
 			"Probe results by outcome: ok, fail (answered wrongly or refused), timeout, error (local failure).",
 			append(labels, "outcome"), nil),
 		duration: prometheus.NewDesc("kglb_health_probe_duration_seconds",
-			"Duration of probes, from start to verdict.", labels, nil),
+			"Duration of probes, from start to verdict, by check type (each real's results are in kglb_health_results_total).",
+			[]string{"check"}, nil),
 		targets: prometheus.NewDesc("kglb_health_targets",
 			"Distinct probes (real + check) by verdict.", []string{"state"}, nil),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -81,15 +83,17 @@ type entryMetrics struct {
 	id     string
 	state  State
 	counts [numOutcomes]uint64
-	hist   [len(durationBuckets) + 1]uint64
-	sum    float64
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.s.mu.Lock()
 	snap := make([]entryMetrics, 0, len(m.s.tab.entries))
 	for _, e := range m.s.tab.entries {
-		snap = append(snap, entryMetrics{real: e.real, spec: e.spec, id: e.id, state: e.state, counts: e.counts, hist: e.hist, sum: e.sum})
+		snap = append(snap, entryMetrics{real: e.real, spec: e.spec, id: e.id, state: e.state, counts: e.counts})
+	}
+	durs := make(map[Type]durations, len(m.s.tab.durations))
+	for t, d := range m.s.tab.durations {
+		durs[t] = *d
 	}
 	m.s.mu.Unlock()
 
@@ -106,21 +110,21 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			v = 0
 		}
 		ch <- prometheus.MustNewConstMetric(m.state, prometheus.GaugeValue, v, lv...)
-		var total uint64
 		for o, n := range e.counts {
-			total += n
 			if n > 0 {
 				ch <- prometheus.MustNewConstMetric(m.results, prometheus.CounterValue, float64(n),
 					append(lv[:3:3], Outcome(o).String())...)
 			}
 		}
+	}
+	for t, d := range durs {
 		buckets := make(map[float64]uint64, len(durationBuckets))
 		var cum uint64
 		for i, ub := range durationBuckets {
-			cum += e.hist[i]
+			cum += d.buckets[i]
 			buckets[ub] = cum
 		}
-		ch <- prometheus.MustNewConstHistogram(m.duration, total, e.sum, buckets, lv...)
+		ch <- prometheus.MustNewConstHistogram(m.duration, d.count, d.sum, buckets, t.String())
 	}
 	for st, n := range byState {
 		ch <- prometheus.MustNewConstMetric(m.targets, prometheus.GaugeValue, float64(n), State(st).String())

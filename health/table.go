@@ -35,8 +35,17 @@ type entry struct {
 	lastAt  time.Time
 
 	counts [numOutcomes]uint64
-	hist   [len(durationBuckets) + 1]uint64 // per bucket, not cumulative; last is +Inf
-	sum    float64                          // seconds
+}
+
+// durations is the probe duration histogram of one check type. It is kept per
+// type, not per Target: per Target it cost 17 series per real in every scrape
+// (170,000 of 200,000 health series at 10,000 reals) and 128 bytes per entry,
+// for a figure an operator reads per check type anyway; each real's results
+// and verdict stay per real.
+type durations struct {
+	buckets [len(durationBuckets) + 1]uint64 // per bucket, not cumulative; last is +Inf
+	count   uint64
+	sum     float64 // seconds
 }
 
 // target is the entry's Target.
@@ -61,6 +70,7 @@ type table struct {
 	checkers   map[Spec]Checker // by checkerKey: one per distinct probe kind
 	newChecker func(Spec) (Checker, error)
 	validate   func(Target) error
+	durations  map[Type]*durations // by check type, as probes of it complete
 }
 
 func newTable(minRecheck time.Duration, newChecker func(Spec) (Checker, error), validate func(Target) error) *table {
@@ -70,6 +80,7 @@ func newTable(minRecheck time.Duration, newChecker func(Spec) (Checker, error), 
 		ids:        map[*Spec]string{},
 		minRecheck: minRecheck,
 		checkers:   map[Spec]Checker{},
+		durations:  map[Type]*durations{},
 		newChecker: newChecker,
 		validate:   validate,
 	}
@@ -181,7 +192,7 @@ func (t *table) update(now time.Time, targets []Target) error {
 			delete(gone, tg.probeIdentity())
 			e.state, e.since, e.reason = old.state, old.since, old.reason
 			e.okRun, e.failRun, e.last, e.lastAt = old.okRun, old.failRun, old.last, old.lastAt
-			e.counts, e.hist, e.sum = old.counts, old.hist, old.sum
+			e.counts = old.counts
 		}
 		t.entries[tkey{tg.Real, sp}] = e
 		fresh = append(fresh, e)
@@ -294,10 +305,15 @@ func (t *table) complete(e *entry, r Result, now time.Time) (Change, bool) {
 		return Change{}, false
 	}
 	e.counts[r.Outcome]++
+	d := t.durations[e.spec.Type]
+	if d == nil {
+		d = &durations{}
+		t.durations[e.spec.Type] = d
+	}
 	sec := r.Duration.Seconds()
-	b := sort.SearchFloat64s(durationBuckets[:], sec)
-	e.hist[b]++
-	e.sum += sec
+	d.buckets[sort.SearchFloat64s(durationBuckets[:], sec)]++
+	d.count++
+	d.sum += sec
 	e.last, e.lastAt = r, now
 
 	spec := e.spec

@@ -159,6 +159,21 @@ perf_report() {
 	grep -v '^#' "$f.txt" | head -12 | sed 's/^/  | perf: /'
 }
 
+# memory DAEMON LABEL ROUND: what the RSS row is made of, summed over the
+# unit's processes as cg_rss_kb does, read from /proc without asking the
+# daemon (a scrape or a heap profile grows what it measures): anonymous
+# memory (Go's heap and stacks) and file pages (the binary), and the peak.
+memory() {
+	local f="" p
+	for p in $(cat "/sys/fs/cgroup/system.slice/$(unit_of "$1")/cgroup.procs" 2>/dev/null); do
+		f="$f /proc/$p/status"
+	done
+	[ -n "$f" ] || return 0
+	# shellcheck disable=SC2086 # one word per file
+	awk -v d="$2" -v r="$3" '$1 ~ /^(VmRSS|RssAnon|RssFile|VmHWM):$/ {sub(":", "", $1); s[$1] += $2}
+		END {printf "E2E: D %s %s memory-kb rss %d anon %d file %d peak %d\n", d, r, s["VmRSS"], s["RssAnon"], s["RssFile"], s["VmHWM"]}' $f 2>/dev/null
+}
+
 # steady_memory DAEMON ROUND: what kglb's RSS is made of, after the window.
 steady_memory() {
 	[ "$PROFILE" = 1 ] && [ "$1" = kglb ] || return 0
@@ -302,6 +317,7 @@ run_one() {
 	metric "$v" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
 	metric "$v" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
 	metric "$v" "$r" rss-mb "$(awk -v k="$(cg_rss_kb "$d")" 'BEGIN {printf "%.1f", k / 1024}')"
+	memory "$d" "$v" "$r"
 
 	# One-line weight edits while the checks run.
 	local i svc rl vip
