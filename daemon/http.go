@@ -161,12 +161,6 @@ func (d *daemon) serveStatus(w http.ResponseWriter, _ *http.Request) {
 
 // kernelCollector exports the kernel's per-service and per-real counters
 // from the reconciler's last full read: no extra netlink dump per scrape.
-//
-// Per real it exports what node_exporter's IPVS collector exports per
-// backend, connections (active, inactive) and weight; packets and bytes are
-// per service. Per real they were 4 more series each (40,000 of the 95,000
-// lines of a scrape at 1,000 services x 10 reals, see BenchmarkScrape);
-// `ipvsadm -Ln --stats` shows them per real when needed.
 type kernelCollector struct{ r *ipvs.Reconciler }
 
 var (
@@ -174,11 +168,13 @@ var (
 	descSvcPackets = prometheus.NewDesc("kglb_ipvs_service_packets_total", "Packets through the IPVS service by direction (kernel counter, 32-bit: it wraps).", []string{"service", "direction"}, nil)
 	descSvcBytes   = prometheus.NewDesc("kglb_ipvs_service_bytes_total", "Bytes through the IPVS service by direction.", []string{"service", "direction"}, nil)
 	descRealConns  = prometheus.NewDesc("kglb_ipvs_real_connections", "Connections of a real by state (active, inactive), as of the last full read.", []string{"service", "real", "state"}, nil)
+	descRealBytes  = prometheus.NewDesc("kglb_ipvs_real_bytes_total", "Bytes through a real by direction.", []string{"service", "real", "direction"}, nil)
+	descRealPkts   = prometheus.NewDesc("kglb_ipvs_real_packets_total", "Packets through a real by direction (32-bit: it wraps).", []string{"service", "real", "direction"}, nil)
 	descRealWeight = prometheus.NewDesc("kglb_ipvs_real_weight", "The real's weight in the kernel.", []string{"service", "real"}, nil)
 )
 
 func (c kernelCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSvcConns, descSvcPackets, descSvcBytes, descRealConns, descRealWeight} {
+	for _, d := range []*prometheus.Desc{descSvcConns, descSvcPackets, descSvcBytes, descRealConns, descRealBytes, descRealPkts, descRealWeight} {
 		ch <- d
 	}
 }
@@ -201,6 +197,10 @@ func (c kernelCollector) Collect(ch chan<- prometheus.Metric) {
 			real := r.Key().String()
 			gauge(descRealConns, float64(r.ActiveConns), name, real, "active")
 			gauge(descRealConns, float64(r.InactiveConns), name, real, "inactive")
+			counter(descRealBytes, r.Stats.BytesIn, name, real, "in")
+			counter(descRealBytes, r.Stats.BytesOut, name, real, "out")
+			counter(descRealPkts, r.Stats.PacketsIn, name, real, "in")
+			counter(descRealPkts, r.Stats.PacketsOut, name, real, "out")
 			gauge(descRealWeight, float64(r.Weight), name, real)
 		}
 	}
