@@ -36,7 +36,9 @@
 #                in one run with it, 6.7 s in one without)
 #   E2E_ORDER    the daemons of a round (default "kglb keepalived"); for an
 #                experiment, kglb@VAR=value[,VAR=value] runs kglb with that
-#                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"):
+#                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"),
+#                and an entry unit:Directive=value adds that line to the unit
+#                (e.g. kglb@unit:SystemCallFilter= runs it without the filter):
 #                its lines carry that label and stay out of the rows
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   E2E_PERF=1   a system-wide `perf record -e cpu-clock -a -g` over each

@@ -198,6 +198,7 @@ counters() {
 	awk '{print "cg." $1, $2}' "$cg/cpu.stat" 2>/dev/null
 	for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do
 		awk '{sub(/^.*\) /, ""); print "proc.utime", $12; print "proc.stime", $13}' "/proc/$p/stat" 2>/dev/null
+		awk '$1 == "Seccomp_filters:" {print "seccomp-filters", $2}' "/proc/$p/status" 2>/dev/null
 		for t in /proc/"$p"/task/*; do
 			awk '$1 == "voluntary_ctxt_switches:" {print "ctx.voluntary", $2} $1 == "nonvoluntary_ctxt_switches:" {print "ctx.nonvoluntary", $2}' "$t/status" 2>/dev/null
 			awk '{print "sched.run-ns", $1; print "sched.wait-ns", $2; print "sched.slices", $3}' "$t/schedstat" 2>/dev/null
@@ -239,7 +240,7 @@ diag() {
 		{y[$1] += $2}
 		END {
 			for (k in y) {
-				v = (k ~ /^(kglb\.rate-|kglb\.go|threads)/) ? y[k] : y[k] - x[k]
+				v = (k ~ /^(kglb\.rate-|kglb\.go|threads|seccomp)/) ? y[k] : y[k] - x[k]
 				if (v != 0) printf "E2E: D %s %s %s %s\n", d, r, k, v
 			}
 			n = y["accepted"] - x["accepted"]
@@ -262,7 +263,8 @@ curl_get() {
 }
 
 # run_one DAEMON ROUND: DAEMON is kglb or keepalived, or, for an experiment,
-# kglb@VAR=value[,VAR=value]: kglb with that environment (a runtime drop-in),
+# kglb@VAR=value[,VAR=value]: kglb with that environment (a runtime drop-in;
+# an entry unit:Directive=value is written as that [Service] line instead),
 # its lines labelled with the whole word (the host's rows take plain kglb only).
 run_one() {
 	local v="$1" d="${1%%@*}" r="$2" t0 c u tp="" tu="" w kv
@@ -271,7 +273,12 @@ run_one() {
 		mkdir -p /run/systemd/system/kglb.service.d
 		{
 			echo '[Service]'
-			for kv in $(echo "${v#*@}" | tr , ' '); do echo "Environment=$kv"; done
+			for kv in $(echo "${v#*@}" | tr , ' '); do
+				case "$kv" in
+				unit:*) echo "${kv#unit:}" ;;
+				*) echo "Environment=$kv" ;;
+				esac
+			done
 		} >/run/systemd/system/kglb.service.d/e2e-variant.conf
 	fi
 	systemctl daemon-reload
