@@ -7,8 +7,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/kglb/kglb/ipvs"
 )
 
 // BenchmarkEditBudget is issue 12's host budget for an edit: a one-line
@@ -31,18 +29,8 @@ func BenchmarkEditBudget(b *testing.B) {
 		b.Fatal(err)
 	}
 	l, cfg := settledLoader(b, dir)
-	k := ipvs.NewFake()
-	ir, vr := fakeReconcilers(b, k)
-	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}, Metrics: NewMetrics(nil)}, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	e, k := benchEngine(b, cfg, Options{Announcer: nopAnnouncer{}, Metrics: NewMetrics(nil)})
 	ctx := context.Background()
-	if err := e.adopt(ctx); err != nil {
-		b.Fatal(err)
-	}
-	e.setConfig(cfg)
-	e.reconcile(ctx, kindPass)
 	changed := []string{filepath.Join(dir, "svc-00000.hcl")}
 	var took []time.Duration
 	writes, w := 0, 100

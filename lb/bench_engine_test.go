@@ -35,22 +35,8 @@ func editEngine(b *testing.B, services int) (*Engine, *ipvs.Fake, [2]*config.Con
 		cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
 		cfgs[i] = cfg
 	}
-	k := ipvs.NewFake()
-	ir, vr := fakeReconcilers(b, k)
 	log := hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Info})
-	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: upProber{}, Metrics: NewMetrics(nil), Logger: log}, cfgs[0])
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := e.adopt(ctx); err != nil {
-		b.Fatal(err)
-	}
-	e.setConfig(cfgs[0])
-	e.reconcile(ctx, kindPass)
-	if _, err := e.Status(); err != nil {
-		b.Fatal(err)
-	}
+	e, k := benchEngine(b, cfgs[0], Options{Announcer: nopAnnouncer{}, Metrics: NewMetrics(nil), Logger: log})
 	return e, k, cfgs
 }
 

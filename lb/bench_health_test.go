@@ -199,18 +199,8 @@ func newVerdictRig(b *testing.B, services int) *verdictRig {
 		b.Fatal(err)
 	}
 	cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
-	ir, vr := fakeReconcilers(b, ipvs.NewFake())
 	p := &flipProber{down: map[health.Target]bool{}}
-	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Announcer: nopAnnouncer{}, Prober: p, Metrics: NewMetrics(nil)}, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := e.adopt(ctx); err != nil {
-		b.Fatal(err)
-	}
-	e.setConfig(cfg)
-	e.reconcile(ctx, kindPass)
+	e, _ := benchEngine(b, cfg, Options{Announcer: nopAnnouncer{}, Prober: p, Metrics: NewMetrics(nil)})
 	// The real in the middle: its service is neither first nor last.
 	mid := cfg.Services[services/2]
 	i := slices.IndexFunc(p.targets, func(t health.Target) bool { return t.Real.Addr() == mid.Reals[0].Addr })

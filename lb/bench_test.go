@@ -73,12 +73,16 @@ func (upProber) Lookup(t health.Target) (health.Status, bool) {
 	return health.Status{Target: t, State: health.Up}, true
 }
 
-// benchEngine is an engine over fake kernels with cfg applied once.
-func benchEngine(tb testing.TB, cfg *config.Config) (*Engine, *ipvs.Fake) {
+// benchEngine is an engine over fake kernels with cfg applied once; opts
+// gives the rest of its wiring (no Prober: every real up).
+func benchEngine(tb testing.TB, cfg *config.Config, opts Options) (*Engine, *ipvs.Fake) {
 	tb.Helper()
 	k := ipvs.NewFake()
-	ir, vr := fakeReconcilers(tb, k)
-	e, err := NewEngine(Options{IPVS: ir, VIPs: vr, Prober: upProber{}}, cfg)
+	opts.IPVS, opts.VIPs = fakeReconcilers(tb, k)
+	if opts.Prober == nil {
+		opts.Prober = upProber{}
+	}
+	e, err := NewEngine(opts, cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -124,7 +128,7 @@ func BenchmarkEditToKernel(b *testing.B) {
 			dir := b.TempDir()
 			writeServices(b, dir, services, 10, 100)
 			l, cfg := settledLoader(b, dir)
-			e, k := benchEngine(b, cfg)
+			e, k := benchEngine(b, cfg, Options{})
 			w := 100
 			b.ResetTimer()
 			for b.Loop() {
@@ -175,7 +179,7 @@ func BenchmarkReloadScaling(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		s.e, s.k = benchEngine(b, cfg)
+		s.e, s.k = benchEngine(b, cfg, Options{})
 		return s
 	}
 	edit := func(s *side, into *[]time.Duration) {
@@ -265,7 +269,7 @@ func BenchmarkHeap(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		e, k := benchEngine(b, cfg)
+		e, k := benchEngine(b, cfg, Options{})
 		runtime.GC()
 		runtime.ReadMemStats(&m1)
 		// The fake kernel's own size: a copy of the same table.
@@ -308,7 +312,7 @@ func BenchmarkIdleCPU(b *testing.B) {
 		b.Fatal(err)
 	}
 	cfg.Daemon.ResyncInterval = time.Second
-	e, _ := benchEngine(b, cfg)
+	e, _ := benchEngine(b, cfg, Options{})
 	for b.Loop() {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
