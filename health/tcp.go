@@ -28,7 +28,7 @@ import (
 type tcpChecker struct{ d Dialer }
 
 func (c *tcpChecker) Check(ctx context.Context, t Target) Result {
-	start := time.Now()
+	start := probeStart(ctx)
 	err := c.d.connectRST(ctx, t.Dest(), t.Spec.Mark)
 	r := classify(ctx, start, err)
 	if r.Outcome == OK {
