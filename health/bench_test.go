@@ -368,7 +368,7 @@ func BenchmarkHTTPCheck(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		ctx := newProbeCtx(context.Background(), time.Now().Add(tg.Spec.Timeout))
+		ctx := newProbeCtx(context.Background(), time.Now(), tg.Spec.Timeout)
 		if r := c.Check(ctx, tg); r.Outcome != OK {
 			b.Fatalf("%s: %s", r.Outcome, r.Reason)
 		}

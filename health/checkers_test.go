@@ -26,7 +26,7 @@ func probeOnce(t testing.TB, tg Target, d Dialer) Result {
 	if err != nil {
 		t.Fatalf("checker: %v", err)
 	}
-	ctx := newProbeCtx(context.Background(), time.Now().Add(tg.Spec.Timeout))
+	ctx := newProbeCtx(context.Background(), time.Now(), tg.Spec.Timeout)
 	defer ctx.release()
 	return c.Check(ctx, tg)
 }

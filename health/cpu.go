@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"runtime"
+	"sync/atomic"
 )
 
 // cpuSlots bounds the probes that run on the CPU at once. A probe holds a slot
@@ -19,14 +20,30 @@ import (
 // probe to a worker), each a little late (kglb_health_probe_lag_seconds), and
 // the engine finds a CPU at once. Waiting for a slot starts the probe's clock
 // only once it has one, so a busy CPU does not eat the probe's timeout.
-type cpuSlots chan struct{}
+//
+// A worker that finishes a probe keeps its slot for the next due one (see
+// Scheduler.probe) unless a probe back from the network waits for a slot:
+// resuming counts those, so that the worker gives its slot up for them.
+type cpuSlots struct {
+	c        chan struct{}
+	resuming atomic.Int32
+}
+
+func newCPUSlots(n int) *cpuSlots { return &cpuSlots{c: make(chan struct{}, n)} }
 
 // defaultCPUSlots leaves one CPU to everything else (the engine, netlink, the
 // stats server) when there are two or more.
 func defaultCPUSlots() int { return max(1, runtime.GOMAXPROCS(0)-1) }
 
-func (c cpuSlots) acquire() { c <- struct{}{} }
-func (c cpuSlots) release() { <-c }
+// acquire takes a slot for a probe that has none: one back from the network,
+// or one a worker got without a slot.
+func (c *cpuSlots) acquire() {
+	c.resuming.Add(1)
+	c.c <- struct{}{}
+	c.resuming.Add(-1)
+}
+
+func (c *cpuSlots) release() { <-c.c }
 
 // idle hands the probe's slot back while it waits on the network and returns
 // the function that takes one again. Outside the scheduler (a checker called
@@ -44,7 +61,7 @@ func idle(ctx context.Context) (resume func()) {
 // CPU slot (see cpuSlots).
 type slottedConn struct {
 	net.Conn
-	slots cpuSlots
+	slots *cpuSlots
 }
 
 func (c slottedConn) Read(p []byte) (int, error) {

@@ -88,6 +88,9 @@ type fakeChecker struct {
 	outcomes map[netip.AddrPort]Outcome
 	calls    map[netip.AddrPort]int
 	block    chan struct{} // when set, Check waits for it (or ctx)
+	// hold: Check of these reals waits on the network until the channel closes
+	hold     map[netip.AddrPort]chan struct{}
+	onCheck  func(Target) // when set, called as Check starts
 	inFlight int
 	maxIn    int
 }
@@ -115,7 +118,14 @@ func (f *fakeChecker) Check(ctx context.Context, t Target) Result {
 	f.inFlight++
 	f.maxIn = max(f.maxIn, f.inFlight)
 	block := f.block
+	if h, ok := f.hold[t.Real]; ok {
+		block = h
+	}
+	onCheck := f.onCheck
 	f.mu.Unlock()
+	if onCheck != nil {
+		onCheck(t)
+	}
 	if block != nil {
 		// A wait on the network, as far as the CPU slots go.
 		resume := idle(ctx)

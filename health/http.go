@@ -15,7 +15,6 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
-	"time"
 )
 
 const (
@@ -84,7 +83,7 @@ func newHTTPChecker(s Spec, d Dialer) (*httpChecker, error) {
 }
 
 func (c *httpChecker) Check(ctx context.Context, t Target) Result {
-	start := time.Now()
+	start := probeStart(ctx)
 	code, err := c.probe(ctx, t)
 	r := classify(ctx, start, err)
 	if r.Outcome == OK {

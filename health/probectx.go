@@ -20,7 +20,11 @@ import (
 type probeCtx struct {
 	parent   context.Context
 	deadline time.Time
-	slots    cpuSlots // the scheduler's CPU slots, one held by this probe; nil outside it
+	slots    *cpuSlots // the scheduler's CPU slots, one held by this probe; nil outside it
+	// start is the probe's start (deadline = start + timeout); end is set by
+	// probeSince when the checker reaches its verdict. Both are the probe's only
+	// reads of the clock (see probeSince).
+	start, end time.Time
 
 	mu         sync.Mutex
 	done       chan struct{}
@@ -31,8 +35,32 @@ type probeCtx struct {
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func newProbeCtx(parent context.Context, deadline time.Time) *probeCtx {
-	return &probeCtx{parent: parent, deadline: deadline}
+func newProbeCtx(parent context.Context, start time.Time, timeout time.Duration) *probeCtx {
+	return &probeCtx{parent: parent, start: start, deadline: start.Add(timeout)}
+}
+
+// probeStart is when the probe under ctx started: the scheduler's read of the
+// clock under a probeCtx, else now.
+func probeStart(ctx context.Context) time.Time {
+	if pc, ok := ctx.(*probeCtx); ok {
+		return pc.start
+	}
+	return time.Now()
+}
+
+// probeSince is the time from start to the probe's verdict, now. Under a
+// probeCtx it keeps that read as the probe's end, which the scheduler uses
+// as the time of the result and, when it takes the next due probe at once,
+// as that probe's start: a probe reads the clock once at its start and once
+// at its end, and back to back probes share the read. Under the emulated VM
+// of make e2ebench (clocksource hpet) every read of the clock is a syscall
+// and an emulated device read; each probe read it five times before.
+func probeSince(ctx context.Context, start time.Time) time.Duration {
+	now := time.Now()
+	if pc, ok := ctx.(*probeCtx); ok {
+		pc.end = now
+	}
+	return now.Sub(start)
 }
 
 func (c *probeCtx) Deadline() (time.Time, bool) { return c.deadline, true }

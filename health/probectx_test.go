@@ -11,7 +11,7 @@ import (
 
 func TestProbeCtx(t *testing.T) {
 	t.Run("deadline passes", func(t *testing.T) {
-		c := newProbeCtx(context.Background(), time.Now().Add(10*time.Millisecond))
+		c := newProbeCtx(context.Background(), time.Now(), 10*time.Millisecond)
 		defer c.release()
 		<-c.Done()
 		if c.Err() != context.DeadlineExceeded {
@@ -20,7 +20,7 @@ func TestProbeCtx(t *testing.T) {
 	})
 	t.Run("parent canceled", func(t *testing.T) {
 		parent, cancel := context.WithCancel(context.Background())
-		c := newProbeCtx(parent, time.Now().Add(time.Hour))
+		c := newProbeCtx(parent, time.Now(), time.Hour)
 		defer c.release()
 		done := c.Done()
 		cancel()
@@ -30,7 +30,7 @@ func TestProbeCtx(t *testing.T) {
 		}
 	})
 	t.Run("Err without Done", func(t *testing.T) {
-		c := newProbeCtx(context.Background(), time.Now().Add(-time.Second))
+		c := newProbeCtx(context.Background(), time.Now(), -time.Second)
 		if c.Err() != context.DeadlineExceeded {
 			t.Errorf("err %v", c.Err())
 		}
@@ -41,7 +41,7 @@ func TestProbeCtx(t *testing.T) {
 		}
 	})
 	t.Run("child context", func(t *testing.T) {
-		c := newProbeCtx(context.Background(), time.Now().Add(10*time.Millisecond))
+		c := newProbeCtx(context.Background(), time.Now(), 10*time.Millisecond)
 		defer c.release()
 		child, cancel := context.WithCancel(c)
 		defer cancel()

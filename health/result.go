@@ -75,7 +75,7 @@ func (e errLocal) Unwrap() error { return e.err }
 // runProbe times probe and turns what it returns into a Result: its text
 // is the reason of an OK, its error is classified.
 func runProbe(ctx context.Context, t Target, probe func(context.Context, Target) (string, error)) Result {
-	start := time.Now()
+	start := probeStart(ctx)
 	reason, err := probe(ctx, t)
 	r := classify(ctx, start, err)
 	if r.Outcome == OK {
@@ -85,7 +85,7 @@ func runProbe(ctx context.Context, t Target, probe func(context.Context, Target)
 }
 
 func classify(ctx context.Context, start time.Time, err error) Result {
-	d := time.Since(start)
+	d := probeSince(ctx, start)
 	if err == nil {
 		return Result{Outcome: OK, Reason: "ok", Duration: d}
 	}

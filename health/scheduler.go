@@ -56,8 +56,9 @@ type Status struct {
 // verdict changes from Changes, and Lookup or Snapshot for the current picture. Probes
 // are kept in a min-heap of due times; a dispatcher takes a CPU slot for the probe at
 // the head, then hands it to an idle worker, starting one while fewer than
-// Concurrency run, so the cost per probe is a heap operation and a channel hand-off,
-// not a goroutine and a timer per Target. The workers are the probes on the CPU
+// Concurrency run, and a worker that finishes a probe takes the next due one
+// itself, so the cost per probe is a heap operation (and, on an idle machine, a
+// channel hand-off), not a goroutine and a timer per Target. The workers are the probes on the CPU
 // plus those waiting on the network: a probe that waits for the CPU waits in the
 // heap, not on a goroutine's stack (at 2,000 probes/s on a saturated VM, 966 of
 // 1,024 workers were parked on the CPU slots, 7.5 MB of stacks).
@@ -67,16 +68,19 @@ type Scheduler struct {
 	opts  Options
 	met   *metrics
 
-	mu      sync.Mutex
-	tab     *table
-	wakeAt  time.Time // when the dispatcher plans to wake; zero while it sleeps unbounded
-	pending []Change
-	emitted int // changes emitted so far
+	mu  sync.Mutex
+	tab *table
+	// sleeping: the dispatcher waits for its timer, until wakeAt (zero:
+	// unbounded), or a kick.
+	sleeping bool
+	wakeAt   time.Time
+	pending  []Change
+	emitted  int // changes emitted so far
 	// Probes started since the last rate report, and their summed lateness.
 	started int
 	lagSum  time.Duration
 
-	slots cpuSlots
+	slots *cpuSlots
 
 	wake    chan struct{} // the heap's head moved earlier
 	changed chan struct{} // pending has changes
@@ -120,7 +124,7 @@ func New(opts Options) (*Scheduler, error) {
 		changed: make(chan struct{}, 1),
 		jobs:    make(chan job),
 		out:     make(chan []Change),
-		slots:   make(cpuSlots, opts.CPUSlots),
+		slots:   newCPUSlots(opts.CPUSlots),
 	}
 	s.tab = newTable(opts.MinRecheck,
 		func(sp Spec) (Checker, error) { return opts.NewChecker(sp, opts.Dialer) },
@@ -173,6 +177,9 @@ func (s *Scheduler) Update(targets []Target) error {
 // kick wakes the dispatcher when the head of the heap is due before it planned to
 // wake. Called with mu held.
 func (s *Scheduler) kick() {
+	if !s.sleeping {
+		return // it looks at the heap before it sleeps again
+	}
 	due, ok := s.tab.nextDue()
 	if !ok || (!s.wakeAt.IsZero() && !due.Before(s.wakeAt)) {
 		return
@@ -210,36 +217,65 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	return nil
 }
 
-// dispatch hands due probes to the workers. Blocking on the CPU slots, and on a
-// full pool, are the bounds.
+// instant is one reading of the time: the scheduler's clock (due times, lag,
+// verdict times) and the real clock (a probe's deadline and duration). With
+// the real clock, the default, they are one read.
+type instant struct{ at, real time.Time }
+
+// instant reads the time, or takes real as the real time when it is set (a
+// probe's end, read by its checker: see probeSince).
+func (s *Scheduler) instant(real time.Time) instant {
+	if real.IsZero() {
+		real = time.Now()
+	}
+	if _, ok := s.clock.(realClock); ok {
+		return instant{real, real}
+	}
+	return instant{s.clock.Now(), real}
+}
+
+// popDue pops the head of the heap if it is due by now. Called with mu held.
+func (s *Scheduler) popDue(now time.Time) *entry {
+	var one [1]*entry
+	if due := s.tab.popDue(now, 1, one[:0]); len(due) > 0 {
+		return due[0]
+	}
+	return nil
+}
+
+// dispatch starts the due probes that no worker takes: it waits until the
+// head of the heap is due, takes a CPU slot, pops the head and hands it to a
+// worker. A worker that finishes a probe takes the next due one itself while
+// it holds its slot (probe), so under load the probes run back to back on
+// the slots while the dispatcher waits for one: no hand-off and no wakeup
+// per probe. Blocking on the CPU slots, and on a full pool, are the bounds.
 func (s *Scheduler) dispatch(ctx context.Context, wg *sync.WaitGroup) {
 	timer := s.clock.NewTimer(time.Hour)
 	defer timer.Stop()
-	var batch []*entry
 	for {
+		// The slot first, then the probe: a probe popped before it would wait
+		// out of the heap while the workers took later ones.
+		select {
+		case s.slots.c <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		s.mu.Lock()
-		now := s.clock.Now()
-		batch = s.tab.popDue(now, 64, batch[:0])
+		now := s.instant(time.Time{})
+		e := s.popDue(now.at)
 		var wakeAt time.Time
-		if len(batch) == 0 {
-			if due, ok := s.tab.nextDue(); ok {
-				wakeAt = due
-				s.wakeAt = due
-			} else {
-				s.wakeAt = time.Time{}
-			}
+		if e == nil {
+			wakeAt, _ = s.tab.nextDue()
+			s.wakeAt, s.sleeping = wakeAt, true
 		}
 		s.mu.Unlock()
-
-		for i, e := range batch {
-			if !s.handOff(ctx, wg, e) {
+		if e != nil {
+			if !s.handOff(ctx, wg, job{e, true}) {
 				return
 			}
-			batch[i] = nil
-		}
-		if len(batch) > 0 {
 			continue
 		}
+		s.slots.release()
 		if !wakeAt.IsZero() {
 			timer.ResetAt(wakeAt)
 		} else {
@@ -252,22 +288,20 @@ func (s *Scheduler) dispatch(ctx context.Context, wg *sync.WaitGroup) {
 		case <-ctx.Done():
 			return
 		}
+		s.mu.Lock()
+		s.sleeping = false
+		s.mu.Unlock()
 	}
 }
 
-// handOff starts the probe of e: it takes a CPU slot, then gives the probe to an
-// idle worker or to a new one. With Concurrency workers busy (waiting on the
+// handOff gives the probe of j (whose CPU slot the dispatcher took) to an idle
+// worker or to a new one. With Concurrency workers busy (waiting on the
 // network: a probe on the CPU holds a slot), it hands the slot back and waits
 // for a worker, which takes a slot itself: a slot held here would keep those
 // workers from finishing. It returns false when ctx ends first.
-func (s *Scheduler) handOff(ctx context.Context, wg *sync.WaitGroup, e *entry) bool {
+func (s *Scheduler) handOff(ctx context.Context, wg *sync.WaitGroup, j job) bool {
 	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		return false
-	}
-	select {
-	case s.jobs <- job{e, true}:
+	case s.jobs <- j:
 		return true
 	default:
 	}
@@ -276,47 +310,57 @@ func (s *Scheduler) handOff(ctx context.Context, wg *sync.WaitGroup, e *entry) b
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.probe(ctx, job{e, true})
-			s.worker(ctx)
+			s.worker(ctx, j)
 		}()
 		return true
 	}
 	s.slots.release()
+	j.slot = false
 	select {
-	case s.jobs <- job{e, false}:
+	case s.jobs <- j:
 		return true
 	case <-ctx.Done():
 		return false
 	}
 }
 
-func (s *Scheduler) worker(ctx context.Context) {
-	for j := range s.jobs {
-		s.probe(ctx, j)
+// worker runs the probe of j, and the due probes after it (see probe), then
+// waits for the next job.
+func (s *Scheduler) worker(ctx context.Context, j job) {
+	for {
+		if !j.slot {
+			s.slots.acquire()
+		}
+		for e, now := j.e, s.instant(time.Time{}); e != nil; {
+			e, now = s.probe(ctx, e, now)
+		}
+		s.slots.release()
+		var ok bool
+		if j, ok = <-s.jobs; !ok {
+			return
+		}
 	}
 }
 
-// probe runs one probe and records its result; it holds a CPU slot throughout
-// (j.slot: taken by the dispatcher) but while it waits on the network.
-func (s *Scheduler) probe(ctx context.Context, j job) {
-	e := j.e
-	if !j.slot {
-		s.slots.acquire()
-	}
-	defer s.slots.release()
+// probe runs the probe of e, started at start, and records its result; it
+// holds a CPU slot throughout but while it waits on the network. It returns
+// the next due probe, popped with the slot still held, and the time it read
+// at the end of this one, which is that probe's start: none when a probe back
+// from the network waits for the slot (it goes first) or ctx has ended.
+func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry, instant) {
 	if s.opts.beforeProbe != nil {
 		s.opts.beforeProbe(e.due)
 	}
-	start := time.Now()
-	lag := s.clock.Now().Sub(e.due)
+	lag := start.at.Sub(e.due)
 	if s.met != nil {
 		s.met.lag.Observe(lag.Seconds())
 		s.met.inFlight.Inc()
 	}
-	pctx := newProbeCtx(ctx, start.Add(e.spec.Timeout))
+	pctx := newProbeCtx(ctx, start.real, e.spec.Timeout)
 	pctx.slots = s.slots
 	r := e.checker.Check(pctx, e.target())
 	pctx.release()
+	end := s.instant(pctx.end)
 	if s.met != nil {
 		s.met.inFlight.Dec()
 	}
@@ -325,14 +369,14 @@ func (s *Scheduler) probe(ctx context.Context, j job) {
 		s.mu.Lock()
 		e.running = false
 		s.mu.Unlock()
-		return
+		return nil, end
 	}
 
 	s.mu.Lock()
 	s.started++
 	s.lagSum += max(lag, 0)
 	from := e.state
-	ch, changed := s.tab.complete(e, r, s.clock.Now())
+	ch, changed := s.tab.complete(e, r, end.at)
 	if changed {
 		s.pending = append(s.pending, ch)
 		s.emitted++
@@ -343,6 +387,10 @@ func (s *Scheduler) probe(ctx context.Context, j job) {
 	}
 	if s.opts.afterComplete != nil {
 		s.opts.afterComplete(e, r)
+	}
+	var next *entry
+	if s.slots.resuming.Load() == 0 {
+		next = s.popDue(end.at)
 	}
 	s.kick()
 	s.mu.Unlock()
@@ -362,6 +410,7 @@ func (s *Scheduler) probe(ctx context.Context, j job) {
 				"id", e.id, "reason", ch.Reason)
 		}
 	}
+	return next, end
 }
 
 // deliver moves pending changes to the Changes channel in order, so that a slow

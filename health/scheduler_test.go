@@ -233,6 +233,65 @@ func TestSchedulerWorkersFollowCPUSlots(t *testing.T) {
 	}
 }
 
+// A worker that finishes a probe keeps its CPU slot for the next due one, but
+// not while a probe back from the network waits for a slot: that one goes
+// next, not after every due probe.
+func TestSchedulerSlotGoesToProbeBackFromNetwork(t *testing.T) {
+	h := newHarnessWith(t, Options{Concurrency: 256, CPUSlots: 1})
+	slow := netip.MustParseAddrPort(realN(0))
+	held := make(chan struct{})
+	h.f.mu.Lock()
+	h.f.hold = map[netip.AddrPort]chan struct{}{slow: held}
+	h.f.mu.Unlock()
+	ts := []Target{tcpTarget(slow.String(), time.Second, 1, 1)}
+	for i := 1; i <= 200; i++ {
+		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
+	}
+	h.s.Update(ts)
+	h.clk.Advance(time.Second) // everything due; the slow one stays on the network
+	for {
+		h.s.mu.Lock()
+		n := h.probe
+		h.s.mu.Unlock()
+		if n == 200 {
+			break
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	// The next round: the first fast probe lets the slow one back from the
+	// network and waits until it asks for a slot.
+	var once sync.Once
+	h.f.mu.Lock()
+	h.f.onCheck = func(tg Target) {
+		if tg.Real == slow {
+			return
+		}
+		once.Do(func() {
+			close(held)
+			for h.s.slots.resuming.Load() == 0 {
+				runtime.Gosched()
+			}
+		})
+	}
+	h.f.mu.Unlock()
+	fastBefore := -1
+	h.s.mu.Lock()
+	h.s.opts.afterComplete = func(e *entry, _ Result) {
+		h.probe++
+		if e.real == slow {
+			fastBefore = h.probe - 1 - 200
+		}
+	}
+	h.s.mu.Unlock()
+	h.clk.Advance(time.Second)
+	h.settle()
+	h.s.mu.Lock()
+	defer h.s.mu.Unlock()
+	if fastBefore < 0 || fastBefore > 3 {
+		t.Errorf("the probe back from the network finished after %d probes of the next round, want at most 3 (-1: never)", fastBefore)
+	}
+}
+
 // lockedBuffer is a log sink the scheduler's goroutines write to while the test reads.
 type lockedBuffer struct {
 	mu sync.Mutex

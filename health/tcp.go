@@ -28,7 +28,7 @@ import (
 type tcpChecker struct{ d Dialer }
 
 func (c *tcpChecker) Check(ctx context.Context, t Target) Result {
-	start := time.Now()
+	start := probeStart(ctx)
 	err := c.d.connectRST(ctx, t.Dest(), t.Spec.Mark)
 	r := classify(ctx, start, err)
 	if r.Outcome == OK {
@@ -52,20 +52,11 @@ func rawSockaddr(ap netip.AddrPort, buf *unix.RawSockaddrInet6) (uintptr, int) {
 	return unix.SizeofSockaddrInet6, unix.AF_INET6
 }
 
-func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
-	a := ap.Addr()
-	if a.Is4() || a.Is4In6() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}, unix.AF_INET
-	}
-	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-	return sa, unix.AF_INET6
-}
-
 // connectRST opens a TCP connection to dst and closes it with RST.
 func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32) error {
 	var sa unix.RawSockaddrInet6
 	salen, family := rawSockaddr(dst, &sa)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := socketRaw(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 	if err != nil {
 		return errLocal{fmt.Errorf("socket: %w", err)}
 	}
@@ -79,8 +70,9 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 			closeRaw(fd)
 			return errLocal{fmt.Errorf("source %s and destination %s differ in family", src, dst)}
 		}
-		bindAddr, _ := sockaddr(netip.AddrPortFrom(src, 0))
-		if err := unix.Bind(fd, bindAddr); err != nil {
+		var bindAddr unix.RawSockaddrInet6
+		bindLen, _ := rawSockaddr(netip.AddrPortFrom(src, 0), &bindAddr)
+		if err := bindRaw(fd, &bindAddr, bindLen); err != nil {
 			closeRaw(fd)
 			return errLocal{fmt.Errorf("bind %s: %w", src, err)}
 		}
