@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -409,6 +410,12 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 			s.log.Log(lvl, "real "+ch.State.String(), "real", e.real.String(), "check", e.spec.Type.String(),
 				"id", e.id, "reason", ch.Reason)
 		}
+		// The change woke deliver, and through it wakes the engine, on this
+		// thread: Go runs a goroutine readied here when this one blocks or
+		// after a 10 ms preemption tick, and a worker running on into the
+		// next due probe (whose connect under load completes inline) would
+		// make the engine wait on the probes. Probes yield to the engine.
+		runtime.Gosched()
 	}
 	return next, end
 }
