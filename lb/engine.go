@@ -248,7 +248,7 @@ func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 	for {
 		e.armDrain(drain)
 		changes := e.opts.Prober.Changes()
-		if wait := e.healthAt.Sub(time.Now()); wait > 0 {
+		if wait := time.Until(e.healthAt); wait > 0 {
 			changes = nil // the scheduler batches what comes meanwhile
 			rest.Reset(wait)
 		}
