@@ -343,24 +343,17 @@ func (t *table) complete(e *entry, r Result, now time.Time) (Change, bool) {
 	// about one interval, so detection takes about one interval plus the time to
 	// the first failing probe, instead of fall intervals.
 	step := spec.Interval
-	pending := false
 	switch {
 	case e.okRun > 0 && e.state != Up:
-		step, pending = max(spec.Interval/time.Duration(spec.Rise), t.minRecheck), true
+		step = max(spec.Interval/time.Duration(spec.Rise), t.minRecheck)
 	case e.failRun > 0 && e.state != Down:
-		step, pending = max(spec.Interval/time.Duration(spec.Fall), t.minRecheck), true
+		step = max(spec.Interval/time.Duration(spec.Fall), t.minRecheck)
 	}
 	step = min(step, spec.Interval)
 	next := e.due.Add(step)
-	// Late (overload, or a probe that ran long): skip the missed slots rather
-	// than bunch probes, keeping the phase. But a pending verdict's re-check
-	// keeps the lateness its probe had: when the probes cannot keep up, one
-	// placed after now would wait behind every overdue probe, a whole round of
-	// the backlog per re-check (at 10,000 reals and ~1,000 probes/s, fall 3
-	// took 70 s to bring a real down). It runs next instead, at most rise (or
-	// fall) - 1 times before the verdict settles or the run breaks, so no real
-	// takes more than that share.
-	if !next.After(now) && !pending {
+	if !next.After(now) {
+		// Late (overload, or a probe that ran long): skip the missed slots rather
+		// than bunch probes, keeping the phase.
 		late := now.Sub(next)
 		next = next.Add((late/step + 1) * step)
 	}

@@ -320,36 +320,3 @@ func TestHeapOrder(t *testing.T) {
 		t.Errorf("popped %d, want %d", n, len(keep))
 	}
 }
-
-// A pending verdict's re-checks keep their lateness, so under overload they
-// run ahead of the backlog; once the verdict settles the real goes back to
-// its phase after now.
-func TestLatePendingRecheckKeepsItsPlace(t *testing.T) {
-	tab, _ := newTestTable(time.Millisecond)
-	tg := tcpTarget("127.0.0.1:80", time.Second, 1, 3)
-	other := tcpTarget("127.0.0.2:80", time.Second, 1, 3)
-	tab.update(t0, []Target{tg, other})
-	e, o := tab.get(tg), tab.get(other)
-	runOne(tab, e, OK, e.due)
-	runOne(tab, o, OK, o.due)
-	// The machine falls 10 s behind: both are overdue; the real fails.
-	now := e.due.Add(10 * time.Second)
-	due := e.due
-	runOne(tab, e, Fail, now)
-	if got, want := e.due, due.Add(time.Second/3); !got.Equal(want) {
-		t.Fatalf("after the first failure, late: next due %s, want %s (its lateness kept)", got.Sub(t0), want.Sub(t0))
-	}
-	if head := tab.heap[0]; head != e {
-		t.Fatalf("heap head is %s, want the pending re-check of %s before the overdue %s", head.real, e.real, o.real)
-	}
-	runOne(tab, e, Fail, now.Add(time.Millisecond))
-	ch, changed := runOne(tab, e, Fail, now.Add(2*time.Millisecond))
-	if !changed || ch.State != Down {
-		t.Fatalf("third failure: change %v %v, want down", ch, changed)
-	}
-	// Settled: the next probe skips the missed slots to the phase after now.
-	last := now.Add(2 * time.Millisecond)
-	if !e.due.After(last) || e.due.Sub(last) > time.Second {
-		t.Errorf("after the verdict: next due %s, want within an interval after %s", e.due.Sub(t0), last.Sub(t0))
-	}
-}
