@@ -835,12 +835,8 @@ func TestApplyOneChange(t *testing.T) {
 	if _, err := rec.Apply(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	s := d.Services[3]
-	s.Reals = slices.Clone(s.Reals)
-	s.Reals[0].Weight = 0
+	d = withWeight(d, 3, 0)
 	f.ResetCounts()
-	d.Services = slices.Clone(d.Services)
-	d.Services[3] = s
 	if _, err := rec.Apply(ctx, d); err != nil {
 		t.Fatal(err)
 	}
@@ -855,6 +851,17 @@ func TestApplyOneChange(t *testing.T) {
 	}
 }
 
+// withWeight is d with the weight of the first real of service i set to w,
+// in new slices, as a caller of Apply must hand a change.
+func withWeight(d Desired, i int, w uint16) Desired {
+	s := d.Services[i]
+	s.Reals = slices.Clone(s.Reals)
+	s.Reals[0].Weight = w
+	d.Services = slices.Clone(d.Services)
+	d.Services[i] = s
+	return d
+}
+
 // TestApplyChanged hands the reconciler the services that changed
 // (Desired.Changed): only those are looked at, whatever the others hold;
 // a list that does not fit the last pass (another service at the index,
@@ -865,14 +872,6 @@ func TestApplyChanged(t *testing.T) {
 	d := states()[5].d
 	if _, err := rec.Apply(ctx, d); err != nil {
 		t.Fatal(err)
-	}
-	withWeight := func(d Desired, i int, w uint16) Desired {
-		s := d.Services[i]
-		s.Reals = slices.Clone(s.Reals)
-		s.Reals[0].Weight = w
-		d.Services = slices.Clone(d.Services)
-		d.Services[i] = s
-		return d
 	}
 	// Service 3 changed and is listed; service 1 changed too but is not:
 	// the caller said it had not, and it is not looked at.
