@@ -54,10 +54,6 @@ type Reconciler struct {
 	reached []netip.Addr
 	held    Result
 	valid   bool
-	// handed is the slice that Apply was handed when it reached reached:
-	// the engine hands the same slice on every pass that changes no VIP,
-	// and it is taken as equal without a look at its elements.
-	handed []netip.Addr
 }
 
 // Result is what one Apply reached. The slices are sorted (IPv4 first).
@@ -132,9 +128,7 @@ func New(opts Options) (*Reconciler, error) {
 // is never removed. An entry someone deleted is added again by the next
 // Resync (drift repair): Apply with the set the last Apply reached in full
 // trusts it and reads nothing, so a pass that changes no VIP among 10,000
-// costs a comparison; the same slice handed again costs none (lb's
-// BenchmarkVerdictScale): Apply keeps desired, so to change the set hand a
-// new slice, never change one handed before in place.
+// costs a comparison.
 //
 // Apply carries on past an item that fails and returns what it reached
 // together with errors.Join of every failure, each naming its VIP. A
@@ -143,15 +137,10 @@ func New(opts Options) (*Reconciler, error) {
 func (r *Reconciler) Apply(ctx context.Context, desired []netip.Addr) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.valid && (sameSlice(desired, r.handed) || slices.Equal(desired, r.reached)) {
+	if r.valid && slices.Equal(desired, r.reached) {
 		return r.held, nil
 	}
 	return r.run(ctx, desired)
-}
-
-// sameSlice reports whether a and b are the same non-empty slice.
-func sameSlice(a, b []netip.Addr) bool {
-	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
 }
 
 // Resync is Apply after a fresh look at the link, whatever the last Apply
@@ -169,7 +158,7 @@ func (r *Reconciler) run(ctx context.Context, desired []netip.Addr) (Result, err
 	res, err := r.apply(ctx, desired)
 	r.valid = err == nil
 	if r.valid {
-		r.reached, r.handed = slices.Clone(desired), desired
+		r.reached = slices.Clone(desired)
 		r.held = Result{Held: res.Held, Foreign: res.Foreign}
 	}
 	r.metrics.duration.Observe(time.Since(start).Seconds())
