@@ -426,10 +426,15 @@ func (l *lab) startSpeakerAfter(n *node, cfg Config, restarting bool) *speakerPr
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
+	// Not StdoutPipe: Wait closes that pipe as the helper exits, and a
+	// reply the helper wrote just before (to "close") could go unread
+	// ("read |0: file already closed"). This read end is the test's own.
+	out, outW, err := os.Pipe()
 	if err != nil {
 		l.t.Fatal(err)
 	}
+	cmd.Stdout = outW
+	l.t.Cleanup(func() { out.Close(); outW.Close() }) // after the kill below
 	logPath := filepath.Join(l.dir, fmt.Sprintf("speaker%d.log", n.i))
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -438,6 +443,7 @@ func (l *lab) startSpeakerAfter(n *node, cfg Config, restarting bool) *speakerPr
 	defer logf.Close()
 	cmd.Stderr = logf
 	n.ns.Run(l.t, cmd.Start)
+	outW.Close() // the helper holds its copy
 	p := &speakerProc{t: l.t, cmd: cmd, in: in, out: json.NewDecoder(out), done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
 	l.t.Cleanup(func() {
