@@ -77,6 +77,9 @@ type Scheduler struct {
 	wakeAt   time.Time
 	pending  []Change
 	emitted  int // changes emitted so far
+	// undecided: when the table last went from every Target decided to some
+	// Unknown (see logDecided).
+	undecided time.Time
 	// Probes started since the last rate report, and their summed lateness.
 	started int
 	lagSum  time.Duration
@@ -170,7 +173,11 @@ func (s *Scheduler) validate(t Target) error {
 func (s *Scheduler) Update(targets []Target) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err := s.tab.update(s.clock.Now(), targets)
+	now, before := s.clock.Now(), s.tab.unknown
+	err := s.tab.update(now, targets)
+	if before == 0 && s.tab.unknown > 0 {
+		s.undecided = now
+	}
 	s.kick()
 	return err
 }
@@ -389,6 +396,13 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 	if s.opts.afterComplete != nil {
 		s.opts.afterComplete(e, r)
 	}
+	decided := changed && from == Unknown && s.tab.unknown == 0
+	var up, down int
+	var took time.Duration
+	if decided {
+		up, down = s.tab.verdicts()
+		took = end.at.Sub(s.undecided)
+	}
 	var next *entry
 	if s.slots.resuming.Load() == 0 {
 		next = s.popDue(end.at)
@@ -409,6 +423,12 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 		if s.log.IsDebug() || lvl == hclog.Info {
 			s.log.Log(lvl, "real "+ch.State.String(), "real", e.real.String(), "check", e.spec.Type.String(),
 				"id", e.id, "reason", ch.Reason)
+		}
+		if decided {
+			// In place of a line per first verdict: the one line that says the
+			// first round (of a start, or of the checks a reload added) is over.
+			s.log.Info("every check has a verdict", "up", up, "down", down,
+				"after", took.Round(time.Millisecond).String())
 		}
 		// The change woke deliver, and through it wakes the engine, on this
 		// thread: Go runs a goroutine readied here when this one blocks or

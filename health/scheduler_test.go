@@ -407,3 +407,46 @@ func TestUpdateRejectsTunnelWithoutSource(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestSchedulerLogsFirstRoundOver: first verdicts are Debug, and one Info line
+// says when every Target has one, at a start and again when a reload adds
+// Targets; a change of a known verdict is Info on its own.
+func TestSchedulerLogsFirstRoundOver(t *testing.T) {
+	var logs lockedBuffer
+	h := newHarnessWith(t, Options{Concurrency: 4,
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})})
+	const over = "every check has a verdict"
+	a := tcpTarget("127.0.0.1:80", time.Second, 2, 2)
+	b := tcpTarget("127.0.0.2:80", time.Second, 2, 2)
+	h.f.set(b.Real, Fail)
+	if err := h.s.Update([]Target{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(500*time.Millisecond, 50*time.Millisecond)
+	if strings.Contains(logs.String(), over) {
+		t.Fatalf("round over before any verdict:\n%s", logs.String())
+	}
+	h.advance(3*time.Second, 50*time.Millisecond)
+	out := logs.String()
+	if strings.Count(out, over) != 1 || !strings.Contains(out, "up=1 down=1") {
+		t.Fatalf("want one %q line with up=1 down=1:\n%s", over, out)
+	}
+	if strings.Contains(out, "real up") || strings.Contains(out, "real down") {
+		t.Errorf("a first verdict logged at Info:\n%s", out)
+	}
+	// A reload that adds a Target: a new round, a second line.
+	c := tcpTarget("127.0.0.3:80", time.Second, 2, 2)
+	if err := h.s.Update([]Target{a, b, c}); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(4*time.Second, 50*time.Millisecond)
+	if out = logs.String(); strings.Count(out, over) != 2 || !strings.Contains(out, "up=2 down=1") {
+		t.Fatalf("want a second %q line with up=2 down=1:\n%s", over, out)
+	}
+	// A known verdict that changes: its own line, no round.
+	h.f.set(a.Real, Fail)
+	h.advance(4*time.Second, 50*time.Millisecond)
+	if out = logs.String(); strings.Count(out, over) != 2 || !strings.Contains(out, "real down") {
+		t.Fatalf("want a %q line and no third round line:\n%s", "real down", out)
+	}
+}

@@ -71,6 +71,7 @@ type table struct {
 	newChecker func(Spec) (Checker, error)
 	validate   func(Target) error
 	durations  map[Type]*durations // by check type, as probes of it complete
+	unknown    int                 // entries still Unknown: no verdict yet
 }
 
 func newTable(minRecheck time.Duration, newChecker func(Spec) (Checker, error), validate func(Target) error) *table {
@@ -143,6 +144,9 @@ func (t *table) update(now time.Time, targets []Target) error {
 			continue
 		}
 		e.removed = true
+		if e.state == Unknown {
+			t.unknown--
+		}
 		if e.hidx >= 0 {
 			t.heap.remove(e)
 		}
@@ -193,6 +197,9 @@ func (t *table) update(now time.Time, targets []Target) error {
 			e.state, e.since, e.reason = old.state, old.since, old.reason
 			e.okRun, e.failRun, e.last, e.lastAt = old.okRun, old.failRun, old.last, old.lastAt
 			e.counts = old.counts
+		}
+		if e.state == Unknown {
+			t.unknown++
 		}
 		t.entries[tkey{tg.Real, sp}] = e
 		fresh = append(fresh, e)
@@ -297,6 +304,19 @@ func (t *table) nextDue() (time.Time, bool) {
 	return t.heap[0].due, true
 }
 
+// verdicts counts the entries Up and Down.
+func (t *table) verdicts() (up, down int) {
+	for _, e := range t.entries {
+		switch e.state {
+		case Up:
+			up++
+		case Down:
+			down++
+		}
+	}
+	return up, down
+}
+
 // complete records a probe result: counters, hysteresis, and the next due time. It
 // returns the Change when the verdict changed. Results of removed entries are dropped.
 func (t *table) complete(e *entry, r Result, now time.Time) (Change, bool) {
@@ -317,6 +337,7 @@ func (t *table) complete(e *entry, r Result, now time.Time) (Change, bool) {
 	e.last, e.lastAt = r, now
 
 	spec := e.spec
+	from := e.state
 	var ch Change
 	changed := false
 	if r.Outcome == OK {
@@ -335,6 +356,9 @@ func (t *table) complete(e *entry, r Result, now time.Time) (Change, bool) {
 		}
 	}
 	if changed {
+		if from == Unknown {
+			t.unknown-- // a first verdict: no entry goes back to Unknown
+		}
 		e.since, e.reason = now, r.Reason
 		ch = Change{Key: e.target(), State: e.state, Reason: r.Reason, Since: now}
 	}

@@ -320,3 +320,44 @@ func TestHeapOrder(t *testing.T) {
 		t.Errorf("popped %d, want %d", n, len(keep))
 	}
 }
+
+// TestTableCountsUnknown: the count of undecided entries follows first
+// verdicts, removals and verdicts inherited across a reload.
+func TestTableCountsUnknown(t *testing.T) {
+	tab, _ := newTestTable(time.Millisecond)
+	a := tcpTarget("127.0.0.1:80", time.Second, 1, 1)
+	b := tcpTarget("127.0.0.2:80", time.Second, 1, 1)
+	c := tcpTarget("127.0.0.3:80", time.Second, 1, 1)
+	if err := tab.update(t0, []Target{a, b, c}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want int) {
+		t.Helper()
+		n := 0
+		for _, e := range tab.entries {
+			if e.state == Unknown {
+				n++
+			}
+		}
+		if tab.unknown != want || n != want {
+			t.Fatalf("unknown %d (entries say %d), want %d", tab.unknown, n, want)
+		}
+	}
+	check(3)
+	runOne(tab, tab.get(a), OK, t0.Add(time.Second))
+	check(2)
+	runOne(tab, tab.get(a), Fail, t0.Add(2*time.Second)) // a known verdict changes
+	check(2)
+	if err := tab.update(t0, []Target{a, b}); err != nil { // c goes undecided
+		t.Fatal(err)
+	}
+	check(1)
+	// Only a's timing changes: it keeps its verdict (Down), no new unknown.
+	a2 := tcpTarget("127.0.0.1:80", 2*time.Second, 1, 1)
+	if err := tab.update(t0, []Target{a2, b}); err != nil {
+		t.Fatal(err)
+	}
+	check(1)
+	runOne(tab, tab.get(b), Fail, t0.Add(3*time.Second))
+	check(0)
+}

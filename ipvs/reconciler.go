@@ -322,10 +322,22 @@ func (r *Reconciler) run(ctx context.Context, d Desired, full bool) (Result, err
 		}
 	}
 	r.m.duration.Observe(time.Since(start).Seconds())
-	if n := res.Writes.Total(); n > 0 && r.log.IsInfo() {
-		r.log.Info("ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
-			"services", res.Services, "reals", res.Reals, "errors", countErrs(err))
-	} else if n == 0 && r.log.IsDebug() {
+	if n := res.Writes.Total(); n > 0 {
+		// A pass that only set weights, from the cache, is a health pass (each
+		// change of a known verdict has its own Info line, from health) or a
+		// reload's (its plan has one): at Info it was one line per pass, 2,500
+		// at a cold start of 10,000 reals, each costing the probes CPU in kglb
+		// and in journald. Adds, deletes and what a full read repaired stay
+		// at Info.
+		lvl := hclog.Info
+		if n == res.Writes[OpUpdateReal] && !res.FullRead {
+			lvl = hclog.Debug
+		}
+		if r.log.GetLevel() <= lvl {
+			r.log.Log(lvl, "ipvs applied", "writes", res.Writes.String(), "full_read", res.FullRead,
+				"services", res.Services, "reals", res.Reals, "errors", countErrs(err))
+		}
+	} else if r.log.IsDebug() {
 		r.log.Debug("ipvs in sync", "full_read", res.FullRead, "services", res.Services, "errors", countErrs(err))
 	}
 	return res, err

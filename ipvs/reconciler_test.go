@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -1061,5 +1063,44 @@ func TestPassIsOneWrite(t *testing.T) {
 	}
 	if got, want := f.String(), render(t, d); got != want {
 		t.Errorf("kernel\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestAppliedLogLevel: a pass that only sets weights from the cache (a health
+// pass) logs at Debug; adds, and what a full read repaired, at Info.
+func TestAppliedLogLevel(t *testing.T) {
+	var b bytes.Buffer
+	f := NewFake()
+	rec, err := NewReconciler(f, Options{StateDir: t.TempDir(),
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &b, Level: hclog.Info})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := states()[5].d
+	if _, err := rec.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "ipvs applied") {
+		t.Fatalf("adds not logged at Info:\n%s", b.String())
+	}
+	b.Reset()
+	d = withWeight(d, 3, 0)
+	if _, err := rec.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if b.Len() != 0 {
+		t.Errorf("a weight-only pass logged at Info:\n%s", b.String())
+	}
+	// Someone changes the weight back by hand; the resync repairs it.
+	r := d.Services[3].Reals[0]
+	r.Weight = 7
+	if err := f.UpdateReal(d.Services[3].Key, r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.Resync(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "update_real=1") || !strings.Contains(b.String(), "full_read=true") {
+		t.Errorf("a repair by a full read not logged at Info:\n%s", b.String())
 	}
 }
