@@ -284,6 +284,9 @@ run_one() {
 	systemctl daemon-reload
 	clean_kernel
 	info "round $r: $v: cold start"
+	# The cold start's counters too (its lines say round R-cold): whether
+	# the machine was saturated while the reals came up, and by whom.
+	counters "$d" >"$out/before-cold-$v-$r.txt"
 	t0="$(now)"
 	systemctl start --no-block "$(unit_of "$d")"
 	profile "$d" "$r"
@@ -297,6 +300,10 @@ run_one() {
 		fi
 		sleep 0.25
 	done
+	counters "$d" >"$out/after-cold-$v-$r.txt"
+	if [ -n "$tu" ]; then
+		diag "$v" "$r-cold" "$tu" "$out/before-cold-$v-$r.txt" "$out/after-cold-$v-$r.txt" | grep -E ' (per-check|window) ' || true
+	fi
 	[ -n "$profpid" ] && wait "$profpid" # the profile, if any
 	# Where kglb's start went: its steps and its first pass.
 	[ "$d" = kglb ] && journalctl -u kglb.service -o cat --no-pager | grep -E 'kglb running|first pass applied' | sed 's/^/  | /'
