@@ -99,8 +99,8 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 		return nil
 	case unix.ECONNREFUSED:
 		// Reporting the error, the kernel consumed it and disconnected the
-		// socket (__inet_stream_connect's sock_error path): it is as good as
-		// one that end disconnected.
+		// socket (__inet_stream_connect's sock_error path): it is in the
+		// state sockPool.end leaves a socket in.
 		pool.put(family, fd)
 		return fmt.Errorf("connect: %w", err)
 	case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
