@@ -27,9 +27,12 @@ import (
 type cpuSlots struct {
 	c        chan struct{}
 	resuming atomic.Int32
+	socks    sockPool // idle TCP probe sockets, at most n per family
 }
 
-func newCPUSlots(n int) *cpuSlots { return &cpuSlots{c: make(chan struct{}, n)} }
+func newCPUSlots(n int) *cpuSlots {
+	return &cpuSlots{c: make(chan struct{}, n), socks: sockPool{max: n}}
+}
 
 // defaultCPUSlots leaves one CPU to everything else (the engine, netlink, the
 // stats server) when there are two or more.

@@ -221,6 +221,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.dispatch(ctx, &wg)
 	close(s.jobs)
 	wg.Wait()
+	s.slots.socks.close()
 	close(s.out)
 	return nil
 }

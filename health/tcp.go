@@ -15,11 +15,11 @@ import (
 
 // tcpChecker connects and closes with RST. It drives the socket with raw syscalls: a
 // non-blocking connect() to a near peer has usually finished, or failed, by the time
-// a second connect() asks, so the common case is five syscalls (socket, SO_LINGER,
-// connect, connect, close), no allocation and no netpoller round trip; only a
-// connect still in progress is handed to the netpoller (through an os.File) to wait
-// for the deadline. That is what lets one core run tens of thousands of checks per
-// second.
+// a second connect() asks, so the common case is three syscalls (connect, connect,
+// connect(AF_UNSPEC) on a socket kept from an earlier probe: see sockPool), no
+// allocation and no netpoller round trip; only a connect still in progress is
+// handed to the netpoller (through an os.File) to wait for the deadline. That is
+// what lets one core run tens of thousands of checks per second.
 //
 // Kept for the row BenchmarkTCPChecksPerSecond (>= 40000 checks/cpu-s): the
 // plain Dialer.dial and Close instead gave 19,562-21,394 checks/cpu-s over 3
@@ -56,25 +56,18 @@ func rawSockaddr(ap netip.AddrPort, buf *unix.RawSockaddrInet6) (uintptr, int) {
 func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32) error {
 	var sa unix.RawSockaddrInet6
 	salen, family := rawSockaddr(dst, &sa)
-	fd, err := socketRaw(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-	if err != nil {
-		return errLocal{fmt.Errorf("socket: %w", err)}
-	}
 	src := d.source(dst.Addr())
-	if err := sockopts(fd, true, src.IsValid(), mark); err != nil {
-		closeRaw(fd)
-		return err
+	// Only unbound, unmarked sockets are kept: a source address or a mark
+	// (tunnel checks) would have to be part of the pool's key.
+	var pool *sockPool
+	if pc, ok := ctx.(*probeCtx); ok && pc.slots != nil && !src.IsValid() && mark == 0 {
+		pool = &pc.slots.socks
 	}
-	if src.IsValid() {
-		if src.Is4() != (family == unix.AF_INET) {
-			closeRaw(fd)
-			return errLocal{fmt.Errorf("source %s and destination %s differ in family", src, dst)}
-		}
-		var bindAddr unix.RawSockaddrInet6
-		bindLen, _ := rawSockaddr(netip.AddrPortFrom(src, 0), &bindAddr)
-		if err := bindRaw(fd, &bindAddr, bindLen); err != nil {
-			closeRaw(fd)
-			return errLocal{fmt.Errorf("bind %s: %w", src, err)}
+	fd := pool.get(family)
+	if fd < 0 {
+		var err error
+		if fd, err = probeSocket(family, src, dst, mark); err != nil {
+			return err
 		}
 	}
 	connect := func() error {
@@ -84,9 +77,9 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 		}
 		return nil
 	}
-	err = connect()
+	err := connect()
 	if err == nil {
-		closeRaw(fd)
+		pool.end(family, fd)
 		return nil
 	}
 	// EINTR: the connect goes on asynchronously, as with EINPROGRESS.
@@ -102,14 +95,47 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 		// ECONNRESET (EPIPE after a FIN) is only reported for a connection that
 		// got past the handshake: a reset of a SYN is ECONNREFUSED. The peer
 		// accepted and closed first, which proves what a connect check checks.
-		closeRaw(fd)
+		pool.end(family, fd)
 		return nil
+	case unix.ECONNREFUSED:
+		// Reporting the error, the kernel consumed it and disconnected the
+		// socket (__inet_stream_connect's sock_error path): it is in the
+		// state sockPool.end leaves a socket in.
+		pool.put(family, fd)
+		return fmt.Errorf("connect: %w", err)
 	case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
 	default:
 		closeRaw(fd)
 		return fmt.Errorf("connect: %w", err)
 	}
+	// The socket goes to the netpoller and is closed there, never reused: once
+	// an os.File has had it, it is registered with the netpoller's epoll.
 	return waitConnect(ctx, fd)
+}
+
+// probeSocket opens a probe socket for family, bound to src when it is valid.
+func probeSocket(family int, src netip.Addr, dst netip.AddrPort, mark uint32) (int, error) {
+	fd, err := socketRaw(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if err != nil {
+		return -1, errLocal{fmt.Errorf("socket: %w", err)}
+	}
+	if err := sockopts(fd, true, src.IsValid(), mark); err != nil {
+		closeRaw(fd)
+		return -1, err
+	}
+	if src.IsValid() {
+		if src.Is4() != (family == unix.AF_INET) {
+			closeRaw(fd)
+			return -1, errLocal{fmt.Errorf("source %s and destination %s differ in family", src, dst)}
+		}
+		var bindAddr unix.RawSockaddrInet6
+		bindLen, _ := rawSockaddr(netip.AddrPortFrom(src, 0), &bindAddr)
+		if err := bindRaw(fd, &bindAddr, bindLen); err != nil {
+			closeRaw(fd)
+			return -1, errLocal{fmt.Errorf("bind %s: %w", src, err)}
+		}
+	}
+	return fd, nil
 }
 
 func soError(fd int) error {
