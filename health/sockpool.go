@@ -13,10 +13,10 @@ import (
 // close. A profile of make e2ebench at N=1000 (kglb alone, 13.08 s of samples)
 // had socket() at 1.31 s, close() at 2.20 s and SO_LINGER at 0.29 s, beside the
 // handshake's 7.25 s: the kernel allocating and freeing a socket, a file and a
-// descriptor per probe. In make e2ebench at N=1000 (kglb alone, one round,
-// E2E_N=1000 E2E_ROUNDS=1 E2E_EDITS=0 E2E_ORDER=kglb) the package of main
-// printed checks-per-cpu-s 612, 695 and 1066 (per-check CPU 1746, 1256 and
-// 967 us) and this version 1392 and 1939 (673 and 614 us), runs interleaved.
+// descriptor per probe. Kept for the row BenchmarkTCPChecksPerSecond (>= 40000
+// checks/cpu-s): test binaries without and with the pool, run in turn three
+// times on the same host (-test.bench TCPChecksPerSecond -test.benchtime 2s),
+// printed 36,180 / 46,482, 28,889 / 35,457 and 30,648 / 48,867.
 //
 // connect() with family AF_UNSPEC on a TCP socket calls tcp_disconnect (Linux
 // net/ipv4/af_inet.c __inet_stream_connect), the function that close() with
