@@ -78,7 +78,7 @@ type Scheduler struct {
 	pending  []Change
 	emitted  int // changes emitted so far
 	// undecided: when the table last went from every Target decided to some
-	// Unknown (see logDecided).
+	// Unknown, for the "every check has a verdict" line (see probe).
 	undecided time.Time
 	// Probes started since the last rate report, and their summed lateness.
 	started int
