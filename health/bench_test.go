@@ -48,9 +48,12 @@ func cpuTime() time.Duration {
 
 // runSaturated runs TCP checks against addrs with more demand than one core can
 // serve, for window, and returns the OK and failed checks and the CPU time used.
-func runSaturated(b *testing.B, addrs []netip.AddrPort, window time.Duration) (ok, bad int64, cpu time.Duration) {
+// The probes leave from d's sources; with marked, each real's with a mark of
+// its own, as tunnelled checks do.
+func runSaturated(b *testing.B, addrs []netip.AddrPort, window time.Duration, d Dialer, marked bool) (ok, bad int64, cpu time.Duration) {
 	var okN, badN atomic.Int64
 	s, err := New(Options{
+		Dialer:      d,
 		Concurrency: 64,
 		NewChecker: func(sp Spec, d Dialer) (Checker, error) {
 			c, err := NewChecker(sp, d)
@@ -62,7 +65,13 @@ func runSaturated(b *testing.B, addrs []netip.AddrPort, window time.Duration) (o
 		b.Fatal(err)
 	}
 	// 5000 targets every 50ms ask for 100k checks/s: the scheduler runs flat out.
-	if err := s.Update(tcpTargets(addrs, 50*time.Millisecond, 40*time.Millisecond)); err != nil {
+	targets := tcpTargets(addrs, 50*time.Millisecond, 40*time.Millisecond)
+	if marked {
+		for i := range targets {
+			targets[i].Spec.Mark = uint32(1000 + i)
+		}
+	}
+	if err := s.Update(targets); err != nil {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -99,13 +108,42 @@ func BenchmarkTCPChecksPerSecond(b *testing.B) {
 	var ok, bad int64
 	var wall, cpu time.Duration
 	for range b.N {
-		o, f, c := runSaturated(b, addrs, time.Second)
+		o, f, c := runSaturated(b, addrs, time.Second, Dialer{}, false)
 		ok, bad, wall, cpu = ok+o, bad+f, wall+time.Second, cpu+c
 	}
 	b.ReportMetric(float64(ok)/wall.Seconds(), "checks/s")
 	// On a shared machine the process may not get its core all the time: checks
 	// per CPU-second is the capacity of one core.
 	b.ReportMetric(float64(ok)/cpu.Seconds(), "checks/cpu-s")
+	b.ReportMetric(float64(bad)/float64(ok+bad), "fail-ratio")
+}
+
+// BenchmarkTCPChecksPerSecondSourced: checks per CPU-second of the probes of
+// tunnelled checks over those of plain ones, the two in turn in each run, same
+// listeners, one core. Tunnelled probes leave from a source address (a
+// daemon's health_source) and each real's with a mark of its own (SO_MARK:
+// run as root); their sockets come from the pool still bound, and take the
+// next real's mark.
+func BenchmarkTCPChecksPerSecondSourced(b *testing.B) {
+	hostOnly(b)
+	addrs := childListeners(b, 200, 25)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	d := Dialer{Source4: netip.MustParseAddr("127.0.0.2")}
+	var ok, bad, plainOK int64
+	var cpu, plainCPU time.Duration
+	for range b.N {
+		o, _, c := runSaturated(b, addrs, time.Second, Dialer{}, false)
+		plainOK, plainCPU = plainOK+o, plainCPU+c
+		o, f, c := runSaturated(b, addrs, time.Second, d, true)
+		ok, bad, cpu = ok+o, bad+f, cpu+c
+	}
+	if ok == 0 {
+		b.Fatalf("no tunnelled check passed (%d failed): marks need CAP_NET_ADMIN", bad)
+	}
+	sourced, plain := float64(ok)/cpu.Seconds(), float64(plainOK)/plainCPU.Seconds()
+	b.ReportMetric(sourced/plain, "ratio")
+	b.ReportMetric(sourced, "checks/cpu-s")
+	b.ReportMetric(plain, "plain-checks/cpu-s")
 	b.ReportMetric(float64(bad)/float64(ok+bad), "fail-ratio")
 }
 
@@ -141,7 +179,7 @@ func BenchmarkTCPCheckEfficiency(b *testing.B) {
 	var sCPU, bCPU time.Duration
 	var bN int64
 	for range b.N {
-		o, _, c := runSaturated(b, addrs, time.Second)
+		o, _, c := runSaturated(b, addrs, time.Second, Dialer{}, false)
 		sOK, sCPU = sOK+o, sCPU+c
 		n, c2 := bareLoop(addrs, time.Second)
 		bN, bCPU = bN+n, bCPU+c2

@@ -27,7 +27,7 @@ import (
 type cpuSlots struct {
 	c        chan struct{}
 	resuming atomic.Int32
-	socks    sockPool // idle TCP probe sockets, at most n per family
+	socks    sockPool // idle TCP probe sockets, at most n per family and source
 }
 
 func newCPUSlots(n int) *cpuSlots {

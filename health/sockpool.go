@@ -1,6 +1,7 @@
 package health
 
 import (
+	"net/netip"
 	"sync"
 	"unsafe"
 
@@ -39,51 +40,92 @@ import (
 // disconnected) or refused (the kernel disconnected it as it reported the
 // error). A socket that went to the netpoller, or failed otherwise, is closed.
 //
+// A socket keeps what it was made with: its source address (tcp_disconnect
+// releases the port, not an address the socket was bound to) and its mark.
+// Sockets are kept by family and source, so a probe gets one bound as its own
+// would be; the mark, per real for tunnelled checks, is set again when it
+// differs, one setsockopt in place of a new socket's five syscalls. So every
+// TCP probe uses the pool, sourced and marked ones too.
+//
 // The pool belongs to the scheduler's CPU slots: a socket is out of the pool
-// only while its probe holds a slot, so slots sockets per family are as many
-// as the probes can use at once. Scheduler.Run closes them as it returns.
+// only while its probe holds a slot, so slots sockets per family and source
+// are as many as the probes can use at once. Scheduler.Run closes them as it
+// returns.
 type sockPool struct {
 	mu     sync.Mutex
-	idle   [2][]int // by family: AF_INET, AF_INET6
-	max    int      // idle sockets kept per family
+	idle   []sockBucket
+	max    int // idle sockets kept per bucket
 	closed bool
 }
 
-func familyIndex(family int) int {
-	if family == unix.AF_INET6 {
-		return 1
-	}
-	return 0
+// sockBucket is the idle sockets of one family and source (invalid: unbound).
+// A scheduler's probes have one source per family (its Dialer's), so there
+// are at most two buckets.
+type sockBucket struct {
+	family int
+	src    netip.Addr
+	socks  []idleSock
 }
 
-// get takes an idle socket of family, or returns -1. A nil pool has none.
-func (p *sockPool) get(family int) int {
+// idleSock is a disconnected socket and the mark it carries.
+type idleSock struct {
+	fd   int
+	mark uint32
+}
+
+func (p *sockPool) bucket(family int, src netip.Addr) *sockBucket {
+	for i := range p.idle {
+		if b := &p.idle[i]; b.family == family && b.src == src {
+			return b
+		}
+	}
+	return nil
+}
+
+// get takes an idle socket of family bound to src (invalid: unbound) and
+// gives it mark, or returns -1. A nil pool has none.
+func (p *sockPool) get(family int, src netip.Addr, mark uint32) int {
 	if p == nil {
 		return -1
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	idle := p.idle[familyIndex(family)]
-	if len(idle) == 0 {
+	b := p.bucket(family, src)
+	if b == nil || len(b.socks) == 0 {
+		p.mu.Unlock()
 		return -1
 	}
-	fd := idle[len(idle)-1]
-	p.idle[familyIndex(family)] = idle[:len(idle)-1]
-	return fd
+	s := b.socks[len(b.socks)-1]
+	b.socks = b.socks[:len(b.socks)-1]
+	p.mu.Unlock()
+	if s.mark != mark {
+		// Failing here, the probe makes a socket of its own, whose
+		// setsockopt reports the error.
+		if setsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)) != nil {
+			closeRaw(s.fd)
+			return -1
+		}
+	}
+	return s.fd
 }
 
-// put keeps fd, a disconnected socket of family, or closes it when the pool
-// is full, closed or nil.
-func (p *sockPool) put(family, fd int) {
+// put keeps fd, a disconnected socket of family bound to src with mark, or
+// closes it when the pool is full, closed or nil.
+func (p *sockPool) put(family int, src netip.Addr, mark uint32, fd int) {
 	if p == nil {
 		closeRaw(fd)
 		return
 	}
 	p.mu.Lock()
-	i := familyIndex(family)
-	if !p.closed && len(p.idle[i]) < p.max {
-		p.idle[i] = append(p.idle[i], fd)
-		fd = -1
+	if !p.closed {
+		b := p.bucket(family, src)
+		if b == nil {
+			p.idle = append(p.idle, sockBucket{family: family, src: src})
+			b = &p.idle[len(p.idle)-1]
+		}
+		if len(b.socks) < p.max {
+			b.socks = append(b.socks, idleSock{fd, mark})
+			fd = -1
+		}
 	}
 	p.mu.Unlock()
 	if fd >= 0 {
@@ -96,7 +138,7 @@ var unspecAddr unix.RawSockaddrInet6
 
 // end resets the connection of fd, whose probe connected, and keeps the
 // socket; without a pool it closes it (SO_LINGER 0: with RST).
-func (p *sockPool) end(family, fd int) {
+func (p *sockPool) end(family int, src netip.Addr, mark uint32, fd int) {
 	if p == nil {
 		closeRaw(fd)
 		return
@@ -105,19 +147,19 @@ func (p *sockPool) end(family, fd int) {
 		closeRaw(fd)
 		return
 	}
-	p.put(family, fd)
+	p.put(family, src, mark, fd)
 }
 
 // close closes the idle sockets; sockets put afterwards are closed at once.
 func (p *sockPool) close() {
 	p.mu.Lock()
 	idle := p.idle
-	p.idle = [2][]int{}
+	p.idle = nil
 	p.closed = true
 	p.mu.Unlock()
-	for _, fds := range idle {
-		for _, fd := range fds {
-			closeRaw(fd)
+	for _, b := range idle {
+		for _, s := range b.socks {
+			closeRaw(s.fd)
 		}
 	}
 }

@@ -3,8 +3,10 @@ package health
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,11 +15,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// probeSlotted runs one probe as the scheduler does, holding one of slots (and
-// so using its socket pool).
-func probeSlotted(t testing.TB, slots *cpuSlots, tg Target) Result {
+// probeSlotted runs one probe from d's sources as the scheduler does, holding
+// one of slots (and so using its socket pool).
+func probeSlotted(t testing.TB, slots *cpuSlots, d Dialer, tg Target) Result {
 	t.Helper()
-	c, err := NewChecker(tg.Spec, Dialer{})
+	c, err := NewChecker(tg.Spec, d)
 	if err != nil {
 		t.Fatalf("checker: %v", err)
 	}
@@ -29,11 +31,18 @@ func probeSlotted(t testing.TB, slots *cpuSlots, tg Target) Result {
 	return c.Check(ctx, tg)
 }
 
-// idleSockets lists the pool's idle sockets of family.
-func idleSockets(p *sockPool, family int) []int {
+// idleSockets lists the pool's idle sockets of family bound to src (invalid:
+// unbound).
+func idleSockets(p *sockPool, family int, src netip.Addr) []int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]int(nil), p.idle[familyIndex(family)]...)
+	var fds []int
+	if b := p.bucket(family, src); b != nil {
+		for _, s := range b.socks {
+			fds = append(fds, s.fd)
+		}
+	}
+	return fds
 }
 
 // deadReal returns a loopback listener whose accept queue is full (backlog 0,
@@ -88,14 +97,14 @@ func TestSocketReuse(t *testing.T) {
 	srv, seen := closeSeen(t, func(net.Conn) {})
 	tcp := spec(TCP, time.Second)
 
-	r := probeSlotted(t, slots, Target{Real: srv, Spec: tcp})
+	r := probeSlotted(t, slots, Dialer{}, Target{Real: srv, Spec: tcp})
 	if r.Outcome != OK {
 		t.Fatalf("first probe: %s (%q)", r.Outcome, r.Reason)
 	}
 	if err := <-seen; !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the server saw the probe's connection end with %v, want ECONNRESET (RST)", err)
 	}
-	kept := idleSockets(&slots.socks, unix.AF_INET)
+	kept := idleSockets(&slots.socks, unix.AF_INET, netip.Addr{})
 	if len(kept) != 1 {
 		t.Fatalf("after a successful probe the pool holds %v, want one socket", kept)
 	}
@@ -110,13 +119,63 @@ func TestSocketReuse(t *testing.T) {
 		{"accepts after a refusal", srv, OK},
 	}
 	for _, st := range steps {
-		r := probeSlotted(t, slots, Target{Real: st.real, Spec: tcp})
+		r := probeSlotted(t, slots, Dialer{}, Target{Real: st.real, Spec: tcp})
 		if r.Outcome != st.want {
 			t.Fatalf("%s: %s (%q), want %s", st.name, r.Outcome, r.Reason, st.want)
 		}
-		if got := idleSockets(&slots.socks, unix.AF_INET); len(got) != 1 || got[0] != kept[0] {
+		if got := idleSockets(&slots.socks, unix.AF_INET, netip.Addr{}); len(got) != 1 || got[0] != kept[0] {
 			t.Fatalf("%s: the pool holds %v, want the same socket %d", st.name, got, kept[0])
 		}
+	}
+}
+
+// TestSocketReuseSourcedMarked: sockets bound to a source address (a
+// daemon's health_source, tunnelled checks) are kept too. A kept socket stays
+// bound: the next probe on it still leaves from that source. Its mark is set
+// again when the next probe's differs (per real for tunnelled checks), and an
+// unbound probe never gets it.
+func TestSocketReuseSourcedMarked(t *testing.T) {
+	slots := newCPUSlots(1)
+	t.Cleanup(slots.socks.close)
+	seen := make(chan string, 10)
+	srv := serve(t, func(c net.Conn) {
+		seen <- netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().String()
+		io.Copy(io.Discard, c)
+	})
+	src := netip.MustParseAddr("127.0.0.2")
+	d := Dialer{Source4: src}
+	var kept int
+	for i, mark := range []uint32{77, 78, 78, 0} {
+		tcp := spec(TCP, time.Second)
+		tcp.Mark = mark
+		r := probeSlotted(t, slots, d, Target{Real: srv, Spec: tcp})
+		if r.Outcome == Error && os.Geteuid() != 0 && os.Getenv("CI") != "true" {
+			t.Skipf("SO_MARK needs CAP_NET_ADMIN: %s", r.Reason)
+		}
+		if r.Outcome != OK {
+			t.Fatalf("probe %d (mark %d): %s (%q)", i, mark, r.Outcome, r.Reason)
+		}
+		if from := <-seen; from != src.String() {
+			t.Errorf("probe %d (mark %d) came from %s, want %s", i, mark, from, src)
+		}
+		got := idleSockets(&slots.socks, unix.AF_INET, src)
+		if len(got) != 1 || (i > 0 && got[0] != kept) {
+			t.Fatalf("probe %d (mark %d): the pool holds %v for %s, want the one socket %d", i, mark, got, src, kept)
+		}
+		kept = got[0]
+		// The mark the next probe would leave with, had it the same.
+		if m, err := unix.GetsockoptInt(kept, unix.SOL_SOCKET, unix.SO_MARK); err != nil || uint32(m) != mark {
+			t.Errorf("probe %d: the kept socket's mark is %d (%v), want %d", i, m, err, mark)
+		}
+	}
+	if r := probeSlotted(t, slots, Dialer{}, Target{Real: srv, Spec: spec(TCP, time.Second)}); r.Outcome != OK {
+		t.Fatalf("unbound probe: %s (%q)", r.Outcome, r.Reason)
+	}
+	if from := <-seen; from != "127.0.0.1" {
+		t.Errorf("an unbound probe came from %s: it took the socket bound to %s", from, src)
+	}
+	if got := idleSockets(&slots.socks, unix.AF_INET, netip.Addr{}); len(got) != 1 || got[0] == kept {
+		t.Errorf("unbound sockets %v, want one other than %d", got, kept)
 	}
 }
 
@@ -130,10 +189,10 @@ func TestReusedSocketStaleError(t *testing.T) {
 	slots := newCPUSlots(1)
 	t.Cleanup(slots.socks.close)
 	tcp := spec(TCP, 100*time.Millisecond)
-	if r := probeSlotted(t, slots, Target{Real: serve(t, silent), Spec: tcp}); r.Outcome != OK {
+	if r := probeSlotted(t, slots, Dialer{}, Target{Real: serve(t, silent), Spec: tcp}); r.Outcome != OK {
 		t.Fatalf("probe of a live real: %s (%q)", r.Outcome, r.Reason)
 	}
-	kept := idleSockets(&slots.socks, unix.AF_INET)
+	kept := idleSockets(&slots.socks, unix.AF_INET, netip.Addr{})
 	if len(kept) != 1 {
 		t.Fatalf("pool holds %v, want one socket", kept)
 	}
@@ -145,11 +204,11 @@ func TestReusedSocketStaleError(t *testing.T) {
 		t.Fatalf("the kept socket polls %#x, want POLLERR (the stale ECONNRESET): the test no longer sets up what it checks", pfd[0].Revents)
 	}
 
-	r := probeSlotted(t, slots, Target{Real: deadReal(t), Spec: tcp})
+	r := probeSlotted(t, slots, Dialer{}, Target{Real: deadReal(t), Spec: tcp})
 	if r.Outcome != Timeout || !strings.Contains(r.Reason, "timeout") {
 		t.Fatalf("probe of a real that drops SYNs on a reused socket: %s (%q), want a timeout", r.Outcome, r.Reason)
 	}
-	if got := idleSockets(&slots.socks, unix.AF_INET); len(got) != 0 {
+	if got := idleSockets(&slots.socks, unix.AF_INET, netip.Addr{}); len(got) != 0 {
 		t.Errorf("a socket that waited in the netpoller went back to the pool: %v", got)
 	}
 }
@@ -164,13 +223,16 @@ func TestSockPoolBounds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.put(unix.AF_INET, fd)
+		p.put(unix.AF_INET, netip.Addr{}, 0, fd)
 	}
-	if n := len(idleSockets(p, unix.AF_INET)); n != 2 {
+	if n := len(idleSockets(p, unix.AF_INET, netip.Addr{})); n != 2 {
 		t.Errorf("pool of 2 keeps %d sockets", n)
 	}
-	if got := p.get(unix.AF_INET6); got != -1 {
+	if got := p.get(unix.AF_INET6, netip.Addr{}, 0); got != -1 {
 		t.Errorf("an IPv4 socket came out for IPv6: %d", got)
+	}
+	if got := p.get(unix.AF_INET, netip.MustParseAddr("127.0.0.2"), 0); got != -1 {
+		t.Errorf("an unbound socket came out for a source address: %d", got)
 	}
 	p.close()
 	if after := openFDs(t); after != before {
@@ -192,7 +254,7 @@ func TestSockPoolBounds(t *testing.T) {
 	}
 	cancel()
 	<-done
-	if n := len(idleSockets(&s.slots.socks, unix.AF_INET)); n != 0 || !s.slots.socks.closed {
+	if n := len(idleSockets(&s.slots.socks, unix.AF_INET, netip.Addr{})); n != 0 || !s.slots.socks.closed {
 		t.Errorf("after Run returned the pool holds %d sockets (closed %v)", n, s.slots.socks.closed)
 	}
 }

@@ -57,13 +57,11 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 	var sa unix.RawSockaddrInet6
 	salen, family := rawSockaddr(dst, &sa)
 	src := d.source(dst.Addr())
-	// Only unbound, unmarked sockets are kept: a source address or a mark
-	// (tunnel checks) would have to be part of the pool's key.
 	var pool *sockPool
-	if pc, ok := ctx.(*probeCtx); ok && pc.slots != nil && !src.IsValid() && mark == 0 {
+	if pc, ok := ctx.(*probeCtx); ok && pc.slots != nil {
 		pool = &pc.slots.socks
 	}
-	fd := pool.get(family)
+	fd := pool.get(family, src, mark)
 	if fd < 0 {
 		var err error
 		if fd, err = probeSocket(family, src, dst, mark); err != nil {
@@ -79,7 +77,7 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 	}
 	err := connect()
 	if err == nil {
-		pool.end(family, fd)
+		pool.end(family, src, mark, fd)
 		return nil
 	}
 	// EINTR: the connect goes on asynchronously, as with EINPROGRESS.
@@ -95,13 +93,13 @@ func (d Dialer) connectRST(ctx context.Context, dst netip.AddrPort, mark uint32)
 		// ECONNRESET (EPIPE after a FIN) is only reported for a connection that
 		// got past the handshake: a reset of a SYN is ECONNREFUSED. The peer
 		// accepted and closed first, which proves what a connect check checks.
-		pool.end(family, fd)
+		pool.end(family, src, mark, fd)
 		return nil
 	case unix.ECONNREFUSED:
 		// Reporting the error, the kernel consumed it and disconnected the
 		// socket (__inet_stream_connect's sock_error path): it is in the
 		// state sockPool.end leaves a socket in.
-		pool.put(family, fd)
+		pool.put(family, src, mark, fd)
 		return fmt.Errorf("connect: %w", err)
 	case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
 	default:
