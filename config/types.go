@@ -45,8 +45,8 @@ type Daemon struct {
 	MaxDeleteShare    float64        // percent (0..100) of services/VIPs a reload may delete unless forced
 	Settle            time.Duration  // what an edit removes is deleted once the directory has been quiet this long
 	HealthConcurrency int            // probes in flight at most
-	HealthSourceV4    netip.Addr     // source of tunnelled IPv4 probes (invalid: none)
-	HealthSourceV6    netip.Addr     // source of tunnelled IPv6 probes (invalid: none)
+	HealthSourceV4    netip.Addr     // source of every IPv4 probe, needed by tunnelled ones (invalid: none)
+	HealthSourceV6    netip.Addr     // source of every IPv6 probe, needed by tunnelled ones (invalid: none)
 	TunnelMarkBase    uint32         // first fwmark used for tunnelled checks
 	TunnelMarkCount   uint32         // number of fwmarks reserved for tunnelled checks
 	Source            string         // "file.hcl:line", empty when defaulted
