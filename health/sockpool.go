@@ -44,8 +44,11 @@ import (
 // releases the port, not an address the socket was bound to) and its mark.
 // Sockets are kept by family and source, so a probe gets one bound as its own
 // would be; the mark, per real for tunnelled checks, is set again when it
-// differs, one setsockopt in place of a new socket's five syscalls. So every
-// TCP probe uses the pool, sourced and marked ones too.
+// differs: one setsockopt in place of a new socket's six syscalls (socket,
+// SO_MARK, IP_BIND_ADDRESS_NO_PORT, SO_LINGER, bind, close). So every TCP
+// probe uses the pool, sourced and marked ones too: BenchmarkTCPChecksPerSecondSourced
+// (tunnelled probes over plain ones, >= 0.75) printed 0.50, 0.69 and 0.64
+// when only unbound, unmarked sockets were kept, 1.05, 0.82 and 0.98 with this.
 //
 // The pool belongs to the scheduler's CPU slots: a socket is out of the pool
 // only while its probe holds a slot, so slots sockets per family and source
