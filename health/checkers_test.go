@@ -180,11 +180,7 @@ func TestHTTPProxyMode(t *testing.T) {
 // TestSourceAndMark: probes leave from the configured source address, and a mark on
 // the socket (SO_MARK, as tunnelled checks set it) does not get in the way.
 func TestSourceAndMark(t *testing.T) {
-	seen := make(chan string, 10)
-	srv := serve(t, func(c net.Conn) {
-		seen <- netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().String()
-		io.Copy(io.Discard, c)
-	})
+	srv, seen := sourceSeen(t)
 	d := Dialer{Source4: netip.MustParseAddr("127.0.0.2")}
 	for _, typ := range []Type{TCP, Syslog} {
 		s := spec(typ, time.Second)
@@ -201,6 +197,17 @@ func TestSourceAndMark(t *testing.T) {
 			t.Errorf("%s: probe came from %s, want 127.0.0.2", typ, src)
 		}
 	}
+}
+
+// sourceSeen serves connections until the prober's side ends them, and
+// reports the source address each came from.
+func sourceSeen(t testing.TB) (netip.AddrPort, <-chan string) {
+	seen := make(chan string, 10)
+	srv := serve(t, func(c net.Conn) {
+		seen <- netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().String()
+		io.Copy(io.Discard, c)
+	})
+	return srv, seen
 }
 
 // closeSeen serves handle and then reads until the prober's side ends the

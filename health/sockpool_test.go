@@ -3,7 +3,6 @@ package health
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -137,11 +136,7 @@ func TestSocketReuse(t *testing.T) {
 func TestSocketReuseSourcedMarked(t *testing.T) {
 	slots := newCPUSlots(1)
 	t.Cleanup(slots.socks.close)
-	seen := make(chan string, 10)
-	srv := serve(t, func(c net.Conn) {
-		seen <- netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().String()
-		io.Copy(io.Discard, c)
-	})
+	srv, seen := sourceSeen(t)
 	src := netip.MustParseAddr("127.0.0.2")
 	d := Dialer{Source4: src}
 	var kept int
