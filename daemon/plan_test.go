@@ -158,10 +158,13 @@ func planDaemonWith(t *testing.T, cfg *config.Config, ann lb.Announcer) (string,
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx, make(chan *config.Config)) }()
 	t.Cleanup(func() { cancel(); <-done })
-	// Every real up: the first pass, then the first verdicts.
+	// Every real up: the first pass, then the first verdicts, written to
+	// the kernel. Status shows a health pass's decisions as the pass makes
+	// them, before its writes: the kernel is the one to ask for the writes.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		st, _ := e.Status()
-		if !slices.ContainsFunc(st.Services, func(s lb.ServiceStatus) bool { return s.Healthy < s.Total }) && len(st.Services) == len(cfg.Services) {
+		if !slices.ContainsFunc(st.Services, func(s lb.ServiceStatus) bool { return s.Healthy < s.Total }) &&
+			len(st.Services) == len(cfg.Services) && inKernel(k, st.IPVS) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -179,6 +182,21 @@ func planDaemonWith(t *testing.T, cfg *config.Config, ann lb.Announcer) (string,
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return sock, k
+}
+
+// inKernel reports whether k holds every real of want at its weight.
+func inKernel(k *ipvs.Fake, want ipvs.Desired) bool {
+	for _, svc := range want.Services {
+		have, _ := k.Reals(svc.Key)
+		for _, r := range svc.Reals {
+			if !slices.ContainsFunc(have, func(h ipvs.Real) bool {
+				return h.Addr == r.Addr && h.Port == r.Port && h.Weight == r.Weight
+			}) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // TestPlanOverControlSocket asks a daemon (real engine and reconcilers over
