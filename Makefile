@@ -58,8 +58,8 @@ debtest: build ## install the .deb in a booted Debian VM (systemd) and drive it
 vmbench: ## kernel benchmarks in the VM
 	BENCHTIME=$(VMBENCHTIME) ./vmtest/run.sh bench $(VM_PKGS)
 
-# E2E_N=200 make e2ebench for a quicker run; scripts/e2ebench.sh lists the knobs.
-e2ebench: build ## kglb beside keepalived, end to end in the booted Debian VM (N=200, 1000 services x 10 reals)
+# E2E_N=200 make e2ebench for a quicker run (the default runs N=100, 200 and 1000); scripts/e2ebench.sh lists the knobs.
+e2ebench: build ## kglb beside keepalived, end to end in the booted Debian VM (N=100, 200, 1000 services x 10 reals)
 	KGLB_BIN=bin/kglb VERSION=$(VERSION) ./scripts/e2ebench.sh
 
 # The host benchmarks run one package at a time (-p 1): two packages'
