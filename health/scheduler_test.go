@@ -237,7 +237,8 @@ func TestSchedulerWorkersFollowCPUSlots(t *testing.T) {
 // not while a probe back from the network waits for a slot: that one goes
 // next, not after every due probe.
 func TestSchedulerSlotGoesToProbeBackFromNetwork(t *testing.T) {
-	h := newHarnessWith(t, Options{Concurrency: 256, CPUSlots: 1})
+	// Early: none, so that a round is exactly the 201 probes the clock makes due.
+	h := newHarnessWith(t, Options{Concurrency: 256, CPUSlots: 1, Early: -1})
 	slow := netip.MustParseAddrPort(realN(0))
 	held := make(chan struct{})
 	h.f.mu.Lock()
@@ -448,5 +449,47 @@ func TestSchedulerLogsFirstRoundOver(t *testing.T) {
 	h.advance(4*time.Second, 50*time.Millisecond)
 	if out = logs.String(); strings.Count(out, over) != 2 || !strings.Contains(out, "real down") {
 		t.Fatalf("want a %q line and no third round line:\n%s", "real down", out)
+	}
+}
+
+// TestSchedulerStartsProbesEarlyWithinEarly: a probe due within Options.Early
+// of now starts now, with the one that is due; none starts earlier than that,
+// and none early at all with Early negative.
+func TestSchedulerStartsProbesEarlyWithinEarly(t *testing.T) {
+	for _, tc := range []struct {
+		early, want time.Duration // want: the most a probe may start before its due time
+	}{
+		{25 * time.Millisecond, 25 * time.Millisecond},
+		{-1, 0},
+	} {
+		var mu sync.Mutex
+		var most time.Duration
+		var h *harness
+		opts := Options{Concurrency: 4, Early: tc.early}
+		opts.beforeProbe = func(due time.Time) {
+			mu.Lock()
+			most = max(most, due.Sub(h.clk.Now()))
+			mu.Unlock()
+		}
+		h = newHarnessWith(t, opts)
+		// 100 reals every second: spread 10 ms apart.
+		var ts []Target
+		for i := range 100 {
+			ts = append(ts, tcpTarget(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(i)}), 80).String(), time.Second, 1, 1))
+		}
+		if err := h.s.Update(ts); err != nil {
+			t.Fatal(err)
+		}
+		h.settle()
+		h.advance(2*time.Second, 5*time.Millisecond)
+		mu.Lock()
+		got := most
+		mu.Unlock()
+		if got > tc.want || (tc.want > 0 && got <= 0) {
+			t.Errorf("Early %v: a probe started %v before its due time, want up to %v and, with Early, some", tc.early, got, tc.want)
+		}
+		if h.probe < 200 {
+			t.Errorf("Early %v: %d probes in 2s of 100 reals every second, want at least 200", tc.early, h.probe)
+		}
 	}
 }
