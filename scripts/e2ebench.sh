@@ -22,10 +22,10 @@
 #   - kglb re-reads the kernel every 30s (resync); keepalived never does.
 #
 # Environment:
-#   E2E_N        sizes to run, one VM each (default "100 200 1000": N=200 and
-#                N=1000 are the sizes compared; at N=100 the
-#                checks ask 1,000 probes a second, within what the VM can do,
-#                where detection and recovery times mean what they promise)
+#   E2E_N        sizes to run, one VM each (default "100 200 1000"): at
+#                N=100 the checks ask 1,000 probes a second, which the VM can
+#                run, so detection and recovery times mean what they promise;
+#                at N=200 and N=1000 they ask more than it can
 #   E2E_ROUNDS   rounds of A B (default 2)
 #   E2E_WINDOW   seconds of the steady-state CPU window (default 20)
 #   E2E_EDITS    weight edits per run (default 3)
