@@ -374,7 +374,7 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 	if s.opts.beforeProbe != nil {
 		s.opts.beforeProbe(e.due)
 	}
-	lag := start.at.Sub(e.due)
+	lag := max(start.at.Sub(e.due), 0) // a probe started Early is not late
 	if s.met != nil {
 		s.met.lag.Observe(lag.Seconds())
 		s.met.inFlight.Inc()
@@ -397,7 +397,7 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 
 	s.mu.Lock()
 	s.started++
-	s.lagSum += max(lag, 0)
+	s.lagSum += lag
 	from := e.state
 	ch, changed := s.tab.complete(e, r, end.at)
 	if changed {
