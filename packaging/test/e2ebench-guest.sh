@@ -56,8 +56,6 @@ setup_net() {
 kernel_count() {
 	awk '$1 == "->" && $2 ~ /^0A01/ {n++; if ($4 > 0) u++} END {print n + 0, u + 0}' /proc/net/ip_vs 2>/dev/null
 }
-# svc_weights VIP: the weights of the service's reals, in address order.
-svc_weights() { ipvsadm -Ln -t "$1:80" 2>/dev/null | awk '$1 == "->" && $2 ~ /^10\.1\./ {print $2, $4}' | sort; }
 accepted() { cat /run/e2ereal.count 2>/dev/null || echo 0; }
 
 # clean_kernel gives the next daemon the kernel of a fresh boot. A deleted
