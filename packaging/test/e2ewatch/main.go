@@ -5,9 +5,11 @@
 // 0 (-state down) or more (-state up), and prints the mean and the max over
 // the reals of the time each took from its own change, in seconds.
 //
-// One process and no fork per poll: the shell loop it replaces ran ip,
-// ipvsadm, sort and awk every 50 ms, which under the VM's emulation kept most
-// of a CPU busy while the daemons it measured were detecting the failure.
+// One process and no fork per poll: the shell loop it replaces ran ipvsadm,
+// sort and awk every 50 ms (and ip per address) on the VM's two CPUs while the
+// daemons it measured were probing, and timed all five reals from the first
+// change: with it kglb's recovery (rise 1, interval 1s) printed 1.72 s at
+// N=100, with this 0.68 s.
 package main
 
 import (
