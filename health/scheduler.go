@@ -64,10 +64,10 @@ type Status struct {
 //
 // The engine calls Update with the full set of Targets on every config change, reads
 // verdict changes from Changes, and Lookup or Snapshot for the current picture. Probes
-// are kept in a min-heap of due times; a dispatcher takes a CPU slot for the probe at
-// the head, then hands it to an idle worker, starting one while fewer than
-// Concurrency run, and a worker that finishes a probe takes the next due one
-// itself, so the cost per probe is a heap operation (and, on an idle machine, a
+// are kept in min-heaps of due times (those of reals whose verdict is pending first:
+// see table.queue); a dispatcher takes a CPU slot for the probe at the head, then
+// hands it to an idle worker, starting one while fewer than Concurrency run, and a
+// worker that finishes a probe takes the next due one itself, so the cost per probe is a heap operation (and, on an idle machine, a
 // channel hand-off), not a goroutine and a timer per Target. The workers are the probes on the CPU
 // plus those waiting on the network: a probe that waits for the CPU waits in the
 // heap, not on a goroutine's stack (at 2,000 probes/s on a saturated VM, 966 of

@@ -24,9 +24,7 @@ func newTestTable(minRecheck time.Duration) (*table, *fakeChecker) {
 
 // runOne pops the given entry as if it were due now and completes it with outcome o.
 func runOne(tab *table, e *entry, o Outcome, now time.Time) (Change, bool) {
-	if e.hidx >= 0 {
-		tab.heap.remove(e)
-	}
+	tab.dequeue(e)
 	e.running = true
 	return tab.complete(e, Result{Outcome: o, Reason: o.String()}, now)
 }
@@ -152,6 +150,68 @@ func TestLateProbeKeepsPhase(t *testing.T) {
 	runOne(tab, e, OK, e.due.Add(3500*time.Millisecond))
 	if got, want := e.due, t0.Add(4300*time.Millisecond); !got.Equal(want) {
 		t.Errorf("next due %s, want %s", got.Sub(t0), want.Sub(t0))
+	}
+}
+
+// TestPendingVerdictGoesFirst: with every probe late (the checks ask more than
+// the machine runs), a real whose verdict is pending is probed at its faster
+// step, before the backlog, not behind it again for each of its fall probes;
+// the backlog goes on when it is not due, and it rejoins the others with its verdict.
+func TestPendingVerdictGoesFirst(t *testing.T) {
+	tab, _ := newTestTable(time.Millisecond)
+	var ts []Target
+	for i := range 100 {
+		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 3))
+	}
+	tab.update(t0, ts)
+	for _, tg := range ts {
+		e := tab.get(tg)
+		runOne(tab, e, OK, e.due)
+	}
+	// Ten seconds on, all 100 are due; the first to run fails.
+	now := t0.Add(10 * time.Second)
+	e := tab.popDue(now, 1, nil)[0]
+	if _, changed := tab.complete(e, Result{Outcome: Fail}, now); changed || !e.urgent {
+		t.Fatalf("after one failure of fall 3: changed %v, urgent %v; want no change, urgent", changed, e.urgent)
+	}
+	step := time.Second / 3
+	if got := e.due.Sub(now); got <= 0 || got > step {
+		t.Fatalf("next probe of the failing real in %s, want within %s", got, step)
+	}
+	if next, _ := tab.nextDue(); next.After(now) {
+		t.Errorf("next due %s after now, want the backlog's, before it", next.Sub(now))
+	}
+	for fails := 2; fails <= 3; fails++ {
+		// Before its step the backlog runs; at it, the failing real, though 99
+		// entries have been due for seconds.
+		if got := tab.popDue(e.due.Add(-time.Millisecond), 1, nil); len(got) != 1 || got[0] == e {
+			t.Fatalf("failure %d: before its due time popDue gave %v, want one of the backlog", fails, got)
+		} else {
+			tab.complete(got[0], Result{Outcome: OK}, e.due)
+		}
+		at := e.due
+		if got := tab.popDue(at, 1, nil); len(got) != 1 || got[0] != e {
+			t.Fatalf("failure %d: at its due time popDue gave %v, want the failing real", fails, got)
+		}
+		ch, changed := tab.complete(e, Result{Outcome: Fail}, at)
+		if want := fails == 3; changed != want || e.urgent == want {
+			t.Fatalf("failure %d: changed %v (%s), urgent %v", fails, changed, ch.State, e.urgent)
+		}
+	}
+	if e.state != Down || len(tab.urgent) != 0 || e.hidx < 0 {
+		t.Errorf("after fall: state %s, %d urgent, queued %v; want down, none, in the heap", e.state, len(tab.urgent), e.hidx >= 0)
+	}
+
+	// A reload that drops a real while it is urgent takes it out of urgent.
+	f := tab.get(ts[50])
+	tab.dequeue(f)
+	tab.complete(f, Result{Outcome: Fail}, now)
+	if !f.urgent || len(tab.urgent) != 1 {
+		t.Fatalf("urgent %v, %d urgent; want the failing real", f.urgent, len(tab.urgent))
+	}
+	tab.update(now, append(ts[:50:50], ts[51:]...))
+	if len(tab.urgent) != 0 || f.hidx != -1 {
+		t.Errorf("removed real: %d urgent, index %d; want none, -1", len(tab.urgent), f.hidx)
 	}
 }
 
