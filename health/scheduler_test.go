@@ -177,10 +177,7 @@ func TestSchedulerReloadKeepsVerdict(t *testing.T) {
 func TestSchedulerConcurrencyBound(t *testing.T) {
 	h := newHarness(t, 3)
 	h.f.block = make(chan struct{})
-	var ts []Target
-	for i := range 10 {
-		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
-	}
+	ts := realTargets(10, 1, 1)
 	h.s.Update(ts)
 	h.clk.Advance(2 * time.Second) // all ten are due
 	for {
@@ -217,10 +214,7 @@ func TestSchedulerConcurrencyBound(t *testing.T) {
 // waiting for the CPU waits in the heap, not on a worker's stack.
 func TestSchedulerWorkersFollowCPUSlots(t *testing.T) {
 	h := newHarness(t, 256)
-	var ts []Target
-	for i := range 200 {
-		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
-	}
+	ts := realTargets(200, 1, 1)
 	h.s.Update(ts)
 	h.advance(5*time.Second, time.Second) // every target due at once, five times
 	h.stop()
@@ -318,10 +312,7 @@ func TestSchedulerWarnsWhenProbesCannotKeepUp(t *testing.T) {
 	var logs lockedBuffer
 	h := newHarnessWith(t, Options{Concurrency: 1, CPUSlots: 1,
 		Logger: hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn})})
-	var ts []Target
-	for i := range 10 {
-		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
-	}
+	ts := realTargets(10, 1, 1)
 	h.s.Update(ts)
 	rate := func(kind string) float64 {
 		return testutil.ToFloat64(h.s.met.rate.WithLabelValues(kind))
@@ -355,10 +346,7 @@ func TestSchedulerWarnsWhenProbesCannotKeepUp(t *testing.T) {
 
 func TestSchedulerFirstRoundSpread(t *testing.T) {
 	h := newHarness(t, 4)
-	var ts []Target
-	for i := range 10 {
-		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
-	}
+	ts := realTargets(10, 1, 1)
 	h.s.Update(ts)
 	h.settle()
 	// Every 100ms of the first interval exactly one more target has been probed.

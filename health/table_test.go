@@ -159,10 +159,7 @@ func TestLateProbeKeepsPhase(t *testing.T) {
 // the backlog goes on when it is not due, and it rejoins the others with its verdict.
 func TestPendingVerdictGoesFirst(t *testing.T) {
 	tab, _ := newTestTable(time.Millisecond)
-	var ts []Target
-	for i := range 100 {
-		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 3))
-	}
+	ts := realTargets(100, 1, 3)
 	tab.update(t0, ts)
 	for _, tg := range ts {
 		e := tab.get(tg)
@@ -224,6 +221,15 @@ func dueOffsets(tab *table, targets []Target, base time.Time) []time.Duration {
 }
 
 func realN(i int) string { return fmt.Sprintf("127.0.%d.%d:80", i/250, i%250+1) }
+
+// realTargets is n TCP checks of reals realN(0..n-1), every second.
+func realTargets(n, rise, fall int) []Target {
+	ts := make([]Target, n)
+	for i := range ts {
+		ts[i] = tcpTarget(realN(i), time.Second, rise, fall)
+	}
+	return ts
+}
 
 func TestSpreadFirstRound(t *testing.T) {
 	tab, _ := newTestTable(time.Millisecond)
@@ -353,10 +359,7 @@ func TestInvalidTargetsSkipped(t *testing.T) {
 
 func TestHeapOrder(t *testing.T) {
 	tab, _ := newTestTable(time.Millisecond)
-	var ts []Target
-	for i := range 50 {
-		ts = append(ts, tcpTarget(realN(i), time.Second, 1, 1))
-	}
+	ts := realTargets(50, 1, 1)
 	tab.update(t0, ts)
 	// Remove every third, then pop all: due times come out sorted.
 	var keep []Target
