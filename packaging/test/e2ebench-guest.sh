@@ -353,19 +353,20 @@ run_one() {
 	svc=$((N / 2)) vip="$(sed -n "$((svc + 1))p" /etc/e2ebench/vips)"
 	local addrs
 	addrs="$(sed -n "$((svc * 10 + 1)),$((svc * 10 + 5))p" /etc/e2ebench/reals | tr '\n' ' ')"
-	# e2ewatch takes each address away (or back) and times each real from
-	# its own change to its weight in the kernel, polling over netlink: the
-	# mean over the five and the slowest.
+	# e2ewatch takes each address away (or back), at a random point of the
+	# checks' 1s interval, and times each real from its own change to its
+	# weight in the kernel, polling over netlink: the mean over the five and
+	# the slowest.
 	local took
 	# shellcheck disable=SC2086 # one word per real
-	if took="$(/usr/local/sbin/e2ewatch -vip "$vip:80" -state down $addrs)"; then
+	if took="$(/usr/local/sbin/e2ewatch -vip "$vip:80" -phase 1s -state down $addrs)"; then
 		metric "$v" "$r" detect-s "${took% *}"
 		metric "$v" "$r" detect-max-s "${took#* }"
 	else
 		say "FAIL $v round $r: detection not timed (e2ewatch above)"
 	fi
 	# shellcheck disable=SC2086 # one word per real
-	if took="$(/usr/local/sbin/e2ewatch -vip "$vip:80" -state up $addrs)"; then
+	if took="$(/usr/local/sbin/e2ewatch -vip "$vip:80" -phase 1s -state up $addrs)"; then
 		metric "$v" "$r" recover-s "${took% *}"
 		metric "$v" "$r" recover-max-s "${took#* }"
 	else
