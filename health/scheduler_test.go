@@ -461,11 +461,7 @@ func TestSchedulerStartsProbesEarlyWithinEarly(t *testing.T) {
 		}
 		h = newHarnessWith(t, opts)
 		// 100 reals every second: spread 10 ms apart.
-		var ts []Target
-		for i := range 100 {
-			ts = append(ts, tcpTarget(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(i)}), 80).String(), time.Second, 1, 1))
-		}
-		if err := h.s.Update(ts); err != nil {
+		if err := h.s.Update(realTargets(100, 1, 1)); err != nil {
 			t.Fatal(err)
 		}
 		h.settle()

@@ -326,23 +326,21 @@ func (t *table) dequeue(e *entry) {
 	}
 }
 
-// popDue takes up to limit entries whose due time has come, marking them running:
-// the due ones of urgent first, then those of heap, each in order of due time.
-func (t *table) popDue(now time.Time, limit int, out []*entry) []*entry {
-	for len(out) < limit {
-		var e *entry
-		switch {
-		case len(t.urgent) > 0 && !t.urgent[0].due.After(now):
-			e = t.urgent.pop()
-		case len(t.heap) > 0 && !t.heap[0].due.After(now):
-			e = t.heap.pop()
-		default:
-			return out
-		}
-		e.running = true
-		out = append(out, e)
+// popDue takes the entry that runs next if it is due by now, marking it
+// running, or returns nil: the earliest due of urgent, else the earliest due
+// of heap.
+func (t *table) popDue(now time.Time) *entry {
+	var e *entry
+	switch {
+	case len(t.urgent) > 0 && !t.urgent[0].due.After(now):
+		e = t.urgent.pop()
+	case len(t.heap) > 0 && !t.heap[0].due.After(now):
+		e = t.heap.pop()
+	default:
+		return nil
 	}
-	return out
+	e.running = true
+	return e
 }
 
 // nextDue is the earliest due time, if any entry is queued.

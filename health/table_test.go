@@ -167,7 +167,7 @@ func TestPendingVerdictGoesFirst(t *testing.T) {
 	}
 	// Ten seconds on, all 100 are due; the first to run fails.
 	now := t0.Add(10 * time.Second)
-	e := tab.popDue(now, 1, nil)[0]
+	e := tab.popDue(now)
 	if _, changed := tab.complete(e, Result{Outcome: Fail}, now); changed || !e.urgent {
 		t.Fatalf("after one failure of fall 3: changed %v, urgent %v; want no change, urgent", changed, e.urgent)
 	}
@@ -181,13 +181,13 @@ func TestPendingVerdictGoesFirst(t *testing.T) {
 	for fails := 2; fails <= 3; fails++ {
 		// Before its step the backlog runs; at it, the failing real, though 99
 		// entries have been due for seconds.
-		if got := tab.popDue(e.due.Add(-time.Millisecond), 1, nil); len(got) != 1 || got[0] == e {
+		if got := tab.popDue(e.due.Add(-time.Millisecond)); got == nil || got == e {
 			t.Fatalf("failure %d: before its due time popDue gave %v, want one of the backlog", fails, got)
 		} else {
-			tab.complete(got[0], Result{Outcome: OK}, e.due)
+			tab.complete(got, Result{Outcome: OK}, e.due)
 		}
 		at := e.due
-		if got := tab.popDue(at, 1, nil); len(got) != 1 || got[0] != e {
+		if got := tab.popDue(at); got != e {
 			t.Fatalf("failure %d: at its due time popDue gave %v, want the failing real", fails, got)
 		}
 		ch, changed := tab.complete(e, Result{Outcome: Fail}, at)

@@ -23,9 +23,11 @@
 #
 # Environment:
 #   E2E_N        sizes to run, one VM each (default "100 200 1000"): at
-#                N=100 the checks ask 1,000 probes a second, which the VM can
-#                run, so detection and recovery times mean what they promise;
-#                at N=200 and N=1000 they ask more than it can
+#                N=100 the checks ask 1,000 probes a second, about what the VM
+#                runs (probes row near 1, though a lag under one interval may
+#                stand: kglb's metrics in the out dir say), so detection and
+#                recovery times mean what they promise; at N=200 and N=1000
+#                the checks ask more than it can run
 #   E2E_ROUNDS   rounds of A B (default 2)
 #   E2E_WINDOW   seconds of the steady-state CPU window (default 20)
 #   E2E_EDITS    weight edits per run (default 3)
