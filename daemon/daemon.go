@@ -339,7 +339,6 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		d.close()
 		return nil, err
 	}
-	reg.MustRegister(kernelCollector{d.ipvs})
 	stages.done("engine")
 	return d, nil
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 func freeAddr(t *testing.T) string {
@@ -112,6 +114,53 @@ func TestStatsListenerReadOnly(t *testing.T) {
 	h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
 	if w.Code != http.StatusOK {
 		t.Errorf("GET /metrics: %d", w.Code)
+	}
+}
+
+// The stats listener's /metrics is one page Prometheus reads: the
+// registry's families and each real's series from the health scheduler and
+// the kernel's counters, every family once, a series per real and label.
+func TestMetricsPage(t *testing.T) {
+	reg, sched, ir := scrapeFixture(t, 2, 3, 0)
+	d := &daemon{reg: reg, sched: sched, ipvs: ir}
+	w := httptest.NewRecorder()
+	readOnly(d.statsHandler()).ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	if w.Code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %s", w.Code, w.Body.String())
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	page, err := p.TextToMetricFamilies(w.Body)
+	if err != nil {
+		t.Fatalf("parse the page: %v", err)
+	}
+	want := map[string]int{ // 2 services x 3 reals, one check each, none probed yet
+		"kglb_health_state":                   6,
+		"kglb_ipvs_service_connections_total": 2,
+		"kglb_ipvs_service_packets_total":     4,
+		"kglb_ipvs_service_bytes_total":       4,
+		"kglb_ipvs_real_connections":          12,
+		"kglb_ipvs_real_bytes_total":          12,
+		"kglb_ipvs_real_packets_total":        12,
+		"kglb_ipvs_real_weight":               6,
+		"kglb_health_targets":                 3, // the registry's, beside them
+	}
+	for name, n := range want {
+		if got := len(page[name].GetMetric()); got != n {
+			t.Errorf("%s: %d series, want %d", name, got, n)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	labels := map[string]string{}
+	for _, lp := range page["kglb_ipvs_real_weight"].GetMetric()[0].GetLabel() {
+		labels[lp.GetName()] = lp.GetValue()
+	}
+	if labels["service"] != "tcp 198.51.100.0:1000" || labels["real"] != "10.1.0.0:80" {
+		t.Errorf("first kglb_ipvs_real_weight series: labels %v", labels)
+	}
+	if v := page["kglb_health_state"].GetMetric()[0].GetGauge().GetValue(); v != -1 {
+		t.Errorf("kglb_health_state of an unprobed real: %v, want -1", v)
 	}
 }
 

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"runtime"
@@ -11,36 +12,41 @@ import (
 	"time"
 
 	"github.com/kglb/kglb/health"
+	"github.com/kglb/kglb/internal/promtext"
 	"github.com/kglb/kglb/ipvs"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-type okChecker struct{}
-
-func (okChecker) Check(context.Context, health.Target) health.Result {
-	return health.Result{Outcome: health.OK, Duration: time.Millisecond}
+// countingPage is a scraper's end of a /metrics response: it counts the
+// page's bytes and lines and keeps none, as the socket of a real scrape,
+// so that what the benchmark reports is the daemon's cost alone.
+type countingPage struct {
+	header      http.Header
+	size, lines int
 }
 
-// BenchmarkScrape is one /metrics scrape at 1,000 services x 10 reals (one
-// TCP check each, every real probed), through the daemon's collectors: the
-// health scheduler's, the IPVS reconciler's and the kernel's per-real
-// counters (kernelCollector), served by promhttp as the stats listener does.
-// lines/scrape and bytes/scrape are the page; ns/op its CPU; B/op the
-// garbage it leaves, which is what grows the heap goal, and so the RSS, of
-// a daemon an operator scrapes; heap-rss-growth-MB the heap's resident
-// pages after the scrapes beyond those before.
-func BenchmarkScrape(b *testing.B) {
-	const services, reals = 1000, 10
+func (p *countingPage) Header() http.Header { return p.header }
+func (p *countingPage) WriteHeader(int)     {}
+func (p *countingPage) Write(b []byte) (int, error) {
+	p.size += len(b)
+	p.lines += bytes.Count(b, []byte{'\n'})
+	return len(b), nil
+}
+
+// scrapeFixture is what a daemon's /metrics reads at services x reals (one
+// TCP check each): a registry, the health scheduler, its probes run for
+// probing (none when 0), and the IPVS reconciler after a resync to the fake
+// kernel.
+func scrapeFixture(tb testing.TB, services, reals int, probing time.Duration) (*prometheus.Registry, *health.Scheduler, *ipvs.Reconciler) {
+	tb.Helper()
 	reg := prometheus.NewRegistry()
-	ir, err := ipvs.NewReconciler(ipvs.NewFake(), ipvs.Options{StateDir: b.TempDir(), Registerer: reg})
+	ir, err := ipvs.NewReconciler(ipvs.NewFake(), ipvs.Options{StateDir: tb.TempDir(), Registerer: reg})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	reg.MustRegister(kernelCollector{ir})
 	sched, err := health.New(health.Options{Registerer: reg, NewChecker: func(health.Spec, health.Dialer) (health.Checker, error) { return okChecker{}, nil }})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	var d ipvs.Desired
 	var targets []health.Target
@@ -58,21 +64,42 @@ func BenchmarkScrape(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := ir.Resync(ctx, d); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := sched.Update(targets); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- sched.Run(ctx) }()
-	go func() { // the verdicts, which the engine would take
-		for range sched.Changes() {
-		}
-	}()
-	time.Sleep(2500 * time.Millisecond) // every real probed twice
-	cancel()
-	<-done
-	h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if probing > 0 {
+		done := make(chan error, 1)
+		go func() { done <- sched.Run(ctx) }()
+		go func() { // the verdicts, which the engine would take
+			for range sched.Changes() {
+			}
+		}()
+		time.Sleep(probing)
+		cancel()
+		<-done
+	}
+	return reg, sched, ir
+}
+
+type okChecker struct{}
+
+func (okChecker) Check(context.Context, health.Target) health.Result {
+	return health.Result{Outcome: health.OK, Duration: time.Millisecond}
+}
+
+// BenchmarkScrape is one /metrics scrape at 1,000 services x 10 reals (one
+// TCP check each, every real probed), through the daemon's collectors and
+// sources: the health scheduler's, the IPVS reconciler's and the kernel's
+// per-real counters (kernelMetrics), served as the stats listener does.
+// lines/scrape and bytes/scrape are the page; ns/op its CPU; B/op the
+// garbage it leaves, which is what grows the heap goal, and so the RSS, of
+// a daemon an operator scrapes; heap-rss-growth-MB the heap's resident
+// pages after the scrapes beyond those before.
+func BenchmarkScrape(b *testing.B) {
+	reg, sched, ir := scrapeFixture(b, 1000, 10, 2500*time.Millisecond) // every real probed twice
+	h := promtext.Handler(reg, 4, sched, kernelMetrics{ir})
 	var size, lines int
 	resident := func() float64 { // the heap's pages the process holds
 		var m runtime.MemStats
@@ -84,9 +111,9 @@ func BenchmarkScrape(b *testing.B) {
 	before := resident()
 	b.ReportAllocs()
 	for b.Loop() {
-		w := httptest.NewRecorder()
+		w := &countingPage{header: http.Header{}}
 		h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
-		size, lines = w.Body.Len(), bytes.Count(w.Body.Bytes(), []byte{'\n'})
+		size, lines = w.size, w.lines
 	}
 	b.ReportMetric(float64(size), "bytes/scrape")
 	b.ReportMetric(float64(lines), "lines/scrape")

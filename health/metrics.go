@@ -3,14 +3,17 @@ package health
 import (
 	"net/netip"
 
+	"github.com/kglb/kglb/internal/promtext"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // metrics are the health metrics. The per-Target series are not prometheus vectors:
 // the counters live in each entry (updated under the lock the result is recorded
-// under anyway) and a Collector renders them at scrape time. That keeps a probe's
-// cost to a few array increments, costs ~150 bytes per Target (all state included) instead of a vector
-// child per series, and drops the series of a removed Target with the Target.
+// under anyway) and WriteMetrics writes them at scrape time, straight to the page
+// (package promtext). That keeps a probe's cost to a few array increments, costs
+// ~150 bytes per Target (all state included) instead of a vector child per series,
+// drops the series of a removed Target with the Target, and lets a scrape of
+// 10,000 reals cost its bytes on the page rather than an object per series.
 //
 // Labels of the per-Target series: real (address:port of the real), check (type) and
 // id (Spec.ID, 8 hex digits); results_total adds outcome (4 values). They name the
@@ -21,8 +24,6 @@ import (
 type metrics struct {
 	s *Scheduler
 
-	state    *prometheus.Desc
-	results  *prometheus.Desc
 	duration *prometheus.Desc
 	targets  *prometheus.Desc
 
@@ -32,15 +33,17 @@ type metrics struct {
 	rate     *prometheus.GaugeVec
 }
 
+// The per-Target families (see metrics).
+const (
+	stateName   = "kglb_health_state"
+	stateHelp   = "Verdict of a real for one check: 1 up, 0 down, -1 unknown (not yet decided)."
+	resultsName = "kglb_health_results_total"
+	resultsHelp = "Probe results by outcome: ok, fail (answered wrongly or refused), timeout, error (local failure)."
+)
+
 func newMetrics(s *Scheduler, reg prometheus.Registerer) (*metrics, error) {
-	labels := []string{"real", "check", "id"}
 	m := &metrics{
 		s: s,
-		state: prometheus.NewDesc("kglb_health_state",
-			"Verdict of a real for one check: 1 up, 0 down, -1 unknown (not yet decided).", labels, nil),
-		results: prometheus.NewDesc("kglb_health_results_total",
-			"Probe results by outcome: ok, fail (answered wrongly or refused), timeout, error (local failure).",
-			append(labels, "outcome"), nil),
 		duration: prometheus.NewDesc("kglb_health_probe_duration_seconds",
 			"Duration of probes, from start to verdict, by check type (each real's results are in kglb_health_results_total).",
 			[]string{"check"}, nil),
@@ -71,8 +74,6 @@ func newMetrics(s *Scheduler, reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	ch <- m.state
-	ch <- m.results
 	ch <- m.duration
 	ch <- m.targets
 }
@@ -85,23 +86,28 @@ type entryMetrics struct {
 	counts [numOutcomes]uint64
 }
 
-func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+// snapshot copies the per-Target series, so that the page is written
+// without the scheduler's lock.
+func (m *metrics) snapshot() []entryMetrics {
 	m.s.mu.Lock()
+	defer m.s.mu.Unlock()
 	snap := make([]entryMetrics, 0, len(m.s.tab.entries))
 	for _, e := range m.s.tab.entries {
 		snap = append(snap, entryMetrics{real: e.real, spec: e.spec, id: e.id, state: e.state, counts: e.counts})
 	}
-	durs := make(map[Type]durations, len(m.s.tab.durations))
-	for t, d := range m.s.tab.durations {
-		durs[t] = *d
-	}
-	m.s.mu.Unlock()
+	return snap
+}
 
-	var byState [3]int
+// WriteMetrics writes the per-Target families to a page (promtext.Source).
+func (m *metrics) WriteMetrics(w *promtext.Writer) {
+	snap := m.snapshot()
+	reals := make([]string, len(snap))
+	for i := range snap {
+		reals[i] = snap[i].real.String()
+	}
+	w.Family(stateName, stateHelp, promtext.Gauge, "real", "check", "id")
 	for i := range snap {
 		e := &snap[i]
-		byState[e.state]++
-		lv := []string{e.real.String(), e.spec.Type.String(), e.id}
 		v := -1.0
 		switch e.state {
 		case Up:
@@ -109,14 +115,31 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		case Down:
 			v = 0
 		}
-		ch <- prometheus.MustNewConstMetric(m.state, prometheus.GaugeValue, v, lv...)
+		w.Sample(v, reals[i], e.spec.Type.String(), e.id)
+	}
+	w.Family(resultsName, resultsHelp, promtext.Counter, "real", "check", "id", "outcome")
+	for i := range snap {
+		e := &snap[i]
 		for o, n := range e.counts {
 			if n > 0 {
-				ch <- prometheus.MustNewConstMetric(m.results, prometheus.CounterValue, float64(n),
-					append(lv[:3:3], Outcome(o).String())...)
+				w.Sample(float64(n), reals[i], e.spec.Type.String(), e.id, Outcome(o).String())
 			}
 		}
 	}
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	m.s.mu.Lock()
+	var byState [3]int
+	for _, e := range m.s.tab.entries {
+		byState[e.state]++
+	}
+	durs := make(map[Type]durations, len(m.s.tab.durations))
+	for t, d := range m.s.tab.durations {
+		durs[t] = *d
+	}
+	m.s.mu.Unlock()
+
 	for t, d := range durs {
 		buckets := make(map[float64]uint64, len(durationBuckets))
 		var cum uint64
@@ -128,5 +151,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	for st, n := range byState {
 		ch <- prometheus.MustNewConstMetric(m.targets, prometheus.GaugeValue, float64(n), State(st).String())
+	}
+}
+
+// WriteMetrics writes each probe's verdict and results by outcome to a
+// metrics page (promtext.Source), if the Scheduler has a Registerer: the
+// series per real that the registry does not hold (see metrics).
+func (s *Scheduler) WriteMetrics(w *promtext.Writer) {
+	if s.met != nil {
+		s.met.WriteMetrics(w)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/kglb/kglb/internal/promtext"
 )
 
 // The probe duration histogram is one per check type, whatever the number
@@ -16,7 +17,7 @@ func TestDurationHistogramPerCheckType(t *testing.T) {
 	h.s.Update([]Target{a, b})
 	h.settle()
 	h.advance(2*time.Second, time.Second)
-	mfs, err := h.reg.Gather()
+	mfs, err := promtext.Gatherer(h.reg, h.s).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

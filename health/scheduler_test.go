@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/internal/promtext"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -367,19 +368,20 @@ func TestSchedulerMetrics(t *testing.T) {
 	h.settle()
 	h.advance(2*time.Second, time.Second)
 	id := a.Spec.ID()
-	if n, err := testutil.GatherAndCount(h.reg, "kglb_health_state", "kglb_health_results_total", "kglb_health_probe_duration_seconds"); err != nil || n != 3 {
+	page := promtext.Gatherer(h.reg, h.s) // the registry's families, then each real's
+	if n, err := testutil.GatherAndCount(page, "kglb_health_state", "kglb_health_results_total", "kglb_health_probe_duration_seconds"); err != nil || n != 3 {
 		t.Errorf("%d series (%v), want 3", n, err)
 	}
 	want := `# HELP kglb_health_state Verdict of a real for one check: 1 up, 0 down, -1 unknown (not yet decided).
 # TYPE kglb_health_state gauge
 kglb_health_state{check="tcp",id="` + id + `",real="127.0.0.1:80"} 0
 `
-	if err := testutil.GatherAndCompare(h.reg, stringsReader(want), "kglb_health_state"); err != nil {
+	if err := testutil.GatherAndCompare(page, stringsReader(want), "kglb_health_state"); err != nil {
 		t.Error(err)
 	}
 	// A removed target's series go with it.
 	h.s.Update(nil)
-	if n, _ := testutil.GatherAndCount(h.reg, "kglb_health_state"); n != 0 {
+	if n, _ := testutil.GatherAndCount(page, "kglb_health_state"); n != 0 {
 		t.Errorf("%d state series after removing every target", n)
 	}
 }

@@ -51,8 +51,8 @@
 #                copied into the image); its report by command, library and
 #                symbol lands in $E2E_OUT/out-N/e2e-out/perf-DAEMON-ROUND.txt,
 #                and kglb's /metrics is scraped around the window for its
-#                probe and engine counters: a diagnostic run (perf costs CPU,
-#                the scrape grows kglb's RSS), not one whose rows count
+#                probe and engine counters: a diagnostic run (perf and the
+#                scrapes cost CPU), not one whose rows count
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh
 # Console logs: $E2E_OUT/console-N.log.
 set -euo pipefail

@@ -208,9 +208,9 @@ counters() {
 	echo "accepted $(accepted)"
 }
 # kglb_counters: the aggregate health and engine counters of kglb's /metrics,
-# with PERF=1 only: a scrape renders every real's series, which at N=1000 cost
-# seconds of CPU and grew kglb's RSS from 70 to 211 MB (so it stays outside
-# the CPU window, and out of the runs whose rows count).
+# with PERF=1 only: a scrape renders every real's series (95,106 lines at
+# N=1000), CPU that stays outside the window, and out of the runs whose rows
+# count (each round's last step times one: its "scrape" line).
 kglb_counters() {
 	[ "$PERF" = 1 ] || return 0
 	curl_get /metrics | awk '
@@ -306,8 +306,8 @@ run_one() {
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
 	local cpu0 n0 cpu1 n1
-	# kglb's /metrics first: rendering every real's series costs seconds of
-	# CPU at N=1000, which must stay out of the counters' window.
+	# kglb's /metrics first: rendering every real's series costs CPU, which
+	# must stay out of the counters' window.
 	: >"$out/before-$v-$r.txt"
 	[ "$d" = kglb ] && kglb_counters >"$out/before-$v-$r.txt"
 	counters "$d" >>"$out/before-$v-$r.txt"
@@ -374,7 +374,13 @@ run_one() {
 	fi
 
 	if [ "$d" = kglb ]; then
+		# The scrape an operator's Prometheus makes: what it costs kglb,
+		# and its RSS after it (a diagnostic: the rows were taken before).
+		local t0 c0
+		t0="$(now)" c0="$(cg_cpu_us "$d")"
 		curl_get /metrics >"$out/metrics-$r.txt"
+		say "D $v $r scrape wall-s $(since "$t0") cpu-s $(awk -v a="$c0" -v b="$(cg_cpu_us "$d")" 'BEGIN {printf "%.2f", (b - a) / 1e6}') bytes $(wc -c <"$out/metrics-$r.txt")"
+		memory "$d" "$v" "$r-scraped"
 		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probes_(per_second|in_flight))' "$out/metrics-$r.txt" | sed 's/^/  | /'
 	fi
 	systemctl stop "$(unit_of "$d")"
