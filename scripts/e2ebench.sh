@@ -21,6 +21,12 @@
 #     with `systemctl reload keepalived` (SIGHUP) and re-reads its file.
 #   - kglb re-reads the kernel every 30s (resync); keepalived never does.
 #
+# After the two daemons, each round runs the bare probe loop
+# (packaging/test/e2eprobe: a TCP check's system calls and nothing else) in
+# the same steady window: checks-per-cpu-s-bare is that loop over keepalived,
+# the most a daemon making the same checks reaches in that boot, and
+# checks-per-cpu-s-of-bare is kglb's share of it.
+#
 # Environment:
 #   E2E_N        sizes to run, one VM each (default "100 200 1000"): at
 #                N=100 the checks ask 1,000 probes a second, about what the VM
@@ -39,7 +45,7 @@
 #                the profiles take the VM's CPUs from kglb's cold start alone
 #                (at N=1000, on a shared host: 27.7 s to every real present
 #                in one run with it, 6.7 s in one without)
-#   E2E_ORDER    the daemons of a round (default "kglb keepalived"); for an
+#   E2E_ORDER    the daemons of a round (default "kglb keepalived bare"); for an
 #                experiment, kglb@VAR=value[,VAR=value] runs kglb with that
 #                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"),
 #                and an entry unit:Directive=value adds that line to the unit
@@ -79,7 +85,7 @@ outdir="${E2E_OUT:-$root/.cache/e2ebench}"
 mkdir -p "$img_cache/tmp" "$outdir"
 work="$(mktemp -d "$img_cache/tmp/e2e.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-for c in e2ereal e2ewatch; do
+for c in e2ereal e2ewatch e2eprobe; do
 	(cd "$root" && CGO_ENABLED=0 go build -o "$work/$c" "./packaging/test/$c") || img_die "building $c failed"
 done
 
@@ -149,7 +155,7 @@ for n in $sizes; do
 	# Both daemons start when the benchmark says, not at boot.
 	rm -f "$work/root/etc/systemd/system/multi-user.target.wants/kglb.service" \
 		"$work/root/etc/systemd/system/multi-user.target.wants/keepalived.service"
-	install -m 0755 "$work/e2ereal" "$work/e2ewatch" "$work/root/usr/local/sbin/"
+	install -m 0755 "$work/e2ereal" "$work/e2ewatch" "$work/e2eprobe" "$work/root/usr/local/sbin/"
 	write_configs "$work/root" "$n"
 	cat >"$work/root/etc/e2ebench/env" <<ENV
 N=$n
@@ -159,7 +165,7 @@ EDITS=${E2E_EDITS:-3}
 COLD_TIMEOUT=$((n < 500 ? 600 : 1200))
 PROFILE=${E2E_PROFILE:-0}
 PERF=${E2E_PERF:-0}
-ORDER="${E2E_ORDER:-kglb keepalived}"
+ORDER="${E2E_ORDER:-kglb keepalived bare}"
 ENV
 	if [ "${E2E_PROFILE:-0}" = 1 ]; then
 		mkdir -p "$work/root/etc/systemd/system/kglb.service.d"
@@ -203,6 +209,10 @@ ENV
 	done
 	# More checks per CPU-second is better: this ratio is kglb over keepalived too.
 	row "BenchmarkE2E$n/checks-per-cpu-s" "$(mean kglb checks-per-cpu-s)" "$(mean keepalived checks-per-cpu-s)" kglb-checks keepalived-checks
+	# The bare probe loop: what a check's system calls alone reach, over
+	# keepalived (the ceiling of the row above in this boot), and kglb's share of it.
+	row "BenchmarkE2E$n/checks-per-cpu-s-bare" "$(mean bare checks-per-cpu-s)" "$(mean keepalived checks-per-cpu-s)" bare-checks keepalived-checks
+	row "BenchmarkE2E$n/checks-per-cpu-s-of-bare" "$(mean kglb checks-per-cpu-s)" "$(mean bare checks-per-cpu-s)" kglb-checks bare-checks
 	row "BenchmarkE2E$n/checks-per-s" "$(mean kglb checks-per-s)" "$(mean keepalived checks-per-s)" kglb-checks keepalived-checks
 	# Detection and recovery: each daemon against its configured time
 	# (interval x fall = 3s, interval x rise = 1s), the mean over the reals

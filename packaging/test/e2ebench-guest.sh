@@ -75,7 +75,8 @@ clean_kernel() {
 		say "FAIL reloading ip_vs between daemons: the next one may pay for the last one's reals"
 }
 
-unit_of() { case "$1" in kglb) echo kglb.service ;; *) echo keepalived.service ;; esac; }
+comm_of() { case "${1%%@*}" in bare) echo e2eprobe ;; *) echo "${1%%@*}" ;; esac; }
+unit_of() { case "$1" in kglb) echo kglb.service ;; bare) echo e2eprobe.service ;; *) echo keepalived.service ;; esac; }
 cg_cpu_us() { awk '$1 == "usage_usec" {print $2}' "/sys/fs/cgroup/system.slice/$(unit_of "$1")/cpu.stat" 2>/dev/null || echo 0; }
 cg_rss_kb() {
 	local p s=0 r
@@ -149,6 +150,9 @@ perf_report() {
 		perf report -i "$f.data" --stdio --no-children --sort comm -g none 2>&1 | grep -v '^$' | head -40
 		perf report -i "$f.data" --stdio --no-children --sort comm,dso,sym -g none 2>&1 | grep -v '^$' | head -150
 		perf report -i "$f.data" --stdio --no-children --sort comm,sym -g caller,0.5,callee,function,percent --percent-limit 2 2>&1 | head -600
+		# The measured process's time by what it includes (its system
+		# calls, interrupts, functions), in percent of all samples.
+		perf report -i "$f.data" --stdio --children --comm "$(comm_of "$1")" --sort sym -g none --percent-limit 0.3 2>&1 | grep -v '^$' | head -150
 	} >"$f.txt"
 	rm -f "$f.data"
 	grep -v '^#' "$f.txt" | head -12 | sed 's/^/  | perf: /'
@@ -257,6 +261,56 @@ curl_get() {
 		sed "1,/^\r\{0,1\}$/d" <&3' _ "$1"
 }
 
+# window V ROUND: the steady window of V (a daemon, a kglb@ variant or bare):
+# the checks the reals accepted per second and per CPU-second of V's cgroup,
+# the share of a CPU it took, and the diagnostic lines of what that CPU was.
+window() {
+	local v="$1" d="${1%%@*}" r="$2" cpu0 n0 cpu1 n1
+	# kglb's /metrics first: rendering every real's series costs CPU, which
+	# must stay out of the counters' window.
+	: >"$out/before-$v-$r.txt"
+	[ "$d" = kglb ] && kglb_counters >"$out/before-$v-$r.txt"
+	counters "$d" >>"$out/before-$v-$r.txt"
+	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
+	steady_profile "$d" "$r"
+	steady_perf "$v" "$r"
+	sleep "$WINDOW"
+	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
+	counters "$d" >"$out/after-$v-$r.txt"
+	[ -n "$profpid" ] && wait "$profpid"
+	[ -n "$perfpid" ] && wait "$perfpid" && perf_report "$v" "$r"
+	[ "$d" = kglb ] && kglb_counters >>"$out/after-$v-$r.txt"
+	diag "$v" "$r" "$WINDOW" "$out/before-$v-$r.txt" "$out/after-$v-$r.txt"
+	metric "$v" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
+	metric "$v" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
+	metric "$v" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
+}
+
+# ipvs_rules: the daemons' IPVS table (N wrr services of 10 NAT reals at
+# weight 1, as both have it in their steady window) for ipvsadm -R.
+ipvs_rules() {
+	awk 'FNR == NR {v[FNR - 1] = $1; next}
+		{i = int((FNR - 1) / 10); if ((FNR - 1) % 10 == 0) print "-A -t " v[i] ":80 -s wrr"; print "-a -t " v[i] ":80 -r " $1 ":80 -m -w 1"}' \
+		/etc/e2ebench/vips /etc/e2ebench/reals
+}
+
+# run_bare ROUND: the bare probe loop (packaging/test/e2eprobe) in the
+# daemons' steady window, over the same reals and the same IPVS table: the
+# checks per CPU-second of nothing but a TCP check's system calls in this
+# boot, the most any daemon making the same checks can reach.
+run_bare() {
+	local r="$1"
+	clean_kernel
+	ipvs_rules | ipvsadm -R || say "FAIL bare round $r: ipvsadm -R"
+	info "round $r: bare: the probe loop"
+	systemd-run --quiet --unit=e2eprobe.service /usr/local/sbin/e2eprobe -reals /etc/e2ebench/reals ||
+		{ say "FAIL bare round $r: e2eprobe did not start"; return; }
+	sleep 3
+	window bare "$r"
+	systemctl stop e2eprobe.service
+	journalctl -u e2eprobe.service --no-pager -o short-monotonic >"$out/journal-bare-$r.txt" 2>&1
+}
+
 # run_one DAEMON ROUND: DAEMON is kglb or keepalived, or, for an experiment,
 # kglb@VAR=value[,VAR=value]: kglb with that environment (a runtime drop-in;
 # an entry unit:Directive=value is written as that [Service] line instead),
@@ -305,26 +359,8 @@ run_one() {
 
 	# Steady state: checks per CPU-second of the daemon's cgroup, and RSS.
 	sleep 3
-	local cpu0 n0 cpu1 n1
-	# kglb's /metrics first: rendering every real's series costs CPU, which
-	# must stay out of the counters' window.
-	: >"$out/before-$v-$r.txt"
-	[ "$d" = kglb ] && kglb_counters >"$out/before-$v-$r.txt"
-	counters "$d" >>"$out/before-$v-$r.txt"
-	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
-	steady_profile "$d" "$r"
-	steady_perf "$v" "$r"
-	sleep "$WINDOW"
-	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
-	counters "$d" >"$out/after-$v-$r.txt"
-	[ -n "$profpid" ] && wait "$profpid"
-	[ -n "$perfpid" ] && wait "$perfpid" && perf_report "$v" "$r"
-	[ "$d" = kglb ] && kglb_counters >>"$out/after-$v-$r.txt"
-	diag "$v" "$r" "$WINDOW" "$out/before-$v-$r.txt" "$out/after-$v-$r.txt"
+	window "$v" "$r"
 	steady_memory "$d" "$r"
-	metric "$v" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
-	metric "$v" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
-	metric "$v" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
 	metric "$v" "$r" rss-mb "$(awk -v k="$(cg_rss_kb "$d")" 'BEGIN {printf "%.1f", k / 1024}')"
 	memory "$d" "$v" "$r"
 
@@ -391,7 +427,9 @@ run_one() {
 setup_net || { say DONE; exit 1; }
 say "reals ready: $REALS addresses in netns reals, $(accepted) accepted"
 for r in $(seq "$ROUNDS"); do
-	for d in $ORDER; do run_one "$d" "$r"; done
+	for d in $ORDER; do
+		if [ "$d" = bare ]; then run_bare "$r"; else run_one "$d" "$r"; fi
+	done
 done
 clean_kernel
 sync

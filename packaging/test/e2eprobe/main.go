@@ -1,0 +1,161 @@
+// Command e2eprobe is the bare probe loop of the end-to-end benchmark
+// (scripts/e2ebench.sh): the system calls of kglb's TCP check and nothing
+// else, over every real in turn, back to back on one thread, until it is
+// stopped. Its checks per CPU-second, measured in the same boot and the same
+// way as the daemons' (the reals' count of accepted connections over the CPU
+// of its cgroup), are what any daemon that completes a TCP handshake per
+// check can reach on that machine: the kernel's work for the handshake and
+// the reset, on both sides of the veth, runs in the prober's system calls.
+// So the ratio of this loop to keepalived bounds the checks-per-CPU-second
+// row from above, and kglb's share of it is kglb's own cost.
+//
+// Like kglb's tcpChecker (health/tcp.go) it keeps one socket with SO_LINGER
+// 0 and, per check, calls connect (which sends the SYN; over a veth the
+// handshake completes within it), connect again (which reports the outcome)
+// and connect(AF_UNSPEC) (which sends RST and leaves the socket reusable). A
+// connect still in progress waits in poll(2) up to -timeout.
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"flag"
+	"log"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	realsFile := flag.String("reals", "/etc/e2ebench/reals", "file of the reals' IPv4 addresses, one per line")
+	port := flag.Uint("port", 80, "the reals' port")
+	timeout := flag.Duration("timeout", 500*time.Millisecond, "how long a connect may take")
+	flag.Parse()
+	reals, err := readReals(*realsFile, uint16(*port))
+	if err != nil {
+		log.Fatal(err)
+	}
+	runtime.GOMAXPROCS(1)
+	runtime.LockOSThread()
+	fd := -1
+	var failed uint64
+	for i := 0; ; i = (i + 1) % len(reals) {
+		if fd < 0 {
+			if fd, err = probeSocket(); err != nil {
+				log.Fatal(err)
+			}
+		}
+		switch err := check(fd, &reals[i], *timeout); err {
+		case nil:
+			if !disconnect(fd) {
+				unix.Close(fd)
+				fd = -1
+			}
+		case unix.ECONNREFUSED:
+			// The kernel has disconnected the socket already.
+			failed++
+		default:
+			unix.Close(fd)
+			fd = -1
+			failed++
+		}
+		if failed > 0 && failed%1000 == 0 {
+			log.Printf("%d checks failed (the last: %s)", failed, addrOf(&reals[i]))
+		}
+	}
+}
+
+func readReals(path string, port uint16) ([]unix.RawSockaddrInet4, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []unix.RawSockaddrInet4
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(line)
+		if err != nil || !a.Is4() {
+			return nil, &os.PathError{Op: "read real", Path: path, Err: err}
+		}
+		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
+		out = append(out, sa)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, &os.PathError{Op: "read reals", Path: path, Err: os.ErrNotExist}
+	}
+	return out, nil
+}
+
+func addrOf(sa *unix.RawSockaddrInet4) netip.Addr { return netip.AddrFrom4(sa.Addr) }
+
+func probeSocket() (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// connect is a raw connect(2): it never blocks on a non-blocking socket.
+func connect(fd int, sa unsafe.Pointer, salen uintptr) unix.Errno {
+	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sa), salen)
+	return errno
+}
+
+// check connects fd to sa: nil once the handshake is done.
+func check(fd int, sa *unix.RawSockaddrInet4, timeout time.Duration) error {
+	p, n := unsafe.Pointer(sa), uintptr(unix.SizeofSockaddrInet4)
+	switch errno := connect(fd, p, n); errno {
+	case 0:
+		return nil
+	case unix.EINPROGRESS, unix.EINTR:
+	default:
+		return errno
+	}
+	switch errno := connect(fd, p, n); errno {
+	case 0, unix.EISCONN, unix.ECONNRESET, unix.EPIPE:
+		// ECONNRESET and EPIPE come only after the handshake: the real
+		// accepted and closed first (as in kglb's tcpChecker).
+		return nil
+	case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
+	default:
+		return errno
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	if n, err := unix.Poll(pfd, int(timeout/time.Millisecond)); err != nil || n == 0 {
+		return unix.ETIMEDOUT
+	}
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	if v != 0 {
+		return unix.Errno(v)
+	}
+	return nil
+}
+
+// disconnect resets the connection (SO_LINGER 0) and leaves the socket
+// unconnected, ready for the next check; false if it could not.
+func disconnect(fd int) bool {
+	sa := unix.RawSockaddrInet4{Family: unix.AF_UNSPEC}
+	return connect(fd, unsafe.Pointer(&sa), unix.SizeofSockaddrInet4) == 0
+}
