@@ -25,7 +25,10 @@
 # (packaging/test/e2eprobe: a TCP check's system calls and nothing else) in
 # the same steady window: checks-per-cpu-s-bare is that loop over keepalived,
 # the most a daemon making the same checks reaches in that boot, and
-# checks-per-cpu-s-of-bare is kglb's share of it.
+# checks-per-cpu-s-of-bare is kglb's share of it. The loop runs its checks
+# back to back, as both daemons do where the checks ask more than the VM
+# runs (N=1000); at N=100 they wait between checks, and pay a wakeup the
+# loop does not.
 #
 # Environment:
 #   E2E_N        sizes to run, one VM each (default "100 200 1000"): at

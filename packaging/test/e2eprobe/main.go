@@ -20,6 +20,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"flag"
+	"fmt"
 	"log"
 	"net/netip"
 	"os"
@@ -84,8 +85,11 @@ func readReals(path string, port uint16) ([]unix.RawSockaddrInet4, error) {
 			continue
 		}
 		a, err := netip.ParseAddr(line)
-		if err != nil || !a.Is4() {
-			return nil, &os.PathError{Op: "read real", Path: path, Err: err}
+		if err != nil {
+			return nil, fmt.Errorf("read the reals of %s: %w", path, err)
+		}
+		if !a.Is4() {
+			return nil, fmt.Errorf("read the reals of %s: %s is not IPv4", path, a)
 		}
 		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
@@ -95,7 +99,7 @@ func readReals(path string, port uint16) ([]unix.RawSockaddrInet4, error) {
 		return nil, err
 	}
 	if len(out) == 0 {
-		return nil, &os.PathError{Op: "read reals", Path: path, Err: os.ErrNotExist}
+		return nil, fmt.Errorf("read the reals of %s: none", path)
 	}
 	return out, nil
 }
