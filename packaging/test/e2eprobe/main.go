@@ -37,6 +37,9 @@ func main() {
 	port := flag.Uint("port", 80, "the reals' port")
 	timeout := flag.Duration("timeout", 500*time.Millisecond, "how long a connect may take")
 	flag.Parse()
+	if *port == 0 || *port > 65535 {
+		log.Fatalf("-port %d: want 1 to 65535", *port)
+	}
 	reals, err := readReals(*realsFile, uint16(*port))
 	if err != nil {
 		log.Fatal(err)
@@ -51,22 +54,17 @@ func main() {
 				log.Fatal(err)
 			}
 		}
-		switch err := check(fd, &reals[i], *timeout); err {
-		case nil:
-			if !disconnect(fd) {
-				unix.Close(fd)
-				fd = -1
+		keep, err := check(fd, &reals[i], *timeout)
+		if err != nil {
+			if failed++; failed%1000 == 1 {
+				log.Printf("%d checks failed, the last to %s: %v", failed, addrOf(&reals[i]), err)
 			}
-		case unix.ECONNREFUSED:
-			// The kernel has disconnected the socket already.
-			failed++
-		default:
+		} else if keep {
+			keep = disconnect(fd)
+		}
+		if !keep { // closing resets a connection (SO_LINGER 0)
 			unix.Close(fd)
 			fd = -1
-			failed++
-		}
-		if failed > 0 && failed%1000 == 0 {
-			log.Printf("%d checks failed (the last: %s)", failed, addrOf(&reals[i]))
 		}
 	}
 }
@@ -124,37 +122,42 @@ func connect(fd int, sa unsafe.Pointer, salen uintptr) unix.Errno {
 	return errno
 }
 
-// check connects fd to sa: nil once the handshake is done.
-func check(fd int, sa *unix.RawSockaddrInet4, timeout time.Duration) error {
+// check connects fd to sa: nil once the handshake is done. keep says the
+// socket may check again (after disconnect, when it connected): as in kglb's
+// tcpChecker, only a socket whose check ended without waiting is kept, and a
+// refused one, which the kernel disconnected as it reported the error.
+func check(fd int, sa *unix.RawSockaddrInet4, timeout time.Duration) (keep bool, err error) {
 	p, n := unsafe.Pointer(sa), uintptr(unix.SizeofSockaddrInet4)
 	switch errno := connect(fd, p, n); errno {
 	case 0:
-		return nil
+		return true, nil
 	case unix.EINPROGRESS, unix.EINTR:
 	default:
-		return errno
+		return false, errno
 	}
 	switch errno := connect(fd, p, n); errno {
 	case 0, unix.EISCONN, unix.ECONNRESET, unix.EPIPE:
 		// ECONNRESET and EPIPE come only after the handshake: the real
 		// accepted and closed first (as in kglb's tcpChecker).
-		return nil
+		return true, nil
+	case unix.ECONNREFUSED:
+		return true, errno
 	case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
 	default:
-		return errno
+		return false, errno
 	}
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
 	if n, err := unix.Poll(pfd, int(timeout/time.Millisecond)); err != nil || n == 0 {
-		return unix.ETIMEDOUT
+		return false, unix.ETIMEDOUT
 	}
 	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if v != 0 {
-		return unix.Errno(v)
+		return false, unix.Errno(v)
 	}
-	return nil
+	return false, nil
 }
 
 // disconnect resets the connection (SO_LINGER 0) and leaves the socket

@@ -58,9 +58,12 @@ func TestCheckReusesOneSocket(t *testing.T) {
 		sa   *unix.RawSockaddrInet4
 		want error
 	}{{&open, nil}, {&open, nil}, {&closed, unix.ECONNREFUSED}, {&open, nil}} {
-		err := check(fd, step.sa, time.Second)
+		keep, err := check(fd, step.sa, time.Second)
 		if !errors.Is(err, step.want) {
 			t.Fatalf("check %d: %v, want %v", i, err, step.want)
+		}
+		if !keep {
+			t.Fatalf("check %d: the socket is not to be kept", i)
 		}
 		if err == nil {
 			if !disconnect(fd) {
