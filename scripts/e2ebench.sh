@@ -53,7 +53,11 @@
 #                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"),
 #                and an entry unit:Directive=value adds that line to the unit
 #                (e.g. kglb@unit:SystemCallFilter= runs it without the filter):
-#                its lines carry that label and stay out of the rows
+#                its lines carry that label and stay out of the rows. Entries
+#                may repeat ("kglb kglb@X kglb kglb@X"): one window of the same
+#                build moves by a tenth and more against the next, so judge a
+#                change by pairs in one boot (a change to the code, too,
+#                behind an environment variable of the experiment's build)
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   E2E_PERF=1   a system-wide `perf record -e cpu-clock -a -g` over each
 #                daemon's steady window (the host's perf and its libraries

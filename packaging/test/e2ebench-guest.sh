@@ -75,6 +75,20 @@ clean_kernel() {
 		say "FAIL reloading ip_vs between daemons: the next one may pay for the last one's reals"
 }
 
+# file_of V: V (a daemon, a kglb@ variant or bare) as part of a file name.
+# A variant of a dozen unit directives is longer than a file name may be
+# (255 bytes), and a directive's value may hold a '/': such a label is cut
+# and made unique by its checksum, so that its counters and journal are kept.
+file_of() {
+	case "$1" in
+	*/*) ;;
+	*) if [ "${#1}" -le 100 ]; then
+		echo "$1"
+		return
+	fi ;;
+	esac
+	printf '%s-%s\n' "$(printf '%s' "$1" | tr -c 'A-Za-z0-9@=:,._-' _ | cut -c1-60)" "$(printf '%s' "$1" | cksum | cut -d' ' -f1)"
+}
 comm_of() { case "${1%%@*}" in bare) echo e2eprobe ;; *) echo "${1%%@*}" ;; esac; }
 unit_of() { case "$1" in kglb) echo kglb.service ;; bare) echo e2eprobe.service ;; *) echo keepalived.service ;; esac; }
 cg_cpu_us() { awk '$1 == "usage_usec" {print $2}' "/sys/fs/cgroup/system.slice/$(unit_of "$1")/cpu.stat" 2>/dev/null || echo 0; }
@@ -140,12 +154,12 @@ steady_perf() {
 	perfpid=""
 	[ "$PERF" = 1 ] || return 0
 	sysctl -qw kernel.kptr_restrict=0 kernel.perf_event_paranoid=-1
-	perf record -q -e cpu-clock -F 97 -a -g -o "$out/perf-$1-$2.data" -- sleep "$((WINDOW - 1))" >/dev/null 2>&1 &
+	perf record -q -e cpu-clock -F 97 -a -g -o "$out/perf-$(file_of "$1")-$2.data" -- sleep "$((WINDOW - 1))" >/dev/null 2>&1 &
 	perfpid=$!
 }
 perf_report() {
 	[ "$PERF" = 1 ] || return 0
-	local f="$out/perf-$1-$2"
+	local f="$out/perf-$(file_of "$1")-$2"
 	{
 		perf report -i "$f.data" --stdio --no-children --sort comm -g none 2>&1 | grep -v '^$' | head -40
 		perf report -i "$f.data" --stdio --no-children --sort comm,dso,sym -g none 2>&1 | grep -v '^$' | head -150
@@ -265,22 +279,23 @@ curl_get() {
 # the checks the reals accepted per second and per CPU-second of V's cgroup,
 # the share of a CPU it took, and the diagnostic lines of what that CPU was.
 window() {
-	local v="$1" d="${1%%@*}" r="$2" cpu0 n0 cpu1 n1
+	local v="$1" d="${1%%@*}" r="$2" k cpu0 n0 cpu1 n1
+	k="$(file_of "$v")-$r"
 	# kglb's /metrics first: rendering every real's series costs CPU, which
 	# must stay out of the counters' window.
-	: >"$out/before-$v-$r.txt"
-	[ "$d" = kglb ] && kglb_counters >"$out/before-$v-$r.txt"
-	counters "$d" >>"$out/before-$v-$r.txt"
+	: >"$out/before-$k.txt"
+	[ "$d" = kglb ] && kglb_counters >"$out/before-$k.txt"
+	counters "$d" >>"$out/before-$k.txt"
 	cpu0="$(cg_cpu_us "$d")" n0="$(accepted)"
 	steady_profile "$d" "$r"
 	steady_perf "$v" "$r"
 	sleep "$WINDOW"
 	cpu1="$(cg_cpu_us "$d")" n1="$(accepted)"
-	counters "$d" >"$out/after-$v-$r.txt"
+	counters "$d" >"$out/after-$k.txt"
 	[ -n "$profpid" ] && wait "$profpid"
 	[ -n "$perfpid" ] && wait "$perfpid" && perf_report "$v" "$r"
-	[ "$d" = kglb ] && kglb_counters >>"$out/after-$v-$r.txt"
-	diag "$v" "$r" "$WINDOW" "$out/before-$v-$r.txt" "$out/after-$v-$r.txt"
+	[ "$d" = kglb ] && kglb_counters >>"$out/after-$k.txt"
+	diag "$v" "$r" "$WINDOW" "$out/before-$k.txt" "$out/after-$k.txt"
 	metric "$v" "$r" checks-per-s "$(awk -v a="$n0" -v b="$n1" -v w="$WINDOW" 'BEGIN {printf "%.0f", (b - a) / w}')"
 	metric "$v" "$r" checks-per-cpu-s "$(awk -v a="$n0" -v b="$n1" -v x="$cpu0" -v y="$cpu1" 'BEGIN {printf "%.0f", (b - a) / ((y - x) / 1e6)}')"
 	metric "$v" "$r" cpu-share "$(awk -v x="$cpu0" -v y="$cpu1" -v w="$WINDOW" 'BEGIN {printf "%.3f", (y - x) / 1e6 / w}')"
@@ -316,7 +331,8 @@ run_bare() {
 # an entry unit:Directive=value is written as that [Service] line instead),
 # its lines labelled with the whole word (the host's rows take plain kglb only).
 run_one() {
-	local v="$1" d="${1%%@*}" r="$2" t0 c u tp="" tu="" w kv
+	local v="$1" d="${1%%@*}" r="$2" t0 c u tp="" tu="" w kv k
+	k="$(file_of "$v")-$r"
 	rm -rf /run/systemd/system/kglb.service.d
 	if [ "$v" != "$d" ]; then
 		mkdir -p /run/systemd/system/kglb.service.d
@@ -335,7 +351,7 @@ run_one() {
 	info "round $r: $v: cold start"
 	# The cold start's counters too (its lines say round R-cold): whether
 	# the machine was saturated while the reals came up, and by whom.
-	counters "$d" >"$out/before-cold-$v-$r.txt"
+	counters "$d" >"$out/before-cold-$k.txt"
 	t0="$(now)"
 	systemctl start --no-block "$(unit_of "$d")"
 	profile "$d" "$r"
@@ -349,9 +365,9 @@ run_one() {
 		fi
 		sleep 0.25
 	done
-	counters "$d" >"$out/after-cold-$v-$r.txt"
+	counters "$d" >"$out/after-cold-$k.txt"
 	if [ -n "$tu" ]; then
-		diag "$v" "$r-cold" "$tu" "$out/before-cold-$v-$r.txt" "$out/after-cold-$v-$r.txt" | grep -E ' (per-check|window) ' || true
+		diag "$v" "$r-cold" "$tu" "$out/before-cold-$k.txt" "$out/after-cold-$k.txt" | grep -E ' (per-check|window) ' || true
 	fi
 	[ -n "$profpid" ] && wait "$profpid" # the profile, if any
 	# Where kglb's start went: its steps and its first pass.
@@ -420,8 +436,8 @@ run_one() {
 		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probes_(per_second|in_flight))' "$out/metrics-$r.txt" | sed 's/^/  | /'
 	fi
 	systemctl stop "$(unit_of "$d")"
-	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$v-$r.txt" 2>&1
-	info "$v round $r done; $(wc -l <"$out/journal-$v-$r.txt") journal lines"
+	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$k.txt" 2>&1
+	info "$v round $r done; $(wc -l <"$out/journal-$k.txt") journal lines"
 }
 
 setup_net || { say DONE; exit 1; }
