@@ -52,8 +52,10 @@
 #                experiment, kglb@VAR=value[,VAR=value] runs kglb with that
 #                environment too (e.g. "kglb kglb@GOMAXPROCS=1 keepalived"),
 #                and an entry unit:Directive=value adds that line to the unit
-#                (e.g. kglb@unit:SystemCallFilter= runs it without the filter):
-#                its lines carry that label and stay out of the rows. Entries
+#                (e.g. kglb@unit:SystemCallFilter= runs it without the filter),
+#                and bare@procs=N runs the bare loop with N of Go's Ps, as
+#                kglb runs (GOMAXPROCS the CPUs), where plain bare has one:
+#                their lines carry that label and stay out of the rows. Entries
 #                may repeat ("kglb kglb@X kglb kglb@X"): one window of the same
 #                build moves by a tenth and more against the next, so judge a
 #                change by pairs in one boot (a change to the code, too,

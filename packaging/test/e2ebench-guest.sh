@@ -90,7 +90,7 @@ file_of() {
 	printf '%s-%s\n' "$(printf '%s' "$1" | tr -c 'A-Za-z0-9@=:,._-' _ | cut -c1-60)" "$(printf '%s' "$1" | cksum | cut -d' ' -f1)"
 }
 comm_of() { case "${1%%@*}" in bare) echo e2eprobe ;; *) echo "${1%%@*}" ;; esac; }
-unit_of() { case "$1" in kglb) echo kglb.service ;; bare) echo e2eprobe.service ;; *) echo keepalived.service ;; esac; }
+unit_of() { case "${1%%@*}" in kglb) echo kglb.service ;; bare) echo e2eprobe.service ;; *) echo keepalived.service ;; esac; }
 cg_cpu_us() { awk '$1 == "usage_usec" {print $2}' "/sys/fs/cgroup/system.slice/$(unit_of "$1")/cpu.stat" 2>/dev/null || echo 0; }
 cg_rss_kb() {
 	local p s=0 r
@@ -309,21 +309,33 @@ ipvs_rules() {
 		/etc/e2ebench/vips /etc/e2ebench/reals
 }
 
-# run_bare ROUND: the bare probe loop (packaging/test/e2eprobe) in the
+# run_bare V ROUND: the bare probe loop (packaging/test/e2eprobe) in the
 # daemons' steady window, over the same reals and the same IPVS table: the
 # checks per CPU-second of nothing but a TCP check's system calls in this
-# boot, the most any daemon making the same checks can reach.
+# boot, the most any daemon making the same checks can reach. V is bare, or
+# for an experiment bare@procs=N: the loop under Go's scheduler with N Ps
+# (e2eprobe -procs), whose lines stay out of the rows.
 run_bare() {
-	local r="$1"
+	local v="$1" r="$2" k kv
+	local args=()
+	k="$(file_of "$v")-$r"
+	if [ "$v" != bare ]; then
+		for kv in $(echo "${v#*@}" | tr , ' '); do
+			case "$kv" in
+			procs=*) args+=(-procs "${kv#procs=}") ;;
+			*) say "FAIL $v round $r: unknown setting $kv (want procs=N)"; return ;;
+			esac
+		done
+	fi
 	clean_kernel
-	ipvs_rules | ipvsadm -R || say "FAIL bare round $r: ipvsadm -R"
-	info "round $r: bare: the probe loop"
-	systemd-run --quiet --unit=e2eprobe.service /usr/local/sbin/e2eprobe -reals /etc/e2ebench/reals ||
-		{ say "FAIL bare round $r: e2eprobe did not start"; return; }
+	ipvs_rules | ipvsadm -R || say "FAIL $v round $r: ipvsadm -R"
+	info "round $r: $v: the probe loop"
+	systemd-run --quiet --unit=e2eprobe.service /usr/local/sbin/e2eprobe -reals /etc/e2ebench/reals "${args[@]}" ||
+		{ say "FAIL $v round $r: e2eprobe did not start"; return; }
 	sleep 3
-	window bare "$r"
+	window "$v" "$r"
 	systemctl stop e2eprobe.service
-	journalctl -u e2eprobe.service --no-pager -o short-monotonic >"$out/journal-bare-$r.txt" 2>&1
+	journalctl -u e2eprobe.service --no-pager -o short-monotonic >"$out/journal-$k.txt" 2>&1
 }
 
 # run_one DAEMON ROUND: DAEMON is kglb or keepalived, or, for an experiment,
@@ -444,7 +456,10 @@ setup_net || { say DONE; exit 1; }
 say "reals ready: $REALS addresses in netns reals, $(accepted) accepted"
 for r in $(seq "$ROUNDS"); do
 	for d in $ORDER; do
-		if [ "$d" = bare ]; then run_bare "$r"; else run_one "$d" "$r"; fi
+		case "${d%%@*}" in
+		bare) run_bare "$d" "$r" ;;
+		*) run_one "$d" "$r" ;;
+		esac
 	done
 done
 clean_kernel

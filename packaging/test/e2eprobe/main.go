@@ -36,16 +36,28 @@ func main() {
 	realsFile := flag.String("reals", "/etc/e2ebench/reals", "file of the reals' IPv4 addresses, one per line")
 	port := flag.Uint("port", 80, "the reals' port")
 	timeout := flag.Duration("timeout", 500*time.Millisecond, "how long a connect may take")
+	procs := flag.Int("procs", 1, "Go's GOMAXPROCS: 1 runs the loop on one thread, locked to it; more leave Ps idle beside it, as kglb keeps one for its engine")
 	flag.Parse()
 	if *port == 0 || *port > 65535 {
 		log.Fatalf("-port %d: want 1 to 65535", *port)
+	}
+	if *procs < 1 {
+		log.Fatalf("-procs %d: want 1 or more", *procs)
 	}
 	reals, err := readReals(*realsFile, uint16(*port))
 	if err != nil {
 		log.Fatal(err)
 	}
-	runtime.GOMAXPROCS(1)
-	runtime.LockOSThread()
+	// With one P the loop is the only goroutine that runs, on one thread.
+	// With more, Go's scheduler does what it does in kglb (GOMAXPROCS as
+	// many as the CPUs, one probe slot): sysmon's preemption of the loop,
+	// every 10 ms, puts it on the global run queue and wakes a thread for
+	// an idle P, which may take it over. Locked to a thread, a preempted
+	// goroutine would hand its P off instead, which kglb does not do.
+	runtime.GOMAXPROCS(*procs)
+	if *procs == 1 {
+		runtime.LockOSThread()
+	}
 	fd := -1
 	var failed uint64
 	for i := 0; ; i = (i + 1) % len(reals) {
