@@ -54,7 +54,9 @@
 #                and an entry unit:Directive=value adds that line to the unit
 #                (e.g. kglb@unit:SystemCallFilter= runs it without the filter),
 #                and bare@procs=N runs the bare loop with N of Go's Ps, as
-#                kglb runs (GOMAXPROCS the CPUs), where plain bare has one:
+#                kglb runs (GOMAXPROCS the CPUs), where plain bare has one,
+#                bare@sandbox in kglb's unit's sandbox (its seccomp filters,
+#                namespaces and capabilities; settings join with ","):
 #                their lines carry that label and stay out of the rows. Entries
 #                may repeat ("kglb kglb@X kglb kglb@X"): one window of the same
 #                build moves by a tenth and more against the next, so judge a

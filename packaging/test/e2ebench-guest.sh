@@ -309,28 +309,39 @@ ipvs_rules() {
 		/etc/e2ebench/vips /etc/e2ebench/reals
 }
 
+# sandbox_props: the sandbox of kglb's installed unit (the directives that
+# confine the process: seccomp filters, namespaces, capabilities), one
+# "-p" and one "Directive=value" a line, for systemd-run.
+sandbox_props() {
+	awk '/^\[Service\]/ {s = 1; next} /^\[/ {s = 0}
+		s && /^(NoNewPrivileges|Protect[A-Za-z]+|Private(Tmp|Devices)|Restrict[A-Za-z]+|LockPersonality|MemoryDenyWriteExecute|SystemCall[A-Za-z]+|CapabilityBoundingSet)=/ {print "-p"; print}' \
+		"$(systemctl show -P FragmentPath kglb.service)"
+}
+
 # run_bare V ROUND: the bare probe loop (packaging/test/e2eprobe) in the
 # daemons' steady window, over the same reals and the same IPVS table: the
 # checks per CPU-second of nothing but a TCP check's system calls in this
 # boot, the most any daemon making the same checks can reach. V is bare, or
-# for an experiment bare@procs=N: the loop under Go's scheduler with N Ps
-# (e2eprobe -procs), whose lines stay out of the rows.
+# for an experiment bare@S[,S]: the loop under Go's scheduler with N Ps
+# (S procs=N: e2eprobe -procs), or in kglb's sandbox (S sandbox), whose
+# lines stay out of the rows.
 run_bare() {
 	local v="$1" r="$2" k kv
-	local args=()
+	local args=() props=()
 	k="$(file_of "$v")-$r"
 	if [ "$v" != bare ]; then
 		for kv in $(echo "${v#*@}" | tr , ' '); do
 			case "$kv" in
 			procs=*) args+=(-procs "${kv#procs=}") ;;
-			*) say "FAIL $v round $r: unknown setting $kv (want procs=N)"; return ;;
+			sandbox) mapfile -t props < <(sandbox_props) ;;
+			*) say "FAIL $v round $r: unknown setting $kv (want procs=N or sandbox)"; return ;;
 			esac
 		done
 	fi
 	clean_kernel
 	ipvs_rules | ipvsadm -R || say "FAIL $v round $r: ipvsadm -R"
-	info "round $r: $v: the probe loop"
-	systemd-run --quiet --unit=e2eprobe.service /usr/local/sbin/e2eprobe -reals /etc/e2ebench/reals "${args[@]}" ||
+	info "round $r: $v: the probe loop$([ "${#props[@]}" -gt 0 ] && echo ", in kglb's sandbox: $((${#props[@]} / 2)) directives")"
+	systemd-run --quiet --unit=e2eprobe.service "${props[@]}" /usr/local/sbin/e2eprobe -reals /etc/e2ebench/reals "${args[@]}" ||
 		{ say "FAIL $v round $r: e2eprobe did not start"; return; }
 	sleep 3
 	window "$v" "$r"
