@@ -333,7 +333,10 @@ run_bare() {
 		for kv in $(echo "${v#*@}" | tr , ' '); do
 			case "$kv" in
 			procs=*) args+=(-procs "${kv#procs=}") ;;
-			sandbox) mapfile -t props < <(sandbox_props) ;;
+			sandbox)
+				mapfile -t props < <(sandbox_props)
+				[ "${#props[@]}" -gt 0 ] || { say "FAIL $v round $r: no sandbox read from kglb's unit"; return; }
+				;;
 			*) say "FAIL $v round $r: unknown setting $kv (want procs=N or sandbox)"; return ;;
 			esac
 		done
