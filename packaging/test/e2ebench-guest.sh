@@ -89,6 +89,9 @@ file_of() {
 	esac
 	printf '%s-%s\n' "$(printf '%s' "$1" | tr -c 'A-Za-z0-9@=:,._-' _ | cut -c1-60)" "$(printf '%s' "$1" | cksum | cut -d' ' -f1)"
 }
+# settings_of V: the settings of a variant V (D@S[,S]), a word each; none for
+# a plain D.
+settings_of() { case "$1" in *@*) echo "${1#*@}" | tr , ' ' ;; esac; }
 comm_of() { case "${1%%@*}" in bare) echo e2eprobe ;; *) echo "${1%%@*}" ;; esac; }
 unit_of() { case "${1%%@*}" in kglb) echo kglb.service ;; bare) echo e2eprobe.service ;; *) echo keepalived.service ;; esac; }
 cg_cpu_us() { awk '$1 == "usage_usec" {print $2}' "/sys/fs/cgroup/system.slice/$(unit_of "$1")/cpu.stat" 2>/dev/null || echo 0; }
@@ -329,21 +332,20 @@ run_bare() {
 	local v="$1" r="$2" k kv
 	local args=() props=()
 	k="$(file_of "$v")-$r"
-	if [ "$v" != bare ]; then
-		for kv in $(echo "${v#*@}" | tr , ' '); do
-			case "$kv" in
-			procs=*) args+=(-procs "${kv#procs=}") ;;
-			sandbox)
-				mapfile -t props < <(sandbox_props)
-				[ "${#props[@]}" -gt 0 ] || { say "FAIL $v round $r: no sandbox read from kglb's unit"; return; }
-				;;
-			*) say "FAIL $v round $r: unknown setting $kv (want procs=N or sandbox)"; return ;;
-			esac
-		done
-	fi
+	for kv in $(settings_of "$v"); do
+		case "$kv" in
+		procs=*) args+=(-procs "${kv#procs=}") ;;
+		sandbox)
+			mapfile -t props < <(sandbox_props)
+			[ "${#props[@]}" -gt 0 ] || { say "FAIL $v round $r: no sandbox read from kglb's unit"; return; }
+			info "round $r: $v: in kglb's sandbox, $((${#props[@]} / 2)) directives"
+			;;
+		*) say "FAIL $v round $r: unknown setting $kv (want procs=N or sandbox)"; return ;;
+		esac
+	done
 	clean_kernel
 	ipvs_rules | ipvsadm -R || say "FAIL $v round $r: ipvsadm -R"
-	info "round $r: $v: the probe loop$([ "${#props[@]}" -gt 0 ] && echo ", in kglb's sandbox: $((${#props[@]} / 2)) directives")"
+	info "round $r: $v: the probe loop"
 	systemd-run --quiet --unit=e2eprobe.service "${props[@]}" /usr/local/sbin/e2eprobe -reals /etc/e2ebench/reals "${args[@]}" ||
 		{ say "FAIL $v round $r: e2eprobe did not start"; return; }
 	sleep 3
@@ -364,7 +366,7 @@ run_one() {
 		mkdir -p /run/systemd/system/kglb.service.d
 		{
 			echo '[Service]'
-			for kv in $(echo "${v#*@}" | tr , ' '); do
+			for kv in $(settings_of "$v"); do
 				case "$kv" in
 				unit:*) echo "${kv#unit:}" ;;
 				*) echo "Environment=$kv" ;;
