@@ -682,6 +682,9 @@ func (e *Engine) redecide(changes []health.Change) (d Desired, changed []int, ok
 			continue
 		}
 		st, is := in.service(i, svc)
+		if len(e.adopted) > 0 {
+			e.forgetAdopted(is.Key, st.Reals)
+		}
 		news = append(news, redecided{j, st, is})
 		e.decided[i] = decision{ok: true, qualified: in.Qualified[svc.Name], pos: int32(j)}
 		if svc.VIP.IsValid() {
@@ -699,6 +702,29 @@ func (e *Engine) redecide(changes []health.Change) (d Desired, changed []int, ok
 	d.Routes = redecideVIPs(e.cfg, &d, vips)
 	e.mu.Unlock()
 	return d, changed, true
+}
+
+// forgetAdopted ends the adoption of the reals of service k that have a
+// verdict (reals, as just decided): an adopted weight holds only until a
+// real's first verdict. Kept after it, a real that later starts unknown
+// again (removed and added back, or given a new check) would get the weight
+// the kernel had when the daemon started, even when it was last seen down,
+// instead of 0 until it passes. Verdicts reach the engine here, so this
+// costs the services they touch; deciding no real leaves the map alone, and
+// the decision memo stays valid (a decided real never used its adoption).
+func (e *Engine) forgetAdopted(k ipvs.Key, reals []RealStatus) {
+	ws := e.adopted[k]
+	if len(ws) == 0 {
+		return
+	}
+	for _, r := range reals {
+		if r.State != health.Unknown {
+			delete(ws, ipvs.RealKey{Addr: r.Addr.Addr(), Port: r.Addr.Port()})
+		}
+	}
+	if len(ws) == 0 {
+		delete(e.adopted, k)
+	}
 }
 
 // collect takes the first batch and any others already waiting, so a burst
