@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -101,6 +102,12 @@ type Scheduler struct {
 	jobs    chan job
 	out     chan []Change
 	workers int // started; only the dispatcher reads or writes it
+	// handing: the dispatcher holds a popped probe and waits for a worker
+	// (handOff with every worker busy). A worker that finishes a probe then
+	// takes that one instead of the next due from the heap: while probes are
+	// due without end (over capacity), workers that kept taking them from the
+	// heap never came back for it, and its real was never probed again.
+	handing atomic.Bool
 }
 
 // job is a probe handed to a worker; slot says the dispatcher took its CPU
@@ -336,6 +343,8 @@ func (s *Scheduler) handOff(ctx context.Context, wg *sync.WaitGroup, j job) bool
 	}
 	s.slots.release()
 	j.slot = false
+	s.handing.Store(true)
+	defer s.handing.Store(false)
 	select {
 	case s.jobs <- j:
 		return true
@@ -366,7 +375,9 @@ func (s *Scheduler) worker(ctx context.Context, j job) {
 // holds a CPU slot throughout but while it waits on the network. It returns
 // the next due probe, popped with the slot still held, and the time it read
 // at the end of this one, which is that probe's start: none when a probe back
-// from the network waits for the slot (it goes first) or ctx has ended.
+// from the network waits for the slot (it goes first), the dispatcher waits to
+// hand a popped probe to a worker (that one goes first: see handing) or ctx
+// has ended.
 func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry, instant) {
 	if s.opts.beforeProbe != nil {
 		s.opts.beforeProbe(e.due)
@@ -416,7 +427,7 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 		took = end.at.Sub(s.undecided)
 	}
 	var next *entry
-	if s.slots.resuming.Load() == 0 {
+	if s.slots.resuming.Load() == 0 && !s.handing.Load() {
 		next = s.popDue(end.at)
 	}
 	s.kick()
