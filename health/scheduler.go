@@ -374,7 +374,8 @@ func (s *Scheduler) worker(ctx context.Context, j job) {
 // probe runs the probe of e, started at start, and records its result; it
 // holds a CPU slot throughout but while it waits on the network. It returns
 // the next due probe, popped with the slot still held, and the time it read
-// at the end of this one, which is that probe's start: none when a probe back
+// at the end of this one, which is that probe's start (read again when
+// something waited between them: see contended): none when a probe back
 // from the network waits for the slot (it goes first), the dispatcher waits to
 // hand a popped probe to a worker (that one goes first: see handing) or ctx
 // has ended.
@@ -403,7 +404,15 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 		return nil, end
 	}
 
-	s.mu.Lock()
+	// The next probe starts its clock at this one's end (one read of the
+	// clock for both) only when nothing waits between them: a wait for the
+	// lock (an Update of a large config, a scrape) or the log line and the
+	// yield of a change came out of the next probe's timeout, and a real that
+	// answered within it was judged down.
+	contended := !s.mu.TryLock()
+	if contended {
+		s.mu.Lock()
+	}
 	s.started++
 	s.lagSum += lag
 	from := e.state
@@ -459,6 +468,9 @@ func (s *Scheduler) probe(ctx context.Context, e *entry, start instant) (*entry,
 		// next due probe (whose connect under load completes inline) would
 		// make the engine wait on the probes. Probes yield to the engine.
 		runtime.Gosched()
+	}
+	if next != nil && (contended || changed) {
+		return next, s.instant(time.Time{})
 	}
 	return next, end
 }
