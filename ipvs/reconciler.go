@@ -113,6 +113,9 @@ type Reconciler struct {
 	// in its order (nil after a full read), so the next pass with the
 	// same services finds them in step.
 	last []*cached
+	// unsaved: the ownership record lacks a change of owned, whose save
+	// failed; the next pass saves it even if it changes no ownership.
+	unsaved bool
 
 	stats atomic.Pointer[Snapshot] // the last Stats built, for a scrape during a pass
 
@@ -362,6 +365,7 @@ type pass struct {
 	stale  bool
 	ctxErr error
 	dirty  bool // owned changed
+	failed bool // a write failed: some service is not as the pass left it
 
 	// The writes decided and not yet sent, and for each the service it
 	// writes to (for its error) and, for an add_service, whether the
@@ -441,6 +445,7 @@ func (p *pass) flush() {
 			continue
 		}
 		r.m.writes[w.Op][1].Inc()
+		p.failed = true
 		// The service is not as the pass left it: the next pass diffs it
 		// in full and finds no service in step.
 		if c := r.cache[w.Service]; c != nil {
@@ -677,7 +682,11 @@ func (p *pass) claim(adds []Key, prev map[Key]bool) bool {
 		prev[k] = r.owned[k]
 		r.owned[k] = true
 	}
-	if err := r.saveOwned(); err != nil {
+	err := r.saveOwned()
+	if err == nil {
+		r.unsaved = false // the whole record was written
+	}
+	if err != nil {
 		for _, k := range adds {
 			if !prev[k] {
 				delete(r.owned, k)
@@ -716,10 +725,21 @@ func (p *pass) syncExisting(d *desiredSet, adds []Key, now time.Time) {
 func (p *pass) record(want []Service, inStep bool) {
 	r := p.r
 	if !inStep {
-		r.last = r.inOrder(want)
+		// A write that failed left its service out of step (flush made
+		// r.last nil): a pass that lists only other services as changed
+		// would never look at it again before a full read.
+		r.last = nil
+		if !p.failed {
+			r.last = r.inOrder(want)
+		}
 	}
-	if p.dirty {
-		if err := r.saveOwned(); err != nil {
+	// An earlier save that failed is retried: else the record keeps a
+	// service kglb deleted, and a restart takes the service someone then
+	// creates at its key for kglb's own and deletes it.
+	if p.dirty || r.unsaved {
+		err := r.saveOwned()
+		r.unsaved = err != nil
+		if err != nil {
 			p.fail(fmt.Errorf("record ownership: %w", err))
 		}
 	}
