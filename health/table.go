@@ -146,7 +146,11 @@ func (t *table) update(now time.Time, targets []Target) error {
 		order = append(order, tg)
 	}
 
-	gone := map[Target]*entry{}
+	// Removed entries by probe identity, several per identity when services
+	// probe one real with one check at different timings: keyed by the
+	// identity alone, all but one of them were lost (their new Targets
+	// started Unknown) and the one kept went to any of the new Targets.
+	gone := map[Target][]*entry{}
 	for k, e := range t.entries {
 		tg := e.target()
 		if _, ok := refs[tg]; ok {
@@ -158,7 +162,8 @@ func (t *table) update(now time.Time, targets []Target) error {
 		}
 		t.dequeue(e)
 		delete(t.entries, k)
-		gone[tg.probeIdentity()] = e
+		id := tg.probeIdentity()
+		gone[id] = append(gone[id], e)
 	}
 	specs := make(map[Spec]*Spec, len(t.specs))
 	ids := make(map[*Spec]string, len(t.ids))
@@ -199,8 +204,7 @@ func (t *table) update(now time.Time, targets []Target) error {
 			checkers[ck] = c
 		}
 		e := &entry{real: tg.Real, spec: sp, id: ids[sp], checker: c, refs: refs[tg], hidx: -1}
-		if old := gone[tg.probeIdentity()]; old != nil {
-			delete(gone, tg.probeIdentity())
+		if old := inherit(gone, tg); old != nil {
 			e.state, e.since, e.reason = old.state, old.since, old.reason
 			e.okRun, e.failRun, e.last, e.lastAt = old.okRun, old.failRun, old.last, old.lastAt
 			e.counts = old.counts
@@ -218,6 +222,28 @@ func (t *table) update(now time.Time, targets []Target) error {
 		t.queue(e)
 	}
 	return errors.Join(errs...)
+}
+
+// inherit takes from gone the removed entry whose verdict tg carries on: of
+// those with tg's probe identity, the one of tg's interval (the same service's
+// check, its other timing changed), else the first. It returns nil when there
+// is none.
+func inherit(gone map[Target][]*entry, tg Target) *entry {
+	id := tg.probeIdentity()
+	olds := gone[id]
+	if len(olds) == 0 {
+		return nil
+	}
+	i := 0
+	for j, o := range olds {
+		if o.spec.Interval == tg.Spec.Interval {
+			i = j
+			break
+		}
+	}
+	old := olds[i]
+	gone[id] = append(olds[:i], olds[i+1:]...)
+	return old
 }
 
 // spread gives each fresh entry a first due time so that, per interval, all probe

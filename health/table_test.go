@@ -424,3 +424,29 @@ func TestTableCountsUnknown(t *testing.T) {
 	runOne(tab, tab.get(b), Fail, t0.Add(3*time.Second))
 	check(0)
 }
+
+// TestReloadTimingOfSharedCheck: two services probe one real with the same
+// check at different intervals (two Targets, one probe identity). A reload
+// that changes the timing of both keeps both verdicts: neither new Target
+// starts Unknown, which would take the real's traffic away until it passed
+// again.
+func TestReloadTimingOfSharedCheck(t *testing.T) {
+	tab, _ := newTestTable(time.Millisecond)
+	a := tcpTarget("127.0.0.1:80", time.Second, 1, 1)
+	b := tcpTarget("127.0.0.1:80", 2*time.Second, 1, 1)
+	tab.update(t0, []Target{a, b})
+	runOne(tab, tab.get(a), OK, t0.Add(time.Second))
+	runOne(tab, tab.get(b), Fail, t0.Add(time.Second))
+	a2, b2 := a, b
+	a2.Spec.Fall, b2.Spec.Fall = 3, 3
+	tab.update(t0.Add(2*time.Second), []Target{a2, b2})
+	if got := tab.get(a2).state; got != Up {
+		t.Errorf("the 1s check after a reload of its fall: %s, want up", got)
+	}
+	if got := tab.get(b2).state; got != Down {
+		t.Errorf("the 2s check after a reload of its fall: %s, want down", got)
+	}
+	if tab.unknown != 0 {
+		t.Errorf("%d entries unknown", tab.unknown)
+	}
+}
