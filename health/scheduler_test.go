@@ -479,3 +479,138 @@ func TestSchedulerStartsProbesEarlyWithinEarly(t *testing.T) {
 		}
 	}
 }
+
+// networkChecker is a checker whose every probe waits on the network (its CPU
+// slot handed back) while the fake clock moves on by took: a probe of a slow
+// real, as far as the scheduler can tell.
+type networkChecker struct {
+	clk   *fakeClock
+	took  time.Duration
+	mu    sync.Mutex
+	calls map[netip.AddrPort]int
+	total int
+}
+
+func (c *networkChecker) Check(ctx context.Context, t Target) Result {
+	c.mu.Lock()
+	c.calls[t.Real]++
+	c.total++
+	c.mu.Unlock()
+	resume := idle(ctx)
+	// Time for the dispatcher to see the slot free and the clock move.
+	time.Sleep(2 * time.Millisecond)
+	c.clk.Advance(c.took)
+	time.Sleep(2 * time.Millisecond)
+	resume()
+	return Result{Outcome: Fail, Reason: "slow"}
+}
+
+// TestSchedulerFullPoolStarvesNoProbe: with every worker busy (Concurrency
+// probes waiting on the network) and more probes due than the workers run,
+// the probe the dispatcher popped and waits to hand off must still run. The
+// workers take the next due probe from the heap themselves while they can,
+// so a probe held by the dispatcher waited as long as anything else was due:
+// under a standing overload, forever, and its real's verdict froze.
+func TestSchedulerFullPoolStarvesNoProbe(t *testing.T) {
+	h := newHarnessWith(t, Options{Concurrency: 1, CPUSlots: 2, Early: -1})
+	nc := &networkChecker{clk: h.clk, took: 400 * time.Millisecond, calls: map[netip.AddrPort]int{}}
+	h.s.mu.Lock()
+	h.s.tab.newChecker = func(Spec) (Checker, error) { return nc, nil }
+	h.s.mu.Unlock()
+	ts := realTargets(6, 1, 1) // 6 probes a second asked, 2.5 run
+	if err := h.s.Update(ts); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nc.mu.Lock()
+		total := nc.total
+		nc.mu.Unlock()
+		if total >= 60 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("calls %v total %d", nc.calls, nc.total)
+	h.stop()
+	<-h.done
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	for _, tg := range ts {
+		if n := nc.calls[tg.Real]; n < 3 {
+			t.Errorf("%s probed %d times of %d probes run over 6 reals (calls %v): starved", tg.Real, n, nc.total, nc.calls)
+		}
+	}
+}
+
+// lockedChecker probes a with the scheduler's lock taken by someone else as
+// it ends (an Update of a large config, a scrape), and b as a real 20 ms away
+// that answers, within the probe's timeout.
+type lockedChecker struct {
+	s    *Scheduler
+	clk  *fakeClock
+	a    netip.AddrPort
+	hold time.Duration
+	mu   sync.Mutex
+	got  []Result
+}
+
+func (c *lockedChecker) Check(ctx context.Context, t Target) Result {
+	start := probeStart(ctx)
+	if t.Real == c.a {
+		c.clk.Advance(500 * time.Millisecond) // b is due as a ends
+		r := classify(ctx, start, nil)
+		locked := make(chan struct{})
+		go func() {
+			c.s.mu.Lock()
+			close(locked)
+			time.Sleep(c.hold)
+			c.s.mu.Unlock()
+		}()
+		<-locked
+		return r
+	}
+	var err error
+	select {
+	case <-time.After(20 * time.Millisecond):
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	r := classify(ctx, start, err)
+	c.mu.Lock()
+	c.got = append(c.got, r)
+	c.mu.Unlock()
+	return r
+}
+
+// TestBackToBackProbeGetsItsTimeout: a probe a worker takes right after
+// another starts its clock at that one's end, a read of the clock shared to
+// save one. What happens between the two (the scheduler's lock, held by an
+// Update or a scrape; a log line; a yield to the engine) must not come out of
+// the next probe's timeout: a real that answers within it is up.
+func TestBackToBackProbeGetsItsTimeout(t *testing.T) {
+	h := newHarnessWith(t, Options{Concurrency: 4, CPUSlots: 1, Early: -1})
+	a := tcpTarget("127.0.0.1:80", time.Second, 1, 1) // timeout 500ms
+	b := tcpTarget("127.0.0.2:80", time.Second, 1, 1)
+	lc := &lockedChecker{s: h.s, clk: h.clk, a: a.Real, hold: 600 * time.Millisecond}
+	h.s.mu.Lock()
+	h.s.tab.newChecker = func(Spec) (Checker, error) { return lc, nil }
+	h.s.mu.Unlock()
+	if err := h.s.Update([]Target{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		lc.mu.Lock()
+		n := len(lc.got)
+		lc.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if r := lc.got[0]; r.Outcome != OK {
+		t.Errorf("a real that answers in 20 ms, probed with a 500 ms timeout after the scheduler's lock was held 600 ms: %s (%q) after %v", r.Outcome, r.Reason, r.Duration)
+	}
+}
