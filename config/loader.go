@@ -202,6 +202,10 @@ func (l *Loader) readAndLoad(files []listed, fresh map[string]bool) (*Config, er
 	}
 	l.read = len(toRead) - len(ds)
 	if len(ds) > 0 {
+		// The files read are not cached (load is not reached), yet the
+		// listing has their new stat: a LoadChanged that trusted it would
+		// keep their old decode. The next load lists the directory again.
+		l.dir, l.listing = "", nil
 		return nil, ds
 	}
 	return l.load(srcs)

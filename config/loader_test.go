@@ -513,3 +513,45 @@ func TestLoaderManyFiles(t *testing.T) {
 		t.Errorf("decoded %d files after two edits, want 2", l.decoded)
 	}
 }
+
+// A load that fails because one file cannot be read (it vanished, or grew
+// past the limit, between its stat and its read) must not leave the next
+// LoadChanged trusting the cache of another file that the failed load had
+// found changed: the edit it saw would be lost until a full Load.
+func TestLoadChangedAfterAFailedReadSeesEarlierEdits(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.hcl", loaderA)
+	write(t, dir, "b.hcl", loaderB)
+	write(t, dir, "daemon.hcl", loaderDaemon)
+	l := NewLoader()
+	clock := time.Now()
+	l.now = func() time.Time { return clock }
+	if _, err := l.Load(dir); err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(2 * racyWindow)
+	if _, err := l.Load(dir); err != nil { // now trusted by stat
+		t.Fatal(err)
+	}
+
+	// a.hcl and b.hcl are edited, and b.hcl is replaced and and is gone when the load reads
+	// it (the test's clock is read just before each file's read).
+	write(t, dir, "a.hcl", strings.Replace(loaderA, "{ weight = 10 }", "{ weight = 11 }", 1))
+	b2 := strings.Replace(loaderB, "port = 8080", "port = 8081", 1)
+	write(t, dir, "b.hcl", b2)
+	clock = clock.Add(2 * racyWindow)
+	l.now = func() time.Time { os.Remove(filepath.Join(dir, "b.hcl")); return clock }
+	if _, err := l.LoadChanged(dir, []string{filepath.Join(dir, "a.hcl"), filepath.Join(dir, "b.hcl")}); err == nil {
+		t.Fatal("the load with b.hcl gone while read succeeded")
+	}
+	l.now = func() time.Time { return clock }
+
+	// b.hcl is back: the watch names it alone.
+	write(t, dir, "b.hcl", b2)
+	clock = clock.Add(2 * racyWindow)
+	got, err := l.LoadChanged(dir, []string{filepath.Join(dir, "b.hcl")})
+	want, wantErr := Load(dir)
+	if d := loadDiff(got, err, want, wantErr); d != "" {
+		t.Fatal(d)
+	}
+}
