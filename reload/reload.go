@@ -402,7 +402,12 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			}
 		case <-settle.C:
 			switch {
-			case pending: // the debounce loads first, and an event re-arms this
+			case pending:
+				// The debounce loads first. A settle time shorter than
+				// the debounce fires here before that load holds what
+				// it removes, and no event may come to re-arm it: arm
+				// it again, or the removal is kept for good.
+				settle.Reset(w.settleTime())
 			case w.isHolding():
 				w.load(false, nil, true, true)
 				fp = stamp()

@@ -700,3 +700,22 @@ func TestFixBackToTheLastAppliedEndsTheFallback(t *testing.T) {
 		t.Errorf("reloads{result=unchanged} = %v", n)
 	}
 }
+
+// A settle time shorter than the debounce (daemon.settle = "100ms" is a
+// valid config) still applies the removal: the settle timer that fires
+// while the debounce is pending must not be lost.
+func TestSettleShorterThanDebounceStillApplies(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\nb\nc\n"}, Options[set]{Hold: holdLines, Settle: 20 * time.Millisecond, Debounce: 200 * time.Millisecond})
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\nb\n")
+	if got := h.next(); got.lines() != 3 {
+		t.Errorf("at the debounce got %q, want the removed line kept", got.files)
+	}
+	select {
+	case got := <-h.w.Updates():
+		if !slices.Equal(got.files, []string{"web.hcl=a\nb\n"}) {
+			t.Errorf("once settled got %q", got.files)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatalf("the removal was never applied; settling = %v", h.w.Status().Settling)
+	}
+}
