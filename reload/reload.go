@@ -303,24 +303,33 @@ func (w *Watcher[C]) ReloadWait(ctx context.Context, force bool) (Outcome, error
 	}
 }
 
-// Run watches until ctx ends. It returns an error only when it cannot watch
-// at all; a missing directory is waited for (the poll notices it).
+// Run watches until ctx ends. It returns an error only when the watch's
+// channels close under it; a missing directory is waited for (the poll
+// notices it), and without a watch at all (no inotify instance to be had)
+// it still serves explicit reloads and the poll.
 func (w *Watcher[C]) Run(ctx context.Context) error {
-	fw, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch %s: %w", w.opts.Dir, err)
-	}
-	defer fw.Close()
 	dir := filepath.Clean(w.opts.Dir)
 	parent := filepath.Dir(dir)
-	// The parent is watched too, so a deleted and re-created directory is
-	// noticed and watched again.
-	if err := fw.Add(parent); err != nil {
-		w.log.Warn("cannot watch parent directory; relying on poll", "dir", parent, "err", err)
-	}
-	watching := fw.Add(dir) == nil
-	if !watching {
-		w.log.Warn("config directory missing; waiting for it", "dir", dir)
+	// Returning here would leave every Reload and ReloadWait (SIGHUP,
+	// `kglb reload`, systemd's reload) waiting for a loop that is gone.
+	fw, err := fsnotify.NewWatcher()
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	watching := false
+	if err != nil {
+		w.log.Error("cannot watch the config directory; only explicit reloads and the poll load it", "dir", dir, "err", err)
+	} else {
+		defer fw.Close()
+		events, errs = fw.Events, fw.Errors
+		// The parent is watched too, so a deleted and re-created directory
+		// is noticed and watched again.
+		if err := fw.Add(parent); err != nil {
+			w.log.Warn("cannot watch parent directory; relying on poll", "dir", parent, "err", err)
+		}
+		watching = fw.Add(dir) == nil
+		if !watching {
+			w.log.Warn("config directory missing; waiting for it", "dir", dir)
+		}
 	}
 
 	var poll <-chan time.Time
@@ -352,7 +361,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-fw.Events:
+		case ev, ok := <-events:
 			if !ok {
 				return errors.New("watch " + dir + ": event channel closed")
 			}
@@ -376,7 +385,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			pending = true
 			debounce.Reset(w.opts.Debounce)
 			settle.Reset(w.settleTime())
-		case err, ok := <-fw.Errors:
+		case err, ok := <-errs:
 			if !ok {
 				return errors.New("watch " + dir + ": error channel closed")
 			}
@@ -413,7 +422,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 				fp = stamp()
 			}
 		case <-poll:
-			if !watching {
+			if !watching && fw != nil {
 				watching = fw.Add(dir) == nil
 			}
 			if now := stamp(); now != fp {

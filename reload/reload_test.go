@@ -16,6 +16,7 @@ import (
 	"github.com/kglb/kglb/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // set is what the test loader makes of a directory: the sorted "name=content"
@@ -717,5 +718,59 @@ func TestSettleShorterThanDebounceStillApplies(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatalf("the removal was never applied; settling = %v", h.w.Status().Settling)
+	}
+}
+
+// A watch that cannot be set up (inotify_init1 fails with EMFILE when the
+// process is at its file limit, or the user at fs.inotify.max_user_instances)
+// must not take the explicit reloads with it: SIGHUP, `kglb reload` and
+// systemd's reload still need their answer, and the poll still loads.
+func TestReloadsWithoutAWatch(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "web.hcl"), "a\n")
+	w, err := New(Options[set]{Dir: dir, Load: loadSet, Digest: digestSet, Poll: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No file can be opened while Run sets up its watch: the limit is
+	// the lowest free descriptor, which the kernel would hand out next.
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := f.Fd()
+	f.Close()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	low := old
+	low.Cur = uint64(next)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	time.Sleep(200 * time.Millisecond)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		<-done
+	}()
+	write(t, filepath.Join(dir, "web.hcl"), "a\nb\n")
+	rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer rcancel()
+	o, err := w.ReloadWait(rctx, false)
+	if err != nil || o.Result != Applied {
+		select {
+		case rerr := <-done:
+			done <- rerr
+			t.Fatalf("ReloadWait = %+v, %v: Run had returned %v", o, err, rerr)
+		default:
+		}
+		t.Fatalf("ReloadWait = %+v, %v", o, err)
 	}
 }
