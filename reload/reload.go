@@ -114,6 +114,10 @@ type Watcher[C any] struct {
 	lastApplied bool
 	// holding: current keeps what the files removed, until they settle.
 	holding bool
+	// stamp is Stamp of the directory before New loaded it: Run loads
+	// again when the files no longer match it, since an edit made before
+	// its watch was in place sent no event.
+	stamp string
 }
 
 // Status is the state of the configuration in force, for /status.
@@ -155,6 +159,9 @@ func New[C any](opts Options[C]) (*Watcher[C], error) {
 		metrics: newMetrics(opts.Registerer),
 		updates: make(chan C, 1),
 		trigger: make(chan request, 8),
+	}
+	if opts.Stamp != nil {
+		w.stamp = opts.Stamp(filepath.Clean(opts.Dir))
 	}
 	start := time.Now()
 	cfg, err := opts.Load(opts.Dir)
@@ -343,6 +350,19 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	fp := stamp()
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
+	pending := false
+	// changed are the entries the events since the last load named; full
+	// is set by an event that names none (or too many to be worth it).
+	var changed []string
+	full := false
+	const maxChanged = 1000
+	// A daemon does much between New and Run (IPVS, addresses, BGP): an
+	// edit in between sent no event, and the poll's stamp, taken now,
+	// already has it.
+	if w.opts.Stamp != nil && w.opts.Stamp(dir) != w.stamp {
+		pending, full = true, true
+		debounce.Reset(w.opts.Debounce)
+	}
 	// settle fires once the directory has been quiet for the settle time
 	// while something the files removed is kept; every event restarts it.
 	settle := time.NewTimer(time.Hour)
@@ -350,12 +370,6 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	if w.isHolding() {
 		settle.Reset(w.settleTime())
 	}
-	pending := false
-	// changed are the entries the events since the last load named; full
-	// is set by an event that names none (or too many to be worth it).
-	var changed []string
-	full := false
-	const maxChanged = 1000
 
 	for {
 		select {
@@ -397,17 +411,19 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 		case req := <-w.trigger:
 			// An explicit reload is the operator saying the files are
 			// ready: nothing waits for them to settle.
+			// The stamp is taken before the load reads: an edit made
+			// meanwhile differs from it, and the poll loads it.
+			fp = stamp()
 			o := w.load(w.forced.Swap(false), nil, true, true)
 			pending, changed, full = false, nil, false
-			fp = stamp()
 			if req.done != nil {
 				req.done <- o
 			}
 		case <-debounce.C:
 			if pending {
+				fp = stamp()
 				w.load(false, changed, full, false)
 				pending, changed, full = false, nil, false
-				fp = stamp()
 			}
 		case <-settle.C:
 			switch {
@@ -418,8 +434,8 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 				// it again, or the removal is kept for good.
 				settle.Reset(w.settleTime())
 			case w.isHolding():
-				w.load(false, nil, true, true)
 				fp = stamp()
+				w.load(false, nil, true, true)
 			}
 		case <-poll:
 			if !watching && fw != nil {

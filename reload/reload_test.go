@@ -774,3 +774,67 @@ func TestReloadsWithoutAWatch(t *testing.T) {
 		t.Fatalf("ReloadWait = %+v, %v", o, err)
 	}
 }
+
+// An edit between New's load and Run's watch (a daemon's start sets up
+// IPVS, addresses and BGP in between) has no event; it must still be
+// loaded, not hidden behind a poll stamp taken after it.
+func TestEditBeforeRunIsLoaded(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "web.hcl"), "a\n")
+	w, err := New(Options[set]{Dir: dir, Load: loadSet, Digest: digestSet, Debounce: 20 * time.Millisecond,
+		Poll: 50 * time.Millisecond, Stamp: config.DirStamp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "web.hcl"), "a\nb\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	select {
+	case got := <-w.Updates():
+		if !slices.Equal(got.files, []string{"web.hcl=a\nb\n"}) {
+			t.Errorf("got %q", got.files)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("the edit made before Run was never loaded; running %q", w.Current().files)
+	}
+}
+
+// An edit made while a load reads the files, on a file system that sends no
+// events (the poll is all there is), is loaded at the next poll: the stamp
+// a load leaves is the one from before it read.
+func TestEditDuringLoadIsPolled(t *testing.T) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	during := ""
+	load := func(d string) (set, error) {
+		s, err := loadSet(d)
+		mu.Lock()
+		defer mu.Unlock()
+		if during != "" {
+			write(t, filepath.Join(dir, "web.hcl"), during)
+			during = ""
+		}
+		return s, err
+	}
+	h := start(t, dir, map[string]string{"web.hcl": "a\n"}, Options[set]{Load: load, Debounce: time.Hour,
+		Poll: 50 * time.Millisecond, Stamp: config.DirStamp})
+	mu.Lock()
+	during = "a\nb\n"
+	mu.Unlock()
+	if o, err := h.w.ReloadWait(context.Background(), false); err != nil || o.Result != Unchanged {
+		t.Fatalf("ReloadWait = %+v, %v", o, err)
+	}
+	select {
+	case got := <-h.w.Updates():
+		if !slices.Equal(got.files, []string{"web.hcl=a\nb\n"}) {
+			t.Errorf("the poll got %q", got.files)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("the edit made during the load was never loaded; running %q", h.w.Current().files)
+	}
+}
