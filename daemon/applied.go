@@ -76,7 +76,7 @@ func saveApplied(cfg *config.Config, dir string, now time.Time) error {
 	info := appliedInfo{Time: now.UTC(), Digest: hex.EncodeToString(cfg.Digest[:]), Dir: dir}
 	sum := config.NewDigester()
 	for _, f := range cfg.Files {
-		data, err := readBounded(f)
+		data, err := readRegular(f, config.MaxFileSize)
 		if err != nil {
 			return fmt.Errorf("record the applied config: %w", err)
 		}
@@ -135,7 +135,7 @@ func syncFS(dir string) error {
 // ok is false when there is none (a first install).
 func loadApplied(stateDir string) (cfg *config.Config, info appliedInfo, ok bool, err error) {
 	dir := filepath.Join(stateDir, appliedName)
-	js, err := os.ReadFile(filepath.Join(dir, appliedMeta))
+	js, err := readRegular(filepath.Join(dir, appliedMeta), maxAppliedMeta)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, info, false, nil
 	}
@@ -155,20 +155,32 @@ func loadApplied(stateDir string) (cfg *config.Config, info appliedInfo, ok bool
 	return cfg, info, true, nil
 }
 
-// readBounded reads a config file, refusing one larger than the loader
-// would read.
-func readBounded(p string) ([]byte, error) {
-	f, err := os.Open(p)
+// maxAppliedMeta bounds applied.json: a few names per file.
+const maxAppliedMeta = 64 << 20
+
+// readRegular reads p, which must be a regular file of at most limit bytes.
+// The open does not block: a FIFO in place of a config file (between its
+// load and its record) or of applied.json would otherwise hang the recorder,
+// and the stop that waits for it, or the start.
+func readRegular(p string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, config.MaxFileSize+1))
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: not a regular file (%s)", p, fi.Mode().Type())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", p, err)
 	}
-	if len(data) > config.MaxFileSize {
-		return nil, fmt.Errorf("read %s: larger than %d bytes", p, config.MaxFileSize)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("read %s: larger than %d bytes", p, limit)
 	}
 	return data, nil
 }

@@ -84,7 +84,7 @@ func BenchmarkAppliedSave(b *testing.B) {
 			}
 		}()
 		for _, p := range cfg.Files {
-			data, err := readBounded(p)
+			data, err := readRegular(p, config.MaxFileSize)
 			if err != nil {
 				return err
 			}

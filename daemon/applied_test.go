@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,5 +250,69 @@ func TestStatusSaysLastAppliedRuns(t *testing.T) {
 	}
 	if got := firstLine(errors.New("/etc/kglb/web.hcl:2:10: x\nb\nc")); got != "/etc/kglb/web.hcl:2:10: x (and 2 more)" {
 		t.Errorf("firstLine = %q", got)
+	}
+}
+
+// unblockFIFO opens p for writing, without blocking, when the test ends:
+// a reader stuck opening it (the bug the test looks for) is let go.
+func unblockFIFO(t *testing.T, p string) {
+	t.Cleanup(func() {
+		if f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+	})
+}
+
+// within runs f and fails the test when it has not returned in time.
+func within(t *testing.T, what string, f func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(3 * time.Second):
+		t.Fatalf("%s hangs", what)
+		return nil
+	}
+}
+
+// A config file replaced by a FIFO between its load and its record must
+// not hang the recorder, and with it the daemon's stop, which waits for it.
+func TestSaveAppliedDoesNotOpenAFIFO(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Daemon.StateDir = state
+	p := filepath.Join(dir, "a.hcl")
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unblockFIFO(t, p)
+	if err := within(t, "saveApplied", func() error { return saveApplied(cfg, dir, time.Now()) }); err == nil {
+		t.Error("a FIFO was recorded")
+	}
+}
+
+// A state directory is untrusted too: an applied.json that is a FIFO must
+// not hang the start.
+func TestLoadAppliedDoesNotOpenAFIFO(t *testing.T) {
+	state := t.TempDir()
+	if err := os.Mkdir(filepath.Join(state, appliedName), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(state, appliedName, appliedMeta)
+	if err := syscall.Mkfifo(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unblockFIFO(t, p)
+	if err := within(t, "loadApplied", func() error { _, _, _, err := loadApplied(state); return err }); err == nil {
+		t.Error("loadApplied read a FIFO without error")
 	}
 }
