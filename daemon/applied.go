@@ -117,6 +117,19 @@ func saveApplied(cfg *config.Config, dir string, now time.Time) error {
 	return nil
 }
 
+// dropApplied removes the record in stateDir, once the config applied is
+// recorded in another state_dir. A start whose files do not load looks for
+// the record in the default state_dir (such files name none): one left there
+// from before state_dir changed would run a config older than the last
+// applied, and take away what was added since. Without it such a start
+// fails, as on a first install.
+func dropApplied(stateDir string) error {
+	if err := os.RemoveAll(filepath.Join(stateDir, appliedName)); err != nil {
+		return fmt.Errorf("remove the record left in %s: %w", stateDir, err)
+	}
+	return nil
+}
+
 // syncFS commits the file system holding dir to disk: every file written
 // there, and dir itself.
 func syncFS(dir string) error {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -314,5 +315,38 @@ func TestLoadAppliedDoesNotOpenAFIFO(t *testing.T) {
 	unblockFIFO(t, p)
 	if err := within(t, "loadApplied", func() error { _, _, _, err := loadApplied(state); return err }); err == nil {
 		t.Error("loadApplied read a FIFO without error")
+	}
+}
+
+// TestStateDirChangeDropsTheDefaultRecord: after state_dir moves away from
+// the default, a start whose files do not load (they name no state_dir, so
+// the record is looked for in the default) must not run the config recorded
+// there before the move: it fails, as on a first install, rather than start
+// without the services added since.
+func TestStateDirChangeDropsTheDefaultRecord(t *testing.T) {
+	dir, def, custom := t.TempDir(), t.TempDir(), t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
+	record(t, dir, def) // a run with the default state_dir
+	writeFiles(t, dir, map[string]string{"b.hcl": svcHCL("b", 2, 12),
+		"kglb.hcl": fmt.Sprintf("daemon {\n  state_dir = %q\n}\n", custom)})
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{log: hclog.NewNullLogger(), dir: dir, defaultState: def}
+	records, done := make(chan *config.Config, 1), make(chan struct{})
+	records <- cfg
+	close(records)
+	d.recordApplied(records, done)
+	<-done
+	if _, info, ok, err := loadApplied(custom); !ok || err != nil || info.Digest != hex.EncodeToString(cfg.Digest[:]) {
+		t.Fatalf("the record in the new state_dir: ok %v, err %v, digest %s", ok, err, info.Digest)
+	}
+
+	writeFiles(t, dir, map[string]string{"b.hcl": "service {"})
+	var last appliedInfo
+	w, err := reload.New(watchOptions(dir, def, &last, new(atomic.Bool), hclog.NewNullLogger(), prometheus.NewRegistry()))
+	if err == nil {
+		t.Errorf("a start with a broken file ran %v, recorded in %s before state_dir changed", names(w.Current()), def)
 	}
 }

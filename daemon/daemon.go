@@ -264,11 +264,15 @@ type daemon struct {
 	lastApplied appliedInfo
 	guard       func(old, new *config.Config) error // the reload's guard (wopts.Guard), for plans
 	dir         string
-	stopCh      context.CancelFunc
+	// defaultState is the state_dir that files which do not load name, and
+	// so where a start looks for a record then (watchOptions).
+	defaultState string
+	stopCh       context.CancelFunc
 }
 
 func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logger, reg *prometheus.Registry, guard func(old, new *config.Config) error, stages *stages, firstPass func()) (*daemon, error) {
-	d := &daemon{log: log, reg: reg, notify: newNotifier(log.Named("notify")), dir: opts.ConfigDir, guard: guard}
+	d := &daemon{log: log, reg: reg, notify: newNotifier(log.Named("notify")), dir: opts.ConfigDir, guard: guard,
+		defaultState: config.DefaultDaemon().StateDir}
 	var err error
 	d.kernel, err = ipvs.NewNetlink(opts.NetNS)
 	if err != nil {
@@ -690,6 +694,11 @@ func (d *daemon) recordApplied(records <-chan *config.Config, done chan<- struct
 	defer close(done)
 	for c := range records {
 		err := saveApplied(c, d.dir, time.Now())
+		if err == nil && c.Daemon.StateDir != d.defaultState {
+			if derr := dropApplied(d.defaultState); derr != nil {
+				d.log.Error("a start whose files do not load would run the config recorded before state_dir changed", "state_dir", c.Daemon.StateDir, "err", derr)
+			}
+		}
 		switch {
 		case errors.Is(err, errNotRecorded):
 			d.log.Debug("applied config not recorded; the next load records it", "err", err)
