@@ -359,9 +359,15 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 	// A daemon does much between New and Run (IPVS, addresses, BGP): an
 	// edit in between sent no event, and the poll's stamp, taken now,
 	// already has it.
-	if w.opts.Stamp != nil && w.opts.Stamp(dir) != w.stamp {
-		pending, full = true, true
-		debounce.Reset(w.opts.Debounce)
+	if w.opts.Stamp != nil {
+		now := fp
+		if poll == nil { // stamp() stamps nothing: no poll
+			now = w.opts.Stamp(dir)
+		}
+		if now != w.stamp {
+			pending, full = true, true
+			debounce.Reset(w.opts.Debounce)
+		}
 	}
 	// settle fires once the directory has been quiet for the settle time
 	// while something the files removed is kept; every event restarts it.
