@@ -1145,6 +1145,17 @@ func TestFailedAddRetriedByNextChangedPass(t *testing.T) {
 	}
 }
 
+// applyTwo makes rec apply two services of one real each, and returns them.
+func applyTwo(t *testing.T, rec *Reconciler) (a, b Service) {
+	t.Helper()
+	a = Service{Key: tcp("198.51.100.1", 80), Name: "a", Scheduler: "wrr", Reals: []Real{real("10.1.0.1", 80, 100, ForwardTunnel)}}
+	b = Service{Key: tcp("198.51.100.2", 80), Name: "b", Scheduler: "wrr", Reals: []Real{real("10.1.0.2", 80, 100, ForwardTunnel)}}
+	if _, err := rec.Apply(ctx, Desired{Services: []Service{a, b}}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
 // TestOwnershipSavedAfterFailedSave: when the ownership record cannot be
 // written (a full disk), the next pass writes it, even if it changes no
 // ownership. Else the record keeps a service kglb deleted, and after a
@@ -1153,11 +1164,7 @@ func TestOwnershipSavedAfterFailedSave(t *testing.T) {
 	f := NewFake()
 	dir := t.TempDir()
 	rec := newRec(t, f, dir)
-	a := Service{Key: tcp("198.51.100.1", 80), Name: "a", Scheduler: "wrr", Reals: []Real{real("10.1.0.1", 80, 100, ForwardTunnel)}}
-	b := Service{Key: tcp("198.51.100.2", 80), Name: "b", Scheduler: "wrr", Reals: []Real{real("10.1.0.2", 80, 100, ForwardTunnel)}}
-	if _, err := rec.Apply(ctx, Desired{Services: []Service{a, b}}); err != nil {
-		t.Fatal(err)
-	}
+	a, b := applyTwo(t, rec)
 	// b leaves the configuration while the record cannot be written.
 	path := rec.statePath
 	blocker := filepath.Join(t.TempDir(), "file")
@@ -1204,11 +1211,7 @@ func TestFailedSaveIsReported(t *testing.T) {
 	f := NewFake()
 	dir := t.TempDir()
 	rec := newRec(t, f, dir)
-	a := Service{Key: tcp("198.51.100.1", 80), Name: "a", Scheduler: "wrr", Reals: []Real{real("10.1.0.1", 80, 100, ForwardTunnel)}}
-	b := Service{Key: tcp("198.51.100.2", 80), Name: "b", Scheduler: "wrr", Reals: []Real{real("10.1.0.2", 80, 100, ForwardTunnel)}}
-	if _, err := rec.Apply(ctx, Desired{Services: []Service{a, b}}); err != nil {
-		t.Fatal(err)
-	}
+	a, _ := applyTwo(t, rec)
 	rec.statePath = filepath.Join(dir, "gone", StateFile)
 	if _, err := rec.Apply(ctx, Desired{Services: []Service{a}}); err == nil {
 		t.Error("a failed save of the ownership record was not reported")
