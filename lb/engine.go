@@ -108,6 +108,12 @@ type Engine struct {
 	// healthAt is when the engine takes verdicts again: a health pass
 	// rests as long as it ran (see Run).
 	healthAt time.Time
+	// retryAt is when a pass runs again after one that did not complete
+	// (a kernel write, a VIP or an announce failed), retryIn the wait
+	// before it: doubled from retryFirst at each failure in a row, up to
+	// the resync interval. Zero once a pass completes.
+	retryAt time.Time
+	retryIn time.Duration
 	// The announcer has been handed routes at least once, so
 	// Options.FullFirstRound holds no more.
 	announceStarted bool
@@ -211,8 +217,8 @@ func (e *Engine) Plan() *Plan {
 
 // Run adopts the kernel state, then reconciles on every configuration
 // from configs, every health change, every resync interval and every drain
-// deadline, until ctx ends. Errors of one pass are logged and counted; the
-// next pass retries.
+// deadline, until ctx ends. Errors of one pass are logged and counted; a
+// pass runs again soon after (see finish).
 func (e *Engine) Run(ctx context.Context, configs <-chan *config.Config) error {
 	if err := e.adopt(ctx); err != nil {
 		return err
@@ -291,8 +297,9 @@ func (e *Engine) armDrain(t *time.Timer) {
 	t.Reset(max(next.Sub(e.now()), 0))
 }
 
-// nextWake is when the next drain or hold ends, or the next drain poll is
-// due; zero when nothing is draining or held.
+// nextWake is when the next drain or hold ends, the next drain poll is
+// due or a pass that did not complete is retried; zero when nothing is
+// draining, held or to retry.
 func (e *Engine) nextWake() time.Time {
 	next := e.nextDrain
 	if len(e.draining) > 0 {
@@ -304,6 +311,9 @@ func (e *Engine) nextWake() time.Time {
 		if next.IsZero() || l.until.Before(next) {
 			next = l.until
 		}
+	}
+	if !e.retryAt.IsZero() && (next.IsZero() || e.retryAt.Before(next)) {
+		next = e.retryAt
 	}
 	return next
 }
@@ -762,10 +772,24 @@ func (e *Engine) announce(ctx context.Context, routes []Route, vips []VIPStatus)
 	return nil
 }
 
+// retryFirst is the wait before the first retry of a pass that did not
+// complete: a write that failed for a passing reason (ENOMEM, a busy
+// netlink socket, a router that dropped a session) is put right within a
+// second or so, instead of at the next config, verdict or resync.
+const retryFirst = time.Second
+
 func (e *Engine) finish(d Desired, err error, kind string, start time.Time) {
 	e.desired = d
 	if err != nil {
-		e.log.Error("reconcile incomplete; retrying on the next pass", "kind", kind, "err", err)
+		// Each pass hands the reconcilers all of the desired state, so
+		// any pass that completes, a retry or another, puts right what
+		// this one left; one that keeps failing is retried ever less
+		// often, at most once a resync interval.
+		e.retryIn = min(max(2*e.retryIn, retryFirst), max(e.cfg.Daemon.ResyncInterval, retryFirst))
+		e.retryAt = e.now().Add(e.retryIn)
+		e.log.Error("reconcile incomplete; retrying", "kind", kind, "in", e.retryIn.String(), "err", err)
+	} else {
+		e.retryAt, e.retryIn = time.Time{}, 0
 	}
 	if m := e.opts.Metrics; m != nil {
 		m.observe(kind, err, e.now().Sub(start))

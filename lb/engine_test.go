@@ -2,12 +2,14 @@ package lb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -397,4 +399,25 @@ func TestEngineRemovedVIPWithdrawnBeforeDataPlane(t *testing.T) {
 	if !strings.Contains(w.kernel.String(), "192.0.2.2:80") || !strings.Contains(w.links.String(), "192.0.2.2") {
 		t.Errorf("data plane of b removed before its hold time:\n%s\n%s", w.kernel.String(), w.links.String())
 	}
+}
+
+// TestFailedPassIsRetried: a pass that did not complete (here the first,
+// whose service add failed) runs again on its own within seconds, not only
+// at the next config, verdict or resync (an hour here).
+func TestFailedPassIsRetried(t *testing.T) {
+	w := newWorld(t)
+	var failing atomic.Bool
+	var failed atomic.Int32
+	failing.Store(true)
+	w.kernel.Inject = func(op ipvs.Op, _ ipvs.Key, _ ipvs.RealKey) error {
+		if op == ipvs.OpAddService && failing.Load() {
+			failed.Add(1)
+			return errors.New("boom")
+		}
+		return nil
+	}
+	w.start(t, daemonCfg(svc("web", "192.0.2.1", 2)))
+	eventually(t, "a service add failed", func() bool { return failed.Load() > 0 })
+	failing.Store(false)
+	eventually(t, "the service added by a retry", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.2:80") })
 }
