@@ -118,12 +118,24 @@ func saveApplied(cfg *config.Config, dir string, now time.Time) error {
 }
 
 // dropApplied removes the record in stateDir, once the config applied is
-// recorded in another state_dir. A start whose files do not load looks for
-// the record in the default state_dir (such files name none): one left there
-// from before state_dir changed would run a config older than the last
-// applied, and take away what was added since. Without it such a start
-// fails, as on a first install.
-func dropApplied(stateDir string) error {
+// recorded in another state_dir, recorded. A start whose files do not load
+// looks for the record in the default state_dir (such files name none): one
+// left there from before state_dir changed would run a config older than the
+// last applied, and take away what was added since. Without it such a start
+// fails, as on a first install. A recorded that is stateDir under another
+// name (a symlink, a bind mount) keeps its record.
+func dropApplied(stateDir, recorded string) error {
+	a, errA := os.Stat(stateDir)
+	if errors.Is(errA, fs.ErrNotExist) {
+		return nil
+	}
+	b, errB := os.Stat(recorded)
+	if err := errors.Join(errA, errB); err != nil {
+		return fmt.Errorf("remove the record left in %s: %w", stateDir, err)
+	}
+	if os.SameFile(a, b) {
+		return nil
+	}
 	if err := os.RemoveAll(filepath.Join(stateDir, appliedName)); err != nil {
 		return fmt.Errorf("remove the record left in %s: %w", stateDir, err)
 	}

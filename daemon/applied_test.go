@@ -350,3 +350,27 @@ func TestStateDirChangeDropsTheDefaultRecord(t *testing.T) {
 		t.Errorf("a start with a broken file ran %v, recorded in %s before state_dir changed", names(w.Current()), def)
 	}
 }
+
+// TestDropAppliedKeepsTheSameDirectory: a state_dir that is the default's
+// directory under another name (a symlink) keeps the record just made there.
+func TestDropAppliedKeepsTheSameDirectory(t *testing.T) {
+	dir, def := t.TempDir(), t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
+	record(t, dir, def)
+	link := filepath.Join(t.TempDir(), "state")
+	if err := os.Symlink(def, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := dropApplied(def, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, err := loadApplied(def); !ok || err != nil {
+		t.Errorf("the record in %s, also named %s: ok %v, err %v", def, link, ok, err)
+	}
+	if err := dropApplied(def, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, err := loadApplied(def); ok || err != nil {
+		t.Errorf("the record in %s after a record elsewhere: ok %v, err %v", def, ok, err)
+	}
+}

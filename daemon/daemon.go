@@ -695,7 +695,7 @@ func (d *daemon) recordApplied(records <-chan *config.Config, done chan<- struct
 	for c := range records {
 		err := saveApplied(c, d.dir, time.Now())
 		if err == nil && c.Daemon.StateDir != d.defaultState {
-			if derr := dropApplied(d.defaultState); derr != nil {
+			if derr := dropApplied(d.defaultState, c.Daemon.StateDir); derr != nil {
 				d.log.Error("a start whose files do not load would run the config recorded before state_dir changed", "state_dir", c.Daemon.StateDir, "err", derr)
 			}
 		}
