@@ -643,6 +643,10 @@ func watchOptions(dir, defaultState string, last *appliedInfo, bindDropped *atom
 		Guard: func(old, new *config.Config) error {
 			return errors.Join(DeleteGuard(old, new, old.Daemon.MaxDeleteShare), bindGuard(bindDropped.Load(), new))
 		},
+		// `kglb reload -force` overrules the delete guard only: a forced
+		// reload past the bind guard restarted the BGP server on a port it
+		// could no longer bind, and every session and route went down.
+		ForcedGuard: func(_, new *config.Config) error { return bindGuard(bindDropped.Load(), new) },
 		LastApplied: func(loaded *config.Config, loadErr error) (*config.Config, bool, error) {
 			if loadErr == nil && loaded.Daemon.StateDir != defaultState {
 				cfg, info, ok, err := loadApplied(loaded.Daemon.StateDir)

@@ -59,6 +59,10 @@ type Options[C any] struct {
 	// Guard, when set, may refuse a valid configuration (for example one
 	// that would delete most services). A forced reload skips it.
 	Guard func(old, new C) error
+	// ForcedGuard, when set, is the part of Guard that a forced reload
+	// still runs: refusals that no operator can overrule (a force confirms
+	// a large deletion, not a config this process cannot run).
+	ForcedGuard func(old, new C) error
 	// LastApplied, when set, is asked by New for the configuration an
 	// earlier run last applied (from the daemon's state directory): loaded
 	// and loadErr are the directory's load, to find where it is kept. ok is
@@ -496,12 +500,16 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 		}
 		return Outcome{Result: Unchanged}
 	}
-	if w.opts.Guard != nil && !force {
-		if err := w.opts.Guard(w.current, cfg); err != nil {
+	guard, hint := w.opts.Guard, " (force a reload to apply it)"
+	if force {
+		guard, hint = w.opts.ForcedGuard, ""
+	}
+	if guard != nil {
+		if err := guard(w.current, cfg); err != nil {
 			w.lastErr = err
 			w.metrics.result(Refused)
 			w.metrics.success.Set(0)
-			w.log.Error("config refused; keeping the last good config (force a reload to apply it)", "dir", w.opts.Dir, "err", err.Error())
+			w.log.Error("config refused; keeping the last good config"+hint, "dir", w.opts.Dir, "forced", force, "err", err.Error())
 			return Outcome{Result: Refused, Err: err}
 		}
 	}
