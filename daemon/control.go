@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/reload"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -303,13 +304,22 @@ func readOnly(h http.Handler) http.Handler {
 	})
 }
 
+// maxStatsConns bounds the stats listener's open connections: a few
+// scrapers and operators need a handful.
+const maxStatsConns = 64
+
 // serve serves the stats listener and the control socket until ctx ends.
 // The first channel reports a server that stopped on its own; the second
 // is closed once both have shut down and released their addresses.
 func (d *daemon) serve(ctx context.Context, l *listeners) (<-chan error, <-chan struct{}) {
 	done, closed := make(chan error, 2), make(chan struct{})
 	servers := []*http.Server{{Handler: readOnly(d.statsHandler())}}
-	lns := []net.Listener{l.stats}
+	// Anyone who reaches the stats address may connect: unbounded, idle
+	// clients each held a file descriptor (and a goroutine) until the
+	// header timeout, and enough of them used up LimitNOFILE, which
+	// netlink, the health probes, BGP and config reads share. Past the
+	// bound, clients wait in the kernel's backlog.
+	lns := []net.Listener{netutil.LimitListener(l.stats, maxStatsConns)}
 	if l.control != nil {
 		servers = append(servers, d.controlServer(newControlPolicy(), d.log.Named("control")))
 		lns = append(lns, l.control)

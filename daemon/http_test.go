@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -240,5 +241,75 @@ func TestClientNoDaemon(t *testing.T) {
 	}
 	if _, err := Fetch(freeAddr(t)); !errors.Is(err, ErrNoDaemon) {
 		t.Errorf("Fetch with nothing listening: %v", err)
+	}
+}
+
+// openFDs is how many file descriptors this process has open.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestStatsListenerBoundsConnections: the stats listener is open to anyone
+// who reaches its address, and every input is untrusted. Clients that
+// connect and send nothing (or trickle headers) must not each take one of
+// the daemon's file descriptors, which netlink, the health probes, BGP and
+// config reads share under LimitNOFILE: the listener holds a bounded number
+// of connections, the others wait in the kernel's backlog, and a scrape
+// gets through once they are gone.
+func TestStatsListenerBoundsConnections(t *testing.T) {
+	addr := freeAddr(t)
+	lns, err := listen(addr, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{reg: prometheus.NewRegistry(), log: hclog.NewNullLogger()}
+	ctx, cancel := context.WithCancel(context.Background())
+	_, closed := d.serve(ctx, lns)
+	defer func() { cancel(); <-closed }()
+
+	base := openFDs(t)
+	const clients = 300
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range clients {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// Let the server accept what it will: the count stops moving.
+	held, last := 0, -1
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		held = openFDs(t) - base - clients
+		if held == last {
+			break
+		}
+		last = held
+	}
+	if held > maxStatsConns+4 { // a few for the runtime's own
+		t.Errorf("the stats listener holds %d idle connections of %d, want at most maxStatsConns (%d)", held, clients, maxStatsConns)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("a scrape once the idle clients left: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a scrape once the idle clients left: %s", resp.Status)
 	}
 }
