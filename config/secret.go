@@ -40,6 +40,12 @@ func (d *decoder) checkSecretFile(rng span, path string) {
 	if !ok {
 		return
 	}
+	// The daemon reads the file at every reload (Fingerprint) and at every
+	// session setup: a FIFO there hung the reload loop, a device had no end.
+	if kind := fileKind(st.Mode); kind != "" {
+		d.errorf(rng, "put the password alone in a regular file (owner root, group "+DaemonGroup+", mode 0640)", "password_file %q is %s, not a regular file", path, kind)
+		return
+	}
 	gid, ok := DaemonGID()
 	if !ok {
 		gid = -1

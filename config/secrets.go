@@ -3,7 +3,6 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"os"
 )
 
 // Fingerprint identifies what a running daemon would apply from c: its
@@ -27,7 +26,10 @@ func (c *Config) Fingerprint() [32]byte {
 		binary.BigEndian.PutUint64(lenBuf[:], uint64(len(n.Name)))
 		h.Write(lenBuf[:])
 		h.Write([]byte(n.Name))
-		b, err := os.ReadFile(n.PasswordFile)
+		// readFile, not os.ReadFile: the file was checked at load, but may
+		// have been swapped since, and this runs in the reload loop; a FIFO
+		// must not hang it, nor a device fill memory.
+		b, err := readFile(n.PasswordFile, nil)
 		if err != nil {
 			b = []byte("error: " + err.Error())
 		}

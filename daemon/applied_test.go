@@ -374,3 +374,30 @@ func TestDropAppliedKeepsTheSameDirectory(t *testing.T) {
 		t.Errorf("the record in %s after a record elsewhere: ok %v, err %v", def, ok, err)
 	}
 }
+
+// A BGP password_file replaced by a FIFO after the load must not hang the
+// digest a reload compares (Fingerprint reads the password files): it runs
+// in the reload loop holding the watcher's lock, so a hang there stops every
+// later reload, leaves systemd in "reloading" after a SIGHUP and blocks
+// every /status.
+func TestDigestDoesNotOpenAFIFOPasswordFile(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "tor-a.secret")
+	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := writeDirBGP(t, "  neighbor \"tor-a\" {\n    address = \"192.0.2.1\"\n    asn = 65000\n    password_file = \""+secret+"\"\n  }\n", "")
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(secret); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unblockFIFO(t, secret)
+	var dropped atomic.Bool
+	digest := watchOptions(dir, t.TempDir(), &appliedInfo{}, &dropped, hclog.NewNullLogger(), nil).Digest
+	within(t, "the reload's digest", func() error { digest(cfg); return nil })
+}

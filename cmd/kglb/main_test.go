@@ -382,3 +382,21 @@ func TestValidateReadability(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateRefusesFIFOPasswordFile: a password_file that is not a
+// regular file (here a FIFO with a mode the secret check accepts) is
+// refused by validate, as by the daemon's load, instead of passing
+// validate and then hanging the daemon, whose reload reads the password
+// files to tell a rotated key.
+func TestValidateRefusesFIFOPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(t.TempDir(), "tor-a.secret")
+	if err := unix.Mkfifo(fifo, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	writeFmt(t, dir, "kglb.hcl", "bgp {\n  asn       = 65010\n  router_id = \"192.0.2.10\"\n  neighbor \"tor-a\" {\n    address       = \"192.0.2.1\"\n    asn           = 65000\n    password_file = \""+fifo+"\"\n  }\n}\n", 0o644)
+	code, out, errOut := runCmd("validate", dir)
+	if code != exitInvalid || !strings.Contains(out, "is a FIFO, not a regular file") {
+		t.Errorf("validate = %d\nstdout: %s\nstderr: %s\nwant exit 1 and the FIFO named", code, out, errOut)
+	}
+}
