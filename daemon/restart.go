@@ -92,14 +92,17 @@ func writeRestartMarker(dir string, now time.Time) error {
 // hold the routes.
 func takeRestartMarker(dir string, cfg *config.Config, now time.Time) (bool, error) {
 	path := filepath.Join(dir, restartMarker)
-	b, err := os.ReadFile(path)
+	// readRegular, not os.ReadFile: the state directory is untrusted, and a
+	// FIFO there hung the start. What cannot be read is removed all the
+	// same, so that no later start meets it again.
+	b, err := readRegular(path, 64)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
-	if err != nil {
-		return false, err
+	if rerr := os.Remove(path); rerr != nil {
+		return false, errors.Join(err, rerr)
 	}
-	if err := os.Remove(path); err != nil {
+	if err != nil {
 		return false, err
 	}
 	sec, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,4 +63,30 @@ func TestRestartMarker(t *testing.T) {
 			t.Errorf("takeRestartMarker = %v, %v", got, err)
 		}
 	})
+}
+
+// The state directory is untrusted (TestLoadAppliedDoesNotOpenAFIFO): a
+// planned-restart marker that is a FIFO must not hang the start, and is
+// removed like any marker, so the next start does not meet it again.
+func TestRestartMarkerDoesNotOpenAFIFO(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, restartMarker)
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unblockFIFO(t, p)
+	cfg := &config.Config{Daemon: config.Daemon{OnStop: config.OnStopKeep, StateDir: dir},
+		BGP: config.BGP{Enabled: true, Neighbors: []config.Neighbor{{GracefulRestart: true, RestartTime: time.Minute}}}}
+	var got bool
+	err := within(t, "takeRestartMarker", func() error {
+		var err error
+		got, err = takeRestartMarker(dir, cfg, time.Now())
+		return err
+	})
+	if got || err == nil {
+		t.Errorf("takeRestartMarker of a FIFO = %v, %v; want false and an error", got, err)
+	}
+	if _, err := os.Lstat(p); !os.IsNotExist(err) {
+		t.Errorf("the FIFO marker is still there (%v)", err)
+	}
 }
