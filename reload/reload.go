@@ -102,8 +102,9 @@ type Watcher[C any] struct {
 	metrics *metrics
 	updates chan C
 	trigger chan request
-	// forced is set by a forced request and taken by the next load it
-	// triggers: any queued request covers it, so none is ever lost.
+	// forced is set by Reload(true), whose request may be dropped on a
+	// full queue, and taken by the next explicit load: any queued request
+	// covers it, so none is ever lost. ReloadWait's force is its request's.
 	forced atomic.Bool
 
 	mu      sync.Mutex
@@ -277,8 +278,12 @@ const (
 )
 
 // request is one explicit reload; done, when set, receives its outcome.
+// force travels with the request: set on the Watcher before the request
+// was queued, it outlived a ReloadWait that gave up on a full queue and
+// forced the next, unforced reload past the Guard.
 type request struct {
-	done chan Outcome
+	force bool
+	done  chan Outcome
 }
 
 // Reload asks for a reload now (SIGHUP) without waiting for it. With force,
@@ -297,12 +302,9 @@ func (w *Watcher[C]) Reload(force bool) {
 // (systemd's reload, `kglb reload`) can tell success from a rejected edit.
 // It needs Run to be running; it gives up when ctx ends.
 func (w *Watcher[C]) ReloadWait(ctx context.Context, force bool) (Outcome, error) {
-	if force {
-		w.forced.Store(true)
-	}
 	done := make(chan Outcome, 1)
 	select {
-	case w.trigger <- request{done: done}:
+	case w.trigger <- request{force: force, done: done}:
 	case <-ctx.Done():
 		return Outcome{}, ctx.Err()
 	}
@@ -424,7 +426,7 @@ func (w *Watcher[C]) Run(ctx context.Context) error {
 			// The stamp is taken before the load reads: an edit made
 			// meanwhile differs from it, and the poll loads it.
 			fp = stamp()
-			o := w.load(w.forced.Swap(false), nil, true, true)
+			o := w.load(w.forced.Swap(false) || req.force, nil, true, true)
 			pending, changed, full = false, nil, false
 			if req.done != nil {
 				req.done <- o

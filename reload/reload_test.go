@@ -838,3 +838,36 @@ func TestEditDuringLoadIsPolled(t *testing.T) {
 		t.Fatalf("the edit made during the load was never loaded; running %q", h.w.Current().files)
 	}
 }
+
+// TestForceGivenUpForcesNothingElse: a forced ReloadWait that gives up
+// before its request is queued (the loop busy, the queue full) must not
+// leave the force behind for a later, unforced reload (a SIGHUP, a plain
+// `kglb reload`), which would then go past the Guard.
+func TestForceGivenUpForcesNothingElse(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "web.hcl"), "a\nb\nc\nd\n")
+	w, err := New(Options[set]{Dir: dir, Load: loadSet, Digest: digestSet, Guard: halfGuard, Poll: -1, Debounce: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range cap(w.trigger) { // the loop is not running yet: the queue fills
+		w.Reload(false)
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := w.ReloadWait(cctx, true); err == nil {
+		t.Fatal("a forced ReloadWait on a full queue did not give up")
+	}
+	write(t, filepath.Join(dir, "web.hcl"), "a\n") // what the Guard refuses
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { stop(); <-done }()
+	o, err := w.ReloadWait(ctx, false) // after every queued request
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Current().lines(); got != 4 || o.Result != Refused {
+		t.Errorf("after a forced request that gave up, unforced reloads: %d lines run, last %q; want 4 and refused", got, o.Result)
+	}
+}
