@@ -148,6 +148,11 @@ func Run(ctx context.Context, opts Options) error {
 			}
 			rec.record(c)
 			d.notify.send("READY=1", "STATUS="+d.statusLine(c))
+		case <-d.watcher.Rejected():
+			// An edit the watch picked up was rejected or refused: the
+			// status says so, as `systemctl status kglb` is where an
+			// operator looks.
+			d.notify.send("STATUS=" + d.statusLine(cfg))
 		}
 	}
 }

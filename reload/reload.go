@@ -101,7 +101,10 @@ type Watcher[C any] struct {
 	log     hclog.Logger
 	metrics *metrics
 	updates chan C
-	trigger chan request
+	// rejected is signalled after a load the running config outlives
+	// (Failed, Refused): see Rejected.
+	rejected chan struct{}
+	trigger  chan request
 	// forced is set by Reload(true), whose request may be dropped on a
 	// full queue, and taken by the next explicit load: any queued request
 	// covers it, so none is ever lost. ReloadWait's force is its request's.
@@ -159,11 +162,12 @@ func New[C any](opts Options[C]) (*Watcher[C], error) {
 		opts.Logger = hclog.NewNullLogger()
 	}
 	w := &Watcher[C]{
-		opts:    opts,
-		log:     opts.Logger,
-		metrics: newMetrics(opts.Registerer),
-		updates: make(chan C, 1),
-		trigger: make(chan request, 8),
+		opts:     opts,
+		log:      opts.Logger,
+		metrics:  newMetrics(opts.Registerer),
+		updates:  make(chan C, 1),
+		rejected: make(chan struct{}, 1),
+		trigger:  make(chan request, 8),
 	}
 	if opts.Stamp != nil {
 		w.stamp = opts.Stamp(filepath.Clean(opts.Dir))
@@ -258,6 +262,21 @@ func (w *Watcher[C]) LastError() error {
 // Updates delivers each newly accepted configuration. It holds at most one:
 // a reader that falls behind gets the newest.
 func (w *Watcher[C]) Updates() <-chan C { return w.updates }
+
+// Rejected receives after a load whose files were rejected or refused, so
+// that what shows the state (systemd's STATUS) reads Status again: such a
+// load sends nothing on Updates, and an edit picked up by the watch, unlike
+// a reload asked for, has nobody waiting on its outcome. It holds at most
+// one signal.
+func (w *Watcher[C]) Rejected() <-chan struct{} { return w.rejected }
+
+// reject signals Rejected; the caller holds mu.
+func (w *Watcher[C]) reject() {
+	select {
+	case w.rejected <- struct{}{}:
+	default:
+	}
+}
 
 // Outcome is what one load did.
 type Outcome struct {
@@ -482,6 +501,7 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 		w.metrics.result(Failed)
 		w.metrics.success.Set(0)
 		w.log.Error("config rejected; keeping the last good config", "dir", w.opts.Dir, "err", err.Error())
+		w.reject()
 		return Outcome{Result: Failed, Err: err}
 	}
 	digest := w.opts.Digest(cfg)
@@ -512,6 +532,7 @@ func (w *Watcher[C]) load(force bool, changed []string, full, settled bool) Outc
 			w.metrics.result(Refused)
 			w.metrics.success.Set(0)
 			w.log.Error("config refused; keeping the last good config"+hint, "dir", w.opts.Dir, "forced", force, "err", err.Error())
+			w.reject()
 			return Outcome{Result: Refused, Err: err}
 		}
 	}

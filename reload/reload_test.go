@@ -871,3 +871,28 @@ func TestForceGivenUpForcesNothingElse(t *testing.T) {
 		t.Errorf("after a forced request that gave up, unforced reloads: %d lines run, last %q; want 4 and refused", got, o.Result)
 	}
 }
+
+// TestRejectedEditIsSignalled: an edit the watch picks up that is rejected
+// (or refused) changes nothing on Updates, so Rejected tells whoever shows
+// the state (systemd's STATUS) to read it again; a good edit does not.
+func TestRejectedEditIsSignalled(t *testing.T) {
+	h := start(t, t.TempDir(), map[string]string{"web.hcl": "a\n"}, Options[set]{})
+	select {
+	case <-h.w.Rejected():
+		t.Fatal("Rejected signalled before any rejected load")
+	default:
+	}
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\nINVALID\n")
+	select {
+	case <-h.w.Rejected():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a rejected edit was not signalled; last error %v", h.w.LastError())
+	}
+	write(t, filepath.Join(h.dir, "web.hcl"), "a\nfixed\n")
+	h.next()
+	select {
+	case <-h.w.Rejected():
+		t.Error("Rejected signalled for a good edit")
+	default:
+	}
+}

@@ -716,6 +716,13 @@ if systemctl is-active --quiet kglb && [ "$(kernel_reals)" = "10.0.1.2:80 10.0.2
 else
 	fail "last good config" "$(systemctl is-active kglb), reals '$(kernel_reals)'"
 fi
+# The daemon's own watch rejected the edit too (ExecReload's validate failed,
+# so no SIGHUP came): the unit's status says so.
+if waitfor 10 sh -c "systemctl show -p StatusText --value kglb | grep -q '^config rejected.*web.hcl:2:'"; then
+	pass "the unit's status shows the edit the watch rejected: $(unit_status)"
+else
+	fail "rejected edit in the unit's status" "STATUS=$(unit_status)"
+fi
 echo "$good" >/etc/kglb/web.hcl.tmp && mv /etc/kglb/web.hcl.tmp /etc/kglb/web.hcl
 timeout 60 systemctl reload kglb >/dev/null 2>&1 || fail "reload after the fix" "failed"
 
