@@ -31,7 +31,11 @@ var ErrMarksExhausted = errors.New("fwmark range exhausted")
 // NewMarks returns an allocator for marks base .. base+count-1. Mark 0 means "no
 // mark" to the kernel and cannot be part of the range.
 func NewMarks(base, count uint32) (*Marks, error) {
-	if base == 0 || count == 0 || base+count < base {
+	// The sum is taken in 64 bits: a range that ends at the largest fwmark
+	// (base+count == 1<<32, which config.Load accepts and its own hint
+	// suggests) wraps to 0 in 32 bits and was refused, so kglb would not start
+	// with a configuration that `kglb validate` passes.
+	if base == 0 || count == 0 || uint64(base)+uint64(count) > 1<<32 {
 		return nil, fmt.Errorf("bad fwmark range base %d count %d: want base >= 1, count >= 1, no overflow", base, count)
 	}
 	return &Marks{base: base, count: count, byAddr: map[netip.Addr]uint32{}, byMark: map[uint32]netip.Addr{}}, nil

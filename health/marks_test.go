@@ -90,3 +90,18 @@ func TestNewMarksRejectsBadRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestNewMarksTopOfRange: a range that ends at the largest fwmark
+// (4294967295) is one config.Load accepts, so the engine must too.
+func TestNewMarksTopOfRange(t *testing.T) {
+	for _, r := range [][2]uint32{{^uint32(0), 1}, {1 << 31, 1 << 31}, {^uint32(0) - 16383, 16384}} {
+		m, err := NewMarks(r[0], r[1])
+		if err != nil {
+			t.Errorf("range base %d count %d: %v", r[0], r[1], err)
+			continue
+		}
+		if err := m.Restore(addrs("10.0.0.1")[0], ^uint32(0)); err != nil {
+			t.Errorf("range base %d count %d: restore of the top mark: %v", r[0], r[1], err)
+		}
+	}
+}
