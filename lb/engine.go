@@ -582,12 +582,37 @@ func (e *Engine) leavingAfter(d Desired, now time.Time, settled bool) map[netip.
 					svcs = append(svcs, s)
 				}
 			}
+			svcs = append(svcs, e.markServicesOn(v)...)
 			out[v] = leaving{until: now.Add(e.cfg.Daemon.StopHold), services: svcs}
 		}
 	}
 	for v, l := range out {
 		if inConfig(v) || !now.Before(l.until) {
 			delete(out, v)
+		}
+	}
+	return out
+}
+
+// markServicesOn is the IPVS services of the fwmark services that announced
+// VIP v in the last pass. Their keys carry a mark, not v, so they are found
+// by name among the services of v's status; without them a withdrawn fwmark
+// service would go at once while its VIP is held, and the connections the
+// routers still send during the hold would be reset.
+func (e *Engine) markServicesOn(v netip.Addr) []ipvs.Service {
+	prev := &e.desired
+	k, ok := slices.BinarySearchFunc(prev.VIPStatus, v, func(vs VIPStatus, a netip.Addr) int { return vs.VIP.Compare(a) })
+	if !ok {
+		return nil
+	}
+	var out []ipvs.Service
+	for _, name := range prev.VIPStatus[k].Services {
+		j, ok := slices.BinarySearchFunc(prev.Services, name, func(s ServiceStatus, n string) int { return cmp.Compare(s.Name, n) })
+		if !ok || j >= len(prev.IPVS.Services) {
+			continue
+		}
+		if s := prev.IPVS.Services[j]; s.Key.FWMark != 0 && s.Name == name {
+			out = append(out, s)
 		}
 	}
 	return out
@@ -607,7 +632,15 @@ func withHeld(d Desired, leaving map[netip.Addr]leaving) (ipvs.Desired, []netip.
 	held := slices.SortedFunc(maps.Keys(leaving), netip.Addr.Compare)
 	want := ipvs.Desired{Services: slices.Clone(d.IPVS.Services)}
 	for _, v := range held {
-		want.Services = append(want.Services, leaving[v].services...)
+		for _, s := range leaving[v].services {
+			// A held fwmark service whose mark d uses again (the service
+			// kept without its VIP, or the mark given to another) is d's:
+			// one key, one service.
+			if s.Key.FWMark != 0 && slices.ContainsFunc(d.IPVS.Services, func(x ipvs.Service) bool { return x.Key == s.Key }) {
+				continue
+			}
+			want.Services = append(want.Services, s)
+		}
 	}
 	vips := slices.Concat(d.VIPs, held)
 	slices.SortFunc(vips, netip.Addr.Compare)

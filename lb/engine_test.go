@@ -421,3 +421,77 @@ func TestFailedPassIsRetried(t *testing.T) {
 	failing.Store(false)
 	eventually(t, "the service added by a retry", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.2:80") })
 }
+
+// fwmarkOn makes s an fwmark service (mark) that still announces its VIP.
+func fwmarkOn(mark uint32) func(*config.Service) {
+	return func(s *config.Service) {
+		s.Port, s.Protocol, s.FWMark = 0, "", mark
+		for i := range s.Reals {
+			s.Reals[i].Port = 0
+		}
+		for i := range s.Checks {
+			s.Checks[i].Port = 80
+		}
+	}
+}
+
+// TestEngineRemovedFWMarkVIPHeld: an fwmark service with a VIP that leaves
+// the configuration is withdrawn first, and its IPVS service stays with the
+// VIP for the hold time, as an address service's does: connections the
+// routers still send meanwhile are served, not reset.
+func TestEngineRemovedFWMarkVIPHeld(t *testing.T) {
+	w := newWorld(t)
+	b := svc("b", "192.0.2.2", 1, fwmarkOn(20), func(s *config.Service) {
+		s.Reals[0].Addr = netip.MustParseAddr("10.0.0.2")
+	})
+	r := w.start(t, daemonCfg(svc("a", "192.0.2.1", 1), b))
+	w.prober.set("10.0.0.1:80", health.Up)
+	w.prober.set("10.0.0.2:0", health.Up)
+	eventually(t, "both announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32,192.0.2.2/32" })
+	if !strings.Contains(w.kernel.String(), "FWM  20 ") {
+		t.Fatalf("no fwmark service:\n%s", w.kernel.String())
+	}
+
+	cfg := daemonCfg(svc("a", "192.0.2.1", 1))
+	cfg.Daemon.StopHold = time.Hour // hold long enough to look at it
+	r.configs <- cfg
+	eventually(t, "b withdrawn", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+	if !strings.Contains(w.links.String(), "192.0.2.2") {
+		t.Errorf("VIP of b removed before its hold time:\n%s", w.links.String())
+	}
+	if !strings.Contains(w.kernel.String(), "FWM  20 ") {
+		t.Errorf("fwmark service of b removed before its hold time, while its VIP is held:\n%s", w.kernel.String())
+	}
+}
+
+// TestEngineFWMarkKeptWithoutVIP: an fwmark service that keeps its mark
+// but drops its VIP is withdrawn and its VIP held, and its IPVS service is
+// the configured one only: the held copy does not stand beside it.
+func TestEngineFWMarkKeptWithoutVIP(t *testing.T) {
+	w := newWorld(t)
+	b := svc("b", "192.0.2.2", 1, fwmarkOn(20), func(s *config.Service) {
+		s.Reals[0].Addr = netip.MustParseAddr("10.0.0.2")
+	})
+	r := w.start(t, daemonCfg(svc("a", "192.0.2.1", 1), b))
+	w.prober.set("10.0.0.1:80", health.Up)
+	w.prober.set("10.0.0.2:0", health.Up)
+	eventually(t, "both announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32,192.0.2.2/32" })
+
+	b2 := *b
+	b2.VIP = netip.Addr{}
+	b2.Announce.Enabled = false
+	b2.Reals = append([]config.Real(nil), b.Reals...)
+	b2.Reals[0].Weight = 7 // the configured service is the one in the kernel
+	cfg := daemonCfg(svc("a", "192.0.2.1", 1), &b2)
+	cfg.Daemon.StopHold = time.Hour
+	r.configs <- cfg
+	eventually(t, "b withdrawn", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+	r.configs <- cfg // taken once Run is done with the first
+	k := w.kernel.String()
+	if n := strings.Count(k, "FWM  20 "); n != 1 || !strings.Contains(k, "Tunnel  7 ") {
+		t.Errorf("want one fwmark 20 service, the configured one (weight 7):\n%s", k)
+	}
+	if _, err := r.e.Status(); err != nil {
+		t.Errorf("pass: %v", err)
+	}
+}
