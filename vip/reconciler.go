@@ -106,9 +106,16 @@ func New(opts Options) (*Reconciler, error) {
 		if opts.StateDir == "" {
 			return nil, errors.New("vip: address mode needs a state directory to record the addresses kglb owns")
 		}
-		r.file = ownedFile{path: filepath.Join(opts.StateDir, stateFile)}
-		if r.saved, err = r.file.load(); err != nil {
+		r.file = ownedFile{path: filepath.Join(opts.StateDir, stateFile), link: opts.Kernel.Link()}
+		var other string
+		if r.saved, other, err = r.file.load(); err != nil {
 			return nil, err
+		}
+		if other != "" {
+			// Its addresses are on a link kglb no longer manages: an
+			// address of the same value on this link is not kglb's.
+			log.Warn("vip ownership record is of another link; kglb owns no address on this one yet, and leaves those on the other link in place",
+				"link", r.file.link, "record_link", other)
 		}
 		r.owned = maps.Clone(r.saved)
 	}

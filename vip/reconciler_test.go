@@ -449,7 +449,7 @@ func TestStateFile(t *testing.T) {
 	must(t, err)
 	got, err := os.ReadFile(filepath.Join(dir, "vip-addresses"))
 	must(t, err)
-	want := "# VIP addresses kglb added (address mode); kglb removes only these.\n198.51.100.7\n2001:db8::1\n"
+	want := "# VIP addresses kglb added (address mode); kglb removes only these.\n# link kglb0\n198.51.100.7\n2001:db8::1\n"
 	if string(got) != want {
 		t.Errorf("record:\n%s\nwant:\n%s", got, want)
 	}
@@ -594,4 +594,38 @@ func ExampleReconciler_Apply() {
 	// link kglb0 up
 	// local 198.51.100.10/32 proto kglb
 	// local 2001:db8::10/128 proto kglb
+}
+
+// TestAddressRecordIsPerLink: the record of the addresses kglb added (address
+// mode) names the link they were added on. After a restart on another link
+// (vip_interface changed), an address the operator put on that link is not
+// kglb's, even though kglb once added the same address on its old link.
+func TestAddressRecordIsPerLink(t *testing.T) {
+	dir := t.TempDir()
+	old := vip.NewFake("")
+	r1, err := vip.New(vip.Options{Kernel: old, Mode: vip.ModeAddress, StateDir: dir})
+	must(t, err)
+	_, err = r1.Apply(context.Background(), addrs("198.51.100.1", "2001:db8::1"))
+	must(t, err)
+
+	eth1 := vip.NewFake("eth1")
+	must(t, write1(eth1, vip.ModeAddress, vip.OpAdd, entry("198.51.100.1/32", 0)))
+	must(t, write1(eth1, vip.ModeAddress, vip.OpAdd, entry("2001:db8::1/128", 0)))
+	before := eth1.String()
+	r2, err := vip.New(vip.Options{Kernel: eth1, Mode: vip.ModeAddress, StateDir: dir})
+	must(t, err)
+	res, err := r2.Apply(context.Background(), nil)
+	must(t, err)
+	if res.Writes != 0 || eth1.String() != before {
+		t.Errorf("kglb removed the operator's addresses on eth1, which it never added there: %+v\n%s", res, eth1)
+	}
+	// Back on its own link, the record made there still holds: a restart
+	// keeps ownership of what it added.
+	r3, err := vip.New(vip.Options{Kernel: old, Mode: vip.ModeAddress, StateDir: dir})
+	must(t, err)
+	res, err = r3.Apply(context.Background(), nil)
+	must(t, err)
+	if len(res.Removed) != 2 {
+		t.Errorf("back on kglb0: removed %v, want both addresses kglb added there", res.Removed)
+	}
 }

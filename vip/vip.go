@@ -26,7 +26,8 @@
 //     address protocol (IFA_PROTO, Linux 5.18) is not in the netlink library
 //     kglb uses. So kglb records the addresses it owns in a file under its
 //     state directory ("vip-addresses"), written atomically before it adds
-//     and after it deletes.
+//     and after it deletes; the record names its link, and owns nothing on
+//     another.
 //
 // In route mode an IPv6 VIP is local for forwarding and IPVS, but a socket can
 // bind it only with IP_FREEBIND or through a wildcard listener, and neighbour
