@@ -54,6 +54,10 @@ type Reconciler struct {
 	reached []netip.Addr
 	held    Result
 	valid   bool
+	// known is Held and Foreign as the last read of the link, and the
+	// writes after it, left them, whatever the desired set: what a pass
+	// whose read fails still knows (see apply).
+	known Result
 }
 
 // Result is what one Apply reached. The slices are sorted (IPv4 first).
@@ -201,7 +205,16 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 	}
 	entries, err := r.k.List(r.mode) // the one read of the kernel
 	if err != nil {
-		return Result{}, errors.Join(append(errs, fmt.Errorf("list vips (%s) on %s: %w", r.mode, link, err))...)
+		// Nothing was written, so the link holds what it held after the
+		// last pass that read it (unless the link was just made, empty).
+		// Reporting nothing held would have the engine withdraw the route
+		// of every VIP for one failed dump (an interrupted or overrun
+		// netlink dump), and announce them again at the retry.
+		var res Result
+		if !changed {
+			res = r.known.within(want)
+		}
+		return res, errors.Join(append(errs, fmt.Errorf("list vips (%s) on %s: %w", r.mode, link, err))...)
 	}
 	res, execErrs := r.execute(ctx, planWrites(r.mode, r.owned, want, entries))
 	return res, errors.Join(append(errs, execErrs...)...)
@@ -406,6 +419,7 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	res.Held = slices.SortedFunc(maps.Keys(ours), netip.Addr.Compare)
 	slices.SortFunc(foreign, netip.Addr.Compare)
 	res.Foreign = foreign
+	r.known = Result{Held: res.Held, Foreign: res.Foreign}
 	r.metrics.held.Set(float64(len(res.Held)))
 	r.metrics.foreign.Set(float64(len(res.Foreign)))
 	// One line per Apply that wrote, as ipvs does: a cold start of 1,000
@@ -419,6 +433,19 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 		r.log.Debug("vips in sync", "link", link, "held", len(res.Held), "foreign", len(res.Foreign))
 	}
 	return res, errs
+}
+
+// within is what r (Held and Foreign, as known) says the link holds for
+// the desired set want: every entry kglb owns is still there, and a foreign
+// entry counts for a VIP that is desired.
+func (r Result) within(want map[netip.Addr]bool) Result {
+	out := Result{Held: r.Held}
+	for _, a := range r.Foreign {
+		if want[a] {
+			out.Foreign = append(out.Foreign, a)
+		}
+	}
+	return out
 }
 
 // save writes the ownership record and remembers what it says.

@@ -596,6 +596,52 @@ func ExampleReconciler_Apply() {
 	// local 2001:db8::10/128 proto kglb
 }
 
+// flakyList is a Kernel whose List fails while fail is set, as a dump the
+// kernel interrupted or a full socket buffer does.
+type flakyList struct {
+	*vip.Fake
+	fail error
+}
+
+func (k *flakyList) List(m vip.Mode) ([]vip.Entry, error) {
+	if k.fail != nil {
+		return nil, k.fail
+	}
+	return k.Fake.List(m)
+}
+
+// TestReadFailureKeepsHeld: a Resync whose one read of the link fails wrote
+// nothing and knows nothing new, so its Result must not say that VIPs the
+// link holds (and held a moment ago) are gone: the engine announces only
+// what Holds reports, and would withdraw every route of the node for one
+// failed dump.
+func TestReadFailureKeepsHeld(t *testing.T) {
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			k := &flakyList{Fake: vip.NewFake("")}
+			r, err := vip.New(vip.Options{Kernel: k, Mode: mode, StateDir: t.TempDir()})
+			must(t, err)
+			desired := addrs("198.51.100.1", "2001:db8::1")
+			_, err = r.Apply(context.Background(), desired)
+			must(t, err)
+			before := k.String()
+			k.fail = errors.New("dump interrupted")
+			res, err := r.Resync(context.Background(), desired)
+			if err == nil {
+				t.Fatal("Resync with a failed read: no error")
+			}
+			if k.String() != before {
+				t.Fatalf("the link changed:\n%s", k)
+			}
+			for _, a := range desired {
+				if !res.Holds(a) {
+					t.Errorf("after a failed read, Holds(%s) = false; the link still holds it:\n%s", a, before)
+				}
+			}
+		})
+	}
+}
+
 // TestAddressRecordIsPerLink: the record of the addresses kglb added (address
 // mode) names the link they were added on. After a restart on another link
 // (vip_interface changed), an address the operator put on that link is not
