@@ -87,6 +87,9 @@ func (m *Marks) Sync(reals []netip.Addr) (map[netip.Addr]uint32, error) {
 	return out, nil
 }
 
+// Range returns the range the allocator hands marks from.
+func (m *Marks) Range() (base, count uint32) { return m.base, m.count }
+
 func (m *Marks) take() (uint32, bool) {
 	if uint32(len(m.byMark)) >= m.count {
 		return 0, false

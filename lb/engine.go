@@ -352,6 +352,9 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	var c carried
 	if e.plan != nil {
 		c = carry(e.cfg.Services, cfg.Services)
+		if e.moveMarks(cfg) {
+			c.spellOut(len(cfg.Services))
+		}
 	}
 	var plan *Plan
 	var err error
@@ -398,6 +401,30 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	if m := e.opts.Metrics; m != nil {
 		m.setConfig(cfg)
 	}
+}
+
+// moveMarks gives the engine an allocator of cfg's tunnel mark range when
+// it differs from the one in use, and reports whether it did. config.Load
+// checks the services' fwmarks against the new range only, so a service may
+// take a mark of the old one at the same reload: the tunnelled checks must
+// leave it. A real keeps its mark when it lies in the new range; the others
+// get new ones, and their tunnelled targets start again, as after any edit
+// of a check.
+func (e *Engine) moveMarks(cfg *config.Config) bool {
+	base, count := cfg.Daemon.TunnelMarkBase, cfg.Daemon.TunnelMarkCount
+	if b, n := e.marks.Range(); b == base && n == count {
+		return false
+	}
+	m, err := health.NewMarks(base, count)
+	if err != nil { // config.Load accepts no such range
+		e.log.Error("tunnelled checks keep their marks", "err", err)
+		return false
+	}
+	for a, mk := range e.plan.marks {
+		_ = m.Restore(a, mk) // outside the new range: a new mark
+	}
+	e.marks = m
+	return true
 }
 
 // updateProber hands the prober the plan's targets unless it has them.

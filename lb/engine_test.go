@@ -495,3 +495,34 @@ func TestEngineFWMarkKeptWithoutVIP(t *testing.T) {
 		t.Errorf("pass: %v", err)
 	}
 }
+
+// TestEngineTunnelMarkRangeFollowsReload: a reload that moves
+// tunnel_mark_base moves the tunnelled checks' fwmark services into the new
+// range. The configuration is validated against the new range only, so a
+// service may now use a mark of the old one: left there, the two would share
+// one IPVS key.
+func TestEngineTunnelMarkRangeFollowsReload(t *testing.T) {
+	w := newWorld(t)
+	tunnelled := func(s *config.Service) { s.Checks[0].Tunnel = true }
+	r := w.start(t, daemonCfg(svc("a", "192.0.2.1", 1, tunnelled)))
+	eventually(t, "tunnel service at 1000", func() bool { return strings.Contains(w.kernel.String(), "FWM  1000 ") })
+
+	// The same reload gives mark 1000, now outside the range, to a service.
+	u := svc("u", "192.0.2.9", 1, fwmarkOn(1000), func(s *config.Service) {
+		s.Reals[0].Addr = netip.MustParseAddr("10.0.0.9")
+	})
+	cfg := daemonCfg(svc("a", "192.0.2.1", 1, tunnelled), u)
+	cfg.Daemon.TunnelMarkBase = 5000
+	r.configs <- cfg
+	r.configs <- cfg // taken once Run is done with the first
+	k := w.kernel.String()
+	if !strings.Contains(k, "FWM  5000 IPv4 rr\n  -> 10.0.0.1:0 ") || !strings.Contains(k, "FWM  1000 IPv4 wrr\n  -> 10.0.0.9:0 ") {
+		t.Errorf("after tunnel_mark_base = 5000, want the tunnelled check's service at 5000 and service u at 1000:\n%s", k)
+	}
+	if _, err := r.e.Status(); err != nil {
+		t.Errorf("pass: %v", err)
+	}
+	if ts := r.e.Plan().Targets("a", netip.MustParseAddrPort("10.0.0.1:80")); len(ts) != 1 || ts[0].Spec.Mark != 5000 {
+		t.Errorf("targets after the reload: %+v, want one with mark 5000", ts)
+	}
+}

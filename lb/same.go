@@ -77,6 +77,24 @@ func carry(prev, next []*config.Service) carried {
 	return c
 }
 
+// spellOut turns an unchanged c (the same services, one for one) into the
+// index form, for a pass that builds its plan anew all the same (the tunnel
+// marks moved).
+func (c *carried) spellOut(n int) {
+	if !c.unchanged {
+		return
+	}
+	c.unchanged = false
+	c.plan, c.decision = make([]int32, n), make([]int32, n)
+	for i := range n {
+		c.plan[i], c.decision[i] = int32(i), int32(i)
+	}
+	for _, i := range c.forget {
+		c.decision[i] = -1
+	}
+	c.forget = nil
+}
+
 // samePlan reports whether two services of the same name probe the same
 // targets: what NewPlan reads of a service.
 func samePlan(a, b *config.Service) bool {
