@@ -513,6 +513,10 @@ func TestEngineTunnelMarkRangeFollowsReload(t *testing.T) {
 	})
 	cfg := daemonCfg(svc("a", "192.0.2.1", 1, tunnelled), u)
 	cfg.Daemon.TunnelMarkBase = 5000
+	// kglb plan keeps no mark outside the new range either.
+	if rv, err := r.e.PlanConfig(context.Background(), cfg); err != nil || len(rv.Errors) > 0 {
+		t.Errorf("plan of the reload: %v %v", err, rv.Errors)
+	}
 	r.configs <- cfg
 	r.configs <- cfg // taken once Run is done with the first
 	k := w.kernel.String()

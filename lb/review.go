@@ -372,11 +372,14 @@ func (e *Engine) review(ctx context.Context, cfg *config.Config) (Review, error)
 		return Review{}, errors.New("plan: the vip reconciler cannot plan")
 	}
 	// Marks stay as they are: a tunnelled real without one starts unknown.
+	// So does one whose mark is outside cfg's range (a reload gives it
+	// another: see moveMarks).
 	var marks map[netip.Addr]uint32
 	if e.plan != nil {
 		marks = map[netip.Addr]uint32{}
+		base, count := uint64(cfg.Daemon.TunnelMarkBase), uint64(cfg.Daemon.TunnelMarkCount)
 		for _, a := range TunnelReals(cfg) {
-			if m, ok := e.plan.marks[a]; ok {
+			if m, ok := e.plan.marks[a]; ok && uint64(m) >= base && uint64(m) < base+count {
 				marks[a] = m
 			}
 		}
