@@ -23,6 +23,7 @@ type Marks struct {
 	next   uint32 // offset where the search for a free mark starts
 	byAddr map[netip.Addr]uint32
 	byMark map[uint32]netip.Addr
+	avoid  map[uint32]bool // marks of the range that others use (Avoid)
 }
 
 // ErrMarksExhausted is returned when every mark of the range is taken.
@@ -53,7 +54,7 @@ func (m *Marks) Sync(reals []netip.Addr) (map[netip.Addr]uint32, error) {
 		want[a.Unmap()] = true
 	}
 	for a, mk := range m.byAddr {
-		if !want[a] {
+		if !want[a] || m.avoid[mk] {
 			delete(m.byAddr, a)
 			delete(m.byMark, mk)
 		}
@@ -97,12 +98,36 @@ func (m *Marks) take() (uint32, bool) {
 	for i := uint32(0); i < m.count; i++ {
 		off := (m.next + i) % m.count
 		mk := m.base + off
-		if _, used := m.byMark[mk]; !used {
+		if _, used := m.byMark[mk]; !used && !m.avoid[mk] {
 			m.next = (off + 1) % m.count
 			return mk, true
 		}
 	}
 	return 0, false
+}
+
+// Avoid sets the marks of the range that are not to be handed out, replacing
+// the set before: fwmark services kglb did not create use them, and a probe
+// with such a mark would go to their reals and judge this one by their health.
+// A real that holds one gives it back at its next Sync and gets another;
+// Avoid reports whether one does.
+func (m *Marks) Avoid(marks []uint32) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	held := false
+	m.avoid = nil
+	for _, mk := range marks {
+		if mk < m.base || mk-m.base >= m.count {
+			continue
+		}
+		if m.avoid == nil {
+			m.avoid = map[uint32]bool{}
+		}
+		m.avoid[mk] = true
+		_, used := m.byMark[mk]
+		held = held || used
+	}
+	return held
 }
 
 // Restore claims a mark found in use at start (an fwmark service kglb left in the

@@ -105,3 +105,27 @@ func TestNewMarksTopOfRange(t *testing.T) {
 		}
 	}
 }
+
+// TestMarksAvoid: a mark someone else's fwmark service uses is taken from
+// the real that holds it at the next Sync and handed to none.
+func TestMarksAvoid(t *testing.T) {
+	m, _ := NewMarks(100, 3)
+	reals := addrs("10.0.0.1", "10.0.0.2")
+	m.Sync(reals)
+	if m.Avoid([]uint32{100, 7}) != true {
+		t.Error("Avoid of a held mark reported no real holding it")
+	}
+	got, err := m.Sync(reals)
+	if s := marksString(got); err != nil || s != "10.0.0.1=102 10.0.0.2=101" {
+		t.Errorf("after Avoid(100): %q %v", s, err)
+	}
+	if _, err := m.Sync(addrs("10.0.0.1", "10.0.0.2", "10.0.0.3")); !errors.Is(err, ErrMarksExhausted) {
+		t.Errorf("a third real with mark 100 avoided: %v, want exhausted", err)
+	}
+	if m.Avoid(nil) {
+		t.Error("Avoid(nil) reported a real holding an avoided mark")
+	}
+	if got, err := m.Sync(addrs("10.0.0.1", "10.0.0.2", "10.0.0.3")); err != nil || got[netip.MustParseAddr("10.0.0.3")] != 100 {
+		t.Errorf("mark 100 free again: %s %v", marksString(got), err)
+	}
+}

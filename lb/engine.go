@@ -85,6 +85,8 @@ type Engine struct {
 	cfg       *config.Config
 	plan      *Plan
 	marksErr  error // of the last marks.Sync, logged again with its plan
+	avoiding  bool  // marks avoids some marks (avoidForeignMarks)
+	remark    bool  // a real holds a mark to avoid: make the plan again
 	adopted   map[ipvs.Key]map[ipvs.RealKey]uint16
 	qualified map[string]bool
 	decided   decisions // per service of cfg, where in desired, while still valid
@@ -352,7 +354,8 @@ func (e *Engine) setConfig(cfg *config.Config) {
 	var c carried
 	if e.plan != nil {
 		c = carry(e.cfg.Services, cfg.Services)
-		if e.moveMarks(cfg) {
+		if moved := e.moveMarks(cfg); moved || e.remark {
+			e.remark = false
 			c.spellOut(len(cfg.Services))
 		}
 	}
@@ -568,6 +571,11 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 		e.routesIn, e.heldIn = d.Routes, vr.Held
 	}
 	e.finish(d, errors.Join(errs...), kind.String(), start)
+	if e.remark {
+		// A real's tunnel mark is a foreign service's (avoidForeignMarks):
+		// its plan is made again, for the next pass.
+		e.setConfig(e.cfg)
+	}
 }
 
 // settled reports whether d's routes are those of the last pass whose
@@ -683,6 +691,7 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 		apply = e.opts.IPVS.Resync
 	}
 	res, err := apply(ctx, want)
+	e.avoidForeignMarks(res.Foreign)
 	want.Changed = nil
 	e.ipvsWant = want
 	e.lastWrites, e.lastDrain = res.Writes, res.Draining
@@ -694,6 +703,28 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 		}
 	}
 	return err
+}
+
+// avoidForeignMarks keeps the tunnelled checks off the marks of fwmark
+// services kglb did not create (foreign, as the ipvs reconciler last read
+// them): the reconciler does not touch such a service, so a real given its
+// mark would be probed through it, to its reals. A real holding one has its
+// plan made again after the pass (remark); the pass failed on the foreign
+// service, and its retry carries the real's probes on a mark of its own.
+func (e *Engine) avoidForeignMarks(foreign []ipvs.Key) {
+	var marks []uint32
+	for _, k := range foreign {
+		if k.FWMark != 0 {
+			marks = append(marks, k.FWMark)
+		}
+	}
+	if len(marks) == 0 && !e.avoiding {
+		return
+	}
+	e.avoiding = len(marks) > 0
+	if e.marks.Avoid(marks) {
+		e.remark = true
+	}
 }
 
 // verdicts applies verdict changes: the services they touch are decided

@@ -530,3 +530,36 @@ func TestEngineTunnelMarkRangeFollowsReload(t *testing.T) {
 		t.Errorf("targets after the reload: %+v, want one with mark 5000", ts)
 	}
 }
+
+// TestEngineTunnelMarkAvoidsForeignService: an fwmark service someone else
+// made inside the tunnel range (ipvsadm -A -f 1000) is foreign: kglb must
+// not give its mark to a real, or the real's tunnelled probes go to the
+// foreign service's reals and judge it by their health.
+func TestEngineTunnelMarkAvoidsForeignService(t *testing.T) {
+	w := newWorld(t)
+	fk := ipvs.MarkKey(ipvs.IPv4, 1000)
+	if err := w.kernel.AddService(ipvs.Service{Key: fk, Scheduler: "rr"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.kernel.AddReal(fk, ipvs.Real{Addr: netip.MustParseAddr("10.9.9.9"), Weight: 1, Forward: ipvs.ForwardTunnel}); err != nil {
+		t.Fatal(err)
+	}
+	tunnelled := func(s *config.Service) { s.Checks[0].Tunnel = true }
+	r := w.start(t, daemonCfg(svc("a", "192.0.2.1", 1, tunnelled)))
+	// The first pass fails on the foreign service; its retry (a second
+	// later) uses a mark of kglb's own.
+	eventually(t, "the tunnelled check's service at a mark of its own", func() bool {
+		return strings.Contains(w.kernel.String(), "FWM  1001 IPv4 rr\n  -> 10.0.0.1:0 ")
+	})
+	r.stop(t)
+	ts := r.e.Plan().Targets("a", netip.MustParseAddrPort("10.0.0.1:80"))
+	if len(ts) != 1 || ts[0].Spec.Mark != 1001 {
+		t.Errorf("tunnelled targets %v, want one with mark 1001:\n%s", ts, w.kernel.String())
+	}
+	if !strings.Contains(w.kernel.String(), "FWM  1000 IPv4 rr mask /0\n  -> 10.9.9.9:0 ") {
+		t.Errorf("the foreign service changed:\n%s", w.kernel.String())
+	}
+	if _, err := r.e.Status(); err != nil {
+		t.Errorf("last pass: %v", err)
+	}
+}
