@@ -691,7 +691,9 @@ func (e *Engine) applyIPVS(ctx context.Context, want ipvs.Desired, full bool) er
 		apply = e.opts.IPVS.Resync
 	}
 	res, err := apply(ctx, want)
-	e.avoidForeignMarks(res.Foreign)
+	if err == nil || len(res.Foreign) > 0 { // a pass whose read failed knows none
+		e.avoidForeignMarks(res.Foreign)
+	}
 	want.Changed = nil
 	e.ipvsWant = want
 	e.lastWrites, e.lastDrain = res.Writes, res.Draining
