@@ -435,11 +435,10 @@ func fwmarkOn(mark uint32) func(*config.Service) {
 	}
 }
 
-// TestEngineRemovedFWMarkVIPHeld: an fwmark service with a VIP that leaves
-// the configuration is withdrawn first, and its IPVS service stays with the
-// VIP for the hold time, as an address service's does: connections the
-// routers still send meanwhile are served, not reset.
-func TestEngineRemovedFWMarkVIPHeld(t *testing.T) {
+// startWithFWMark runs an engine with an address service a and an fwmark
+// service b (mark 20) that announces its VIP, both up and announced.
+func startWithFWMark(t *testing.T) (*world, *running, *config.Service) {
+	t.Helper()
 	w := newWorld(t)
 	b := svc("b", "192.0.2.2", 1, fwmarkOn(20), func(s *config.Service) {
 		s.Reals[0].Addr = netip.MustParseAddr("10.0.0.2")
@@ -448,6 +447,15 @@ func TestEngineRemovedFWMarkVIPHeld(t *testing.T) {
 	w.prober.set("10.0.0.1:80", health.Up)
 	w.prober.set("10.0.0.2:0", health.Up)
 	eventually(t, "both announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32,192.0.2.2/32" })
+	return w, r, b
+}
+
+// TestEngineRemovedFWMarkVIPHeld: an fwmark service with a VIP that leaves
+// the configuration is withdrawn first, and its IPVS service stays with the
+// VIP for the hold time, as an address service's does: connections the
+// routers still send meanwhile are served, not reset.
+func TestEngineRemovedFWMarkVIPHeld(t *testing.T) {
+	w, r, _ := startWithFWMark(t)
 	if !strings.Contains(w.kernel.String(), "FWM  20 ") {
 		t.Fatalf("no fwmark service:\n%s", w.kernel.String())
 	}
@@ -468,14 +476,7 @@ func TestEngineRemovedFWMarkVIPHeld(t *testing.T) {
 // but drops its VIP is withdrawn and its VIP held, and its IPVS service is
 // the configured one only: the held copy does not stand beside it.
 func TestEngineFWMarkKeptWithoutVIP(t *testing.T) {
-	w := newWorld(t)
-	b := svc("b", "192.0.2.2", 1, fwmarkOn(20), func(s *config.Service) {
-		s.Reals[0].Addr = netip.MustParseAddr("10.0.0.2")
-	})
-	r := w.start(t, daemonCfg(svc("a", "192.0.2.1", 1), b))
-	w.prober.set("10.0.0.1:80", health.Up)
-	w.prober.set("10.0.0.2:0", health.Up)
-	eventually(t, "both announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32,192.0.2.2/32" })
+	w, r, b := startWithFWMark(t)
 
 	b2 := *b
 	b2.VIP = netip.Addr{}
