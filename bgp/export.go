@@ -42,6 +42,16 @@ const prependMarker = 0x6b676c62
 // for export with the default action accept.
 const exportPolicy = "kglb-export"
 
+// importPolicy is the policy assigned to the global RIB for import: it
+// refuses every route a peer sends. kglb announces and never learns; by
+// default GoBGP would take a router's routes into its RIB and send them on
+// to every other router (kglb a transit between its ToRs), and a VIP kglb
+// withdrew would go on being announced through it with the path a router
+// sent it. Its one statement matches any neighbor; kglb's own paths have
+// none, so they pass with the default action accept. GoBGP applies import
+// policy to those too, which is why the default cannot be reject.
+const importPolicy = "kglb-import"
+
 // exportView is what the export policy depends on. The speaker keeps the
 // one it last gave GoBGP and rebuilds the policy only when it changes.
 type exportView struct {
@@ -139,7 +149,15 @@ func (v exportView) policy() *api.SetPoliciesRequest {
 		// name), so it always exists; this statement changes nothing.
 		pol.Statements = []*api.Statement{{Name: "kglb-nothing", Actions: &api.Actions{}}}
 	}
-	req.Policies = []*api.Policy{pol}
+	req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: "kglb-peers",
+		List: []string{"0.0.0.0/0", "::/0"}})
+	// SetPolicies replaces every policy, so the import policy is part of
+	// each request.
+	req.Policies = []*api.Policy{pol, {Name: importPolicy, Statements: []*api.Statement{{
+		Name:       "kglb-refuse-peer-routes",
+		Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: "kglb-peers"}},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_REJECT},
+	}}}}
 	return req
 }
 
@@ -153,8 +171,16 @@ func (s *Speaker) syncExport(ctx context.Context, v exportView) error {
 		return fmt.Errorf("set export policy: %w", err)
 	}
 	if !s.exportSet {
-		// SetPolicies ignores assignments: assign once, by name.
-		err := s.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+		// SetPolicies ignores assignments: assign once, by name. The
+		// import policy first, and by replacing, so that a retry after a
+		// failure below assigns each once.
+		err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+			Name: "global", Direction: api.PolicyDirection_IMPORT,
+			Policies: []*api.Policy{{Name: importPolicy}}, DefaultAction: api.RouteAction_ACCEPT}})
+		if err != nil {
+			return fmt.Errorf("assign import policy: %w", err)
+		}
+		err = s.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
 			Name: "global", Direction: api.PolicyDirection_EXPORT,
 			Policies: []*api.Policy{{Name: exportPolicy}}, DefaultAction: api.RouteAction_ACCEPT}})
 		if err != nil {
@@ -284,6 +310,9 @@ func sentTo(pol *api.SetPoliciesRequest, asn uint32, p exportPeer, r Route) (sen
 		sets[ds.Name] = ds
 	}
 	for _, pl := range pol.Policies {
+		if pl.Name != exportPolicy {
+			continue // the import policy (importPolicy)
+		}
 		for _, st := range pl.Statements {
 			// Every statement is read, matching or not: one the plan
 			// cannot follow fails every plan, not only those it would

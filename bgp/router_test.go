@@ -98,6 +98,13 @@ func freePort(t testing.TB, addr netip.Addr) int {
 // newRouter starts a router with the given ASN listening on addr.
 func newRouter(t testing.TB, asn uint32, addr netip.Addr) *testRouter {
 	t.Helper()
+	return newRouterID(t, asn, addr, "10.255.255.1")
+}
+
+// newRouterID is newRouter with the router id id; routers that must learn
+// each other's paths (through kglb) need distinct ones.
+func newRouterID(t testing.TB, asn uint32, addr netip.Addr, id string) *testRouter {
+	t.Helper()
 	r := &testRouter{asn: asn, rib: map[netip.Prefix]gotRoute{}, notify: make(chan struct{})}
 	lg := &gobgpLogger{log: hclog.NewNullLogger()}
 	r.srv = server.NewBgpServer(server.LoggerOption(lg))
@@ -105,7 +112,7 @@ func newRouter(t testing.TB, asn uint32, addr netip.Addr) *testRouter {
 	r.port = freePort(t, addr)
 	ctx := context.Background()
 	if err := r.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: asn, RouterId: "10.255.255.1", ListenPort: int32(r.port), ListenAddresses: []string{addr.String()},
+		Asn: asn, RouterId: id, ListenPort: int32(r.port), ListenAddresses: []string{addr.String()},
 	}}); err != nil {
 		t.Fatalf("start router: %v", err)
 	}
