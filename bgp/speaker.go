@@ -259,7 +259,20 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 			}
 		}
 	}
-	view, viewErrs := viewOf(g, next, s.withPrepends(viewRoutes).prepends)
+	// A neighbor still listed but left out by resolveNeighbors (say, its
+	// password file unreadable) keeps its session and settings (see
+	// removePeers), so the export policy keeps serving it as before:
+	// without it, its routes would lose their prepends (eBGP) or their
+	// derived next hop (the other family) at the next change.
+	served := slices.Clone(next)
+	for _, a := range sortedAddrs(s.peers) {
+		listed := slices.ContainsFunc(cfg.Neighbors, func(n Neighbor) bool { return n.Address == a })
+		resolved := slices.ContainsFunc(next, func(p peer) bool { return p.session.address == a })
+		if listed && !resolved {
+			served = append(served, s.peers[a])
+		}
+	}
+	view, viewErrs := viewOf(g, served, s.withPrepends(viewRoutes).prepends)
 	errs = append(errs, viewErrs...)
 	// The policy before the peers: a new session's first UPDATEs already
 	// carry its attributes.

@@ -608,3 +608,32 @@ kglb_bgp_peer_prefixes_advertised{peer="tor1"} 2
 		t.Errorf("peer status after the router shut the session: %+v", p)
 	}
 }
+
+// TestUnresolvableNeighborKeepsItsExport: a neighbor still listed whose
+// password file cannot be read at a reload keeps its session and settings
+// (SetConfig says so), so it must keep getting routes as before: a degraded
+// tier's prepend towards an eBGP router must not be dropped because the
+// export policy forgot the neighbor.
+func TestUnresolvableNeighborKeepsItsExport(t *testing.T) {
+	r := newRig(t)
+	self := r.local.String()
+	r.apply(t, Route{Prefix: pfx("203.0.113.1/32"), Prepend: 2})
+	r.router.waitRIB(t, "203.0.113.1/32 via "+self+" as-path [65001 65001 65001] origin 0")
+
+	bad := r.cfg
+	bad.Neighbors = slices.Clone(bad.Neighbors)
+	bad.Neighbors[0].PasswordFile = filepath.Join(t.TempDir(), "missing")
+	if err := r.s.SetConfig(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "read password file") {
+		t.Fatalf("SetConfig error = %v, want a password file error", err)
+	}
+	if st, _ := r.router.sessionState(r.local); st != api.PeerState_ESTABLISHED {
+		t.Fatalf("session %v, want it kept", st)
+	}
+
+	// Another service becomes degraded; the first one's tier changes.
+	r.apply(t, Route{Prefix: pfx("203.0.113.1/32"), Prepend: 1}, Route{Prefix: pfx("203.0.113.2/32"), Prepend: 2})
+	r.router.waitRIB(t, strings.Join([]string{
+		"203.0.113.1/32 via " + self + " as-path [65001 65001] origin 0",
+		"203.0.113.2/32 via " + self + " as-path [65001 65001 65001] origin 0",
+	}, "\n"))
+}
