@@ -500,7 +500,7 @@ func (x *exporting) received(asn uint32, ebgp bool, r Route) sent {
 	path := make([]string, 0, 1+x.prepend)
 	if ebgp {
 		path = append(path, strconv.FormatUint(uint64(asn), 10))
-	} else if r.LocalPref != 0 {
+	} else if r.HasLocalPref {
 		out.localPref = strconv.FormatUint(uint64(r.LocalPref), 10)
 	} else {
 		out.localPref = "100"

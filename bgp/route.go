@@ -34,9 +34,12 @@ type Route struct {
 	// MED is sent when HasMED is set (MED 0 is a valid, best, value).
 	MED    uint32 `json:"med,omitempty"`
 	HasMED bool   `json:"has_med,omitempty"`
-	// LocalPref is sent to iBGP peers when non-zero (never to eBGP ones);
-	// zero leaves GoBGP's default of 100.
-	LocalPref uint32 `json:"local_pref,omitempty"`
+	// LocalPref is sent to iBGP peers (never to eBGP ones) when HasLocalPref
+	// is set or it is non-zero; otherwise GoBGP sends its default of 100.
+	// LOCAL_PREF 0 is a valid value, the least preferred (a backup node's),
+	// so it needs HasLocalPref: without it a configured 0 became 100.
+	LocalPref    uint32 `json:"local_pref,omitempty"`
+	HasLocalPref bool   `json:"has_local_pref,omitempty"`
 	// Prepend adds the local ASN this many extra times to the AS path
 	// sent to eBGP neighbors, so they see a longer path (a degraded tier).
 	// iBGP neighbors never get it (they would see their own AS and drop
@@ -174,7 +177,9 @@ func normalize(r Route) (Route, error) {
 		MED:       r.MED,
 		HasMED:    r.HasMED,
 		LocalPref: r.LocalPref,
-		Prepend:   r.Prepend,
+		// A non-zero LocalPref alone is set, as it always was.
+		HasLocalPref: r.HasLocalPref || r.LocalPref != 0,
+		Prepend:      r.Prepend,
 	}
 	if !r.HasMED {
 		out.MED = 0
@@ -219,7 +224,7 @@ func owned(r Route) Route {
 // equal compares two normalized routes.
 func equal(a, b Route) bool {
 	return a.Prefix == b.Prefix && a.NextHop == b.NextHop && a.MED == b.MED &&
-		a.HasMED == b.HasMED && a.LocalPref == b.LocalPref && a.Prepend == b.Prepend &&
+		a.HasMED == b.HasMED && a.LocalPref == b.LocalPref && a.HasLocalPref == b.HasLocalPref && a.Prepend == b.Prepend &&
 		slices.Equal(a.Communities, b.Communities) &&
 		slices.Equal(a.LargeCommunities, b.LargeCommunities)
 }
@@ -258,7 +263,7 @@ func toPath(r Route, localASN uint32) (*api.Path, error) {
 	if r.HasMED {
 		attrs = append(attrs, packet.NewPathAttributeMultiExitDisc(r.MED))
 	}
-	if r.LocalPref != 0 {
+	if r.HasLocalPref {
 		attrs = append(attrs, packet.NewPathAttributeLocalPref(r.LocalPref))
 	}
 	if len(r.Communities) > 0 {

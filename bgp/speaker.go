@@ -661,7 +661,7 @@ func routeLogFields(r Route) []any {
 	if r.HasMED {
 		kv = append(kv, "med", r.MED)
 	}
-	if r.LocalPref != 0 {
+	if r.HasLocalPref {
 		kv = append(kv, "local_pref", r.LocalPref)
 	}
 	if r.Prepend != 0 {

@@ -637,3 +637,17 @@ func TestUnresolvableNeighborKeepsItsExport(t *testing.T) {
 		"203.0.113.2/32 via " + self + " as-path [65001 65001 65001] origin 0",
 	}, "\n"))
 }
+
+// TestLocalPrefZeroOverIBGP: LOCAL_PREF 0 is a valid value, the least
+// preferred (a backup node's), and must reach an iBGP router as 0, not as
+// GoBGP's default 100 that a route without LOCAL_PREF gets.
+func TestLocalPrefZeroOverIBGP(t *testing.T) {
+	r := newRig(t, withIBGP())
+	r.apply(t, Route{Prefix: pfx("203.0.113.1/32"), LocalPref: 0, HasLocalPref: true},
+		Route{Prefix: pfx("203.0.113.2/32")})
+	// The router's line shows local-pref only when it is not 0.
+	r.router.waitRIB(t, strings.Join([]string{
+		"203.0.113.1/32 via " + r.local.String() + " as-path [] origin 0",
+		"203.0.113.2/32 via " + r.local.String() + " as-path [] origin 0 local-pref 100",
+	}, "\n"))
+}

@@ -513,7 +513,9 @@ func bgpRoutes(routes []lb.Route) []bgp.Route {
 			MED:       r.MED,
 			HasMED:    r.HasMED,
 			LocalPref: r.LocalPref,
-			Prepend:   r.Prepend,
+			// local_pref = 0 is the least preferred, not unset.
+			HasLocalPref: r.HasLocalPref,
+			Prepend:      r.Prepend,
 		}
 		if len(r.Communities) > 0 {
 			from := len(comms)

@@ -20,6 +20,8 @@ func TestBGPRoutes(t *testing.T) {
 			LargeCommunities: []config.LargeCommunity{{Global: 65000, Local1: 1, Local2: 2}}},
 		{Prefix: netip.MustParsePrefix("192.0.2.2/32")},
 		{Prefix: netip.MustParsePrefix("192.0.2.3/32"), Communities: []config.Community{3}},
+		// local_pref = 0: the least preferred, not unset.
+		{Prefix: netip.MustParsePrefix("192.0.2.4/32"), LocalPref: 0, HasLocalPref: true},
 	}
 	want := []bgp.Route{
 		{Prefix: netip.MustParsePrefix("192.0.2.1/32"), NextHop: netip.MustParseAddr("10.0.0.1"), MED: 5, HasMED: true,
@@ -27,6 +29,7 @@ func TestBGPRoutes(t *testing.T) {
 			LargeCommunities: []bgp.LargeCommunity{{GlobalAdmin: 65000, LocalData1: 1, LocalData2: 2}}},
 		{Prefix: netip.MustParsePrefix("192.0.2.2/32")},
 		{Prefix: netip.MustParsePrefix("192.0.2.3/32"), Communities: []bgp.Community{3}},
+		{Prefix: netip.MustParsePrefix("192.0.2.4/32"), LocalPref: 0, HasLocalPref: true},
 	}
 	got := bgpRoutes(in)
 	if d := cmp.Diff(want, got, equateAddrs); d != "" {
