@@ -1006,3 +1006,29 @@ func TestBIRDPasswordRotation(t *testing.T) {
 		t.Errorf("a key appears in the speaker's log")
 	}
 }
+
+// TestBIRDStopDuringPlannedRestart: a planned restart leaves the routes
+// with BIRD as stale; the new process is stopped (SIGTERM: withdraw every
+// route) before its first health round ends, so before its first Apply.
+// BIRD must not keep the old process's routes for the rest of the restart
+// time towards a node that has stopped.
+func TestBIRDStopDuringPlannedRestart(t *testing.T) {
+	l := newLab(t, 1)
+	n := l.nodes[0]
+	l.startBIRD(birdPeers(n, false, false)...)
+	cfg := speakerConfig(n, false, false)
+	cfg.Neighbors[0].GracefulRestart = true
+	cfg.Neighbors[0].RestartTime = 600 * time.Second
+	sp := l.startSpeaker(n, cfg)
+	sp.apply(Route{Prefix: pfx("203.0.113.10/32")})
+	l.waitRoutes(`203.0.113.10/32 ebgp4_1 via 10.255.1.2 origin=IGP as_path=65001 next_hop=10.255.1.2 local_pref=100`)
+	sp.call(helperCmd{Op: "exit"})
+	<-sp.done
+	sp = l.startSpeakerAfter(n, cfg, true)
+	// Stopped as the daemon stops: withdraw, then close.
+	sp.call(helperCmd{Op: "withdraw"})
+	sp.call(helperCmd{Op: "withdrawn"})
+	sp.call(helperCmd{Op: "close"})
+	<-sp.done
+	l.waitRoutes(``)
+}

@@ -786,6 +786,9 @@ func (s *Speaker) close(quiet bool) error {
 	}
 	s.closed = true
 	s.stopping = true
+	if s.running && s.deferred {
+		s.dropPlannedRestart(context.Background())
+	}
 	// The administrative shutdown first, while the watcher still reports
 	// the sessions going down; then cancel the watcher before StopBgp:
 	// its cleanup runs through the server loop.
@@ -810,6 +813,44 @@ func (s *Speaker) close(quiet bool) error {
 	s.peers = map[netip.Addr]peer{}
 	s.log.Info("bgp stopped")
 	return err
+}
+
+// dropPlannedRestart is close's first step for a speaker started after a
+// planned restart (Options.Restarting) that stops before its first Apply:
+// no neighbor is configured yet, and the routers running graceful restart
+// still hold the previous process's routes as stale. Left alone, they
+// would keep them for the whole restart time, towards a node that has
+// stopped. It adds the neighbors now, not restarting (so without the
+// Forwarding State bit) and with what the RIB holds (nothing, or what
+// WithdrawAll left), so that each router drops its stale routes as the
+// session comes up, and waits up to ten seconds for the graceful-restart
+// sessions to do so; the shutdown that follows ends them. Called with mu
+// held.
+func (s *Speaker) dropPlannedRestart(ctx context.Context) {
+	s.deferred, s.restarting = false, false
+	if err := s.setConfig(ctx, s.cfg); err != nil {
+		s.log.Warn("planned restart: connecting the neighbors to end it failed", "err", err)
+	}
+	var waiting []string
+	for _, a := range sortedAddrs(s.peers) {
+		if s.peers[a].session.graceful {
+			waiting = append(waiting, a.String())
+		}
+	}
+	s.log.Info("stopping before the first announcement after a planned restart: ending the routers' graceful restart",
+		"neighbors", len(waiting))
+	deadline := time.Now().Add(10 * time.Second)
+	for len(waiting) > 0 && time.Now().Before(deadline) {
+		s.liveMu.Lock()
+		waiting = slices.DeleteFunc(waiting, func(a string) bool {
+			l := s.live[a]
+			return l != nil && l.state == api.PeerState_ESTABLISHED
+		})
+		s.liveMu.Unlock()
+		if len(waiting) > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
 
 // Abandon ends the speaker for a planned restart with graceful restart:
