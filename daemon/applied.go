@@ -76,7 +76,10 @@ func saveApplied(cfg *config.Config, dir string, now time.Time) error {
 	info := appliedInfo{Time: now.UTC(), Digest: hex.EncodeToString(cfg.Digest[:]), Dir: dir}
 	sum := config.NewDigester()
 	for _, f := range cfg.Files {
-		data, err := readRegular(f, config.MaxFileSize)
+		// The loader's own read (a regular file, bounded, never blocking
+		// on a FIFO swapped in since the load): the copy is read as the
+		// config was.
+		data, err := config.ReadFile(f)
 		if err != nil {
 			return fmt.Errorf("record the applied config: %w", err)
 		}
@@ -183,10 +186,11 @@ func loadApplied(stateDir string) (cfg *config.Config, info appliedInfo, ok bool
 // maxAppliedMeta bounds applied.json: a few names per file.
 const maxAppliedMeta = 64 << 20
 
-// readRegular reads p, which must be a regular file of at most limit bytes.
-// The open does not block: a FIFO in place of a config file (between its
-// load and its record) or of applied.json would otherwise hang the recorder,
-// and the stop that waits for it, or the start.
+// readRegular reads p, a file of the state directory (applied.json, the
+// restart marker), which must be a regular file of at most limit bytes. The
+// open does not block: a FIFO in its place would otherwise hang the start.
+// Config files are read with config.ReadFile, the loader's rule; this one
+// keeps the errno (a missing file is no record).
 func readRegular(p string, limit int64) ([]byte, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {

@@ -84,7 +84,7 @@ func BenchmarkAppliedSave(b *testing.B) {
 			}
 		}()
 		for _, p := range cfg.Files {
-			data, err := readRegular(p, config.MaxFileSize)
+			data, err := config.ReadFile(p)
 			if err != nil {
 				return err
 			}
