@@ -69,7 +69,7 @@ func (d *decoder) decodeDaemon(bl *block) (Daemon, *fields) {
 	c.LogLevel = LogLevel(f.enum("log_level", []string{"trace", "debug", "info", "warn", "error"}, string(c.LogLevel)))
 	c.LogFormat = LogFormat(f.enum("log_format", []string{"text", "json"}, string(c.LogFormat)))
 	c.OnStop = OnStop(f.enum("on_stop", []string{"keep", "cleanup"}, string(c.OnStop)))
-	c.StopHold = f.duration("stop_hold", c.StopHold, 0)
+	c.StopHold = f.stopWait("stop_hold", c.StopHold)
 	if a, ok := f.get("max_delete_share", kString); ok {
 		if p, ok := parsePercent(a.val.str); ok {
 			c.MaxDeleteShare = p
@@ -113,6 +113,25 @@ func (d *decoder) decodeDaemon(bl *block) (Daemon, *fields) {
 	return c, f
 }
 
+// MaxStopWait bounds each wait of a stop, daemon.stop_hold and
+// bgp.graceful_shutdown_wait. A stop holds up the host's shutdown or the
+// package's upgrade as long as it waits (kglb extends systemd's stop
+// timeout by its waits), so a longer one is more likely "5h" written for
+// "5s" than a plan.
+const MaxStopWait = time.Hour
+
+// stopWait reads a wait of the stop: a duration of at most MaxStopWait.
+func (f *fields) stopWait(name string, def time.Duration) time.Duration {
+	v := f.duration(name, def, 0)
+	if v > MaxStopWait {
+		most := fmt.Sprintf("%gh", MaxStopWait.Hours())
+		f.d.errorf(f.attr(name).val.rng, fmt.Sprintf("write a %s of at most %q, such as %s = %q", name, most, name, def.String()),
+			"%s %s is longer than %s, the longest wait of a stop", name, v, most)
+		return def
+	}
+	return v
+}
+
 // asn checks an AS number: 0, 23456 (AS_TRANS), 65535 and 4294967295 are
 // reserved and cannot be used on a session.
 func (f *fields) asn(name string, required bool, def span) uint32 {
@@ -148,7 +167,7 @@ func (d *decoder) decodeBGP(bl *block) BGP {
 	}
 	b.ListenPort = uint16(f.integer("listen_port", 0, 65535, 0))
 	b.GracefulShutdown = f.boolean("graceful_shutdown", false)
-	b.GracefulShutdownWait = f.duration("graceful_shutdown_wait", b.GracefulShutdownWait, 0)
+	b.GracefulShutdownWait = f.stopWait("graceful_shutdown_wait", b.GracefulShutdownWait)
 	names := map[string]span{}
 	addrs := map[netip.Addr]span{}
 	for _, nb := range f.blocksOf("neighbor") {

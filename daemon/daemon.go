@@ -408,19 +408,48 @@ func (s *stages) done(name string) {
 	s.last = now
 }
 
+// stopWrites is what a stop allows beside its configured waits: ending the
+// engine's pass, the withdrawals, and on_stop = "cleanup"'s removal of
+// every IPVS service and VIP, from a kernel or a router slow to answer.
+const stopWrites = time.Minute
+
+// stopExit is what systemd is given beyond stopBudget: a stop cut at its
+// own deadline still closes the sessions, shuts the HTTP servers down (2 s)
+// and exits, rather than being killed in the middle.
+const stopExit = 10 * time.Second
+
+// stopBudget is how long a stop of cfg may take: every wait cfg configures
+// (bgp.graceful_shutdown_wait when graceful_shutdown is set, then
+// daemon.stop_hold) and stopWrites. It is the stop's own deadline, and,
+// with stopExit, what systemd is told as the stop begins, so a long wait
+// is neither cut by kglb nor killed by TimeoutStopSec.
+func stopBudget(cfg *config.Config) time.Duration {
+	b := cfg.Daemon.StopHold + stopWrites
+	if cfg.BGP.Enabled && cfg.BGP.GracefulShutdown {
+		b += cfg.BGP.GracefulShutdownWait
+	}
+	return b
+}
+
 // stop ends the engine, then withdraws, holds and keeps or cleans the data
-// plane as on_stop says. restart is a planned restart without graceful
-// restart: the sessions then end without a NOTIFICATION.
+// plane as on_stop says, within stopBudget. restart is a planned restart
+// without graceful restart: the sessions then end without a NOTIFICATION.
 func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error, restart bool) error {
-	d.notify.send("STOPPING=1")
+	// Run sends the engine no config from here on: the one it runs is the
+	// one that stops.
+	cfg := d.engineCfg()
+	budget := stopBudget(cfg)
+	// The waits are the operator's and may outlast the unit's
+	// TimeoutStopSec, which kglb cannot read from its sandbox: systemd
+	// keeps the later of the two, so the extension is always sent. One
+	// message covers the whole stop.
+	d.notify.send("STOPPING=1", extendTimeoutUsec(budget+stopExit))
+	ctx, done := context.WithTimeout(context.Background(), budget)
+	defer done()
 	cancel()
 	if err := <-engineDone; err != nil {
 		d.log.Error("engine", "err", err)
 	}
-	// Stopping has its own deadline: withdraw + hold + cleanup must end.
-	ctx, done := context.WithTimeout(context.Background(), d.engineCfg().Daemon.StopHold+time.Minute)
-	defer done()
-	cfg := d.engineCfg()
 	err := d.engine.Stop(ctx, cfg.Daemon.OnStop == config.OnStopCleanup)
 	if d.speaker != nil {
 		closeSessions := d.speaker.Close

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -78,4 +79,11 @@ func monotonicUsec() string {
 		return "MONOTONIC_USEC=0"
 	}
 	return fmt.Sprintf("MONOTONIC_USEC=%d", ts.Nano()/1000)
+}
+
+// extendTimeoutUsec is the EXTEND_TIMEOUT_USEC= line: systemd lets the
+// current state (here the stop) run at least d past this message, beyond
+// TimeoutStopSec, and never shortens it.
+func extendTimeoutUsec(d time.Duration) string {
+	return fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", d.Microseconds())
 }

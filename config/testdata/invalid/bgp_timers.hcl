@@ -24,4 +24,6 @@ bgp {
     asn       = 65000
     hold_time = "0s"
   }
+
+  graceful_shutdown_wait = "90m"
 }

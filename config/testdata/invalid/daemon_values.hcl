@@ -6,4 +6,5 @@ daemon {
   health_concurrency = 0
   health_source      = ["192.0.2.10", "192.0.2.11"]
   tunnel_mark_base   = "0xffffff00"
+  stop_hold          = "5h"
 }

@@ -1,0 +1,159 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/config"
+	"github.com/kglb/kglb/ipvs"
+	"github.com/kglb/kglb/lb"
+	"github.com/kglb/kglb/vip"
+)
+
+// loadStopConfig loads a config of one announced service with the daemon
+// and bgp attributes given.
+func loadStopConfig(t *testing.T, daemonAttrs, bgpAttrs string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
+	hcl := fmt.Sprintf(`daemon {
+  state_dir = %q
+%s
+}
+bgp {
+  asn       = 65010
+  router_id = "192.0.2.10"
+%s
+}
+service "web" {
+  vip  = "198.51.100.10"
+  port = 443
+  real "203.0.113.11" {}
+  check "tcp" {}
+}
+`, t.TempDir(), daemonAttrs, bgpAttrs)
+	if err := os.WriteFile(filepath.Join(dir, "kglb.hcl"), []byte(hcl), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// The stop's budget counts every configured wait: the graceful-shutdown
+// wait (only when graceful_shutdown is set: otherwise nothing waits it),
+// the hold, and stopWrites for the writes.
+func TestStopBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		daemonAttrs, bgpA string
+		want              time.Duration
+	}{
+		{"defaults", "", "", 5*time.Second + stopWrites},
+		{"graceful shutdown, default wait", "", "graceful_shutdown = true", 10*time.Second + stopWrites},
+		{"a wait without graceful shutdown is not waited", "", `graceful_shutdown_wait = "2m"`, 5*time.Second + stopWrites},
+		{"long waits", `stop_hold = "2m"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"3m\"", 5*time.Minute + stopWrites},
+		{"no hold", `stop_hold = "0s"`, "", stopWrites},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := stopBudget(loadStopConfig(t, tc.daemonAttrs, tc.bgpA)); got != tc.want {
+				t.Errorf("stopBudget = %s, want %s", got, tc.want)
+			}
+		})
+	}
+	// Without a bgp block nothing is withdrawn, so nothing waits for
+	// graceful shutdown.
+	cfg := loadStopConfig(t, "", "graceful_shutdown = true")
+	cfg.BGP.Enabled = false
+	if got := stopBudget(cfg); got != 5*time.Second+stopWrites {
+		t.Errorf("stopBudget without bgp = %s", got)
+	}
+}
+
+// deadlineAnnouncer announces like the speaker and records the deadline of
+// the context its WithdrawAll gets: the time the stop allows the
+// graceful-shutdown wait, the hold and the writes.
+type deadlineAnnouncer struct {
+	announced chan struct{} // closed at the first route announced
+	once      sync.Once
+	mu        sync.Mutex
+	deadline  time.Time
+	withdrawn bool
+}
+
+func (a *deadlineAnnouncer) Apply(_ context.Context, rs []lb.Route) error {
+	if len(rs) > 0 {
+		a.once.Do(func() { close(a.announced) })
+	}
+	return nil
+}
+
+func (a *deadlineAnnouncer) WithdrawAll(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.deadline, _ = ctx.Deadline()
+	a.withdrawn = true
+	return nil
+}
+
+// A stop tells systemd how long it may take (EXTEND_TIMEOUT_USEC, beside
+// STOPPING=1), and gives the withdrawal, the waits and the cleanup that
+// long: graceful_shutdown_wait = "2m" was cut at a minute, and a unit with
+// TimeoutStopSec=90s killed the stop in its middle.
+func TestStopExtendsTimeoutByEveryWait(t *testing.T) {
+	cfg := loadStopConfig(t, `stop_hold = "0s"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"2m\"")
+	budget := stopBudget(cfg)
+
+	ir, err := ipvs.NewReconciler(ipvs.NewFake(), ipvs.Options{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := &deadlineAnnouncer{announced: make(chan struct{})}
+	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: ann, Prober: newUpProber()}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	engineDone := make(chan error, 1)
+	go func() { engineDone <- e.Run(ctx, make(chan *config.Config)) }()
+	select { // the real is up and the VIP announced: a stop withdraws
+	case <-ann.announced:
+	case <-time.After(time.Minute):
+		t.Fatal("never: the VIP announced")
+	}
+
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn := listenNotify(t, path)
+	t.Setenv("NOTIFY_SOCKET", path)
+	d := &daemon{log: hclog.NewNullLogger(), notify: newNotifier(hclog.NewNullLogger()), engine: e}
+	before := time.Now()
+	if err := d.stop(cancel, engineDone, false); err != nil {
+		t.Fatal(err)
+	}
+
+	want := fmt.Sprintf("STOPPING=1\nEXTEND_TIMEOUT_USEC=%d", (2*time.Minute + stopWrites + stopExit).Microseconds())
+	if got := readNotify(t, conn); got != want {
+		t.Errorf("datagram at stop %q, want %q", got, want)
+	}
+	ann.mu.Lock()
+	defer ann.mu.Unlock()
+	if !ann.withdrawn {
+		t.Fatal("the stop withdrew nothing")
+	}
+	if ann.deadline.Before(before.Add(budget)) {
+		t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the budget %s",
+			ann.deadline.Sub(before).Round(time.Second), budget)
+	}
+}
