@@ -384,6 +384,29 @@ tor_sampler_start() {
 }
 tor_sampler_stop() { kill "$tor_sampler" 2>/dev/null; wait "$tor_sampler" 2>/dev/null; }
 tor_count() { grep -c -- "$1" /run/tor-samples; } # tor_count REGEX
+# tor_stop SECONDS: systemctl stop kglb (given up after SECONDS) with the
+# sampler on, until the session is down. It sets the line numbers of the
+# first sample with the community (first_gs), the first without the route
+# while the session was up (first_wd) and the first with it down
+# (first_down), and the reason BIRD was given (down).
+tor_stop() {
+	tor_sampler_start
+	timeout "$1" systemctl stop kglb
+	waitfor 30 tor_down
+	tor_sampler_stop
+	echo "$(date +%T.%N | cut -c1-12) $(tor_sample)" >>/run/tor-samples
+	first_gs="$(grep -n 'est=1 .*rib=1 .*gshut=1' /run/tor-samples | head -n1 | cut -d: -f1)"
+	first_wd="$(grep -n 'est=1 gr=0 rib=0 fib=0' /run/tor-samples | head -n1 | cut -d: -f1)"
+	first_down="$(grep -n 'est=0' /run/tor-samples | head -n1 | cut -d: -f1)"
+	down="$(tor_proto | grep -o 'Received: Administrative shutdown.*' | head -n1)"
+}
+# tor_stopped_in_order: the last tor_stop re-announced with GRACEFUL_SHUTDOWN,
+# then withdrew while the session was up, then ended the session with a
+# NOTIFICATION, and the tor kernel has no route left.
+tor_stopped_in_order() {
+	[ -n "$first_gs" ] && [ -n "$first_wd" ] && [ -n "$first_down" ] && [ "$first_gs" -lt "$first_wd" ] &&
+		[ "$first_wd" -lt "$first_down" ] && [ -n "$down" ] && ! tor_fib
+}
 tor_refreshed() { [ "$(tor_sample)" = "est=1 gr=0 rib=1 fib=1 gshut=0" ]; }
 tor_client_start() {
 	: >/run/tor-client.log
@@ -448,7 +471,7 @@ tor_restart() {
 	fi
 }
 bgp_router_steps() {
-	local deb down first_gs first_wd first_down
+	local deb since result held killed
 	tor_setup
 	timeout 60 systemctl restart kglb && waitfor 30 systemctl is-active --quiet kglb
 	if waitfor 60 tor_refreshed && tor_client_start; then
@@ -469,26 +492,36 @@ bgp_router_steps() {
 	fi
 	tor_restart "systemctl restart kglb" timeout 60 systemctl restart kglb
 
-	tor_sampler_start
-	timeout 60 systemctl stop kglb
-	waitfor 30 tor_down
-	tor_sampler_stop
-	echo "$(date +%T.%N | cut -c1-12) $(tor_sample)" >>/run/tor-samples
-	# The line numbers of the first sample with the community, the first
-	# without the route while the session was up, the first with it down.
-	first_gs="$(grep -n 'est=1 .*rib=1 .*gshut=1' /run/tor-samples | head -n1 | cut -d: -f1)"
-	first_wd="$(grep -n 'est=1 gr=0 rib=0 fib=0' /run/tor-samples | head -n1 | cut -d: -f1)"
-	first_down="$(grep -n 'est=0' /run/tor-samples | head -n1 | cut -d: -f1)"
-	down="$(tor_proto | grep -o 'Received: Administrative shutdown.*' | head -n1)"
-	if [ -n "$first_gs" ] && [ -n "$first_wd" ] && [ -n "$first_down" ] && [ "$first_gs" -lt "$first_wd" ] &&
-		[ "$first_wd" -lt "$first_down" ] && [ -n "$down" ] && ! tor_fib &&
-		[ "$(ipvsadm -Ln -t "$TOR_VIP:8080" | grep -c -- '-> 10\.')" = 2 ]; then
+	tor_stop 60
+	if tor_stopped_in_order && [ "$(ipvsadm -Ln -t "$TOR_VIP:8080" | grep -c -- '-> 10\.')" = 2 ]; then
 		pass "systemctl stop: BIRD saw $TOR_VIP/32 with GRACEFUL_SHUTDOWN (sample $first_gs), withdrawn while the session was up (sample $first_wd), then the session end ($down, sample $first_down); the tor kernel route is gone, the IPVS service stays (on_stop = keep)"
 	else
 		fail "systemctl stop with a router" "samples: graceful shutdown $first_gs, withdrawn $first_wd, down $first_down; '$down'"
 		show cat /run/tor-samples
 		show tor_proto
 		show journalctl -u kglb --no-pager -n 30
+	fi
+
+	# A stop whose waits outlast the unit's TimeoutStopSec=90s: kglb extends
+	# the stop's timeout as it begins (EXTEND_TIMEOUT_USEC), so systemd
+	# neither kills it in the middle of graceful_shutdown_wait nor cuts the
+	# withdrawal and the hold after it.
+	sed -i 's/graceful_shutdown_wait = "2s"/graceful_shutdown_wait = "95s"/' /etc/kglb/tor.hcl
+	timeout 60 systemctl start kglb && waitfor 30 systemctl is-active --quiet kglb
+	if waitfor 60 tor_refreshed; then
+		since="$(date '+%Y-%m-%d %H:%M:%S')"
+		tor_stop 300
+		result="$(systemctl show -p Result --value kglb)"
+		held="$(journalctl -u kglb --no-pager --since "$since" | grep -m1 'routes withdrawn; holding' || true)"
+		killed="$(journalctl -u kglb --no-pager --since "$since" | grep -m1 -i 'timed out\|killing\|deadline exceeded' || true)"
+		if tor_stopped_in_order && [ "$result" = success ] && [ -n "$held" ] && [ -z "$killed" ]; then
+			pass "systemctl stop with graceful_shutdown_wait = \"95s\" (past TimeoutStopSec=90s) ran to its end: GRACEFUL_SHUTDOWN (sample $first_gs), withdrawn while the session was up (sample $first_wd), then held (${held#*]: }); Result=$result, nothing killed or cut"
+		else
+			fail "a stop longer than TimeoutStopSec" "Result=$result held '$held' killed '$killed'; samples: graceful shutdown $first_gs, withdrawn $first_wd, down $first_down"
+			show journalctl -u kglb --no-pager --since "$since"
+		fi
+	else
+		fail "a stop longer than TimeoutStopSec" "no route at the router before the stop: $(tor_sample)"
 	fi
 	birdc -s "$TOR_CTL" down >/dev/null 2>&1
 	rm -f /etc/kglb/tor.hcl
