@@ -116,6 +116,12 @@ type Engine struct {
 	// the resync interval. Zero once a pass completes.
 	retryAt time.Time
 	retryIn time.Duration
+	// The announcer (a BGPPlanner) has not taken cfg's bgp block: a
+	// reload set it, or its Configure failed. Each pass hands it the block
+	// until it does, so a failure makes that pass incomplete and the
+	// pass's retry (retryAt) configures the speaker again, instead of it
+	// waiting for the next edit.
+	bgpPending bool
 	// The announcer has been handed routes at least once, so
 	// Options.FullFirstRound holds no more.
 	announceStarted bool
@@ -526,6 +532,11 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 	}
 
 	var errs []error
+	// 0. A reload's bgp block, before any route: the routes then go out
+	// over the sessions it sets up.
+	if err := e.configureBGP(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	// 1. Withdraw what must go, keeping what stays, before the data plane
 	// changes under it; a pass where no route goes or changes has no such
 	// step (the announcer gets every route in step 3 anyway).
@@ -862,6 +873,26 @@ func (e *Engine) announce(ctx context.Context, routes []Route, vips []VIPStatus)
 		return fmt.Errorf("announce routes: %w", err)
 	}
 	e.announced, e.announceFailed = routes, false
+	return nil
+}
+
+// configureBGP hands the announcer cfg's bgp block while it has not taken
+// it (bgpPending). The speaker carries on past a neighbor that fails (an
+// unreadable password file) and diffs what it is handed, so handing the
+// same block again sets up what failed and touches nothing else.
+func (e *Engine) configureBGP(ctx context.Context) error {
+	if !e.bgpPending {
+		return nil
+	}
+	b, ok := e.opts.Announcer.(BGPPlanner)
+	if !ok {
+		e.bgpPending = false
+		return nil
+	}
+	if err := b.Configure(ctx, e.cfg); err != nil {
+		return fmt.Errorf("configure bgp: %w", err)
+	}
+	e.bgpPending = false
 	return nil
 }
 

@@ -422,6 +422,57 @@ func TestFailedPassIsRetried(t *testing.T) {
 	eventually(t, "the service added by a retry", func() bool { return strings.Contains(w.kernel.String(), "10.0.0.2:80") })
 }
 
+// configuringAnnouncer is an announcer that takes a reload's bgp block as
+// the speaker does: Configure fails while failing is set (a password file
+// that cannot be read), and configured is the ASN of the last block it took.
+type configuringAnnouncer struct {
+	*fakeAnnouncer
+	failing    atomic.Bool
+	failed     atomic.Int32
+	configured atomic.Uint32
+}
+
+func (a *configuringAnnouncer) PlanBGP(*config.Config, []Route) (BGPPlan, error) {
+	return BGPPlan{}, nil
+}
+
+func (a *configuringAnnouncer) Configure(_ context.Context, cfg *config.Config) error {
+	if a.failing.Load() {
+		a.failed.Add(1)
+		return errors.New(`neighbor "tor1" (192.0.2.254): read password file: permission denied`)
+	}
+	a.configured.Store(cfg.BGP.ASN)
+	return nil
+}
+
+// TestFailedBGPConfigIsRetried: a reload whose bgp block the speaker
+// refused in part is an incomplete pass, retried like a failed kernel
+// write: the speaker takes the block within seconds, without another edit
+// (the resync is an hour away).
+func TestFailedBGPConfigIsRetried(t *testing.T) {
+	w := newWorld(t)
+	ann := &configuringAnnouncer{fakeAnnouncer: w.ann}
+	w.wrap = func(o *Options) { o.Announcer = ann }
+	cfg := daemonCfg(svc("web", "192.0.2.1", 1))
+	cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+	r := w.start(t, cfg)
+	w.prober.set("10.0.0.1:80", health.Up)
+	eventually(t, "web announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+
+	ann.failing.Store(true)
+	next := daemonCfg(svc("web", "192.0.2.1", 1))
+	next.BGP = config.BGP{Enabled: true, ASN: 65020}
+	r.configs <- next
+	// The second Configure is a retry's: the first pass has finished.
+	eventually(t, "the refused bgp block handed again by a retry", func() bool { return ann.failed.Load() >= 2 })
+	if _, err := r.e.Status(); err == nil || !strings.Contains(err.Error(), "configure bgp: ") {
+		t.Errorf("status error after a refused bgp block = %v, want it to say configure bgp", err)
+	}
+	ann.failing.Store(false)
+	eventually(t, "the bgp block taken by a retry", func() bool { return ann.configured.Load() == 65020 })
+	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
+}
+
 // fwmarkOn makes s an fwmark service (mark) that still announces its VIP.
 func fwmarkOn(mark uint32) func(*config.Service) {
 	return func(s *config.Service) {

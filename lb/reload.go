@@ -23,7 +23,8 @@ type IPVSRecorder interface {
 // block and a set of routes would change, per neighbor, and that applies
 // the bgp block at a reload (the daemon's adapter of the speaker). The
 // engine plans with it (PlanConfig), and at a reload calls PlanBGP just
-// before Configure, so the reload logs what it changes.
+// before the pass that calls Configure, so the reload logs what it
+// changes; a pass whose Configure fails is incomplete, and retried.
 type BGPPlanner interface {
 	PlanBGP(cfg *config.Config, routes []Route) (BGPPlan, error)
 	Configure(ctx context.Context, cfg *config.Config) error
@@ -63,9 +64,9 @@ func (e *Engine) reload(ctx context.Context, cfg *config.Config) {
 	var bgpErr error
 	if b, ok := e.opts.Announcer.(BGPPlanner); ok {
 		bp, bgpErr = b.PlanBGP(cfg, d.Routes)
-		if err := b.Configure(ctx, cfg); err != nil {
-			e.log.Error("bgp config", "err", err)
-		}
+		// The pass below configures the speaker (configureBGP), and
+		// its retries do again while that fails.
+		e.bgpPending = true
 	}
 	e.lastWrites, e.lastDrain, e.lastVIPs = ipvs.Writes{}, nil, vip.Result{}
 	e.apply(ctx, d, nil, kindPass, start)
