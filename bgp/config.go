@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/kglb/kglb/config"
 )
 
 // GracefulShutdownCommunity is the well-known GRACEFUL_SHUTDOWN community
@@ -116,8 +117,9 @@ type Neighbor struct {
 	// ConnectRetry is the wait between connection attempts, at least 1s.
 	ConnectRetry time.Duration
 	// PasswordFile holds the TCP-MD5 password (surrounding whitespace is
-	// trimmed). It is read on every SetConfig; the password itself is
-	// never logged or shown.
+	// trimmed). It is read on every SetConfig, as config.ReadFile reads
+	// (a regular file of bounded size, never blocking on a FIFO); the
+	// password itself is never logged or shown.
 	PasswordFile string
 	// Families the session carries, at least one.
 	// To send IPv6 routes over an IPv4 session list both, and give those
@@ -257,7 +259,12 @@ func resolveNeighbor(n Neighbor) (session, error) {
 		return s, errors.New("neighbor has no families")
 	}
 	if n.PasswordFile != "" {
-		b, err := os.ReadFile(n.PasswordFile)
+		// The loader's rule for a file it does not trust: the loader
+		// refused anything but a regular file, but this runs at every
+		// SetConfig, long after, and a FIFO swapped in since must not hang
+		// the speaker (and the engine's pass with it), nor a device or a
+		// huge file fill its memory. Its error names the file and why.
+		b, err := config.ReadFile(n.PasswordFile)
 		if err != nil {
 			// The path may be shown; the content never is.
 			return s, fmt.Errorf("read password file: %w", err)

@@ -12,10 +12,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/config"
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -650,4 +652,87 @@ func TestLocalPrefZeroOverIBGP(t *testing.T) {
 		"203.0.113.1/32 via " + r.local.String() + " as-path [] origin 0",
 		"203.0.113.2/32 via " + r.local.String() + " as-path [] origin 0 local-pref 100",
 	}, "\n"))
+}
+
+// TestPasswordFileSwappedAfterLoad: the loader refuses a password_file
+// that is not a regular file, but the speaker reads it again at every
+// SetConfig, long after the load. A file swapped since for a FIFO (whose
+// open blocks until a writer comes), a device (which never ends) or a file
+// over the size limit is refused with an error naming the file, the
+// neighbor keeps its session, and the call returns.
+func TestPasswordFileSwappedAfterLoad(t *testing.T) {
+	tor := addr("127.0.0.1")
+	n := filled(Neighbor{Name: "tor1", Address: tor, ASN: routerASN, Port: uint16(freePort(t, tor))})
+	cfg := Config{ASN: localASN, RouterID: addr("10.255.255.2"), Neighbors: []Neighbor{n}}
+	ctx := context.Background()
+	s, err := New(ctx, cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+
+	tests := []struct {
+		name string
+		swap func(t *testing.T, p string)
+		want string
+	}{
+		{"a FIFO", func(t *testing.T, p string) {
+			replace(t, p, func(tmp string) error { return syscall.Mkfifo(tmp, 0o600) })
+			// Were the open to block, a writer ends it, so the test ends.
+			t.Cleanup(func() {
+				if f, err := os.OpenFile(p, os.O_RDWR, 0); err == nil {
+					f.Close()
+				}
+			})
+		}, "is a FIFO, not a regular file"},
+		{"a device", func(t *testing.T, p string) {
+			replace(t, p, func(tmp string) error { return os.Symlink("/dev/zero", tmp) })
+		}, "is a device, not a regular file"},
+		{"a file over the size limit", func(t *testing.T, p string) {
+			if err := os.Truncate(p, config.MaxFileSize+1); err != nil { // sparse: costs no disk
+				t.Fatal(err)
+			}
+		}, "is larger than the limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "tor1.secret")
+			if err := os.WriteFile(p, []byte("s3cret\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c := cfg
+			c.Neighbors = []Neighbor{n}
+			c.Neighbors[0].PasswordFile = p
+			if err := s.SetConfig(ctx, c); err != nil {
+				t.Fatalf("SetConfig with a regular password file: %v", err)
+			}
+			tt.swap(t, p)
+			done := make(chan error, 1)
+			go func() { done <- s.SetConfig(ctx, c) }()
+			select {
+			case err = <-done:
+			case <-time.After(time.Minute): // a guard against a hang, not a speed limit
+				t.Fatalf("SetConfig still blocked a minute after %s was swapped for %s", p, tt.name)
+			}
+			if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("SetConfig error = %v, want it to name %s and say %q", err, p, tt.want)
+			}
+			if st := s.Status(); len(st.Peers) != 1 || st.Peers[0].Name != "tor1" {
+				t.Errorf("status peers: %+v, want tor1 kept", st.Peers)
+			}
+		})
+	}
+}
+
+// replace puts what create makes at a temporary name over p, in one rename,
+// as an operator's tool or an attacker would swap a file.
+func replace(t *testing.T, p string, create func(tmp string) error) {
+	t.Helper()
+	tmp := p + ".new"
+	if err := create(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		t.Fatal(err)
+	}
 }
