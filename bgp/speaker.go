@@ -212,8 +212,10 @@ func (s *Speaker) stop(ctx context.Context) error {
 // their session. A change of ASN, router id or listener restarts the BGP
 // server: every session resets and the current routes are re-announced.
 // It carries on past a neighbor that fails (for example an unreadable
-// password file: an existing session then keeps its old settings) and
-// returns errors.Join of the failures.
+// password file: an existing session then keeps its old settings, but
+// after a restart of the server there is none, and the neighbor has no
+// kglb_bgp_peer_* series until a SetConfig adds it) and returns
+// errors.Join of the failures.
 func (s *Speaker) SetConfig(ctx context.Context, cfg Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -238,11 +240,12 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	}
 	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
 	cfg.Neighbors = slices.Clone(cfg.Neighbors)
+	next, errs := resolveNeighbors(g, cfg.Neighbors)
 	// The routes the export policy must serve: after a server restart
 	// below, those re-announced once this call ends.
 	viewRoutes := s.routes
 	if g != s.global || !s.running {
-		held, err := s.restartServer(ctx, g, cfg)
+		held, err := s.restartServer(ctx, g, cfg, next)
 		if err != nil {
 			return err
 		}
@@ -250,7 +253,6 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	}
 	s.cfg = cfg
 
-	next, errs := resolveNeighbors(g, cfg.Neighbors)
 	if g.port > 0 && listenersUseMPTCP() {
 		for _, p := range next {
 			if p.session.password != "" {
@@ -261,7 +263,8 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	}
 	// A neighbor still listed but left out by resolveNeighbors (say, its
 	// password file unreadable) keeps its session and settings (see
-	// removePeers), so the export policy keeps serving it as before:
+	// removePeers; after a restart it has none, and is not in s.peers),
+	// so the export policy keeps serving it as before:
 	// without it, its routes would lose their prepends (eBGP) or their
 	// derived next hop (the other family) at the next change.
 	served := slices.Clone(next)
@@ -292,10 +295,13 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 }
 
 // restartServer restarts GoBGP's server with the global settings g: its
-// peers, RIB and policies are gone. It keeps the peers cfg still lists
-// (the caller adds them again) and returns the routes the RIB held, for
-// the caller to announce again once the neighbors are configured.
-func (s *Speaker) restartServer(ctx context.Context, g globalState, cfg Config) (map[netip.Prefix]Route, error) {
+// peers, RIB and policies are gone. It keeps the series of the peers the
+// caller adds again (next, by address and name: their flaps go on); the
+// others' go, as a removed neighbor's do, for they have no session now,
+// even one cfg still lists but resolveNeighbors left out (its password
+// file unreadable). It returns the routes the RIB held, for the caller to
+// announce again once the neighbors are configured.
+func (s *Speaker) restartServer(ctx context.Context, g globalState, cfg Config, next []peer) (map[netip.Prefix]Route, error) {
 	s.log.Warn("bgp global settings changed, restarting the server: every session resets",
 		"asn", g.asn, "router_id", g.routerID.String(), "listen_port", g.port)
 	if err := s.stop(ctx); err != nil {
@@ -309,7 +315,7 @@ func (s *Speaker) restartServer(ctx context.Context, g globalState, cfg Config) 
 	old := s.peers
 	s.peers = map[netip.Addr]peer{}
 	for addr, p := range old {
-		if !slices.ContainsFunc(cfg.Neighbors, func(n Neighbor) bool { return n.Address == addr }) {
+		if !slices.ContainsFunc(next, func(n peer) bool { return n.session.address == addr && n.name == p.name }) {
 			s.forgetPeer(addr, p.name)
 		}
 	}

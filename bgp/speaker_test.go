@@ -736,3 +736,50 @@ func replace(t *testing.T, p string, create func(tmp string) error) {
 		t.Fatal(err)
 	}
 }
+
+// TestUnresolvableNeighborAfterRestart: a change of the global settings
+// restarts the server, which ends every session; a neighbor still listed
+// whose password file cannot be read then is not added again, so it has no
+// session at all. Its series go, as a removed neighbor's do: a
+// kglb_bgp_peer_up left from before would show a session that is not
+// there.
+func TestUnresolvableNeighborAfterRestart(t *testing.T) {
+	r := newRig(t)
+	eventually(t, "the speaker to see the session", func() bool {
+		return testutil.ToFloat64(r.s.metrics.peerUp.WithLabelValues("tor1")) == 1
+	})
+	cfg := r.cfg
+	cfg.RouterID = addr("10.255.255.3")
+	cfg.Neighbors = slices.Clone(cfg.Neighbors)
+	cfg.Neighbors[0].PasswordFile = filepath.Join(t.TempDir(), "missing")
+	if err := r.s.SetConfig(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "read password file") {
+		t.Fatalf("SetConfig error = %v, want a password file error", err)
+	}
+	if st := r.s.Status(); len(st.Peers) != 0 {
+		t.Errorf("status peers after the restart: %+v, want none", st.Peers)
+	}
+	for _, name := range []string{"kglb_bgp_peer_up", "kglb_bgp_peer_session_state", "kglb_bgp_peer_flaps_total"} {
+		if n, err := testutil.GatherAndCount(r.reg, name); err != nil || n != 0 {
+			out, _ := r.reg.Gather()
+			var got []string
+			for _, mf := range out {
+				if mf.GetName() == name {
+					for _, m := range mf.GetMetric() {
+						got = append(got, m.String())
+					}
+				}
+			}
+			t.Errorf("%s series = %d (%v), want none: %s", name, n, err, strings.Join(got, "; "))
+		}
+	}
+
+	// The file readable again: the neighbor is back, counted from scratch.
+	cfg.Neighbors[0].PasswordFile = ""
+	if err := r.s.SetConfig(context.Background(), cfg); err != nil {
+		t.Fatalf("SetConfig: %v", err)
+	}
+	r.router.waitEstablished(t, r.local)
+	eventually(t, "tor1 up again", func() bool {
+		return testutil.ToFloat64(r.s.metrics.peerUp.WithLabelValues("tor1")) == 1
+	})
+}
