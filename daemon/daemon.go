@@ -324,7 +324,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 
 	stages.done("health")
 	var ann lb.Announcer
-	restart := false
+	restart, bgpPending := false, false
 	if cfg.BGP.Enabled {
 		restart = restarting(cfg, log)
 		d.speaker, err = bgp.New(ctx, speakerConfig(cfg.BGP), bgp.Options{Logger: log.Named("bgp"), Registerer: reg, Restarting: restart})
@@ -333,14 +333,17 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 			return nil, fmt.Errorf("start bgp speaker: %w", err)
 		}
 		if err != nil {
-			log.Error("bgp neighbors", "err", err)
+			// The engine's first pass, and its retries, hand the
+			// speaker the block again until it takes every neighbor.
+			log.Error("bgp neighbors; retrying", "err", err)
+			bgpPending = true
 		}
 		ann = announcer{d.speaker}
 		stages.done("bgp")
 	}
 	d.engine, err = lb.NewEngine(lb.Options{
 		IPVS: d.ipvs, VIPs: vr, Announcer: ann, Prober: d.sched,
-		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart,
+		Logger: log.Named("engine"), Metrics: lb.NewMetrics(reg), FullFirstRound: restart, BGPPending: bgpPending,
 		Guard:     guard, // a plan is judged as a reload would be, and a reload logs the verdict
 		FirstPass: firstPass,
 	}, cfg)

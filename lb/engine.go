@@ -63,6 +63,12 @@ type Options struct {
 	// Restarting), and the End-of-RIB it then sends ends the routers'
 	// stale period, so that set must lack no VIP still being checked.
 	FullFirstRound bool
+	// BGPPending says the announcer (a BGPPlanner) did not take the
+	// initial config's bgp block in full: the daemon's speaker started but
+	// refused a neighbor (an unreadable password file). The first pass
+	// then hands it the block again, and its retries do while that fails,
+	// as after a reload.
+	BGPPending bool
 	// FirstPass, if set, is called once the first pass has written the
 	// data plane; the daemon holds work that would compete with that pass
 	// for the CPU (the record of the applied config) until then.
@@ -117,7 +123,8 @@ type Engine struct {
 	retryAt time.Time
 	retryIn time.Duration
 	// The announcer (a BGPPlanner) has not taken cfg's bgp block: a
-	// reload set it, or its Configure failed. Each pass hands it the block
+	// reload set it (or Options.BGPPending at start), or its Configure
+	// failed. Each pass hands it the block
 	// until it does, so a failure makes that pass incomplete and the
 	// pass's retry (retryAt) configures the speaker again, instead of it
 	// waiting for the next edit.
@@ -180,7 +187,7 @@ func NewEngine(opts Options, cfg *config.Config) (*Engine, error) {
 	e := &Engine{
 		opts: opts, log: opts.Logger, now: opts.Now, marks: marks,
 		cfg: cfg, qualified: map[string]bool{}, leaving: map[netip.Addr]leaving{},
-		plans: make(chan planReq),
+		plans: make(chan planReq), bgpPending: opts.BGPPending,
 	}
 	if opts.Metrics != nil {
 		opts.Metrics.watch(e.viewStatus)

@@ -473,6 +473,26 @@ func TestFailedBGPConfigIsRetried(t *testing.T) {
 	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
 }
 
+// TestBGPRefusedAtStartIsRetried: a speaker that started but refused a
+// neighbor (Options.BGPPending) is handed the block by the first pass and
+// by its retries until it takes it, with no edit and the resync an hour
+// away.
+func TestBGPRefusedAtStartIsRetried(t *testing.T) {
+	w := newWorld(t)
+	ann := &configuringAnnouncer{fakeAnnouncer: w.ann}
+	ann.failing.Store(true)
+	w.wrap = func(o *Options) { o.Announcer, o.BGPPending = ann, true }
+	cfg := daemonCfg(svc("web", "192.0.2.1", 1))
+	cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+	r := w.start(t, cfg)
+	eventually(t, "the block refused at start handed again by a retry", func() bool { return ann.failed.Load() >= 2 })
+	ann.failing.Store(false)
+	eventually(t, "the bgp block taken by a retry", func() bool { return ann.configured.Load() == 65010 })
+	w.prober.set("10.0.0.1:80", health.Up)
+	eventually(t, "web announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
+}
+
 // fwmarkOn makes s an fwmark service (mark) that still announces its VIP.
 func fwmarkOn(mark uint32) func(*config.Service) {
 	return func(s *config.Service) {
