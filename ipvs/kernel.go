@@ -17,7 +17,9 @@ type Kernel interface {
 	// many in one message and answers each: one that fails stops none of
 	// the others (a real added to a service whose add failed fails too).
 	// An add or update of a service carries its complete value (update
-	// overwrites scheduler, all flags, timeout and netmask).
+	// overwrites scheduler, all flags, timeout and netmask). A write whose
+	// answer never came (no ack within nlbatch.AckTimeout) fails with an
+	// error wrapping nlbatch.ErrUnknown: the kernel may have made it.
 	Write(ws []Write) []error
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/internal/nlbatch"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -427,10 +428,13 @@ func (p *pass) write(op Op, s *Service, rl *Real, rk RealKey) bool {
 // foreign), and its reals' adds, which failed with it, say nothing more; a
 // real whose add failed leaves the cache; a service whose delete failed
 // stays owned; any other failure makes the cache unknown, so the next pass
-// reads the kernel in full. An error that shows the cache was wrong (ESRCH,
-// ENOENT, EEXIST) makes the pass run again at once with a full read. A
-// delete of what is already gone (ESRCH for a service, ENOENT for a real)
-// succeeded.
+// reads the kernel in full. A write whose ack was not read (nlbatch.
+// ErrUnknown) may or may not have been made: the next pass reads the kernel
+// in full, and a service whose add it was stays owned, so that it is found
+// as kglb's rather than taken for someone else's. An error that shows the
+// cache was wrong (ESRCH, ENOENT, EEXIST) makes the pass run again at once
+// with a full read. A delete of what is already gone (ESRCH for a service,
+// ENOENT for a real) succeeded.
 func (p *pass) flush() {
 	if len(p.queue) == 0 {
 		return
@@ -452,6 +456,10 @@ func (p *pass) flush() {
 			c.reached = nil
 		}
 		r.last = nil
+		unknown := errors.Is(err, nlbatch.ErrUnknown)
+		if unknown {
+			r.valid = false
+		}
 		if failedAdd[w.Service] {
 			continue
 		}
@@ -465,7 +473,7 @@ func (p *pass) flush() {
 				r.nreals -= len(c.reals)
 				delete(r.cache, w.Service)
 			}
-			if !q.wasOwned {
+			if !q.wasOwned && !unknown {
 				// Not ours after all: someone created it since the last
 				// read (EEXIST), or it could not be created.
 				delete(r.owned, w.Service)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/internal/nlbatch"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -1215,5 +1216,57 @@ func TestFailedSaveIsReported(t *testing.T) {
 	rec.statePath = filepath.Join(dir, "gone", StateFile)
 	if _, err := rec.Apply(ctx, Desired{Services: []Service{a}}); err == nil {
 		t.Error("a failed save of the ownership record was not reported")
+	}
+}
+
+// lostAcks is the kernel with the acks of some writes lost: it makes every
+// write, as the kernel does within sendmsg, and reports those lose picks as
+// nlbatch reports an ack that never came.
+type lostAcks struct {
+	*Fake
+	lose func(Write) bool
+}
+
+func (k *lostAcks) Write(ws []Write) []error {
+	errs := k.Fake.Write(ws)
+	for i, w := range ws {
+		if k.lose(w) {
+			errs[i] = fmt.Errorf("no ack within %s: %w", nlbatch.AckTimeout, nlbatch.ErrUnknown)
+		}
+	}
+	return errs
+}
+
+// TestLostAckOutcomeUnknown: an add whose ack never came may have been
+// made. The pass fails naming the write; the next pass reads the kernel
+// rather than assume either outcome, and finds the service kglb's own:
+// it writes nothing and reports nothing foreign.
+func TestLostAckOutcomeUnknown(t *testing.T) {
+	f := NewFake()
+	k := &lostAcks{Fake: f, lose: func(w Write) bool { return w.Op == OpAddService }}
+	rec := newRec(t, k, "")
+	d := states()[3].d
+	d.Services[0].Name = "web"
+	_, err := rec.Apply(ctx, d)
+	if !errors.Is(err, nlbatch.ErrUnknown) {
+		t.Fatalf("lost acks: %v, want %v", err, nlbatch.ErrUnknown)
+	}
+	if want := `add service "web" (tcp 198.51.100.10:443): no ack within 10s: outcome unknown`; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q, want it to say %q", err, want)
+	}
+	k.lose = func(Write) bool { return false }
+	f.ResetCounts()
+	res, err := rec.Apply(ctx, d)
+	if err != nil || len(res.Foreign) > 0 {
+		t.Fatalf("after the lost acks: %v, foreign %v", err, res.Foreign)
+	}
+	if svcs, _ := f.Reads(); svcs != 1 {
+		t.Errorf("services read %d times, want 1 (the outcome was unknown)", svcs)
+	}
+	if w := f.Writes(); w.Total() != 0 {
+		t.Errorf("writes %v, want none: the adds were made", w)
+	}
+	if got, want := f.String(), render(t, d); got != want {
+		t.Errorf("kernel\n%s\nwant\n%s", got, want)
 	}
 }

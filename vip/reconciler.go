@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/internal/nlbatch"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -364,6 +365,7 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 		changes[i] = Change{Op: w.Op, Entry: Entry{Prefix: hostPrefix(w.VIP), Proto: proto}}
 	}
 	var werrs []error
+	var unknown []netip.Addr // adds whose ack was not read
 	if len(changes) > 0 {
 		werrs = r.k.Write(r.mode, changes)
 	}
@@ -387,6 +389,9 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 			default:
 				r.metrics.write(OpAdd, outcomeError)
 				errs = append(errs, fmt.Errorf("add vip %s (%s on %s): %w", w.VIP, r.mode, link, err))
+				if errors.Is(err, nlbatch.ErrUnknown) {
+					unknown = append(unknown, w.VIP)
+				}
 			}
 			continue
 		}
@@ -408,9 +413,16 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	}
 
 	if r.mode == ModeAddress {
-		r.owned = maps.Clone(ours)
-		if !maps.Equal(ours, r.saved) {
-			if err := r.save(ours); err != nil {
+		// An add whose ack was not read may have been made: it stays
+		// owned (not held), so the next pass, which lists the link (the
+		// pass failed), finds the address kglb's rather than foreign.
+		owned := maps.Clone(ours)
+		for _, a := range unknown {
+			owned[a] = true
+		}
+		r.owned = owned
+		if !maps.Equal(owned, r.saved) {
+			if err := r.save(owned); err != nil {
 				errs = append(errs, err)
 			}
 		}

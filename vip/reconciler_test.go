@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kglb/kglb/internal/nlbatch"
 	"github.com/kglb/kglb/vip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -673,5 +674,57 @@ func TestAddressRecordIsPerLink(t *testing.T) {
 	must(t, err)
 	if len(res.Removed) != 2 {
 		t.Errorf("back on kglb0: removed %v, want both addresses kglb added there", res.Removed)
+	}
+}
+
+// lostAcks is the link with the acks of some writes lost: it makes every
+// write, as the kernel does within sendmsg, and reports those lose picks as
+// nlbatch reports an ack that never came.
+type lostAcks struct {
+	*vip.Fake
+	lose func(vip.Change) bool
+}
+
+func (k *lostAcks) Write(m vip.Mode, ws []vip.Change) []error {
+	errs := k.Fake.Write(m, ws)
+	for i, w := range ws {
+		if k.lose(w) {
+			errs[i] = fmt.Errorf("no ack within %s: %w", nlbatch.AckTimeout, nlbatch.ErrUnknown)
+		}
+	}
+	return errs
+}
+
+// TestLostAckOutcomeUnknown: an add whose ack never came may have been
+// made. The pass fails naming the VIP and does not count it held; the next
+// pass lists the link and finds the entry kglb's own, not foreign, so a
+// later Apply without it removes it. In route mode the route's protocol
+// says so; in address mode the record of owned addresses must.
+func TestLostAckOutcomeUnknown(t *testing.T) {
+	for _, mode := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(mode), func(t *testing.T) {
+			f, _ := setup(t, mode)
+			k := &lostAcks{Fake: f, lose: func(c vip.Change) bool { return c.Op == vip.OpAdd }}
+			r, err := vip.New(vip.Options{Kernel: k, Mode: mode, StateDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			desired := addrs("198.51.100.10")
+			res, err := r.Apply(context.Background(), desired)
+			if !errors.Is(err, nlbatch.ErrUnknown) || len(res.Held) != 0 {
+				t.Fatalf("lost ack: held %v, err %v; want none held, %v", res.Held, err, nlbatch.ErrUnknown)
+			}
+			if want := fmt.Sprintf("add vip 198.51.100.10 (%s on kglb0): no ack within 10s: outcome unknown", mode); err.Error() != want {
+				t.Errorf("error %q, want %q", err, want)
+			}
+			k.lose = func(vip.Change) bool { return false }
+			res, err = r.Apply(context.Background(), desired)
+			if err != nil || !slices.Equal(res.Held, desired) || len(res.Foreign) != 0 || res.Writes != 0 {
+				t.Fatalf("after the lost ack: held %v, foreign %v, %d writes, err %v; want it held, no writes", res.Held, res.Foreign, res.Writes, err)
+			}
+			if res, err := r.Apply(context.Background(), nil); err != nil || res.Writes != 1 || strings.Contains(f.String(), "198.51.100.10") {
+				t.Errorf("apply without it: %d writes, err %v, kernel\n%s", res.Writes, err, f)
+			}
+		})
 	}
 }

@@ -122,7 +122,9 @@ type Kernel interface {
 	// Write issues ws in order, each on its own, and returns one error per
 	// write (nil: done). An add is EEXIST if the kernel already has the
 	// entry; a delete removes a route only when its protocol matches and is
-	// ESRCH (route) or EADDRNOTAVAIL (address) if there is none.
+	// ESRCH (route) or EADDRNOTAVAIL (address) if there is none. A write
+	// whose answer never came (no ack within nlbatch.AckTimeout) fails with
+	// an error wrapping nlbatch.ErrUnknown: the kernel may have made it.
 	Write(m Mode, ws []Change) []error
 }
 

@@ -9,8 +9,10 @@ package nlbatch
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -22,6 +24,22 @@ import (
 // drops them and their outcome is unknown.
 const Max = 64
 
+// AckTimeout bounds the wait for a batch's acks. The kernel handles a
+// message within sendmsg and queues every ack before it returns, so an ack
+// still missing after that is one that is not coming (a kernel bug, a module
+// going away, a socket problem), and the caller (a reconciler, holding the
+// lock every pass, resync and metrics scrape takes) must not wait for it
+// forever. It is generous all the same: under qemu TCG a batch of 64 writes
+// takes hundreds of milliseconds, and a loaded machine may deschedule the
+// reader for seconds; a write given up on too early would only cost a pass
+// that reads the kernel again.
+const AckTimeout = 10 * time.Second
+
+// ErrUnknown marks a write whose ack was not read (none came within
+// AckTimeout, or the read failed): the kernel may or may not have made it,
+// and the caller must read the kernel again rather than assume either.
+var ErrUnknown = errors.New("outcome unknown")
+
 // Socket is a netlink socket for batched writes. It is not safe for
 // concurrent use: the caller serializes Write and Close.
 type Socket struct {
@@ -29,6 +47,10 @@ type Socket struct {
 	seq  uint32 // of the last request sent
 	buf  []byte // the message being built, reused
 	rbuf []byte // acks read, reused
+	// Where requests go (0: the kernel) and how long their acks may take:
+	// tests point a socket at a silent peer with a short wait.
+	peer       uint32
+	ackTimeout time.Duration
 }
 
 // Open opens a netlink socket of protocol proto (unix.NETLINK_ROUTE,
@@ -39,7 +61,7 @@ func Open(ns netns.NsHandle, proto int) (*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Socket{s: s}, nil
+	return &Socket{s: s, ackTimeout: AckTimeout}, nil
 }
 
 // Close closes the socket.
@@ -55,7 +77,8 @@ var noHeader [unix.SizeofNlMsghdr]byte
 
 // Write sends requests 0..n-1 in order, up to Max per message, and returns
 // one error per request: nil when the kernel acked it with 0, its errno
-// otherwise, or the failure to send or to read its ack.
+// otherwise, the failure to send, or, when its ack was not read within
+// AckTimeout or the read failed, an error wrapping ErrUnknown.
 func (s *Socket) Write(n int, req Request) []error {
 	errs := make([]error, n)
 	for i := 0; i < n; i += Max {
@@ -87,7 +110,7 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 	}
 	s.buf = b
 	fd := s.s.GetFd()
-	if err := unix.Sendto(fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: s.peer}); err != nil {
 		copy(errs, Fail(len(errs), fmt.Errorf("send: %w", err)))
 		return
 	}
@@ -95,6 +118,9 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 	if s.rbuf == nil {
 		s.rbuf = make([]byte, 64<<10)
 	}
+	// One deadline for the batch, not one per read: acks of an earlier
+	// batch given up on, arriving late, must not extend it.
+	deadline := time.Now().Add(s.ackTimeout)
 	for left := len(errs); left > 0; {
 		// The kernel handles the whole message within sendto and queues
 		// every ack before it returns: read them straight off the socket
@@ -103,15 +129,20 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 		nr, _, err := unix.Recvfrom(fd, s.rbuf, unix.MSG_DONTWAIT)
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
-			msgs, _, err = s.s.Receive()
+			msgs, err = s.wait(deadline)
 		case err == nil:
 			msgs, err = syscall.ParseNetlinkMessage(s.rbuf[:nr])
+			if err != nil {
+				err = fmt.Errorf("read ack: %w: %w", err, ErrUnknown)
+			}
+		default:
+			err = fmt.Errorf("read ack: %w: %w", err, ErrUnknown)
 		}
 		if err != nil {
 			// The acks not read are lost: their writes' outcome is unknown.
 			for i := range errs {
 				if !acked[i] {
-					errs[i] = fmt.Errorf("read ack: %w", err)
+					errs[i] = err
 				}
 			}
 			return
@@ -128,6 +159,28 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 			}
 		}
 	}
+}
+
+// wait reads the next message on the poller until deadline. The library
+// turns its receive timeout into a read deadline on the poller, which it
+// reports as EAGAIN.
+func (s *Socket) wait(deadline time.Time) ([]syscall.NetlinkMessage, error) {
+	left := time.Until(deadline)
+	if left < time.Microsecond { // a zero timeval would mean no timeout
+		return nil, fmt.Errorf("no ack within %s: %w", s.ackTimeout, ErrUnknown)
+	}
+	tv := unix.NsecToTimeval(left.Nanoseconds())
+	if err := s.s.SetReceiveTimeout(&tv); err != nil {
+		return nil, fmt.Errorf("read ack: set receive timeout: %w: %w", err, ErrUnknown)
+	}
+	msgs, _, err := s.s.Receive()
+	switch {
+	case err == unix.EAGAIN:
+		return nil, fmt.Errorf("no ack within %s: %w", s.ackTimeout, ErrUnknown)
+	case err != nil:
+		return nil, fmt.Errorf("read ack: %w: %w", err, ErrUnknown)
+	}
+	return msgs, nil
 }
 
 // Fail is the answer to n writes that all failed with err before any was
