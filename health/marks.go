@@ -13,7 +13,8 @@ import (
 // ipvs package does not rewrite its fwmark service); a real no longer listed gives its
 // mark back. A freed mark is handed out again only after the rest of the range has
 // been used once, so a probe or packet still carrying an old mark is unlikely to
-// reach a new real. Marks are per real address: every VIP and port of a real shares
+// reach a new real; after a restart the search starts past the highest mark
+// restored (see Restore). Marks are per real address: every VIP and port of a real shares
 // one mark, because its fwmark service has one real at port 0 (IPVS keeps the
 // packet's destination port). Safe for concurrent use.
 type Marks struct {
@@ -21,6 +22,8 @@ type Marks struct {
 	base   uint32
 	count  uint32
 	next   uint32 // offset where the search for a free mark starts
+	top    uint32 // one past the highest offset restored before any take
+	taken  bool   // a mark has been handed out
 	byAddr map[netip.Addr]uint32
 	byMark map[uint32]netip.Addr
 	avoid  map[uint32]bool // marks of the range that others use (Avoid)
@@ -100,6 +103,7 @@ func (m *Marks) take() (uint32, bool) {
 		mk := m.base + off
 		if _, used := m.byMark[mk]; !used && !m.avoid[mk] {
 			m.next = (off + 1) % m.count
+			m.taken = true
 			return mk, true
 		}
 	}
@@ -148,5 +152,13 @@ func (m *Marks) Restore(a netip.Addr, mark uint32) error {
 	}
 	m.byAddr[a] = mark
 	m.byMark[mark] = a
+	// The process that left these marks handed them out in this order:
+	// the marks past the highest it held are the likeliest never used or
+	// freed longest ago, and those below it may have been freed just
+	// before it stopped, their probes' flows still alive.
+	if off := mark - m.base; !m.taken && off+1 > m.top {
+		m.top = off + 1
+		m.next = m.top % m.count
+	}
 	return nil
 }
