@@ -567,3 +567,128 @@ func TestKernelRouteModeAccepts(t *testing.T) {
 	}
 	testAccepts(t, lb, r)
 }
+
+// TestKernelModeOrLinkChange: on the kernel, a start with another vip_mode
+// or vip_interface removes what kglb left under the old settings and nothing
+// of the operator's, and leaves both links as a first start with the new
+// settings does (TestModeOrLinkChange checks the same on the fake).
+func TestKernelModeOrLinkChange(t *testing.T) {
+	desired := addrs("198.51.100.10", "198.51.100.11", "2001:db8::10", "203.0.113.1")
+	ctx := context.Background()
+	type setting struct {
+		mode vip.Mode
+		link string
+	}
+	// newWorld is a namespace with the veth ends vip0 and vip1, the
+	// operator's entries on vip0 (addForeign) and the address
+	// 198.51.100.12 on vip1.
+	newWorld := func(t *testing.T) (*nstest.NS, *netlink.Handle) {
+		ns := nstest.New(t)
+		nstest.Veth(t, nstest.End{NS: ns, Name: "vip0"}, nstest.End{NS: ns, Name: "vip1", Addrs: []string{"198.51.100.12/32"}})
+		k, err := vip.NewNetlink(vip.NetlinkOptions{Link: "vip0", NetNS: ns.Path})
+		must(t, err)
+		t.Cleanup(func() { k.Close() })
+		addForeign(t, k)
+		return ns, ns.Netlink(t)
+	}
+	start := func(t *testing.T, ns *nstest.NS, s setting, dir string) vip.Result {
+		t.Helper()
+		k, err := vip.NewNetlink(vip.NetlinkOptions{Link: s.link, NetNS: ns.Path})
+		must(t, err)
+		t.Cleanup(func() { k.Close() })
+		r, err := vip.New(vip.Options{Kernel: k, Mode: s.mode, StateDir: dir})
+		must(t, err)
+		res, err := r.Apply(ctx, desired)
+		must(t, err)
+		return res
+	}
+	state := func(t *testing.T, h *netlink.Handle) string {
+		return kernelState(t, h, "vip0") + kernelState(t, h, "vip1")
+	}
+	for _, c := range []struct{ from, to setting }{
+		{setting{vip.ModeRoute, "vip0"}, setting{vip.ModeRoute, "vip1"}},
+		{setting{vip.ModeRoute, "vip0"}, setting{vip.ModeAddress, "vip0"}},
+		{setting{vip.ModeAddress, "vip0"}, setting{vip.ModeRoute, "vip0"}},
+		{setting{vip.ModeAddress, "vip0"}, setting{vip.ModeAddress, "vip1"}},
+		{setting{vip.ModeAddress, "vip1"}, setting{vip.ModeRoute, "vip0"}},
+	} {
+		t.Run(fmt.Sprintf("%s on %s to %s on %s", c.from.mode, c.from.link, c.to.mode, c.to.link), func(t *testing.T) {
+			fresh, fh := newWorld(t)
+			want := start(t, fresh, c.to, t.TempDir())
+			wantState := state(t, fh)
+
+			ns, h := newWorld(t)
+			dir := t.TempDir()
+			start(t, ns, c.from, dir)
+			res := start(t, ns, c.to, dir)
+			if got := state(t, h); got != wantState {
+				t.Errorf("after the change:\n%s\nwant as a first start:\n%s", got, wantState)
+			}
+			if !slices.Equal(res.Held, want.Held) || !slices.Equal(res.Foreign, want.Foreign) {
+				t.Errorf("after the change %+v, want %+v", res, want)
+			}
+		})
+	}
+}
+
+// TestKernelUnusableAddress: an IPv6 address added without nodad on a link
+// that runs duplicate address detection is listed tentative, then
+// DAD-failed when another link has it; address mode holds neither, and
+// adds nothing over it.
+func TestKernelUnusableAddress(t *testing.T) {
+	ns := nstest.New(t)
+	nstest.Veth(t, nstest.End{NS: ns, Name: "vip0"}, nstest.End{NS: ns, Name: "vip1"})
+	h := ns.Netlink(t)
+	l, err := h.LinkByName("vip0")
+	must(t, err)
+	// Detection of the first address outlasts the test; the second's
+	// ends at vip1's answer.
+	ns.Sysctl(t, "net.ipv6.conf.vip0.dad_transmits", "1000")
+	mustAdd := func(s string) {
+		t.Helper()
+		p := netip.MustParsePrefix(s)
+		must(t, h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 128)}}))
+	}
+	mustAdd("2001:db8::1/128")
+
+	k, err := vip.NewNetlink(vip.NetlinkOptions{Link: "vip0", NetNS: ns.Path})
+	must(t, err)
+	defer k.Close()
+	r, err := vip.New(vip.Options{Kernel: k, Mode: vip.ModeAddress, StateDir: t.TempDir()})
+	must(t, err)
+	a := netip.MustParseAddr("2001:db8::1")
+	res, err := r.Apply(context.Background(), []netip.Addr{a})
+	if err == nil || !strings.Contains(err.Error(), "tentative") || res.Holds(a) || res.Writes != 0 {
+		t.Errorf("over a tentative address: %+v, %v; want not held, no write, an error saying tentative", res, err)
+	}
+
+	// The same address, usable, on vip1 answers vip0's detection.
+	ns.Sysctl(t, "net.ipv6.conf.vip0.dad_transmits", "1")
+	l1, err := h.LinkByName("vip1")
+	must(t, err)
+	dup := &net.IPNet{IP: net.ParseIP("2001:db8::2"), Mask: net.CIDRMask(128, 128)}
+	must(t, h.AddrAdd(l1, &netlink.Addr{IPNet: dup, Flags: unix.IFA_F_NODAD}))
+	mustAdd("2001:db8::2/128")
+	b := netip.MustParseAddr("2001:db8::2")
+	var state vip.AddrState
+	for range 1000 { // detection takes a second or two; bounded, not timed
+		es, err := k.List(vip.ModeAddress)
+		must(t, err)
+		for _, e := range es {
+			if e.Prefix.Addr() == b {
+				state = e.State
+			}
+		}
+		if state == vip.AddrDADFailed {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if state != vip.AddrDADFailed {
+		t.Fatalf("2001:db8::2 on vip0: state %d, want DAD-failed", state)
+	}
+	res, err = r.Apply(context.Background(), []netip.Addr{b})
+	if err == nil || !strings.Contains(err.Error(), "failed duplicate address detection") || res.Holds(b) || res.Writes != 0 {
+		t.Errorf("over a DAD-failed address: %+v, %v; want not held, no write, an error saying so", res, err)
+	}
+}

@@ -230,8 +230,71 @@ func (n *Netlink) listAddrs(idx int) ([]Entry, error) {
 	out := make([]Entry, 0, len(addrs))
 	for _, a := range addrs {
 		if p, ok := prefixOf(a.IPNet); ok {
-			out = append(out, Entry{Prefix: p})
+			out = append(out, Entry{Prefix: p, State: addrState(a.Flags)})
 		}
+	}
+	return out, nil
+}
+
+// addrState reads an address's flags (IFA_FLAGS, which carries all 32 bits).
+// DAD-failed addresses stay tentative too, so that flag is looked at first.
+func addrState(flags int) AddrState {
+	switch {
+	case flags&unix.IFA_F_DADFAILED != 0:
+		return AddrDADFailed
+	case flags&unix.IFA_F_TENTATIVE != 0:
+		return AddrTentative
+	}
+	return AddrUsable
+}
+
+// ListProto dumps the local routes of the local table that carry proto, on
+// every link, and names each route's link (looked up after the dump: the
+// handle's socket is busy during it).
+func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
+	n.mu.Lock()
+	closed := n.closed
+	n.mu.Unlock()
+	if closed {
+		return nil, errClosed
+	}
+	type route struct {
+		idx int
+		e   Entry
+	}
+	var routes []route
+	for try := 0; ; try++ {
+		routes = routes[:0]
+		filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL, Protocol: netlink.RouteProtocol(proto)}
+		err := n.h.RouteListFilteredIter(netlink.FAMILY_ALL, filter,
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PROTOCOL,
+			func(r netlink.Route) bool {
+				if p, ok := prefixOf(r.Dst); ok {
+					routes = append(routes, route{r.LinkIndex, Entry{Prefix: p, Proto: uint8(r.Protocol)}})
+				}
+				return true
+			})
+		if errors.Is(err, netlink.ErrDumpInterrupted) && try < dumpRetries {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		break
+	}
+	names := map[int]string{}
+	out := make([]LinkEntry, 0, len(routes))
+	for _, r := range routes {
+		name, ok := names[r.idx]
+		if !ok {
+			l, err := n.h.LinkByIndex(r.idx)
+			if err != nil {
+				return nil, fmt.Errorf("look up link %d of local route %s: %w", r.idx, r.e.Prefix, err)
+			}
+			name = l.Attrs().Name
+			names[r.idx] = name
+		}
+		out = append(out, LinkEntry{Link: name, Entry: r.e})
 	}
 	return out, nil
 }
@@ -244,11 +307,35 @@ func (n *Netlink) listAddrs(idx int) ([]Entry, error) {
 // protocol, so only a route carrying e.Proto goes.
 func (n *Netlink) Write(m Mode, ws []Change) []error {
 	idx, err := n.index()
-	if err == nil && m != ModeRoute && m != ModeAddress {
-		err = fmt.Errorf("unknown mode %q", m)
-	}
 	if err != nil {
 		return nlbatch.Fail(len(ws), err)
+	}
+	return n.write(idx, m, ws)
+}
+
+// WriteOn is Write on the link named link, looked up by name now.
+func (n *Netlink) WriteOn(link string, m Mode, ws []Change) []error {
+	n.mu.Lock()
+	closed := n.closed
+	n.mu.Unlock()
+	if closed {
+		return nlbatch.Fail(len(ws), errClosed)
+	}
+	l, err := n.h.LinkByName(link)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		return nlbatch.Fail(len(ws), unix.ENODEV)
+	case err != nil:
+		return nlbatch.Fail(len(ws), fmt.Errorf("look up link %s: %w", link, err))
+	}
+	return n.write(l.Attrs().Index, m, ws)
+}
+
+// write is Write on the link of index idx.
+func (n *Netlink) write(idx int, m Mode, ws []Change) []error {
+	if m != ModeRoute && m != ModeAddress {
+		return nlbatch.Fail(len(ws), fmt.Errorf("unknown mode %q", m))
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

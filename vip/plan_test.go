@@ -81,9 +81,13 @@ type recorder struct {
 	writes []Write
 }
 
-func (k *recorder) Link() string                 { return k.read.Link() }
-func (k *recorder) EnsureLink() (bool, error)    { return k.read.EnsureLink() }
-func (k *recorder) List(m Mode) ([]Entry, error) { return k.read.List(m) }
+func (k *recorder) Link() string                               { return k.read.Link() }
+func (k *recorder) EnsureLink() (bool, error)                  { return k.read.EnsureLink() }
+func (k *recorder) List(m Mode) ([]Entry, error)               { return k.read.List(m) }
+func (k *recorder) ListProto(proto uint8) ([]LinkEntry, error) { return k.read.ListProto(proto) }
+func (k *recorder) WriteOn(link string, m Mode, ws []Change) []error {
+	return k.read.WriteOn(link, m, ws)
+}
 func (k *recorder) Write(m Mode, ws []Change) []error {
 	for _, w := range ws {
 		k.writes = append(k.writes, Write{Op: w.Op, VIP: w.Entry.Prefix.Addr()})

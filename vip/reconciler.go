@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/internal/nlbatch"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // Options configures a Reconciler.
@@ -26,8 +27,8 @@ type Options struct {
 	// ModeAddress.
 	Mode Mode
 	// StateDir is where address mode records the addresses kglb owns
-	// (file "vip-addresses"). Required in address mode, unused in route
-	// mode.
+	// (file "vip-addresses"). Required in address mode; in route mode the
+	// record is read for the addresses it names, which kglb then removes.
 	StateDir string
 	// Logger receives one line per VIP added or removed (default: discard).
 	Logger hclog.Logger
@@ -46,9 +47,17 @@ type Reconciler struct {
 	metrics *metrics
 
 	mu    sync.Mutex
-	file  ownedFile           // address mode only
+	file  ownedFile           // unset without a state directory
 	owned map[netip.Addr]bool // address mode: what kglb owns, as last known
 	saved map[netip.Addr]bool // address mode: what the file says
+	// stale is what the record names that kglb owns but no longer wants:
+	// addresses on another link, or on any link in route mode, by link;
+	// staleDirty says the record still lists some that sweep removed.
+	stale      map[string]map[netip.Addr]bool
+	staleDirty bool
+	// sweepRoutes is true until a sweep has removed kglb's routes that are
+	// not on the link in route mode.
+	sweepRoutes bool
 	// reached is the desired set the last Apply reached in full, and
 	// held what that Apply returned (without its writes); valid says
 	// whether they are still trusted (until a Resync or a failure).
@@ -70,6 +79,13 @@ type Result struct {
 	// entry kglb does not own (an operator's address or route). kglb
 	// leaves them alone; they work, and kglb never removes them.
 	Foreign []netip.Addr
+	// Unusable lists the desired VIPs (address mode) whose address is on
+	// the link but not usable yet: an IPv6 address in duplicate address
+	// detection, or that failed it (see AddrState). They are not held, so
+	// not announced. kglb adds no second address for them (the kernel
+	// keeps one per value and would refuse it, EEXIST), and reports each
+	// as an error, so that the pass is retried until it is usable.
+	Unusable []netip.Addr
 	// Added and Removed list the entries this Apply added and removed.
 	Added, Removed []netip.Addr
 	// Writes is the number of VIP writes issued (adds and deletes, failed
@@ -106,23 +122,39 @@ func New(opts Options) (*Reconciler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register vip metrics: %w", err)
 	}
-	r := &Reconciler{k: opts.Kernel, mode: mode, log: log, metrics: m}
+	r := &Reconciler{k: opts.Kernel, mode: mode, log: log, metrics: m, sweepRoutes: true}
+	if mode == ModeAddress && opts.StateDir == "" {
+		return nil, errors.New("vip: address mode needs a state directory to record the addresses kglb owns")
+	}
+	if opts.StateDir == "" {
+		return r, nil
+	}
+	link := opts.Kernel.Link()
+	r.file = ownedFile{path: filepath.Join(opts.StateDir, stateFile), link: link}
+	byLink, err := r.file.load()
+	switch {
+	case err != nil && mode == ModeAddress:
+		return nil, err
+	case err != nil:
+		// Route mode owns no address: leaving those of a record it cannot
+		// read in place is safe, and the start goes on.
+		log.Warn("cannot read the vip ownership record: addresses kglb added in address mode are left in place", "err", err)
+		r.file = ownedFile{}
+		return r, nil
+	}
 	if mode == ModeAddress {
-		if opts.StateDir == "" {
-			return nil, errors.New("vip: address mode needs a state directory to record the addresses kglb owns")
+		r.saved = byLink[link]
+		if r.saved == nil {
+			r.saved = map[netip.Addr]bool{}
 		}
-		r.file = ownedFile{path: filepath.Join(opts.StateDir, stateFile), link: opts.Kernel.Link()}
-		var other string
-		if r.saved, other, err = r.file.load(); err != nil {
-			return nil, err
-		}
-		if other != "" {
-			// Its addresses are on a link kglb no longer manages: an
-			// address of the same value on this link is not kglb's.
-			log.Warn("vip ownership record is of another link; kglb owns no address on this one yet, and leaves those on the other link in place",
-				"link", r.file.link, "record_link", other)
-		}
+		delete(byLink, link)
 		r.owned = maps.Clone(r.saved)
+	}
+	r.stale = byLink
+	for l, set := range r.stale {
+		// An address of the same value on this link is not kglb's: the
+		// record says where kglb added it.
+		log.Info("vip_interface or vip_mode changed: kglb removes the addresses it added before", "record_link", l, "addresses", len(set), "link", link, "mode", mode)
 	}
 	return r, nil
 }
@@ -164,10 +196,15 @@ func (r *Reconciler) Resync(ctx context.Context, desired []netip.Addr) (Result, 
 	return r.run(ctx, desired)
 }
 
-// run is Apply and Resync under r.mu, reading the link.
+// run is Apply and Resync under r.mu, reading the link. The sweep goes
+// first, so that the pass reads the link as the sweep left it: a VIP held
+// by an address kglb added in address mode, which route mode would count as
+// held by a foreign entry, is held by a route at the end of the same pass.
 func (r *Reconciler) run(ctx context.Context, desired []netip.Addr) (Result, error) {
 	start := time.Now()
+	sweepErr := r.sweep(ctx)
 	res, err := r.apply(ctx, desired)
+	err = errors.Join(sweepErr, err)
 	r.valid = err == nil
 	if r.valid {
 		r.reached = slices.Clone(desired)
@@ -221,6 +258,97 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 	return res, errors.Join(append(errs, execErrs...)...)
 }
 
+// sweep removes what kglb added and no longer wants since vip_interface or
+// vip_mode changed (both are read at start only): its routes (ProtoKGLB) on
+// every link but this one in route mode and on every link in address mode,
+// and the addresses its record names on another link, or on any link in
+// route mode. Nothing else is touched: a route of another protocol, an
+// address the record does not name. An entry already gone, or whose link
+// is gone, counts as removed.
+//
+// The routes are looked for once per Reconciler (a start), the addresses
+// until the record names none to remove. What fails stays to do: each pass
+// tries again, and is incomplete (an error) until the sweep is done.
+func (r *Reconciler) sweep(ctx context.Context) error {
+	if (!r.sweepRoutes && len(r.stale) == 0) || ctx.Err() != nil {
+		return nil
+	}
+	var errs []error
+	if r.sweepRoutes {
+		routes, err := r.k.ListProto(ProtoKGLB)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list kglb's vip routes on every link: %w", err))
+		} else {
+			byLink := map[string][]Entry{}
+			for _, e := range routes {
+				if r.mode == ModeRoute && e.Link == r.k.Link() {
+					continue
+				}
+				byLink[e.Link] = append(byLink[e.Link], e.Entry)
+			}
+			n := len(errs)
+			for _, l := range slices.Sorted(maps.Keys(byLink)) {
+				_, rerrs := r.remove(l, ModeRoute, byLink[l])
+				errs = append(errs, rerrs...)
+			}
+			r.sweepRoutes = len(errs) > n
+		}
+	}
+	for _, l := range slices.Sorted(maps.Keys(r.stale)) {
+		set := r.stale[l]
+		entries := make([]Entry, 0, len(set))
+		for _, a := range slices.SortedFunc(maps.Keys(set), netip.Addr.Compare) {
+			entries = append(entries, Entry{Prefix: hostPrefix(a)})
+		}
+		gone, rerrs := r.remove(l, ModeAddress, entries)
+		errs = append(errs, rerrs...)
+		for _, a := range gone {
+			delete(set, a)
+			r.staleDirty = true
+		}
+		if len(set) == 0 {
+			delete(r.stale, l)
+		}
+	}
+	if r.staleDirty {
+		if err := r.save(r.saved); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// remove deletes entries (of mode m) from link for sweep, and returns the
+// VIPs that are gone, whether it removed them or found them gone already.
+func (r *Reconciler) remove(link string, m Mode, entries []Entry) (gone []netip.Addr, errs []error) {
+	changes := make([]Change, len(entries))
+	for i, e := range entries {
+		changes[i] = Change{Op: OpDel, Entry: Entry{Prefix: e.Prefix, Proto: e.Proto}}
+	}
+	werrs := r.k.WriteOn(link, m, changes)
+	removed := 0
+	for i, e := range entries {
+		a := e.Prefix.Addr()
+		switch err := werrs[i]; {
+		case err == nil:
+			r.metrics.write(OpDel, outcomeOK)
+			removed++
+			gone = append(gone, a)
+		case isNotExist(err) || errors.Is(err, unix.ENODEV):
+			r.metrics.write(OpDel, outcomeGone)
+			gone = append(gone, a)
+		default:
+			r.metrics.write(OpDel, outcomeError)
+			errs = append(errs, fmt.Errorf("remove vip %s (%s kglb added on %s before vip_interface or vip_mode changed): %w", a, m, link, err))
+		}
+	}
+	if removed > 0 {
+		r.log.Info("removed vips kglb left behind", "link", link, "mode", m, "removed", removed,
+			"vips", vipSample(nil, gone), "errors", len(errs))
+	}
+	return gone, errs
+}
+
 // wantSet is the set of desired VIPs, unmapped, and an error for each one
 // that is not a unicast address without zone (left out of the set).
 func wantSet(desired []netip.Addr) (map[netip.Addr]bool, []error) {
@@ -249,6 +377,10 @@ type plan struct {
 	// foreign is the desired VIPs the link holds through an entry kglb
 	// does not own, sorted.
 	foreign []netip.Addr
+	// unusable is the state of every address listed that is not usable
+	// yet; unusableWant the desired VIPs among them, sorted.
+	unusable     map[netip.Addr]AddrState
+	unusableWant []netip.Addr
 }
 
 // planWrites is the pure planner of Apply and Plan: from the mode, the
@@ -271,7 +403,15 @@ func planWrites(mode Mode, owned, want map[netip.Addr]bool, entries []Entry) pla
 				p.ours[a] = true
 			}
 		case ModeAddress:
+			// An address that is there but not usable blocks an add
+			// (EEXIST) all the same: it is held, but holds nothing yet.
 			held[a] = true
+			if e.State != AddrUsable {
+				if p.unusable == nil {
+					p.unusable = map[netip.Addr]AddrState{}
+				}
+				p.unusable[a] = e.State
+			}
 			if host && owned[a] {
 				p.ours[a] = true
 			}
@@ -279,9 +419,12 @@ func planWrites(mode Mode, owned, want map[netip.Addr]bool, entries []Entry) pla
 	}
 	var add, del []netip.Addr
 	for a := range want {
+		_, unusable := p.unusable[a]
 		switch {
 		case !held[a]:
 			add = append(add, a)
+		case unusable:
+			p.unusableWant = append(p.unusableWant, a)
 		case !p.ours[a]:
 			p.foreign = append(p.foreign, a)
 		}
@@ -294,6 +437,7 @@ func planWrites(mode Mode, owned, want map[netip.Addr]bool, entries []Entry) pla
 	slices.SortFunc(add, netip.Addr.Compare)
 	slices.SortFunc(del, netip.Addr.Compare)
 	slices.SortFunc(p.foreign, netip.Addr.Compare)
+	slices.SortFunc(p.unusableWant, netip.Addr.Compare)
 	for _, a := range add {
 		p.writes = append(p.writes, Write{Op: OpAdd, VIP: a})
 	}
@@ -305,8 +449,11 @@ func planWrites(mode Mode, owned, want map[netip.Addr]bool, entries []Entry) pla
 
 // predict is the Result of executing p when every write succeeds.
 func (p plan) predict() Result {
-	res := Result{Foreign: p.foreign, Writes: len(p.writes)}
+	res := Result{Foreign: p.foreign, Unusable: p.unusableWant, Writes: len(p.writes)}
 	held := maps.Clone(p.ours)
+	for a := range p.unusable {
+		delete(held, a)
+	}
 	for _, w := range p.writes {
 		if w.Op == OpAdd {
 			held[w.VIP] = true
@@ -428,9 +575,18 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 		}
 	}
 
+	// An address of kglb's that is not usable is kept (a delete above
+	// removes it when undesired), but holds nothing.
+	for a := range p.unusable {
+		delete(ours, a)
+	}
 	res.Held = slices.SortedFunc(maps.Keys(ours), netip.Addr.Compare)
 	slices.SortFunc(foreign, netip.Addr.Compare)
 	res.Foreign = foreign
+	res.Unusable = p.unusableWant
+	for _, a := range p.unusableWant {
+		errs = append(errs, unusableError(a, link, p.unusable[a]))
+	}
 	r.known = Result{Held: res.Held, Foreign: res.Foreign}
 	r.metrics.held.Set(float64(len(res.Held)))
 	r.metrics.foreign.Set(float64(len(res.Foreign)))
@@ -460,15 +616,32 @@ func (r Result) within(want map[netip.Addr]bool) Result {
 	return out
 }
 
-// save writes the ownership record and remembers what it says.
+// unusableError says why the desired VIP a, whose address on link is in
+// state s, is not held.
+func unusableError(a netip.Addr, link string, s AddrState) error {
+	if s == AddrDADFailed {
+		return fmt.Errorf("vip %s: its address on %s failed duplicate address detection (another host has it) and is not usable: remove it, and add it with nodad if it is meant to be on several hosts", a, link)
+	}
+	return fmt.Errorf("vip %s: its address on %s is tentative (duplicate address detection under way), not usable yet; kglb announces it once it is", a, link)
+}
+
+// save writes the ownership record, owned (the addresses kglb owns on the
+// link in address mode) with the stale ones still to remove, and remembers
+// what it says.
 func (r *Reconciler) save(owned map[netip.Addr]bool) error {
-	if maps.Equal(owned, r.saved) {
+	if maps.Equal(owned, r.saved) && !r.staleDirty {
 		return nil
 	}
-	if err := r.file.save(owned); err != nil {
+	byLink := make(map[string]map[netip.Addr]bool, len(r.stale)+1)
+	maps.Copy(byLink, r.stale)
+	if r.mode == ModeAddress {
+		byLink[r.file.link] = owned
+	}
+	if err := r.file.save(byLink); err != nil {
 		return err
 	}
 	r.saved = maps.Clone(owned)
+	r.staleDirty = false
 	return nil
 }
 

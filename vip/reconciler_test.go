@@ -176,7 +176,8 @@ func TestStates(t *testing.T) {
 
 // TestMinimalWrites is a property test: for random edit sequences over a
 // pool of VIPs (some held by foreign entries) the writes issued equal the
-// minimal number of changes, there is exactly one dump per Apply, and kglb
+// minimal number of changes, there is exactly one dump per Apply (and one
+// more at the first, the sweep's), and kglb
 // ends up holding exactly the desired VIPs that are not foreign.
 func TestMinimalWrites(t *testing.T) {
 	pool := addrs("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.5",
@@ -218,8 +219,14 @@ func TestMinimalWrites(t *testing.T) {
 				if res.Writes != minimal || f.Writes-w0 != minimal {
 					t.Fatalf("step %d: %d writes reported, %d reached the kernel; minimal %d", step, res.Writes, f.Writes-w0, minimal)
 				}
-				if f.Dumps-d0 != 1 {
-					t.Fatalf("step %d: %d dumps, want 1", step, f.Dumps-d0)
+				// The first pass also looks once for routes kglb left on
+				// other links (sweep).
+				wantDumps := 1
+				if step == 0 {
+					wantDumps = 2
+				}
+				if f.Dumps-d0 != wantDumps {
+					t.Fatalf("step %d: %d dumps, want %d", step, f.Dumps-d0, wantDumps)
 				}
 				clear(held)
 				var wantHeld []netip.Addr
@@ -646,7 +653,8 @@ func TestReadFailureKeepsHeld(t *testing.T) {
 // TestAddressRecordIsPerLink: the record of the addresses kglb added (address
 // mode) names the link they were added on. After a restart on another link
 // (vip_interface changed), an address the operator put on that link is not
-// kglb's, even though kglb once added the same address on its old link.
+// kglb's, even though kglb once added the same address on its old link; the
+// ones on the old link are kglb's, and go.
 func TestAddressRecordIsPerLink(t *testing.T) {
 	dir := t.TempDir()
 	old := vip.NewFake("")
@@ -655,7 +663,7 @@ func TestAddressRecordIsPerLink(t *testing.T) {
 	_, err = r1.Apply(context.Background(), addrs("198.51.100.1", "2001:db8::1"))
 	must(t, err)
 
-	eth1 := vip.NewFake("eth1")
+	eth1 := old.On("eth1")
 	must(t, write1(eth1, vip.ModeAddress, vip.OpAdd, entry("198.51.100.1/32", 0)))
 	must(t, write1(eth1, vip.ModeAddress, vip.OpAdd, entry("2001:db8::1/128", 0)))
 	before := eth1.String()
@@ -666,14 +674,8 @@ func TestAddressRecordIsPerLink(t *testing.T) {
 	if res.Writes != 0 || eth1.String() != before {
 		t.Errorf("kglb removed the operator's addresses on eth1, which it never added there: %+v\n%s", res, eth1)
 	}
-	// Back on its own link, the record made there still holds: a restart
-	// keeps ownership of what it added.
-	r3, err := vip.New(vip.Options{Kernel: old, Mode: vip.ModeAddress, StateDir: dir})
-	must(t, err)
-	res, err = r3.Apply(context.Background(), nil)
-	must(t, err)
-	if len(res.Removed) != 2 {
-		t.Errorf("back on kglb0: removed %v, want both addresses kglb added there", res.Removed)
+	if got := old.String(); got != "link kglb0 up\n" {
+		t.Errorf("kglb0 after the start on eth1:\n%s\nwant the addresses kglb added there gone", got)
 	}
 }
 
@@ -727,4 +729,239 @@ func TestLostAckOutcomeUnknown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// vipLinks are the links of TestModeOrLinkChange: kglb's own and a
+// configured one.
+var vipLinks = []string{"kglb0", "eth1"}
+
+// changeWorld is a namespace with kglb0 and eth1, each with an operator's
+// entries: on kglb0 those of setup, on eth1 a static local route for
+// 198.51.100.98 and the address 198.51.100.12.
+func changeWorld(t *testing.T) map[string]*vip.Fake {
+	t.Helper()
+	f := vip.NewFake("")
+	must(t, func() error { _, err := f.EnsureLink(); return err }())
+	must(t, write1(f, vip.ModeRoute, vip.OpAdd, entry("198.51.100.99/32", unix.RTPROT_STATIC)))
+	must(t, write1(f, vip.ModeAddress, vip.OpAdd, entry("203.0.113.1/32", 0)))
+	must(t, write1(f, vip.ModeAddress, vip.OpAdd, entry("2001:db8::99/128", 0)))
+	eth1 := f.On("eth1")
+	must(t, write1(eth1, vip.ModeRoute, vip.OpAdd, entry("198.51.100.98/32", unix.RTPROT_STATIC)))
+	must(t, write1(eth1, vip.ModeAddress, vip.OpAdd, entry("198.51.100.12/32", 0)))
+	return map[string]*vip.Fake{"kglb0": f, "eth1": eth1}
+}
+
+func worldString(w map[string]*vip.Fake) string {
+	return w["kglb0"].String() + w["eth1"].String()
+}
+
+// TestModeOrLinkChange: a start with another vip_mode or vip_interface than
+// the last one leaves the namespace as a first start with the new settings
+// would: kglb's routes and recorded addresses where it no longer holds VIPs
+// are gone, and every entry of the operator's is in place, on both links.
+func TestModeOrLinkChange(t *testing.T) {
+	desired := addrs("198.51.100.10", "198.51.100.11", "198.51.100.99", "203.0.113.1", "2001:db8::10")
+	ctx := context.Background()
+	type setting struct {
+		mode vip.Mode
+		link string
+	}
+	var settings []setting
+	for _, m := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		for _, l := range vipLinks {
+			settings = append(settings, setting{m, l})
+		}
+	}
+	for _, from := range settings {
+		for _, to := range settings {
+			if from == to {
+				continue
+			}
+			t.Run(fmt.Sprintf("%s on %s to %s on %s", from.mode, from.link, to.mode, to.link), func(t *testing.T) {
+				// What a first start with to's settings leaves.
+				fresh := changeWorld(t)
+				freshDir := t.TempDir()
+				r, err := vip.New(vip.Options{Kernel: fresh[to.link], Mode: to.mode, StateDir: freshDir})
+				must(t, err)
+				want, err := r.Apply(ctx, desired)
+				must(t, err)
+				wantState := worldString(fresh)
+				// And a restart after it (which, on eth1, tries again the
+				// VIPs that kglb0's entries hold: an IPv4 local route
+				// clashes on any link).
+				r, err = vip.New(vip.Options{Kernel: fresh[to.link], Mode: to.mode, StateDir: freshDir})
+				must(t, err)
+				wantRestart, err := r.Apply(ctx, desired)
+				must(t, err)
+
+				w := changeWorld(t)
+				dir := t.TempDir()
+				r1, err := vip.New(vip.Options{Kernel: w[from.link], Mode: from.mode, StateDir: dir})
+				must(t, err)
+				_, err = r1.Apply(ctx, desired)
+				must(t, err)
+
+				r2, err := vip.New(vip.Options{Kernel: w[to.link], Mode: to.mode, StateDir: dir})
+				must(t, err)
+				res, err := r2.Apply(ctx, desired)
+				must(t, err)
+				if got := worldString(w); got != wantState {
+					t.Errorf("after the change:\n%s\nwant as a first start:\n%s", got, wantState)
+				}
+				for _, a := range desired {
+					if !res.Holds(a) {
+						t.Errorf("Holds(%s) = false after the change", a)
+					}
+				}
+				if !slices.Equal(res.Held, want.Held) {
+					t.Errorf("held %v, want %v", res.Held, want.Held)
+				}
+				// The next start finds nothing left to remove.
+				r3, err := vip.New(vip.Options{Kernel: w[to.link], Mode: to.mode, StateDir: dir})
+				must(t, err)
+				res, err = r3.Apply(ctx, desired)
+				if err != nil || res.Writes != wantRestart.Writes || worldString(w) != wantState {
+					t.Errorf("restart after the change: %d writes, %v\n%s", res.Writes, err, worldString(w))
+				}
+			})
+		}
+	}
+}
+
+// TestChangeCleanupFailure: a clean-up that fails does not stop the start:
+// the VIPs are held with the new settings, the error names what is left,
+// the record keeps the addresses still to remove (so a restart meanwhile
+// loses none), and the next pass removes them.
+func TestChangeCleanupFailure(t *testing.T) {
+	ctx := context.Background()
+	desired := addrs("198.51.100.10", "2001:db8::10")
+	for _, to := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run("address on kglb0 to "+string(to)+" on eth1", func(t *testing.T) {
+			w := changeWorld(t)
+			dir := t.TempDir()
+			r1, err := vip.New(vip.Options{Kernel: w["kglb0"], Mode: vip.ModeAddress, StateDir: dir})
+			must(t, err)
+			_, err = r1.Apply(ctx, desired)
+			must(t, err)
+
+			eth1 := w["eth1"]
+			eth1.Fail = func(op string, m vip.Mode, e vip.Entry) error {
+				if op == vip.OpDel {
+					return unix.EPERM
+				}
+				return nil
+			}
+			r2, err := vip.New(vip.Options{Kernel: eth1, Mode: to, StateDir: dir})
+			must(t, err)
+			res, err := r2.Apply(ctx, desired)
+			if err == nil || !strings.Contains(err.Error(), "kglb0") || !errors.Is(err, unix.EPERM) {
+				t.Fatalf("Apply with a failing clean-up: %v, want EPERM naming kglb0", err)
+			}
+			for _, a := range desired {
+				if !res.Holds(a) {
+					t.Errorf("Holds(%s) = false: a failed clean-up must not keep the VIPs from the new link", a)
+				}
+			}
+			record, err := os.ReadFile(filepath.Join(dir, "vip-addresses"))
+			must(t, err)
+			if !strings.Contains(string(record), "# link kglb0\n198.51.100.10\n2001:db8::10\n") {
+				t.Errorf("record after the failed clean-up:\n%s\nwant kglb0's addresses still named", record)
+			}
+
+			// A restart meanwhile still knows what to remove.
+			eth1.Fail = nil
+			r3, err := vip.New(vip.Options{Kernel: eth1, Mode: to, StateDir: dir})
+			must(t, err)
+			_, err = r3.Apply(ctx, desired)
+			must(t, err)
+			if got := w["kglb0"].String(); got != "link kglb0 up\n"+foreignAddrs+foreignRoutes+foreignV6 {
+				t.Errorf("kglb0 after the retry:\n%s\nwant the operator's entries only", got)
+			}
+			record, err = os.ReadFile(filepath.Join(dir, "vip-addresses"))
+			must(t, err)
+			if strings.Contains(string(record), "kglb0") {
+				t.Errorf("record after the clean-up:\n%s\nstill names kglb0", record)
+			}
+		})
+	}
+	t.Run("route on kglb0 to address on kglb0, retried in the same process", func(t *testing.T) {
+		w := changeWorld(t)
+		r1, err := vip.New(vip.Options{Kernel: w["kglb0"], Mode: vip.ModeRoute})
+		must(t, err)
+		_, err = r1.Apply(ctx, desired)
+		must(t, err)
+		fail := true
+		w["kglb0"].Fail = func(op string, m vip.Mode, e vip.Entry) error {
+			if fail && op == vip.OpDel && e.Proto == vip.ProtoKGLB {
+				return unix.ENOBUFS
+			}
+			return nil
+		}
+		r2, err := vip.New(vip.Options{Kernel: w["kglb0"], Mode: vip.ModeAddress, StateDir: t.TempDir()})
+		must(t, err)
+		if _, err := r2.Apply(ctx, desired); !errors.Is(err, unix.ENOBUFS) {
+			t.Fatalf("Apply with a failing clean-up: %v, want ENOBUFS", err)
+		}
+		fail = false
+		// The engine retries with the same set: Apply must not trust it.
+		_, err = r2.Apply(ctx, desired)
+		must(t, err)
+		if got := w["kglb0"].String(); strings.Contains(got, "proto kglb") {
+			t.Errorf("kglb0 after the retry still has kglb's routes:\n%s", got)
+		}
+	})
+}
+
+// TestUnusableAddress: an IPv6 address that is on the link but tentative or
+// DAD-failed (an operator's `ip addr add` without nodad on a link that runs
+// duplicate address detection) holds nothing, so a VIP it is for is not
+// reported held, and so not announced. kglb does not add it again (the
+// kernel would answer EEXIST), reports it as an error so that the pass is
+// retried, and counts it held once detection has succeeded.
+func TestUnusableAddress(t *testing.T) {
+	ctx := context.Background()
+	a := netip.MustParseAddr("2001:db8::1")
+	p := netip.PrefixFrom(a, 128)
+	for _, dup := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dup=%v", dup), func(t *testing.T) {
+			f := vip.NewFake("eth1")
+			must(t, f.AddTentative(p))
+			r, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: t.TempDir()})
+			must(t, err)
+			w0 := f.Writes
+			res, err := r.Apply(ctx, []netip.Addr{a})
+			if err == nil || !strings.Contains(err.Error(), "tentative") {
+				t.Errorf("Apply over a tentative address: err %v, want one saying it is tentative", err)
+			}
+			if res.Holds(a) || !slices.Equal(res.Unusable, []netip.Addr{a}) {
+				t.Errorf("tentative: %+v; want not held, listed unusable", res)
+			}
+			if f.Writes != w0 || res.Writes != 0 {
+				t.Errorf("kglb wrote %d times over an address that exists", f.Writes-w0)
+			}
+			must(t, f.EndDAD(p, dup))
+			res, err = r.Apply(ctx, []netip.Addr{a})
+			if dup {
+				if err == nil || !strings.Contains(err.Error(), "failed duplicate address detection") || res.Holds(a) {
+					t.Errorf("DAD failed: %+v, %v; want not held and an error saying so", res, err)
+				}
+				return
+			}
+			if err != nil || !res.Holds(a) || !slices.Equal(res.Foreign, []netip.Addr{a}) {
+				t.Errorf("DAD done: %+v, %v; want held (the operator's)", res, err)
+			}
+		})
+	}
+	t.Run("route mode", func(t *testing.T) {
+		// A tentative address has no local route yet: route mode adds
+		// kglb's own, and the VIP is held at once.
+		f := vip.NewFake("eth1")
+		must(t, f.AddTentative(p))
+		r, err := vip.New(vip.Options{Kernel: f})
+		must(t, err)
+		res, err := r.Apply(ctx, []netip.Addr{a})
+		if err != nil || !slices.Equal(res.Held, []netip.Addr{a}) {
+			t.Errorf("route mode over a tentative address: %+v, %v; want kglb's route added", res, err)
+		}
+	})
 }

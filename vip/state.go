@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -29,6 +30,12 @@ const stateFile = "vip-addresses"
 // address that kglb once added on its old link and that the operator has on
 // the new one is the operator's; a record without the line (written before
 // it existed) is taken to be of the link in use.
+//
+// Addresses that kglb added on another link, or on this one in address mode
+// before vip_mode became route, stay in the record, under their link's own
+// "# link" line after the link in use, until kglb has removed them (see
+// Reconciler.sweep). An older kglb reading such a record finds a link that
+// is not its own and owns nothing: it leaves every address in place.
 type ownedFile struct {
 	path string
 	link string
@@ -37,24 +44,23 @@ type ownedFile struct {
 // linkPrefix starts the comment line that names the record's link.
 const linkPrefix = "# link "
 
-// load returns the addresses the record says kglb owns on f.link. When the
-// record is of another link, it owns none there, and other names that link.
-func (f ownedFile) load() (owned map[netip.Addr]bool, other string, err error) {
+// load returns the addresses the record names, by link. Addresses before any
+// "# link" line are of f.link.
+func (f ownedFile) load() (map[string]map[netip.Addr]bool, error) {
 	data, err := os.ReadFile(f.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[netip.Addr]bool{}, "", nil
+		return map[string]map[netip.Addr]bool{}, nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("read vip ownership record: %w", err)
+		return nil, fmt.Errorf("read vip ownership record: %w", err)
 	}
-	owned = map[netip.Addr]bool{}
+	byLink := map[string]map[netip.Addr]bool{}
+	link := f.link
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for line := 1; sc.Scan(); line++ {
 		s := strings.TrimSpace(sc.Text())
 		if l, ok := strings.CutPrefix(s, linkPrefix); ok {
-			if l = strings.TrimSpace(l); l != f.link {
-				other = l
-			}
+			link = strings.TrimSpace(l)
 			continue
 		}
 		if s == "" || strings.HasPrefix(s, "#") {
@@ -62,31 +68,36 @@ func (f ownedFile) load() (owned map[netip.Addr]bool, other string, err error) {
 		}
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			return nil, "", fmt.Errorf("read vip ownership record %s:%d: %w (fix or remove the line; kglb then leaves that address alone)", f.path, line, err)
+			return nil, fmt.Errorf("read vip ownership record %s:%d: %w (fix or remove the line; kglb then leaves that address alone)", f.path, line, err)
 		}
-		owned[a] = true
+		if byLink[link] == nil {
+			byLink[link] = map[netip.Addr]bool{}
+		}
+		byLink[link][a] = true
 	}
-	if other != "" {
-		return map[netip.Addr]bool{}, other, nil
-	}
-	return owned, "", nil
+	return byLink, nil
 }
 
-// save replaces the record atomically: a temporary file in the same
-// directory, synced, renamed over the old one, and the directory synced, so
-// a crash leaves either the old record or the new one.
-func (f ownedFile) save(owned map[netip.Addr]bool) error {
-	addrs := make([]netip.Addr, 0, len(owned))
-	for a := range owned {
-		addrs = append(addrs, a)
-	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
+// save replaces the record atomically with byLink, the addresses kglb owns
+// on each link: f.link's first, then the others' that are left to remove. It
+// writes a temporary file in the same directory, syncs it, renames it over
+// the old one and syncs the directory, so a crash leaves either the old
+// record or the new one.
+func (f ownedFile) save(byLink map[string]map[netip.Addr]bool) error {
 	var b bytes.Buffer
 	b.WriteString("# VIP addresses kglb added (address mode); kglb removes only these.\n")
-	b.WriteString(linkPrefix + f.link + "\n")
-	for _, a := range addrs {
-		b.WriteString(a.String())
-		b.WriteByte('\n')
+	section := func(link string) {
+		b.WriteString(linkPrefix + link + "\n")
+		for _, a := range slices.SortedFunc(maps.Keys(byLink[link]), netip.Addr.Compare) {
+			b.WriteString(a.String())
+			b.WriteByte('\n')
+		}
+	}
+	section(f.link)
+	for _, l := range slices.Sorted(maps.Keys(byLink)) {
+		if l != f.link && len(byLink[l]) > 0 {
+			section(l)
+		}
 	}
 
 	dir := filepath.Dir(f.path)

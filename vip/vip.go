@@ -27,7 +27,16 @@
 //     kglb uses. So kglb records the addresses it owns in a file under its
 //     state directory ("vip-addresses"), written atomically before it adds
 //     and after it deletes; the record names its link, and owns nothing on
-//     another.
+//     another. An IPv6 address that is tentative or failed duplicate
+//     address detection (an operator's, added without nodad) holds
+//     nothing: its VIP is not held, and kglb adds no second one.
+//
+// The link and mode are fixed for a Reconciler (the daemon reads them at
+// start). A start with another link or mode first removes what kglb left
+// under the old ones, and nothing else: its routes (ProtoKGLB) on every
+// link it no longer holds VIPs on by route, and the addresses its record
+// names on another link, or anywhere in route mode. Addresses not yet
+// removed stay in the record, under their link, until they are.
 //
 // In route mode an IPv6 VIP is local for forwarding and IPVS, but a socket can
 // bind it only with IP_FREEBIND or through a wildcard listener, and neighbour
@@ -94,13 +103,47 @@ type Entry struct {
 	// RTPROT_KERNEL for the routes the kernel adds for an address, others
 	// for an operator's or another daemon's. Zero for addresses.
 	Proto uint8
+	// State is whether an address is usable (AddrUsable for every route).
+	// A List sets it; a write ignores it.
+	State AddrState
 }
 
 func (e Entry) String() string {
-	if e.Proto == 0 {
-		return e.Prefix.String()
+	s := e.Prefix.String()
+	if e.Proto != 0 {
+		s += " proto " + protoName(e.Proto)
 	}
-	return e.Prefix.String() + " proto " + protoName(e.Proto)
+	switch e.State {
+	case AddrTentative:
+		s += " tentative"
+	case AddrDADFailed:
+		s += " dadfailed"
+	}
+	return s
+}
+
+// AddrState is whether the kernel delivers packets to an address yet. Only
+// an IPv6 address added without nodad is ever other than usable: the kernel
+// holds it (adding it again is EEXIST) but gives it a local route only once
+// duplicate address detection has found no other host with it.
+type AddrState uint8
+
+const (
+	// AddrUsable: the address is the host's.
+	AddrUsable AddrState = iota
+	// AddrTentative: duplicate address detection is under way
+	// (IFA_F_TENTATIVE); it ends in a second or two.
+	AddrTentative
+	// AddrDADFailed: duplicate address detection found another host with
+	// the address (IFA_F_DADFAILED); the address stays unusable until it
+	// is removed.
+	AddrDADFailed
+)
+
+// LinkEntry is an entry and the name of the link it is on.
+type LinkEntry struct {
+	Link string
+	Entry
 }
 
 // Kernel is what the Reconciler needs from the kernel, for one link. Its
@@ -126,6 +169,16 @@ type Kernel interface {
 	// whose answer never came (no ack within nlbatch.AckTimeout) fails with
 	// an error wrapping nlbatch.ErrUnknown: the kernel may have made it.
 	Write(m Mode, ws []Change) []error
+
+	// What follows reaches past the link, for the clean-up of what kglb
+	// left elsewhere when vip_interface or vip_mode changed (see sweep).
+
+	// ListProto returns the local routes of the local table that carry
+	// proto, on every link of the namespace, in one dump.
+	ListProto(proto uint8) ([]LinkEntry, error)
+	// WriteOn is Write on the link named link; every write on a link that
+	// does not exist is ENODEV.
+	WriteOn(link string, m Mode, ws []Change) []error
 }
 
 // The operations of a Change (and of a Write in a plan).
