@@ -248,6 +248,14 @@ func (d *daemon) reconfigure(old, c *config.Config, levelFromFlag bool) {
 	if c.BGP.Enabled && d.speaker == nil {
 		d.log.Warn("a bgp block was added: it takes effect at the next restart")
 	}
+	// The VIP link and mode are the reconciler's from the start (see start):
+	// the next start moves the VIPs, and removes what kglb left under the
+	// old settings.
+	if c.Daemon.VIPMode != d.vipMode || c.Daemon.VIPInterface != d.vipInterface {
+		d.log.Warn("vip_mode or vip_interface changed: the VIPs stay as they are until the next restart (systemctl restart kglb), which moves them and removes what kglb left on the old link or in the old mode",
+			"vip_mode", string(d.vipMode), "vip_interface", d.vipInterface,
+			"new_vip_mode", string(c.Daemon.VIPMode), "new_vip_interface", c.Daemon.VIPInterface)
+	}
 	if c.Daemon.LogLevel != old.Daemon.LogLevel && !levelFromFlag {
 		d.log.SetLevel(hclog.LevelFromString(string(c.Daemon.LogLevel)))
 	}
@@ -262,9 +270,13 @@ type daemon struct {
 	ipvs    *ipvs.Reconciler
 	kernel  *ipvs.Netlink
 	vipLink *vip.Netlink
-	sched   *health.Scheduler
-	speaker *bgp.Speaker
-	watcher *reload.Watcher[*config.Config]
+	// vipMode and vipInterface are the settings the VIP reconciler started
+	// with; a reload does not change them.
+	vipMode      config.VIPMode
+	vipInterface string
+	sched        *health.Scheduler
+	speaker      *bgp.Speaker
+	watcher      *reload.Watcher[*config.Config]
 	// lastApplied is the record the start found, if any.
 	lastApplied appliedInfo
 	guard       func(old, new *config.Config) error // the reload's guard (wopts.Guard), for plans
@@ -303,6 +315,7 @@ func start(ctx context.Context, opts Options, cfg *config.Config, log hclog.Logg
 		d.close()
 		return nil, err
 	}
+	d.vipMode, d.vipInterface = cfg.Daemon.VIPMode, cfg.Daemon.VIPInterface
 	stages.done("vip")
 	d.sched, err = health.New(health.Options{
 		Logger:      log.Named("health"),
