@@ -34,14 +34,7 @@ service "bare" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ir, err := ipvs.NewReconciler(ipvs.NewFake(), ipvs.Options{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ir, vr := fakeDataPlane(t)
 	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: &routes{}, Prober: newUpProber()}, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -73,4 +66,19 @@ service "bare" {
 	if n := strings.Count(string(js), `"description":`); n != 1 {
 		t.Errorf("%d descriptions in the JSON, want the one set: %s", n, js)
 	}
+}
+
+// fakeDataPlane is an IPVS and a VIP reconciler over the kernel fakes, for
+// an engine run in a test.
+func fakeDataPlane(t *testing.T) (*ipvs.Reconciler, *vip.Reconciler) {
+	t.Helper()
+	ir, err := ipvs.NewReconciler(ipvs.NewFake(), ipvs.Options{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ir, vr
 }

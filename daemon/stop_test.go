@@ -11,9 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/config"
-	"github.com/kglb/kglb/ipvs"
 	"github.com/kglb/kglb/lb"
-	"github.com/kglb/kglb/vip"
 )
 
 // loadStopConfig loads a config of one announced service with the daemon
@@ -111,14 +109,7 @@ func TestStopExtendsTimeoutByEveryWait(t *testing.T) {
 	cfg := loadStopConfig(t, `stop_hold = "0s"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"2m\"")
 	budget := stopBudget(cfg)
 
-	ir, err := ipvs.NewReconciler(ipvs.NewFake(), ipvs.Options{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vr, err := vip.New(vip.Options{Kernel: vip.NewFake("kglb0")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ir, vr := fakeDataPlane(t)
 	ann := &deadlineAnnouncer{announced: make(chan struct{})}
 	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: ann, Prober: newUpProber()}, cfg)
 	if err != nil {
