@@ -123,11 +123,11 @@ type Engine struct {
 	retryAt time.Time
 	retryIn time.Duration
 	// The announcer (a BGPPlanner) has not taken cfg's bgp block: a
-	// reload set it (or Options.BGPPending at start), or its Configure
-	// failed. Each pass hands it the block
-	// until it does, so a failure makes that pass incomplete and the
-	// pass's retry (retryAt) configures the speaker again, instead of it
-	// waiting for the next edit.
+	// reload set it (or Options.BGPPending at start, or a failed first
+	// Apply: see announce), or its Configure failed. Each pass hands it
+	// the block until it does, so a failure makes that pass incomplete
+	// and the pass's retry (retryAt) configures the speaker again,
+	// instead of it waiting for the next edit.
 	bgpPending bool
 	// The announcer has been handed routes at least once, so
 	// Options.FullFirstRound holds no more.
@@ -874,9 +874,18 @@ func (e *Engine) announce(ctx context.Context, routes []Route, vips []VIPStatus)
 		slices.ContainsFunc(vips, func(v VIPStatus) bool { return v.Reason == ReasonInitialRound }) {
 		return nil
 	}
+	first := !e.announceStarted
 	e.announceStarted = true
 	if err := e.opts.Announcer.Apply(ctx, routes); err != nil {
 		e.announceFailed = true
+		if first {
+			// After a planned restart the speaker takes its bgp block at
+			// its first Apply (bgp.Options.Restarting), and a neighbor it
+			// refuses there fails that Apply; a retried Apply, with the
+			// routes in, succeeds and would leave the neighbor out until
+			// the next edit. The retries hand the block again instead.
+			e.bgpPending = true
+		}
 		return fmt.Errorf("announce routes: %w", err)
 	}
 	e.announced, e.announceFailed = routes, false

@@ -493,6 +493,62 @@ func TestBGPRefusedAtStartIsRetried(t *testing.T) {
 	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
 }
 
+// restartingAnnouncer is a configuringAnnouncer that defers its block as
+// the speaker after a planned restart does (bgp.Options.Restarting): it
+// keeps the block it is handed and takes it at its first Apply, which
+// fails as Configure would while failing is set, after the routes went in.
+type restartingAnnouncer struct {
+	*configuringAnnouncer
+	mu       sync.Mutex
+	deferred bool
+	held     *config.Config // the block kept until the first Apply
+}
+
+func (a *restartingAnnouncer) Configure(ctx context.Context, cfg *config.Config) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.deferred {
+		a.held = cfg
+		return nil
+	}
+	return a.configuringAnnouncer.Configure(ctx, cfg)
+}
+
+func (a *restartingAnnouncer) Apply(ctx context.Context, routes []Route) error {
+	if err := a.fakeAnnouncer.Apply(ctx, routes); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.deferred {
+		return nil
+	}
+	a.deferred = false
+	return a.configuringAnnouncer.Configure(ctx, a.held)
+}
+
+// TestBGPRefusedAtFirstApplyIsRetried: after a planned restart the speaker
+// connects its neighbors at its first Apply, and refuses there the one
+// whose password file it cannot read. That failed announce is the block
+// refused, handed again by the retries until the speaker takes it; the
+// retried Apply alone succeeded (the routes were in), and the neighbor
+// stayed unconfigured until the next edit.
+func TestBGPRefusedAtFirstApplyIsRetried(t *testing.T) {
+	w := newWorld(t)
+	cfg := daemonCfg(svc("web", "192.0.2.1", 1))
+	cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+	ann := &restartingAnnouncer{configuringAnnouncer: &configuringAnnouncer{fakeAnnouncer: w.ann}, deferred: true, held: cfg}
+	ann.failing.Store(true)
+	w.wrap = func(o *Options) { o.Announcer, o.FullFirstRound = ann, true }
+	r := w.start(t, cfg)
+	w.prober.set("10.0.0.1:80", health.Up)
+	eventually(t, "web announced", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+	eventually(t, "the block refused at the first Apply handed again by a retry", func() bool { return ann.failed.Load() >= 2 })
+	ann.failing.Store(false)
+	eventually(t, "the bgp block taken by a retry", func() bool { return ann.configured.Load() == 65010 })
+	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
+}
+
 // fwmarkOn makes s an fwmark service (mark) that still announces its VIP.
 func fwmarkOn(mark uint32) func(*config.Service) {
 	return func(s *config.Service) {
