@@ -19,7 +19,9 @@ type Kernel interface {
 	// An add or update of a service carries its complete value (update
 	// overwrites scheduler, all flags, timeout and netmask). A write whose
 	// answer never came (no ack within nlbatch.AckTimeout) fails with an
-	// error wrapping nlbatch.ErrUnknown: the kernel may have made it.
+	// error wrapping nlbatch.ErrUnknown: the kernel may have made it; the
+	// writes of the messages after its own then fail unsent
+	// (nlbatch.ErrNotSent).
 	Write(ws []Write) []error
 }
 

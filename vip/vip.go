@@ -167,7 +167,9 @@ type Kernel interface {
 	// entry; a delete removes a route only when its protocol matches and is
 	// ESRCH (route) or EADDRNOTAVAIL (address) if there is none. A write
 	// whose answer never came (no ack within nlbatch.AckTimeout) fails with
-	// an error wrapping nlbatch.ErrUnknown: the kernel may have made it.
+	// an error wrapping nlbatch.ErrUnknown: the kernel may have made it;
+	// the writes of the messages after its own then fail unsent
+	// (nlbatch.ErrNotSent).
 	Write(m Mode, ws []Change) []error
 
 	// What follows reaches past the link, for the clean-up of what kglb

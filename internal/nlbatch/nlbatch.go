@@ -78,18 +78,30 @@ var noHeader [unix.SizeofNlMsghdr]byte
 // Write sends requests 0..n-1 in order, up to Max per message, and returns
 // one error per request: nil when the kernel acked it with 0, its errno
 // otherwise, the failure to send, or, when its ack was not read within
-// AckTimeout or the read failed, an error wrapping ErrUnknown.
+// AckTimeout or the read failed, an error wrapping ErrUnknown. The messages
+// after one whose acks were not all read are not sent (ErrNotSent): a
+// kernel that does not ack one does not ack the next, and waiting out
+// AckTimeout for each would hold the caller for a deadline per 64 writes.
 func (s *Socket) Write(n int, req Request) []error {
 	errs := make([]error, n)
 	for i := 0; i < n; i += Max {
-		s.send(i, min(i+Max, n), req, errs[i:min(i+Max, n)])
+		to := min(i+Max, n)
+		if !s.send(i, to, req, errs[i:to]) {
+			copy(errs[to:], Fail(n-to, ErrNotSent))
+			break
+		}
 	}
 	return errs
 }
 
+// ErrNotSent is the error of a write Write did not send because the acks
+// of an earlier message of the same call were lost: it was not made.
+var ErrNotSent = errors.New("not sent: the acks of the writes before it were lost")
+
 // send writes requests from..to-1 in one message and fills errs from the
-// acks.
-func (s *Socket) send(from, to int, req Request, errs []error) {
+// acks. It returns false when some of the acks were not read (their
+// writes' errors wrap ErrUnknown).
+func (s *Socket) send(from, to int, req Request, errs []error) bool {
 	first := s.seq + 1
 	b := s.buf[:0]
 	for i := from; i < to; i++ {
@@ -112,7 +124,7 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 	fd := s.s.GetFd()
 	if err := unix.Sendto(fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: s.peer}); err != nil {
 		copy(errs, Fail(len(errs), fmt.Errorf("send: %w", err)))
-		return
+		return true
 	}
 	acked := make([]bool, len(errs))
 	if s.rbuf == nil {
@@ -145,7 +157,7 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 					errs[i] = err
 				}
 			}
-			return
+			return false
 		}
 		for _, m := range msgs {
 			d := m.Header.Seq - first // wraps with the sequence numbers
@@ -159,6 +171,7 @@ func (s *Socket) send(from, to int, req Request, errs []error) {
 			}
 		}
 	}
+	return true
 }
 
 // wait reads the next message on the poller until deadline. The library

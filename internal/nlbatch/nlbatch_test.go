@@ -18,14 +18,14 @@ import (
 // never acks unless the test makes it (ack), so a missing ack is a real
 // read on a real netlink socket that nothing answers. The short wait keeps
 // the test quick; nothing is timed.
-func silentPeer(t *testing.T) (s *Socket, ack func(seq uint32, errno syscall.Errno)) {
+func silentPeer(t *testing.T) (s, peer *Socket, ack func(seq uint32, errno syscall.Errno)) {
 	t.Helper()
 	s, err := Open(netns.None(), unix.NETLINK_USERSOCK)
 	if err != nil {
 		t.Fatalf("open netlink socket: %v", err)
 	}
 	t.Cleanup(s.Close)
-	peer, err := Open(netns.None(), unix.NETLINK_USERSOCK)
+	peer, err = Open(netns.None(), unix.NETLINK_USERSOCK)
 	if err != nil {
 		t.Fatalf("open peer netlink socket: %v", err)
 	}
@@ -53,7 +53,7 @@ func silentPeer(t *testing.T) (s *Socket, ack func(seq uint32, errno syscall.Err
 			t.Fatalf("peer: send ack %d: %v", seq, err)
 		}
 	}
-	return s, ack
+	return s, peer, ack
 }
 
 func request(b []byte, i int) ([]byte, uint16, uint16) {
@@ -66,7 +66,7 @@ func request(b []byte, i int) ([]byte, uint16, uint16) {
 // outcome, and the late ack of a batch given up on does not count for the
 // next one.
 func TestWriteMissingAck(t *testing.T) {
-	s, ack := silentPeer(t)
+	s, _, ack := silentPeer(t)
 
 	errs := s.Write(3, request) // requests 1..3: none acked
 	for i, err := range errs {
@@ -89,5 +89,36 @@ func TestWriteMissingAck(t *testing.T) {
 	ack(7, 0)
 	if errs := s.Write(1, request); errs[0] != nil {
 		t.Errorf("request 7, acked after a late ack of 5: %v", errs[0])
+	}
+}
+
+// TestWriteStopsAfterLostAcks: once a batch's acks are lost, the batches
+// after it are not sent. A kernel that does not ack one batch acks none, and
+// each batch waiting out its own deadline would hold the caller (and its
+// lock) for AckTimeout per 64 writes: 16 of them for 1,000 VIPs. The writes
+// not sent fail as not made (the caller need not read the kernel for them).
+func TestWriteStopsAfterLostAcks(t *testing.T) {
+	s, peer, _ := silentPeer(t)
+	errs := s.Write(Max+1, request) // two batches: none acked
+	for i, err := range errs[:Max] {
+		if !errors.Is(err, ErrUnknown) {
+			t.Fatalf("request %d, in the batch sent: %v, want %v", i, err, ErrUnknown)
+		}
+	}
+	if err := errs[Max]; err == nil || errors.Is(err, ErrUnknown) || !strings.Contains(err.Error(), "not sent") {
+		t.Errorf("request %d, after the batch whose acks were lost: %v, want not sent", Max, err)
+	}
+	// The peer got one message, the first batch, and nothing after it.
+	got := 0
+	buf := make([]byte, 64<<10)
+	for {
+		_, _, err := unix.Recvfrom(peer.s.GetFd(), buf, unix.MSG_DONTWAIT)
+		if err != nil {
+			break
+		}
+		got++
+	}
+	if got != 1 {
+		t.Errorf("the peer received %d messages, want 1 (the batch after lost acks was sent)", got)
 	}
 }
