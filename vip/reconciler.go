@@ -306,6 +306,21 @@ func (r *Reconciler) sweep(ctx context.Context) error {
 			delete(set, a)
 			r.staleDirty = true
 		}
+		if l == r.k.Link() {
+			// Route mode on the link the addresses are on: the last read
+			// may have found a VIP held, as foreign, by the address just
+			// removed. A pass whose read fails must not report it held
+			// (see apply); the next read finds whatever else holds it.
+			// (A new slice: the old one is a Result handed out. gone is
+			// sorted, as the entries are.)
+			var foreign []netip.Addr
+			for _, a := range r.known.Foreign {
+				if _, removed := slices.BinarySearchFunc(gone, a, netip.Addr.Compare); !removed {
+					foreign = append(foreign, a)
+				}
+			}
+			r.known.Foreign = foreign
+		}
 		if len(set) == 0 {
 			delete(r.stale, l)
 		}
@@ -319,7 +334,8 @@ func (r *Reconciler) sweep(ctx context.Context) error {
 }
 
 // remove deletes entries (of mode m) from link for sweep, and returns the
-// VIPs that are gone, whether it removed them or found them gone already.
+// VIPs that are gone, whether it removed them or found them gone already,
+// in entries' order.
 func (r *Reconciler) remove(link string, m Mode, entries []Entry) (gone []netip.Addr, errs []error) {
 	changes := make([]Change, len(entries))
 	for i, e := range entries {

@@ -965,3 +965,50 @@ func TestUnusableAddress(t *testing.T) {
 		}
 	})
 }
+
+// TestSweepThenReadFailure: a pass whose read of the link fails reports
+// what the last read saw, less what the pass removed since. An address kglb
+// added in address mode, held as foreign by route mode while its removal
+// failed, is not held once the clean-up has removed it, even when the
+// read after the clean-up fails: reporting it held would have the engine
+// announce a VIP that nothing on the host accepts.
+func TestSweepThenReadFailure(t *testing.T) {
+	ctx := context.Background()
+	a := netip.MustParseAddr("198.51.100.10")
+	dir := t.TempDir()
+	f := vip.NewFake("")
+	r1, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: dir})
+	must(t, err)
+	_, err = r1.Apply(ctx, []netip.Addr{a})
+	must(t, err)
+
+	// Route mode now: the address's removal fails at first, so its local
+	// route is what holds the VIP, as a foreign entry.
+	f.Fail = func(op string, m vip.Mode, e vip.Entry) error {
+		if op == vip.OpDel && m == vip.ModeAddress {
+			return unix.EPERM
+		}
+		return nil
+	}
+	k := &flakyList{Fake: f}
+	r2, err := vip.New(vip.Options{Kernel: k, Mode: vip.ModeRoute, StateDir: dir})
+	must(t, err)
+	res, err := r2.Apply(ctx, []netip.Addr{a})
+	if !errors.Is(err, unix.EPERM) || !res.Holds(a) {
+		t.Fatalf("failed clean-up: %+v, %v; want EPERM, and the VIP held by the address still there", res, err)
+	}
+
+	// The next pass removes the address, and its read fails.
+	f.Fail = nil
+	k.fail = errors.New("dump interrupted")
+	res, err = r2.Resync(ctx, []netip.Addr{a})
+	if err == nil {
+		t.Fatal("Resync with a failed read: no error")
+	}
+	if strings.Contains(f.String(), "198.51.100.10") {
+		t.Fatalf("the clean-up did not remove the address:\n%s", f)
+	}
+	if res.Holds(a) {
+		t.Errorf("Holds(%s) = true after the clean-up removed its only entry:\n%s", a, f)
+	}
+}
