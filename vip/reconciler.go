@@ -196,15 +196,10 @@ func (r *Reconciler) Resync(ctx context.Context, desired []netip.Addr) (Result, 
 	return r.run(ctx, desired)
 }
 
-// run is Apply and Resync under r.mu, reading the link. The sweep goes
-// first, so that the pass reads the link as the sweep left it: a VIP held
-// by an address kglb added in address mode, which route mode would count as
-// held by a foreign entry, is held by a route at the end of the same pass.
+// run is Apply and Resync under r.mu, reading the link.
 func (r *Reconciler) run(ctx context.Context, desired []netip.Addr) (Result, error) {
 	start := time.Now()
-	sweepErr := r.sweep(ctx)
 	res, err := r.apply(ctx, desired)
-	err = errors.Join(sweepErr, err)
 	r.valid = err == nil
 	if r.valid {
 		r.reached = slices.Clone(desired)
@@ -220,7 +215,14 @@ func (r *Reconciler) run(ctx context.Context, desired []netip.Addr) (Result, err
 }
 
 // apply is Apply under r.mu: it validates desired, makes sure the link
-// exists, lists it once, plans the writes and executes them.
+// exists, sweeps, lists the link once, plans the writes and executes them.
+//
+// The sweep waits for the link, as adds go before deletes: a start on a
+// link that is missing (not up yet, or a mistyped vip_interface) leaves
+// kglb's old entries serving. It goes before the listing, so that the pass
+// reads the link as the sweep left it: a VIP held by an address kglb added
+// in address mode, which route mode would count as held by a foreign
+// entry, is held by a route at the end of the same pass.
 func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, error) {
 	want, errs := wantSet(desired)
 	if err := ctx.Err(); err != nil {
@@ -240,6 +242,9 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 	}
 	if changed {
 		r.log.Info("created vip link", "link", link)
+	}
+	if err := r.sweep(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	entries, err := r.k.List(r.mode) // the one read of the kernel
 	if err != nil {
@@ -266,9 +271,10 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 // address the record does not name. An entry already gone, or whose link
 // is gone, counts as removed.
 //
-// The routes are looked for once per Reconciler (a start), the addresses
-// until the record names none to remove. What fails stays to do: each pass
-// tries again, and is incomplete (an error) until the sweep is done.
+// apply runs it once the link exists. The routes are looked for once per
+// Reconciler (a start), the addresses until the record names none to
+// remove. What fails stays to do: each pass tries again, and is incomplete
+// (an error) until the sweep is done.
 func (r *Reconciler) sweep(ctx context.Context) error {
 	if (!r.sweepRoutes && len(r.stale) == 0) || ctx.Err() != nil {
 		return nil

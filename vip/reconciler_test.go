@@ -1012,3 +1012,34 @@ func TestSweepThenReadFailure(t *testing.T) {
 		t.Errorf("Holds(%s) = true after the clean-up removed its only entry:\n%s", a, f)
 	}
 }
+
+// TestChangeToMissingLink: a start on a link that does not exist (a
+// vip_interface not yet up, or mistyped) removes nothing kglb left on its
+// old link: the clean-up waits until the new link can hold the VIPs, as
+// Apply adds before it deletes, so the old entries keep serving meanwhile.
+func TestChangeToMissingLink(t *testing.T) {
+	ctx := context.Background()
+	desired := addrs("198.51.100.10", "2001:db8::10")
+	for _, from := range []vip.Mode{vip.ModeRoute, vip.ModeAddress} {
+		t.Run(string(from), func(t *testing.T) {
+			dir := t.TempDir()
+			f := vip.NewFake("")
+			r1, err := vip.New(vip.Options{Kernel: f, Mode: from, StateDir: dir})
+			must(t, err)
+			_, err = r1.Apply(ctx, desired)
+			must(t, err)
+			before := f.String()
+
+			eth9 := f.On("eth9")
+			eth9.DeleteLink()
+			r2, err := vip.New(vip.Options{Kernel: eth9, Mode: from, StateDir: dir})
+			must(t, err)
+			if _, err := r2.Apply(ctx, desired); !errors.Is(err, unix.ENODEV) {
+				t.Fatalf("Apply on a missing link: %v, want ENODEV", err)
+			}
+			if got := f.String(); got != before {
+				t.Errorf("kglb0 after a start on a missing link:\n%s\nwant it as it was:\n%s", got, before)
+			}
+		})
+	}
+}

@@ -33,7 +33,8 @@
 //
 // The link and mode are fixed for a Reconciler (the daemon reads them at
 // start). A start with another link or mode first removes what kglb left
-// under the old ones, and nothing else: its routes (ProtoKGLB) on every
+// under the old ones, once its link exists (a missing link leaves the old
+// entries serving), and nothing else: its routes (ProtoKGLB) on every
 // link it no longer holds VIPs on by route, and the addresses its record
 // names on another link, or anywhere in route mode. Addresses not yet
 // removed stay in the record, under their link, until they are.
