@@ -927,7 +927,16 @@ func (e *Engine) finish(d Desired, err error, kind string, start time.Time) {
 		// often, at most once a resync interval.
 		e.retryIn = min(max(2*e.retryIn, retryFirst), max(e.cfg.Daemon.ResyncInterval, retryFirst))
 		e.retryAt = e.now().Add(e.retryIn)
-		e.log.Error("reconcile incomplete; retrying", "kind", kind, "in", e.retryIn.String(), "err", err)
+		// A failure that lasts (an unreadable password file, an address
+		// that failed duplicate address detection) fails every pass, and
+		// health passes come at the verdicts' rate: those repeat it at
+		// Debug. The others, the retries among them, say it at Error, at
+		// most once a resync interval once the backoff is full.
+		log := e.log.Error
+		if kind == kindHealth.String() && e.errs != nil && e.errs.Error() == err.Error() {
+			log = e.log.Debug
+		}
+		log("reconcile incomplete; retrying", "kind", kind, "in", e.retryIn.String(), "err", err)
 	} else {
 		e.retryAt, e.retryIn = time.Time{}, 0
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/health"
 	"github.com/kglb/kglb/ipvs"
@@ -547,6 +548,37 @@ func TestBGPRefusedAtFirstApplyIsRetried(t *testing.T) {
 	ann.failing.Store(false)
 	eventually(t, "the bgp block taken by a retry", func() bool { return ann.configured.Load() == 65010 })
 	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
+}
+
+// TestLastingFailureLoggedOnce: a failure that every pass meets (a bgp
+// block the speaker keeps refusing) is logged at Error by the pass that
+// meets it first and by the retries, not by each health pass that repeats
+// it at the verdicts' rate.
+func TestLastingFailureLoggedOnce(t *testing.T) {
+	w := newWorld(t)
+	ann := &configuringAnnouncer{fakeAnnouncer: w.ann}
+	ann.failing.Store(true)
+	logs := &syncBuffer{}
+	w.wrap = func(o *Options) {
+		o.Announcer, o.BGPPending = ann, true
+		o.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Info})
+	}
+	cfg := daemonCfg(svc("web", "192.0.2.1", 1))
+	cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+	cfg.Daemon.ResyncInterval = time.Hour
+	w.start(t, cfg)
+	for i := 0; i < 3; i++ {
+		w.prober.set("10.0.0.1:80", health.Up)
+		eventually(t, "web announced by a health pass", func() bool { return w.ann.prefixes() == "192.0.2.1/32" })
+		w.prober.set("10.0.0.1:80", health.Down)
+		eventually(t, "web withdrawn by a health pass", func() bool { return w.ann.prefixes() == "" })
+	}
+	if n := strings.Count(logs.String(), "[ERROR] reconcile incomplete; retrying: kind=health"); n > 0 {
+		t.Errorf("%d health passes logged the same failure at Error:\n%s", n, logs)
+	}
+	if !strings.Contains(logs.String(), "[ERROR] reconcile incomplete; retrying: kind=full") {
+		t.Errorf("the first pass to fail did not log it at Error:\n%s", logs)
+	}
 }
 
 // fwmarkOn makes s an fwmark service (mark) that still announces its VIP.
