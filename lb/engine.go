@@ -88,11 +88,14 @@ type Engine struct {
 	marks *health.Marks
 
 	// Owned by the Run goroutine.
-	cfg       *config.Config
-	plan      *Plan
-	marksErr  error // of the last marks.Sync, logged again with its plan
-	avoiding  bool  // marks avoids some marks (avoidForeignMarks)
-	remark    bool  // a real holds a mark to avoid: make the plan again
+	cfg      *config.Config
+	plan     *Plan
+	marksErr error // of the last marks.Sync, logged again with its plan
+	// avoided is the foreign fwmarks marks was last told to avoid, all of
+	// them (Avoid keeps those of its range): an allocator of another range
+	// (moveMarks) avoids its own from the start.
+	avoided   []uint32
+	remark    bool // a real holds a mark to avoid: make the plan again
 	adopted   map[ipvs.Key]map[ipvs.RealKey]uint16
 	qualified map[string]bool
 	decided   decisions // per service of cfg, where in desired, while still valid
@@ -439,6 +442,9 @@ func (e *Engine) moveMarks(cfg *config.Config) bool {
 	for a, mk := range e.plan.marks {
 		_ = m.Restore(a, mk) // outside the new range: a new mark
 	}
+	// Before the plan of this reload hands the prober its targets: a
+	// foreign fwmark service of the new range is known already.
+	m.Avoid(e.avoided)
 	e.marks = m
 	return true
 }
@@ -738,10 +744,10 @@ func (e *Engine) avoidForeignMarks(foreign []ipvs.Key) {
 			marks = append(marks, k.FWMark)
 		}
 	}
-	if len(marks) == 0 && !e.avoiding {
+	if len(marks) == 0 && len(e.avoided) == 0 {
 		return
 	}
-	e.avoiding = len(marks) > 0
+	e.avoided = marks
 	if e.marks.Avoid(marks) {
 		e.remark = true
 	}

@@ -691,6 +691,50 @@ func TestEngineTunnelMarkRangeFollowsReload(t *testing.T) {
 	}
 }
 
+// markRecorder is a prober that records every tunnel mark it is handed.
+type markRecorder struct {
+	*fakeProber
+	mu    sync.Mutex
+	marks map[uint32]bool
+}
+
+func (m *markRecorder) Update(ts []health.Target) error {
+	m.mu.Lock()
+	for _, t := range ts {
+		m.marks[t.Spec.Mark] = true
+	}
+	m.mu.Unlock()
+	return m.fakeProber.Update(ts)
+}
+
+// TestTunnelMarkRangeMoveAvoidsForeignService: a reload that moves the
+// tunnel mark range onto a foreign fwmark service already known never
+// hands its mark to a real, not even until the pass finds it again.
+func TestTunnelMarkRangeMoveAvoidsForeignService(t *testing.T) {
+	w := newWorld(t)
+	fk := ipvs.MarkKey(ipvs.IPv4, 5000)
+	if err := w.kernel.AddService(ipvs.Service{Key: fk, Scheduler: "rr"}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &markRecorder{fakeProber: w.prober, marks: map[uint32]bool{}}
+	w.wrap = func(o *Options) { o.Prober = rec }
+	tunnelled := func(s *config.Service) { s.Checks[0].Tunnel = true }
+	r := w.start(t, daemonCfg(svc("a", "192.0.2.1", 1, tunnelled)))
+	eventually(t, "tunnel service at 1000", func() bool { return strings.Contains(w.kernel.String(), "FWM  1000 ") })
+
+	cfg := daemonCfg(svc("a", "192.0.2.1", 1, tunnelled))
+	cfg.Daemon.TunnelMarkBase = 5000
+	r.configs <- cfg
+	eventually(t, "the tunnelled check's service at 5001", func() bool {
+		return strings.Contains(w.kernel.String(), "FWM  5001 IPv4 rr\n  -> 10.0.0.1:0 ")
+	})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.marks[5000] {
+		t.Errorf("the prober was handed mark 5000, the foreign service's:\n%s", w.kernel.String())
+	}
+}
+
 // TestEngineTunnelMarkAvoidsForeignService: an fwmark service someone else
 // made inside the tunnel range (ipvsadm -A -f 1000) is foreign: kglb must
 // not give its mark to a real, or the real's tunnelled probes go to the
