@@ -503,16 +503,19 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 		r.owned = maps.Clone(ours)
 		// Record the intent before adding, so a crash between the add and
 		// the record cannot leave an address kglb would then treat as
-		// foreign forever.
+		// foreign forever. Without the record nothing is added, as the
+		// ipvs package adds no service it could not record: the pass is
+		// incomplete, and retried.
 		intent := maps.Clone(ours)
 		for _, w := range p.writes {
 			if w.Op == OpAdd {
 				intent[w.VIP] = true
 			}
 		}
-		if len(intent) > len(ours) {
+		if n := len(intent) - len(ours); n > 0 {
 			if err := r.save(intent); err != nil {
-				errs = append(errs, err)
+				errs = append(errs, fmt.Errorf("record ownership of %d new vip addresses on %s (none added): %w", n, link, err))
+				p.writes = slices.DeleteFunc(slices.Clone(p.writes), func(w Write) bool { return w.Op == OpAdd })
 			}
 		}
 	}

@@ -474,6 +474,34 @@ func TestStateFile(t *testing.T) {
 	}
 }
 
+// TestNoAddWithoutRecord: in address mode an address is added only once
+// the record says kglb owns it; when the record cannot be written nothing
+// is added (a crash after such an add would leave kglb's address to be
+// taken for an operator's for good), and a later pass adds it.
+func TestNoAddWithoutRecord(t *testing.T) {
+	dir := t.TempDir()
+	f := vip.NewFake("")
+	r, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: dir})
+	must(t, err)
+	// A directory in the record's place: the rename over it fails, root
+	// or not.
+	record := filepath.Join(dir, "vip-addresses")
+	must(t, os.MkdirAll(filepath.Join(record, "x"), 0o700))
+	res, err := r.Apply(context.Background(), addrs("198.51.100.7"))
+	if err == nil || !strings.Contains(err.Error(), "none added") || len(res.Held) != 0 || strings.Contains(f.String(), "198.51.100.7") {
+		t.Fatalf("apply without a record: %+v, %v; want none added\n%s", res, err, f)
+	}
+	must(t, os.RemoveAll(record))
+	res, err = r.Apply(context.Background(), addrs("198.51.100.7"))
+	if err != nil || len(res.Held) != 1 || !strings.Contains(f.String(), "198.51.100.7") {
+		t.Fatalf("apply once the record can be written: %+v, %v\n%s", res, err, f)
+	}
+	got, err := os.ReadFile(record)
+	if err != nil || !strings.Contains(string(got), "198.51.100.7") {
+		t.Errorf("record after the add: %q, %v", got, err)
+	}
+}
+
 func TestErrors(t *testing.T) {
 	tests := []struct {
 		name    string
