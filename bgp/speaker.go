@@ -215,7 +215,9 @@ func (s *Speaker) stop(ctx context.Context) error {
 // password file: an existing session then keeps its old settings, but
 // after a restart of the server there is none, and the neighbor has no
 // kglb_bgp_peer_* series until a SetConfig adds it) and returns
-// errors.Join of the failures.
+// errors.Join of the failures. A neighbor that carries a family it cannot
+// be given a next hop of is no failure: it is set up, and the log says
+// which routes it is not sent.
 func (s *Speaker) SetConfig(ctx context.Context, cfg Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -276,7 +278,14 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 		}
 	}
 	view, viewErrs := viewOf(g, served, s.withPrepends(viewRoutes).prepends)
-	errs = append(errs, viewErrs...)
+	// A family a neighbor carries but cannot be given a next hop of is a
+	// matter of the host's addresses, not a failure to apply: the session
+	// is set up, and only the routes of that family with an explicit
+	// next_hop go to it. So it is said here, not returned: a caller takes
+	// what SetConfig returns as not applied, and retries it.
+	for _, err := range viewErrs {
+		s.log.Warn("routes held back from a neighbor", "err", err)
+	}
 	// The policy before the peers: a new session's first UPDATEs already
 	// carry its attributes.
 	oldRules := s.export.nextHops
