@@ -451,21 +451,22 @@ func stopBudget(cfg *config.Config) time.Duration {
 // plane as on_stop says, within stopBudget. restart is a planned restart
 // without graceful restart: the sessions then end without a NOTIFICATION.
 func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error, restart bool) error {
-	// Run sends the engine no config from here on: the one it runs is the
-	// one that stops.
+	d.notify.send("STOPPING=1")
+	cancel()
+	if err := <-engineDone; err != nil {
+		d.log.Error("engine", "err", err)
+	}
+	// The config the engine ended with is the one that stops: a reload
+	// handed to it just before the signal may have raised the waits.
 	cfg := d.engineCfg()
 	budget := stopBudget(cfg)
 	// The waits are the operator's and may outlast the unit's
 	// TimeoutStopSec, which kglb cannot read from its sandbox: systemd
 	// keeps the later of the two, so the extension is always sent. One
-	// message covers the whole stop.
-	d.notify.send("STOPPING=1", extendTimeoutUsec(budget+stopExit))
+	// message covers the rest of the stop.
+	d.notify.send(extendTimeoutUsec(budget + stopExit))
 	ctx, done := context.WithTimeout(context.Background(), budget)
 	defer done()
-	cancel()
-	if err := <-engineDone; err != nil {
-		d.log.Error("engine", "err", err)
-	}
 	err := d.engine.Stop(ctx, cfg.Daemon.OnStop == config.OnStopCleanup)
 	if d.speaker != nil {
 		closeSessions := d.speaker.Close

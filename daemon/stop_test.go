@@ -134,9 +134,12 @@ func TestStopExtendsTimeoutByEveryWait(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := fmt.Sprintf("STOPPING=1\nEXTEND_TIMEOUT_USEC=%d", (2*time.Minute + stopWrites + stopExit).Microseconds())
+	if got := readNotify(t, conn); got != "STOPPING=1" {
+		t.Errorf("first datagram at stop %q, want STOPPING=1", got)
+	}
+	want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (2*time.Minute + stopWrites + stopExit).Microseconds())
 	if got := readNotify(t, conn); got != want {
-		t.Errorf("datagram at stop %q, want %q", got, want)
+		t.Errorf("datagram once the engine ended %q, want %q", got, want)
 	}
 	ann.mu.Lock()
 	defer ann.mu.Unlock()
