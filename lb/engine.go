@@ -546,9 +546,14 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 
 	var errs []error
 	// 0. A reload's bgp block, before any route: the routes then go out
-	// over the sessions it sets up.
-	if err := e.configureBGP(ctx); err != nil {
-		errs = append(errs, err)
+	// over the sessions it sets up. Not in health passes, which come at
+	// the verdicts' rate: while the speaker refuses the block, each try
+	// reads every password file again. The retries try it (finish keeps
+	// one armed), and so do reloads and resyncs.
+	if kind != kindHealth {
+		if err := e.configureBGP(ctx); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	// 1. Withdraw what must go, keeping what stays, before the data plane
 	// changes under it; a pass where no route goes or changes has no such
@@ -943,7 +948,9 @@ func (e *Engine) finish(d Desired, err error, kind string, start time.Time) {
 			log = e.log.Debug
 		}
 		log("reconcile incomplete; retrying", "kind", kind, "in", e.retryIn.String(), "err", err)
-	} else {
+	} else if !e.bgpPending {
+		// A health pass completes with the bgp block still pending (it
+		// does not try it): the retry armed stays.
 		e.retryAt, e.retryIn = time.Time{}, 0
 	}
 	if m := e.opts.Metrics; m != nil {
