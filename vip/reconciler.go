@@ -219,7 +219,8 @@ func (r *Reconciler) run(ctx context.Context, desired []netip.Addr) (Result, err
 //
 // The sweep waits for the link, as adds go before deletes: a start on a
 // link that is missing (not up yet, or a mistyped vip_interface) leaves
-// kglb's old entries serving. It goes before the listing, so that the pass
+// kglb's old entries in place (no VIP is held, so none is announced, until
+// the link exists). It goes before the listing, so that the pass
 // reads the link as the sweep left it: a VIP held by an address kglb added
 // in address mode, which route mode would count as held by a foreign
 // entry, is held by a route at the end of the same pass.
@@ -292,12 +293,22 @@ func (r *Reconciler) sweep(ctx context.Context) error {
 				}
 				byLink[e.Link] = append(byLink[e.Link], e.Entry)
 			}
+			if len(byLink) > 0 {
+				if err := r.recordWritable(); err != nil {
+					return errors.Join(append(errs, err)...)
+				}
+			}
 			n := len(errs)
 			for _, l := range slices.Sorted(maps.Keys(byLink)) {
 				_, rerrs := r.remove(l, ModeRoute, byLink[l])
 				errs = append(errs, rerrs...)
 			}
 			r.sweepRoutes = len(errs) > n
+		}
+	}
+	if len(r.stale) > 0 {
+		if err := r.recordWritable(); err != nil {
+			return errors.Join(append(errs, err)...)
 		}
 	}
 	for _, l := range slices.Sorted(maps.Keys(r.stale)) {
@@ -650,6 +661,22 @@ func unusableError(a netip.Addr, link string, s AddrState) error {
 	return fmt.Errorf("vip %s: its address on %s is tentative (duplicate address detection under way), not usable yet; kglb announces it once it is", a, link)
 }
 
+// recordWritable writes the record as it is, in address mode, before a
+// clean-up removes what held the VIPs under the old settings: address mode
+// adds no address it cannot record (see execute), and with the old routes
+// gone and no address added every VIP would be down until the state
+// directory is fixed. Until it is, the clean-up waits and the old entries
+// hold the VIPs.
+func (r *Reconciler) recordWritable() error {
+	if r.mode != ModeAddress {
+		return nil
+	}
+	if err := r.write(r.saved); err != nil {
+		return fmt.Errorf("the clean-up after a vip_interface or vip_mode change waits for the ownership record: %w", err)
+	}
+	return nil
+}
+
 // save writes the ownership record, owned (the addresses kglb owns on the
 // link in address mode) with the stale ones still to remove, and remembers
 // what it says.
@@ -657,6 +684,12 @@ func (r *Reconciler) save(owned map[netip.Addr]bool) error {
 	if maps.Equal(owned, r.saved) && !r.staleDirty {
 		return nil
 	}
+	return r.write(owned)
+}
+
+// write writes the ownership record, owned and the stale addresses, and
+// remembers what it says.
+func (r *Reconciler) write(owned map[netip.Addr]bool) error {
 	byLink := make(map[string]map[netip.Addr]bool, len(r.stale)+1)
 	maps.Copy(byLink, r.stale)
 	if r.mode == ModeAddress {

@@ -1071,3 +1071,40 @@ func TestChangeToMissingLink(t *testing.T) {
 		})
 	}
 }
+
+// TestChangeWaitsForTheRecord: a start in address mode that must first
+// remove kglb's old routes (vip_mode was "route") removes nothing while the
+// ownership record cannot be written: it could add no address, and every
+// VIP would be down until the state directory is fixed. The old routes
+// hold the VIPs meanwhile; once the record can be written, the next pass
+// moves them.
+func TestChangeWaitsForTheRecord(t *testing.T) {
+	ctx := context.Background()
+	desired := addrs("198.51.100.10", "2001:db8::10")
+	dir := t.TempDir()
+	f := vip.NewFake("")
+	r1, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeRoute, StateDir: dir})
+	must(t, err)
+	_, err = r1.Apply(ctx, desired)
+	must(t, err)
+	before := f.String()
+	if !strings.Contains(before, "proto kglb") {
+		t.Fatalf("kglb's routes as the fake shows them:\n%s", before)
+	}
+
+	r2, err := vip.New(vip.Options{Kernel: f, Mode: vip.ModeAddress, StateDir: dir})
+	must(t, err)
+	record := filepath.Join(dir, "vip-addresses")
+	must(t, os.MkdirAll(filepath.Join(record, "x"), 0o700)) // the rename over it fails, root or not
+	if _, err := r2.Apply(ctx, desired); err == nil || !strings.Contains(err.Error(), "waits for the ownership record") {
+		t.Errorf("Apply with the record blocked: %v, want the clean-up to wait for it", err)
+	}
+	if got := f.String(); got != before {
+		t.Errorf("kernel with the record blocked:\n%s\nwant it as it was:\n%s", got, before)
+	}
+	must(t, os.RemoveAll(record))
+	res, err := r2.Apply(ctx, desired)
+	if err != nil || len(res.Held) != 2 || strings.Contains(f.String(), "proto kglb") {
+		t.Errorf("Apply once the record can be written: %+v, %v\n%s", res, err, f)
+	}
+}

@@ -34,7 +34,8 @@
 // The link and mode are fixed for a Reconciler (the daemon reads them at
 // start). A start with another link or mode first removes what kglb left
 // under the old ones, once its link exists (a missing link leaves the old
-// entries serving), and nothing else: its routes (ProtoKGLB) on every
+// entries in place, though no VIP is held until it appears) and, in
+// address mode, once the ownership record can be written, and nothing else: its routes (ProtoKGLB) on every
 // link it no longer holds VIPs on by route, and the addresses its record
 // names on another link, or anywhere in route mode. Addresses not yet
 // removed stay in the record, under their link, until they are.
