@@ -474,18 +474,25 @@ func TestFailedBGPConfigIsRetried(t *testing.T) {
 	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
 }
 
-// TestBGPRefusedAtStartIsRetried: a speaker that started but refused a
-// neighbor (Options.BGPPending) is handed the block by the first pass and
-// by its retries until it takes it, with no edit and the resync an hour
-// away.
-func TestBGPRefusedAtStartIsRetried(t *testing.T) {
+// startRefusedBGP runs an engine whose speaker refused the bgp block at
+// start (Options.BGPPending) and refuses it still, with one service.
+func startRefusedBGP(t *testing.T) (*world, *configuringAnnouncer, *running) {
+	t.Helper()
 	w := newWorld(t)
 	ann := &configuringAnnouncer{fakeAnnouncer: w.ann}
 	ann.failing.Store(true)
 	w.wrap = func(o *Options) { o.Announcer, o.BGPPending = ann, true }
 	cfg := daemonCfg(svc("web", "192.0.2.1", 1))
 	cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
-	r := w.start(t, cfg)
+	return w, ann, w.start(t, cfg)
+}
+
+// TestBGPRefusedAtStartIsRetried: a speaker that started but refused a
+// neighbor (Options.BGPPending) is handed the block by the first pass and
+// by its retries until it takes it, with no edit and the resync an hour
+// away.
+func TestBGPRefusedAtStartIsRetried(t *testing.T) {
+	w, ann, r := startRefusedBGP(t)
 	eventually(t, "the block refused at start handed again by a retry", func() bool { return ann.failed.Load() >= 2 })
 	ann.failing.Store(false)
 	eventually(t, "the bgp block taken by a retry", func() bool { return ann.configured.Load() == 65010 })
@@ -591,13 +598,7 @@ func TestLastingFailureLoggedOnce(t *testing.T) {
 // bgp block, the health passes, which come at the verdicts' rate, do not
 // hand it again (each try reads every password file); the retries do.
 func TestPendingBGPBlockNotTriedByHealthPasses(t *testing.T) {
-	w := newWorld(t)
-	ann := &configuringAnnouncer{fakeAnnouncer: w.ann}
-	ann.failing.Store(true)
-	w.wrap = func(o *Options) { o.Announcer, o.BGPPending = ann, true }
-	cfg := daemonCfg(svc("web", "192.0.2.1", 1))
-	cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
-	w.start(t, cfg)
+	w, ann, _ := startRefusedBGP(t)
 	eventually(t, "the first pass refused", func() bool { return ann.failed.Load() >= 1 })
 	tries := ann.failed.Load()
 	for i := 0; i < 3; i++ {
