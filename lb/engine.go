@@ -957,7 +957,12 @@ func (e *Engine) finish(d Desired, err error, kind string, start time.Time) {
 		m.observe(kind, err, e.now().Sub(start))
 	}
 	e.mu.Lock()
-	e.status, e.errs = d, err
+	e.status = d
+	if err != nil || !e.bgpPending {
+		// A health pass, which does not try a pending bgp block, leaves
+		// the refusal that is still there in the status.
+		e.errs = err
+	}
 	e.mu.Unlock()
 }
 

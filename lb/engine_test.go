@@ -598,7 +598,7 @@ func TestLastingFailureLoggedOnce(t *testing.T) {
 // bgp block, the health passes, which come at the verdicts' rate, do not
 // hand it again (each try reads every password file); the retries do.
 func TestPendingBGPBlockNotTriedByHealthPasses(t *testing.T) {
-	w, ann, _ := startRefusedBGP(t)
+	w, ann, r := startRefusedBGP(t)
 	eventually(t, "the first pass refused", func() bool { return ann.failed.Load() >= 1 })
 	tries := ann.failed.Load()
 	for i := 0; i < 3; i++ {
@@ -611,6 +611,9 @@ func TestPendingBGPBlockNotTriedByHealthPasses(t *testing.T) {
 	// once or twice in the time they take on a busy machine.
 	if n := ann.failed.Load() - tries; n > 2 {
 		t.Errorf("the bgp block was tried %d times during 6 health passes, want only by the retries", n)
+	}
+	if _, err := r.e.Status(); err == nil || !strings.Contains(err.Error(), "configure bgp: ") {
+		t.Errorf("status after health passes with the bgp block still refused: %v, want the refusal", err)
 	}
 	eventually(t, "the block tried again by a retry", func() bool { return ann.failed.Load() > tries })
 }
