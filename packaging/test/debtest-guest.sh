@@ -893,6 +893,36 @@ fi
 chmod 644 /etc/kglb/steady.hcl
 waitfor 20 metric_is kglb_config_running_last_applied 0 || fail "chmod 644 after a mode-000 restart" "running_last_applied=$(metric kglb_config_running_last_applied)"
 
+# vip_mode is read at start: a restart that changes it moves every VIP from
+# kglb's local route (proto 167) to an address on kglb0, and back, and
+# removes what the old mode left, with the client counting failures (each
+# VIP is down for a moment between the removal and the add).
+kglb_route() { ip route show table local proto 167 | grep -q "^local $VIP "; }
+vip_address() { ip -o addr show dev kglb0 | grep -q " $VIP/32 "; }
+vip_moved() { # vip_moved MODE: the VIP is held the MODE way only
+	case "$1" in
+	address) vip_address && ! kglb_route ;;
+	route) kglb_route && ! vip_address ;;
+	esac
+}
+for mode in address route; do
+	client_start
+	since="$(date '+%Y-%m-%d %H:%M:%S')"
+	sed -i '/^ *vip_mode *=/d' /etc/kglb/kglb.hcl
+	[ "$mode" = address ] && sed -i 's/^\(\s*vip_interface.*\)$/\1\n  vip_mode = "address"/' /etc/kglb/kglb.hcl
+	restart_ok || fail "restart into vip_mode $mode" "$(systemctl is-active kglb)"
+	waitfor 30 vip_moved "$mode" && waitfor 30 steady_up
+	sleep 1
+	f="$(client_fails)"
+	removed="$(journalctl -u kglb --no-pager --since "$since" | grep -m1 'removed vips kglb left behind' || true)"
+	if vip_moved "$mode" && steady_up && [ -n "$removed" ]; then
+		pass "a restart into vip_mode = \"$mode\" holds $VIP the $mode way only, and removed what the old mode left (${removed#*]: }); $f requests failed"
+	else
+		fail "restart into vip_mode $mode" "route $(kglb_route && echo yes || echo no), address $(vip_address && echo yes || echo no), removed '$removed', failed $f"
+		show journalctl -u kglb --no-pager --since "$since"
+	fi
+done
+
 # A file of 100,000 nested parentheses (in lines of 80, under the line
 # length limit) dropped in while running: refused with its position, no
 # crash (needs config10's nesting bound).
