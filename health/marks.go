@@ -91,6 +91,12 @@ func (m *Marks) Sync(reals []netip.Addr) (map[netip.Addr]uint32, error) {
 	return out, nil
 }
 
+// MarkInRange reports whether mark is one of base .. base+count-1 (in 64
+// bits: a range may end at the largest fwmark).
+func MarkInRange(base, count, mark uint32) bool {
+	return mark >= base && uint64(mark) < uint64(base)+uint64(count)
+}
+
 // Range returns the range the allocator hands marks from.
 func (m *Marks) Range() (base, count uint32) { return m.base, m.count }
 
@@ -121,7 +127,7 @@ func (m *Marks) Avoid(marks []uint32) bool {
 	held := false
 	m.avoid = nil
 	for _, mk := range marks {
-		if mk < m.base || mk-m.base >= m.count {
+		if !MarkInRange(m.base, m.count, mk) {
 			continue
 		}
 		if m.avoid == nil {
@@ -141,7 +147,7 @@ func (m *Marks) Restore(a netip.Addr, mark uint32) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	a = a.Unmap()
-	if mark < m.base || mark-m.base >= m.count {
+	if !MarkInRange(m.base, m.count, mark) {
 		return fmt.Errorf("restore fwmark %d for %s: outside %d..%d", mark, a, m.base, m.base+m.count-1)
 	}
 	if owner, ok := m.byMark[mark]; ok && owner != a {

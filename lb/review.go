@@ -377,9 +377,8 @@ func (e *Engine) review(ctx context.Context, cfg *config.Config) (Review, error)
 	var marks map[netip.Addr]uint32
 	if e.plan != nil {
 		marks = map[netip.Addr]uint32{}
-		base, count := uint64(cfg.Daemon.TunnelMarkBase), uint64(cfg.Daemon.TunnelMarkCount)
 		for _, a := range TunnelReals(cfg) {
-			if m, ok := e.plan.marks[a]; ok && uint64(m) >= base && uint64(m) < base+count {
+			if m, ok := e.plan.marks[a]; ok && health.MarkInRange(cfg.Daemon.TunnelMarkBase, cfg.Daemon.TunnelMarkCount, m) {
 				marks[a] = m
 			}
 		}
