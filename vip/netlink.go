@@ -163,6 +163,17 @@ func (n *Netlink) LookupLink() (found bool, err error) {
 	return true, nil
 }
 
+// usable is errClosed after Close: the calls that reach past the link
+// (ListProto, WriteOn) check it before using the handle.
+func (n *Netlink) usable() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return errClosed
+	}
+	return nil
+}
+
 func (n *Netlink) index() (int, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -252,11 +263,8 @@ func addrState(flags int) AddrState {
 // every link, and names each route's link (looked up after the dump: the
 // handle's socket is busy during it).
 func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
-	n.mu.Lock()
-	closed := n.closed
-	n.mu.Unlock()
-	if closed {
-		return nil, errClosed
+	if err := n.usable(); err != nil {
+		return nil, err
 	}
 	type route struct {
 		idx int
@@ -315,11 +323,8 @@ func (n *Netlink) Write(m Mode, ws []Change) []error {
 
 // WriteOn is Write on the link named link, looked up by name now.
 func (n *Netlink) WriteOn(link string, m Mode, ws []Change) []error {
-	n.mu.Lock()
-	closed := n.closed
-	n.mu.Unlock()
-	if closed {
-		return nlbatch.Fail(len(ws), errClosed)
+	if err := n.usable(); err != nil {
+		return nlbatch.Fail(len(ws), err)
 	}
 	l, err := n.h.LinkByName(link)
 	var notFound netlink.LinkNotFoundError
