@@ -33,14 +33,14 @@ import (
 //   - Checking. The checks across services and files run on every load, so
 //     a Loader returns exactly what Load returns for the same files.
 //
-// The cache holds the files of the last Load that could read its files; a
-// deleted file is forgotten.
+// The cache holds the files of the last Load that could read its files,
+// their content included (Config.Contents); a deleted file is forgotten.
 //
 // Configs from one Loader share, with each other and with the cache, the
-// services of unchanged files and the slices and maps inside the bgp block
-// (Neighbors, communities): treat a loaded Config as read-only. The
-// Services slice is new on each Load, so sorting or replacing whole
-// elements is safe.
+// services and the content of unchanged files and the slices and maps
+// inside the bgp block (Neighbors, communities): treat a loaded Config as
+// read-only. The Services slice is new on each Load, so sorting or
+// replacing whole elements is safe.
 //
 // A Loader may be shared between goroutines; its Loads run one at a time.
 type Loader struct {
@@ -218,7 +218,11 @@ const readWorkers = 8
 // not depend on the other files. It is kept while the file's content stays
 // the same, and read, never written, by each load that uses it.
 type fileDecode struct {
-	// sum is the SHA-256 of the content.
+	// data is the content, kept for Config.Contents: a file the next load
+	// trusts by its stat is not read again, yet its config must hand the
+	// bytes it was made from to whoever records it.
+	data []byte
+	// sum is the SHA-256 of data.
 	sum [32]byte
 	// stat is what stat said of the file when it was last read, at readAt;
 	// zero readAt for a file that was given, not read.
@@ -271,7 +275,7 @@ type topBlock struct {
 // returns, so only one file's tree is alive at a time: less for the GC to
 // trace.
 func decodeFile(name string, data []byte) *fileDecode {
-	fd := &fileDecode{sum: sha256.Sum256(data)}
+	fd := &fileDecode{data: data, sum: sha256.Sum256(data)}
 	if fd.parse = scanLimits(name, data); fd.parse.HasErrors() {
 		return fd
 	}
@@ -432,7 +436,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 		return nil, resolve(srcs, fromHCL(srcs, parseDiags))
 	}
 
-	cfg := &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs))}
+	cfg := &Config{Daemon: DefaultDaemon(), Files: make([]string, 0, len(srcs)), Contents: make([][]byte, 0, len(srcs))}
 	// Pointers into the cache, not copies: validate only reads them, and
 	// cfg.Services is these same pointers, sorted.
 	svcs := make([]*Service, 0, nServices)
@@ -441,6 +445,7 @@ func (l *Loader) load(srcs []source) (*Config, error) {
 	var daemon, bgp *topBlock
 	for i, fd := range fds {
 		cfg.Files = append(cfg.Files, srcs[i].name)
+		cfg.Contents = append(cfg.Contents, fd.data) // the cache's copy, not another
 		d.diags = append(d.diags, fd.top...)
 		for j := range fd.daemons {
 			tb := &fd.daemons[j]

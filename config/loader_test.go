@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"os"
@@ -444,6 +445,55 @@ func TestLoaderLoadChanged(t *testing.T) {
 		}
 	}
 	check("a path outside the directory", -1, filepath.Join(t.TempDir(), "x.hcl"))
+}
+
+// TestLoaderContents: a Config's Contents are the bytes each file was loaded
+// from, whether the load read the file, read it again unchanged, or trusted
+// it by its stat and read nothing; an edit the load did not see is not in
+// them. They are what Digest covers, so a record of them is the config.
+func TestLoaderContents(t *testing.T) {
+	dir := t.TempDir()
+	c2 := strings.NewReplacer(`"c1"`, `"c2"`, "53", "5353").Replace(loaderC) // another size: stat sees it
+	write(t, dir, "a.hcl", loaderB)
+	write(t, dir, "b.hcl", loaderC)
+	l := NewLoader()
+	clock := time.Now()
+	l.now = func() time.Time { return clock }
+	check := func(step string, cfg *Config, err error, want ...string) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		d := NewDigester()
+		for i, f := range cfg.Files {
+			d.Add(f, sha256.Sum256(cfg.Contents[i]))
+		}
+		if len(cfg.Contents) != len(want) || d.Sum() != cfg.Digest {
+			t.Fatalf("%s: %d contents for %d files, digest of the contents equal: %v", step, len(cfg.Contents), len(cfg.Files), d.Sum() == cfg.Digest)
+		}
+		for i, w := range want {
+			if string(cfg.Contents[i]) != w {
+				t.Errorf("%s: contents of %s:\n%s\nwant\n%s", step, cfg.Files[i], cfg.Contents[i], w)
+			}
+		}
+	}
+	cfg, err := l.Load(dir)
+	check("first load", cfg, err, loaderB, loaderC)
+	clock = clock.Add(2 * racyWindow)
+	cfg, err = l.Load(dir) // read again, the same content: the cached decode
+	check("read again", cfg, err, loaderB, loaderC)
+	cfg, err = l.Load(dir)
+	if l.read != 0 {
+		t.Fatalf("a settled reload read %d files, want none", l.read)
+	}
+	check("trusted by stat", cfg, err, loaderB, loaderC)
+	write(t, dir, "b.hcl", c2)
+	cfg, err = l.LoadChanged(dir, nil) // no event: the edit is not seen
+	check("an edit no event named", cfg, err, loaderB, loaderC)
+	cfg, err = l.LoadChanged(dir, []string{filepath.Join(dir, "b.hcl")})
+	check("the edit named", cfg, err, loaderB, c2)
+	cfg, err = LoadFiles(filepath.Join(dir, "b.hcl"))
+	check("LoadFiles", cfg, err, c2)
 }
 
 // DirStamp changes with what a load would see, and only with that.

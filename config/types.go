@@ -26,6 +26,13 @@ type Config struct {
 	Services []*Service
 	// Files are the files that were loaded, in load (sorted) order.
 	Files []string
+	// Contents[i] is the content Files[i] was loaded from, which Digest
+	// covers: a record of what was applied copies these, not the files as
+	// they are by then. The loader's cache and every Config loaded while a
+	// file stayed the same share one copy of it; never write to it. It is
+	// what the value was made from, not part of it: not in JSON, and loads
+	// are compared by Digest.
+	Contents [][]byte `json:"-"`
 	// Digest is a sha256 over the sorted file base names and contents, so a
 	// reload of an unchanged set can be recognised and skipped.
 	Digest [32]byte
