@@ -18,11 +18,18 @@ import (
 )
 
 // The last applied configuration lives in state_dir/applied: a copy of the
-// contents of every config file that was loaded, under its base name, and
-// applied.json saying when it was applied, its digest and the directory it
-// came from. A start whose files are rejected (invalid, or refused by
-// max_delete_share against this copy) runs it instead, so a restart, a
-// reboot or an upgrade applies nothing a running daemon would refuse.
+// content every config file was loaded with (Config.Contents), under its
+// base name, and applied.json saying when it was applied, its digest and the
+// directory it came from. A start whose files are rejected (invalid, or
+// refused by max_delete_share against this copy) runs it instead, so a
+// restart, a reboot or an upgrade applies nothing a running daemon would
+// refuse.
+//
+// The copy is of the bytes the config in force was made from, as the loader
+// kept them, never of the files as they are by the time it is made: an edit
+// since, broken or not, would otherwise leave the config in force
+// unrecorded, and a restart with that edit would run an older one. Nor does
+// a record read 1,001 files again at 1,000 services.
 //
 // Only the *.hcl files are copied. What they name by absolute path (a BGP
 // password_file, a CA file) is read where it is, as it is at start: secrets
@@ -30,9 +37,9 @@ import (
 // Digests cover base names and contents, so the copy has the digest of the
 // files it was made from, and is loaded with the same config.Load.
 //
-// The copy is written to applied.new and checked against the config's
-// digest (the sums of the bytes written, so nothing is decoded again), then
-// made durable with one syncfs(2) of the state directory's file system (its
+// The bytes to write are checked against the config's digest first (their
+// sums, so nothing is decoded again), then written to applied.new, made
+// durable with one syncfs(2) of the state directory's file system (its
 // files, their directory entries and applied.new itself), then swapped with
 // applied in one rename(2) (RENAME_EXCHANGE; a plain rename the first time)
 // and the state directory synced: a crash leaves the old copy or the new
@@ -56,14 +63,26 @@ type appliedInfo struct {
 	Files  []string  `json:"files"`  // base names
 }
 
-// errNotRecorded is why saveApplied kept the previous copy: the files changed
-// between their load and their copy (or cfg is not what the files say, as
-// while deletions wait for the files to settle). The next load records them.
-var errNotRecorded = errors.New("the files differ from the config in force")
+// errNotRecorded is why saveApplied kept the previous copy: cfg is not the
+// config its files make, as while deletions wait for the files to settle
+// (Hold marks the digest). The config made once they settle is recorded.
+var errNotRecorded = errors.New("the config in force is not what its files make")
 
 // saveApplied records cfg, loaded from dir, as the last applied configuration
 // in cfg.Daemon.StateDir.
 func saveApplied(cfg *config.Config, dir string, now time.Time) error {
+	// Checked before anything is written: a config that is not what its
+	// files make leaves applied.new and applied alone.
+	if len(cfg.Contents) != len(cfg.Files) {
+		return fmt.Errorf("record the applied config: %w", errNotRecorded)
+	}
+	sum := config.NewDigester()
+	for i, f := range cfg.Files {
+		sum.Add(f, sha256.Sum256(cfg.Contents[i]))
+	}
+	if sum.Sum() != cfg.Digest {
+		return fmt.Errorf("record the applied config: %w", errNotRecorded)
+	}
 	state := cfg.Daemon.StateDir
 	tmp := filepath.Join(state, appliedName+".new")
 	dst := filepath.Join(state, appliedName)
@@ -74,24 +93,12 @@ func saveApplied(cfg *config.Config, dir string, now time.Time) error {
 		return fmt.Errorf("record the applied config: %w", err)
 	}
 	info := appliedInfo{Time: now.UTC(), Digest: hex.EncodeToString(cfg.Digest[:]), Dir: dir}
-	sum := config.NewDigester()
-	for _, f := range cfg.Files {
-		// The loader's own read (a regular file, bounded, never blocking
-		// on a FIFO swapped in since the load): the copy is read as the
-		// config was.
-		data, err := config.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("record the applied config: %w", err)
-		}
+	for i, f := range cfg.Files {
 		base := filepath.Base(f)
-		if err := os.WriteFile(filepath.Join(tmp, base), data, 0o640); err != nil {
+		if err := os.WriteFile(filepath.Join(tmp, base), cfg.Contents[i], 0o640); err != nil {
 			return fmt.Errorf("record the applied config: %w", err)
 		}
-		sum.Add(base, sha256.Sum256(data))
 		info.Files = append(info.Files, base)
-	}
-	if sum.Sum() != cfg.Digest {
-		return errNotRecorded
 	}
 	js, err := json.MarshalIndent(info, "", "  ")
 	if err != nil {
@@ -189,8 +196,8 @@ const maxAppliedMeta = 64 << 20
 // readRegular reads p, a file of the state directory (applied.json, the
 // restart marker), which must be a regular file of at most limit bytes. The
 // open does not block: a FIFO in its place would otherwise hang the start.
-// Config files are read with config.ReadFile, the loader's rule; this one
-// keeps the errno (a missing file is no record).
+// The record's config files are read by config.Load, with the loader's
+// rule; this one keeps the errno (a missing file is no record).
 func readRegular(p string, limit int64) ([]byte, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {

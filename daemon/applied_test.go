@@ -95,28 +95,121 @@ func TestAppliedRecordRoundTrip(t *testing.T) {
 	}
 }
 
-// A file that changed between its load and its copy is not recorded as
-// what was applied; nor is a config whose removals are held.
-func TestAppliedNotRecordedWhenFilesDiffer(t *testing.T) {
+// TestAppliedRecordsTheConfigInForce: the record is of the config in force,
+// the bytes it was loaded from, whatever its files became between the load
+// and the record. A start with files a running daemon would refuse then runs
+// that config, not the one recorded before it.
+func TestAppliedRecordsTheConfigInForce(t *testing.T) {
+	running := svcHCL("a", 1, 11, 12)
+	tests := []struct {
+		name   string
+		change func(t *testing.T, p string) // a.hcl, once loaded
+		start  bool                         // a start with the changed files runs the record
+	}{
+		{"broken", func(t *testing.T, p string) {
+			writeFiles(t, filepath.Dir(p), map[string]string{"a.hcl": "service \"a\" {\n  vip = \"198.51.100.1\n}\n"})
+		}, true},
+		{"edited", func(t *testing.T, p string) {
+			writeFiles(t, filepath.Dir(p), map[string]string{"a.hcl": svcHCL("a", 1, 11, 12, 13)})
+		}, false},
+		{"removed", func(t *testing.T, p string) { // the delete guard refuses it
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"a FIFO", func(t *testing.T, p string) { // must hang neither the record nor the start
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Mkfifo(p, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			unblockFIFO(t, p)
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, state := t.TempDir(), t.TempDir()
+			writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11),
+				"kglb.hcl": fmt.Sprintf("daemon {\n  state_dir = %q\n}\n", state)})
+			older := record(t, dir, state)
+			// The config in force, loaded as the daemon loads it.
+			writeFiles(t, dir, map[string]string{"a.hcl": running})
+			start := func() *reload.Watcher[*config.Config] {
+				t.Helper()
+				var w *reload.Watcher[*config.Config]
+				err := within(t, "a start", func() (err error) {
+					w, err = reload.New(watchOptions(dir, state, &appliedInfo{}, new(atomic.Bool), hclog.NewNullLogger(), prometheus.NewRegistry()))
+					return err
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return w
+			}
+			cfg := start().Current()
+			if cfg.Digest == older.Digest {
+				t.Fatal("the edit was not loaded")
+			}
+			tt.change(t, filepath.Join(dir, "a.hcl"))
+			if err := within(t, "saveApplied", func() error { return saveApplied(cfg, dir, time.Now()) }); err != nil {
+				t.Errorf("the config in force was not recorded: %v", err)
+			}
+			if b, err := os.ReadFile(filepath.Join(state, appliedName, "a.hcl")); err != nil || string(b) != running {
+				t.Errorf("recorded a.hcl = %q, %v; want what was loaded:\n%s", b, err, running)
+			}
+			if got, _, ok, err := loadApplied(state); !ok || err != nil || got.Digest != cfg.Digest {
+				t.Errorf("the record: ok %v, err %v, digest of the config in force %v", ok, err, ok && got.Digest == cfg.Digest)
+			}
+			if !tt.start {
+				return
+			}
+			w := start()
+			if !w.Status().LastApplied || w.Current().Digest != cfg.Digest {
+				t.Errorf("a start with the changed files runs %s (the record: %v), want the config in force, %s", realsOf(w.Current()), w.Status().LastApplied, realsOf(cfg))
+			}
+		})
+	}
+}
+
+// realsOf lists c's reals by service, as name[addr ...].
+func realsOf(c *config.Config) string {
+	var parts []string
+	for _, s := range c.Services {
+		var rs []string
+		for _, r := range s.Reals {
+			rs = append(rs, r.Addr.String())
+		}
+		parts = append(parts, s.Name+"["+strings.Join(rs, " ")+"]")
+	}
+	return strings.Join(parts, " ")
+}
+
+// A config whose removals are held is not what its files make: it is not
+// recorded, and the previous record stays.
+func TestAppliedNotRecordedWhenHeld(t *testing.T) {
 	dir, state := t.TempDir(), t.TempDir()
-	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11, 12)})
 	first := record(t, dir, state)
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
 	cfg, err := config.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Daemon.StateDir = state
-	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11, 12)})
-	if err := saveApplied(cfg, dir, time.Now()); !errors.Is(err, errNotRecorded) {
-		t.Errorf("save = %v, want errNotRecorded", err)
+	held, ok := Hold(first, cfg)
+	if !ok {
+		t.Fatal("nothing held")
 	}
-	held, _ := Hold(first, cfg)
 	if err := saveApplied(held, dir, time.Now()); !errors.Is(err, errNotRecorded) {
 		t.Errorf("save of a held config = %v, want errNotRecorded", err)
 	}
 	got, _, _, err := loadApplied(state)
 	if err != nil || got.Digest != first.Digest {
 		t.Errorf("the first record was replaced: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(state, appliedName+".new")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a held config left applied.new: %v", err)
 	}
 }
 
@@ -275,29 +368,6 @@ func within(t *testing.T, what string, f func() error) error {
 	case <-time.After(3 * time.Second):
 		t.Fatalf("%s hangs", what)
 		return nil
-	}
-}
-
-// A config file replaced by a FIFO between its load and its record must
-// not hang the recorder, and with it the daemon's stop, which waits for it.
-func TestSaveAppliedDoesNotOpenAFIFO(t *testing.T) {
-	dir, state := t.TempDir(), t.TempDir()
-	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
-	cfg, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Daemon.StateDir = state
-	p := filepath.Join(dir, "a.hcl")
-	if err := os.Remove(p); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mkfifo(p, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	unblockFIFO(t, p)
-	if err := within(t, "saveApplied", func() error { return saveApplied(cfg, dir, time.Now()) }); err == nil {
-		t.Error("a FIFO was recorded")
 	}
 }
 

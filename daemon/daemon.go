@@ -80,8 +80,8 @@ func Run(ctx context.Context, opts Options) error {
 
 	stages.done("listen")
 	// The record of the applied config waits for the first pass: at 1,000
-	// services it copies 1,001 files with an fsync each and loads the copy
-	// again, which took the CPU that pass needed.
+	// services it writes 1,001 files and syncs them, which took the CPU
+	// that pass needed.
 	firstPass := make(chan struct{})
 	passed := sync.OnceFunc(func() { close(firstPass) })
 	d, err := start(ctx, opts, cfg, log, reg, first.guard, stages, passed)
@@ -758,7 +758,7 @@ func (d *daemon) recordApplied(records <-chan *config.Config, done chan<- struct
 		}
 		switch {
 		case errors.Is(err, errNotRecorded):
-			d.log.Debug("applied config not recorded; the next load records it", "err", err)
+			d.log.Debug("applied config not recorded; the config made once the files settle is", "err", err)
 		case err != nil:
 			d.log.Error("cannot record the applied config; a restart with rejected files has an older one to fall back to", "state_dir", c.Daemon.StateDir, "err", err)
 		default:
