@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/kglb/kglb/internal/nlbatch"
 	"github.com/vishvananda/netlink"
@@ -27,8 +28,15 @@ type NetlinkOptions struct {
 // Netlink is the Kernel over rtnetlink, for one link in one network
 // namespace. One dump per List; Write sends up to 64 requests per sendmsg,
 // each acked on its own (internal/nlbatch).
+//
+// Every read waits at most nlbatch.AckTimeout for each reply, as the writes
+// wait for their acks: the reconciler calls it holding the lock every pass,
+// resync and metrics scrape takes, and a reply that never comes must fail
+// the pass (which is retried), not hang the engine.
 type Netlink struct {
-	h       *netlink.Handle
+	h       *netlink.Handle // reads, replaced after a read timed out
+	ns      netns.NsHandle  // h's namespace, kept to open h again
+	timeout time.Duration   // of each reply h waits for
 	w       *nlbatch.Socket // writes
 	link    string
 	mu      sync.Mutex
@@ -42,27 +50,43 @@ var _ Kernel = (*Netlink)(nil)
 // link is looked up (and created) by EnsureLink, not here, so a daemon can
 // start before its link appears.
 func NewNetlink(opts NetlinkOptions) (*Netlink, error) {
-	n := &Netlink{link: opts.Link}
+	n := &Netlink{link: opts.Link, ns: netns.None(), timeout: nlbatch.AckTimeout}
 	if n.link == "" {
 		n.link = DefaultLink
 	}
-	ns := netns.None()
 	if opts.NetNS != "" {
 		var err error
-		ns, err = netns.GetFromPath(opts.NetNS)
+		// Kept open (until Close) to open the read socket again there
+		// after a timeout (see noReply).
+		n.ns, err = netns.GetFromPath(opts.NetNS)
 		if err != nil {
 			return nil, fmt.Errorf("open network namespace %s: %w", opts.NetNS, err)
 		}
-		// The handle's socket keeps the namespace; the file is not needed
-		// once it is open.
-		defer ns.Close()
 	}
+	h, err := n.open()
+	if err != nil {
+		n.ns.Close()
+		return nil, err
+	}
+	w, err := nlbatch.Open(n.ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		n.ns.Close()
+		return nil, fmt.Errorf("open route netlink write socket: %w", err)
+	}
+	n.h, n.w = h, w
+	return n, nil
+}
+
+// open opens a read handle in n's namespace, each reply waited for at most
+// n.timeout.
+func (n *Netlink) open() (*netlink.Handle, error) {
 	var (
 		h   *netlink.Handle
 		err error
 	)
-	if ns.IsOpen() {
-		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if n.ns.IsOpen() {
+		h, err = netlink.NewHandleAt(n.ns, unix.NETLINK_ROUTE)
 	} else {
 		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
@@ -74,13 +98,38 @@ func NewNetlink(opts NetlinkOptions) (*Netlink, error) {
 	// routes rather than every route of the host (a router's full table).
 	// Kernels before 4.20 lack it; the library filters the same way.
 	_ = h.SetStrictCheck(true)
-	w, err := nlbatch.Open(ns, unix.NETLINK_ROUTE)
-	if err != nil {
+	// The library turns it into a deadline on each send and each receive,
+	// and reports one that passed as EAGAIN (see noReply).
+	if err := h.SetSocketTimeout(n.timeout); err != nil {
 		h.Close()
-		return nil, fmt.Errorf("open route netlink write socket: %w", err)
+		return nil, fmt.Errorf("set route netlink socket timeout: %w", err)
 	}
-	n.h, n.w = h, w
-	return n, nil
+	return h, nil
+}
+
+// noReply says that the reply to a request on h did not come within
+// n.timeout (the library's EAGAIN), and replaces h with a new socket.
+// Keeping h would be wrong: a dump the kernel began for h, whose replies
+// did not come, stays under way until h reads one, and refuses the next
+// dump on h (EBUSY); and the replies that come late would sit in front of
+// the next request's (the library skips them by sequence number, but reads
+// each). Other errors are returned as they are; the caller names the
+// operation and the link. It is called with n.mu held.
+func (n *Netlink) noReply(h *netlink.Handle, err error) error {
+	if !errors.Is(err, unix.EAGAIN) {
+		return err
+	}
+	err = fmt.Errorf("no reply within %s: %w", n.timeout, err)
+	if n.closed || n.h != h {
+		return err
+	}
+	nh, oerr := n.open()
+	if oerr != nil {
+		return errors.Join(err, oerr) // h stays, the best there is
+	}
+	h.Close()
+	n.h = nh
+	return err
 }
 
 // errClosed is returned after Close. It matters: a closed netlink.Handle
@@ -94,6 +143,7 @@ func (n *Netlink) Close() error {
 	if !n.closed {
 		n.h.Close()
 		n.w.Close()
+		n.ns.Close()
 	}
 	n.closed = true
 	return nil
@@ -111,7 +161,9 @@ func (n *Netlink) EnsureLink() (bool, error) {
 	if n.closed {
 		return false, errClosed
 	}
-	l, err := n.h.LinkByName(n.link)
+	h := n.h
+	l, err := h.LinkByName(n.link)
+	err = n.noReply(h, err)
 	changed := false
 	var notFound netlink.LinkNotFoundError
 	switch {
@@ -119,12 +171,12 @@ func (n *Netlink) EnsureLink() (bool, error) {
 	case errors.As(err, &notFound) && n.link == DefaultLink:
 		d := &netlink.Dummy{LinkAttrs: netlink.NewLinkAttrs()}
 		d.Name = n.link
-		if err := n.h.LinkAdd(d); err != nil && !errors.Is(err, unix.EEXIST) {
-			return false, fmt.Errorf("create dummy link: %w", err)
+		if err := h.LinkAdd(d); err != nil && !errors.Is(err, unix.EEXIST) {
+			return false, fmt.Errorf("create dummy link: %w", n.noReply(h, err))
 		}
 		changed = true
-		if l, err = n.h.LinkByName(n.link); err != nil {
-			return true, fmt.Errorf("look up link after creating it: %w", err)
+		if l, err = h.LinkByName(n.link); err != nil {
+			return true, fmt.Errorf("look up link after creating it: %w", n.noReply(h, err))
 		}
 	case errors.As(err, &notFound):
 		return false, fmt.Errorf("%w (kglb creates only %s; a configured link must exist)", unix.ENODEV, DefaultLink)
@@ -134,8 +186,8 @@ func (n *Netlink) EnsureLink() (bool, error) {
 	// A configured link's admin state is the operator's; kglb's own link
 	// must be up for its routes to be used.
 	if n.link == DefaultLink && l.Attrs().Flags&net.FlagUp == 0 {
-		if err := n.h.LinkSetUp(l); err != nil {
-			return changed, fmt.Errorf("set link up: %w", err)
+		if err := h.LinkSetUp(l); err != nil {
+			return changed, fmt.Errorf("set link up: %w", n.noReply(h, err))
 		}
 		changed = true
 	}
@@ -151,7 +203,9 @@ func (n *Netlink) LookupLink() (found bool, err error) {
 	if n.closed {
 		return false, errClosed
 	}
-	l, err := n.h.LinkByName(n.link)
+	h := n.h
+	l, err := h.LinkByName(n.link)
+	err = n.noReply(h, err)
 	var notFound netlink.LinkNotFoundError
 	switch {
 	case errors.As(err, &notFound):
@@ -163,27 +217,38 @@ func (n *Netlink) LookupLink() (found bool, err error) {
 	return true, nil
 }
 
-// usable is errClosed after Close: the calls that reach past the link
-// (ListProto, WriteOn) check it before using the handle.
-func (n *Netlink) usable() error {
+// handle is the read handle, or errClosed after Close: the calls that
+// reach past the link (ListProto, WriteOn) take it here.
+func (n *Netlink) handle() (*netlink.Handle, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		return errClosed
+		return nil, errClosed
 	}
-	return nil
+	return n.h, nil
 }
 
-func (n *Netlink) index() (int, error) {
+// index is the read handle and the link's index.
+func (n *Netlink) index() (*netlink.Handle, int, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		return 0, errClosed
+		return nil, 0, errClosed
 	}
 	if n.linkIdx == 0 {
-		return 0, errors.New("link not looked up: call EnsureLink first")
+		return nil, 0, errors.New("link not looked up: call EnsureLink first")
 	}
-	return n.linkIdx, nil
+	return n.h, n.linkIdx, nil
+}
+
+// timedOut is noReply for the calls that do not hold n.mu.
+func (n *Netlink) timedOut(h *netlink.Handle, err error) error {
+	if err == nil {
+		return nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.noReply(h, err)
 }
 
 // dumpRetries bounds the retries of a dump the kernel interrupted because
@@ -193,7 +258,7 @@ const dumpRetries = 5
 // List dumps the local routes of the local table on the link (route mode)
 // or the link's addresses (address mode), for both families at once.
 func (n *Netlink) List(m Mode) ([]Entry, error) {
-	idx, err := n.index()
+	h, idx, err := n.index()
 	if err != nil {
 		return nil, err
 	}
@@ -201,23 +266,23 @@ func (n *Netlink) List(m Mode) ([]Entry, error) {
 		var out []Entry
 		switch m {
 		case ModeRoute:
-			out, err = n.listRoutes(idx)
+			out, err = listRoutes(h, idx)
 		case ModeAddress:
-			out, err = n.listAddrs(idx)
+			out, err = listAddrs(h, idx)
 		default:
 			return nil, fmt.Errorf("unknown mode %q", m)
 		}
 		if errors.Is(err, netlink.ErrDumpInterrupted) && try < dumpRetries {
 			continue
 		}
-		return out, err
+		return out, n.timedOut(h, err)
 	}
 }
 
-func (n *Netlink) listRoutes(idx int) ([]Entry, error) {
+func listRoutes(h *netlink.Handle, idx int) ([]Entry, error) {
 	var out []Entry
 	filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, LinkIndex: idx, Type: unix.RTN_LOCAL}
-	err := n.h.RouteListFilteredIter(netlink.FAMILY_ALL, filter,
+	err := h.RouteListFilteredIter(netlink.FAMILY_ALL, filter,
 		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF|netlink.RT_FILTER_TYPE,
 		func(r netlink.Route) bool {
 			if p, ok := prefixOf(r.Dst); ok {
@@ -231,10 +296,10 @@ func (n *Netlink) listRoutes(idx int) ([]Entry, error) {
 	return out, nil
 }
 
-func (n *Netlink) listAddrs(idx int) ([]Entry, error) {
+func listAddrs(h *netlink.Handle, idx int) ([]Entry, error) {
 	// A link value with only the index set: AddrList filters on it.
 	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: idx}}
-	addrs, err := n.h.AddrList(link, netlink.FAMILY_ALL)
+	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, err
 	}
@@ -263,7 +328,8 @@ func addrState(flags int) AddrState {
 // every link, and names each route's link (looked up after the dump: the
 // handle's socket is busy during it).
 func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
-	if err := n.usable(); err != nil {
+	h, err := n.handle()
+	if err != nil {
 		return nil, err
 	}
 	type route struct {
@@ -274,7 +340,7 @@ func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
 	for try := 0; ; try++ {
 		routes = routes[:0]
 		filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL, Protocol: netlink.RouteProtocol(proto)}
-		err := n.h.RouteListFilteredIter(netlink.FAMILY_ALL, filter,
+		err := h.RouteListFilteredIter(netlink.FAMILY_ALL, filter,
 			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PROTOCOL,
 			func(r netlink.Route) bool {
 				if p, ok := prefixOf(r.Dst); ok {
@@ -286,7 +352,7 @@ func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("dump the local routes of protocol %d: %w", proto, n.timedOut(h, err))
 		}
 		break
 	}
@@ -295,9 +361,9 @@ func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
 	for _, r := range routes {
 		name, ok := names[r.idx]
 		if !ok {
-			l, err := n.h.LinkByIndex(r.idx)
+			l, err := h.LinkByIndex(r.idx)
 			if err != nil {
-				return nil, fmt.Errorf("look up link %d of local route %s: %w", r.idx, r.e.Prefix, err)
+				return nil, fmt.Errorf("look up link %d of local route %s: %w", r.idx, r.e.Prefix, n.timedOut(h, err))
 			}
 			name = l.Attrs().Name
 			names[r.idx] = name
@@ -314,7 +380,7 @@ func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
 // NLM_F_EXCL, so an existing entry is EEXIST; a route delete matches the
 // protocol, so only a route carrying e.Proto goes.
 func (n *Netlink) Write(m Mode, ws []Change) []error {
-	idx, err := n.index()
+	_, idx, err := n.index()
 	if err != nil {
 		return nlbatch.Fail(len(ws), err)
 	}
@@ -323,16 +389,17 @@ func (n *Netlink) Write(m Mode, ws []Change) []error {
 
 // WriteOn is Write on the link named link, looked up by name now.
 func (n *Netlink) WriteOn(link string, m Mode, ws []Change) []error {
-	if err := n.usable(); err != nil {
+	h, err := n.handle()
+	if err != nil {
 		return nlbatch.Fail(len(ws), err)
 	}
-	l, err := n.h.LinkByName(link)
+	l, err := h.LinkByName(link)
 	var notFound netlink.LinkNotFoundError
 	switch {
 	case errors.As(err, &notFound):
 		return nlbatch.Fail(len(ws), unix.ENODEV)
 	case err != nil:
-		return nlbatch.Fail(len(ws), fmt.Errorf("look up link %s: %w", link, err))
+		return nlbatch.Fail(len(ws), fmt.Errorf("look up link %s: %w", link, n.timedOut(h, err)))
 	}
 	return n.write(l.Attrs().Index, m, ws)
 }

@@ -32,7 +32,8 @@ const Max = 64
 // forever. It is generous all the same: under qemu TCG a batch of 64 writes
 // takes hundreds of milliseconds, and a loaded machine may deschedule the
 // reader for seconds; a write given up on too early would only cost a pass
-// that reads the kernel again.
+// that reads the kernel again. The reads of the same callers (the vip
+// package's dumps and link lookups) wait for each reply as long.
 const AckTimeout = 10 * time.Second
 
 // ErrUnknown marks a write whose ack was not read (none came within
