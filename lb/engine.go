@@ -569,8 +569,12 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 	if err := e.applyIPVS(ctx, want, kind == kindResync); err != nil {
 		errs = append(errs, err)
 	}
+	// The retry of a pass that failed reads the VIPs' link again too: the
+	// vip reconciler keeps its cache over a failure that lasts (an address
+	// not usable, a clean-up that keeps failing), which the health passes
+	// meanwhile take, and only a read sees it end.
 	applyVIPs := e.opts.VIPs.Apply
-	if kind == kindResync {
+	if kind == kindResync || (!e.retryAt.IsZero() && !now.Before(e.retryAt)) {
 		applyVIPs = e.opts.VIPs.Resync
 	}
 	vr, err := applyVIPs(ctx, vips)

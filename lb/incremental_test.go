@@ -562,10 +562,12 @@ func (p *stubProber) Lookup(t health.Target) (health.Status, bool) {
 	return health.Status{Target: t, State: health.Up}, true
 }
 
-// flakyVIPs fails Apply and Resync, changing nothing, while fail is set.
+// flakyVIPs fails Apply and Resync, changing nothing, while fail is set,
+// and counts the Resyncs.
 type flakyVIPs struct {
 	VIPs
-	fail error
+	fail    error
+	resyncs int
 }
 
 func (f *flakyVIPs) Apply(ctx context.Context, desired []netip.Addr) (vip.Result, error) {
@@ -576,6 +578,7 @@ func (f *flakyVIPs) Apply(ctx context.Context, desired []netip.Addr) (vip.Result
 }
 
 func (f *flakyVIPs) Resync(ctx context.Context, desired []netip.Addr) (vip.Result, error) {
+	f.resyncs++
 	if f.fail != nil {
 		return vip.Result{}, f.fail
 	}
@@ -660,6 +663,28 @@ func TestIncrementalAfterFailures(t *testing.T) {
 		}
 		return "none"
 	}
+
+	t.Run("vips retried with a read", func(t *testing.T) {
+		// The vip reconciler keeps its cache over a lasting failure; the
+		// retry of the pass reads the link again (Resync), the passes
+		// before it take the cache (Apply).
+		w := start(t)
+		clock := time.Now()
+		w.e.now = func() time.Time { return clock }
+		w.vips.fail = errBoom
+		if err := w.pass(cfgWith(100, 100)); err == nil {
+			t.Fatal("no error from a failed vip pass")
+		}
+		n := w.vips.resyncs
+		if err := w.pass(cfgWith(100, 100)); err == nil || w.vips.resyncs != n {
+			t.Errorf("a pass before the retry is due: %v, %d resyncs, want the failure and none", err, w.vips.resyncs-n)
+		}
+		clock = clock.Add(time.Hour) // past any retry
+		w.vips.fail = nil
+		if err := w.pass(cfgWith(100, 100)); err != nil || w.vips.resyncs != n+1 {
+			t.Errorf("the retry: %v, %d resyncs, want it to complete with 1", err, w.vips.resyncs-n)
+		}
+	})
 
 	t.Run("ipvs write failed", func(t *testing.T) {
 		w := start(t)

@@ -58,11 +58,13 @@ type Reconciler struct {
 	// sweepRoutes is true until a sweep has removed kglb's routes that are
 	// not on the link in route mode.
 	sweepRoutes bool
-	// reached is the desired set the last Apply reached in full, and
-	// held what that Apply returned (without its writes); valid says
-	// whether they are still trusted (until a Resync or a failure).
+	// reached is the desired set the last Apply reached (in full, or
+	// short only by lasting errors: see run), held and heldErr what that
+	// Apply returned (without its writes); valid says whether they are
+	// still trusted (until a Resync or a pass that failed otherwise).
 	reached []netip.Addr
 	held    Result
+	heldErr error
 	valid   bool
 	// known is Held and Foreign as the last read of the link, and the
 	// writes after it, left them, whatever the desired set: what a pass
@@ -171,8 +173,9 @@ func New(opts Options) (*Reconciler, error) {
 // holds through a foreign entry is left as it is; an entry kglb does not own
 // is never removed. An entry someone deleted is added again by the next
 // Resync (drift repair): Apply with the set the last Apply reached in full
-// trusts it and reads nothing, so a pass that changes no VIP among 10,000
-// costs a comparison.
+// (or short only by a lasting failure, returned again: see run) trusts it
+// and reads nothing, so a pass that changes no VIP among 10,000 costs a
+// comparison.
 //
 // Apply carries on past an item that fails and returns what it reached
 // together with errors.Join of every failure, each naming its VIP. A
@@ -182,7 +185,7 @@ func (r *Reconciler) Apply(ctx context.Context, desired []netip.Addr) (Result, e
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.valid && slices.Equal(desired, r.reached) {
-		return r.held, nil
+		return r.held, r.heldErr
 	}
 	return r.run(ctx, desired)
 }
@@ -199,11 +202,27 @@ func (r *Reconciler) Resync(ctx context.Context, desired []netip.Addr) (Result, 
 // run is Apply and Resync under r.mu, reading the link.
 func (r *Reconciler) run(ctx context.Context, desired []netip.Addr) (Result, error) {
 	start := time.Now()
-	res, err := r.apply(ctx, desired)
-	r.valid = err == nil
+	res, settled, err := r.apply(ctx, desired)
+	// A pass that failed used not to be trusted at all, so that the next
+	// Apply read the link again: a write that failed or whose outcome is
+	// unknown, a read that failed, leave the link's state unknown, and
+	// only a read puts it right. That rule stays. But a pass may be
+	// settled and still fail, each time alike: a VIP whose address is not
+	// usable (DAD failed), a clean-up of another link or of the record
+	// that keeps failing, a desired VIP that is not valid. Its listing was
+	// read after the clean-up, every write on the link went through, and
+	// a pass again now would write nothing on the link: its Result is what
+	// the link holds, as any cached Result is. What would change it is a
+	// change from outside (detection ending, an operator removing the
+	// address), which Resync reads like any drift; the engine resyncs the
+	// VIPs at every retry of a pass that failed, so a pass that fails
+	// only thus is read again at the retries' pace, not at each health
+	// verdict's. Its error is returned by every Apply it answers.
+	r.valid = settled
 	if r.valid {
 		r.reached = slices.Clone(desired)
-		r.held = Result{Held: res.Held, Foreign: res.Foreign}
+		r.held = Result{Held: res.Held, Foreign: res.Foreign, Unusable: res.Unusable}
+		r.heldErr = err
 	}
 	r.metrics.duration.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -224,10 +243,14 @@ func (r *Reconciler) run(ctx context.Context, desired []netip.Addr) (Result, err
 // reads the link as the sweep left it: a VIP held by an address kglb added
 // in address mode, which route mode would count as held by a foreign
 // entry, is held by a route at the end of the same pass.
-func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, error) {
+//
+// settled says that the link was read and every write on it went through:
+// the errors, if any, are the lasting ones that a pass again would meet
+// the same (invalid VIPs, a failed clean-up, unusable addresses).
+func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (res Result, settled bool, err error) {
 	want, errs := wantSet(desired)
 	if err := ctx.Err(); err != nil {
-		return Result{}, errors.Join(append(errs, err)...)
+		return Result{}, false, errors.Join(append(errs, err)...)
 	}
 	link := r.k.Link()
 	changed, err := r.k.EnsureLink()
@@ -239,7 +262,7 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 		r.metrics.write(opLink, outcome)
 	}
 	if err != nil {
-		return Result{}, errors.Join(append(errs, fmt.Errorf("ensure vip link %s: %w", link, err))...)
+		return Result{}, false, errors.Join(append(errs, fmt.Errorf("ensure vip link %s: %w", link, err))...)
 	}
 	if changed {
 		r.log.Info("created vip link", "link", link)
@@ -258,10 +281,10 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (Result, e
 		if !changed {
 			res = r.known.within(want)
 		}
-		return res, errors.Join(append(errs, fmt.Errorf("list vips (%s) on %s: %w", r.mode, link, err))...)
+		return res, false, errors.Join(append(errs, fmt.Errorf("list vips (%s) on %s: %w", r.mode, link, err))...)
 	}
-	res, execErrs := r.execute(ctx, planWrites(r.mode, r.owned, want, entries))
-	return res, errors.Join(append(errs, execErrs...)...)
+	res, execErrs, settled := r.execute(ctx, planWrites(r.mode, r.owned, want, entries))
+	return res, settled, errors.Join(append(errs, execErrs...)...)
 }
 
 // sweep removes what kglb added and no longer wants since vip_interface or
@@ -503,8 +526,9 @@ func (p plan) predict() Result {
 // execute issues p's writes in one Kernel.Write, carrying on past a write
 // that fails; a ctx cancelled before it writes nothing. In address mode it records the
 // intent before adding, and what kglb owns afterwards. It returns what it
-// reached and every failure, each naming its VIP.
-func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
+// reached and every failure, each naming its VIP; settled is false when a
+// failure is other than an unusable address (see apply).
+func (r *Reconciler) execute(ctx context.Context, p plan) (_ Result, _ []error, settled bool) {
 	var errs []error
 	link := r.k.Link()
 	ours, foreign := p.ours, p.foreign
@@ -620,6 +644,7 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	slices.SortFunc(foreign, netip.Addr.Compare)
 	res.Foreign = foreign
 	res.Unusable = p.unusableWant
+	settled = len(errs) == 0
 	for _, a := range p.unusableWant {
 		errs = append(errs, unusableError(a, link, p.unusable[a]))
 	}
@@ -636,7 +661,7 @@ func (r *Reconciler) execute(ctx context.Context, p plan) (Result, []error) {
 	} else if res.Writes == 0 {
 		r.log.Debug("vips in sync", "link", link, "held", len(res.Held), "foreign", len(res.Foreign))
 	}
-	return res, errs
+	return res, errs, settled
 }
 
 // within is what r (Held and Foreign, as known) says the link holds for

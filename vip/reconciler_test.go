@@ -930,9 +930,21 @@ func TestChangeCleanupFailure(t *testing.T) {
 		if _, err := r2.Apply(ctx, desired); !errors.Is(err, unix.ENOBUFS) {
 			t.Fatalf("Apply with a failing clean-up: %v, want ENOBUFS", err)
 		}
+		// The health passes before the retry take the cache, and report
+		// the failure again: no dump, of the link or of every link.
+		d0 := w["kglb0"].Dumps
+		for range 3 {
+			if _, err := r2.Apply(ctx, desired); !errors.Is(err, unix.ENOBUFS) {
+				t.Errorf("Apply again with a failing clean-up: %v, want ENOBUFS", err)
+			}
+		}
+		if n := w["kglb0"].Dumps - d0; n != 0 {
+			t.Errorf("3 Applies with a failing clean-up listed %d times, want 0 (the cache)", n)
+		}
 		fail = false
-		// The engine retries with the same set: Apply must not trust it.
-		_, err = r2.Apply(ctx, desired)
+		// The engine retries with the same set, and has the VIPs read
+		// again (Resync): the failed clean-up is done then.
+		_, err = r2.Resync(ctx, desired)
 		must(t, err)
 		if got := w["kglb0"].String(); strings.Contains(got, "proto kglb") {
 			t.Errorf("kglb0 after the retry still has kglb's routes:\n%s", got)
@@ -967,8 +979,21 @@ func TestUnusableAddress(t *testing.T) {
 			if f.Writes != w0 || res.Writes != 0 {
 				t.Errorf("kglb wrote %d times over an address that exists", f.Writes-w0)
 			}
+			// Until the engine retries the pass (a Resync), its health
+			// passes take the cache: one dump for any number of them,
+			// each reporting the error again.
+			d0 := f.Dumps
+			for range 3 {
+				res, err = r.Apply(ctx, []netip.Addr{a})
+				if err == nil || !strings.Contains(err.Error(), "tentative") || !slices.Equal(res.Unusable, []netip.Addr{a}) {
+					t.Errorf("Apply again over a tentative address: %+v, %v; want it unusable and an error saying so", res, err)
+				}
+			}
+			if f.Dumps != d0 {
+				t.Errorf("3 Applies over a lasting unusable address listed the link %d times, want 0 (the cache)", f.Dumps-d0)
+			}
 			must(t, f.EndDAD(p, dup))
-			res, err = r.Apply(ctx, []netip.Addr{a})
+			res, err = r.Resync(ctx, []netip.Addr{a})
 			if dup {
 				if err == nil || !strings.Contains(err.Error(), "failed duplicate address detection") || res.Holds(a) {
 					t.Errorf("DAD failed: %+v, %v; want not held and an error saying so", res, err)
