@@ -118,7 +118,8 @@ type Neighbor struct {
 	ConnectRetry time.Duration
 	// PasswordFile holds the TCP-MD5 password (surrounding whitespace is
 	// trimmed). It is read on every SetConfig, as config.ReadFile reads
-	// (a regular file of bounded size, never blocking on a FIFO); the
+	// (a regular file of bounded size, never blocking on a FIFO), and by
+	// RetryConfig only when the last SetConfig could not read it; the
 	// password itself is never logged or shown.
 	PasswordFile string
 	// Families the session carries, at least one.
@@ -198,8 +199,16 @@ func (s session) changed(n session) string {
 	return strings.Join(out, ",")
 }
 
-// resolveNeighbor validates a neighbor and reads its password file.
-func resolveNeighbor(n Neighbor) (session, error) {
+// secretKey identifies a password as read: a neighbor and its file.
+type secretKey struct {
+	address netip.Addr
+	path    string
+}
+
+// resolveNeighbor validates a neighbor and reads its password file, or,
+// with secrets, takes the password read before from that file for that
+// neighbor; a password it reads goes into secrets.
+func resolveNeighbor(n Neighbor, secrets map[secretKey]string) (session, error) {
 	s := session{
 		address:      n.Address,
 		asn:          n.ASN,
@@ -259,25 +268,42 @@ func resolveNeighbor(n Neighbor) (session, error) {
 		return s, errors.New("neighbor has no families")
 	}
 	if n.PasswordFile != "" {
-		// The loader's rule for a file it does not trust: the loader
-		// refused anything but a regular file, but this runs at every
-		// SetConfig, long after, and a FIFO swapped in since must not hang
-		// the speaker (and the engine's pass with it), nor a device or a
-		// huge file fill its memory. Its error names the file and why.
-		b, err := config.ReadFile(n.PasswordFile)
-		if err != nil {
-			// The path may be shown; the content never is.
-			return s, fmt.Errorf("read password file: %w", err)
+		key := secretKey{n.Address, n.PasswordFile}
+		pw, ok := secrets[key]
+		if !ok {
+			var err error
+			if pw, err = readPassword(n.PasswordFile); err != nil {
+				return s, err
+			}
+			if secrets != nil {
+				secrets[key] = pw
+			}
 		}
-		s.password = strings.TrimSpace(string(b))
-		if s.password == "" {
-			return s, fmt.Errorf("password file %s is empty", n.PasswordFile)
-		}
-		if len(s.password) > 80 { // TCP_MD5SIG_MAXKEYLEN
-			return s, fmt.Errorf("password in %s is longer than 80 bytes", n.PasswordFile)
-		}
+		s.password = pw
 	}
 	return s, nil
+}
+
+// readPassword reads a TCP-MD5 password from path. Its errors name the
+// file, never its content.
+func readPassword(path string) (string, error) {
+	// The loader's rule for a file it does not trust: the loader refused
+	// anything but a regular file, but this runs at every SetConfig, long
+	// after, and a FIFO swapped in since must not hang the speaker (and
+	// the engine's pass with it), nor a device or a huge file fill its
+	// memory. Its error names the file and why.
+	b, err := config.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read password file: %w", err)
+	}
+	pw := strings.TrimSpace(string(b))
+	if pw == "" {
+		return "", fmt.Errorf("password file %s is empty", path)
+	}
+	if len(pw) > 80 { // TCP_MD5SIG_MAXKEYLEN
+		return "", fmt.Errorf("password in %s is longer than 80 bytes", path)
+	}
+	return pw, nil
 }
 
 // neighborFits reports why a resolved neighbor cannot work with the global

@@ -97,7 +97,7 @@ func TestNeighborToAPI(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sess, err := resolveNeighbor(tt.in)
+			sess, err := resolveNeighbor(tt.in, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -154,7 +154,7 @@ func TestNeighborInGoBGP(t *testing.T) {
 		t.Errorf("GoBGP lists %d peers, want %d: %v", len(listed), len(neighbors), listed)
 	}
 	for _, n := range neighbors {
-		sess, err := resolveNeighbor(n)
+		sess, err := resolveNeighbor(n, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

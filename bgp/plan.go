@@ -45,7 +45,7 @@ func (s *Speaker) planSessions(cfg Config) ([]SessionChange, map[netip.Addr]peer
 	peers := s.currentPeers()
 	restart := !s.deferred && (g != s.global || !s.running)
 	var out []SessionChange
-	next, errs := resolveNeighbors(g, cfg.Neighbors)
+	next, errs := resolveNeighbors(g, cfg.Neighbors, nil)
 	want := make(map[netip.Addr]peer, len(next))
 	for _, p := range next {
 		name, sess := p.name, p.session
@@ -78,7 +78,7 @@ func (s *Speaker) currentPeers() map[netip.Addr]peer {
 	}
 	peers := map[netip.Addr]peer{}
 	for _, n := range s.cfg.Neighbors {
-		if sess, err := resolveNeighbor(n); err == nil {
+		if sess, err := resolveNeighbor(n, nil); err == nil {
 			peers[n.Address] = peer{name: cmpName(n), session: sess}
 		}
 	}

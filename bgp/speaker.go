@@ -98,6 +98,13 @@ type Speaker struct {
 	// restarting: peers added now say they restarted (Options.Restarting
 	// until the first Apply has added them).
 	restarting bool
+	// secrets are the passwords read since New or the last SetConfig (a
+	// reload's), by neighbor and file. RetryConfig takes them rather
+	// than read the files again, so that a key written for a neighbor
+	// ahead of its reload does not go live with a retry caused by
+	// another neighbor; a file that could not be read is not here, and
+	// the retry reads it.
+	secrets map[secretKey]string
 
 	stopWatch context.CancelFunc
 
@@ -136,6 +143,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Speaker, error) {
 		live:       map[string]*liveState{},
 		deferred:   opts.Restarting,
 		restarting: opts.Restarting,
+		secrets:    map[secretKey]string{},
 	}
 	s.metrics = newMetrics(opts.Registerer, s)
 	gl := &gobgpLogger{log: lg.Named("gobgp"), onPeerEvent: s.notePeerError}
@@ -217,12 +225,31 @@ func (s *Speaker) stop(ctx context.Context) error {
 // kglb_bgp_peer_* series until a SetConfig adds it) and returns
 // errors.Join of the failures. A neighbor that carries a family it cannot
 // be given a next hop of is no failure: it is set up, and the log says
-// which routes it is not sent.
+// which routes it is not sent. Every neighbor's password file is read (in
+// a planned restart, at the first Apply): SetConfig is a reload's.
 func (s *Speaker) SetConfig(ctx context.Context, cfg Config) error {
+	return s.configure(ctx, cfg, true)
+}
+
+// RetryConfig is SetConfig again after it failed, for the same reload: each
+// neighbor keeps the password read from its file since the last SetConfig,
+// and only the files that could not be read then are read now. So an
+// operator who fixes the file that failed needs no other reload, and a
+// key written for another neighbor, ahead of the reload that goes with
+// the router's change, waits for that reload.
+func (s *Speaker) RetryConfig(ctx context.Context, cfg Config) error {
+	return s.configure(ctx, cfg, false)
+}
+
+// configure is SetConfig, or with reread false RetryConfig.
+func (s *Speaker) configure(ctx context.Context, cfg Config, reread bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping || s.closed {
 		return ErrStopped
+	}
+	if reread {
+		clear(s.secrets)
 	}
 	if s.deferred {
 		// Checked and applied at the first Apply.
@@ -242,7 +269,7 @@ func (s *Speaker) setConfig(ctx context.Context, cfg Config) error {
 	}
 	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
 	cfg.Neighbors = slices.Clone(cfg.Neighbors)
-	next, errs := resolveNeighbors(g, cfg.Neighbors)
+	next, errs := resolveNeighbors(g, cfg.Neighbors, s.secrets)
 	// The routes the export policy must serve: after a server restart
 	// below, those re-announced once this call ends.
 	viewRoutes := s.routes
@@ -345,8 +372,9 @@ func (s *Speaker) reannounce(routes map[netip.Prefix]Route) {
 // resolveNeighbors is the sessions of the neighbors ns under the global
 // settings g, in their order, and why those left out were: listed twice,
 // unresolvable (an unreadable password file) or unfit for g. SetConfig
-// and Plan both decide with it.
-func resolveNeighbors(g globalState, ns []Neighbor) ([]peer, []error) {
+// and Plan both decide with it; secrets are resolveNeighbor's (nil reads
+// every password file and keeps none).
+func resolveNeighbors(g globalState, ns []Neighbor, secrets map[secretKey]string) ([]peer, []error) {
 	var out []peer
 	var errs []error
 	seen := map[netip.Addr]bool{}
@@ -356,7 +384,7 @@ func resolveNeighbors(g globalState, ns []Neighbor) ([]peer, []error) {
 			continue
 		}
 		seen[n.Address] = true
-		sess, err := resolveNeighbor(n)
+		sess, err := resolveNeighbor(n, secrets)
 		if err == nil {
 			err = neighborFits(g, sess)
 		}

@@ -725,6 +725,87 @@ func TestPasswordFileSwappedAfterLoad(t *testing.T) {
 	}
 }
 
+// TestRetryKeepsPasswordsRead: while the speaker refuses a start's or a
+// reload's bgp block for one neighbor (its password file unreadable), the
+// engine hands it the block again at each retry (RetryConfig). A key an
+// operator writes meanwhile for another neighbor, ahead of the reload
+// that goes with the router's change, must not go live with such a retry;
+// the file that failed is read again, so fixing it needs no reload; and
+// the reload (SetConfig) reads every file.
+func TestRetryKeepsPasswordsRead(t *testing.T) {
+	a, b := nextLoopback(), nextLoopback()
+	dir := t.TempDir()
+	fileA, fileB := filepath.Join(dir, "a.secret"), filepath.Join(dir, "b.secret")
+	write := func(p, pw string) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(pw+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refused := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "read password file") || !strings.Contains(err.Error(), fileA) {
+			t.Fatalf("%s: error = %v, want a's password file refused", what, err)
+		}
+	}
+	cfg := Config{ASN: localASN, RouterID: addr("10.255.255.2"), Neighbors: []Neighbor{
+		filled(Neighbor{Name: "a", Address: a, ASN: 65100, Port: uint16(freePort(t, a)), PasswordFile: fileA}),
+		filled(Neighbor{Name: "b", Address: b, ASN: 65100, Port: uint16(freePort(t, b)), PasswordFile: fileB}),
+	}}
+	ctx := context.Background()
+
+	// The start: a's file is missing.
+	write(fileB, "b-key-1")
+	s, err := New(ctx, cfg, Options{})
+	if s == nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	refused("New", err)
+	keys := func(what, wantA, wantB string) {
+		t.Helper()
+		if gotA, gotB := gobgpPassword(t, s, a), gobgpPassword(t, s, b); gotA != wantA || gotB != wantB {
+			t.Errorf("%s: GoBGP has a=%q b=%q, want a=%q b=%q", what, gotA, gotB, wantA, wantB)
+		}
+	}
+	keys("after New", "", "b-key-1")
+
+	// b's next key, staged for the reload; a retry does not take it.
+	write(fileB, "b-key-2")
+	refused("retry", s.RetryConfig(ctx, cfg))
+	keys("after a retry with a's file still missing", "", "b-key-1")
+	write(fileA, "a-key-1")
+	if err := s.RetryConfig(ctx, cfg); err != nil {
+		t.Fatalf("retry with a's file fixed: %v", err)
+	}
+	keys("after a retry with a's file fixed", "a-key-1", "b-key-1")
+
+	// The reload reads every file; a refuses it again, and keeps its
+	// session and key. Its retries keep the key the reload read for b.
+	if err := os.Remove(fileA); err != nil {
+		t.Fatal(err)
+	}
+	refused("reload", s.SetConfig(ctx, cfg))
+	keys("after the reload", "a-key-1", "b-key-2")
+	write(fileB, "b-key-3")
+	refused("retry of the reload", s.RetryConfig(ctx, cfg))
+	keys("after a retry of the reload", "a-key-1", "b-key-2")
+}
+
+// gobgpPassword is the TCP-MD5 password GoBGP has for its neighbor at a,
+// "" when it has no such neighbor.
+func gobgpPassword(t *testing.T, s *Speaker, a netip.Addr) string {
+	t.Helper()
+	var pw string
+	err := s.srv.ListPeer(context.Background(), &api.ListPeerRequest{Address: a.String()}, func(p *api.Peer) {
+		pw = p.GetConf().GetAuthPassword()
+	})
+	if err != nil {
+		t.Fatalf("list neighbor %s: %v", a, err)
+	}
+	return pw
+}
+
 // replace puts what create makes at a temporary name over p, in one rename,
 // as an operator's tool or an attacker would swap a file.
 func replace(t *testing.T, p string, create func(tmp string) error) {

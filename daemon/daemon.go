@@ -498,15 +498,23 @@ func (d *daemon) close() {
 // announcer adapts the speaker to the engine's route type.
 type announcer struct{ s *bgp.Speaker }
 
+// The engine finds a BGPPlanner by a type assertion: a signature that
+// drifted would leave the bgp block unapplied without a compile error.
+var _ lb.BGPPlanner = announcer{}
+
 func (a announcer) Apply(ctx context.Context, routes []lb.Route) error {
 	return a.s.Apply(ctx, bgpRoutes(routes))
 }
 
-// Configure gives the speaker cfg's bgp block at a reload (a bgp block
-// removed or added takes effect at the next restart: see Run).
-func (a announcer) Configure(ctx context.Context, cfg *config.Config) error {
+// Configure gives the speaker cfg's bgp block at a reload, or again at a
+// retry (a bgp block removed or added takes effect at the next restart:
+// see Run).
+func (a announcer) Configure(ctx context.Context, cfg *config.Config, retry bool) error {
 	if !cfg.BGP.Enabled {
 		return nil
+	}
+	if retry {
+		return a.s.RetryConfig(ctx, speakerConfig(cfg.BGP))
 	}
 	return a.s.SetConfig(ctx, speakerConfig(cfg.BGP))
 }

@@ -132,6 +132,14 @@ type Engine struct {
 	// and the pass's retry (retryAt) configures the speaker again,
 	// instead of it waiting for the next edit.
 	bgpPending bool
+	// bgpReload: a reload set bgpPending and its pass has not handed the
+	// block yet. That hand-off has the speaker read the password files;
+	// the later ones are retries, which keep the passwords read then and
+	// read only the files that failed, so a key an operator writes ahead
+	// of the reload that goes with the router's change waits for it. At
+	// start the speaker read them (bgp.New, or its first Apply after a
+	// planned restart): every hand-off then is a retry.
+	bgpReload bool
 	// The announcer has been handed routes at least once, so
 	// Options.FullFirstRound holds no more.
 	announceStarted bool
@@ -548,8 +556,8 @@ func (e *Engine) apply(ctx context.Context, d Desired, changed []int, kind passK
 	// 0. A reload's bgp block, before any route: the routes then go out
 	// over the sessions it sets up. Not in health passes, which come at
 	// the verdicts' rate: while the speaker refuses the block, each try
-	// reads every password file again. The retries try it (finish keeps
-	// one armed), and so do reloads and resyncs.
+	// reads the password files that failed again. The retries try it
+	// (finish keeps one armed), and so do reloads and resyncs.
 	if kind != kindHealth {
 		if err := e.configureBGP(ctx); err != nil {
 			errs = append(errs, err)
@@ -910,7 +918,9 @@ func (e *Engine) announce(ctx context.Context, routes []Route, vips []VIPStatus)
 // configureBGP hands the announcer cfg's bgp block while it has not taken
 // it (bgpPending). The speaker carries on past a neighbor that fails (an
 // unreadable password file) and diffs what it is handed, so handing the
-// same block again sets up what failed and touches nothing else.
+// same block again, as a retry, sets up what failed and touches nothing
+// else. A resync with no block pending does not hand it: the password
+// files are read at a reload or a start only.
 func (e *Engine) configureBGP(ctx context.Context) error {
 	if !e.bgpPending {
 		return nil
@@ -920,7 +930,9 @@ func (e *Engine) configureBGP(ctx context.Context) error {
 		e.bgpPending = false
 		return nil
 	}
-	if err := b.Configure(ctx, e.cfg); err != nil {
+	retry := !e.bgpReload
+	e.bgpReload = false
+	if err := b.Configure(ctx, e.cfg, retry); err != nil {
 		return fmt.Errorf("configure bgp: %w", err)
 	}
 	e.bgpPending = false

@@ -426,18 +426,32 @@ func TestFailedPassIsRetried(t *testing.T) {
 // configuringAnnouncer is an announcer that takes a reload's bgp block as
 // the speaker does: Configure fails while failing is set (a password file
 // that cannot be read), and configured is the ASN of the last block it took.
+// handed lists each Configure's kind: "reload" reads every password file,
+// "retry" only those that failed.
 type configuringAnnouncer struct {
 	*fakeAnnouncer
 	failing    atomic.Bool
 	failed     atomic.Int32
 	configured atomic.Uint32
+	handedMu   sync.Mutex
+	handed     []string
+}
+
+// kinds is handed, one word for each Configure.
+func (a *configuringAnnouncer) kinds() string {
+	a.handedMu.Lock()
+	defer a.handedMu.Unlock()
+	return strings.Join(a.handed, " ")
 }
 
 func (a *configuringAnnouncer) PlanBGP(*config.Config, []Route) (BGPPlan, error) {
 	return BGPPlan{}, nil
 }
 
-func (a *configuringAnnouncer) Configure(_ context.Context, cfg *config.Config) error {
+func (a *configuringAnnouncer) Configure(_ context.Context, cfg *config.Config, retry bool) error {
+	a.handedMu.Lock()
+	a.handed = append(a.handed, map[bool]string{false: "reload", true: "retry"}[retry])
+	a.handedMu.Unlock()
 	if a.failing.Load() {
 		a.failed.Add(1)
 		return errors.New(`neighbor "tor1" (192.0.2.254): read password file: permission denied`)
@@ -501,6 +515,45 @@ func TestBGPRefusedAtStartIsRetried(t *testing.T) {
 	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
 }
 
+// TestPendingBGPBlockRetriedAsRetry: the pass of a reload hands the
+// speaker the bgp block as a reload's, which reads every password file;
+// the retries while it refuses the block hand it as a retry, which keeps
+// the passwords the reload read and reads only the files that failed
+// (bgp.Speaker.RetryConfig), so that a key written for another neighbor
+// ahead of its own reload does not go live with them. The next reload
+// reads every file again. A block refused at start is retried the same
+// way: the start read the files.
+func TestPendingBGPBlockRetriedAsRetry(t *testing.T) {
+	t.Run("after a reload", func(t *testing.T) {
+		w := newWorld(t)
+		ann := &configuringAnnouncer{fakeAnnouncer: w.ann}
+		ann.failing.Store(true)
+		w.wrap = func(o *Options) { o.Announcer = ann }
+		cfg := daemonCfg(svc("web", "192.0.2.1", 1))
+		cfg.BGP = config.BGP{Enabled: true, ASN: 65010}
+		r := w.start(t, cfg)
+		reload := func(asn uint32) {
+			next := daemonCfg(svc("web", "192.0.2.1", 1))
+			next.BGP = config.BGP{Enabled: true, ASN: asn}
+			r.configs <- next
+		}
+		reload(65020)
+		eventually(t, "the reload's block handed again by a retry", func() bool { return strings.HasPrefix(ann.kinds(), "reload retry") })
+		reload(65030)
+		eventually(t, "the next reload's block handed", func() bool { return strings.Count(ann.kinds(), "reload") == 2 })
+		if k := ann.kinds(); !regexp.MustCompile(`^reload( retry)+ reload( retry)*$`).MatchString(k) {
+			t.Errorf("the bgp block was handed as %q, want each reload's pass to read the password files and its retries to keep them", k)
+		}
+	})
+	t.Run("after a start", func(t *testing.T) {
+		_, ann, _ := startRefusedBGP(t)
+		eventually(t, "the block refused at start handed again by a retry", func() bool { return ann.failed.Load() >= 2 })
+		if k := ann.kinds(); !regexp.MustCompile(`^retry( retry)+$`).MatchString(k) {
+			t.Errorf("the bgp block was handed as %q, want retries only: the start read the password files", k)
+		}
+	})
+}
+
 // restartingAnnouncer is a configuringAnnouncer that defers its block as
 // the speaker after a planned restart does (bgp.Options.Restarting): it
 // keeps the block it is handed and takes it at its first Apply, which
@@ -512,14 +565,14 @@ type restartingAnnouncer struct {
 	held     *config.Config // the block kept until the first Apply
 }
 
-func (a *restartingAnnouncer) Configure(ctx context.Context, cfg *config.Config) error {
+func (a *restartingAnnouncer) Configure(ctx context.Context, cfg *config.Config, retry bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.deferred {
 		a.held = cfg
 		return nil
 	}
-	return a.configuringAnnouncer.Configure(ctx, cfg)
+	return a.configuringAnnouncer.Configure(ctx, cfg, retry)
 }
 
 func (a *restartingAnnouncer) Apply(ctx context.Context, routes []Route) error {
@@ -532,7 +585,8 @@ func (a *restartingAnnouncer) Apply(ctx context.Context, routes []Route) error {
 		return nil
 	}
 	a.deferred = false
-	return a.configuringAnnouncer.Configure(ctx, a.held)
+	// The speaker reads the password files of the block it held here.
+	return a.configuringAnnouncer.Configure(ctx, a.held, false)
 }
 
 // TestBGPRefusedAtFirstApplyIsRetried: after a planned restart the speaker
@@ -555,6 +609,10 @@ func TestBGPRefusedAtFirstApplyIsRetried(t *testing.T) {
 	ann.failing.Store(false)
 	eventually(t, "the bgp block taken by a retry", func() bool { return ann.configured.Load() == 65010 })
 	eventually(t, "the pass complete", func() bool { _, err := r.e.Status(); return err == nil })
+	// The first Apply read the password files; the engine retried.
+	if k := ann.kinds(); !regexp.MustCompile(`^reload( retry)+$`).MatchString(k) {
+		t.Errorf("the bgp block was handed as %q, want the first Apply's reading then retries", k)
+	}
 }
 
 // TestLastingFailureLoggedOnce: a failure that every pass meets (here the

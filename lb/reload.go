@@ -24,10 +24,13 @@ type IPVSRecorder interface {
 // the bgp block at a reload (the daemon's adapter of the speaker). The
 // engine plans with it (PlanConfig), and at a reload calls PlanBGP just
 // before the pass that calls Configure, so the reload logs what it
-// changes; a pass whose Configure fails is incomplete, and retried.
+// changes; a pass whose Configure fails is incomplete, and retried. The
+// reload's Configure reads every neighbor's password file; one with retry
+// set hands the block again after a refusal (bgp.Speaker.RetryConfig),
+// and reads only the files that could not be read before.
 type BGPPlanner interface {
 	PlanBGP(cfg *config.Config, routes []Route) (BGPPlan, error)
-	Configure(ctx context.Context, cfg *config.Config) error
+	Configure(ctx context.Context, cfg *config.Config, retry bool) error
 }
 
 // BGPPlan is what a bgp block and routes change: the sessions added,
@@ -66,7 +69,7 @@ func (e *Engine) reload(ctx context.Context, cfg *config.Config) {
 		bp, bgpErr = b.PlanBGP(cfg, d.Routes)
 		// The pass below configures the speaker (configureBGP), and
 		// its retries do again while that fails.
-		e.bgpPending = true
+		e.bgpPending, e.bgpReload = true, true
 	}
 	e.lastWrites, e.lastDrain, e.lastVIPs = ipvs.Writes{}, nil, vip.Result{}
 	e.apply(ctx, d, nil, kindPass, start)

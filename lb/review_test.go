@@ -235,7 +235,7 @@ func (a planningAnnouncer) PlanBGP(_ *config.Config, routes []Route) (BGPPlan, e
 	return BGPPlan{Neighbors: []NeighborChange{{Neighbor: "tor", Address: "192.0.2.254", Type: "ebgp", Session: ActKeep, Routes: routeChanges(cur, routes)}}}, nil
 }
 
-func (planningAnnouncer) Configure(context.Context, *config.Config) error { return nil }
+func (planningAnnouncer) Configure(context.Context, *config.Config, bool) error { return nil }
 
 // byService orders r's writes by service, keeping each service's in
 // order (VIP writes, with no service, stay last).
