@@ -49,7 +49,9 @@ import (
 // health round; see BenchmarkAppliedSave. syncfs also writes back what other
 // programs left dirty on that file system, which can make it slower on a
 // busy /var, but never holds up the engine: records are made on their own
-// goroutine (recordApplied), each replacing any still waiting.
+// goroutine (recordApplied), each replacing any still waiting. Nor does it
+// hold a stop past its deadline (endRecording): a record cut off there
+// leaves the one before it.
 const (
 	appliedName = "applied"
 	appliedMeta = "applied.json"

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -404,11 +405,11 @@ func TestStateDirChangeDropsTheDefaultRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &daemon{log: hclog.NewNullLogger(), dir: dir, defaultState: def}
-	records, done := make(chan *config.Config, 1), make(chan struct{})
-	records <- cfg
-	close(records)
-	d.recordApplied(records, done)
-	<-done
+	r := newRecorder()
+	r.record(cfg)
+	go d.recordApplied(r)
+	r.passed()
+	r.stop(context.Background())
 	if _, info, ok, err := loadApplied(custom); !ok || err != nil || info.Digest != hex.EncodeToString(cfg.Digest[:]) {
 		t.Fatalf("the record in the new state_dir: ok %v, err %v, digest %s", ok, err, info.Digest)
 	}

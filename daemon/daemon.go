@@ -82,18 +82,19 @@ func Run(ctx context.Context, opts Options) error {
 	// The record of the applied config waits for the first pass: at 1,000
 	// services it writes 1,001 files and syncs them, which took the CPU
 	// that pass needed.
-	firstPass := make(chan struct{})
-	passed := sync.OnceFunc(func() { close(firstPass) })
-	d, err := start(ctx, opts, cfg, log, reg, first.guard, stages, passed)
+	rec := newRecorder()
+	d, err := start(ctx, opts, cfg, log, reg, first.guard, stages, rec.passed)
 	if err != nil {
 		return err
 	}
 	defer d.close()
 	// After start: the IPVS settings exist once ip_vs is loaded.
 	warnClusterSysctls(cfg, log)
-	d.watcher, d.lastApplied = first.watcher, first.last
-	rec := d.startRecorder(firstPass)
-	defer func() { passed(); rec.stop() }()
+	d.watcher, d.lastApplied, d.rec = first.watcher, first.last, rec
+	go d.recordApplied(rec)
+	// A stop waits for the record in progress until its deadline (see
+	// stop); an end of Run without one waits for it.
+	defer rec.stop(context.Background())
 	if !first.fellBack {
 		rec.record(cfg)
 	}
@@ -279,8 +280,10 @@ type daemon struct {
 	watcher      *reload.Watcher[*config.Config]
 	// lastApplied is the record the start found, if any.
 	lastApplied appliedInfo
-	guard       func(old, new *config.Config) error // the reload's guard (wopts.Guard), for plans
-	dir         string
+	// rec records the configs applied (nil in tests).
+	rec   *recorder
+	guard func(old, new *config.Config) error // the reload's guard (wopts.Guard), for plans
+	dir   string
 	// defaultState is the state_dir that files which do not load name, and
 	// so where a start looks for a record then (watchOptions).
 	defaultState string
@@ -477,8 +480,26 @@ func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error, restar
 			err = errors.Join(err, cerr)
 		}
 	}
+	d.endRecording(ctx, cfg)
 	d.log.Info("stopped", "on_stop", string(cfg.Daemon.OnStop))
 	return err
+}
+
+// endRecording waits for the record of the applied config in progress (a
+// reload's, made beside the stop) until ctx, the stop's own deadline, ends:
+// on a disk that does not answer, its copies and syncfs would otherwise
+// hold the exit past what systemd was told (stopBudget + stopExit), and
+// systemd kills the stop. stopExit, left after that deadline, covers the
+// rest of the exit as it does for a stop cut at its deadline: no timeout
+// of its own. A record left behind is cut off by the exit: it is written
+// to applied.new and swapped in with one rename, so the record before it
+// stays whole, and nothing else in the exit touches state_dir/applied.
+func (d *daemon) endRecording(ctx context.Context, cfg *config.Config) {
+	if d.rec == nil || d.rec.stop(ctx) {
+		return
+	}
+	d.log.Warn("stopping before the newest applied config was recorded: a start whose files are rejected runs the config recorded before it",
+		"state_dir", cfg.Daemon.StateDir, "err", ctx.Err())
 }
 
 func (d *daemon) engineCfg() *config.Config { return d.engine.Config() }
@@ -728,17 +749,21 @@ func watchOptions(dir, defaultState string, last *appliedInfo, bindDropped *atom
 }
 
 // recorder records each config the engine took as the last applied one,
-// off the reload path, newest first.
+// off the reload path, newest first, from the end of the engine's first
+// pass (passed) on. record and stop are called from Run's goroutine only.
 type recorder struct {
 	records chan *config.Config
-	done    chan struct{}
+	first   chan struct{} // closed by passed
+	passed  func()        // the engine's first pass has ended (lb.Options.FirstPass)
+	done    chan struct{} // closed as recordApplied returns
+	stopped bool
+	// save makes one record: saveApplied, or a test's fake.
+	save func(cfg *config.Config, dir string, now time.Time) error
 }
 
-// startRecorder starts recording once after is closed; stop waits for the
-// record in progress (close after first).
-func (d *daemon) startRecorder(after <-chan struct{}) *recorder {
-	r := &recorder{records: make(chan *config.Config, 1), done: make(chan struct{})}
-	go func() { <-after; d.recordApplied(r.records, r.done) }()
+func newRecorder() *recorder {
+	r := &recorder{records: make(chan *config.Config, 1), first: make(chan struct{}), done: make(chan struct{}), save: saveApplied}
+	r.passed = sync.OnceFunc(func() { close(r.first) })
 	return r
 }
 
@@ -751,14 +776,36 @@ func (r *recorder) record(c *config.Config) {
 	r.records <- c
 }
 
-func (r *recorder) stop() { close(r.records); <-r.done }
+// stop ends the recording: the config queued, if any, is still recorded
+// (after the first pass, or at once if the engine stopped before it), and
+// stop waits for the record in progress until ctx ends. It reports whether
+// the recording ended. Only the first call waits: a later one (Run's, after
+// a stop that left a record behind) returns at once.
+func (r *recorder) stop(ctx context.Context) bool {
+	if !r.stopped {
+		r.stopped = true
+		close(r.records)
+		r.passed()
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
 
-// recordApplied records each config from records as the last applied one,
-// until records is closed; then it closes done.
-func (d *daemon) recordApplied(records <-chan *config.Config, done chan<- struct{}) {
-	defer close(done)
-	for c := range records {
-		err := saveApplied(c, d.dir, time.Now())
+// recordApplied records each config queued in r as the last applied one,
+// once the first pass has ended, until r is stopped.
+func (d *daemon) recordApplied(r *recorder) {
+	defer close(r.done)
+	<-r.first
+	for c := range r.records {
+		err := r.save(c, d.dir, time.Now())
 		if err == nil && c.Daemon.StateDir != d.defaultState {
 			if derr := dropApplied(d.defaultState, c.Daemon.StateDir); derr != nil {
 				d.log.Error("a start whose files do not load would run the config recorded before state_dir changed", "state_dir", c.Daemon.StateDir, "err", derr)

@@ -1,10 +1,14 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,5 +153,65 @@ func TestStopExtendsTimeoutByEveryWait(t *testing.T) {
 	if ann.deadline.Before(before.Add(budget)) {
 		t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the budget %s",
 			ann.deadline.Sub(before).Round(time.Second), budget)
+	}
+}
+
+// A record of the applied config in progress at a stop (a syncfs on a disk
+// that does not answer) is waited for until the stop's own deadline only:
+// the stop waited for it after that deadline, past what systemd was told,
+// and was killed. The record left behind is cut off by the exit; the one
+// before it stays whole.
+func TestStopLeavesARecordInProgressAtItsDeadline(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
+	prev := record(t, dir, state)
+	writeFiles(t, dir, map[string]string{"b.hcl": svcHCL("b", 2, 12)})
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Daemon.StateDir = state
+
+	r := newRecorder()
+	saving, hung := make(chan struct{}), make(chan struct{})
+	// The disk hangs once the copy is in applied.new, at its syncfs.
+	r.save = func(c *config.Config, _ string, _ time.Time) error {
+		tmp := filepath.Join(c.Daemon.StateDir, appliedName+".new")
+		if err := os.MkdirAll(tmp, 0o750); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(tmp, "a.hcl"), []byte(svcHCL("a", 1, 11)), 0o640); err != nil {
+			return err
+		}
+		close(saving)
+		<-hung
+		return errors.New("syncfs: input/output error")
+	}
+	t.Cleanup(func() { close(hung); <-r.done })
+	var logs bytes.Buffer
+	d := &daemon{log: hclog.New(&hclog.LoggerOptions{Output: &logs}), dir: dir, defaultState: state, rec: r}
+	go d.recordApplied(r)
+	r.passed()
+	r.record(cfg)
+	<-saving
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the stop's deadline has come
+	within(t, "the stop's wait for a record that never ends", func() error { d.endRecording(ctx, cfg); return nil })
+	if !strings.Contains(logs.String(), "stopping before the newest applied config was recorded") {
+		t.Errorf("the stop did not say the newest record was not made; logged:\n%s", logs.String())
+	}
+	// Run's own wait, after the stop's, returns at once.
+	if within(t, "Run's wait for the recorder after the stop's", func() error {
+		if r.stop(context.Background()) {
+			return errors.New("reported the recorder ended")
+		}
+		return nil
+	}) != nil {
+		t.Error("the recorder ended while its save hangs")
+	}
+	// What the exit cuts off leaves the record before it.
+	if _, info, ok, err := loadApplied(state); !ok || err != nil || info.Digest != hex.EncodeToString(prev.Digest[:]) {
+		t.Errorf("the record after a stop that left one in progress: ok %v, err %v, digest %s, want the previous %x", ok, err, info.Digest, prev.Digest)
 	}
 }
