@@ -769,16 +769,15 @@ func (s *Speaker) WithdrawAll(ctx context.Context) error {
 		s.mu.Unlock()
 		return ErrStopped
 	}
-	first := !s.stopping
+	wait, graceful := s.gracefulShutdown()
 	s.stopping = true
 	var errs []error
-	if first && s.cfg.GracefulShutdown && len(s.routes) > 0 {
+	if graceful {
 		for _, r := range sortedRoutes(s.routes) {
 			if err := s.announce(withCommunity(r, GracefulShutdownCommunity)); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		wait := s.cfg.GracefulShutdownWait
 		s.log.Info("routes re-announced with the graceful-shutdown community", "routes", len(s.routes), "wait", wait.String())
 		// Do not hold mu while waiting: Status and metrics stay readable.
 		s.mu.Unlock()
@@ -802,6 +801,32 @@ func (s *Speaker) WithdrawAll(ctx context.Context) error {
 		s.log.Info("all routes withdrawn", "routes", n-len(s.routes))
 	}
 	return errors.Join(errs...)
+}
+
+// ShutdownWait is how long WithdrawAll will wait with the routes
+// re-announced with GRACEFUL_SHUTDOWN: Config.GracefulShutdownWait of the
+// config the speaker holds, when that sets GracefulShutdown and routes are
+// announced; 0 otherwise, and once WithdrawAll or Close has begun. A stop
+// counts it in its deadline. It is the speaker's own, not the running
+// config's: a reload that removes the bgp block leaves the speaker the
+// block it had (the daemon hands it none), and a SetConfig that fails
+// before it takes the new config (a server restart that cannot stop the
+// old one) leaves the old wait.
+func (s *Speaker) ShutdownWait() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	wait, _ := s.gracefulShutdown()
+	return wait
+}
+
+// gracefulShutdown reports whether WithdrawAll re-announces the routes with
+// GRACEFUL_SHUTDOWN first, and how long it then waits: the one rule of
+// WithdrawAll and ShutdownWait. Called with mu held.
+func (s *Speaker) gracefulShutdown() (time.Duration, bool) {
+	if s.stopping || s.closed || !s.cfg.GracefulShutdown || len(s.routes) == 0 {
+		return 0, false
+	}
+	return s.cfg.GracefulShutdownWait, true
 }
 
 // Close ends every session with Cease / Administrative Shutdown and

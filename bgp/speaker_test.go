@@ -398,6 +398,49 @@ func TestShutdownOrder(t *testing.T) {
 	}
 }
 
+// TestShutdownWait: ShutdownWait is the wait WithdrawAll will do, from the
+// config the speaker holds and the routes it announces, through a list of
+// steps in order; a stop counts it in its deadline.
+func TestShutdownWait(t *testing.T) {
+	base := Config{ASN: localASN, RouterID: addr("10.255.255.2")}
+	graceful := func(wait time.Duration) Config {
+		c := base
+		c.GracefulShutdown, c.GracefulShutdownWait = true, wait
+		return c
+	}
+	s, err := New(context.Background(), graceful(10*time.Minute), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	route := Route{Prefix: pfx("203.0.113.1/32")}
+	for _, step := range []struct {
+		name string
+		do   func() error
+		want time.Duration
+	}{
+		{"nothing announced: nothing to wait for", func() error { return nil }, 0},
+		{"a route announced", func() error { return s.Apply(context.Background(), []Route{route}) }, 10 * time.Minute},
+		{"a shorter wait set", func() error { return s.SetConfig(context.Background(), graceful(time.Minute)) }, time.Minute},
+		{"graceful shutdown turned off", func() error { return s.SetConfig(context.Background(), base) }, 0},
+		{"turned on again", func() error { return s.SetConfig(context.Background(), graceful(3*time.Minute)) }, 3 * time.Minute},
+		{"every route withdrawn", func() error { return s.Apply(context.Background(), nil) }, 0},
+		{"announced again", func() error { return s.Apply(context.Background(), []Route{route}) }, 3 * time.Minute},
+		{"withdrawn at a stop, its wait cut short", func() error {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return s.WithdrawAll(ctx)
+		}, 0},
+	} {
+		if err := step.do(); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if got := s.ShutdownWait(); got != step.want {
+			t.Errorf("%s: ShutdownWait = %s, want %s", step.name, got, step.want)
+		}
+	}
+}
+
 func TestSetConfigDiff(t *testing.T) {
 	r := newRig(t)
 	r.apply(t, Route{Prefix: pfx("203.0.113.1/32")})

@@ -437,15 +437,19 @@ const stopWrites = time.Minute
 // and exits, rather than being killed in the middle.
 const stopExit = 10 * time.Second
 
-// stopBudget is how long a stop of cfg may take: every wait cfg configures
-// (bgp.graceful_shutdown_wait when graceful_shutdown is set, then
-// daemon.stop_hold) and stopWrites. It is the stop's own deadline, and,
-// with stopExit, what systemd is told as the stop begins, so a long wait
-// is neither cut by kglb nor killed by TimeoutStopSec.
-func stopBudget(cfg *config.Config) time.Duration {
+// stopBudget is how long a stop of cfg may take: the speaker's
+// graceful-shutdown wait, daemon.stop_hold and stopWrites. It is the stop's
+// own deadline, and, with stopExit, what systemd is told as the stop
+// begins, so a long wait is neither cut by kglb nor killed by
+// TimeoutStopSec. The graceful-shutdown wait is what the speaker says it
+// will wait (bgp.Speaker.ShutdownWait), not cfg's: after a reload that
+// removed the bgp block the speaker keeps the block it had, and waits its
+// graceful_shutdown_wait when a route is still announced (a withdrawal cut
+// by the stop, or refused), which a budget read from cfg left out.
+func (d *daemon) stopBudget(cfg *config.Config) time.Duration {
 	b := cfg.Daemon.StopHold + stopWrites
-	if cfg.BGP.Enabled && cfg.BGP.GracefulShutdown {
-		b += cfg.BGP.GracefulShutdownWait
+	if d.speaker != nil {
+		b += d.speaker.ShutdownWait()
 	}
 	return b
 }
@@ -462,7 +466,7 @@ func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error, restar
 	// The config the engine ended with is the one that stops: a reload
 	// handed to it just before the signal may have raised the waits.
 	cfg := d.engineCfg()
-	budget := stopBudget(cfg)
+	budget := d.stopBudget(cfg)
 	// The waits are the operator's and may outlast the unit's
 	// TimeoutStopSec, which kglb cannot read from its sandbox: systemd
 	// keeps the later of the two, so the extension is always sent. One

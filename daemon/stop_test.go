@@ -6,39 +6,50 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kglb/kglb/bgp"
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/lb"
 )
+
+// noBGP, as loadStopConfig's bgp attributes, leaves the bgp block out.
+const noBGP = "no bgp block"
 
 // loadStopConfig loads a config of one announced service with the daemon
 // and bgp attributes given.
 func loadStopConfig(t *testing.T, daemonAttrs, bgpAttrs string) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
-	hcl := fmt.Sprintf(`daemon {
-  state_dir = %q
-%s
-}
-bgp {
+	bgpBlock := fmt.Sprintf(`bgp {
   asn       = 65010
   router_id = "192.0.2.10"
 %s
 }
+`, bgpAttrs)
+	if bgpAttrs == noBGP {
+		bgpBlock = ""
+	}
+	hcl := fmt.Sprintf(`daemon {
+  state_dir = %q
+%s
+}
+%s
 service "web" {
   vip  = "198.51.100.10"
   port = 443
   real "203.0.113.11" {}
   check "tcp" {}
 }
-`, t.TempDir(), daemonAttrs, bgpAttrs)
+`, t.TempDir(), daemonAttrs, bgpBlock)
 	if err := os.WriteFile(filepath.Join(dir, "kglb.hcl"), []byte(hcl), 0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -49,60 +60,155 @@ service "web" {
 	return cfg
 }
 
-// The stop's budget counts every configured wait: the graceful-shutdown
-// wait (only when graceful_shutdown is set: otherwise nothing waits it),
-// the hold, and stopWrites for the writes.
+// newStopSpeaker starts a speaker of cfg's bgp block, with no neighbor and
+// no listener: a stop asks it what it will wait.
+func newStopSpeaker(t *testing.T, cfg *config.Config) *bgp.Speaker {
+	t.Helper()
+	sp, err := bgp.New(context.Background(), speakerConfig(cfg.BGP), bgp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	return sp
+}
+
+// The stop's budget counts every wait of the stop: the graceful-shutdown
+// wait the speaker will do (only with graceful_shutdown set and a route
+// announced: otherwise nothing waits it), the hold, and stopWrites for the
+// writes.
 func TestStopBudget(t *testing.T) {
 	for _, tc := range []struct {
 		name              string
 		daemonAttrs, bgpA string
+		announced         bool
 		want              time.Duration
 	}{
-		{"defaults", "", "", 5*time.Second + stopWrites},
-		{"graceful shutdown, default wait", "", "graceful_shutdown = true", 10*time.Second + stopWrites},
-		{"a wait without graceful shutdown is not waited", "", `graceful_shutdown_wait = "2m"`, 5*time.Second + stopWrites},
-		{"long waits", `stop_hold = "2m"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"3m\"", 5*time.Minute + stopWrites},
-		{"no hold", `stop_hold = "0s"`, "", stopWrites},
+		{"defaults", "", "", true, 5*time.Second + stopWrites},
+		{"graceful shutdown, default wait", "", "graceful_shutdown = true", true, 10*time.Second + stopWrites},
+		{"graceful shutdown, nothing announced", "", "graceful_shutdown = true", false, 5*time.Second + stopWrites},
+		{"a wait without graceful shutdown is not waited", "", `graceful_shutdown_wait = "2m"`, true, 5*time.Second + stopWrites},
+		{"long waits", `stop_hold = "2m"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"3m\"", true, 5*time.Minute + stopWrites},
+		{"no hold", `stop_hold = "0s"`, "", true, stopWrites},
+		{"no bgp block", "", noBGP, false, 5*time.Second + stopWrites},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := stopBudget(loadStopConfig(t, tc.daemonAttrs, tc.bgpA)); got != tc.want {
+			cfg := loadStopConfig(t, tc.daemonAttrs, tc.bgpA)
+			d := &daemon{}
+			if cfg.BGP.Enabled {
+				d.speaker = newStopSpeaker(t, cfg)
+			}
+			if tc.announced {
+				if err := d.speaker.Apply(context.Background(), []bgp.Route{{Prefix: netip.MustParsePrefix("198.51.100.10/32")}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := d.stopBudget(cfg); got != tc.want {
 				t.Errorf("stopBudget = %s, want %s", got, tc.want)
 			}
 		})
 	}
-	// Without a bgp block nothing is withdrawn, so nothing waits for
-	// graceful shutdown.
-	cfg := loadStopConfig(t, "", "graceful_shutdown = true")
-	cfg.BGP.Enabled = false
-	if got := stopBudget(cfg); got != 5*time.Second+stopWrites {
-		t.Errorf("stopBudget without bgp = %s", got)
-	}
 }
 
-// deadlineAnnouncer announces like the speaker and records the deadline of
-// the context its WithdrawAll gets: the time the stop allows the
-// graceful-shutdown wait, the hold and the writes.
-type deadlineAnnouncer struct {
+// stopAnnouncer is the daemon's adapter of a real speaker (announcer) that
+// records the deadline of the context its WithdrawAll gets: the time the
+// stop allows the graceful-shutdown wait, the hold and the writes. It hands
+// the speaker a context already ended, so that the speaker's wait is cut
+// short rather than waited by the test. Once refuse is set, an Apply that
+// would withdraw every route fails before it reaches the speaker, as one
+// cut short by the stop's context or refused by GoBGP does: the speaker
+// keeps the routes.
+type stopAnnouncer struct {
+	announcer
 	announced chan struct{} // closed at the first route announced
+	refused   chan struct{} // closed at the first withdrawal refused
+	refuse    atomic.Bool
 	once      sync.Once
+	refusal   sync.Once
 	mu        sync.Mutex
 	deadline  time.Time
 	withdrawn bool
 }
 
-func (a *deadlineAnnouncer) Apply(_ context.Context, rs []lb.Route) error {
+func newStopAnnouncer(sp *bgp.Speaker) *stopAnnouncer {
+	return &stopAnnouncer{announcer: announcer{sp}, announced: make(chan struct{}), refused: make(chan struct{})}
+}
+
+func (a *stopAnnouncer) Apply(ctx context.Context, rs []lb.Route) error {
+	if len(rs) == 0 && a.refuse.Load() {
+		a.refusal.Do(func() { close(a.refused) })
+		return errors.New("withdraw 198.51.100.10/32: refused")
+	}
+	if err := a.announcer.Apply(ctx, rs); err != nil {
+		return err
+	}
 	if len(rs) > 0 {
 		a.once.Do(func() { close(a.announced) })
 	}
 	return nil
 }
 
-func (a *deadlineAnnouncer) WithdrawAll(ctx context.Context) error {
+func (a *stopAnnouncer) WithdrawAll(ctx context.Context) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.deadline, _ = ctx.Deadline()
 	a.withdrawn = true
-	return nil
+	a.mu.Unlock()
+	cut, cancel := context.WithCancel(context.Background())
+	cancel()
+	return a.announcer.WithdrawAll(cut)
+}
+
+// stopAfter runs an engine of cfg over a real speaker of its bgp block
+// until the VIP is announced; with reload, it then hands the engine that
+// config, whose withdrawal of the route the router refuses. Then it stops
+// the daemon, and returns the datagram systemd got once the engine ended
+// and the time the stop gave the withdrawal, the waits and the writes.
+func stopAfter(t *testing.T, cfg, reload *config.Config) (string, time.Duration) {
+	t.Helper()
+	sp := newStopSpeaker(t, cfg)
+	ir, vr := fakeDataPlane(t)
+	ann := newStopAnnouncer(sp)
+	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: ann, Prober: newUpProber()}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	configs := make(chan *config.Config)
+	engineDone := make(chan error, 1)
+	go func() { engineDone <- e.Run(ctx, configs) }()
+	select { // the real is up and the VIP announced: a stop withdraws
+	case <-ann.announced:
+	case <-time.After(time.Minute):
+		t.Fatal("never: the VIP announced")
+	}
+	if reload != nil {
+		ann.refuse.Store(true)
+		configs <- reload
+		select {
+		case <-ann.refused:
+		case <-time.After(time.Minute):
+			t.Fatal("never: the reload's withdrawal")
+		}
+	}
+
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn := listenNotify(t, path)
+	t.Setenv("NOTIFY_SOCKET", path)
+	d := &daemon{log: hclog.NewNullLogger(), notify: newNotifier(hclog.NewNullLogger()), engine: e, speaker: sp}
+	before := time.Now()
+	if err := d.stop(cancel, engineDone, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := readNotify(t, conn); got != "STOPPING=1" {
+		t.Errorf("first datagram at stop %q, want STOPPING=1", got)
+	}
+	extend := readNotify(t, conn)
+	ann.mu.Lock()
+	defer ann.mu.Unlock()
+	if !ann.withdrawn {
+		t.Fatal("the stop withdrew nothing")
+	}
+	return extend, ann.deadline.Sub(before)
 }
 
 // A stop tells systemd how long it may take (EXTEND_TIMEOUT_USEC, beside
@@ -111,48 +217,32 @@ func (a *deadlineAnnouncer) WithdrawAll(ctx context.Context) error {
 // TimeoutStopSec=90s killed the stop in its middle.
 func TestStopExtendsTimeoutByEveryWait(t *testing.T) {
 	cfg := loadStopConfig(t, `stop_hold = "0s"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"2m\"")
-	budget := stopBudget(cfg)
+	extend, allowed := stopAfter(t, cfg, nil)
+	budget := 2*time.Minute + stopWrites
+	if want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (budget + stopExit).Microseconds()); extend != want {
+		t.Errorf("datagram once the engine ended %q, want %q", extend, want)
+	}
+	if allowed < budget {
+		t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the budget %s", allowed.Round(time.Second), budget)
+	}
+}
 
-	ir, vr := fakeDataPlane(t)
-	ann := &deadlineAnnouncer{announced: make(chan struct{})}
-	e, err := lb.NewEngine(lb.Options{IPVS: ir, VIPs: vr, Announcer: ann, Prober: newUpProber()}, cfg)
-	if err != nil {
-		t.Fatal(err)
+// After a reload that removed the bgp block, the speaker keeps the block it
+// started with: when a route is still announced at the stop (its
+// withdrawal refused, or cut short by the stop), WithdrawAll waits that
+// block's graceful_shutdown_wait. The budget read the wait from the running
+// config, which has none, so the wait was cut at the stop's deadline and
+// systemd was told too little.
+func TestStopAfterTheBGPBlockIsRemovedCountsTheSpeakersWait(t *testing.T) {
+	cfg := loadStopConfig(t, `stop_hold = "0s"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"30m\"")
+	reload := loadStopConfig(t, `stop_hold = "0s"`, noBGP)
+	extend, allowed := stopAfter(t, cfg, reload)
+	budget := 30*time.Minute + stopWrites
+	if want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (budget + stopExit).Microseconds()); extend != want {
+		t.Errorf("datagram once the engine ended %q, want %q (the speaker's wait, the writes, the exit)", extend, want)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	engineDone := make(chan error, 1)
-	go func() { engineDone <- e.Run(ctx, make(chan *config.Config)) }()
-	select { // the real is up and the VIP announced: a stop withdraws
-	case <-ann.announced:
-	case <-time.After(time.Minute):
-		t.Fatal("never: the VIP announced")
-	}
-
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn := listenNotify(t, path)
-	t.Setenv("NOTIFY_SOCKET", path)
-	d := &daemon{log: hclog.NewNullLogger(), notify: newNotifier(hclog.NewNullLogger()), engine: e}
-	before := time.Now()
-	if err := d.stop(cancel, engineDone, false); err != nil {
-		t.Fatal(err)
-	}
-
-	if got := readNotify(t, conn); got != "STOPPING=1" {
-		t.Errorf("first datagram at stop %q, want STOPPING=1", got)
-	}
-	want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (2*time.Minute + stopWrites + stopExit).Microseconds())
-	if got := readNotify(t, conn); got != want {
-		t.Errorf("datagram once the engine ended %q, want %q", got, want)
-	}
-	ann.mu.Lock()
-	defer ann.mu.Unlock()
-	if !ann.withdrawn {
-		t.Fatal("the stop withdrew nothing")
-	}
-	if ann.deadline.Before(before.Add(budget)) {
-		t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the budget %s",
-			ann.deadline.Sub(before).Round(time.Second), budget)
+	if allowed < budget {
+		t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the speaker's wait and the writes, %s", allowed.Round(time.Second), budget)
 	}
 }
 
