@@ -951,9 +951,15 @@ func (e *Engine) finish(d Desired, err error, kind string, start time.Time) {
 		// Each pass hands the reconcilers all of the desired state, so
 		// any pass that completes, a retry or another, puts right what
 		// this one left; one that keeps failing is retried ever less
-		// often, at most once a resync interval.
-		e.retryIn = min(max(2*e.retryIn, retryFirst), max(e.cfg.Daemon.ResyncInterval, retryFirst))
-		e.retryAt = e.now().Add(e.retryIn)
+		// often, at most once a resync interval. A health pass arms one
+		// only when none is: health passes come at the verdicts' rate, and
+		// each would push the retry back (and double its backoff), where
+		// the retry is what reads the kernel again (a lasting VIP failure
+		// is the vip reconciler's cached answer until a Resync).
+		if kind != kindHealth.String() || e.retryAt.IsZero() {
+			e.retryIn = min(max(2*e.retryIn, retryFirst), max(e.cfg.Daemon.ResyncInterval, retryFirst))
+			e.retryAt = e.now().Add(e.retryIn)
+		}
 		// A failure that lasts (an unreadable password file, an address
 		// that failed duplicate address detection) fails every pass, and
 		// health passes come at the verdicts' rate: those repeat it at

@@ -652,6 +652,61 @@ func TestLastingFailureLoggedOnce(t *testing.T) {
 	}
 }
 
+// TestHealthPassesDoNotPushTheRetryBack: health passes that fail as the
+// last pass did leave the retry armed as it is, rather than re-arm it later
+// each time with a doubled backoff: a stream of verdicts would hold off the
+// retry, the pass that reads the kernel again, for as long as it lasts.
+func TestHealthPassesDoNotPushTheRetryBack(t *testing.T) {
+	w := newWorld(t)
+	w.kernel.Inject = func(op ipvs.Op, _ ipvs.Key, rk ipvs.RealKey) error {
+		if op == ipvs.OpUpdateReal && rk.Addr == netip.MustParseAddr("10.0.0.1") {
+			return errors.New("boom")
+		}
+		return nil
+	}
+	logs := &syncBuffer{}
+	w.wrap = func(o *Options) {
+		o.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug})
+	}
+	cfg := daemonCfg(svc("web", "192.0.2.1", 2))
+	cfg.Daemon.ResyncInterval = time.Hour
+	w.start(t, cfg)
+	w.prober.set("10.0.0.1:80", health.Down)
+	w.prober.set("10.0.0.2:80", health.Up)
+	eventually(t, "10.0.0.2 at full weight", func() bool { return tunnels100(w.kernel) == 1 })
+	w.prober.set("10.0.0.1:80", health.Up) // its weight change is refused
+	eventually(t, "a health pass refused", func() bool { return strings.Contains(logs.String(), "boom") })
+	for i := 0; i < 4; i++ {
+		w.prober.set("10.0.0.2:80", health.Down)
+		eventually(t, "10.0.0.2 drained by a health pass", func() bool { return tunnels100(w.kernel) == 0 })
+		w.prober.set("10.0.0.2:80", health.Up)
+		eventually(t, "10.0.0.2 at full weight again", func() bool { return tunnels100(w.kernel) == 1 })
+	}
+	// Each line of a failed pass says when the retry comes ("in"). A
+	// health pass leaves it as the pass before it left it; only a retry
+	// (kind=pass) doubles it.
+	in, health := "", 0
+	for _, line := range strings.Split(logs.String(), "\n") {
+		_, rest, ok := strings.Cut(line, "reconcile incomplete; retrying: kind=")
+		if !ok {
+			continue
+		}
+		kind, rest, _ := strings.Cut(rest, " ")
+		got, _, _ := strings.Cut(strings.TrimPrefix(rest, "in="), " ")
+		if kind == "health" && in != "" && got != in {
+			t.Errorf("a health pass moved the retry from %s to %s:\n%s", in, got, logs)
+			break
+		}
+		if kind == "health" {
+			health++
+		}
+		in = got
+	}
+	if health < 8 {
+		t.Errorf("%d failed health passes logged, want at least 8:\n%s", health, logs)
+	}
+}
+
 // TestPendingBGPBlockNotTriedByHealthPasses: while the speaker refuses the
 // bgp block, the health passes, which come at the verdicts' rate, do not
 // hand it again (each try reads every password file); the retries do.
