@@ -76,7 +76,9 @@ func saveApplied(cfg *config.Config, dir string, now time.Time) error {
 	// Checked before anything is written: a config that is not what its
 	// files make leaves applied.new and applied alone.
 	if len(cfg.Contents) != len(cfg.Files) {
-		return fmt.Errorf("record the applied config: %w", errNotRecorded)
+		// Not a held config: one made without the loader, which a record
+		// cannot copy. Logged at Error, not as errNotRecorded's wait.
+		return fmt.Errorf("record the applied config: %d files but the contents of %d", len(cfg.Files), len(cfg.Contents))
 	}
 	sum := config.NewDigester()
 	for i, f := range cfg.Files {

@@ -300,8 +300,43 @@ func TestStopLeavesARecordInProgressAtItsDeadline(t *testing.T) {
 	}) != nil {
 		t.Error("the recorder ended while its save hangs")
 	}
-	// What the exit cuts off leaves the record before it.
+	// The record before it is still there to load (the fake never swaps
+	// one in; that saveApplied swaps in whole records only is
+	// TestAppliedRecordRoundTrip's).
 	if _, info, ok, err := loadApplied(state); !ok || err != nil || info.Digest != hex.EncodeToString(prev.Digest[:]) {
 		t.Errorf("the record after a stop that left one in progress: ok %v, err %v, digest %s, want the previous %x", ok, err, info.Digest, prev.Digest)
+	}
+}
+
+// TestExitLeavesARecordInProgressAfterItsWait: the ends of Run that are no
+// stop (a planned restart that keeps the routes, the engine's error) wait
+// for a record in progress within a bound too, and say what they left; a
+// second end says nothing more.
+func TestExitLeavesARecordInProgressAfterItsWait(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.hcl": svcHCL("a", 1, 11)})
+	cfg, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Daemon.StateDir = state
+	r := newRecorder()
+	saving, hung := make(chan struct{}), make(chan struct{})
+	r.save = func(*config.Config, string, time.Time) error {
+		close(saving)
+		<-hung
+		return errors.New("syncfs: input/output error")
+	}
+	t.Cleanup(func() { close(hung); <-r.done })
+	var logs bytes.Buffer
+	d := &daemon{log: hclog.New(&hclog.LoggerOptions{Output: &logs}), dir: dir, defaultState: state, rec: r}
+	go d.recordApplied(r)
+	r.passed()
+	r.record(cfg)
+	<-saving
+	within(t, "the exit's wait for a record that never ends", func() error { d.exitRecording(0, cfg); return nil })
+	within(t, "a second end's wait", func() error { d.exitRecording(time.Hour, cfg); return nil })
+	if n := strings.Count(logs.String(), "stopping before the newest applied config was recorded"); n != 1 {
+		t.Errorf("the exits said %d times that the newest record was not made, want once; logged:\n%s", n, logs.String())
 	}
 }
