@@ -30,7 +30,7 @@ func (r *Reconciler) Plan(ctx context.Context, desired []netip.Addr) ([]Write, R
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.valid && slices.Equal(desired, r.reached) {
-		return nil, r.held, nil
+		return nil, r.held, r.heldErr
 	}
 	want, errs := wantSet(desired)
 	if err := ctx.Err(); err != nil {

@@ -297,8 +297,9 @@ func (r *Reconciler) apply(ctx context.Context, desired []netip.Addr) (res Resul
 //
 // apply runs it once the link exists. The routes are looked for once per
 // Reconciler (a start), the addresses until the record names none to
-// remove. What fails stays to do: each pass tries again, and is incomplete
-// (an error) until the sweep is done.
+// remove. What fails stays to do: each pass that reads the link (a Resync,
+// or an Apply that does not take the cache: see run) tries again, and
+// every pass is incomplete (an error) until the sweep is done.
 func (r *Reconciler) sweep(ctx context.Context) error {
 	if (!r.sweepRoutes && len(r.stale) == 0) || ctx.Err() != nil {
 		return nil

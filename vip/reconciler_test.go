@@ -992,6 +992,10 @@ func TestUnusableAddress(t *testing.T) {
 			if f.Dumps != d0 {
 				t.Errorf("3 Applies over a lasting unusable address listed the link %d times, want 0 (the cache)", f.Dumps-d0)
 			}
+			// kglb plan says what every pass says.
+			if _, _, err := r.Plan(ctx, []netip.Addr{a}); err == nil || !strings.Contains(err.Error(), "tentative") {
+				t.Errorf("Plan over a tentative address: %v, want the error every Apply returns", err)
+			}
 			must(t, f.EndDAD(p, dup))
 			res, err = r.Resync(ctx, []netip.Addr{a})
 			if dup {
