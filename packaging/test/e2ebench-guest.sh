@@ -48,14 +48,6 @@ setup_net() {
 	say "guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) kernel $(uname -r) cpus $(nproc)"
 }
 
-# kernel_count: "<reals> <reals with weight > 0>" in IPVS (the reals are
-# 10.1.0.0/16, 0A01 in hex), polled during a cold start. It reads
-# /proc/net/ip_vs, which the kernel fills under RCU: `ipvsadm -Ln` would
-# dump each of the N services' reals under the IPVS mutex that every write
-# of the daemon being measured takes too, and exec a program per poll.
-kernel_count() {
-	awk '$1 == "->" && $2 ~ /^0A01/ {n++; if ($4 > 0) u++} END {print n + 0, u + 0}' /proc/net/ip_vs 2>/dev/null
-}
 accepted() { cat /run/e2ereal.count 2>/dev/null || echo 0; }
 
 # clean_kernel gives the next daemon the kernel of a fresh boot. A deleted
@@ -137,8 +129,11 @@ profile() { # DAEMON ROUND: a CPU profile and a trace of kglb during its cold st
 			curl_get /healthz >/dev/null 2>&1 && break
 			sleep 0.2
 		done
+		# The trace beside the profile, from 3 s in: the first round of
+		# checks, not what follows it.
+		(sleep 3 && curl_get "/debug/pprof/trace?seconds=5" >"$out/trace-$2.out") &
 		curl_get "/debug/pprof/profile?seconds=20" >"$out/cpu-$2.pprof"
-		curl_get "/debug/pprof/trace?seconds=5" >"$out/trace-$2.out"
+		wait
 	) &
 	profpid=$!
 }
@@ -359,7 +354,7 @@ run_bare() {
 # an entry unit:Directive=value is written as that [Service] line instead),
 # its lines labelled with the whole word (the host's rows take plain kglb only).
 run_one() {
-	local v="$1" d="${1%%@*}" r="$2" t0 c u tp="" tu="" w kv k
+	local v="$1" d="${1%%@*}" r="$2" t0 cold tp="" tu="" w kv k
 	k="$(file_of "$v")-$r"
 	rm -rf /run/systemd/system/kglb.service.d
 	if [ "$v" != "$d" ]; then
@@ -383,16 +378,15 @@ run_one() {
 	t0="$(now)"
 	systemctl start --no-block "$(unit_of "$d")"
 	profile "$d" "$r"
-	while :; do
-		read -r c u < <(kernel_count)
-		[ -z "$tp" ] && [ "$c" -ge "$REALS" ] && tp="$(since "$t0")" && metric "$v" "$r" cold-present-s "$tp"
-		[ "$u" -ge "$REALS" ] && tu="$(since "$t0")" && metric "$v" "$r" cold-up-s "$tu" && break
-		if [ "$(since "$t0" | cut -d. -f1)" -ge "$COLD_TIMEOUT" ]; then
-			say "FAIL $v round $r: cold start: $c reals, $u up after ${COLD_TIMEOUT}s"
-			break
-		fi
-		sleep 0.25
-	done
+	# e2ecold times it (present, then up) from t0; on a timeout it prints
+	# what it reached and fails.
+	cold="$(e2ecold -since "$t0" -reals "$REALS" -timeout "${COLD_TIMEOUT}s")" ||
+		say "FAIL $v round $r: cold start: not every real up after ${COLD_TIMEOUT}s (e2ecold above)"
+	tp="$(awk '$1 == "present" {print $2}' <<<"$cold")"
+	tu="$(awk '$1 == "up" {print $2}' <<<"$cold")"
+	[ -n "$tp" ] && metric "$v" "$r" cold-present-s "$tp"
+	[ -n "$tu" ] && metric "$v" "$r" cold-up-s "$tu"
+	say "D $v $r-cold poller $(awk '$1 == "polls"' <<<"$cold")"
 	counters "$d" >"$out/after-cold-$k.txt"
 	if [ -n "$tu" ]; then
 		diag "$v" "$r-cold" "$tu" "$out/before-cold-$k.txt" "$out/after-cold-$k.txt" | grep -E ' (per-check|window) ' || true
