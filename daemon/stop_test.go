@@ -214,35 +214,36 @@ func stopAfter(t *testing.T, cfg, reload *config.Config) (string, time.Duration)
 // A stop tells systemd how long it may take (EXTEND_TIMEOUT_USEC, beside
 // STOPPING=1), and gives the withdrawal, the waits and the cleanup that
 // long: graceful_shutdown_wait = "2m" was cut at a minute, and a unit with
-// TimeoutStopSec=90s killed the stop in its middle.
+// TimeoutStopSec=90s killed the stop in its middle. The wait counted is the
+// one the speaker will do: after a reload that removed the bgp block, the
+// speaker keeps the block it started with, and when a route is still
+// announced at the stop (its withdrawal refused, or cut short by the stop)
+// WithdrawAll waits that block's graceful_shutdown_wait; read from the
+// running config, which has none, it was cut at the stop's deadline.
 func TestStopExtendsTimeoutByEveryWait(t *testing.T) {
-	cfg := loadStopConfig(t, `stop_hold = "0s"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"2m\"")
-	extend, allowed := stopAfter(t, cfg, nil)
-	budget := 2*time.Minute + stopWrites
-	if want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (budget + stopExit).Microseconds()); extend != want {
-		t.Errorf("datagram once the engine ended %q, want %q", extend, want)
-	}
-	if allowed < budget {
-		t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the budget %s", allowed.Round(time.Second), budget)
-	}
-}
-
-// After a reload that removed the bgp block, the speaker keeps the block it
-// started with: when a route is still announced at the stop (its
-// withdrawal refused, or cut short by the stop), WithdrawAll waits that
-// block's graceful_shutdown_wait. The budget read the wait from the running
-// config, which has none, so the wait was cut at the stop's deadline and
-// systemd was told too little.
-func TestStopAfterTheBGPBlockIsRemovedCountsTheSpeakersWait(t *testing.T) {
-	cfg := loadStopConfig(t, `stop_hold = "0s"`, "graceful_shutdown = true\ngraceful_shutdown_wait = \"30m\"")
-	reload := loadStopConfig(t, `stop_hold = "0s"`, noBGP)
-	extend, allowed := stopAfter(t, cfg, reload)
-	budget := 30*time.Minute + stopWrites
-	if want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (budget + stopExit).Microseconds()); extend != want {
-		t.Errorf("datagram once the engine ended %q, want %q (the speaker's wait, the writes, the exit)", extend, want)
-	}
-	if allowed < budget {
-		t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the speaker's wait and the writes, %s", allowed.Round(time.Second), budget)
+	for _, tc := range []struct {
+		name   string
+		wait   time.Duration
+		reload string // the bgp attributes of a reload (loadStopConfig), no reload if empty
+	}{
+		{name: "graceful_shutdown_wait", wait: 2 * time.Minute},
+		{name: "the bgp block removed by a reload", wait: 30 * time.Minute, reload: noBGP},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := loadStopConfig(t, `stop_hold = "0s"`, fmt.Sprintf("graceful_shutdown = true\ngraceful_shutdown_wait = %q", tc.wait))
+			var reload *config.Config
+			if tc.reload != "" {
+				reload = loadStopConfig(t, `stop_hold = "0s"`, tc.reload)
+			}
+			extend, allowed := stopAfter(t, cfg, reload)
+			budget := tc.wait + stopWrites
+			if want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (budget + stopExit).Microseconds()); extend != want {
+				t.Errorf("datagram once the engine ended %q, want %q (the speaker's wait, the writes, the exit)", extend, want)
+			}
+			if allowed < budget {
+				t.Errorf("the withdrawal's deadline is %s after the stop began, want at least the speaker's wait and the writes, %s", allowed.Round(time.Second), budget)
+			}
+		})
 	}
 }
 
@@ -262,28 +263,8 @@ func TestStopLeavesARecordInProgressAtItsDeadline(t *testing.T) {
 	}
 	cfg.Daemon.StateDir = state
 
-	r := newRecorder()
-	saving, hung := make(chan struct{}), make(chan struct{})
-	// The disk hangs once the copy is in applied.new, at its syncfs.
-	r.save = func(c *config.Config, _ string, _ time.Time) error {
-		tmp := filepath.Join(c.Daemon.StateDir, appliedName+".new")
-		if err := os.MkdirAll(tmp, 0o750); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(tmp, "a.hcl"), []byte(svcHCL("a", 1, 11)), 0o640); err != nil {
-			return err
-		}
-		close(saving)
-		<-hung
-		return errors.New("syncfs: input/output error")
-	}
-	t.Cleanup(func() { close(hung); <-r.done })
-	var logs bytes.Buffer
-	d := &daemon{log: hclog.New(&hclog.LoggerOptions{Output: &logs}), dir: dir, defaultState: state, rec: r}
-	go d.recordApplied(r)
-	r.passed()
-	r.record(cfg)
-	<-saving
+	d, logs := recordingHangs(t, dir, cfg)
+	r := d.rec
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the stop's deadline has come
@@ -320,23 +301,39 @@ func TestExitLeavesARecordInProgressAfterItsWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Daemon.StateDir = state
-	r := newRecorder()
-	saving, hung := make(chan struct{}), make(chan struct{})
-	r.save = func(*config.Config, string, time.Time) error {
-		close(saving)
-		<-hung
-		return errors.New("syncfs: input/output error")
-	}
-	t.Cleanup(func() { close(hung); <-r.done })
-	var logs bytes.Buffer
-	d := &daemon{log: hclog.New(&hclog.LoggerOptions{Output: &logs}), dir: dir, defaultState: state, rec: r}
-	go d.recordApplied(r)
-	r.passed()
-	r.record(cfg)
-	<-saving
+	d, logs := recordingHangs(t, dir, cfg)
 	within(t, "the exit's wait for a record that never ends", func() error { d.exitRecording(0, cfg); return nil })
 	within(t, "a second end's wait", func() error { d.exitRecording(time.Hour, cfg); return nil })
 	if n := strings.Count(logs.String(), "stopping before the newest applied config was recorded"); n != 1 {
 		t.Errorf("the exits said %d times that the newest record was not made, want once; logged:\n%s", n, logs.String())
 	}
+}
+
+// recordingHangs is a daemon whose recorder is making the record of cfg,
+// loaded from dir, on a disk that hangs once the copy is in applied.new, at
+// its syncfs, until the test ends; and the daemon's log.
+func recordingHangs(t *testing.T, dir string, cfg *config.Config) (*daemon, *bytes.Buffer) {
+	t.Helper()
+	r := newRecorder()
+	saving, hung := make(chan struct{}), make(chan struct{})
+	r.save = func(c *config.Config, _ string, _ time.Time) error {
+		tmp := filepath.Join(c.Daemon.StateDir, appliedName+".new")
+		if err := os.MkdirAll(tmp, 0o750); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(tmp, "a.hcl"), []byte(svcHCL("a", 1, 11)), 0o640); err != nil {
+			return err
+		}
+		close(saving)
+		<-hung
+		return errors.New("syncfs: input/output error")
+	}
+	t.Cleanup(func() { close(hung); <-r.done })
+	logs := &bytes.Buffer{}
+	d := &daemon{log: hclog.New(&hclog.LoggerOptions{Output: logs}), dir: dir, defaultState: cfg.Daemon.StateDir, rec: r}
+	go d.recordApplied(r)
+	r.passed()
+	r.record(cfg)
+	<-saving
+	return d, logs
 }

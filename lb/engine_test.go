@@ -620,6 +620,19 @@ func TestBGPRefusedAtFirstApplyIsRetried(t *testing.T) {
 // the pass that meets it first and by the retries, not by each health pass
 // that repeats it at the verdicts' rate.
 func TestLastingFailureLoggedOnce(t *testing.T) {
+	logs := refusedWeightPasses(t, hclog.Info, 3)
+	if n := strings.Count(logs.String(), "[ERROR] reconcile incomplete; retrying: kind=health"); n != 1 {
+		t.Errorf("%d health passes logged the failure at Error, want the first only:\n%s", n, logs)
+	}
+}
+
+// refusedWeightPasses runs web (10.0.0.1, 10.0.0.2), whose kernel refuses
+// every weight change of 10.0.0.1, brings 10.0.0.1 up (refused), then
+// makes flips health passes of web, each of which tries 10.0.0.1's weight
+// again and meets the same refusal: two a flip of 10.0.0.2. It returns the
+// log, at level.
+func refusedWeightPasses(t *testing.T, level hclog.Level, flips int) *syncBuffer {
+	t.Helper()
 	w := newWorld(t)
 	w.kernel.Inject = func(op ipvs.Op, _ ipvs.Key, rk ipvs.RealKey) error {
 		if op == ipvs.OpUpdateReal && rk.Addr == netip.MustParseAddr("10.0.0.1") {
@@ -629,7 +642,7 @@ func TestLastingFailureLoggedOnce(t *testing.T) {
 	}
 	logs := &syncBuffer{}
 	w.wrap = func(o *Options) {
-		o.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Info})
+		o.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: level})
 	}
 	cfg := daemonCfg(svc("web", "192.0.2.1", 2))
 	cfg.Daemon.ResyncInterval = time.Hour
@@ -639,17 +652,13 @@ func TestLastingFailureLoggedOnce(t *testing.T) {
 	eventually(t, "10.0.0.2 at full weight", func() bool { return tunnels100(w.kernel) == 1 })
 	w.prober.set("10.0.0.1:80", health.Up) // its weight change is refused
 	eventually(t, "a health pass refused", func() bool { return strings.Contains(logs.String(), "boom") })
-	// Each flip of 10.0.0.2 is a health pass of web, which tries
-	// 10.0.0.1's weight again and meets the same refusal.
-	for i := 0; i < 3; i++ {
+	for i := 0; i < flips; i++ {
 		w.prober.set("10.0.0.2:80", health.Down)
 		eventually(t, "10.0.0.2 drained by a health pass", func() bool { return tunnels100(w.kernel) == 0 })
 		w.prober.set("10.0.0.2:80", health.Up)
 		eventually(t, "10.0.0.2 at full weight again", func() bool { return tunnels100(w.kernel) == 1 })
 	}
-	if n := strings.Count(logs.String(), "[ERROR] reconcile incomplete; retrying: kind=health"); n != 1 {
-		t.Errorf("%d health passes logged the failure at Error, want the first only:\n%s", n, logs)
-	}
+	return logs
 }
 
 // TestHealthPassesDoNotPushTheRetryBack: health passes that fail as the
@@ -657,31 +666,7 @@ func TestLastingFailureLoggedOnce(t *testing.T) {
 // each time with a doubled backoff: a stream of verdicts would hold off the
 // retry, the pass that reads the kernel again, for as long as it lasts.
 func TestHealthPassesDoNotPushTheRetryBack(t *testing.T) {
-	w := newWorld(t)
-	w.kernel.Inject = func(op ipvs.Op, _ ipvs.Key, rk ipvs.RealKey) error {
-		if op == ipvs.OpUpdateReal && rk.Addr == netip.MustParseAddr("10.0.0.1") {
-			return errors.New("boom")
-		}
-		return nil
-	}
-	logs := &syncBuffer{}
-	w.wrap = func(o *Options) {
-		o.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug})
-	}
-	cfg := daemonCfg(svc("web", "192.0.2.1", 2))
-	cfg.Daemon.ResyncInterval = time.Hour
-	w.start(t, cfg)
-	w.prober.set("10.0.0.1:80", health.Down)
-	w.prober.set("10.0.0.2:80", health.Up)
-	eventually(t, "10.0.0.2 at full weight", func() bool { return tunnels100(w.kernel) == 1 })
-	w.prober.set("10.0.0.1:80", health.Up) // its weight change is refused
-	eventually(t, "a health pass refused", func() bool { return strings.Contains(logs.String(), "boom") })
-	for i := 0; i < 4; i++ {
-		w.prober.set("10.0.0.2:80", health.Down)
-		eventually(t, "10.0.0.2 drained by a health pass", func() bool { return tunnels100(w.kernel) == 0 })
-		w.prober.set("10.0.0.2:80", health.Up)
-		eventually(t, "10.0.0.2 at full weight again", func() bool { return tunnels100(w.kernel) == 1 })
-	}
+	logs := refusedWeightPasses(t, hclog.Debug, 4)
 	// Each line of a failed pass says when the retry comes ("in"). A
 	// health pass leaves it as the pass before it left it; only a retry
 	// (kind=pass) doubles it.
