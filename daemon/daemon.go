@@ -94,8 +94,11 @@ func Run(ctx context.Context, opts Options) error {
 	go d.recordApplied(rec)
 	// A stop waits for the record in progress until its deadline (see
 	// stop); the other ends of Run (a planned restart that keeps the
-	// routes, the engine's error) until exitRecordWait.
-	defer func() { d.exitRecording(exitRecordWait, d.engineCfg()) }()
+	// routes, whose new process the routers' restart window waits for,
+	// and the engine's error, after which systemd restarts kglb) wait
+	// stopWrites, the stop's allowance for its writes, which is inside
+	// the unit's TimeoutStopSec.
+	defer func() { d.exitRecording(stopWrites, d.engineCfg()) }()
 	if !first.fellBack {
 		rec.record(cfg)
 	}
@@ -500,22 +503,16 @@ func (d *daemon) stop(cancel context.CancelFunc, engineDone <-chan error, restar
 // to applied.new and swapped in with one rename, so the record before it
 // stays whole, and nothing else in the exit touches state_dir/applied.
 func (d *daemon) endRecording(ctx context.Context, cfg *config.Config) {
-	if d.rec == nil || d.rec.stopped || d.rec.stop(ctx) {
-		return // the first end said what it left
+	if d.rec == nil || d.rec.stop(ctx) {
+		return
 	}
 	d.log.Warn("stopping before the newest applied config was recorded: a start whose files are rejected runs the config recorded before it",
 		"state_dir", cfg.Daemon.StateDir, "err", ctx.Err())
 }
 
-// exitRecordWait bounds the wait for a record in progress at the ends of
-// Run that are no stop: a planned restart that keeps the routes, whose new
-// process the routers' restart window waits for, and the engine's error,
-// after which systemd restarts kglb. It is stopWrites, the stop's allowance
-// for the writes beside its waits, inside the unit's TimeoutStopSec.
-const exitRecordWait = stopWrites
-
 // exitRecording is endRecording at an end of Run, within wait; after a
-// stop, which ended the recording itself, it does nothing.
+// stop, which ended the recording itself (and said what it left), it does
+// nothing.
 func (d *daemon) exitRecording(wait time.Duration, cfg *config.Config) {
 	if d.rec == nil || d.rec.stopped {
 		return
