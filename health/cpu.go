@@ -34,9 +34,38 @@ func newCPUSlots(n int) *cpuSlots {
 	return &cpuSlots{c: make(chan struct{}, n), socks: sockPool{max: n}}
 }
 
-// defaultCPUSlots leaves one CPU to everything else (the engine, netlink, the
-// stats server) when there are two or more.
-func defaultCPUSlots() int { return max(1, runtime.GOMAXPROCS(0)-1) }
+// defaultCPUSlots leaves one of Go's Ps to everything else (the engine,
+// netlink, the stats server) when there are two or more. The daemon runs
+// with one P more than the CPUs it may use (EngineProcs), so this is every
+// CPU for the probes, and the P left over is the engine's.
+func defaultCPUSlots() int { return slotsOf(runtime.GOMAXPROCS(0)) }
+
+func slotsOf(procs int) int { return max(1, procs-1) }
+
+// EngineProcs is the GOMAXPROCS the daemon runs with, given $GOMAXPROCS (env),
+// Go's default (procs) and the CPUs the process may run on (cpus): one P
+// more than the CPUs, so that the probes' slots (defaultCPUSlots) take every
+// CPU and the engine still finds a P the moment it has work. Which thread
+// then runs is the kernel's choice, and its scheduler puts a thread that
+// wakes from a wait, as the engine's does, ahead of threads that have run
+// their share, where Go's own scheduler has no priorities and would queue
+// the engine behind the runnable probes. With the probes held to one
+// CPU fewer than the machine's, their first round at 1,000 services took one
+// of the VM's two CPUs and kglb's cost per check in it was twice the steady
+// one: the engine's writes, the probes and the Go scheduler's hand-offs all
+// shared the one P the probes had (make e2ebench, cold start to every real
+// up; see the note of issue 11).
+//
+// It leaves Go's default alone when $GOMAXPROCS sets it, and when a CPU quota
+// bounds it below the CPUs: under a quota, probes on every P the quota allows
+// would have the whole cgroup throttled, the engine with it, for the rest of
+// each period.
+func EngineProcs(env string, procs, cpus int) int {
+	if env != "" || procs < cpus {
+		return procs
+	}
+	return procs + 1
+}
 
 // acquire takes a slot for a probe that has none: one back from the network,
 // or one a worker got without a slot.

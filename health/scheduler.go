@@ -24,7 +24,8 @@ type Options struct {
 	// lateness shows in kglb_health_probe_lag_seconds.
 	Concurrency int
 	// CPUSlots bounds the probes that run on the CPU at once (default
-	// GOMAXPROCS-1, at least 1); see cpuSlots.
+	// GOMAXPROCS-1, at least 1: every CPU under the daemon's EngineProcs);
+	// see cpuSlots.
 	CPUSlots int
 	// MinRecheck bounds from below the faster re-check interval used while a verdict
 	// is pending (default 100ms).

@@ -6,10 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime"
 	"time"
 
 	"github.com/kglb/kglb/config"
 	"github.com/kglb/kglb/daemon"
+	"github.com/kglb/kglb/health"
 )
 
 func init() {
@@ -33,6 +36,12 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "kglb run: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
+	}
+	// Before anything starts: the probes' slots are counted from it. Set
+	// only when it changes: setting it stops Go's own updates to a
+	// changed CPU quota.
+	if n := health.EngineProcs(os.Getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0), runtime.NumCPU()); n != runtime.GOMAXPROCS(0) {
+		runtime.GOMAXPROCS(n)
 	}
 	if err := daemon.Run(context.Background(), opts); err != nil {
 		var diags config.Diagnostics

@@ -689,6 +689,14 @@ if out="$(kglb status 2>&1)"; then
 else
 	fail "kglb status" "$out"
 fi
+# The probes take every CPU and the engine has one of Go's Ps beyond them
+# (health.EngineProcs); the unit sets no CPU quota and no GOMAXPROCS.
+procs="$(metric go_sched_gomaxprocs_threads)"
+if [ "$procs" = "$(($(nproc) + 1))" ]; then
+	pass "kglb runs with GOMAXPROCS $procs on $(nproc) CPUs"
+else
+	fail "GOMAXPROCS one more than the CPUs" "go_sched_gomaxprocs_threads $procs, $(nproc) CPUs"
+fi
 
 # ---------------------------------------------------------------- 2. config
 write_web 10.0.1.2 10.0.2.2
