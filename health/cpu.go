@@ -49,12 +49,17 @@ func slotsOf(procs int) int { return max(1, procs-1) }
 // then runs is the kernel's choice, and its scheduler puts a thread that
 // wakes from a wait, as the engine's does, ahead of threads that have run
 // their share, where Go's own scheduler has no priorities and would queue
-// the engine behind the runnable probes. With the probes held to one
-// CPU fewer than the machine's, their first round at 1,000 services took one
-// of the VM's two CPUs and kglb's cost per check in it was twice the steady
-// one: the engine's writes, the probes and the Go scheduler's hand-offs all
-// shared the one P the probes had (make e2ebench, cold start to every real
-// up; see the note of issue 11).
+// the engine behind the runnable probes. With the probes held to one CPU
+// fewer than the machine's (GOMAXPROCS the CPUs), a cold start at 1,000
+// services x 10 reals in make e2ebench's VM (two CPUs) took 14.54 and 14.33
+// s to every real up and 1,189 and 1,006 us of kglb's CPU per check, where
+// this takes 10.59 and 7.37 s and 569 and 416 us (the two in turn in one
+// boot, E2E_ORDER="kglb kglb@GOMAXPROCS=2 ..."): the probes' first round
+// ran on one CPU, and the engine's writes and Go's hand-offs between them
+// shared its P (2.76 and 2.92 context switches per check, against 1.50 and
+// 1.53). What the spare P costs shows where the probes keep up (100
+// services, three pairs in one boot): Go's idle Ps look for work at each
+// wakeup, 90 to 97 us of user CPU per check against 69 to 88 us without it.
 //
 // It leaves Go's default alone when $GOMAXPROCS sets it, and when a CPU quota
 // bounds it below the CPUs: under a quota, probes on every P the quota allows
