@@ -206,6 +206,10 @@ steady_memory() {
 counters() {
 	local d="$1" cg p t
 	cg="/sys/fs/cgroup/system.slice/$(unit_of "$d")"
+	# When the cgroup's CPU is read: diag divides it by the time between two
+	# readings, which is longer than a cold start's window (e2ecold returns
+	# after it, and these reads take a second or more under TCG).
+	awk '{print "uptime-s", $1}' /proc/uptime
 	awk '{print "cg." $1, $2}' "$cg/cpu.stat" 2>/dev/null
 	for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do
 		awk '{sub(/^.*\) /, ""); print "proc.utime", $12; print "proc.stime", $13}' "/proc/$p/stat" 2>/dev/null
@@ -216,6 +220,7 @@ counters() {
 			echo "threads 1"
 		done
 	done
+	awk '{print "uptime-stat-s", $1}' /proc/uptime # as above, for /proc/stat, read later
 	awk '$1 == "cpu" {print "stat.user", $2 + $3; print "stat.system", $4; print "stat.idle", $5 + $6; print "stat.irq", $7; print "stat.softirq", $8}' /proc/stat
 	awk 'NR > 1 {s = 0; for (i = 2; i <= NF; i++) s += $i; print "softirq." $1, s}' /proc/softirqs | tr -d :
 	nstat -asz 2>/dev/null | awk '$1 ~ /^(TcpActiveOpens|TcpAttemptFails|TcpOutRsts|TcpEstabResets|TcpRetransSegs|TcpOutSegs|TcpExtTCPAbortOnClose|TcpExtTCPAbortOnLinger|TcpExtTCPTimeouts)$/ {print "root." $1, $2}'
@@ -251,7 +256,7 @@ diag() {
 		{y[$1] += $2}
 		END {
 			for (k in y) {
-				v = (k ~ /^(kglb\.rate-|kglb\.go|threads|seccomp)/) ? y[k] : y[k] - x[k]
+				v = (k ~ /^(kglb\.rate-|kglb\.go|threads|seccomp|uptime)/) ? y[k] : y[k] - x[k]
 				if (v != 0) printf "E2E: D %s %s %s %s\n", d, r, k, v
 			}
 			n = y["accepted"] - x["accepted"]
@@ -262,7 +267,14 @@ diag() {
 			printf "E2E: D %s %s per-check cgroup-us %.0f user-us %.0f system-us %.0f\n", d, r, cg / n, (y["cg.user_usec"] - x["cg.user_usec"]) / n, (y["cg.system_usec"] - x["cg.system_usec"]) / n
 			printf "E2E: D %s %s per-check machine-busy-us %.0f softirq-us %.0f e2ereal-us %.0f\n", d, r, busy / n, (y["stat.softirq"] - x["stat.softirq"]) * tick / n, (y["e2ereal.ticks"] - x["e2ereal.ticks"]) * tick / n
 			printf "E2E: D %s %s per-check connects %.3f attempt-fails %.3f passive-opens %.3f ctx-switches %.2f\n", d, r, (y["root.TcpActiveOpens"] - x["root.TcpActiveOpens"]) / n, (y["root.TcpAttemptFails"] - x["root.TcpAttemptFails"]) / n, (y["reals.TcpPassiveOpens"] - x["reals.TcpPassiveOpens"]) / n, (y["ctx.voluntary"] + y["ctx.nonvoluntary"] - x["ctx.voluntary"] - x["ctx.nonvoluntary"]) / n
-			printf "E2E: D %s %s window accepted %d in %ss; cgroup %.2f CPUs, machine busy %.2f CPUs\n", d, r, n, w, cg / 1e6 / w, busy / 1e6 / w
+			# CPUs over the time between the readings (uptime-s for the
+			# cgroup, uptime-stat-s for /proc/stat), not over the window w,
+			# which the readings of a cold start outlast by seconds.
+			span = y["uptime-s"] - x["uptime-s"]
+			if (span <= 0) span = w
+			sspan = y["uptime-stat-s"] - x["uptime-stat-s"]
+			if (sspan <= 0) sspan = w
+			printf "E2E: D %s %s window accepted %d in %ss; cgroup %.2f CPUs over %.2fs, machine busy %.2f CPUs over %.2fs\n", d, r, n, w, cg / 1e6 / span, span, busy / 1e6 / sspan, sspan
 		}' "$b" "$a" | sort
 }
 
