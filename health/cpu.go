@@ -18,7 +18,7 @@ import (
 // 82% of the time, running 2%). With the slots, due probes wait in the
 // scheduler's heap, oldest first (the dispatcher takes a slot before it hands a
 // probe to a worker), each a little late (kglb_health_probe_lag_seconds), and
-// the engine finds a CPU at once. Waiting for a slot starts the probe's clock
+// the engine finds a P at once (see EngineProcs). Waiting for a slot starts the probe's clock
 // only once it has one, so a busy CPU does not eat the probe's timeout.
 //
 // A worker that finishes a probe keeps its slot for the next due one (see

@@ -64,7 +64,7 @@
 #                and an entry unit:Directive=value adds that line to the unit
 #                (e.g. kglb@unit:SystemCallFilter= runs it without the filter),
 #                and bare@procs=N runs the bare loop with N of Go's Ps, as
-#                kglb runs (GOMAXPROCS the CPUs), where plain bare has one,
+#                kglb runs (GOMAXPROCS the CPUs plus one), where plain bare has one,
 #                bare@sandbox in kglb's unit's sandbox (its seccomp filters,
 #                namespaces and capabilities; settings join with ","):
 #                their lines carry that label and stay out of the rows. Entries

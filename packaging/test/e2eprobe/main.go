@@ -49,8 +49,8 @@ func main() {
 		log.Fatal(err)
 	}
 	// With one P the loop is the only goroutine that runs, on one thread.
-	// With more, Go's scheduler does what it does in kglb (GOMAXPROCS as
-	// many as the CPUs, one probe slot): sysmon's preemption of the loop,
+	// With more, Go's scheduler does what it does in kglb (more Ps than
+	// probe slots): sysmon's preemption of the loop,
 	// every 10 ms, puts it on the global run queue and wakes a thread for
 	// an idle P, which may take it over. Locked to a thread, a preempted
 	// goroutine would hand its P off instead, which kglb does not do.
