@@ -71,7 +71,14 @@
 #                may repeat ("kglb kglb@X kglb kglb@X"): one window of the same
 #                build moves by a tenth and more against the next, so judge a
 #                change by pairs in one boot (a change to the code, too,
-#                behind an environment variable of the experiment's build)
+#                behind an environment variable of the experiment's build).
+#                An entry clock:NAME switches the kernel's clocksource for the
+#                entries after it (each switch prints what a clock read then
+#                costs). Under TCG the kernel finds the vCPUs' TSCs
+#                unsynchronized and offers hpet and acpi_pm; booted with
+#                IMG_APPEND="clocksource=tsc tsc=reliable" it offers tsc too.
+#                The entries after a switch keep their labels, so their lines
+#                join the rows: read the M lines in order
 #   E2E_OUT      where console logs, journals and profiles go (default .cache/e2ebench)
 #   E2E_PERF=1   a system-wide `perf record -e cpu-clock -a -g` over each
 #                daemon's steady window (the host's perf and its libraries

@@ -46,6 +46,11 @@ setup_net() {
 	sleep 1
 	# ip netns exec runs e2ereal in its place: $! is e2ereal itself.
 	say "guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) kernel $(uname -r) cpus $(nproc)"
+	# What the kernel made of the TSC: without a TSC it trusts, every clock
+	# read is a system call and an emulated device read, and its scheduler's
+	# clock (the CPU time every row divides by) may run from the tick.
+	dmesg | grep -iE 'tsc|clocksource|sched_clock' | sed 's/^/  | dmesg: /'
+	say "guest: $(/usr/local/sbin/e2eprobe -clock-reads 20000)"
 }
 
 accepted() { cat /run/e2ereal.count 2>/dev/null || echo 0; }
@@ -357,8 +362,34 @@ run_bare() {
 		{ say "FAIL $v round $r: e2eprobe did not start"; return; }
 	sleep 3
 	window "$v" "$r"
-	systemctl stop e2eprobe.service
+	stop_unit "$v" "$r" e2eprobe.service
 	journalctl -u e2eprobe.service --no-pager -o short-monotonic >"$out/journal-$k.txt" 2>&1
+}
+
+# stop_unit LABEL ROUND UNIT stops UNIT and prints how long that took. A stop
+# that outlasts the unit's own stop timeout by a margin means a hang outside
+# the unit (systemd kills the unit at its timeout): then what every process is
+# waiting in, a goroutine dump of kglb (SIGQUIT, into its journal) and the
+# journal's tail go to the console before the run goes on.
+stop_unit() {
+	local v="$1" r="$2" u="$3" t0 pid
+	t0="$(now)"
+	if ! timeout 150 systemctl stop "$u"; then
+		say "FAIL $v round $r: systemctl stop $u did not return in 150 s"
+		info "loadavg $(cat /proc/loadavg)"
+		systemctl status "$u" --no-pager 2>&1 | head -20 | sed 's/^/  | status: /'
+		ps -eo pid,stat,wchan:32,pcpu,etime,comm | sed 's/^/  | ps: /'
+		pid="$(systemctl show -p MainPID --value "$u")"
+		if [ "${pid:-0}" != 0 ]; then
+			for t in /proc/"$pid"/task/*; do info "thread ${t##*/} $(cat "$t/wchan" 2>/dev/null) $(cat "$t/stat" 2>/dev/null | cut -d' ' -f3)"; done
+			kill -QUIT "$pid"
+			sleep 5
+		fi
+		journalctl -u "$u" --no-pager -n 200 -o short-monotonic 2>&1 | sed 's/^/  | journal: /'
+		timeout 60 systemctl kill -s KILL "$u"
+		return
+	fi
+	say "D $v $r stop-s $(since "$t0")"
 }
 
 # run_one DAEMON ROUND: DAEMON is kglb or keepalived, or, for an experiment,
@@ -469,7 +500,7 @@ run_one() {
 		memory "$d" "$v" "$r-scraped"
 		grep -E '^kglb_(reconcile_duration_seconds_(sum|count)|health_probe_lag_seconds_(sum|count)|ipvs_apply_seconds_(sum|count)|health_probes_(per_second|in_flight))' "$out/metrics-$r.txt" | sed 's/^/  | /'
 	fi
-	systemctl stop "$(unit_of "$d")"
+	stop_unit "$v" "$r" "$(unit_of "$d")"
 	journalctl -u "$(unit_of "$d")" --no-pager -o short-monotonic >"$out/journal-$k.txt" 2>&1
 	info "$v round $r done; $(wc -l <"$out/journal-$k.txt") journal lines"
 }
@@ -479,6 +510,18 @@ say "reals ready: $REALS addresses in netns reals, $(accepted) accepted"
 for r in $(seq "$ROUNDS"); do
 	for d in $ORDER; do
 		case "${d%%@*}" in
+		clock:*)
+			# An experiment's switch of the kernel's clocksource for the
+			# entries after it, so that two clocks compare in one boot.
+			# The kernel takes a name it does not have without an error and
+			# keeps its clock: what it runs is read back.
+			cs=/sys/devices/system/clocksource/clocksource0
+			echo "${d#clock:}" >"$cs/current_clocksource"
+			if [ "$(cat "$cs/current_clocksource")" != "${d#clock:}" ]; then
+				say "FAIL round $r: clocksource ${d#clock:} not taken (available: $(cat "$cs/available_clocksource"))"
+			fi
+			say "round $r: clocksource now $(cat "$cs/current_clocksource"); $(/usr/local/sbin/e2eprobe -clock-reads 20000)"
+			;;
 		bare) run_bare "$d" "$r" ;;
 		*) run_one "$d" "$r" ;;
 		esac

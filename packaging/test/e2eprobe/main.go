@@ -36,6 +36,7 @@ func main() {
 	realsFile := flag.String("reals", "/etc/e2ebench/reals", "file of the reals' IPv4 addresses, one per line")
 	port := flag.Uint("port", 80, "the reals' port")
 	timeout := flag.Duration("timeout", 500*time.Millisecond, "how long a connect may take")
+	clockReads := flag.Int("clock-reads", 0, "read the clock this many times, print what a read cost and exit (no probes): what the kernel's clocksource charges every daemon that reads the time")
 	procs := flag.Int("procs", 1, "Go's GOMAXPROCS: 1 runs the loop on one thread, locked to it; more leave Ps idle beside it, as kglb keeps one for its engine")
 	flag.Parse()
 	if *port == 0 || *port > 65535 {
@@ -43,6 +44,10 @@ func main() {
 	}
 	if *procs < 1 {
 		log.Fatalf("-procs %d: want 1 or more", *procs)
+	}
+	if *clockReads > 0 {
+		fmt.Println(timeClock(*clockReads))
+		return
 	}
 	reals, err := readReals(*realsFile, uint16(*port))
 	if err != nil {
@@ -177,4 +182,23 @@ func check(fd int, sa *unix.RawSockaddrInet4, timeout time.Duration) (keep bool,
 func disconnect(fd int) bool {
 	sa := unix.RawSockaddrInet4{Family: unix.AF_UNSPEC}
 	return connect(fd, unsafe.Pointer(&sa), unix.SizeofSockaddrInet4) == 0
+}
+
+// timeClock reads the clock n times, as Go's time.Now does (clock_gettime
+// through the vDSO, which falls back to the system call when the
+// clocksource cannot be read from user space), and says what a read cost in
+// wall time and in the process's CPU time.
+func timeClock(n int) string {
+	var ru0, ru1 unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru0)
+	start := time.Now()
+	for i := 1; i < n; i++ {
+		time.Now()
+	}
+	wall := time.Since(start)
+	unix.Getrusage(unix.RUSAGE_SELF, &ru1)
+	sys := time.Duration(ru1.Stime.Nano() - ru0.Stime.Nano())
+	user := time.Duration(ru1.Utime.Nano() - ru0.Utime.Nano())
+	return fmt.Sprintf("clock reads %d: %.0f ns each (user %.0f ns, system %.0f ns)",
+		n, float64(wall)/float64(n), float64(user)/float64(n), float64(sys)/float64(n))
 }
