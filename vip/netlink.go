@@ -39,7 +39,7 @@ type Netlink struct {
 	timeout time.Duration   // of each reply h waits for
 	w       *nlbatch.Socket // writes
 	link    string
-	mu      sync.Mutex
+	mu      sync.Mutex // held for a whole call (locked)
 	linkIdx int
 	closed  bool
 }
@@ -136,6 +136,8 @@ func (n *Netlink) noReply(h *netlink.Handle, err error) error {
 // silently falls back to the caller's namespace.
 var errClosed = errors.New("vip netlink kernel is closed")
 
+var errNoLink = errors.New("link not looked up: call EnsureLink first")
+
 // Close releases the netlink sockets. Every call after Close fails.
 func (n *Netlink) Close() error {
 	n.mu.Lock()
@@ -156,12 +158,11 @@ func (n *Netlink) Link() string { return n.link }
 // bringing it up when needed. It is called on every Apply, so a link deleted
 // by hand comes back (empty) and is refilled by the same Apply.
 func (n *Netlink) EnsureLink() (bool, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return false, errClosed
+	h, err := n.locked()
+	if err != nil {
+		return false, err
 	}
-	h := n.h
+	defer n.mu.Unlock()
 	l, err := h.LinkByName(n.link)
 	err = n.noReply(h, err)
 	changed := false
@@ -198,12 +199,11 @@ func (n *Netlink) EnsureLink() (bool, error) {
 // LookupLink looks the link up without creating or changing it (for a
 // plan): found is false when it does not exist.
 func (n *Netlink) LookupLink() (found bool, err error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return false, errClosed
+	h, err := n.locked()
+	if err != nil {
+		return false, err
 	}
-	h := n.h
+	defer n.mu.Unlock()
 	l, err := h.LinkByName(n.link)
 	err = n.noReply(h, err)
 	var notFound netlink.LinkNotFoundError
@@ -217,38 +217,19 @@ func (n *Netlink) LookupLink() (found bool, err error) {
 	return true, nil
 }
 
-// handle is the read handle, or errClosed after Close: the calls that
-// reach past the link (ListProto, WriteOn) take it here.
-func (n *Netlink) handle() (*netlink.Handle, error) {
+// locked takes n.mu for a whole call, reads and writes: noReply closes
+// the read socket and opens another, so a call that took the handle and let
+// the lock go would go on with a closed socket, whose descriptor number the
+// next socket opened may already have (its reads then someone else's
+// replies). Every call waits for the one before it; the reconciler makes
+// them one at a time anyway.
+func (n *Netlink) locked() (*netlink.Handle, error) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return nil, errClosed
 	}
 	return n.h, nil
-}
-
-// index is the read handle and the link's index.
-func (n *Netlink) index() (*netlink.Handle, int, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return nil, 0, errClosed
-	}
-	if n.linkIdx == 0 {
-		return nil, 0, errors.New("link not looked up: call EnsureLink first")
-	}
-	return n.h, n.linkIdx, nil
-}
-
-// timedOut is noReply for the calls that do not hold n.mu.
-func (n *Netlink) timedOut(h *netlink.Handle, err error) error {
-	if err == nil {
-		return nil
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.noReply(h, err)
 }
 
 // dumpRetries bounds the retries of a dump the kernel interrupted because
@@ -258,9 +239,14 @@ const dumpRetries = 5
 // List dumps the local routes of the local table on the link (route mode)
 // or the link's addresses (address mode), for both families at once.
 func (n *Netlink) List(m Mode) ([]Entry, error) {
-	h, idx, err := n.index()
+	h, err := n.locked()
 	if err != nil {
 		return nil, err
+	}
+	defer n.mu.Unlock()
+	idx := n.linkIdx
+	if idx == 0 {
+		return nil, errNoLink
 	}
 	for try := 0; ; try++ {
 		var out []Entry
@@ -275,7 +261,7 @@ func (n *Netlink) List(m Mode) ([]Entry, error) {
 		if errors.Is(err, netlink.ErrDumpInterrupted) && try < dumpRetries {
 			continue
 		}
-		return out, n.timedOut(h, err)
+		return out, n.noReply(h, err)
 	}
 }
 
@@ -328,10 +314,11 @@ func addrState(flags int) AddrState {
 // every link, and names each route's link (looked up after the dump: the
 // handle's socket is busy during it).
 func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
-	h, err := n.handle()
+	h, err := n.locked()
 	if err != nil {
 		return nil, err
 	}
+	defer n.mu.Unlock()
 	type route struct {
 		idx int
 		e   Entry
@@ -352,7 +339,7 @@ func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("dump the local routes of protocol %d: %w", proto, n.timedOut(h, err))
+			return nil, fmt.Errorf("dump the local routes of protocol %d: %w", proto, n.noReply(h, err))
 		}
 		break
 	}
@@ -363,7 +350,7 @@ func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
 		if !ok {
 			l, err := h.LinkByIndex(r.idx)
 			if err != nil {
-				return nil, fmt.Errorf("look up link %d of local route %s: %w", r.idx, r.e.Prefix, n.timedOut(h, err))
+				return nil, fmt.Errorf("look up link %d of local route %s: %w", r.idx, r.e.Prefix, n.noReply(h, err))
 			}
 			name = l.Attrs().Name
 			names[r.idx] = name
@@ -380,39 +367,38 @@ func (n *Netlink) ListProto(proto uint8) ([]LinkEntry, error) {
 // NLM_F_EXCL, so an existing entry is EEXIST; a route delete matches the
 // protocol, so only a route carrying e.Proto goes.
 func (n *Netlink) Write(m Mode, ws []Change) []error {
-	_, idx, err := n.index()
-	if err != nil {
+	if _, err := n.locked(); err != nil {
 		return nlbatch.Fail(len(ws), err)
 	}
-	return n.write(idx, m, ws)
+	defer n.mu.Unlock()
+	if n.linkIdx == 0 {
+		return nlbatch.Fail(len(ws), errNoLink)
+	}
+	return n.write(n.linkIdx, m, ws)
 }
 
 // WriteOn is Write on the link named link, looked up by name now.
 func (n *Netlink) WriteOn(link string, m Mode, ws []Change) []error {
-	h, err := n.handle()
+	h, err := n.locked()
 	if err != nil {
 		return nlbatch.Fail(len(ws), err)
 	}
+	defer n.mu.Unlock()
 	l, err := h.LinkByName(link)
 	var notFound netlink.LinkNotFoundError
 	switch {
 	case errors.As(err, &notFound):
 		return nlbatch.Fail(len(ws), unix.ENODEV)
 	case err != nil:
-		return nlbatch.Fail(len(ws), fmt.Errorf("look up link %s: %w", link, n.timedOut(h, err)))
+		return nlbatch.Fail(len(ws), fmt.Errorf("look up link %s: %w", link, n.noReply(h, err)))
 	}
 	return n.write(l.Attrs().Index, m, ws)
 }
 
-// write is Write on the link of index idx.
+// write is Write on the link of index idx. It is called with n.mu held.
 func (n *Netlink) write(idx int, m Mode, ws []Change) []error {
 	if m != ModeRoute && m != ModeAddress {
 		return nlbatch.Fail(len(ws), fmt.Errorf("unknown mode %q", m))
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return nlbatch.Fail(len(ws), errClosed)
 	}
 	return n.w.Write(len(ws), func(b []byte, i int) ([]byte, uint16, uint16) {
 		w := ws[i]

@@ -4,6 +4,7 @@ package vip
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -126,5 +127,69 @@ func TestNetlinkReadTimeout(t *testing.T) {
 		if err != nil || !slices.Equal(got, want) {
 			t.Errorf("%s: the next dump: %v, %v, want %v", c.name, got, err, want)
 		}
+	}
+}
+
+// TestNetlinkReadsWhileReopened: reads on several goroutines while the read
+// socket is replaced again and again, as noReply replaces it after a read
+// that timed out. Each read holds the handle it reads on for the whole call,
+// so none goes on with a socket closed under it (bad file descriptor, or the
+// replies of whatever socket has its number by then) and every dump returns
+// lo's routes.
+func TestNetlinkReadsWhileReopened(t *testing.T) {
+	n, err := NewNetlink(NetlinkOptions{Link: "lo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if found, err := n.LookupLink(); !found || err != nil {
+		t.Fatalf("look up lo: %v, %v", found, err)
+	}
+	want, err := n.List(ModeRoute)
+	if err != nil {
+		t.Fatalf("list lo's local routes: %v", err)
+	}
+	const readers, reads = 4, 300
+	errs := make(chan error, readers)
+	for range readers {
+		go func() {
+			for i := range reads {
+				got, err := n.List(ModeRoute)
+				if err == nil && !slices.Equal(got, want) {
+					err = errors.New("routes differ from the first dump")
+				}
+				if err != nil {
+					errs <- fmt.Errorf("dump %d: %v, %w", i, got, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	stop := make(chan struct{})
+	reopened := make(chan int)
+	go func() {
+		k := 0
+		for {
+			select {
+			case <-stop:
+				reopened <- k
+				return
+			default:
+			}
+			n.mu.Lock()
+			_ = n.noReply(n.h, unix.EAGAIN) // as after a read that timed out
+			n.mu.Unlock()
+			k++
+		}
+	}()
+	for range readers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(stop)
+	if k := <-reopened; k == 0 {
+		t.Error("the read socket was never replaced while the dumps ran")
 	}
 }
