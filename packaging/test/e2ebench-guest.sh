@@ -46,9 +46,10 @@ setup_net() {
 	sleep 1
 	# ip netns exec runs e2ereal in its place: $! is e2ereal itself.
 	say "guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) kernel $(uname -r) cpus $(nproc)"
-	# What the kernel made of the TSC: without a TSC it trusts, every clock
-	# read is a system call and an emulated device read, and its scheduler's
-	# clock (the CPU time every row divides by) may run from the tick.
+	# What the kernel made of the TSC: without a TSC it trusts (under TCG it
+	# finds the vCPUs' TSCs unsynchronized) it runs on HPET, which the vDSO
+	# cannot read, so every clock read is a system call and an emulated
+	# device read; the line after says what one costs.
 	dmesg | grep -iE 'tsc|clocksource|sched_clock' | sed 's/^/  | dmesg: /'
 	say "guest: $(/usr/local/sbin/e2eprobe -clock-reads 20000)"
 }
