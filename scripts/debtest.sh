@@ -18,7 +18,8 @@
 #   KGLB_PREV_DEB    the previous package the upgrade step starts from
 #                    (default: built from KGLB_PREV_COMMIT, the last commit
 #                    whose daemon ran as root, 3204d0b)
-# The console log of the last run is .cache/debtest/last-console.log.
+# The console log of the last run is .cache/debtest/last-console.log, the
+# kernel's of each boot last-console-kernel.log and last-console2-kernel.log.
 # Exit status 0 only when every step passed.
 set -euo pipefail
 
@@ -112,6 +113,11 @@ cp "$log" "$img_cache/last-console.log"
 t_end=$SECONDS
 
 failed=()
+for l in "$log" "$work/console2.log"; do
+	[ -f "$(img_kernel_log "$l")" ] || continue
+	cp "$(img_kernel_log "$l")" "$img_cache/last-$(basename "$(img_kernel_log "$l")")"
+	img_kernel_report "$l" || failed+=("the guest kernel reported a bug (printed above; $img_cache/last-$(basename "$(img_kernel_log "$l")"))")
+done
 problem="$(vm_exit_problem "$rc" "${DEBTEST_TIMEOUT:-900}")"
 if [ -n "$problem" ]; then failed+=("$problem"); fi
 grep -q 'KGLB-DEB: DONE' "$log" || failed+=("the guest test never finished (see $img_cache/last-console.log)")

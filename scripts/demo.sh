@@ -6,7 +6,8 @@
 #
 #   make demo        (as root on a Debian machine; installs what it needs)
 #
-# The VM's console (boot noise included) goes to .cache/debtest/demo-console.log.
+# The VM's console goes to .cache/debtest/demo-console.log, the kernel's to
+# demo-console-kernel.log.
 # Exit status 0 only when every step happened as told.
 set -euo pipefail
 
@@ -43,6 +44,7 @@ on_line() {
 rc=0
 img_boot "$work" "$log" "${DEMO_TIMEOUT:-480}" on_line || rc=$?
 echo
+img_kernel_report "$log" || rc=1
 if [ "$rc" != 0 ]; then
 	echo "kglb demo: the VM failed or timed out (status $rc); see $log"
 	exit 1

@@ -88,7 +88,7 @@
 #                probe and engine counters: a diagnostic run (perf and the
 #                scrapes cost CPU), not one whose rows count
 #   KGLB_DEB     test this package instead of building one with scripts/deb.sh
-# Console logs: $E2E_OUT/console-N.log.
+# Console logs: $E2E_OUT/console-N.log, the kernel's console-N-kernel.log.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -219,6 +219,8 @@ ENV
 	vrc=0
 	img_boot "$work" "$log" "${E2E_TIMEOUT:-$((1200 + n * rounds * 3))}" on_line || vrc=$?
 	cp "$log" "$outdir/console-$n.log"
+	cp "$(img_kernel_log "$log")" "$outdir/console-$n-kernel.log"
+	img_kernel_report "$log" >&2 || rc=1
 	rm -rf "$outdir/out-$n"
 	mkdir -p "$outdir/out-$n"
 	debugfs -R "rdump /root/e2e-out $outdir/out-$n" "$work/disk.img" >/dev/null 2>&1 || true

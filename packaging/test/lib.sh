@@ -160,6 +160,8 @@ img_guest_unit() {
 [Unit]
 Description=kglb guest test
 After=multi-user.target kglb.service
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/kglb-guest
@@ -167,8 +169,6 @@ StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/ttyS0
 TimeoutStartSec=infinity
-SuccessAction=poweroff-force
-FailureAction=poweroff-force
 [Install]
 WantedBy=multi-user.target
 UNIT
@@ -184,10 +184,36 @@ img_mkfs() {
 }
 
 # img_boot WORK LOG TIMEOUT LINEFUNC: boot the image; every console line
-# (CR and escapes stripped) goes to LOG and to the function LINEFUNC.
+# (CR and escapes stripped) goes to LOG and to the function LINEFUNC. The
+# guest's test writes to the first serial port; the kernel's console is the
+# second, written to LOG's name with -kernel (console.log: console-kernel.log).
+# There its warnings and worse come with their stack traces (loglevel=5; a
+# soft lockup's trace prints at the default level, which loglevel=3 hid) and
+# never break a line of the test's output. img_kernel_report reads it.
 img_boot() {
-	local work="$1"
-	vm_qemu_cmd "$work/initramfs.cpio" 1536 "console=ttyS0 quiet loglevel=3 panic=-1 systemd.show_status=false rw net.ifnames=0 ${IMG_APPEND:-}" \
+	local work="$1" klog
+	klog="$(img_kernel_log "$2")"
+	: >"$klog"
+	vm_qemu_cmd "$work/initramfs.cpio" 1536 "console=ttyS1 loglevel=5 softlockup_all_cpu_backtrace=1 panic=-1 systemd.show_status=false rw net.ifnames=0 ${IMG_APPEND:-}" \
+		-serial mon:stdio -serial "file:$klog" \
 		-drive "file=$work/disk.img,format=raw,if=virtio,cache=unsafe"
 	vm_console "$2" "$3" "$4"
+}
+
+# img_kernel_log LOG: where img_boot puts the kernel's console of the boot
+# whose test output goes to LOG.
+img_kernel_log() { echo "${1%.log}-kernel.log"; }
+
+# img_kernel_report LOG: when the kernel of the boot that wrote LOG reported a
+# bug (BUG:, which covers a soft lockup, an Oops, a panic, a hung task), print
+# where and up to 300 lines of its report from the first, and return 1.
+img_kernel_report() {
+	local klog first
+	klog="$(img_kernel_log "$1")"
+	[ -f "$klog" ] || return 0
+	first="$(grep -n -m1 -E 'BUG:|Oops|Kernel panic|blocked for more than' "$klog" | cut -d: -f1)"
+	[ -n "$first" ] || return 0
+	echo "the guest kernel reported a bug ($klog, line $first on):"
+	tail -n +"$first" "$klog" | tr -d '\r' | head -n 300 | sed 's/^/  kernel| /'
+	return 1
 }
