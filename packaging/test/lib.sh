@@ -8,7 +8,7 @@
 # The caller sets: root (the repository) and img_name (its messages' prefix).
 
 # Packages of the image: systemd and the tools an operator and the tests use.
-IMG_PACKAGES="systemd-sysv,udev,kmod,iproute2,ipvsadm,bird2,busybox,dbus,procps"
+IMG_PACKAGES="systemd-sysv,udev,kmod,iproute2,ipvsadm,bird2,busybox,dbus,procps,nftables"
 IMG_SUITE=bookworm
 IMG_MIRROR="${DEBTEST_MIRROR:-http://deb.debian.org/debian}"
 
@@ -141,6 +141,56 @@ img_rootfs() {
 	mkdir -p "$work/root"
 	tar -C "$work/root" --numeric-owner --xattrs -xf "$base" || img_die "unpacking the base failed"
 	img_modules "$work/root"
+	img_hold_hooks "$work/root"
+}
+
+# img_hold_hooks DIR: an empty nftables table with a chain at every IPv4 and
+# IPv6 hook, loaded early at boot and kept, so that the netfilter hooks are
+# never all unregistered from a hook point and registered again.
+#
+# Why: IPVS registers its hooks with a netns's first service and unregisters
+# them with its last, and when no other hook is there the kernel flips a static
+# key, patching its own text (an int3 first) at every NF_HOOK site, such as the
+# one in ip_local_deliver. Under qemu's multi-threaded TCG a vCPU can go on
+# running a stale translation that still holds the int3 after the patch is
+# done; the kernel, finding no int3 in memory, backs up to run the instruction
+# again (kprobe_int3_handler), and the vCPU traps forever. Both vCPUs were
+# seen so, each at ip_local_deliver+0x5c under a TCP connect or close, with
+# soft lockup reports for 30 minutes: in make bench, at the stop of kglb after
+# a run at 1,000 services, and in CI at the previous package's first service
+# while its checks ran. Real hardware and KVM do not do this. With this table's
+# hooks the count of each point stays above zero, so no key flips.
+img_hold_hooks() {
+	local d="$1"
+	mkdir -p "$d/etc/kglb-vm"
+	cat >"$d/etc/kglb-vm/hold-hooks.nft" <<'NFT'
+table inet kglb_vm_hold {
+	chain prerouting { type filter hook prerouting priority 0; }
+	chain input { type filter hook input priority 0; }
+	chain forward { type filter hook forward priority 0; }
+	chain output { type filter hook output priority 0; }
+	chain postrouting { type filter hook postrouting priority 0; }
+}
+NFT
+	cat >"$d/etc/systemd/system/kglb-vm-hooks.service" <<'UNIT'
+[Unit]
+Description=netfilter hooks held for the whole boot (see img_hold_hooks in packaging/test/lib.sh)
+DefaultDependencies=no
+After=systemd-modules-load.service local-fs.target
+Before=sysinit.target network-pre.target kglb.service keepalived.service
+FailureAction=poweroff-force
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/nft -f /etc/kglb-vm/hold-hooks.nft
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+[Install]
+WantedBy=sysinit.target
+UNIT
+	mkdir -p "$d/etc/systemd/system/sysinit.target.wants"
+	ln -sfn /etc/systemd/system/kglb-vm-hooks.service "$d/etc/systemd/system/sysinit.target.wants/kglb-vm-hooks.service"
 }
 
 # img_chroot_dpkg WORK DEB: install a .deb in the image as an admin would.
