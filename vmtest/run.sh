@@ -86,6 +86,8 @@ binaries_list() {
 		done <"$f"
 	done
 	for f in ${VM_BINARIES:-}; do echo "$f -"; done
+	# Every VM: /init loads scripts/vm-hold-hooks.nft with it.
+	echo "/usr/sbin/nft nftables"
 }
 
 # need_binaries installs the Debian packages that provide the host programs
@@ -260,6 +262,7 @@ build_initramfs() {
 		done
 	} >"$ir/etc/kglb-vm/env"
 	: >"$ir/etc/kglb-vm/pkgs"
+	cp "$root/scripts/vm-hold-hooks.nft" "$ir/etc/kglb-vm/hold-hooks.nft"
 	local p
 	for p in "${built[@]}"; do
 		echo "$p" >>"$ir/etc/kglb-vm/pkgs"

@@ -144,37 +144,16 @@ img_rootfs() {
 	img_hold_hooks "$work/root"
 }
 
-# img_hold_hooks DIR: an empty nftables table with a chain at every IPv4 and
-# IPv6 hook, loaded early at boot and kept, so that the netfilter hooks are
-# never all unregistered from a hook point and registered again.
-#
-# Why: IPVS registers its hooks with a netns's first service and unregisters
-# them with its last, and when no other hook is there the kernel flips a static
-# key, patching its own text (an int3 first) at every NF_HOOK site, such as the
-# one in ip_local_deliver. Under qemu's multi-threaded TCG a vCPU can go on
-# running a stale translation that still holds the int3 after the patch is
-# done; the kernel, finding no int3 in memory, backs up to run the instruction
-# again (kprobe_int3_handler), and the vCPU traps forever. Both vCPUs were
-# seen so, each at ip_local_deliver+0x5c under a TCP connect or close, with
-# soft lockup reports for 30 minutes: in make bench, at the stop of kglb after
-# a run at 1,000 services, and in CI at the previous package's first service
-# while its checks ran. Real hardware and KVM do not do this. With this table's
-# hooks the count of each point stays above zero, so no key flips.
+# img_hold_hooks DIR: load scripts/vm-hold-hooks.nft early at boot and keep
+# it (that file says why: a qemu TCG livelock on the kernel's text patching).
+# A failure powers the VM off at once, with nft's message on the console.
 img_hold_hooks() {
 	local d="$1"
 	mkdir -p "$d/etc/kglb-vm"
-	cat >"$d/etc/kglb-vm/hold-hooks.nft" <<'NFT'
-table inet kglb_vm_hold {
-	chain prerouting { type filter hook prerouting priority 0; }
-	chain input { type filter hook input priority 0; }
-	chain forward { type filter hook forward priority 0; }
-	chain output { type filter hook output priority 0; }
-	chain postrouting { type filter hook postrouting priority 0; }
-}
-NFT
+	cp "$root/scripts/vm-hold-hooks.nft" "$d/etc/kglb-vm/hold-hooks.nft"
 	cat >"$d/etc/systemd/system/kglb-vm-hooks.service" <<'UNIT'
 [Unit]
-Description=netfilter hooks held for the whole boot (see img_hold_hooks in packaging/test/lib.sh)
+Description=netfilter hooks held for the whole boot (see scripts/vm-hold-hooks.nft)
 DefaultDependencies=no
 After=systemd-modules-load.service local-fs.target
 Before=sysinit.target network-pre.target kglb.service keepalived.service
