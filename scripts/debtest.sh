@@ -114,9 +114,10 @@ t_end=$SECONDS
 
 failed=()
 for l in "$log" "$work/console2.log"; do
-	[ -f "$(img_kernel_log "$l")" ] || continue
-	cp "$(img_kernel_log "$l")" "$img_cache/last-$(basename "$(img_kernel_log "$l")")"
-	img_kernel_report "$l" || failed+=("the guest kernel reported a bug (printed above; $img_cache/last-$(basename "$(img_kernel_log "$l")"))")
+	k="$(img_kernel_log "$l")"
+	[ -f "$k" ] || continue
+	cp "$k" "$img_cache/last-$(basename "$k")"
+	img_kernel_report "$l" || failed+=("the guest kernel reported a bug (printed above; $img_cache/last-$(basename "$k"))")
 done
 problem="$(vm_exit_problem "$rc" "${DEBTEST_TIMEOUT:-900}")"
 if [ -n "$problem" ]; then failed+=("$problem"); fi
